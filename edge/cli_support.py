@@ -1,0 +1,72 @@
+"""Shared command-line plumbing: turn user mistakes into a clear message and exit code 2.
+
+Every command of every group wraps its body with `user_errors`, so a wrong path, a bad bundle
+or a corrupt image prints one line saying what is wrong and what to do, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+
+import click
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for or handed us (not a bug)."""
+
+
+def _user_error_types():
+    from hemaedge.edge.bundle import BundleError
+    from hemaedge.edge.preprocess import FrameFormatError
+
+    types = [UserError, BundleError, FrameFormatError, FileNotFoundError, NotADirectoryError,
+             IsADirectoryError, PermissionError]
+    try:  # the data loaders live in train/, which the edge extra may not have
+        from hemaedge.train.datasets import DataError
+
+        types.append(DataError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def user_errors(func):
+    """Decorator for click commands: known user errors -> 'Error: ...' on stderr, exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except _user_error_types() as exc:
+            raise click.exceptions.Exit(_report(exc)) from None
+
+    return wrapper
+
+
+def _report(exc) -> int:
+    msg = str(exc) or exc.__class__.__name__
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        msg = f"{exc.filename}: no such file or directory"
+    click.echo(f"Error: {msg}", err=True)
+    return 2
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported only when used ("name" -> "module:attr").
+
+    Keeps `--help` and start-up fast and lets each command live next to the code it drives.
+    """
+
+    def __init__(self, *args, lazy_commands: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy_commands:
+            import importlib
+
+            module_name, attr = self.lazy_commands[name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, name)

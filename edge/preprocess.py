@@ -1,0 +1,224 @@
+"""The pixel contract: the one implementation of colour order, resize, CLAHE, Otsu masking and
+input scaling that training, export and the device all call.
+
+Everything here is numpy + OpenCV so it runs on an edge device without TensorFlow. Images
+travel between functions as uint8 RGB arrays of shape (H, W, 3) unless stated otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+PREPROCESS_MODES = ("rgb", "clahe", "otsu-mask", "masked-rgb")
+
+# How float pixels are scaled before they reach the network. "raw" means the model gets
+# 0..255 floats and does its own scaling inside the graph (the default for models we train:
+# it makes uint8/int8 quantized inputs exact).
+SCALINGS = ("raw", "unit", "lite", "imagenet", "caffe")
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+class FrameFormatError(ValueError):
+    """A frame or image that cannot be turned into 8-bit RGB."""
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a model expects at its input, exactly: written into every bundle manifest."""
+
+    size: int = 128
+    preprocess: str = "rgb"
+    scaling: str = "raw"
+    color_order: str = "RGB"
+    dtype: str = "float32"  # float32, uint8 or int8 (full-integer models)
+    quant_scale: float | None = None
+    quant_zero_point: int | None = None
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+
+    def __post_init__(self):
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"unknown preprocessing mode {self.preprocess!r}; expected one of {PREPROCESS_MODES}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"unknown input scaling {self.scaling!r}; expected one of {SCALINGS}")
+        if self.color_order not in ("RGB", "BGR"):
+            raise ValueError(f"unknown colour order {self.color_order!r}; expected RGB or BGR")
+        if self.dtype not in ("float32", "uint8", "int8"):
+            raise ValueError(f"unknown input dtype {self.dtype!r}; expected float32, uint8 or int8")
+        if not 8 <= int(self.size) <= 1024:
+            raise ValueError(f"input size {self.size} is out of range 8..1024")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InputContract":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"input contract has unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def to_rgb_uint8(image: np.ndarray, color_order: str = "RGB") -> np.ndarray:
+    """Convert grayscale, RGBA/BGRA, 16-bit or float images to uint8 RGB (H, W, 3).
+
+    `color_order` names the order of the incoming channels (OpenCV decodes to BGR,
+    picamera2's "RGB888" also arrives as BGR).
+    """
+    if not isinstance(image, np.ndarray):
+        raise FrameFormatError(f"expected a numpy array, got {type(image).__name__}")
+    if image.size == 0 or image.ndim not in (2, 3):
+        raise FrameFormatError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        raise FrameFormatError(f"expected 1, 3 or 4 channels, got {image.shape[2]}")
+    img = image
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)  # keep the 8 most significant bits
+    elif img.dtype in (np.float32, np.float64):
+        hi = float(np.nanmax(img)) if img.size else 0.0
+        img = np.clip(img * (255.0 if hi <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise FrameFormatError(f"unsupported pixel type {img.dtype}; expected uint8, uint16 or float")
+    if img.ndim == 2 or img.shape[2] == 1:
+        return cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        code = cv2.COLOR_BGRA2RGB if color_order == "BGR" else cv2.COLOR_RGBA2RGB
+        return cv2.cvtColor(img, code)
+    if color_order == "BGR":
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+
+def read_image_rgb(path) -> np.ndarray:
+    """Read an image file as uint8 RGB; raises FrameFormatError naming the file if unreadable."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise FrameFormatError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
+    return to_rgb_uint8(img, "BGR" if img.ndim == 3 else "RGB")
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square resize: area averaging when shrinking, bicubic when enlarging."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_CUBIC
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def clahe(image: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """CLAHE on the lightness channel (LAB), so stain colours are kept (Hameed 2025: clip 2.0, 8x8)."""
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    op = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(int(tiles), int(tiles)))
+    lab[..., 0] = op.apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+
+
+def otsu_binary(image: np.ndarray) -> np.ndarray:
+    """The papers' Otsu segmentation as a single-channel 0/255 mask (cells = 255).
+
+    grayscale -> Gaussian blur (5x5) -> Otsu (cells are darker than the background) ->
+    closing x2 -> opening x1.
+    """
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    blur = cv2.GaussianBlur(gray, (5, 5), 0)
+    _, mask = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _KERNEL, iterations=2)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _KERNEL, iterations=1)
+    return mask
+
+
+def otsu_mask(image: np.ndarray) -> np.ndarray:
+    """The binary mask replicated to 3 channels (the network input of the hybrid paper)."""
+    return np.repeat(otsu_binary(image)[..., None], 3, axis=2)
+
+
+def masked_rgb(image: np.ndarray) -> np.ndarray:
+    """The colour image with everything outside the Otsu cell region set to black."""
+    return image * (otsu_binary(image)[..., None] > 0)
+
+
+def apply_preprocess(image: np.ndarray, contract: InputContract) -> np.ndarray:
+    """uint8 RGB image of any size -> uint8 RGB image of the contract's size and mode."""
+    img = resize(image, contract.size)
+    mode = contract.preprocess
+    if mode == "clahe":
+        img = clahe(img, contract.clahe_clip, contract.clahe_tiles)
+    elif mode == "otsu-mask":
+        img = otsu_mask(img)
+    elif mode == "masked-rgb":
+        img = masked_rgb(img)
+    return img
+
+
+def scale_pixels(batch_uint8: np.ndarray, scaling: str) -> np.ndarray:
+    """uint8 RGB batch -> float32 network input for the given scaling."""
+    x = batch_uint8.astype(np.float32)
+    if scaling == "raw":
+        return x
+    if scaling == "unit":
+        return x / 255.0
+    if scaling == "lite":
+        return (x - 127.0) / 128.0
+    if scaling == "imagenet":
+        return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    if scaling == "caffe":
+        return x[..., ::-1] - CAFFE_MEAN_BGR
+    raise ValueError(f"unknown input scaling {scaling!r}")
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
+    """Float tensor -> integer tensor with the model's input quantization."""
+    info = np.iinfo(np.dtype(dtype))
+    q = np.round(x / float(scale) + int(zero_point))
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (q.astype(np.float32) - int(zero_point)) * float(scale)
+
+
+def prepare_batch(images: Iterable[np.ndarray], contract: InputContract) -> np.ndarray:
+    """uint8 RGB images of any size -> the exact tensor the model takes (N, S, S, 3)."""
+    pre = [apply_preprocess(img, contract) for img in images]
+    if not pre:
+        return np.zeros((0, contract.size, contract.size, 3), dtype=np.dtype(contract.dtype))
+    batch = np.stack(pre)
+    if contract.color_order == "BGR":
+        batch = batch[..., ::-1]
+    x = scale_pixels(batch, contract.scaling)
+    if contract.dtype == "float32":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if contract.quant_scale is None or contract.quant_zero_point is None:
+        raise ValueError("an integer input contract needs quant_scale and quant_zero_point")
+    return quantize(x, contract.quant_scale, contract.quant_zero_point, contract.dtype)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+__all__: Sequence[str] = [
+    "InputContract", "FrameFormatError", "PREPROCESS_MODES", "SCALINGS", "to_rgb_uint8",
+    "read_image_rgb", "resize", "clahe", "otsu_binary", "otsu_mask", "masked_rgb",
+    "apply_preprocess", "scale_pixels", "quantize", "dequantize", "prepare_batch", "softmax",
+]

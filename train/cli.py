@@ -1,0 +1,13 @@
+"""`hemaedge train ...`: training commands (train extra)."""
+import click
+
+from hemaedge.edge.cli_support import LazyGroup
+
+
+@click.group(cls=LazyGroup, lazy_commands={
+    "hybrid": "hemaedge.train.hybrid_cli:hybrid",
+    "finetune": "hemaedge.train.finetune_cli:finetune",
+    "ensemble": "hemaedge.train.finetune_cli:ensemble",
+})
+def train():
+    """Train classifiers: hybrid frozen features + classical heads, fine-tuned CNNs, ensembles."""
