@@ -70,3 +70,17 @@ class LazyGroup(click.Group):
             module_name, attr = self.lazy_commands[name].split(":")
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        # Listing must not fail because one sub-command's module (or its extra) is missing.
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                cmd = self.get_command(ctx, name)
+                text = cmd.get_short_help_str(limit=formatter.width - 20) if cmd else ""
+            except ImportError as exc:
+                text = f"(unavailable here: {exc})"
+            rows.append((name, text))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
