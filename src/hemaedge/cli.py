@@ -16,7 +16,7 @@ from hemaedge import __version__
 
 # group name -> (module:attribute, extra to install, modules that extra provides)
 GROUPS = {
-    "data": ("hemaedge.train.data_cli:data", "train", ("PIL", "sklearn")),
+    "data": ("hemaedge.train.data_cli:data", "train", ("sklearn",)),
     "train": ("hemaedge.train.cli:train", "train", ("tensorflow", "keras", "sklearn", "albumentations")),
     "export": ("hemaedge.export.cli:export", "export", ("tensorflow", "onnx")),
     "edge": ("hemaedge.edge.cli:edge", "edge", ()),
