@@ -1,0 +1,204 @@
+"""End to end on full PBC microscope fields: segment -> crop -> classify, against the labels.
+
+    python -m hemaedge.benchmarks.pbc_end_to_end                       # segmentation only
+    python -m hemaedge.benchmarks.pbc_end_to_end --bundle BUNDLE       # + accuracy
+
+Each field of ../shared/data/pbc_raw_val shows one labelled cell near its centre. A field
+counts as "found" when the detection nearest the field centre has a box containing the centre.
+With a bundle, that detection's crop is classified (a field where nothing was found counts as
+wrong) and the accuracy is reported next to the same bundle's accuracy on the pre-cropped
+128 px images of ../shared/data/bloodmnist128/val (the crops BloodMNIST cut from the same
+fields). Three crop modes are compared: a side of 3 red-cell diameters (the runtime default,
+the magnification read off the smear), the cell's own box / cell fraction, and a fixed 200 px
+square (what BloodMNIST cut at this magnification).
+
+Results: benchmarks/results/pbc_end_to_end.{json,md}
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from hemaedge.benchmarks.segmentation_bccd import machine, write_atomic
+from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
+from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, MagnificationTracker, SegmentParams,
+                                   centre_in, extract_crop, nearest_to, segment)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FIXED_SIDE = 200  # BloodMNIST: PBC fields centre-cropped to 200x200
+
+
+def class_index(bundle_classes: list[str], dataset_classes: list[str]) -> dict[str, int]:
+    """Dataset class name -> bundle output index, by name (case/space-insensitive)."""
+    norm = lambda s: s.lower().replace(" ", "_").replace("-", "_")
+    by_name = {norm(c): i for i, c in enumerate(bundle_classes)}
+    missing = [c for c in dataset_classes if norm(c) not in by_name]
+    if missing:
+        raise click.ClickException(f"the bundle's classes {bundle_classes} lack {missing}: not a BloodMNIST/PBC model")
+    return {c: by_name[norm(c)] for c in dataset_classes}
+
+
+class Classifier:
+    def __init__(self, bundle_path, threads):
+        from hemaedge.edge.backends import load_backend
+        from hemaedge.edge.bundle import load_bundle
+
+        self.bundle = load_bundle(bundle_path)
+        self.backend = load_backend(self.bundle, threads=threads)
+
+    def predict(self, images: list[np.ndarray], batch: int = 32) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch):
+            out.append(self.backend.predict(prepare_batch(images[i:i + batch], self.bundle.contract)).argmax(1))
+        return np.concatenate(out) if out else np.zeros(0, int)
+
+
+def precropped_accuracy(clf: Classifier, val_dir: Path, idx: dict[str, int], limit_files: set | None) -> dict:
+    files, labels = [], []
+    for cls, i in idx.items():
+        for f in sorted((val_dir / cls).glob("*.jpg")):
+            if limit_files is None or f.name in limit_files:
+                files.append(f)
+                labels.append(i)
+    preds = []
+    for k in tqdm(range(0, len(files), 64), desc="pre-cropped val", unit="batch"):
+        preds.append(clf.predict([read_image_rgb(f) for f in files[k:k + 64]]))
+    preds = np.concatenate(preds) if preds else np.zeros(0, int)
+    return {"images": len(files), "accuracy": round(float(np.mean(preds == np.array(labels))), 4) if files else None}
+
+
+def run(data: Path, bloodmnist_val: Path, bundle, threads, limit, cell_fraction, method,
+        rbc_factor: float = DEFAULT_RBC_FACTOR) -> dict:
+    rows = list(csv.DictReader(open(data / "labels.csv", encoding="utf-8")))
+    if limit:
+        rows = rows[:: max(1, len(rows) // limit)][:limit]
+    params = SegmentParams(method=method)
+    clf = Classifier(bundle, threads) if bundle else None
+    dataset_classes = sorted({r["class"] for r in rows}, key=lambda c: int(next(r["label"] for r in rows if r["class"] == c)))
+    idx = class_index(clf.bundle.classes, dataset_classes) if clf else None
+    found = Counter()
+    total = Counter()
+    crops = {"rbc": [], "cell": [], "fixed": []}
+    truth = []
+    sides = defaultdict(list)
+    rbc_sides = defaultdict(list)
+    tracker = MagnificationTracker()  # one microscope: a running estimate, as in a live run
+    for r in tqdm(rows, desc="fields", unit="field"):
+        img = read_image_rgb(data / r["file"])
+        h, w = img.shape[:2]
+        c = (w / 2.0, h / 2.0)
+        d = nearest_to(segment(img, params, cell_fraction), c)
+        diameter = tracker.update(img, params)
+        rbc_side = int(round(rbc_factor * diameter)) if diameter else None
+        ok = d is not None and centre_in(d.box, c)
+        total[r["class"]] += 1
+        found[r["class"]] += ok
+        if ok:
+            sides[r["class"]].append(d.crop[2])
+            rbc_sides[r["class"]].append(rbc_side or d.crop[2])
+        if clf:
+            truth.append(idx[r["class"]] if ok else -1)  # not found: wrong whatever the model says
+            if ok:
+                crops["cell"].append(extract_crop(img, d.crop))
+                crops["rbc"].append(extract_crop(img, (d.crop[0], d.crop[1], rbc_side or d.crop[2])))
+                crops["fixed"].append(extract_crop(img, (d.crop[0], d.crop[1], FIXED_SIDE)))
+            else:
+                for mode in crops:
+                    crops[mode].append(np.zeros((8, 8, 3), np.uint8))
+    report = {
+        "fields": sum(total.values()),
+        "found": sum(found.values()),
+        "found_fraction": round(sum(found.values()) / max(1, sum(total.values())), 4),
+        "per_class": {c: {"fields": total[c], "found": found[c], "found_fraction": round(found[c] / total[c], 4),
+                          "median_crop_side_cell": float(np.median(sides[c])) if sides[c] else None,
+                          "median_crop_side_rbc": float(np.median(rbc_sides[c])) if rbc_sides[c] else None}
+                      for c in dataset_classes},
+        "segmentation": params.to_dict(), "cell_fraction": cell_fraction, "rbc_factor": rbc_factor,
+        "red_cell_diameter_px": tracker.diameter,
+    }
+    if clf:
+        y = np.array(truth)
+        report["bundle"] = {"path": str(bundle), "name": clf.bundle.manifest.get("name"),
+                            "backend": clf.bundle.backend, "size_mb": round(clf.bundle.size_bytes / 1e6, 3)}
+        for mode in ("rbc", "cell", "fixed"):
+            pred = clf.predict(crops[mode])
+            report[f"end_to_end_accuracy_{mode}"] = round(float(np.mean(pred == y)), 4)
+            for c in dataset_classes:
+                m = np.array([r["class"] == c for r in rows])
+                report["per_class"][c][f"accuracy_{mode}"] = round(float(np.mean(pred[m] == y[m])), 4)
+        names = {f"val_{int(r['bloodmnist_index']):05d}.jpg" for r in rows} if limit else None
+        report["precropped"] = precropped_accuracy(clf, bloodmnist_val, idx, names)
+    return report
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"# End to end on PBC fields ({r['date']})", "", f"Command: `{r['command']}`  ",
+             f"Machine: {r['machine']}  ", f"Segmentation: method `{r['segmentation']['method']}`, cell fraction "
+             f"{r['cell_fraction']}, red-cell factor {r['rbc_factor']} (running red-cell diameter {r['red_cell_diameter_px']:.1f} px); "
+             "a field is *found* when the detection nearest the centre contains the centre.", "",
+             f"**Labelled central cell found in {r['found']} of {r['fields']} fields ({100 * r['found_fraction']:.1f}%).**", ""]
+    has_acc = "end_to_end_accuracy_rbc" in r
+    if has_acc:
+        b = r["bundle"]
+        pc = r["precropped"]
+        lines += [f"Bundle: `{b['path']}` ({b['backend']}, {b['size_mb']} MB)", "",
+                  "| pipeline | images | accuracy |", "|---|---|---|",
+                  f"| pre-cropped BloodMNIST 128 px val | {pc['images']} | {100 * pc['accuracy']:.2f}% |",
+                  f"| field → segment → crop of {r['rbc_factor']} red-cell diameters (default) → classify | {r['fields']} | {100 * r['end_to_end_accuracy_rbc']:.2f}% |",
+                  f"| field → segment → crop scaled to the cell's own box → classify | {r['fields']} | {100 * r['end_to_end_accuracy_cell']:.2f}% |",
+                  f"| field → segment → fixed {FIXED_SIDE} px crop → classify | {r['fields']} | {100 * r['end_to_end_accuracy_fixed']:.2f}% |", ""]
+    else:
+        lines += ["Accuracy: not measured here (needs a trained bundle: rerun with `--bundle`).", ""]
+    head = ("| class | fields | found | median crop side px (red-cell / own box) |"
+            + (" acc. red-cell crop | acc. own-box crop | acc. fixed 200 px |" if has_acc else ""))
+    lines += [head, "|---" * (head.count("|") - 1) + "|"]
+    for c, v in r["per_class"].items():
+        row = (f"| {c} | {v['fields']} | {100 * v['found_fraction']:.1f}% | "
+               f"{v['median_crop_side_rbc']} / {v['median_crop_side_cell']} |")
+        if has_acc:
+            row += f" {100 * v['accuracy_rbc']:.1f}% | {100 * v['accuracy_cell']:.1f}% | {100 * v['accuracy_fixed']:.1f}% |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=lambda: os.environ.get("HEMAEDGE_PBC_RAW_VAL", "../shared/data/pbc_raw_val"),
+              show_default="../shared/data/pbc_raw_val", help="Folder with the PBC fields and labels.csv.")
+@click.option("--bloodmnist-val", type=click.Path(path_type=Path), default="../shared/data/bloodmnist128/val",
+              show_default=True, help="Pre-cropped 128 px validation images (ImageFolder) for the comparison.")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A trained 8-class BloodMNIST bundle; without it only segmentation is measured.")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--limit", type=int, help="Evaluate an evenly spaced subset of this many fields (quick check).")
+@click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=float)
+@click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=float,
+              help="Crop side in red-cell diameters (the runtime's default crop mode).")
+@click.option("--method", default="stain", show_default=True, type=click.Choice(["stain", "otsu"]))
+@click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
+def main(data, bloodmnist_val, bundle, threads, limit, cell_fraction, rbc_factor, method, out):
+    """Fraction of PBC fields whose labelled cell is found, and end-to-end accuracy with a bundle."""
+    report = run(data, bloodmnist_val, bundle, threads, limit, cell_fraction, method, rbc_factor)
+    args = [f"--bundle {bundle}"] if bundle else []
+    args += [f"--limit {limit}"] if limit else []
+    args += [f"--method {method}"] if method != "stain" else []
+    args += [f"--cell-fraction {cell_fraction}"] if cell_fraction != DEFAULT_CELL_FRACTION else []
+    args += [f"--rbc-factor {rbc_factor}"] if rbc_factor != DEFAULT_RBC_FACTOR else []
+    report = {"date": dt.date.today().isoformat(), "machine": machine(),
+              "command": " ".join(["python -m hemaedge.benchmarks.pbc_end_to_end", *args]), **report}
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "pbc_end_to_end.json", json.dumps(report, indent=2))
+    write_atomic(out / "pbc_end_to_end.md", to_markdown(report))
+    click.echo(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Segmentation on BCCD whole frames against the Pascal VOC boxes.
+
+    python -m hemaedge.benchmarks.segmentation_bccd --data ../shared/data/bccd
+
+White cells (and platelets) found by `hemaedge.edge.segment` are matched one-to-one to the
+annotated boxes, greedily by IoU. Two criteria are reported: IoU >= 0.5, and "centre in box"
+(the detection's centre lies inside an annotated box). Results go to
+benchmarks/results/segmentation_bccd.{json,md}, per split (the segmenter's defaults were
+tuned on the `train` split only; `test` is untouched by tuning) and over all frames.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from hemaedge.edge.preprocess import read_image_rgb
+from hemaedge.edge.segment import METHODS, SegmentParams, centre_in, iou, segment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KINDS = {"wbc": "WBC", "platelet": "Platelets"}
+
+
+def read_voc(path: Path) -> dict[str, list[tuple[int, int, int, int]]]:
+    root = ET.parse(path).getroot()
+    boxes: dict[str, list] = {}
+    for obj in root.findall("object"):
+        b = obj.find("bndbox")
+        box = tuple(int(float(b.find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.setdefault(obj.find("name").text.strip(), []).append(box)
+    return boxes
+
+
+def match(pred: list, gt: list, criterion: str) -> int:
+    """Number of one-to-one matches (greedy, best IoU first)."""
+    pairs = []
+    for i, p in enumerate(pred):
+        for j, g in enumerate(gt):
+            v = iou(p, g)
+            ok = v >= 0.5 if criterion == "iou" else centre_in(g, ((p[0] + p[2]) / 2, (p[1] + p[3]) / 2))
+            if ok:
+                pairs.append((v, i, j))
+    pairs.sort(reverse=True)
+    used_p, used_g = set(), set()
+    for _, i, j in pairs:
+        if i not in used_p and j not in used_g:
+            used_p.add(i)
+            used_g.add(j)
+    return len(used_p)
+
+
+def frame_ids(data: Path, split: str) -> list[str]:
+    if split == "all":
+        return sorted(p.stem for p in (data / "Annotations").glob("*.xml"))
+    return [s.strip() for s in (data / "ImageSets" / "Main" / f"{split}.txt").read_text().split() if s.strip()]
+
+
+def evaluate(data: Path, ids: list[str], params: SegmentParams, progress: bool = True) -> dict:
+    counts = {k: {"gt": 0, "pred": 0, "tp_iou": 0, "tp_centre": 0} for k in KINDS}
+    times = []
+    skipped = []
+    for fid in tqdm(ids, desc=f"segment ({params.method})", disable=not progress, unit="frame"):
+        jpg = data / "JPEGImages" / f"{fid}.jpg"
+        if not jpg.exists():
+            skipped.append(fid)
+            continue
+        img = read_image_rgb(jpg)
+        gt = read_voc(data / "Annotations" / f"{fid}.xml")
+        t = time.perf_counter()
+        dets = segment(img, params)
+        times.append(time.perf_counter() - t)
+        for kind, name in KINDS.items():
+            pred = [d.box for d in dets if d.kind == kind]
+            g = gt.get(name, [])
+            c = counts[kind]
+            c["gt"] += len(g)
+            c["pred"] += len(pred)
+            c["tp_iou"] += match(pred, g, "iou")
+            c["tp_centre"] += match(pred, g, "centre")
+    out = {"frames": len(times), "skipped": skipped,
+           "segment_ms_p50": round(1000 * float(np.median(times)), 2) if times else None}
+    for kind, c in counts.items():
+        row = dict(c)
+        for crit in ("iou", "centre"):
+            tp = c[f"tp_{crit}"]
+            row[f"recall_{crit}"] = round(tp / c["gt"], 4) if c["gt"] else None
+            row[f"precision_{crit}"] = round(tp / c["pred"], 4) if c["pred"] else None
+        out[kind] = row
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, {platform.system()}"
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"# Segmentation on BCCD ({report['date']})", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
+             "Matching: one-to-one, greedy by IoU; detections of kind `wbc` against `WBC` boxes, "
+             "`platelet` against `Platelets`. Defaults tuned on the train split only.", "",
+             "| method | split | frames | kind | GT | found | recall IoU≥0.5 | precision IoU≥0.5 | recall centre-in-box | precision centre-in-box | segment p50 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        for kind in KINDS:
+            k = r[kind]
+            f = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+            lines.append(f"| {r['method']} | {r['split']} | {r['frames']} | {kind} | {k['gt']} | {k['pred']} | "
+                         f"{f(k['recall_iou'])} | {f(k['precision_iou'])} | {f(k['recall_centre'])} | "
+                         f"{f(k['precision_centre'])} | {r['segment_ms_p50']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@click.command()
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=lambda: os.environ.get("HEMAEDGE_BCCD", "../shared/data/bccd"), show_default="../shared/data/bccd",
+              help="BCCD folder with JPEGImages/, Annotations/ and ImageSets/Main/.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(METHODS), default=METHODS, show_default=True)
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test", "all"]),
+              default=("train", "test", "all"), show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N frames of each split (quick check).")
+@click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
+def main(data, methods, splits, limit, out):
+    """White-cell and platelet recall/precision of the segmenter on BCCD frames."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"date": dt.date.today().isoformat(), "machine": machine(),
+              "command": "python -m hemaedge.benchmarks.segmentation_bccd " +
+                         " ".join([f"--method {m}" for m in methods] + [f"--split {s}" for s in splits]
+                                  + ([f"--limit {limit}"] if limit else [])),
+              "data": str(data), "runs": []}
+    for method in methods:
+        params = SegmentParams(method=method)
+        for split in splits:
+            r = evaluate(data, frame_ids(data, split)[:limit], params)
+            r.update(method=method, split=split, params=params.to_dict())
+            report["runs"].append(r)
+            w = r["wbc"]
+            click.echo(f"{method:5s} {split:5s}: WBC recall {w['recall_iou']} precision {w['precision_iou']} (IoU>=0.5); "
+                       f"centre-in-box recall {w['recall_centre']} precision {w['precision_centre']}")
+            write_atomic(out / "segmentation_bccd.json", json.dumps(report, indent=2))
+            write_atomic(out / "segmentation_bccd.md", to_markdown(report))
+    click.echo(f"wrote {out / 'segmentation_bccd.md'}")
+
+
+if __name__ == "__main__":
+    main()

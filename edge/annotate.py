@@ -1,0 +1,96 @@
+"""Optional visual output of a run: annotated images or a video, and a live preview window."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+_COLOURS = {"wbc": (0, 200, 0), "platelet": (255, 140, 0)}
+_REVIEW = (255, 0, 0)
+
+
+def draw(image_rgb: np.ndarray, result, review_threshold: float) -> np.ndarray:
+    """A copy of the frame (RGB) with each cell's box, class and confidence; red = review."""
+    out = image_rgb.copy()
+    thick = max(1, round(min(out.shape[:2]) / 300))
+    for det, label, conf in zip(result.detections, result.labels, result.confidences):
+        colour = _REVIEW if conf < review_threshold else _COLOURS.get(det.kind, (0, 200, 0))
+        x0, y0, x1, y1 = det.box
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
+        cv2.putText(out, f"{label} {conf:.2f}", (x0 + 2, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4 * thick, colour, thick, cv2.LINE_AA)
+    return out
+
+
+class Annotator:
+    """Writes annotated frames as JPEGs into a folder and/or as one video (mp4v)."""
+
+    def __init__(self, review_threshold: float, image_dir=None, video_path=None, fps: float = 5.0):
+        self.review_threshold = review_threshold
+        self.image_dir = Path(image_dir) if image_dir else None
+        self.video_path = Path(video_path) if video_path else None
+        self.fps = fps
+        self._writer = None
+        self._size = None
+        if self.image_dir:
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, frame, result) -> None:
+        bgr = cv2.cvtColor(draw(frame.image, result, self.review_threshold), cv2.COLOR_RGB2BGR)
+        if self.image_dir:
+            stem = Path(frame.name).stem.replace("#", "_")
+            cv2.imwrite(str(self.image_dir / f"{frame.index:06d}_{stem}.jpg"), bgr)
+        if self.video_path:
+            if self._writer is None:
+                self._size = (bgr.shape[1], bgr.shape[0])
+                self.video_path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                               self.fps, self._size)
+            if (bgr.shape[1], bgr.shape[0]) != self._size:  # a video needs one frame size
+                bgr = cv2.resize(bgr, self._size)
+            self._writer.write(bgr)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+def display_available() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+class Preview:
+    """A live window (needs a display and an OpenCV build with GUI support); 'q' or Esc quits."""
+
+    WINDOW = "hemaedge"
+
+    def __init__(self, review_threshold: float):
+        self.review_threshold = review_threshold
+
+    @staticmethod
+    def open(review_threshold: float):
+        """A Preview, or (None, reason) when no window can be shown here."""
+        if not display_available():
+            return None, "no display (DISPLAY/WAYLAND_DISPLAY unset)"
+        try:
+            cv2.namedWindow(Preview.WINDOW, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            return None, "this OpenCV build has no GUI support (opencv-python-headless)"
+        return Preview(review_threshold), None
+
+    def show(self, frame, result) -> bool:
+        cv2.imshow(self.WINDOW, cv2.cvtColor(draw(frame.image, result, self.review_threshold), cv2.COLOR_RGB2BGR))
+        key = cv2.waitKey(1) & 0xFF
+        return key not in (ord("q"), 27)
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.WINDOW)
+        except cv2.error:
+            pass

@@ -1,0 +1,287 @@
+"""Inference back ends behind one interface: `load_backend(bundle, threads=...)` returns an
+object whose `.predict(batch)` takes the exact input tensor (from `preprocess.prepare_batch`)
+and returns float32 class probabilities (N, classes).
+
+* LiteRT (`ai_edge_litert`, or `tflite_runtime` where that is what the device has),
+* ONNX Runtime (CPU, or CUDA/TensorRT execution providers when present),
+* TensorRT engines (Jetson; written against the TensorRT 10 Python API, import guarded).
+
+Each back end resizes its input to the batch size where the model allows it (LiteRT
+`resize_tensor_input`, ONNX dynamic axis), else runs the batch one image at a time. Integer
+outputs are dequantized with the model's (or the manifest's) parameters, and logits are turned
+into probabilities by softmax, as the manifest's `output` says.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hemaedge.edge.bundle import Bundle, BundleError
+from hemaedge.edge.preprocess import dequantize, softmax
+
+
+class BackendError(BundleError):
+    """The model cannot run here (runtime missing, or model and bundle disagree)."""
+
+
+def _finish(out: np.ndarray, output: dict, qparams: tuple | None) -> np.ndarray:
+    """Raw model output -> float32 probabilities."""
+    out = np.asarray(out)
+    if out.dtype != np.float32 and np.issubdtype(out.dtype, np.integer):
+        scale = output.get("quant_scale")
+        zero = output.get("quant_zero_point")
+        if (scale is None or zero is None) and qparams:
+            scale, zero = qparams
+        if not scale:
+            raise BackendError("the model's output is integer but no quantization scale is known "
+                               "(neither in the model nor in the manifest's output section)")
+        out = dequantize(out, scale, zero)
+    out = out.astype(np.float32).reshape(out.shape[0], -1)
+    if output.get("kind", "probabilities") == "logits":
+        out = softmax(out)
+    return out
+
+
+class Backend:
+    name = "backend"
+    batch_dynamic = True
+
+    def __init__(self, bundle_like):
+        self.output = dict(getattr(bundle_like, "output", None) or {"kind": "probabilities"})
+        self.num_classes = len(bundle_like.classes)
+
+    fixed_batch: int | None = None  # the model's batch size when it cannot change
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if n == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        if self.batch_dynamic:
+            try:
+                return self._check(self._run(batch))
+            except _FixedBatch:
+                self.batch_dynamic = False
+        # a fixed-batch model: run it chunk by chunk, padding the last chunk
+        size = self.fixed_batch or 1
+        outs = []
+        for i in range(0, n, size):
+            chunk = batch[i:i + size]
+            k = len(chunk)
+            if k < size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - k, axis=0)])
+            outs.append(self._run(chunk)[:k])
+        return self._check(np.concatenate(outs))
+
+    def _check(self, probs):
+        if probs.shape[1] != self.num_classes:
+            raise BackendError(f"the model gives {probs.shape[1]} outputs but the bundle lists "
+                               f"{self.num_classes} classes: model and class list do not match")
+        return probs
+
+    def _run(self, batch):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _FixedBatch(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- LiteRT
+
+
+def _litert_interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        raise BackendError("no TFLite runtime: install the edge extra (pip install 'hemaedge[edge]', "
+                           "which brings ai-edge-litert) or tflite-runtime") from None
+
+
+class LiteRTBackend(Backend):
+    name = "litert"
+
+    def __init__(self, bundle_like, model_path: Path, threads: int | None = None):
+        super().__init__(bundle_like)
+        Interpreter, self.runtime = _litert_interpreter_class()
+        try:
+            self.interp = Interpreter(model_path=str(model_path), num_threads=threads or None)
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"{model_path}: not a loadable TFLite model ({exc})") from None
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.batch_size = int(self.inp["shape"][0])
+        sig = self.inp.get("shape_signature")
+        self.batch_dynamic = sig is not None and len(sig) > 0 and int(sig[0]) == -1
+        self.fixed_batch = None if self.batch_dynamic else self.batch_size
+        q = self.out.get("quantization") or (0.0, 0)
+        self.qparams = (float(q[0]), int(q[1])) if q and q[0] else None
+        self.input_dtype = np.dtype(self.inp["dtype"])
+        self.input_shape = tuple(int(v) for v in self.inp["shape"][1:])
+
+    def _run(self, batch):
+        if batch.dtype != self.input_dtype:
+            raise BackendError(f"the bundle's input contract gives {batch.dtype} but the model takes "
+                               f"{self.input_dtype}: bundle and model do not match")
+        if tuple(batch.shape[1:]) != self.input_shape:
+            raise BackendError(f"the bundle's input contract gives {tuple(batch.shape[1:])} but the model takes "
+                               f"{self.input_shape}: bundle and model do not match")
+        n = len(batch)
+        if n != self.batch_size:
+            if not self.batch_dynamic:
+                raise _FixedBatch()
+            self.interp.resize_tensor_input(self.inp["index"], [n, *self.input_shape])
+            self.interp.allocate_tensors()
+            self.inp = self.interp.get_input_details()[0]
+            self.out = self.interp.get_output_details()[0]
+            self.batch_size = n
+        self.interp.set_tensor(self.inp["index"], batch)
+        self.interp.invoke()
+        return _finish(self.interp.get_tensor(self.out["index"]), self.output, self.qparams)
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle_like, model_path: Path, threads: int | None = None, providers=None):
+        super().__init__(bundle_like)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("ONNX Runtime is not installed: pip install 'hemaedge[edge]'") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad models
+            raise BackendError(f"{model_path}: not a loadable ONNX model ({exc})") from None
+        inp = self.sess.get_inputs()[0]
+        self.input_name = inp.name
+        dim0 = inp.shape[0]
+        self.batch_dynamic = not isinstance(dim0, int) or dim0 <= 0
+        self.fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+        self.input_dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8,
+                            "tensor(int8)": np.int8}.get(inp.type)
+        self.input_shape = inp.shape[1:]
+        self.runtime = f"onnxruntime {ort.__version__} ({self.sess.get_providers()[0]})"
+
+    def _run(self, batch):
+        if self.input_dtype is not None and batch.dtype != self.input_dtype:
+            raise BackendError(f"the bundle's input contract gives {batch.dtype} but the model takes "
+                               f"{np.dtype(self.input_dtype)}: bundle and model do not match")
+        for have, want in zip(batch.shape[1:], self.input_shape):
+            if isinstance(want, int) and want > 0 and have != want:
+                raise BackendError(f"the bundle's input contract gives shape {tuple(batch.shape[1:])} but the model "
+                                   f"takes {tuple(self.input_shape)}: bundle and model do not match")
+        if not self.batch_dynamic and len(batch) != self.fixed_batch:
+            raise _FixedBatch()
+        out = self.sess.run(None, {self.input_name: batch})[0]
+        return _finish(out, self.output, None)
+
+
+# ----------------------------------------------------------------------------- TensorRT
+
+
+class TensorRTBackend(Backend):
+    """A serialized TensorRT engine (.engine/.plan) built on this very device (engines are tied
+    to the GPU and TensorRT version). Uses the TensorRT 10 tensor-name API and CUDA through
+    cuda-python or PyCUDA. Not run on the machines this project was developed on (no GPU)."""
+
+    name = "tensorrt"
+
+    def __init__(self, bundle_like, model_path: Path, threads: int | None = None):
+        super().__init__(bundle_like)
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise BackendError("TensorRT is not importable here: TensorRT engines run only on an NVIDIA "
+                               "device with TensorRT (JetPack's python3-libnvinfer); use a tflite or onnx "
+                               "bundle on this machine") from None
+        try:
+            import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
+            import pycuda.driver as cuda
+        except ImportError:
+            raise BackendError("the TensorRT back end needs PyCUDA (pip install pycuda on the Jetson)") from None
+        self.trt, self.cuda = trt, cuda
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        self.engine = runtime.deserialize_cuda_engine(Path(model_path).read_bytes())
+        if self.engine is None:
+            raise BackendError(f"{model_path}: TensorRT could not deserialize the engine (built for another "
+                               "GPU or TensorRT version? rebuild it on this device with `hemaedge export tensorrt`)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.in_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.out_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        shape = tuple(self.engine.get_tensor_shape(self.in_name))
+        self.batch_dynamic = shape[0] == -1
+        self.fixed_batch = None if self.batch_dynamic else int(shape[0])
+        self.input_shape = shape[1:]
+        self.stream = cuda.Stream()
+        self.runtime = f"tensorrt {trt.__version__}"
+
+    def _run(self, batch):
+        trt, cuda = self.trt, self.cuda
+        n = len(batch)
+        if self.batch_dynamic:
+            self.context.set_input_shape(self.in_name, (n, *self.input_shape))
+        elif n != self.fixed_batch:
+            raise _FixedBatch()
+        out_shape = tuple(self.context.get_tensor_shape(self.out_name))
+        out_dtype = trt.nptype(self.engine.get_tensor_dtype(self.out_name))
+        host_in = np.ascontiguousarray(batch)
+        host_out = np.empty(out_shape, dtype=out_dtype)
+        d_in = cuda.mem_alloc(host_in.nbytes)
+        d_out = cuda.mem_alloc(host_out.nbytes)
+        self.context.set_tensor_address(self.in_name, int(d_in))
+        self.context.set_tensor_address(self.out_name, int(d_out))
+        cuda.memcpy_htod_async(d_in, host_in, self.stream)
+        self.context.execute_async_v3(self.stream.handle)
+        cuda.memcpy_dtoh_async(host_out, d_out, self.stream)
+        self.stream.synchronize()
+        return _finish(host_out, self.output, None)
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+BACKENDS = {"tflite": LiteRTBackend, "onnx": OnnxBackend, "tensorrt": TensorRTBackend}
+EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
+
+
+def backend_for_file(path) -> str:
+    ext = Path(path).suffix.lower()
+    if ext not in EXTENSIONS:
+        raise BackendError(f"{path}: unknown model type {ext!r}; expected one of {sorted(EXTENSIONS)}")
+    return EXTENSIONS[ext]
+
+
+def load_backend(bundle: Bundle, threads: int | None = None) -> Backend:
+    """The bundle's model, loaded in its back end, checked against the bundle's input contract."""
+    cls = BACKENDS.get(bundle.backend)
+    if cls is None:
+        raise BackendError(f"unknown back end {bundle.backend!r}; expected one of {sorted(BACKENDS)}")
+    if threads is None:
+        threads = os.cpu_count() or 1
+    backend = cls(bundle, bundle.model_path, threads=threads)
+    want = np.dtype(bundle.contract.dtype)
+    have = getattr(backend, "input_dtype", None)
+    if have is not None and np.dtype(have) != want:
+        raise BackendError(f"bundle {bundle.root}: the input contract says {want} but the model takes "
+                           f"{np.dtype(have)}; the manifest does not describe this model (re-export it)")
+    return backend

@@ -1,0 +1,159 @@
+"""What a run records, written so that a crash or a kill loses at most the frame in flight.
+
+Files in the output folder:
+  frames.jsonl   one JSON line per frame (stage latencies in ms, cells found, memory)
+  frames.csv     the same, as CSV
+  cells.csv      one row per cell: frame, box, kind, class, confidence, review flag
+  summary.json   written atomically at the end (and on Ctrl-C): latency percentiles per stage,
+                 fps, model size, memory, differential count
+  counts.csv     the differential count: count and % per class, flagged for review
+
+Per-frame files are flushed after every frame (and fsync'ed with `fsync=True`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from hemaedge.edge.metrics_runtime import STAGES, percentiles
+
+FRAME_FIELDS = ["frame", "name", "width", "height", "cells", "wbc", "platelets", "flagged",
+                *[f"{s}_ms" for s in STAGES], "rss_mb"]
+CELL_FIELDS = ["frame", "name", "cell", "kind", "x0", "y0", "x1", "y1", "crop_side", "class",
+               "confidence", "review"]
+
+
+def _plain(obj):
+    """numpy scalars -> Python numbers for JSON."""
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, default=_plain)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Recorder:
+    def __init__(self, out_dir, classes: list[str], review_threshold: float = 0.6, fsync: bool = False):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.classes = list(classes)
+        self.review_threshold = float(review_threshold)
+        self.fsync = fsync
+        self.stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.counts = {c: 0 for c in self.classes}
+        self.flagged = {c: 0 for c in self.classes}
+        self.frames = 0
+        self.frames_without_cells = 0
+        self.cells = 0
+        self._jsonl = open(self.out / "frames.jsonl", "w", encoding="utf-8")
+        self._fcsv_fh = open(self.out / "frames.csv", "w", encoding="utf-8", newline="")
+        self._fcsv = csv.DictWriter(self._fcsv_fh, FRAME_FIELDS)
+        self._fcsv.writeheader()
+        self._ccsv_fh = open(self.out / "cells.csv", "w", encoding="utf-8", newline="")
+        self._ccsv = csv.DictWriter(self._ccsv_fh, CELL_FIELDS)
+        self._ccsv.writeheader()
+        self._flush()
+
+    def record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float) -> dict:
+        """One frame: its row, and one row per cell. Returns the frame row."""
+        flagged = 0
+        for i, (det, label, conf) in enumerate(zip(detections, labels, confidences)):
+            review = bool(conf < self.review_threshold)
+            flagged += review
+            self.counts[label] += 1
+            self.flagged[label] += review
+            x0, y0, x1, y1 = det.box
+            self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": i, "kind": det.kind,
+                                 "x0": x0, "y0": y0, "x1": x1, "y1": y1, "crop_side": det.crop[2],
+                                 "class": label, "confidence": round(float(conf), 4), "review": int(review)})
+        h, w = frame.image.shape[:2]
+        row = {"frame": frame.index, "name": frame.name, "width": w, "height": h,
+               "cells": len(detections), "wbc": sum(d.kind == "wbc" for d in detections),
+               "platelets": sum(d.kind == "platelet" for d in detections), "flagged": int(flagged)}
+        for s in STAGES:
+            v = float(timings_ms.get(s, 0.0))
+            row[f"{s}_ms"] = round(v, 3)
+            self.stage_ms[s].append(v)
+        row["rss_mb"] = round(rss_mb, 1)
+        self._jsonl.write(json.dumps(row, default=_plain) + "\n")
+        self._fcsv.writerow(row)
+        self._flush()
+        self.frames += 1
+        self.cells += len(detections)
+        self.frames_without_cells += not detections
+        return row
+
+    def _flush(self):
+        for fh in (self._jsonl, self._fcsv_fh, self._ccsv_fh):
+            fh.flush()
+            if self.fsync:
+                os.fsync(fh.fileno())
+
+    def differential(self) -> list[dict]:
+        total = sum(self.counts.values())
+        return [{"class": c, "count": self.counts[c],
+                 "percent": round(100.0 * self.counts[c] / total, 2) if total else 0.0,
+                 "flagged": self.flagged[c]} for c in self.classes]
+
+    def summary(self, **extra) -> dict:
+        s = {"frames": self.frames, "frames_without_cells": self.frames_without_cells, "cells": self.cells,
+             "flagged_for_review": sum(self.flagged.values()), "review_threshold": self.review_threshold,
+             "latency_ms": {stage: percentiles(v) for stage, v in self.stage_ms.items()},
+             "differential_count": self.differential()}
+        s.update(extra)
+        return s
+
+    def finish(self, summary: dict) -> None:
+        """Close the per-frame files and write summary.json and counts.csv (atomically)."""
+        self.close()
+        write_json_atomic(self.out / "summary.json", summary)
+        tmp = self.out / ".counts.csv.tmp"
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            w = csv.DictWriter(fh, ["class", "count", "percent", "flagged"])
+            w.writeheader()
+            w.writerows(summary["differential_count"])
+        os.replace(tmp, self.out / "counts.csv")
+
+    def close(self):
+        for fh in (self._jsonl, self._fcsv_fh, self._ccsv_fh):
+            if not fh.closed:
+                fh.flush()
+                fh.close()
+
+
+def format_summary(s: dict) -> str:
+    """The summary as a plain-text table for the terminal."""
+    lines = [f"frames {s['frames']} (without cells {s['frames_without_cells']}, skipped {s.get('frames_skipped', 0)}), "
+             f"cells {s['cells']}, flagged for review {s['flagged_for_review']} (confidence < {s['review_threshold']})"]
+    if s.get("end_reason"):
+        lines.append(f"ended: {s['end_reason']}")
+    lines.append("")
+    lines.append(f"{'stage':<11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
+    for stage, p in s["latency_ms"].items():
+        fmt = lambda v: f"{v:9.2f}" if v is not None else f"{'-':>9}"
+        lines.append(f"{stage:<11}{fmt(p['p50'])}{fmt(p['p90'])}{fmt(p['p99'])}{fmt(p['mean'])}")
+    lines.append("")
+    if s.get("fps") is not None:
+        lines.append(f"throughput {s['fps']:.2f} frames/s; first result {s.get('time_to_first_result_s', float('nan')):.2f} s "
+                     f"after process start")
+    if s.get("model"):
+        m = s["model"]
+        lines.append(f"model {m.get('name')} ({m.get('backend')}, {m.get('size_mb', 0):.2f} MB)")
+    if s.get("memory_mb"):
+        mm = s["memory_mb"]
+        lines.append(f"resident memory: peak {mm['peak']:.1f} MB, current {mm['current']:.1f} MB")
+    lines.append("")
+    lines.append("differential count:")
+    lines.append(f"  {'class':<24}{'count':>7}{'%':>8}{'flagged':>9}")
+    for row in s["differential_count"]:
+        lines.append(f"  {row['class']:<24}{row['count']:>7}{row['percent']:>8.1f}{row['flagged']:>9}")
+    return "\n".join(lines)

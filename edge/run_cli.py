@@ -1,0 +1,186 @@
+"""`hemaedge edge run` and `hemaedge edge verify`: argument parsing only; the work is done by
+sources, segment, backends, pipeline and recorder."""
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.segment import CROP_MODES, DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, METHODS
+
+
+def _contract(input_size, preprocess, scaling, dtype, quant):
+    from hemaedge.edge.preprocess import InputContract
+
+    scale, zero = (None, None)
+    if quant:
+        try:
+            scale, zero = float(quant.split(",")[0]), int(quant.split(",")[1])
+        except (ValueError, IndexError):
+            raise UserError(f"--input-quant {quant!r}: expected SCALE,ZERO_POINT (e.g. 1.0,-128)") from None
+    try:
+        return InputContract(size=input_size, preprocess=preprocess, scaling=scaling, dtype=dtype,
+                             quant_scale=scale, quant_zero_point=zero)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _signals_end_the_run():
+    """Ctrl-C and `kill PID` end a run with its summary written (SIGINT is restored even where
+    a launcher started us with it ignored, e.g. a background job of a non-interactive shell)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not in the main thread (e.g. called from a test runner thread)
+        pass
+
+
+@click.command()
+@click.option("--source", "-s", required=True,
+              help="Image file, folder or glob ('frames/*.png'); video file; camera index (0), /dev/videoN "
+                   "or GStreamer pipeline ('nvarguscamerasrc ! ... ! appsink'); or 'picamera2[:WxH]'.")
+@click.option("--bundle", "-b", type=click.Path(path_type=Path),
+              help="Model bundle folder (default: the active model of the device store, else the packaged default).")
+@click.option("--model", type=click.Path(path_type=Path), help="A bare .tflite/.onnx/.engine file instead of a bundle.")
+@click.option("--classes", help="With --model: class names 'a,b,c' or a file with one per line.")
+@click.option("--input-size", default=128, show_default=True, help="With --model: input side in pixels.")
+@click.option("--preprocess", default="rgb", show_default=True, type=click.Choice(["rgb", "clahe", "otsu-mask", "masked-rgb"]),
+              help="With --model: preprocessing.")
+@click.option("--scaling", default="raw", show_default=True, type=click.Choice(["raw", "unit", "lite", "imagenet", "caffe"]),
+              help="With --model: input scaling ('raw' = 0..255 floats, the model scales inside).")
+@click.option("--input-dtype", default="float32", show_default=True, type=click.Choice(["float32", "uint8", "int8"]),
+              help="With --model: input dtype.")
+@click.option("--input-quant", help="With --model and an integer input: SCALE,ZERO_POINT.")
+@click.option("--output-kind", default="probabilities", show_default=True, type=click.Choice(["probabilities", "logits"]),
+              help="With --model: what the model outputs.")
+@click.option("--out", "-o", type=click.Path(path_type=Path),
+              help="Folder for frames.jsonl/csv, cells.csv, summary.json, counts.csv (default runs/edge-<time>).")
+@click.option("--threads", type=click.IntRange(1, 256), help="Inference threads (default: all cores).")
+@click.option("--fps", type=click.FloatRange(min=0.01), help="Process at most this many frames per second.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--loop", is_flag=True, help="Repeat an image folder or video forever (soak tests).")
+@click.option("--method", default="stain", show_default=True, type=click.Choice(METHODS),
+              help="Segmentation: 'stain' (blue-minus-green nuclei, default) or 'otsu' (the papers' pipeline).")
+@click.option("--crop-mode", type=click.Choice(CROP_MODES), default="rbc", show_default=True,
+              help="Crop size: 'rbc' = --rbc-factor red-cell diameters (magnification read off the smear, "
+                   "cells keep their relative sizes); 'cell' = the cell's own box / --cell-fraction; "
+                   "'fixed' = --crop-side pixels.")
+@click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=click.FloatRange(0.5, 20),
+              help="Crop side in red-cell diameters (BloodMNIST's 200 px PBC crops span ~3).")
+@click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=click.FloatRange(0.05, 1.0),
+              help="How much of the crop side the cell's box spans ('cell' mode, and before red cells are measured).")
+@click.option("--crop-side", type=click.IntRange(8, 4096),
+              help="Crop side in pixels (implies --crop-mode fixed; for a microscope that matches the training images).")
+@click.option("--no-platelets", is_flag=True, help="Detect nucleated cells only.")
+@click.option("--review-threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1),
+              help="Cells classified with lower confidence are flagged for human review.")
+@click.option("--fsync", is_flag=True, help="fsync the logs after every frame (survives power loss; slower on SD cards).")
+@click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write annotated frames (JPEG) here.")
+@click.option("--annotate-video", type=click.Path(path_type=Path), help="Write an annotated video (.mp4) here.")
+@click.option("--preview", is_flag=True, help="Show a live window (only where a display exists).")
+@click.option("--camera-retries", default=5, show_default=True, type=click.IntRange(0, 1000),
+              help="Times a camera that stops delivering frames is retried (backoff doubling) before the run ends.")
+@click.option("--camera-backoff", default=0.5, show_default=True, type=click.FloatRange(0, 60),
+              help="First retry wait in seconds.")
+@click.option("--width", type=int, help="Camera capture width.")
+@click.option("--height", type=int, help="Camera capture height.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@user_errors
+def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
+        out, threads, fps, max_frames, loop, method, crop_mode, rbc_factor, cell_fraction, crop_side, no_platelets,
+        review_threshold,
+        fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet):
+    """Segment and classify every cell of each frame; record latency, memory and counts.
+
+    \b
+    Examples:
+      hemaedge edge run --bundle models/int8 --source samples/pbc
+      hemaedge edge run --source 0 --fps 5 --annotate-video run.mp4
+      hemaedge edge run --model m.tflite --classes classes.txt --source smear.mp4 --max-frames 100
+    """
+    from tqdm import tqdm
+
+    from hemaedge.edge.annotate import Annotator, Preview
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.pipeline import CellClassifier, model_info, run as run_pipeline
+    from hemaedge.edge.recorder import Recorder, format_summary
+    from hemaedge.edge.segment import SegmentParams
+    from hemaedge.edge.sources import limit, open_source
+
+    if crop_side:
+        crop_mode = "fixed"
+    elif crop_mode == "fixed":
+        raise UserError("--crop-mode fixed needs --crop-side PIXELS")
+    _signals_end_the_run()
+    t0 = time.perf_counter()
+    contract = _contract(input_size, preprocess, scaling, input_dtype, input_quant) if model else None
+    mdl = load_model(bundle, model, classes, contract, output_kind)
+    backend = load_backend(mdl, threads=threads)
+    load_s = time.perf_counter() - t0
+    src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff, width=width, height=height)
+    out = out or Path("runs") / f"edge-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
+                                cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
+                                rbc_factor=rbc_factor)
+    recorder = Recorder(out, mdl.classes, review_threshold=review_threshold, fsync=fsync)
+    annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
+        if (annotate_dir or annotate_video) else None
+    window = None
+    if preview:
+        window, why = Preview.open(review_threshold)
+        if window is None:
+            click.echo(f"note: no preview window: {why}", err=True)
+    click.echo(f"model: {mdl.describe()} [{getattr(backend, 'runtime', backend.name)}]", err=True)
+    click.echo(f"source: {src.describe()}; writing to {out}", err=True)
+
+    total = max_frames
+    if total is None and hasattr(src, "files") and not loop:
+        total = len(src.files)
+    bar = tqdm(total=total, unit="frame", disable=quiet, desc="frames")
+
+    def on_frame(row):
+        bar.update(1)
+        bar.set_postfix(cells=row["cells"], ms=f"{row['total_ms']:.0f}", refresh=False)
+
+    try:
+        summary = run_pipeline(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
+                               frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
+                               load_s=load_s)
+    finally:
+        bar.close()
+    click.echo(format_summary(summary))
+    click.echo(f"\nlogs: {out}/frames.jsonl, frames.csv, cells.csv; summary: {out}/summary.json; counts: {out}/counts.csv")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--checksums-only", is_flag=True, help="Do not load the model, only check files and manifest.")
+@user_errors
+def verify(bundle, checksums_only):
+    """Check a bundle: manifest, checksums, class list, input contract, and that the model
+    loads in its back end and gives one output per class. Exit code 2 when anything is wrong."""
+    from hemaedge.edge.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    click.echo(b.describe())
+    if not checksums_only:
+        import numpy as np
+
+        from hemaedge.edge.backends import load_backend
+        from hemaedge.edge.preprocess import prepare_batch
+
+        backend = load_backend(b, threads=1)
+        grey = np.full((b.contract.size, b.contract.size, 3), 200, np.uint8)
+        probs = backend.predict(prepare_batch([grey, grey], b.contract))
+        if probs.shape != (2, len(b.classes)) or not np.all(np.isfinite(probs)):
+            raise UserError(f"{bundle}: the model gives output of shape {probs.shape} (or non-finite values) "
+                            f"for {len(b.classes)} classes")
+        click.echo(f"model loads in {getattr(backend, 'runtime', backend.name)} and gives {len(b.classes)} class scores")
+    click.echo("OK")

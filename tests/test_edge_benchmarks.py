@@ -1,0 +1,41 @@
+"""The edge benchmark commands run on real data slices and write their result files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from edge_helpers import make_bundle, make_onnx
+from hemaedge.benchmarks import pbc_end_to_end, segmentation_bccd
+
+BLOODMNIST = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+              "neutrophil", "platelet"]
+
+
+def test_segmentation_bccd_command(bccd, tmp_path):
+    res = CliRunner().invoke(segmentation_bccd.main, ["--data", str(bccd), "--split", "test", "--limit", "6",
+                                                      "--method", "stain", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "segmentation_bccd.json").read_text())
+    run = r["runs"][0]
+    assert run["frames"] == 6 and run["wbc"]["gt"] >= 6 and run["wbc"]["recall_iou"] >= 0.8
+    assert "| stain | test | 6 | wbc |" in (tmp_path / "segmentation_bccd.md").read_text()
+
+
+def test_pbc_end_to_end_with_a_bundle(pbc_raw_val, bloodmnist128, tmp_path):
+    """An 8-class linear model on mean colour: accuracy is low but must be measured on both sides."""
+    rng = np.random.default_rng(1)
+    weights = (rng.normal(0, 0.05, (3, 8)).astype(np.float32), np.zeros(8, np.float32))
+    model = make_onnx(tmp_path / "m.onnx", 128, weights=weights)
+    bundle = make_bundle(tmp_path, model, "onnx", 128, classes=BLOODMNIST, name="b8")
+    res = CliRunner().invoke(pbc_end_to_end.main, ["--data", str(pbc_raw_val), "--bloodmnist-val",
+                                                   str(bloodmnist128 / "val"), "--bundle", str(bundle),
+                                                   "--limit", "16", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "pbc_end_to_end.json").read_text())
+    assert r["fields"] == 16 and r["found"] >= 15
+    assert r["precropped"]["images"] == 16  # the same 16 cells, as BloodMNIST cropped them
+    for key in ("end_to_end_accuracy_rbc", "end_to_end_accuracy_cell", "end_to_end_accuracy_fixed"):
+        assert 0 <= r[key] <= 1
+    assert "pre-cropped BloodMNIST" in (tmp_path / "pbc_end_to_end.md").read_text()

@@ -1,0 +1,147 @@
+"""Segmentation on real frames: BCCD smears (VOC boxes) and PBC fields (labelled central cell)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hemaedge.benchmarks.segmentation_bccd import match, read_voc
+from hemaedge.edge.preprocess import read_image_rgb
+from hemaedge.edge.segment import (Detection, SegmentParams, centre_in, crop_square, extract_crop, nearest_to,
+                                   segment)
+
+REPO = Path(__file__).resolve().parents[1]
+# BCCD test-split frames (the defaults were tuned on the train split only)
+BCCD_TEST = ["BloodImage_00007", "BloodImage_00011", "BloodImage_00015", "BloodImage_00016", "BloodImage_00025",
+             "BloodImage_00031", "BloodImage_00044", "BloodImage_00050", "BloodImage_00058", "BloodImage_00062",
+             "BloodImage_00076", "BloodImage_00080"]
+
+
+def _bccd_frames(bccd, ids):
+    for fid in ids:
+        jpg = bccd / "JPEGImages" / f"{fid}.jpg"
+        if jpg.exists():
+            yield read_image_rgb(jpg), read_voc(bccd / "Annotations" / f"{fid}.xml")
+
+
+def test_white_cells_found_on_bccd_frames(bccd):
+    gt_n = found = pred_n = 0
+    for img, gt in _bccd_frames(bccd, BCCD_TEST):
+        dets = segment(img)
+        pred = [d.box for d in dets if d.kind == "wbc"]
+        gt_n += len(gt.get("WBC", []))
+        pred_n += len(pred)
+        found += match(pred, gt.get("WBC", []), "iou")
+    assert gt_n >= 10
+    assert found / gt_n >= 0.9, f"WBC recall {found}/{gt_n}"
+    assert found / pred_n >= 0.85, f"WBC precision {found}/{pred_n}"
+
+
+def test_red_cells_are_not_white_cells(bccd):
+    """Red cells are most of every frame: hardly any white-cell detection may land on one alone."""
+    on_rbc_only = total = 0
+    for img, gt in _bccd_frames(bccd, BCCD_TEST[:6]):
+        for d in segment(img):
+            if d.kind != "wbc":
+                continue
+            total += 1
+            in_wbc = any(centre_in(b, d.centre) for b in gt.get("WBC", []))
+            on_rbc_only += (not in_wbc) and any(centre_in(b, d.centre) for b in gt.get("RBC", []))
+    assert total and on_rbc_only <= 1
+
+
+def test_otsu_method_runs_and_differs(bccd):
+    img, gt = next(_bccd_frames(bccd, BCCD_TEST[:1]))
+    otsu = segment(img, SegmentParams(method="otsu"))
+    stain = segment(img)
+    assert otsu and stain
+    assert [d.box for d in otsu] != [d.box for d in stain]
+
+
+def test_labelled_central_cell_found_on_pbc_fields(pbc_raw_val):
+    rows = list(csv.DictReader(open(pbc_raw_val / "labels.csv")))
+    by_class = {}
+    for r in rows:  # two fields of each class, the platelet class included
+        by_class.setdefault(r["class"], [])
+        if len(by_class[r["class"]]) < 2:
+            by_class[r["class"]].append(r)
+    found = total = 0
+    for r in (r for v in by_class.values() for r in v):
+        img = read_image_rgb(pbc_raw_val / r["file"])
+        h, w = img.shape[:2]
+        d = nearest_to(segment(img), (w / 2, h / 2))
+        total += 1
+        found += d is not None and centre_in(d.box, (w / 2, h / 2))
+    assert total == 16 and found >= 15
+
+
+def test_sample_pbc_crops_match_training_scale():
+    """On PBC fields a white-cell crop comes out near the 200 px that BloodMNIST cut."""
+    sides = []
+    for p in sorted((REPO / "samples" / "pbc").glob("*.jpg")):
+        img = read_image_rgb(p)
+        d = nearest_to(segment(img), (img.shape[1] / 2, img.shape[0] / 2))
+        sides.append(d.crop[2])
+    assert 140 <= np.median(sides) <= 280
+
+
+def test_blank_and_red_only_frames_give_no_cells():
+    blank = np.full((480, 640, 3), 235, np.uint8)
+    assert segment(blank) == []
+    pink = blank.copy()
+    pink[100:200, 100:200] = (200, 140, 150)  # a red-cell coloured disc-ish patch
+    assert [d for d in segment(pink) if d.kind == "wbc"] == []
+    assert segment(np.full((12, 9, 3), 128, np.uint8)) == []  # tiny frames are no error
+
+
+def test_same_cells_at_any_frame_size(bccd):
+    """A 4x upscaled frame (a higher-resolution camera) gives the same cells, boxes 4x larger."""
+    import cv2
+
+    img, _ = next(_bccd_frames(bccd, ["BloodImage_00007"]))
+    small = [d.box for d in segment(img) if d.kind == "wbc"]
+    big = [d.box for d in segment(cv2.resize(img, None, fx=4, fy=4)) if d.kind == "wbc"]
+    assert len(small) == len(big) >= 1
+    for a, b in zip(small, big):
+        assert np.allclose(np.array(b) / 4, a, atol=4)
+
+
+def test_crops_are_scale_normalised_and_border_replicated():
+    det = Detection((0, 0, 100, 80), "wbc", 5000)
+    cx, cy, side = crop_square(det, 0.5, 100)
+    assert side == 200 and (cx, cy) == (50, 40)
+    frame = np.zeros((100, 120, 3), np.uint8)
+    frame[:, :60] = 255
+    crop = extract_crop(frame, (cx, cy, side))
+    assert crop.shape == (200, 200, 3)
+    # running off the left edge replicates the edge column (white), not black padding
+    assert crop[100, 0].tolist() == [255, 255, 255]
+    # the same cell at twice the magnification gives the same crop content scale
+    big = Detection((0, 0, 200, 160), "wbc", 20000)
+    assert crop_square(big, 0.5, 100)[2] == 2 * side
+
+
+def test_fixed_crop_side_option(pbc_raw_val):
+    img = read_image_rgb(pbc_raw_val / "val_00000.jpg")
+    assert {d.crop[2] for d in segment(img, crop_side=200)} == {200}
+
+
+def test_cell_fraction_validated():
+    with pytest.raises(ValueError):
+        crop_square(Detection((0, 0, 10, 10), "wbc", 50), 1.5, 10)
+
+
+def test_red_cells_measure_the_magnification(bccd, pbc_raw_val):
+    """Red cells are the smear's ruler: larger in BCCD (higher magnification) than in PBC."""
+    from hemaedge.edge.segment import MagnificationTracker, red_cell_diameter
+
+    pbc, bc = MagnificationTracker(), MagnificationTracker()
+    for i in range(0, 400, 40):
+        pbc.update(read_image_rgb(pbc_raw_val / f"val_{i:05d}.jpg"))
+    for img, _ in _bccd_frames(bccd, BCCD_TEST[:8]):
+        bc.update(img)
+    assert 50 <= pbc.diameter <= 85  # PBC: ~65 px; a BloodMNIST crop (200 px) is ~3 of them
+    assert 75 <= bc.diameter <= 120  # BCCD: ~90-100 px (its RBC boxes are ~100 px)
+    assert red_cell_diameter(np.full((100, 100, 3), 230, np.uint8)) is None

@@ -1,0 +1,278 @@
+"""Frame sources: every source that can run here, on real frames; picamera2 with a fake camera."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hemaedge.edge.cli_support import UserError
+from hemaedge.edge.preprocess import read_image_rgb
+from hemaedge.edge.sources import (CameraSource, ImageSource, PiCameraSource, VideoSource, limit, list_images,
+                                   open_source)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+
+
+def write_video(path: Path, frames_rgb: list[np.ndarray], fps: float = 5.0) -> Path:
+    h, w = frames_rgb[0].shape[:2]
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert wr.isOpened(), "OpenCV cannot write MJPG AVI here"
+    for f in frames_rgb:
+        wr.write(cv2.cvtColor(cv2.resize(f, (w, h)), cv2.COLOR_RGB2BGR))
+    wr.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def bccd_frames():
+    return [read_image_rgb(p) for p in sorted((SAMPLES / "bccd").glob("*.jpg"))]
+
+
+@pytest.fixture()
+def video(tmp_path, bccd_frames):
+    return write_video(tmp_path / "smear.avi", bccd_frames)
+
+
+def test_single_image_file():
+    f = SAMPLES / "pbc" / "val_00000.jpg"
+    frames = list(open_source(str(f)))
+    assert len(frames) == 1 and frames[0].image.shape == (363, 360, 3) and frames[0].image.dtype == np.uint8
+    assert frames[0].name == "val_00000.jpg"
+    # RGB order: the source gives the same pixels as the one reader training uses
+    assert np.array_equal(frames[0].image, read_image_rgb(f))
+
+
+def test_folder_lists_images_only_sorted():
+    src = open_source(str(SAMPLES / "bccd"))  # the folder also holds .xml and LICENSE
+    names = [fr.name for fr in src]
+    assert names == sorted(p.name for p in (SAMPLES / "bccd").glob("*.jpg"))
+
+
+def test_glob_pattern():
+    frames = list(open_source(str(SAMPLES / "pbc" / "val_0000*.jpg")))
+    assert [f.name for f in frames] == ["val_00000.jpg", "val_00003.jpg", "val_00004.jpg", "val_00009.jpg"]
+
+
+def test_missing_and_empty_sources_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        open_source(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="holds no images"):
+        open_source(str(tmp_path))
+    with pytest.raises(UserError, match="matches no image"):
+        open_source(str(tmp_path / "*.png"))
+    with pytest.raises(UserError, match="no such video"):
+        open_source(str(tmp_path / "gone.mp4"))
+
+
+def test_unreadable_frames_are_skipped_and_counted(tmp_path):
+    shutil.copy(SAMPLES / "pbc" / "val_00000.jpg", tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "c.png").write_bytes(b"")
+    shutil.copy(SAMPLES / "pbc" / "val_00003.jpg", tmp_path / "d.jpg")
+    src = ImageSource(str(tmp_path))
+    frames = list(src)
+    assert [f.name for f in frames] == ["a.jpg", "d.jpg"]
+    assert [f.index for f in frames] == [0, 3]
+    assert src.skipped == 2 and any("b.jpg" in r for r in src.skip_reasons)
+
+
+def test_frames_of_any_depth_are_converted(tmp_path):
+    rgb = read_image_rgb(SAMPLES / "pbc" / "val_00000.jpg")
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(tmp_path / "1_gray.png"), gray)
+    cv2.imwrite(str(tmp_path / "2_rgba.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))
+    cv2.imwrite(str(tmp_path / "3_16bit.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    frames = list(ImageSource(str(tmp_path)))
+    assert len(frames) == 3
+    for f in frames:
+        assert f.image.dtype == np.uint8 and f.image.shape == rgb.shape
+    assert np.array_equal(frames[1].image, rgb)
+    assert np.array_equal(frames[2].image, rgb)  # 16-bit keeps its 8 most significant bits
+    assert np.array_equal(frames[0].image[..., 0], gray)
+
+
+def test_video_file(video, bccd_frames):
+    src = open_source(str(video))
+    assert isinstance(src, VideoSource)
+    frames = list(src)
+    assert len(frames) == len(bccd_frames)
+    # MJPG is lossy: close to the original, and in RGB order (not BGR)
+    for got, want in zip(frames, bccd_frames):
+        assert got.image.shape == want.shape
+        assert np.abs(got.image.astype(int) - want).mean() < 6
+
+
+def test_looping_video_and_max_frames(video):
+    frames = list(limit(iter(VideoSource(str(video), loop=True)), max_frames=7))
+    assert [f.index for f in frames] == list(range(7))
+
+
+def test_damaged_video_is_a_user_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    with pytest.raises(UserError, match="cannot open the video"):
+        open_source(str(bad))
+
+
+def test_camera_source_fed_by_a_video(video, bccd_frames):
+    """The OpenCV camera path (index, V4L2 and GStreamer all go through VideoCapture) reading a
+    video file as if it were a camera."""
+    src = open_source(str(video)).path  # a file path that VideoCapture opens like a device
+    cam = CameraSource(src, retries=0, sleep=lambda s: None)
+    frames = list(cam)
+    assert len(frames) == len(bccd_frames)
+    assert np.abs(frames[0].image.astype(int) - bccd_frames[0]).mean() < 6
+    assert "stopped delivering" in cam.end_reason  # end of stream = camera gone, ended cleanly
+    # with retries, the camera is reopened and delivers again (here: the file from its start)
+    waits = []
+    cam = CameraSource(src, retries=2, backoff=0.2, sleep=waits.append)
+    frames = list(limit(iter(cam), max_frames=len(bccd_frames) + 2))
+    assert len(frames) == len(bccd_frames) + 2 and cam.reconnects == 1 and waits == [0.2]
+
+
+class FlakyCapture:
+    """A camera that delivers `n` frames, then nothing (unplugged)."""
+
+    opened = 0
+
+    def __init__(self, frames, n):
+        self.frames, self.n, self.i = frames, n, 0
+        FlakyCapture.opened += 1
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        if self.i < self.n:
+            self.i += 1
+            return True, self.frames[(self.i - 1) % len(self.frames)]
+        return False, None
+
+    def release(self):
+        pass
+
+
+def test_camera_that_stops_is_retried_with_backoff_then_ends_cleanly(bccd_frames):
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in bccd_frames]
+    waits = []
+    first = {"done": False}
+
+    def open_capture(spec):
+        if not first["done"]:
+            first["done"] = True
+            return FlakyCapture(bgr, 4)
+        return FlakyCapture(bgr, 0)  # reconnecting does not help
+
+    src = CameraSource(0, retries=3, backoff=0.5, open_capture=open_capture, sleep=waits.append)
+    frames = list(src)
+    assert len(frames) == 4
+    assert np.array_equal(frames[0].image, bccd_frames[0])  # BGR from OpenCV -> RGB
+    assert waits == [0.5, 1.0, 2.0]  # doubling backoff
+    assert "stopped delivering" in src.end_reason
+
+
+def test_camera_recovers_after_a_gap(bccd_frames):
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in bccd_frames]
+    caps = iter([FlakyCapture(bgr, 2), FlakyCapture(bgr, 0), FlakyCapture(bgr, 3), FlakyCapture(bgr, 0),
+                 FlakyCapture(bgr, 0)])
+    src = CameraSource(0, retries=2, backoff=0.01, open_capture=lambda s: next(caps), sleep=lambda s: None)
+    assert len(list(src)) == 5
+
+
+def test_camera_bad_frames_are_skipped(bccd_frames):
+    good = cv2.cvtColor(bccd_frames[0], cv2.COLOR_RGB2BGR)
+    weird = np.zeros((10, 10, 2), np.uint8)  # two channels: cannot be an image
+    cap = FlakyCapture([good, weird, good], 3)
+    src = CameraSource(0, retries=0, open_capture=lambda s: cap, sleep=lambda s: None)
+    frames = list(src)
+    assert len(frames) == 2 and src.skipped == 1
+    assert "channels" in src.skip_reasons[0]
+
+
+def test_camera_that_never_opens_is_a_user_error():
+    class Closed:
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    src = CameraSource(7, retries=2, backoff=0.0, open_capture=lambda s: Closed(), sleep=lambda s: None)
+    with pytest.raises(UserError, match="cannot open the camera"):
+        list(src)
+
+
+class FakePicamera2:
+    """Mimics picamera2.Picamera2: 'RGB888' frames arrive as B, G, R bytes."""
+
+    def __init__(self, frames_bgr, fail_after=None):
+        self.frames, self.fail_after = frames_bgr, fail_after
+        self.i, self.started, self.stopped, self.config = 0, False, False, None
+
+    def create_video_configuration(self, main):
+        return {"main": main}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+
+    def capture_array(self, name="main"):
+        if self.fail_after is not None and self.i >= self.fail_after:
+            raise RuntimeError("Camera frontend has timed out!")
+        f = self.frames[self.i % len(self.frames)]
+        self.i += 1
+        return f
+
+
+def test_picamera2_bgr_order_and_clean_end(bccd_frames):
+    cam = FakePicamera2([cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in bccd_frames], fail_after=5)
+    waits = []
+    src = PiCameraSource(640, 480, camera_factory=lambda: cam, retries=2, backoff=0.25, sleep=waits.append)
+    assert cam.config["main"] == {"format": "RGB888", "size": (640, 480)}
+    frames = list(src)
+    assert len(frames) == 5 and cam.started and cam.stopped
+    assert np.array_equal(frames[0].image, bccd_frames[0])  # channels swapped back to RGB
+    assert waits == [0.25, 0.5] and "timed out" in src.end_reason
+
+
+def test_picamera2_xrgb8888_four_channels(bccd_frames):
+    bgra = cv2.cvtColor(bccd_frames[1], cv2.COLOR_RGB2BGRA)
+    src = PiCameraSource(camera_factory=lambda: FakePicamera2([bgra], fail_after=1), retries=0, sleep=lambda s: None)
+    frames = list(src)
+    assert np.array_equal(frames[0].image, bccd_frames[1])
+
+
+def test_picamera2_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import fails as on a PC
+    with pytest.raises(UserError, match="picamera2"):
+        open_source("picamera2:320x240")
+
+
+def test_fps_limit_paces_frames_without_real_sleeping():
+    now = [0.0]
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    frames = list(limit(iter(range(5)), fps=10, sleep=sleep, clock=lambda: now[0]))
+    assert frames == list(range(5))
+    assert sum(slept) == pytest.approx(0.4)  # 5 frames at 10 fps: 4 gaps of 0.1 s
+
+
+def test_list_images_folder_sorted(tmp_path):
+    for n in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / n).write_bytes(b"x")
+    assert [p.name for p in list_images(str(tmp_path))] == ["a.jpg", "b.png"]
