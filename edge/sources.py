@@ -66,12 +66,14 @@ class FrameSource:
 
 
 def list_images(spec: str) -> list[Path]:
-    """Image files named by a file, a folder (sorted, not recursive) or a glob pattern."""
+    """Image files named by a file, a folder (sorted; its sub-folders too) or a glob pattern."""
     p = Path(spec)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        # Sub-folders count: a slide's frames are often filed per patient or per day.
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
         if not files:
-            raise UserError(f"{spec}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            raise UserError(f"{spec}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))}), "
+                            "not even in its sub-folders")
         return files
     if p.is_file():
         return [p]

@@ -1,0 +1,485 @@
+"""End-to-end fine-tuning of an ImageNet backbone (Hameed 2025's recipe as the defaults).
+
+    CLAHE (clip 2.0, tiles 8x8; `hemaedge.edge.preprocess`, the same code the device runs)
+    -> online augmentation (finetune_augment) -> mixup p=0.5 -> inverse-frequency weighted
+    sampling + weighted cross-entropy -> AdamW lr 1e-4, wd 1e-4, cosine annealing per epoch
+    (T_max = epochs) -> batch 32 -> checkpoint on best validation accuracy.
+
+Keras 3 only (keras.ops / keras.utils.PyDataset / model.fit), so it runs with the
+TensorFlow, JAX or torch backend; the saved `.keras` uses built-in layers only and loads with
+the TensorFlow backend for export. The model takes float32 RGB 0..255 (scaling "raw").
+
+Outputs in `out/`: best.keras + best.json (classes, input contract, weights, metrics),
+last.keras + state.json (resume), history.csv (one row per epoch, written as it goes),
+curves.png, metrics.json, confusion_test.png, summary.md.
+
+Resume: last.keras holds the weights AND the optimizer state; state.json the finished epoch,
+best accuracy and the config. All randomness is derived from (seed, epoch, batch), so a
+resumed run draws the same batches, augmentations and mixups it would have drawn.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hemaedge.edge.preprocess import InputContract, apply_preprocess
+from hemaedge.train import sampling
+from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
+
+HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+class FinetuneError(Exception):
+    """A fine-tuning request that cannot run (bad option, unusable output folder)."""
+
+
+@dataclass
+class FinetuneConfig:
+    data: str
+    out: str
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = "imagenet"
+    size: int = 128
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    t_max: int | None = None          # cosine period in epochs; None = epochs
+    eta_min: float = 0.0
+    mixup_p: float = 0.5
+    mixup_alpha: float = 0.2
+    preprocess: str = "clahe"
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+    augment: str = "full"
+    weighted_sampling: bool = True
+    weighted_loss: bool = True
+    dropout: float = 0.2
+    seed: int = 42
+    limit: int | None = None          # at most this many images per class and split (quick runs)
+    bootstrap: int = 1000
+
+    def validate(self):
+        if not 28 <= int(self.size) <= 224:
+            raise FinetuneError(f"--size {self.size}: input size must be 28..224")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise FinetuneError("--epochs and --batch-size must be at least 1")
+        if self.augment not in AUGMENT_PRESETS:
+            raise FinetuneError(f"--augment {self.augment!r}: expected one of {AUGMENT_PRESETS}")
+        if self.preprocess not in ("clahe", "rgb", "masked-rgb", "otsu-mask"):
+            raise FinetuneError(f"--preprocess {self.preprocess!r}: expected clahe, rgb, masked-rgb or otsu-mask")
+        if not 0.0 <= self.mixup_p <= 1.0:
+            raise FinetuneError("--mixup-p must be within 0..1")
+
+    def contract(self) -> InputContract:
+        return InputContract(size=int(self.size), preprocess=self.preprocess, scaling="raw",
+                             clahe_clip=float(self.clahe_clip), clahe_tiles=int(self.clahe_tiles))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def limit_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Indices of the first `limit` images of every class (all when limit is None)."""
+    if not limit:
+        return np.arange(len(labels))
+    keep = np.concatenate([np.flatnonzero(labels == c)[:limit] for c in np.unique(labels)])
+    return np.sort(keep)
+
+
+def load_split(ds, split: str, contract: InputContract, limit: int | None = None):
+    """uint8 images of one split with the contract's resize + preprocessing applied once."""
+    labels = ds.split(split).labels
+    idx = limit_per_class(labels, limit)
+    x, y = ds.load_images(split, size=contract.size, indices=idx)
+    x = np.stack([apply_preprocess(img, contract) for img in x]) if len(x) else x
+    return x, y
+
+
+def open_data(path):
+    from hemaedge.train.datasets import open_dataset
+
+    return open_dataset(path)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _batch_rng(seed, epoch, batch, stream):
+    return np.random.default_rng([int(seed), int(epoch), int(batch), stream])
+
+
+def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_epoch: int):
+    import keras
+
+    class TrainBatches(keras.utils.PyDataset):
+        """Training batches: weighted sampling, augmentation, mixup, weighted targets."""
+
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = start_epoch
+            self.aug = BatchAugmenter(cfg.augment, cfg.seed)
+            self._set_order()
+
+        def _set_order(self):
+            rng = np.random.default_rng([cfg.seed, self.epoch, 0, 0])
+            self.order = sampling.epoch_order(y, n_classes, rng, cfg.weighted_sampling)
+
+        def __len__(self):
+            return math.ceil(len(self.order) / cfg.batch_size)
+
+        def __getitem__(self, i):
+            idx = self.order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            xb = self.aug(x[idx], self.epoch, i).astype(np.float32)
+            yb = sampling.one_hot(y[idx], n_classes)
+            xb, yb, _ = sampling.mixup(xb, yb, _batch_rng(cfg.seed, self.epoch, i, 1),
+                                       cfg.mixup_p, cfg.mixup_alpha)
+            if cfg.weighted_loss:
+                yb = sampling.weight_targets(yb, class_w)
+            return xb, yb
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self._set_order()
+
+    return TrainBatches()
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_classifier(backbone: str, weights, size: int, n_classes: int, dropout: float = 0.2):
+    """backbone (RGB 0..255 -> pooled features) + dropout + softmax dense; returns (model, info)."""
+    import keras
+
+    from hemaedge.train.backbones import build_backbone
+
+    features, info = build_backbone(backbone, weights, size)
+    inp = keras.Input((size, size, 3), name="image")
+    x = features(inp)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    out = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inp, out, name=f"finetune_{backbone.replace('-', '_')}"), info
+
+
+def compile_model(model, cfg: FinetuneConfig):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay),
+                  loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
+def cosine_lr(epoch: int, cfg: FinetuneConfig) -> float:
+    """Learning rate of a 0-based epoch: cosine annealing from lr to eta_min over T_max epochs
+    (torch CosineAnnealingLR stepped once per epoch, as in the recipe)."""
+    t_max = cfg.t_max or cfg.epochs
+    return cfg.eta_min + (cfg.lr - cfg.eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2
+
+
+def save_keras_atomic(model, path: Path):
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_history(out: Path) -> list[dict]:
+    path = out / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def write_history(out: Path, rows: list[dict]):
+    from hemaedge.train.evaluate import write_text
+
+    lines = [",".join(HISTORY_FIELDS)]
+    lines += [",".join(f"{r[k]:.6g}" if k != "epoch" else str(r[k]) for k in HISTORY_FIELDS) for r in rows]
+    write_text(out / "history.csv", "\n".join(lines) + "\n")
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = ""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(ep, [r["loss"] for r in rows], "o-", label="train (weighted, mixup)")
+    a1.plot(ep, [r["val_loss"] for r in rows], "o-", label="validation")
+    a1.set_xlabel("epoch"), a1.set_ylabel("cross-entropy"), a1.legend(), a1.grid(alpha=0.3)
+    a2.plot(ep, [r["accuracy"] for r in rows], "o-", label="train (augmented, mixup)")
+    a2.plot(ep, [r["val_accuracy"] for r in rows], "o-", label="validation")
+    a2.set_xlabel("epoch"), a2.set_ylabel("accuracy"), a2.legend(), a2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | None = None, **extra) -> dict:
+    out = {"classes": list(classes), "input": cfg.contract().to_dict(), "weights": weights_desc,
+           "backbone": cfg.backbone, "metrics": metrics or {}}
+    out.update(extra)
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import keras
+
+    return f"{os.cpu_count()}-core {platform.machine()} ({cpu}), keras {keras.__version__} backend {keras.backend.backend()}"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _check_resume(out: Path, cfg: FinetuneConfig):
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text())
+    old = state.get("config", {})
+    # Only these may change on resume: more epochs, bootstrap count.
+    fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "bootstrap", "out", "data")}
+    diff = [k for k, v in fixed.items() if old.get(k) != v]
+    if diff:
+        raise FinetuneError(f"{state_path}: cannot resume with different settings ({', '.join(diff)}); "
+                            "use the same options or a new --out folder")
+    return state
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, log=print, command: str | None = None) -> dict:
+    """Train (or resume), checkpoint, evaluate the best checkpoint; returns the metrics dict."""
+    import keras
+
+    from hemaedge.train.evaluate import write_json
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "state.json").exists() and not resume:
+        raise FinetuneError(f"{out}: already holds a run (state.json); pass --resume to continue it "
+                            "or choose a new --out folder")
+    state = _check_resume(out, cfg) if resume and (out / "state.json").exists() else None
+
+    contract = cfg.contract()
+    ds = open_data(cfg.data)
+    classes = list(ds.classes)
+    n_classes = len(classes)
+    t0 = time.time()
+    x_train, y_train = load_split(ds, "train", contract, cfg.limit)
+    x_val, y_val = load_split(ds, "val", contract, cfg.limit)
+    log(f"data: {cfg.data} classes={n_classes} train={len(y_train)} val={len(y_val)} "
+        f"({contract.preprocess}, {contract.size}px) in {time.time() - t0:.0f}s")
+    class_w = sampling.class_weights(y_train, n_classes)
+
+    if state:
+        model = keras.models.load_model(out / "last.keras")
+        start_epoch, best_acc = int(state["epoch"]), float(state["best_val_accuracy"])
+        weights_desc = state["weights"]
+        rows = read_history(out)[:start_epoch]
+        log(f"resuming after epoch {start_epoch} (best val accuracy {best_acc:.4f})")
+    else:
+        keras.utils.set_random_seed(cfg.seed)
+        model, info = build_classifier(cfg.backbone, cfg.weights, cfg.size, n_classes, cfg.dropout)
+        compile_model(model, cfg)
+        start_epoch, best_acc, weights_desc, rows = 0, -1.0, info["weights"], []
+        log(f"model: {cfg.backbone}, weights: {weights_desc}, {model.count_params():,} parameters")
+
+    if start_epoch >= cfg.epochs:
+        log(f"nothing to train: {start_epoch} epochs done (--epochs {cfg.epochs})")
+    else:
+        train_seq = _make_train_sequence(x_train, y_train, n_classes, cfg, class_w, start_epoch)
+        y_val_1h = sampling.one_hot(y_val, n_classes)
+        ctx = {"best": best_acc, "t": time.time()}
+
+        class Checkpoint(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                keras.utils.set_random_seed(cfg.seed + 1000 * (epoch + 1))  # dropout etc.
+                self.model.optimizer.learning_rate.assign(cosine_lr(epoch, cfg))
+                ctx["t"] = time.time()
+
+            def on_train_batch_end(self, batch, logs=None):
+                if (batch + 1) % 50 == 0:  # a sign of life on slow CPUs
+                    log(f"  batch {batch + 1}/{len(train_seq)} loss {float((logs or {}).get('loss', 0)):.4f} "
+                        f"({time.time() - ctx['t']:.0f}s)")
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                row = {"epoch": epoch + 1, "lr": cosine_lr(epoch, cfg),
+                       "loss": float(logs.get("loss", float("nan"))),
+                       "accuracy": float(logs.get("accuracy", float("nan"))),
+                       "val_loss": float(logs.get("val_loss", float("nan"))),
+                       "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
+                       "seconds": time.time() - ctx["t"]}
+                rows.append(row)
+                if row["val_accuracy"] > ctx["best"]:
+                    ctx["best"] = row["val_accuracy"]
+                    save_keras_atomic(self.model, out / "best.keras")
+                    write_json(out / "best.json", sidecar(classes, cfg, weights_desc,
+                                                          {"val_accuracy": row["val_accuracy"]},
+                                                          epoch=epoch + 1))
+                save_keras_atomic(self.model, out / "last.keras")
+                write_history(out, rows)
+                write_json(out / "state.json", {"epoch": epoch + 1, "best_val_accuracy": ctx["best"],
+                                                "weights": weights_desc, "classes": classes,
+                                                "config": dataclasses.asdict(cfg)})
+                plot_curves(rows, out / "curves.png", f"{cfg.backbone} {cfg.size}px")
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+                    f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
+                    f"lr {row['lr']:.2e} ({row['seconds']:.0f}s)")
+
+        model.fit(train_seq, validation_data=(x_val.astype(np.float32), y_val_1h),
+                  validation_batch_size=64, epochs=cfg.epochs, initial_epoch=start_epoch,
+                  callbacks=[Checkpoint()], verbose=0)
+
+    return evaluate_best(cfg, ds, classes, contract, log, command)
+
+
+def predict_proba(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
+
+
+def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=print, command=None) -> dict:
+    """Val + test metrics of best.keras with the shared metrics; writes metrics.json, summary.md
+    and model.keras (+ model.json): the best weights without optimizer state, for export."""
+    import keras
+
+    from hemaedge.train.evaluate import (compute_metrics, plot_confusion_matrix, write_json,
+                                         write_text)
+
+    out = Path(cfg.out)
+    model = keras.models.load_model(out / "best.keras", compile=False)
+    save_keras_atomic(model, out / "model.keras")  # uncompiled: no optimizer slots, a third the size
+    side = json.loads((out / "best.json").read_text())
+    history = read_history(out)
+    result = {"backbone": cfg.backbone, "weights": side["weights"], "input_size": cfg.size,
+              "epochs_trained": len(history), "best_epoch": side.get("epoch"),
+              "machine": machine(), "model_bytes": (out / "model.keras").stat().st_size,
+              "parameters": int(model.count_params()),
+              "train_seconds": sum(r["seconds"] for r in history),
+              "history": history, "commands": [], "config": dataclasses.asdict(cfg)}
+    if (out / "metrics.json").is_file():  # keep the commands of earlier (interrupted) invocations
+        result["commands"] = list(json.loads((out / "metrics.json").read_text()).get("commands", []))
+    if command:
+        result["commands"].append(command)
+    for split in ("val", "test"):
+        if split not in ds.splits:
+            continue
+        x, y = load_split(ds, split, contract, cfg.limit)
+        m = compute_metrics(y, predict_proba(model, x), classes, bootstrap=cfg.bootstrap, seed=42)
+        result[split] = m
+        if split == "test":
+            plot_confusion_matrix(np.asarray(m["confusion_matrix"]), classes, out / "confusion_test.png",
+                                  title=f"{cfg.backbone} {cfg.size}px, test")
+        log(f"{split}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f}")
+    write_json(out / "metrics.json", result)
+    side["metrics"] = {k: {kk: result[k][kk] for kk in ("accuracy", "macro_f1", "kappa", "roc_auc_ovr",
+                                                        "accuracy_ci95", "n")}
+                       for k in ("val", "test") if k in result}
+    write_json(out / "best.json", side)
+    write_json(out / "model.json", side)
+    write_text(out / "summary.md", summary_markdown(result))
+    return result
+
+
+def summary_markdown(r: dict) -> str:
+    lines = [f"# Fine-tuned {r['backbone']} at {r['input_size']} px", "",
+             f"* weights: {r['weights']}",
+             f"* epochs trained: {r['epochs_trained']} (best validation epoch {r['best_epoch']}), "
+             f"training time {r['train_seconds'] / 60:.1f} min on {r['machine']}",
+             f"* model file: model.keras (float32, no optimizer state), {r['model_bytes'] / 1e6:.2f} MB, "
+             f"{r.get('parameters', 0):,} parameters", ""]
+    for c in r.get("commands", []):
+        lines[-1:-1] = [f"* command: `{c}`"]
+    lines += ["| split | n | accuracy | 95% CI (bootstrap) | macro F1 | kappa | ROC AUC |",
+              "|---|---|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        if split in r:
+            m = r[split]
+            ci = m.get("accuracy_ci95")
+            ci_s = f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "–"
+            auc = m.get("roc_auc_ovr")
+            lines.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {ci_s} | {m['macro_f1']:.4f} | "
+                         f"{m['kappa']:.4f} | {auc if auc is None else f'{auc:.4f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
+    """Results table for benchmarks/results from a finished run: PREFIX.md, PREFIX.json,
+    PREFIX_curves.png and PREFIX_confusion.png (copies of the run's figures)."""
+    import datetime as dt
+    import shutil
+
+    from hemaedge.train.evaluate import write_json, write_text
+
+    run_dir, prefix = Path(run_dir), Path(prefix)
+    r = json.loads((run_dir / "metrics.json").read_text())
+    date = date or dt.date.today().isoformat()
+    t = r.get("test", {})
+    ci = t.get("accuracy_ci95")
+    row = {"backbone": r["backbone"], "weights": r["weights"], "input_size": r["input_size"],
+           "epochs": r["epochs_trained"], "best_epoch": r["best_epoch"], "hardware": r["machine"],
+           "training_minutes": round(r["train_seconds"] / 60, 1), "test_n": t.get("n"),
+           "test_accuracy": t.get("accuracy"), "test_accuracy_ci95": ci, "macro_f1": t.get("macro_f1"),
+           "kappa": t.get("kappa"), "roc_auc_ovr": t.get("roc_auc_ovr"),
+           "val_accuracy": r.get("val", {}).get("accuracy"),
+           "size_mb": round(r["model_bytes"] / 1e6, 2), "parameters": r.get("parameters"),
+           "date": date, "commands": r.get("commands", [])}
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    write_json(prefix.with_suffix(".json"), {"rows": [row], "per_class_test": t.get("per_class"),
+                                             "history": r.get("history"), "config": r.get("config")})
+    figures = []
+    for src, suffix in (("curves.png", "_curves.png"), ("confusion_test.png", "_confusion.png")):
+        if (run_dir / src).is_file():
+            dst = prefix.with_name(prefix.name + suffix)
+            shutil.copyfile(run_dir / src, dst)
+            figures.append(dst)
+    ci_s = f"{ci[0] * 100:.2f}–{ci[1] * 100:.2f}" if ci else "–"
+    md = [f"# Fine-tuning on {Path(r['config']['data']).name} (official split)", "",
+          f"Measured {date} on {row['hardware']}.", "",
+          "| backbone | weights | input | epochs (best) | hardware | training time | test accuracy % "
+          "(95% bootstrap CI) | macro F1 | kappa | size MB |",
+          "|---|---|---|---|---|---|---|---|---|---|",
+          f"| {row['backbone']} | {row['weights'].split(' (')[0]} | {row['input_size']} px | {row['epochs']} "
+          f"({row['best_epoch']}) | {os.cpu_count()}-core CPU, no GPU | {row['training_minutes']} min | "
+          f"{row['test_accuracy'] * 100:.2f} ({ci_s}) | {row['macro_f1']:.4f} | {row['kappa']:.4f} | "
+          f"{row['size_mb']} |", "",
+          f"* weights: {row['weights']}",
+          f"* test set: n = {row['test_n']}; validation accuracy of the chosen checkpoint "
+          f"{(row['val_accuracy'] or 0) * 100:.2f} %; macro ROC AUC {row['roc_auc_ovr']}",
+          f"* size: float32 `.keras` without optimizer state, {row['parameters']:,} parameters",
+          *[f"* command: `{c}`" for c in row["commands"]], ""]
+    md += ["| epoch | lr | train loss | train acc | val loss | val acc | seconds |", "|---|---|---|---|---|---|---|"]
+    for h in r.get("history", []):
+        md.append(f"| {h['epoch']} | {h['lr']:.2e} | {h['loss']:.4f} | {h['accuracy']:.4f} | {h['val_loss']:.4f} | "
+                  f"{h['val_accuracy']:.4f} | {h['seconds']:.0f} |")
+    md += ["", "Per-class test results:", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name, pc in (t.get("per_class") or {}).items():
+        md.append(f"| {name} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['f1']:.4f} | {pc['support']} |")
+    md += ["", *[f"![{f.stem}]({f.name})" for f in figures], ""]
+    write_text(prefix.with_suffix(".md"), "\n".join(md))
+    return [prefix.with_suffix(".md"), prefix.with_suffix(".json"), *figures]

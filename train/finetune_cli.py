@@ -1,0 +1,105 @@
+"""`hemaedge train finetune` and `hemaedge train ensemble`: argument parsing only.
+
+The work happens in `hemaedge.train.finetune` and `hemaedge.train.ensemble`.
+"""
+from __future__ import annotations
+
+import click
+
+from hemaedge.edge.cli_support import UserError, user_errors
+
+BACKBONE_CHOICES = ("efficientnetv2b0", "efficientnetb0", "efficientnetb3", "resnet50", "resnet50v2",
+                    "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "smallcnn")
+
+
+def _weights(value: str):
+    return None if value.lower() in ("none", "scratch", "random") else value
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--data", required=True, help="Data set: MedMNIST .npz, ImageFolder tree (split or flat), or name.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (checkpoints, curves, metrics).")
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default="efficientnet-lite0")
+@click.option("--weights", default="imagenet",
+              help="'imagenet', 'none' (from scratch) or a local weights file (Keras apps: hash-checked; Lite: .pth).")
+@click.option("--size", type=click.IntRange(28, 224), default=128, help="Input size in pixels (28..224).")
+@click.option("--epochs", type=click.IntRange(1), default=10)
+@click.option("--batch-size", type=click.IntRange(1), default=32)
+@click.option("--lr", type=float, default=1e-4, help="AdamW peak learning rate.")
+@click.option("--weight-decay", type=float, default=1e-4, help="AdamW weight decay.")
+@click.option("--t-max", type=click.IntRange(1), default=None, help="Cosine annealing period in epochs [default: --epochs].")
+@click.option("--eta-min", type=float, default=0.0, help="Cosine annealing floor learning rate.")
+@click.option("--mixup-p", type=click.FloatRange(0, 1), default=0.5, help="Probability that a batch is mixed up.")
+@click.option("--mixup-alpha", type=click.FloatRange(min=0, min_open=True), default=0.2, help="Beta(alpha, alpha) of mixup.")
+@click.option("--preprocess", type=click.Choice(["clahe", "rgb", "masked-rgb", "otsu-mask"]), default="clahe",
+              help="Input preprocessing (part of the model's input contract; the device applies the same).")
+@click.option("--clahe-clip", type=float, default=2.0)
+@click.option("--clahe-tiles", type=click.IntRange(1), default=8)
+@click.option("--augment", type=click.Choice(["full", "light", "none"]), default="full",
+              help="full = the recipe's list; light = flips + rotation/scale (cheaper on a CPU).")
+@click.option("--weighted-sampling/--no-weighted-sampling", default=True, help="Inverse-frequency sampling.")
+@click.option("--weighted-loss/--no-weighted-loss", default=True, help="Inverse-frequency weighted cross-entropy.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
+@click.option("--seed", type=int, default=42)
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split (quick runs).")
+@click.option("--bootstrap", type=click.IntRange(0), default=1000, help="Bootstrap resamples for the accuracy interval.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
+@click.option("--publish", "publish_prefix", default=None, type=click.Path(dir_okay=False),
+              help="Also write a results table PREFIX.md/.json + PREFIX_curves.png, e.g. "
+                   "benchmarks/results/finetune_bloodmnist128.")
+@user_errors
+def finetune(resume, publish_prefix, **opts):
+    """Fine-tune an ImageNet backbone end to end (Hameed 2025 recipe as defaults).
+
+    \b
+    Example (the project's default model):
+      hemaedge train finetune --data ../shared/data/bloodmnist128 \\
+          --out runs/finetune-lite0 --backbone efficientnet-lite0 --size 128 --epochs 5
+    """
+    from hemaedge.train.backbones import WeightsError
+    from hemaedge.train.finetune import FinetuneConfig, FinetuneError, finetune as run
+    from hemaedge.train.lite_weights import UnsafeCheckpointError
+
+    from hemaedge.train.finetune import publish
+
+    opts["weights"] = _weights(opts["weights"])
+    cfg = FinetuneConfig(**opts)
+    command = "hemaedge train finetune " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in opts.items() if v is not None and not isinstance(v, bool)) + \
+        "".join(f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in opts.items() if isinstance(v, bool)) + \
+        (" --resume" if resume else "") + (f" --publish {publish_prefix}" if publish_prefix else "")
+    try:
+        run(cfg, resume=resume, log=click.echo, command=command)
+    except (FinetuneError, WeightsError, UnsafeCheckpointError) as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"wrote {cfg.out}/model.keras (+ model.json), best.keras, metrics.json, curves.png, summary.md")
+    if publish_prefix:
+        for path in publish(cfg.out, publish_prefix):
+            click.echo(f"wrote {path}")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("members", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Data set with the members' classes (weights are chosen on its val split).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--grid", type=click.Choice(["paper", "simplex"]), default="paper",
+              help="paper = (0.3,0.7),(0.4,0.6) in both orders (2 members); simplex = all weights on a lattice.")
+@click.option("--step", type=float, default=0.1, help="Lattice step of the simplex grid.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split.")
+@click.option("--bootstrap", type=click.IntRange(0), default=1000)
+@user_errors
+def ensemble(members, data, out, grid, step, limit, bootstrap):
+    """Weighted-average ensemble of fine-tuned MEMBERS (.keras with .json sidecars).
+
+    \b
+    Example:
+      hemaedge train ensemble runs/a/best.keras runs/b/best.keras \\
+          --data ../shared/data/bloodmnist128 --out runs/ensemble --grid simplex --step 0.1
+    """
+    from hemaedge.train.ensemble import EnsembleError, run_ensemble
+
+    try:
+        run_ensemble(members, data, out, grid=grid, step=step, limit=limit, bootstrap=bootstrap, log=click.echo)
+    except EnsembleError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"wrote {out}/ensemble.keras, ensemble.json, metrics.json, summary.md")
