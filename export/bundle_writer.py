@@ -1,0 +1,40 @@
+"""Pack an exported artifact into a verified bundle (`hemaedge.edge.bundle.write_bundle`).
+
+The manifest gets the class list, the artifact's exact input contract (with the quantization
+scale / zero point the converter produced), the output quantization, the source model's
+checksum, the export settings, the parity metrics and a top-level "validation" block whose
+"status" (passed / failed-validation / not-validated) a device can check before installing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hemaedge.edge.bundle import BundleError, write_bundle
+from hemaedge.edge.preprocess import InputContract
+
+MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx", "tensorrt": "model.engine"}
+
+
+def backend_for(path) -> str:
+    suffix = Path(path).suffix.lower()
+    for backend, name in MODEL_FILES.items():
+        if suffix == Path(name).suffix:
+            return backend
+    if suffix == ".plan":
+        return "tensorrt"
+    raise BundleError(f"{path}: unknown model type {suffix!r}; expected .tflite, .onnx or .engine/.plan")
+
+
+def write_export_bundle(out_dir, artifact, *, model_format: str, classes: list[str], contract: InputContract,
+                        output: dict, source: dict, settings: dict, metrics: dict | None = None,
+                        validation: dict | None = None, extra_files: dict | None = None,
+                        name: str | None = None, overwrite: bool = False) -> Path:
+    """Copy `artifact` (a model file) into a new bundle at out_dir, atomically."""
+    backend = backend_for(artifact)
+    files = {MODEL_FILES[backend]: Path(artifact)}
+    files.update(extra_files or {})
+    extra = {"validation": validation or {"status": "not-validated", "reason": "no parity data given"}}
+    return write_bundle(out_dir, files, model_file=MODEL_FILES[backend], backend=backend,
+                        model_format=model_format, classes=classes, contract=contract, output=output,
+                        source=source, export=settings, metrics=metrics or {}, name=name,
+                        extra=extra, overwrite=overwrite)

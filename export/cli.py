@@ -1,0 +1,298 @@
+"""`hemaedge export ...`: turn a trained model into verified bundles with measured parity.
+
+Argument parsing only; the work is in tflite.py, onnx_export.py, onnx_head.py, tensorrt.py,
+pipeline.py, parity.py and bundle_writer.py.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from hemaedge.edge.cli_support import UserError, user_errors
+
+DEFAULT_DATA = "../shared/data/bloodmnist128"
+
+
+def _source_options(f):
+    f = click.option("--size", type=int, default=None, help="Input size check (read from the model itself).")(f)
+    f = click.option("--preprocess", type=click.Choice(["rgb", "clahe", "otsu-mask", "masked-rgb"]), default=None,
+                     help="Preprocessing mode if the model's sidecar JSON does not say.")(f)
+    f = click.option("--classes", default=None,
+                     help="Comma-separated class names if there is no sidecar <model>.json.")(f)
+    return f
+
+
+def _parity_options(f):
+    f = click.option("--max-drop", type=float, default=1.0, show_default=True,
+                     help="Accuracy drop (points) beyond which an export is marked failed-validation.")(f)
+    f = click.option("--limit", type=int, default=None,
+                     help="Use a seeded random subset of N images per split (quick runs).")(f)
+    f = click.option("--splits", default="val,test", show_default=True, help="Splits used for the parity check.")(f)
+    f = click.option("--data", type=click.Path(path_type=Path), default=None,
+                     help=f"Data set for the parity check (ImageFolder with val/ and test/, e.g. {DEFAULT_DATA}). "
+                          "Without it the bundle is marked not-validated.")(f)
+    return f
+
+
+def _calib_options(f):
+    f = click.option("--calib-count", type=int, default=512, show_default=True,
+                     help="Number of calibration images used (a calibration_data folder: the first N of its "
+                          "class-interleaved order; a bare image folder: a seeded random subset).")(f)
+    f = click.option("--calib-dir", type=click.Path(path_type=Path), default=Path("calibration_data"),
+                     show_default=True, help="Calibration images (class folders of JPEGs).")(f)
+    return f
+
+
+def _load_source(model, classes, preprocess, size):
+    from hemaedge.export.source import load_source
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    return load_source(model, classes=names, preprocess=preprocess, size=size)
+
+
+def _parity_data(data, source_classes, splits, limit):
+    if data is None:
+        return None
+    from hemaedge.export.pipeline import ParityData
+
+    return ParityData(data, source_classes, splits=tuple(s.strip() for s in splits.split(",") if s.strip()), limit=limit)
+
+
+def _calib(calib_dir, calib_count, needed: bool):
+    if not needed:
+        return None, None
+    from hemaedge.export.calibration import load_calibration
+
+    images = load_calibration(calib_dir, calib_count)
+    click.echo(f"calibration: {len(images)} images from {calib_dir}")
+    return images, {"dir": str(calib_dir), "count": len(images), "requested": calib_count, "seed": 0}
+
+
+def _finish(row: dict):
+    click.echo(f"bundle: {row['bundle']} ({row['size_mb']} MB, status {row['status']})")
+    if row["status"] == "failed-validation":
+        click.echo("Error: the export is marked failed-validation in its manifest (see the parity lines above); "
+                   "raise --max-drop only if you accept the loss.", err=True)
+        sys.exit(1)
+
+
+def _command_line() -> str:
+    """The command as a user would retype it (rebuilt from the parsed parameters)."""
+    ctx = click.get_current_context()
+    words = ["hemaedge", *ctx.command_path.split()[1:]]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            words.append(str(value))
+        elif value not in (None, False) and value != p.default and not (p.default is not None and str(value) == str(p.default)):
+            words += [p.opts[0]] if p.is_flag else [p.opts[0], str(value)]
+    return shlex.join(words)
+
+
+@click.group()
+def export():
+    """Export and quantize models (TFLite, ONNX, TensorRT) into verified bundles with parity checks.
+
+    \b
+    Every export is run through the device's preprocessing (prepare_batch) and runtime on the
+    val/test splits and compared with the source model (agreement, accuracy, macro-F1 deltas).
+    """
+
+
+@export.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--quant", type=click.Choice(["fp32", "fp16", "dynamic", "int8", "int16x8"]), default="fp32",
+              show_default=True, help="int16x8: int16 activations, int8 weights, float I/O (slow reference kernels).")
+@click.option("--int8-io", type=click.Choice(["uint8", "int8", "float32"]), default="uint8", show_default=True,
+              help="Input type of a full-integer model.")
+@click.option("--int8-output", type=click.Choice(["uint8", "int8", "float32"]), default=None,
+              help="Output type of a full-integer model (default: same as --int8-io).")
+@click.option("--float-fallback-ops", default=None,
+              help="int8 only: comma-separated TFLite ops kept in float (selective fallback, e.g. "
+                   "MEAN,FULLY_CONNECTED,SOFTMAX); the bundle is labelled tflite-int8-mixed, float I/O.")
+@click.option("--per-tensor", is_flag=True,
+              help="int8 only: per-tensor instead of per-channel weight quantization (for comparison).")
+@_calib_options
+@_parity_options
+@_source_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@user_errors
+def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, calib_dir, calib_count, data, splits,
+           limit, max_drop, classes, preprocess, size, out, force):
+    """Keras MODEL -> TFLite bundle (fp32, fp16, dynamic-range or full-integer int8)."""
+    from hemaedge.export.pipeline import export_one
+    from hemaedge.export.tflite import convert_tflite  # noqa: F401  (fail early if TF is missing)
+
+    source = _load_source(model, classes, preprocess, size)
+    images, info = _calib(calib_dir, calib_count, quant in ("int8", "int16x8"))
+    ops = [o.strip().upper() for o in float_fallback_ops.split(",")] if float_fallback_ops else None
+    if quant == "int8" and ops:
+        fmt = "tflite-int8-mixed"  # float I/O and the listed ops in float: labelled as such
+    elif quant == "int8" and int8_io == "float32":
+        fmt = "tflite-int8-floatio"
+    else:
+        fmt = f"tflite-{quant}"
+    row = _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force,
+                   int8_io=int8_io, float_fallback_ops=ops, int8_output=int8_output, per_tensor=per_tensor)
+    _finish(row)
+
+
+def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force, **kw):
+    return export_one(fmt, source, out, parity_data=_parity_data(data, source.classes, splits, limit),
+                      max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, log=click.echo, **kw)
+
+
+@export.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--quantize-int8", is_flag=True, help="Static int8 QDQ quantization with ONNX Runtime.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="ONNX Runtime calibration method for --quantize-int8.")
+@_calib_options
+@_parity_options
+@_source_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@user_errors
+def onnx(model, opset, quantize_int8, calib_method, calib_dir, calib_count, data, splits, limit, max_drop,
+         classes, preprocess, size, out, force):
+    """Keras MODEL -> ONNX bundle (tf2onnx), optionally int8 QDQ."""
+    from hemaedge.export.pipeline import export_one
+
+    source = _load_source(model, classes, preprocess, size)
+    images, info = _calib(calib_dir, calib_count, quantize_int8)
+    row = _run_one(export_one, "onnx-int8" if quantize_int8 else "onnx-fp32", source, out, data, splits, limit,
+                   max_drop, images, info, force, opset=opset, onnx_calib_method=calib_method)
+    _finish(row)
+
+
+@export.command("onnx-head")
+@click.argument("head", type=click.Path(path_type=Path))
+@click.option("--backbone", type=click.Path(path_type=Path), default=None,
+              help="Keras feature extractor (images -> features): merged with the head into one ONNX bundle.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@_parity_options
+@_source_options
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="With --backbone: bundle folder; without: the head's .onnx file.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@user_errors
+def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, preprocess, size, out, force):
+    """scikit-learn HEAD (.skops: SVM, KNN, RF, pipelines) -> ONNX via skl2onnx; no pickle on the device.
+
+    With --backbone the feature extractor and the head become one ONNX graph (image -> class
+    probabilities) in a verified bundle, parity-checked against backbone + scikit-learn.
+    """
+    from hemaedge.export import onnx_head as oh
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    if backbone is None:
+        path = oh.export_head_file(head, out, opset=opset, overwrite=force)
+        click.echo(f"wrote {path}")
+        return
+    source = oh.load_hybrid_source(backbone, head, classes=names, preprocess=preprocess, size=size)
+    row = oh.export_hybrid_bundle(source, out, opset=opset, parity_data=_parity_data(data, source.classes, splits, limit),
+                                  max_drop=max_drop, overwrite=force, log=click.echo)
+    _finish(row)
+
+
+@export.command()
+@click.argument("onnx_model", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), default="fp16", show_default=True)
+@_calib_options
+@click.option("--batch", type=int, default=8, show_default=True, help="Calibration batch size.")
+@click.option("--max-batch", type=int, default=32, show_default=True, help="Largest batch the engine accepts.")
+@click.option("--cache", type=click.Path(path_type=Path), default=None,
+              help="Calibration cache file (read if present, written after calibrating).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@user_errors
+def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, cache, out, force):
+    """ONNX bundle (or .onnx next to its bundle manifest) -> TensorRT engine bundle. Run ON THE DEVICE."""
+    from hemaedge.export import tensorrt as trtx
+    from hemaedge.export.trt_bundle import export_tensorrt_bundle
+
+    trtx.require_tensorrt()
+    images, info = _calib(calib_dir, calib_count, precision == "int8")
+    path = export_tensorrt_bundle(onnx_model, out, precision, calib_images=images, calib_info=info,
+                                  batch=batch, max_batch=max_batch, cache=cache, overwrite=force)
+    click.echo(f"bundle: {path} (not parity-checked here: run `hemaedge edge verify` and the bench on the device)")
+
+
+@export.command("all")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--formats", default=",".join(["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
+                                             "tflite-int8-floatio", "tflite-int8-mixed", "onnx-fp32", "onnx-int8", "tensorrt-fp16",
+                                             "tensorrt-int8"]),
+              show_default=True, help="Comma-separated formats.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@_calib_options
+@_parity_options
+@_source_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for one bundle per format.")
+@click.option("--table", type=click.Path(path_type=Path), default=None,
+              help="Table stem (default benchmarks/results/export_<model>): writes .md and .json.")
+@click.option("--force", is_flag=True, help="Replace existing bundle folders.")
+@user_errors
+def all_formats(model, formats, opset, calib_dir, calib_count, data, splits, limit, max_drop, classes, preprocess,
+                size, out, table, force):
+    """Every format with parity for each, and the export table (format, status, size, accuracy, delta, agreement)."""
+    from hemaedge.export import report
+    from hemaedge.export.pipeline import FORMATS, NEEDS_CALIBRATION, export_all
+
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    unknown = [f for f in fmts if f not in FORMATS]
+    if unknown:
+        raise UserError(f"unknown formats {unknown}; choose from {list(FORMATS)}")
+    source = _load_source(model, classes, preprocess, size)
+    try:
+        images, info = _calib(calib_dir, calib_count, any(f in NEEDS_CALIBRATION for f in fmts))
+    except UserError as exc:  # int8 rows will say failed-to-export; the others still run
+        click.echo(f"warning: {exc}", err=True)
+        images, info = None, None
+    pdata = _parity_data(data, source.classes, splits, limit)
+    stem = table or Path("benchmarks/results") / f"export_{source.name}"
+    meta = report.base_meta(source.name, _command_line())
+    meta.update(source_sha256=source.sha256, data=pdata.describe() if pdata else None, calibration=info,
+                max_drop_points=max_drop, versions=_versions())
+    rows = export_all(source, out, fmts, parity_data=pdata, max_drop=max_drop, calib_images=images,
+                      calib_info=info, overwrite=force, opset=opset, log=click.echo,
+                      on_row=lambda r: report.write_table(stem, r, meta))
+    md, _ = report.write_table(stem, rows, meta)
+    click.echo(Path(md).read_text())
+    click.echo(f"table: {md} (+ .json)")
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+
+    out = []
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "ai-edge-litert", "onnxruntime", "tf2onnx"):
+        try:
+            out.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            continue
+    return ", ".join(out)
+
+
+@export.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--source", "source_model", type=click.Path(path_type=Path), default=None,
+              help="The Keras model the artifact came from (classes/contract from its sidecar; parity against it).")
+@_parity_options
+@_source_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@user_errors
+def bundle(artifact, source_model, data, splits, limit, max_drop, classes, preprocess, size, out, force):
+    """Wrap an existing ARTIFACT (.tflite, .onnx, .engine) into a verified bundle."""
+    from hemaedge.export.wrap import wrap_artifact
+
+    row = wrap_artifact(artifact, out, source_model=source_model, classes=classes, preprocess=preprocess, size=size,
+                        parity_data_factory=lambda names: _parity_data(data, names, splits, limit),
+                        max_drop=max_drop, overwrite=force, log=click.echo)
+    _finish(row)

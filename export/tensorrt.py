@@ -1,0 +1,194 @@
+"""TensorRT engines (fp16 / int8) from an ONNX model — built ON THE TARGET DEVICE.
+
+An engine is tied to the TensorRT version and the GPU that built it, so this runs on the Jetson
+(`hemaedge export tensorrt` there). Where `tensorrt` is not importable the command says so and
+exits 2.
+
+The int8 entropy calibrator is split in two: `CalibrationStream` (plain Python: batches through
+`prepare_batch`, calibration cache read/write) is unit-tested anywhere; the thin
+`IInt8EntropyCalibrator2` subclass made by `make_calibrator` only copies those batches to GPU
+memory and exists only where TensorRT does.
+
+STATUS: `CalibrationStream` is tested on x86 CPU. `build_engine` / `make_calibrator` have NOT
+been run in this repository's CI (no TensorRT, no GPU): see docs/export.md.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hemaedge.edge.cli_support import UserError
+from hemaedge.edge.preprocess import InputContract, prepare_batch
+
+PRECISIONS = ("fp16", "int8")
+
+
+class CalibrationStream:
+    """Fixed-size model-input batches for an int8 calibrator, plus its cache file.
+
+    TensorRT asks for batches of exactly `batch_size`; a last partial batch is dropped (its
+    images are a random subset anyway). When `cache_path` holds a cache, TensorRT reads it
+    and skips calibration; after calibrating it hands back the cache, written atomically.
+    """
+
+    def __init__(self, images, contract: InputContract, batch_size: int = 8, cache_path=None):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if contract.dtype != "float32":
+            raise ValueError("TensorRT calibrates a float32-input network; the contract must be float32")
+        self.images = list(images)
+        self.contract = contract
+        self.batch_size = int(batch_size)
+        self.cache_path = Path(cache_path) if cache_path else None
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch_size, self.contract.size, self.contract.size, 3)
+
+    @property
+    def batch_nbytes(self) -> int:
+        return int(np.prod(self.input_shape)) * 4
+
+    def reset(self):
+        self._next = 0
+
+    def next_batch(self) -> np.ndarray | None:
+        """The next (B, S, S, 3) float32 C-contiguous batch, or None when all are used."""
+        if self._next >= len(self):
+            return None
+        s = self._next * self.batch_size
+        self._next += 1
+        return np.ascontiguousarray(prepare_batch(self.images[s:s + self.batch_size], self.contract), dtype=np.float32)
+
+    def read_cache(self) -> bytes | None:
+        if self.cache_path and self.cache_path.is_file() and self.cache_path.stat().st_size > 0:
+            return self.cache_path.read_bytes()
+        return None
+
+    def write_cache(self, data) -> None:
+        if not self.cache_path:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.cache_path.name}.", dir=self.cache_path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(bytes(data))
+        os.replace(tmp, self.cache_path)
+
+
+def require_tensorrt():
+    """The tensorrt module, or a UserError saying where engines are built."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise UserError("TensorRT is not installed here (python module 'tensorrt' not importable). Engines are "
+                        "tied to the TensorRT version and GPU, so build them on the target device: on a Jetson "
+                        "with JetPack (python3-libnvinfer) run `hemaedge export tensorrt MODEL.onnx` there.") from None
+    return tensorrt
+
+
+def _cuda():
+    """(malloc, memcpy_htod, free) from cuda-python, or pycuda as a fallback."""
+    try:
+        from cuda import cudart  # cuda-python
+
+        def malloc(n):
+            err, ptr = cudart.cudaMalloc(n)
+            if int(err) != 0:
+                raise RuntimeError(f"cudaMalloc failed: {err}")
+            return ptr
+
+        def htod(ptr, arr):
+            (err,) = cudart.cudaMemcpy(ptr, arr.ctypes.data, arr.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+            if int(err) != 0:
+                raise RuntimeError(f"cudaMemcpy failed: {err}")
+
+        return malloc, htod, lambda p: cudart.cudaFree(p), (lambda p: int(p))
+    except ImportError:
+        pass
+    try:
+        import pycuda.autoinit  # noqa: F401
+        import pycuda.driver as cuda
+    except ImportError:
+        raise UserError("int8 calibration needs cuda-python or pycuda on the device (pip install cuda-python)") from None
+    return cuda.mem_alloc, cuda.memcpy_htod, lambda p: p.free(), (lambda p: int(p))
+
+
+def make_calibrator(stream: CalibrationStream):
+    """An IInt8EntropyCalibrator2 feeding `stream` to TensorRT (needs tensorrt + CUDA)."""
+    trt = require_tensorrt()
+    malloc, htod, free, addr = _cuda()
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            super().__init__()
+            self.stream = stream
+            self.device = malloc(stream.batch_nbytes)
+
+        def get_batch_size(self):
+            return self.stream.batch_size
+
+        def get_batch(self, names):
+            batch = self.stream.next_batch()
+            if batch is None:
+                return None
+            htod(self.device, batch)
+            return [addr(self.device)]
+
+        def read_calibration_cache(self):
+            return self.stream.read_cache()
+
+        def write_calibration_cache(self, cache):
+            self.stream.write_cache(cache)
+
+        def __del__(self):
+            try:
+                free(self.device)
+            except Exception:
+                pass
+
+    return EntropyCalibrator()
+
+
+def build_engine(onnx_path, out_path, precision: str = "fp16", *, size: int, stream: CalibrationStream | None = None,
+                 max_batch: int = 32, workspace_mb: int = 1024) -> dict:
+    """Parse ONNX, build a serialized engine for batches 1..max_batch, write it to out_path."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown TensorRT precision {precision!r}; expected one of {PRECISIONS}")
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path}: TensorRT could not parse the ONNX model: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    inp = network.get_input(0)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (1, size, size, 3), (max(1, max_batch // 2), size, size, 3), (max_batch, size, size, 3))
+    config.add_optimization_profile(profile)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    else:
+        if stream is None:
+            raise UserError("int8 engines need calibration images (--calib-dir)")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)  # layers without int8 kernels fall back to fp16, not fp32
+        config.int8_calibrator = make_calibrator(stream)
+        config.set_calibration_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
+    Path(out_path).write_bytes(bytes(serialized))
+    return {"quant": precision, "tensorrt": trt.__version__, "max_batch": max_batch, "workspace_mb": workspace_mb,
+            "calibration_cache": str(stream.cache_path) if stream and stream.cache_path else None}
