@@ -7,11 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from hemaedge.benchmarks import machine as mach
+from hemaedge.edge.atomic import atomic_write_text
 
 SCHEMA_NAME = "hemaedge-bench"
 SCHEMA_VERSION = 1
@@ -30,18 +29,7 @@ CSV_COLUMNS = [
 
 
 def atomic_write(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text, newline="")
 
 
 def document(*, rows, machine: dict, command: str, config: dict, pipeline=None, training=None,

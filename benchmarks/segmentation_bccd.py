@@ -22,6 +22,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.segment import METHODS, SegmentParams, centre_in, iou, segment
 
@@ -127,9 +128,7 @@ def to_markdown(report: dict) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 @click.command()

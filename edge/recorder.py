@@ -13,10 +13,12 @@ Per-frame files are flushed after every frame (and fsync'ed with `fsync=True`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 
+from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
 from hemaedge.edge.metrics_runtime import STAGES, percentiles
 
 FRAME_FIELDS = ["frame", "name", "width", "height", "cells", "wbc", "platelets", "flagged",
@@ -33,12 +35,7 @@ def _plain(obj):
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=_plain)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=2, default=_plain, trailing_newline=False, fsync=True)
 
 
 class Recorder:
@@ -116,12 +113,11 @@ class Recorder:
         """Close the per-frame files and write summary.json and counts.csv (atomically)."""
         self.close()
         write_json_atomic(self.out / "summary.json", summary)
-        tmp = self.out / ".counts.csv.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            w = csv.DictWriter(fh, ["class", "count", "percent", "flagged"])
-            w.writeheader()
-            w.writerows(summary["differential_count"])
-        os.replace(tmp, self.out / "counts.csv")
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, ["class", "count", "percent", "flagged"])
+        w.writeheader()
+        w.writerows(summary["differential_count"])
+        atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
 
     def close(self):
         for fh in (self._jsonl, self._fcsv_fh, self._ccsv_fh):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_write_bytes
 from hemaedge.edge.cli_support import UserError
 
 from hemaedge.export import parity as par
@@ -88,10 +89,7 @@ def export_head_file(head_path, out, opset: int = 17, overwrite: bool = False) -
     wrong = int((onnx_labels.astype(sk_labels.dtype) != sk_labels).sum())
     if wrong > 2:
         raise RuntimeError(f"{head_path}: the ONNX head disagrees with scikit-learn on {wrong} of 32 probe vectors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    atomic_write_bytes(out, data)
     return out
 
 

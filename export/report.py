@@ -6,8 +6,9 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
+
+from hemaedge.edge.atomic import atomic_write_text
 
 COLUMNS = [("format", "Format"), ("status", "Status"), ("size_mb", "Size (MB)"), ("accuracy", "Test acc. (%)"),
            ("delta_points", "Δ acc. (pt)"), ("agreement", "Agreement (%)"), ("macro_f1_delta_points", "Δ macro-F1 (pt)"),
@@ -59,11 +60,7 @@ def markdown(rows, meta: dict) -> str:
 
 
 def _atomic_write(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_table(stem, rows, meta: dict) -> tuple[Path, Path]:

@@ -5,15 +5,15 @@ numbers in every table are computed the same way (scikit-learn metrics, macro av
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from sklearn import metrics as skm
+
+from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
 
 
 def compute_metrics(y_true, proba, class_names: Sequence[str], *, bootstrap: int = 1000,
@@ -121,37 +121,12 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path, title: str | Non
 
 def write_json(path, obj) -> Path:
     """Write JSON atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_json(path, obj, indent=2, default=_json_default)
 
 
 def write_text(path, text: str) -> Path:
     """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def _json_default(o):

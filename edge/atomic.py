@@ -1,0 +1,71 @@
+"""Atomic file writes: a temporary file in the target's folder, then os.replace.
+
+A reader never sees a half-written file under the real name: it sees either the old file or the
+new one. The temporary file is removed on any exception (including a serializer that raises).
+Standard library only; this module must not import TensorFlow or anything outside hemaedge.edge.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+
+DEFAULT_MODE = 0o644
+
+
+def atomic_write_bytes(path, data: bytes, mode: int | None = DEFAULT_MODE, fsync: bool = False) -> Path:
+    """Write `data` to `path` atomically and return the path.
+
+    Parent folders are created. `mode` is applied to the file before it is moved into place
+    (mkstemp creates files 0600); pass None to keep mkstemp's mode. With `fsync` the data is
+    flushed to disk before the replace.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8", newline: str | None = None,
+                      mode: int | None = DEFAULT_MODE, fsync: bool = False) -> Path:
+    """Write `text` to `path` atomically.
+
+    `newline` has the meaning of open()'s: None translates "\\n" to os.linesep, "" writes the
+    text unchanged (use it for csv-module output, which carries its own line endings).
+    """
+    if newline is None and os.linesep != "\n":
+        text = text.replace("\n", os.linesep)
+    elif newline not in (None, ""):
+        text = text.replace("\n", newline)
+    return atomic_write_bytes(path, text.encode(encoding), mode=mode, fsync=fsync)
+
+
+def atomic_write_json(path, obj, indent: int | None = 2, default=None, trailing_newline: bool = True,
+                      encoding: str = "utf-8", mode: int | None = DEFAULT_MODE, fsync: bool = False) -> Path:
+    """Serialize `obj` as JSON (json.dumps with `indent` and `default`) and write it atomically.
+
+    Serialization happens before any file is created, so a value that cannot be serialized
+    leaves the folder untouched.
+    """
+    text = json.dumps(obj, indent=indent, default=default)
+    if trailing_newline:
+        text += "\n"
+    return atomic_write_text(path, text, encoding=encoding, mode=mode, fsync=fsync)

@@ -1,0 +1,108 @@
+"""Atomic file writes (hemaedge.edge.atomic): the one implementation every writer delegates to."""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from hemaedge.edge.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_writes_bytes_text_and_json_and_creates_parents(tmp_path):
+    b = atomic_write_bytes(tmp_path / "a" / "b" / "blob.bin", b"\x00\x01\xff")
+    assert b == tmp_path / "a" / "b" / "blob.bin" and b.read_bytes() == b"\x00\x01\xff"
+    t = atomic_write_text(str(tmp_path / "t" / "note.md"), "héllo\nworld\n")
+    assert t.read_bytes() == "héllo\nworld\n".encode("utf-8")
+    j = atomic_write_json(tmp_path / "r.json", {"x": [1, 2], "y": "z"})
+    assert j.read_text() == json.dumps({"x": [1, 2], "y": "z"}, indent=2) + "\n"
+    atomic_write_json(tmp_path / "n.json", [1], indent=None, trailing_newline=False)
+    assert (tmp_path / "n.json").read_text() == "[1]"
+
+
+def test_newline_empty_keeps_csv_line_endings(tmp_path):
+    p = atomic_write_text(tmp_path / "c.csv", "a,b\r\n1,2\r\n", newline="")
+    assert p.read_bytes() == b"a,b\r\n1,2\r\n"
+
+
+def test_replaces_an_existing_file_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "out.json"
+    p.write_text("old")
+    atomic_write_json(p, {"new": True}, fsync=True)
+    assert json.loads(p.read_text()) == {"new": True}
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_default_hook_is_used(tmp_path):
+    class Num:
+        def item(self):
+            return 3
+
+    p = atomic_write_json(tmp_path / "d.json", {"n": Num()}, default=lambda o: o.item())
+    assert json.loads(p.read_text()) == {"n": 3}
+
+
+def test_serialization_error_leaves_old_file_and_no_temp(tmp_path):
+    p = tmp_path / "keep.json"
+    p.write_text('{"old": 1}')
+    with pytest.raises(TypeError):
+        atomic_write_json(p, {"bad": object()})
+    assert p.read_text() == '{"old": 1}'
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["keep.json"]
+
+
+def test_failure_during_write_removes_temp(tmp_path, monkeypatch):
+    p = tmp_path / "x.txt"
+    p.write_text("old")
+
+    def boom(src, dst):
+        raise OSError("replace failed")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="replace failed"):
+        atomic_write_text(p, "new")
+    monkeypatch.undo()
+    assert p.read_text() == "old"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["x.txt"]
+
+
+def test_unencodable_text_leaves_no_temp(tmp_path):
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(tmp_path / "a.txt", "é", encoding="ascii")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_permissions_are_0644_not_mkstemp_0600(tmp_path):
+    old = os.umask(0o077)  # even a strict umask: the mode is set explicitly
+    try:
+        for p in (atomic_write_bytes(tmp_path / "b", b"x"), atomic_write_text(tmp_path / "t", "x"),
+                  atomic_write_json(tmp_path / "j", {})):
+            assert _mode(p) == 0o644
+        assert _mode(atomic_write_bytes(tmp_path / "m", b"x", mode=0o600)) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_delegating_writers_still_work(tmp_path):
+    from hemaedge.edge.recorder import write_json_atomic
+    from hemaedge.train.evaluate import write_json, write_text
+
+    p = write_json(tmp_path / "m.json", {"v": 1})
+    assert p.read_text() == '{\n  "v": 1\n}\n' and _mode(p) == 0o644
+    assert write_text(tmp_path / "h.csv", "a\n").read_text() == "a\n"
+    write_json_atomic(tmp_path / "s.json", {"v": 1})
+    assert (tmp_path / "s.json").read_text() == '{\n  "v": 1\n}'
+    assert not [x for x in tmp_path.iterdir() if ".tmp" in x.name]
+
+
+def test_module_is_stdlib_only():
+    code = ("import sys, hemaedge.edge.atomic; "
+            "bad = [m for m in ('tensorflow', 'numpy', 'hemaedge.train', 'hemaedge.export', "
+            "'hemaedge.benchmarks') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
