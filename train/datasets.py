@@ -392,34 +392,21 @@ def _scan_split_tree(root: Path, classes):
     for n in unknown:
         problems.append(f"{root}: class folder {n!r} is not in the class list {list(order)}")
     for s in present:
-        paths, labels = [], []
-        for label, name in enumerate(order):
-            folder = folders[s].get(name)
-            if folder is None:
-                problems.append(f"{root / s / name}: missing class folder (class {name!r} has no images in {s})")
-                continue
-            files, rest = _class_files(folder)
-            other += rest
-            if not files:
-                problems.append(f"{folder}: empty class (no image files)")
-            paths += files
-            labels += [label] * len(files)
+        paths, labels = _scan_class_folders(root / s, folders[s], order, f" in {s}", problems, other)
         per_split[s] = (paths, labels)
     return order, per_split, problems, other
 
 
-def _scan_flat_tree(root: Path, classes):
-    """Scan `{class}/*`; returns (classes, paths, labels, problems, other)."""
-    problems, other, paths, labels = [], [], [], []
-    folders = {d.name: d for d in _subdirs(root)}
-    order = class_order(folders, classes)
-    for n in folders:
-        if n not in order:
-            problems.append(f"{root}: class folder {n!r} is not in the class list {list(order)}")
+def _scan_class_folders(where: Path, folders: dict, order, context: str, problems: list, other: list):
+    """Image paths and labels of one `{class}/*` level, in class-list order.
+
+    Missing or empty class folders are appended to `problems`, non-image files to `other`.
+    """
+    paths, labels = [], []
     for label, name in enumerate(order):
         folder = folders.get(name)
         if folder is None:
-            problems.append(f"{root / name}: missing class folder (class {name!r} has no images)")
+            problems.append(f"{where / name}: missing class folder (class {name!r} has no images{context})")
             continue
         files, rest = _class_files(folder)
         other += rest
@@ -427,6 +414,18 @@ def _scan_flat_tree(root: Path, classes):
             problems.append(f"{folder}: empty class (no image files)")
         paths += files
         labels += [label] * len(files)
+    return paths, labels
+
+
+def _scan_flat_tree(root: Path, classes):
+    """Scan `{class}/*`; returns (classes, paths, labels, problems, other)."""
+    problems, other = [], []
+    folders = {d.name: d for d in _subdirs(root)}
+    order = class_order(folders, classes)
+    for n in folders:
+        if n not in order:
+            problems.append(f"{root}: class folder {n!r} is not in the class list {list(order)}")
+    paths, labels = _scan_class_folders(root, folders, order, "", problems, other)
     return order, paths, labels, problems, other
 
 
