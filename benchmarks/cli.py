@@ -222,13 +222,13 @@ def validate(result):
     """Check a result JSON against benchmarks/schema.json (exit 1 when it does not conform)."""
     from hemaedge.benchmarks import schema as sch
 
+    from hemaedge.benchmarks import compare as cmp
+
     path = Path(result)
-    if not path.is_file():
-        raise FileNotFoundError(2, "no such file", str(path))
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+        doc = cmp.read_json(path)
+    except cmp.CompareError as exc:
+        raise UserError(str(exc)) from None
     problems = sch.validate(doc)
     for p in problems:
         click.echo(p)

@@ -18,14 +18,20 @@ class CompareError(ValueError):
     """A file that is not a benchmark result."""
 
 
-def load_result(path) -> dict:
+def read_json(path) -> dict:
+    """A JSON file as written by `bench run` (no schema check); CompareError when it is not JSON."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such result file", str(path))
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CompareError(f"{path}: not valid JSON ({exc})") from None
+
+
+def load_result(path) -> dict:
+    """A benchmark result that follows benchmarks/schema.json."""
+    doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("schema") != "hemaedge-bench":
         raise CompareError(f"{path}: not a hemaedge benchmark result (no \"schema\": \"hemaedge-bench\")")
     problems = sch.validate(doc)

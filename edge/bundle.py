@@ -29,12 +29,17 @@ class BundleError(Exception):
     """A bundle that must not run: says what is wrong and what to do."""
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks (model and data files can be large)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path) -> str:
+    return file_digest(path, "sha256")
 
 
 def _safe_relpath(name: str) -> PurePosixPath:

@@ -37,6 +37,11 @@ def _parity_options(f):
     return f
 
 
+def _bundle_out_options(f):
+    f = click.option("--force", is_flag=True, help="Replace an existing bundle folder.")(f)
+    return click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")(f)
+
+
 def _calib_options(f):
     f = click.option("--calib-count", type=int, default=512, show_default=True,
                      help="Number of calibration images used (a calibration_data folder: the first N of its "
@@ -118,8 +123,7 @@ def export():
 @_calib_options
 @_parity_options
 @_source_options
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@_bundle_out_options
 @user_errors
 def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, calib_dir, calib_count, data, splits,
            limit, max_drop, classes, preprocess, size, out, force):
@@ -155,8 +159,7 @@ def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images
 @_calib_options
 @_parity_options
 @_source_options
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@_bundle_out_options
 @user_errors
 def onnx(model, opset, quantize_int8, calib_method, calib_dir, calib_count, data, splits, limit, max_drop,
          classes, preprocess, size, out, force):
@@ -208,8 +211,7 @@ def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, pre
 @click.option("--max-batch", type=int, default=32, show_default=True, help="Largest batch the engine accepts.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Calibration cache file (read if present, written after calibrating).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@_bundle_out_options
 @user_errors
 def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, cache, out, force):
     """ONNX bundle (or .onnx next to its bundle manifest) -> TensorRT engine bundle. Run ON THE DEVICE."""
@@ -285,8 +287,7 @@ def _versions() -> str:
               help="The Keras model the artifact came from (classes/contract from its sidecar; parity against it).")
 @_parity_options
 @_source_options
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@_bundle_out_options
 @user_errors
 def bundle(artifact, source_model, data, splits, limit, max_drop, classes, preprocess, size, out, force):
     """Wrap an existing ARTIFACT (.tflite, .onnx, .engine) into a verified bundle."""

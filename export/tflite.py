@@ -58,6 +58,17 @@ def read_io(data: bytes) -> tuple[tuple, tuple]:
     return res[0], res[1]
 
 
+def _representative_dataset(calib_images, contract: InputContract):
+    """The converter's calibration feed: one prepare_batch tensor per image (the device's pixels)."""
+    images = list(calib_images)
+
+    def representative():
+        for x in calibration_batches(images, contract, batch_size=1):
+            yield [x]
+
+    return representative, len(images)
+
+
 def convert_tflite(model, contract: InputContract, quant: str = "fp32", *, calib_images=None,
                    int8_io: str = "uint8", int8_output: str | None = None, output_kind: str = "probabilities",
                    denylisted_ops: list[str] | None = None, per_tensor: bool = False) -> TFLiteResult:
@@ -83,34 +94,24 @@ def convert_tflite(model, contract: InputContract, quant: str = "fp32", *, calib
         # XNNPACK has no int16x8), so it is not in the default `export all` list.
         if not calib_images:
             raise UserError("int16x8 quantization needs calibration images (--calib-dir)")
-        images16 = list(calib_images)
-
-        def representative16():
-            for x in calibration_batches(images16, contract, batch_size=1):
-                yield [x]
-
+        representative, n_calib = _representative_dataset(calib_images, contract)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative16
+        conv.representative_dataset = representative
         conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        settings.update(calibration_images=len(images16), activations="int16", weights="int8")
+        settings.update(calibration_images=n_calib, activations="int16", weights="int8")
     elif quant == "int8":
         if not calib_images:
             raise UserError("full-integer int8 needs calibration images (--calib-dir)")
         int8_output = int8_output or int8_io
         if int8_io not in INT8_IO or int8_output not in INT8_IO:
             raise UserError(f"--int8-io must be one of {INT8_IO}")
-        images = list(calib_images)
-
-        def representative():
-            for x in calibration_batches(images, contract, batch_size=1):
-                yield [x]
-
+        representative, n_calib = _representative_dataset(calib_images, contract)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         dtypes = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}
         conv.inference_input_type = dtypes[int8_io]
         conv.inference_output_type = dtypes[int8_output]
-        settings.update(int8_io=int8_io, int8_output=int8_output, calibration_images=len(images),
+        settings.update(int8_io=int8_io, int8_output=int8_output, calibration_images=n_calib,
                         weights="per-tensor" if per_tensor else "per-channel")
         if per_tensor:  # a comparison knob: TFLite's default (per-channel) is the better choice
             conv._experimental_disable_per_channel = True

@@ -12,13 +12,14 @@ weights: "imagenet" (Keras downloads them for online users; the Lite models read
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from hemaedge.edge.bundle import file_digest, sha256_file
 
 # name -> (keras.applications function, keras source module, WEIGHTS_HASHES key, scaling)
 KERAS_BACKBONES = {
@@ -59,22 +60,6 @@ class WeightsError(Exception):
 # ----------------------------------------------------------------------------- helpers
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _md5_file(path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_dir() -> Path:
     """Where converted weights are kept: $HEMAEDGE_CACHE or the user cache dir."""
     env = os.environ.get("HEMAEDGE_CACHE")
@@ -106,7 +91,7 @@ def verify_keras_weights_file(name: str, path) -> str:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     expected = keras_notop_hash(name)
-    actual = _md5_file(path)
+    actual = file_digest(path, "md5")
     if actual != expected:
         raise WeightsError(
             f"{path}: md5 {actual} is not the published hash {expected} of the Keras "

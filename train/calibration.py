@@ -12,13 +12,13 @@ edge extra installed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.bundle import sha256_file
 from hemaedge.train.datasets import CLASS_NAMES_BLOODMNIST, DataError, Dataset, read_image
 
 # The repo's committed calibration set (editable installs); $HEMAEDGE_CALIBRATION overrides.
@@ -46,10 +46,6 @@ of normal peripheral blood cells, licence CC BY 4.0. Cite both when you use them
 def default_calibration_dir() -> Path:
     env = os.environ.get("HEMAEDGE_CALIBRATION")
     return Path(env).expanduser() if env else REPO_CALIBRATION_DIR
-
-
-def sha256_file(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def sample_per_class(labels, num_classes: int, per_class: int, seed: int = DEFAULT_SEED) -> np.ndarray:

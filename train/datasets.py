@@ -47,6 +47,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from hemaedge.edge.bundle import file_digest
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb, resize
 
 SPLITS = ("train", "val", "test")
@@ -630,12 +631,9 @@ def find_dataset(name: str, data_dir=None) -> Path | None:
     return None
 
 
-def md5sum(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def md5sum(path) -> str:
+    """The checksum MedMNIST publishes for its files."""
+    return file_digest(path, "md5")
 
 
 def medmnist_url(name: str, size: int = 28) -> str:
