@@ -3,7 +3,10 @@ backbone + head merged into one ONNX graph, so a device runs the hybrid model wi
 
 The head is read from its `.skops` file trusting only scikit-learn/numpy types (the training
 code's `load_skops`). The merged graph maps the image input straight to class scores:
-  input (N,S,S,3 float32 raw pixels) -> Keras backbone (tf2onnx) -> features -> skl2onnx head.
+  input (N,S,S,3 float32 raw pixels) -> Keras backbone (tf2onnx) -> features -> head graph.
+The head graph comes from skl2onnx, except for a distance-weighted KNN, which skl2onnx writes as
+uniform voting: that one is built by hemaedge.train.knn_onnx (marked by a "hemaedge_knn"
+metadata entry).
 Heads with predict_proba give probabilities; an SVC without probability estimates gives its
 decision scores, recorded as kind "logits" (the device's softmax keeps their order).
 """
@@ -52,20 +55,30 @@ def head_scores(head, features: np.ndarray) -> tuple[np.ndarray, str]:
 
 def head_to_onnx(head, n_features: int, opset: int = 17):
     """ModelProto with input "features" (N, n_features) float32, outputs (label, probabilities)."""
+    from hemaedge.train.knn_onnx import is_distance_knn, knn_to_onnx
+
+    final = _final_estimator(head)
+    if is_distance_knn(head):
+        # skl2onnx (1.20) writes weights="distance" as uniform voting; this graph weights by 1/d.
+        try:
+            return knn_to_onnx(head, n_features, opset=opset, input_name=FEATURES)
+        except ValueError as exc:
+            raise UserError(f"cannot write this KNN head as ONNX: {exc}") from None
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    final = _final_estimator(head)
-    if type(final).__name__ == "KNeighborsClassifier" and getattr(final, "weights", "uniform") != "uniform":
-        # Checked here with skl2onnx 1.20: the graph votes uniformly, so with weights="distance"
-        # its labels differ from scikit-learn's on ~10% of held-out vectors. Refuse, don't ship it.
-        raise UserError("skl2onnx converts KNeighborsClassifier(weights='distance') as uniform voting (labels "
-                        "differ from scikit-learn); refit the KNN head with weights='uniform' to export it to ONNX")
     try:
         return to_onnx(head, initial_types=[(FEATURES, FloatTensorType([None, int(n_features)]))],
                        options={id(final): {"zipmap": False}}, target_opset={"": int(opset), "ai.onnx.ml": 3})
     except Exception as exc:
         raise RuntimeError(f"skl2onnx cannot convert {type(final).__name__}: {exc}") from exc
+
+
+def head_converter(head) -> str:
+    """What writes the head's ONNX graph (recorded in the bundle settings)."""
+    from hemaedge.train.knn_onnx import is_distance_knn
+
+    return "hemaedge.train.knn_onnx" if is_distance_knn(head) else "skl2onnx"
 
 
 def export_head_file(head_path, out, opset: int = 17, overwrite: bool = False) -> Path:
@@ -176,7 +189,7 @@ def export_hybrid_bundle(source: HybridSource, out_dir, *, opset: int = 17, pari
     export_s = time.perf_counter() - t0
     output = {"kind": source.output_kind, "dtype": "float32", "quant_scale": None, "quant_zero_point": None}
     settings = {"quant": "fp32", "opset": opset, "format": "onnx-hybrid",
-                "head": type(_final_estimator(source.head)).__name__, "converter": "tf2onnx + skl2onnx"}
+                "head": type(_final_estimator(source.head)).__name__, "converter": f"tf2onnx + {head_converter(source.head)}"}
     with tempfile.TemporaryDirectory(prefix="hemaedge-head-") as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(data)

@@ -195,7 +195,7 @@ def _heads():
             "rf": RandomForestClassifier(20, random_state=0)}
 
 
-@pytest.mark.parametrize("name", ["svm", "knn", "rf"])
+@pytest.mark.parametrize("name", ["svm", "knn", "knn-distance", "rf"])
 def test_skl2onnx_head_file_matches_sklearn(tmp_path, backbone_and_features, name):
     import onnxruntime as ort
     import skops.io as sio
@@ -211,18 +211,6 @@ def test_skl2onnx_head_file_matches_sklearn(tmp_path, backbone_and_features, nam
     np.testing.assert_array_equal(labels.reshape(-1), head.predict(held_out))
     ref, _ = head_scores(head, held_out)
     assert np.abs(scores - ref).max() < 1e-3
-
-
-def test_distance_weighted_knn_is_refused(tmp_path, backbone_and_features):
-    import skops.io as sio
-
-    from hemaedge.edge.cli_support import UserError
-    from hemaedge.export.onnx_head import export_head_file
-
-    _, feats, y, _ = backbone_and_features
-    sio.dump(_heads()["knn-distance"].fit(feats, y), tmp_path / "knn.skops")
-    with pytest.raises(UserError, match="uniform"):
-        export_head_file(tmp_path / "knn.skops", tmp_path / "knn.onnx")
 
 
 def test_pickle_heads_are_refused(tmp_path):

@@ -330,8 +330,11 @@ def fuse_backbone_and_head(backbone, head, name: str = "fused_ann"):
 
 
 def save_sklearn(model, path_stem, n_features: int, onnx: bool = True) -> dict:
-    """Save a fitted scikit-learn head safely: skops (`.skops`) and, when skl2onnx is installed,
-    ONNX (`.onnx`, scaler included). Never a bare pickle. Returns {format: path}."""
+    """Save a fitted scikit-learn head safely: skops (`.skops`) and ONNX (`.onnx`, scaler
+    included). Never a bare pickle. Returns {format: path}.
+
+    A distance-weighted KNN is written by `knn_onnx` (skl2onnx would write it as uniform voting);
+    the other heads by skl2onnx, when it is installed."""
     from pathlib import Path
 
     import skops.io as sio
@@ -346,15 +349,13 @@ def save_sklearn(model, path_stem, n_features: int, onnx: bool = True) -> dict:
     files["skops"] = str(final)
     if onnx:
         try:
-            from skl2onnx import to_onnx
+            onx = _to_onnx(model, n_features)
         except ImportError:
             return files
-        x0 = np.zeros((1, n_features), dtype=np.float32)
-        opts = {id(model): {"zipmap": False}} if not hasattr(model, "steps") else {id(model.steps[-1][1]): {"zipmap": False}}
-        try:
-            onx = to_onnx(model, x0, options=opts, target_opset=17)
         except Exception as exc:  # keep the skops file; say why ONNX is missing
             files["onnx_error"] = f"{type(exc).__name__}: {exc}"
+            return files
+        if onx is None:
             return files
         final = stem.with_name(stem.name + ".onnx")
         tmp = stem.with_name(stem.name + ".tmp.onnx")
@@ -362,6 +363,21 @@ def save_sklearn(model, path_stem, n_features: int, onnx: bool = True) -> dict:
         tmp.replace(final)
         files["onnx"] = str(final)
     return files
+
+
+def _to_onnx(model, n_features: int):
+    """ModelProto of a head (input "X", outputs label + probabilities), None without skl2onnx."""
+    from hemaedge.train.knn_onnx import is_distance_knn, knn_to_onnx
+
+    if is_distance_knn(model):
+        return knn_to_onnx(model, n_features, opset=17, input_name="X")
+    try:
+        from skl2onnx import to_onnx
+    except ImportError:
+        return None
+    x0 = np.zeros((1, n_features), dtype=np.float32)
+    opts = {id(model): {"zipmap": False}} if not hasattr(model, "steps") else {id(model.steps[-1][1]): {"zipmap": False}}
+    return to_onnx(model, x0, options=opts, target_opset=17)
 
 
 def load_skops(path):
