@@ -63,15 +63,6 @@ def _sample_images(spec: dict, n: int) -> list[np.ndarray]:
     return [img] * n
 
 
-def _finish_output(out, output: dict) -> np.ndarray:
-    from hemaedge.edge.preprocess import softmax
-
-    out = np.asarray(out, dtype=np.float32)
-    if output.get("kind") == "logits":
-        out = softmax(out)
-    return out
-
-
 class _KerasModel:
     """The Keras fp32 baseline: `model.predict` (what users call; it builds a tf.data pipeline on
     every call) or `model.predict_on_batch` (the compiled graph alone: the fairest fp32 speed)."""
@@ -95,8 +86,9 @@ class _KerasModel:
             out = self.model.predict_on_batch(x)
         else:
             raise ValueError(f"unknown Keras call {self.call!r}")
-        out = np.asarray(out)
-        return _finish_output(out, self.output)
+        from hemaedge.edge.preprocess import output_probabilities
+
+        return output_probabilities(out, self.output)
 
 
 def _load(spec: dict):

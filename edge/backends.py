@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaedge.edge.bundle import Bundle, BundleError
-from hemaedge.edge.preprocess import dequantize, softmax
+from hemaedge.edge.preprocess import dequantize, output_probabilities
 
 
 class BackendError(BundleError):
@@ -38,10 +38,7 @@ def _finish(out: np.ndarray, output: dict, qparams: tuple | None) -> np.ndarray:
             raise BackendError("the model's output is integer but no quantization scale is known "
                                "(neither in the model nor in the manifest's output section)")
         out = dequantize(out, scale, zero)
-    out = out.astype(np.float32).reshape(out.shape[0], -1)
-    if output.get("kind", "probabilities") == "logits":
-        out = softmax(out)
-    return out
+    return output_probabilities(out.astype(np.float32).reshape(out.shape[0], -1), output)
 
 
 class Backend:

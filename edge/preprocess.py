@@ -217,8 +217,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def output_probabilities(out: np.ndarray, output: dict) -> np.ndarray:
+    """Dequantized float model output -> class probabilities, as the manifest's `output` says:
+    kind "logits" gets softmax(logit_scale * out) (logit_scale 1 unless given: bounded int8 logits
+    carry theirs, see export/bounded_logits.py); "probabilities" pass through."""
+    out = np.asarray(out, dtype=np.float32)
+    if output.get("kind", "probabilities") == "logits":
+        return softmax(out * np.float32(output.get("logit_scale") or 1.0))
+    return out
+
+
 __all__: Sequence[str] = [
     "InputContract", "FrameFormatError", "PREPROCESS_MODES", "SCALINGS", "to_rgb_uint8",
     "read_image_rgb", "resize", "clahe", "otsu_binary", "otsu_mask", "masked_rgb",
     "apply_preprocess", "scale_pixels", "quantize", "dequantize", "prepare_batch", "softmax",
+    "output_probabilities",
 ]

@@ -120,13 +120,17 @@ def export():
                    "MEAN,FULLY_CONNECTED,SOFTMAX); the bundle is labelled tflite-int8-mixed, float I/O.")
 @click.option("--per-tensor", is_flag=True,
               help="int8 only: per-tensor instead of per-channel weight quantization (for comparison).")
+@click.option("--bound-logits/--no-bound-logits", default=True, show_default=True,
+              help="Full-integer int8: end in centred logits clipped to +-L (L from the calibration images) "
+                   "with the softmax on the device, so int8 keeps the resolution that decides the class "
+                   "(see docs/export.md). Only for models ending in Dense+softmax.")
 @_calib_options
 @_parity_options
 @_source_options
 @_bundle_out_options
 @user_errors
-def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, calib_dir, calib_count, data, splits,
-           limit, max_drop, classes, preprocess, size, out, force):
+def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, bound_logits, calib_dir, calib_count,
+           data, splits, limit, max_drop, classes, preprocess, size, out, force):
     """Keras MODEL -> TFLite bundle (fp32, fp16, dynamic-range or full-integer int8)."""
     from hemaedge.export.pipeline import export_one
     from hemaedge.export.tflite import convert_tflite  # noqa: F401  (fail early if TF is missing)
@@ -141,7 +145,8 @@ def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, c
     else:
         fmt = f"tflite-{quant}"
     row = _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force,
-                   int8_io=int8_io, float_fallback_ops=ops, int8_output=int8_output, per_tensor=per_tensor)
+                   int8_io=int8_io, float_fallback_ops=ops, int8_output=int8_output, per_tensor=per_tensor,
+                   bound_logits=bound_logits)
     _finish(row)
 
 
@@ -185,7 +190,8 @@ def onnx(model, opset, quantize_int8, calib_method, calib_dir, calib_count, data
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @user_errors
 def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, preprocess, size, out, force):
-    """scikit-learn HEAD (.skops: SVM, KNN, RF, pipelines) -> ONNX via skl2onnx; no pickle on the device.
+    """scikit-learn HEAD (.skops: SVM, KNN, RF, pipelines) -> ONNX (skl2onnx; a distance-weighted KNN
+    gets hemaedge's own graph); no pickle on the device.
 
     With --backbone the feature extractor and the head become one ONNX graph (image -> class
     probabilities) in a verified bundle, parity-checked against backbone + scikit-learn.
@@ -232,6 +238,10 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
                                              "tensorrt-int8"]),
               show_default=True, help="Comma-separated formats.")
 @click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--bound-logits/--no-bound-logits", default=True, show_default=True,
+              help="Full-integer int8: end in centred logits clipped to +-L (L from the calibration images) "
+                   "with the softmax on the device, so int8 keeps the resolution that decides the class "
+                   "(see docs/export.md). Only for models ending in Dense+softmax.")
 @_calib_options
 @_parity_options
 @_source_options
@@ -240,8 +250,8 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
               help="Table stem (default benchmarks/results/export_<model>): writes .md and .json.")
 @click.option("--force", is_flag=True, help="Replace existing bundle folders.")
 @user_errors
-def all_formats(model, formats, opset, calib_dir, calib_count, data, splits, limit, max_drop, classes, preprocess,
-                size, out, table, force):
+def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, data, splits, limit, max_drop, classes,
+                preprocess, size, out, table, force):
     """Every format with parity for each, and the export table (format, status, size, accuracy, delta, agreement)."""
     from hemaedge.export import report
     from hemaedge.export.pipeline import FORMATS, NEEDS_CALIBRATION, export_all
@@ -262,7 +272,7 @@ def all_formats(model, formats, opset, calib_dir, calib_count, data, splits, lim
     meta.update(source_sha256=source.sha256, data=pdata.describe() if pdata else None, calibration=info,
                 max_drop_points=max_drop, versions=_versions())
     rows = export_all(source, out, fmts, parity_data=pdata, max_drop=max_drop, calib_images=images,
-                      calib_info=info, overwrite=force, opset=opset, log=click.echo,
+                      calib_info=info, overwrite=force, opset=opset, bound_logits=bound_logits, log=click.echo,
                       on_row=lambda r: report.write_table(stem, r, meta))
     md, _ = report.write_table(stem, rows, meta)
     click.echo(Path(md).read_text())

@@ -39,6 +39,9 @@ NEEDS_CALIBRATION = {"tflite-int8", "tflite-int8-floatio", "tflite-int8-mixed", 
 # The classifier end of the network kept in float by "tflite-int8-mixed" unless told otherwise:
 # global pooling, the dense layer and softmax, where int8 rounding costs EfficientNets most.
 DEFAULT_FALLBACK_OPS = ["MEAN", "FULLY_CONNECTED", "SOFTMAX"]
+# Integer-only formats whose classifier end is rewritten to centred, bounded logits (see
+# export/bounded_logits.py) unless --no-bound-logits: int8 logits of widely varying size lose points.
+BOUNDED_LOGITS_FORMATS = {"tflite-int8", "tflite-int8-floatio", "onnx-int8"}
 
 
 class ParityData:
@@ -81,7 +84,7 @@ def measure_parity(source, runner, contract, output, data: ParityData | None, ma
 
 def convert(fmt: str, source, *, workdir: Path, calib_images=None, opset: int = 17, int8_io: str = "uint8",
             int8_output: str | None = None, float_fallback_ops=None, per_tensor: bool = False,
-            onnx_calib_method: str = "minmax") -> tuple[Path, object, dict, dict]:
+            onnx_calib_method: str = "minmax", bound_logits: bool = True) -> tuple[Path, object, dict, dict]:
     """Convert the source model to `fmt`; returns (artifact path, contract, output, settings)."""
     backend, variant = FORMATS[fmt]
     if fmt in NEEDS_CALIBRATION and not calib_images:
@@ -91,23 +94,28 @@ def convert(fmt: str, source, *, workdir: Path, calib_images=None, opset: int = 
 
         io = "float32" if fmt in ("tflite-int8-floatio", "tflite-int8-mixed") else int8_io
         ops = (float_fallback_ops or DEFAULT_FALLBACK_OPS) if fmt == "tflite-int8-mixed" else None
-        res = convert_tflite(source.model, source.contract, variant, calib_images=calib_images, int8_io=io,
-                             int8_output=int8_output, output_kind=source.output_kind, denylisted_ops=ops,
+        model, output_kind, bounded = _model_to_convert(fmt, source, calib_images, bound_logits)
+        res = convert_tflite(model, source.contract, variant, calib_images=calib_images, int8_io=io,
+                             int8_output=int8_output, output_kind=output_kind, denylisted_ops=ops,
                              per_tensor=per_tensor)
+        output, settings = dict(res.output), dict(res.settings)
+        _record_bound(bounded, output, settings)
         path = workdir / f"{fmt}.tflite"
         path.write_bytes(res.data)
-        return path, res.contract, res.output, res.settings
+        return path, res.contract, output, settings
     if backend == "onnx":
         from hemaedge.export.onnx_export import keras_to_onnx, onnx_opset, quantize_onnx_int8
 
-        data = keras_to_onnx(source.model, source.contract, opset)
+        model, output_kind, bounded = _model_to_convert(fmt, source, calib_images, bound_logits)
+        data = keras_to_onnx(model, source.contract, opset)
         settings = {"quant": "fp32", "opset": onnx_opset(data), "converter": _tf2onnx_version()}
         if variant == "int8":
             data, qset = quantize_onnx_int8(data, source.contract, calib_images, method=onnx_calib_method)
             settings.update(qset)
         path = workdir / f"{fmt}.onnx"
         path.write_bytes(data)
-        output = {"kind": source.output_kind, "dtype": "float32", "quant_scale": None, "quant_zero_point": None}
+        output = {"kind": output_kind, "dtype": "float32", "quant_scale": None, "quant_zero_point": None}
+        _record_bound(bounded, output, settings)
         return path, source.contract, output, settings
     if backend == "tensorrt":
         from hemaedge.export.tensorrt import require_tensorrt
@@ -116,6 +124,32 @@ def convert(fmt: str, source, *, workdir: Path, calib_images=None, opset: int = 
         raise UserError("TensorRT engines are built from an ONNX file on the target device: "
                         "run `hemaedge export tensorrt MODEL.onnx` there")
     raise UserError(f"unknown format {fmt!r}")
+
+
+def _model_to_convert(fmt, source, calib_images, bound_logits: bool) -> tuple[object, str, dict | None]:
+    """(Keras model, output kind, bounded-logits record or None) for one format."""
+    if fmt in BOUNDED_LOGITS_FORMATS and bound_logits and source.output_kind == "probabilities":
+        model, bounded = _bounded_logits(source, calib_images)
+        return model, "logits" if bounded.get("applied") else source.output_kind, bounded
+    return source.model, source.output_kind, None
+
+
+def _record_bound(bounded: dict | None, output: dict, settings: dict) -> None:
+    if bounded is not None:
+        settings["bounded_logits"] = bounded
+        if bounded.get("applied"):
+            output["logit_scale"] = bounded["logit_scale"]
+
+
+def _bounded_logits(source, calib_images) -> tuple[object, dict]:
+    """(model to convert, settings record) with the softmax end made int8-friendly where possible."""
+    from hemaedge.export.bounded_logits import bound_for_int8
+    from hemaedge.export.calibration import calibration_batches
+
+    model, info = bound_for_int8(source.model, calibration_batches(calib_images, source.contract, batch_size=64))
+    if model is None:
+        return source.model, {"applied": False, "reason": info}
+    return model, dict(info, applied=True)
 
 
 def _tf2onnx_version() -> str:

@@ -11,17 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hemaedge.edge.preprocess import InputContract, dequantize, prepare_batch, softmax
+from hemaedge.edge.preprocess import InputContract, dequantize, output_probabilities, prepare_batch
 
 
 def _finish(out: np.ndarray, output: dict) -> np.ndarray:
     out = np.asarray(out)
     if output.get("quant_scale") is not None and out.dtype != np.float32:
         out = dequantize(out, output["quant_scale"], output.get("quant_zero_point") or 0)
-    out = out.astype(np.float32)
-    if output.get("kind") == "logits":
-        out = softmax(out)
-    return out
+    return output_probabilities(out.astype(np.float32), output)
 
 
 class TFLiteRunner:
