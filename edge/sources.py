@@ -8,6 +8,8 @@
 * Raspberry Pi camera through picamera2 (`PiCameraSource`; its "RGB888" format arrives in
   BGR byte order, so frames are converted as BGR).
 
+Both live cameras count failures and wait through one shared `RetryBackoff`.
+
 `open_source(spec, ...)` picks the right one from a string. `--fps` and `--max-frames` limits
 are applied by `limit()` around any source.
 """
@@ -113,6 +115,33 @@ class ImageSource(FrameSource):
         return f"{len(self.files)} image file(s) from {self.name}" + (" (looping)" if self.loop else "")
 
 
+# ----------------------------------------------------------------------------- retry with backoff
+
+
+class RetryBackoff:
+    """The retry budget both live cameras share: after each consecutive failure wait `backoff`
+    seconds, doubling each time, for at most `retries` waits; a success starts the count over.
+
+        if not budget.wait_to_retry():  # the caller says why it gave up (error or end_reason)
+            ...give up...
+    """
+
+    def __init__(self, retries: int, backoff: float, sleep: Callable[[float], None] = time.sleep):
+        self.retries, self.backoff, self._sleep = int(retries), float(backoff), sleep
+        self.failures = 0  # consecutive, since the last success
+
+    def wait_to_retry(self) -> bool:
+        """Count one failure; sleep and return True if a retry is left, else return False at once."""
+        self.failures += 1
+        if self.failures > self.retries:
+            return False
+        self._sleep(self.backoff * 2 ** (self.failures - 1))
+        return True
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
 # ----------------------------------------------------------------------------- OpenCV capture
 
 
@@ -199,30 +228,25 @@ class CameraSource(FrameSource):
         return cap
 
     def __iter__(self):
-        cap = self._open(self.spec)
-        if not cap.isOpened():
-            cap.release()
-            cap = self._reopen(None)
-            if cap is None:
-                raise UserError(f"{self.spec}: cannot open the camera (is it connected, and is it free? "
-                                "for a GStreamer pipeline, does OpenCV have GStreamer support?)")
+        cap = self._open_with_retries()
+        if cap is None:
+            raise UserError(f"{self.spec}: cannot open the camera (is it connected, and is it free? "
+                            "for a GStreamer pipeline, does OpenCV have GStreamer support?)")
         index = 0
-        failures = 0
+        budget = RetryBackoff(self.retries, self.backoff, self._sleep)
         try:
             while True:
                 t = time.perf_counter()
                 ok, raw = cap.read()
                 if not ok or raw is None:
-                    failures += 1
-                    if failures > self.retries:
+                    if not budget.wait_to_retry():
                         self.end_reason = f"camera stopped delivering frames ({self.retries} retries with backoff failed)"
                         return
-                    self._sleep(self.backoff * 2 ** (failures - 1))
                     cap.release()
                     cap = self._open(self.spec)
                     self.reconnects += 1
                     continue
-                failures = 0
+                budget.succeeded()
                 try:
                     img = _convert(raw, "BGR")
                 except FrameFormatError as exc:
@@ -234,14 +258,16 @@ class CameraSource(FrameSource):
         finally:
             cap.release()
 
-    def _reopen(self, cap):
-        for attempt in range(self.retries):
-            self._sleep(self.backoff * 2 ** attempt)
+    def _open_with_retries(self):
+        """An opened capture, or None once the retries are spent."""
+        budget = RetryBackoff(self.retries, self.backoff, self._sleep)
+        while True:
             cap = self._open(self.spec)
             if cap.isOpened():
                 return cap
             cap.release()
-        return None
+            if not budget.wait_to_retry():
+                return None
 
 
 # ----------------------------------------------------------------------------- picamera2
@@ -271,7 +297,7 @@ class PiCameraSource(FrameSource):
     def __iter__(self):
         self.cam.start()
         index = 0
-        failures = 0
+        budget = RetryBackoff(self.retries, self.backoff, self._sleep)
         try:
             while True:
                 t = time.perf_counter()
@@ -282,13 +308,11 @@ class PiCameraSource(FrameSource):
                     raw = None
                     reason = str(exc)
                 if raw is None:
-                    failures += 1
-                    if failures > self.retries:
+                    if not budget.wait_to_retry():
                         self.end_reason = f"picamera2 stopped delivering frames after {self.retries} retries: {reason}"
                         return
-                    self._sleep(self.backoff * 2 ** (failures - 1))
                     continue
-                failures = 0
+                budget.succeeded()
                 try:
                     img = to_rgb_uint8(raw, "BGR")
                 except FrameFormatError as exc:

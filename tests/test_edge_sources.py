@@ -10,8 +10,8 @@ import pytest
 
 from hemaedge.edge.cli_support import UserError
 from hemaedge.edge.preprocess import read_image_rgb
-from hemaedge.edge.sources import (CameraSource, ImageSource, PiCameraSource, VideoSource, limit, list_images,
-                                   open_source)
+from hemaedge.edge.sources import (CameraSource, ImageSource, PiCameraSource, RetryBackoff, VideoSource, limit,
+                                   list_images, open_source)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -276,3 +276,79 @@ def test_list_images_folder_sorted(tmp_path):
     for n in ("b.png", "a.jpg", "notes.txt"):
         (tmp_path / n).write_bytes(b"x")
     assert [p.name for p in list_images(str(tmp_path))] == ["a.jpg", "b.png"]
+
+
+# ----------------------------------------------------------------------------- the shared retry budget
+
+
+def test_retry_backoff_doubles_then_gives_up_without_a_last_wait():
+    waits = []
+    budget = RetryBackoff(retries=3, backoff=0.5, sleep=waits.append)
+    assert [budget.wait_to_retry() for _ in range(4)] == [True, True, True, False]
+    assert waits == [0.5, 1.0, 2.0]  # giving up does not sleep first
+    assert RetryBackoff(retries=0, backoff=9.0, sleep=waits.append).wait_to_retry() is False
+    assert waits == [0.5, 1.0, 2.0]
+
+
+def test_retry_backoff_succeeds_after_transient_failures_and_starts_over():
+    """A call that fails twice then works, retried through the budget; after the success the
+    next failure waits the first backoff again, not the doubled one."""
+    waits = []
+    budget = RetryBackoff(retries=2, backoff=0.1, sleep=waits.append)
+    results = iter([None, None, "frame", None, "frame"])
+    got = []
+    while len(got) < 2:
+        r = next(results)
+        if r is None:
+            assert budget.wait_to_retry()
+            continue
+        budget.succeeded()
+        got.append(r)
+    assert got == ["frame", "frame"]
+    assert waits == pytest.approx([0.1, 0.2, 0.1])
+
+
+def test_camera_that_never_opens_waits_with_backoff_before_the_error():
+    opens = []
+
+    class Closed:
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    waits = []
+    src = CameraSource(3, retries=2, backoff=0.25, open_capture=lambda s: opens.append(s) or Closed(),
+                       sleep=waits.append)
+    with pytest.raises(UserError, match="3: cannot open the camera"):
+        list(src)
+    assert len(opens) == 3 and waits == [0.25, 0.5]  # first try + 2 retries, no wait after the last
+
+
+class ScriptedPicamera2(FakePicamera2):
+    """A Pi camera whose captures follow a script: a frame, None (no frame) or an exception."""
+
+    def __init__(self, script):
+        super().__init__([])
+        self.script = iter(script)
+
+    def capture_array(self, name="main"):
+        item = next(self.script)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def test_picamera2_recovers_after_transient_failures(bccd_frames):
+    bgr = cv2.cvtColor(bccd_frames[0], cv2.COLOR_RGB2BGR)
+    gone = RuntimeError("Camera frontend has timed out!")
+    cam = ScriptedPicamera2([bgr, None, gone, bgr, gone, bgr, gone, gone, gone])
+    waits = []
+    src = PiCameraSource(camera_factory=lambda: cam, retries=2, backoff=0.1, sleep=waits.append)
+    frames = list(src)
+    assert [f.index for f in frames] == [0, 1, 2]
+    # two gaps within budget (each success starts the count over), then three failures in a row end it
+    assert waits == pytest.approx([0.1, 0.2, 0.1, 0.1, 0.2])
+    assert src.end_reason == "picamera2 stopped delivering frames after 2 retries: Camera frontend has timed out!"
+    assert cam.stopped
