@@ -252,7 +252,30 @@ def machine() -> str:
         pass
     import keras
 
-    return f"{os.cpu_count()}-core {platform.machine()} ({cpu}), keras {keras.__version__} backend {keras.backend.backend()}"
+    return (f"{os.cpu_count()}-core {platform.machine()} ({cpu}), keras {keras.__version__} backend "
+            f"{keras.backend.backend()}, {_accelerator(keras.backend.backend())}")
+
+
+def _accelerator(backend: str) -> str:
+    """'GPU <name>' / 'no GPU' as the Keras backend sees it (recorded with every run)."""
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+        elif backend == "jax":
+            import jax
+
+            gpus = [str(d) for d in jax.devices() if d.platform == "gpu"]
+        elif backend == "torch":
+            import torch
+
+            gpus = [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else []
+        else:
+            return "accelerator unknown"
+    except Exception:  # a broken GPU stack must not stop training
+        return "accelerator unknown"
+    return f"GPU {gpus[0]}" if gpus else "no GPU"
 
 
 # ----------------------------------------------------------------------------- training
@@ -378,7 +401,8 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=print, command
     history = read_history(out)
     result = {"backbone": cfg.backbone, "weights": side["weights"], "input_size": cfg.size,
               "epochs_trained": len(history), "best_epoch": side.get("epoch"),
-              "machine": machine(), "model_bytes": (out / "model.keras").stat().st_size,
+              "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+              "model_bytes": (out / "model.keras").stat().st_size,
               "parameters": int(model.count_params()),
               "train_seconds": sum(r["seconds"] for r in history),
               "history": history, "commands": [], "config": dataclasses.asdict(cfg)}
@@ -428,6 +452,13 @@ def summary_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gpu_note(machine_desc: str) -> str:
+    """', no GPU' / ', GPU' from a run's machine description ('' when the run did not record it)."""
+    if machine_desc.endswith("no GPU"):
+        return ", no GPU"
+    return ", GPU" if ", GPU " in machine_desc else ""
+
+
 def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
     """Results table for benchmarks/results from a finished run: PREFIX.md, PREFIX.json,
     PREFIX_curves.png and PREFIX_confusion.png (copies of the run's figures)."""
@@ -438,7 +469,10 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
 
     run_dir, prefix = Path(run_dir), Path(prefix)
     r = json.loads((run_dir / "metrics.json").read_text())
-    date = date or dt.date.today().isoformat()
+    # the day the run finished (older runs: metrics.json's time), not the day the table is collected
+    date = date or r.get("date") or dt.datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime,
+                                                              dt.timezone.utc).date().isoformat()
+    cores = r["machine"].split("-core", 1)[0] if "-core" in r["machine"] else "?"
     t = r.get("test", {})
     ci = t.get("accuracy_ci95")
     row = {"backbone": r["backbone"], "weights": r["weights"], "input_size": r["input_size"],
@@ -465,7 +499,7 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
           "(95% bootstrap CI) | macro F1 | kappa | size MB |",
           "|---|---|---|---|---|---|---|---|---|---|",
           f"| {row['backbone']} | {row['weights'].split(' (')[0]} | {row['input_size']} px | {row['epochs']} "
-          f"({row['best_epoch']}) | {os.cpu_count()}-core CPU, no GPU | {row['training_minutes']} min | "
+          f"({row['best_epoch']}) | {cores}-core CPU{_gpu_note(r['machine'])} | {row['training_minutes']} min | "
           f"{row['test_accuracy'] * 100:.2f} ({ci_s}) | {row['macro_f1']:.4f} | {row['kappa']:.4f} | "
           f"{row['size_mb']} |", "",
           f"* weights: {row['weights']}",
