@@ -130,10 +130,12 @@ def table_markdown(entries, command: str) -> str:
     for e in ok:
         lines.append(f"- {e['backbone']} {e['size']}px / `{e['preprocess']}` / augment {e['augment']}: started {e['date']} on {e['machine']}; "
                      f"weights: {e['weights']}")
-    not_run = [f"{e['size']}px {e['preprocess']}/{e['augment']}" for e in entries if e["status"] == "not run"]
-    if not_run:
-        lines.append(f"- {next(e['backbone'] for e in entries if e['status'] == 'not run')} not run: {', '.join(not_run)}" if len({e['backbone'] for e in entries if e['status'] == 'not run'}) == 1
-                     else f"- not run: {', '.join(not_run)}")
+    not_run: dict[str, list[str]] = {}  # one line per backbone, in table order
+    for e in entries:
+        if e["status"] == "not run":
+            not_run.setdefault(e["backbone"], []).append(f"{e['size']}px {e['preprocess']}/{e['augment']}")
+    for backbone, combos in not_run.items():
+        lines.append(f"- {backbone} not run: {', '.join(combos)}")
     for e in entries:
         if e["status"] == "not run":
             continue
