@@ -172,5 +172,6 @@ def bound_for_int8(model, calib_batches):
         if best is None or info["bound"] < best[1]["bound"]:
             best = ((a, beta), dict(info, shift=name))
     shift, info = best
+    info["calibration_logit_range"] = [round(float(z.min()), 3), round(float(z.max()), 3)]  # why it was needed
     info["method"] = "shifted logits clipped to [-bound, bound] (fused RELU6); softmax on the host"
     return bounded_logits_model(model, info["bound"], shift), info
