@@ -97,6 +97,14 @@ def _command_line() -> str:
     return shlex.join(words)
 
 
+# int8 formats (TFLite full-integer, ONNX QDQ): see export/bounded_logits.py
+_bound_logits_option = click.option(
+    "--bound-logits/--no-bound-logits", default=True, show_default=True,
+    help="int8: end in shifted logits clipped to +-L (L from the calibration images) with the softmax on "
+         "the device, so int8 keeps the resolution that decides the class (see docs/export.md). Only for "
+         "models ending in Dense+softmax.")
+
+
 @click.group()
 def export():
     """Export and quantize models (TFLite, ONNX, TensorRT) into verified bundles with parity checks.
@@ -120,10 +128,7 @@ def export():
                    "MEAN,FULLY_CONNECTED,SOFTMAX); the bundle is labelled tflite-int8-mixed, float I/O.")
 @click.option("--per-tensor", is_flag=True,
               help="int8 only: per-tensor instead of per-channel weight quantization (for comparison).")
-@click.option("--bound-logits/--no-bound-logits", default=True, show_default=True,
-              help="Full-integer int8: end in centred logits clipped to +-L (L from the calibration images) "
-                   "with the softmax on the device, so int8 keeps the resolution that decides the class "
-                   "(see docs/export.md). Only for models ending in Dense+softmax.")
+@_bound_logits_option
 @_calib_options
 @_parity_options
 @_source_options
@@ -161,20 +166,22 @@ def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images
 @click.option("--quantize-int8", is_flag=True, help="Static int8 QDQ quantization with ONNX Runtime.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="ONNX Runtime calibration method for --quantize-int8.")
+@_bound_logits_option
 @_calib_options
 @_parity_options
 @_source_options
 @_bundle_out_options
 @user_errors
-def onnx(model, opset, quantize_int8, calib_method, calib_dir, calib_count, data, splits, limit, max_drop,
-         classes, preprocess, size, out, force):
+def onnx(model, opset, quantize_int8, calib_method, bound_logits, calib_dir, calib_count, data, splits, limit,
+         max_drop, classes, preprocess, size, out, force):
     """Keras MODEL -> ONNX bundle (tf2onnx), optionally int8 QDQ."""
     from hemaedge.export.pipeline import export_one
 
     source = _load_source(model, classes, preprocess, size)
     images, info = _calib(calib_dir, calib_count, quantize_int8)
     row = _run_one(export_one, "onnx-int8" if quantize_int8 else "onnx-fp32", source, out, data, splits, limit,
-                   max_drop, images, info, force, opset=opset, onnx_calib_method=calib_method)
+                   max_drop, images, info, force, opset=opset, onnx_calib_method=calib_method,
+                   bound_logits=bound_logits)
     _finish(row)
 
 
@@ -238,10 +245,7 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
                                              "tensorrt-int8"]),
               show_default=True, help="Comma-separated formats.")
 @click.option("--opset", type=int, default=17, show_default=True)
-@click.option("--bound-logits/--no-bound-logits", default=True, show_default=True,
-              help="Full-integer int8: end in centred logits clipped to +-L (L from the calibration images) "
-                   "with the softmax on the device, so int8 keeps the resolution that decides the class "
-                   "(see docs/export.md). Only for models ending in Dense+softmax.")
+@_bound_logits_option
 @_calib_options
 @_parity_options
 @_source_options
