@@ -113,12 +113,6 @@ def logits_model(model, shift=None):
     return keras.Model(model.inputs, _layer_class()(kernel, bias, None, shift, name="logits")(x))
 
 
-def centred_logits_model(model):
-    """Logits minus their row mean."""
-    n = int(model.outputs[0].shape[-1])
-    return logits_model(model, (np.full(n, 1.0 / n), 0.0))
-
-
 def bounded_logits_model(model, bound: float, shift):
     import keras
 

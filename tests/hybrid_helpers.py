@@ -27,3 +27,17 @@ def tiny_backbone(size: int = 32, seed: int = 0):
     x = layers.Conv2D(24, 3, strides=2, activation="relu")(x)
     out = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inp, out, name="tiny_backbone")
+
+
+def head_features(root, size: int = 32, per_class: tuple[int, int] = (30, 10)) -> dict:
+    """Train/test slices and their features from the seeded tiny backbone: the real small data the
+    head tests fit on. Keys: bb, contract, xte, Xtr, ytr, Xte, yte, classes."""
+    from hemaedge.edge.preprocess import InputContract
+    from hemaedge.train.features import extract_features
+
+    xtr, ytr, classes = load_slice(root, "train", per_class[0], size=size)
+    xte, yte, _ = load_slice(root, "test", per_class[1], size=size)
+    bb = tiny_backbone(size)
+    c = InputContract(size=size, preprocess="rgb")
+    return dict(bb=bb, contract=c, xte=xte, Xtr=extract_features(bb, xtr, c, progress=False), ytr=ytr,
+                Xte=extract_features(bb, xte, c, progress=False), yte=yte, classes=classes)

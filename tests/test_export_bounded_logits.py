@@ -72,7 +72,7 @@ def test_softmax_end_is_found_in_plain_softmax_layer_and_nested_models():
     x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32) * 3
     for model in (plain, two, nested):
         assert bl.softmax_dense_end(model) is not None
-        centred = bl.centred_logits_model(model)
+        centred = bl.logits_model(model, (np.full(3, 1 / 3), 0.0))  # minus the row mean
         c = np.asarray(centred.predict(x, verbose=0))
         np.testing.assert_allclose(c.sum(1), 0, atol=1e-4)  # centred: the mean logit is removed
         bound = bl.choose_bound(c)["bound"]

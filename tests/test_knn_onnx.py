@@ -2,23 +2,17 @@
 import numpy as np
 import pytest
 
-from hemaedge.edge.preprocess import InputContract, prepare_batch
+from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.train import heads as H
-from hemaedge.train.features import extract_features
 from hemaedge.train.knn_onnx import MARKER_KEY, knn_to_onnx
-from hybrid_helpers import load_slice, tiny_backbone
+from hybrid_helpers import head_features
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def feats(bloodmnist128):
-    xtr, ytr, _ = load_slice(bloodmnist128, "train", 30, size=SIZE)
-    xte, yte, _ = load_slice(bloodmnist128, "test", 10, size=SIZE)
-    bb = tiny_backbone(SIZE)
-    c = InputContract(size=SIZE, preprocess="rgb")
-    return dict(bb=bb, contract=c, xte=xte, Xtr=extract_features(bb, xtr, c, progress=False), ytr=ytr,
-                Xte=extract_features(bb, xte, c, progress=False), yte=yte)
+    return head_features(bloodmnist128, SIZE)
 
 
 def _run(proto_or_path, X):

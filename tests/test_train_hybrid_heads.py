@@ -2,23 +2,16 @@
 import numpy as np
 import pytest
 
-from hemaedge.edge.preprocess import InputContract, prepare_batch
+from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.train import heads as H
-from hemaedge.train.features import extract_features
-from hybrid_helpers import load_slice, tiny_backbone
+from hybrid_helpers import head_features
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def feats(bloodmnist128):
-    xtr, ytr, classes = load_slice(bloodmnist128, "train", 30, size=SIZE)
-    xte, yte, _ = load_slice(bloodmnist128, "test", 10, size=SIZE)
-    bb = tiny_backbone(SIZE)
-    c = InputContract(size=SIZE, preprocess="rgb")
-    ftr = extract_features(bb, xtr, c, progress=False)
-    fte = extract_features(bb, xte, c, progress=False)
-    return dict(bb=bb, contract=c, xte=xte, Xtr=ftr, ytr=ytr, Xte=fte, yte=yte, classes=classes)
+    return head_features(bloodmnist128, SIZE)
 
 
 CHANCE = 1 / 8
