@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hemaedge.edge.errors import HemaedgeError
 from hemaedge.benchmarks import schema as sch
 from hemaedge.benchmarks.report import md_table
 from hemaedge.benchmarks.stats import ratio
 
 
-class CompareError(ValueError):
+class CompareError(HemaedgeError, ValueError):
     """A file that is not a benchmark result."""
 
 

@@ -13,12 +13,13 @@ from typing import Iterator
 
 import numpy as np
 
+from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.preprocess import read_image_rgb, to_rgb_uint8
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
-class TestSetError(ValueError):
+class TestSetError(HemaedgeError, ValueError):
     """Test data that cannot be used: names the path and the problem."""
 
     __test__ = False  # not a pytest test class

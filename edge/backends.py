@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hemaedge.edge.bundle import Bundle, BundleError
+from hemaedge.edge.bundle import Bundle
+from hemaedge.edge.errors import BackendError, BundleError
 from hemaedge.edge.preprocess import dequantize, output_probabilities
 
 
-class BackendError(BundleError):
-    """The model cannot run here (runtime missing, or model and bundle disagree)."""
 
 
 def _finish(out: np.ndarray, output: dict, qparams: tuple | None) -> np.ndarray:

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from hemaedge.edge.errors import BundleError
 from hemaedge.edge.preprocess import InputContract
 
 MANIFEST_NAME = "manifest.json"
@@ -25,8 +26,6 @@ SUPPORTED_VERSIONS = (1,)
 BACKENDS = ("tflite", "onnx", "tensorrt")
 
 
-class BundleError(Exception):
-    """A bundle that must not run: says what is wrong and what to do."""
 
 
 def file_digest(path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:

@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from hemaedge.edge.errors import FrameFormatError  # noqa: F401  (re-exported)
+
 PREPROCESS_MODES = ("rgb", "clahe", "otsu-mask", "masked-rgb")
 
 # How float pixels are scaled before they reach the network. "raw" means the model gets
@@ -24,8 +26,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-class FrameFormatError(ValueError):
-    """A frame or image that cannot be turned into 8-bit RGB."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from hemaedge.edge.bundle import (MANIFEST_NAME, BundleError, _safe_relpath, load_bundle,
                                   read_manifest, verify_bundle)
-from hemaedge.edge.cli_support import UserError
+from hemaedge.edge.errors import StoreError
 
 STORE_ENV = "HEMAEDGE_STORE"
 STATE_NAME = "store.json"
@@ -58,8 +58,6 @@ BACKEND_HINTS = {
 }
 
 
-class StoreError(UserError):
-    """The store cannot do what was asked (says what and why)."""
 
 
 class ContractChangeError(StoreError):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.bundle import file_digest, sha256_file
 
 # name -> (keras.applications function, keras source module, WEIGHTS_HASHES key, scaling)
@@ -53,7 +54,7 @@ LITE_PTH = {
 }
 
 
-class WeightsError(Exception):
+class WeightsError(HemaedgeError):
     """Weights that cannot be used: missing, wrong file, or a hash mismatch."""
 
 

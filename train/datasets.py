@@ -115,8 +115,7 @@ MEDMNIST_CLASSES = {
 }
 
 
-class DataError(Exception):
-    """A data set that cannot be used as it is; the message names the file and the problem."""
+from hemaedge.edge.errors import DataError  # noqa: E402  (re-exported: the data readers raise it)
 
 
 # ----------------------------------------------------------------------------- containers

@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from hemaedge.edge.errors import HemaedgeError
 
 PAPER_PAIRS = ((0.3, 0.7), (0.4, 0.6))
 GRIDS = ("paper", "simplex")
 
 
-class EnsembleError(Exception):
+class EnsembleError(HemaedgeError):
     """Members that cannot be combined (different classes or inputs, missing sidecar)."""
 
 

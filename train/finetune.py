@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.preprocess import InputContract, apply_preprocess
 from hemaedge.train import sampling
 from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
@@ -38,7 +39,7 @@ from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
 HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
-class FinetuneError(Exception):
+class FinetuneError(HemaedgeError):
     """A fine-tuning request that cannot run (bad option, unusable output folder)."""
 
 

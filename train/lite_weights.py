@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from hemaedge.edge.errors import HemaedgeError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -37,7 +38,7 @@ STORAGE_DTYPES = {
 }
 
 
-class UnsafeCheckpointError(Exception):
+class UnsafeCheckpointError(HemaedgeError):
     """The file asks for something a plain weights file never needs; it was not loaded."""
 
 
