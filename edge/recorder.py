@@ -22,9 +22,9 @@ from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
 from hemaedge.edge.metrics_runtime import STAGES, percentiles
 
 FRAME_FIELDS = ["frame", "name", "width", "height", "cells", "wbc", "platelets", "flagged",
-                *[f"{s}_ms" for s in STAGES], "rss_mb"]
+                *[f"{s}_ms" for s in STAGES], "rss_mb", "status", "rbc_px"]
 CELL_FIELDS = ["frame", "name", "cell", "kind", "x0", "y0", "x1", "y1", "crop_side", "class",
-               "confidence", "review"]
+               "confidence", "review", "cell_id", "track_id", "counted", "at_edge", "flag"]
 
 
 def _plain(obj):
@@ -60,22 +60,27 @@ class Recorder:
         self._ccsv.writeheader()
         self._flush()
 
-    def record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float) -> dict:
-        """One frame: its row, and one row per cell. Returns the frame row."""
+    def record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float,
+               cell_extras: list[dict] | None = None, frame_extra: dict | None = None) -> dict:
+        """One frame: its row, and one row per cell (plus the counting columns of `cell_extras`,
+        see edge/counting.py). Returns the frame row."""
         flagged = 0
         for i, (det, label, conf) in enumerate(zip(detections, labels, confidences)):
-            review = bool(conf < self.review_threshold)
+            extra = cell_extras[i] if cell_extras else {}
+            review = bool(extra["flag"]) if "flag" in extra else bool(conf < self.review_threshold)
             flagged += review
-            self.counts[label] += 1
-            self.flagged[label] += review
+            self.counts[label] = self.counts.get(label, 0) + 1
+            self.flagged[label] = self.flagged.get(label, 0) + review
             x0, y0, x1, y1 = det.box
             self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": i, "kind": det.kind,
                                  "x0": x0, "y0": y0, "x1": x1, "y1": y1, "crop_side": det.crop[2],
-                                 "class": label, "confidence": round(float(conf), 4), "review": int(review)})
+                                 "class": label, "confidence": "" if conf != conf else round(float(conf), 4),
+                                 "review": int(review), **extra})
         h, w = frame.image.shape[:2]
         row = {"frame": frame.index, "name": frame.name, "width": w, "height": h,
                "cells": len(detections), "wbc": sum(d.kind == "wbc" for d in detections),
-               "platelets": sum(d.kind == "platelet" for d in detections), "flagged": int(flagged)}
+               "platelets": sum(d.kind == "platelet" for d in detections), "flagged": int(flagged),
+               **(frame_extra or {})}
         for s in STAGES:
             v = float(timings_ms.get(s, 0.0))
             row[f"{s}_ms"] = round(v, 3)
@@ -114,7 +119,8 @@ class Recorder:
         self.close()
         write_json_atomic(self.out / "summary.json", summary)
         buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, ["class", "count", "percent", "flagged"])
+        rows = summary["differential_count"]
+        w = csv.DictWriter(buf, list(rows[0]) if rows else ["class", "count", "percent", "flagged"])
         w.writeheader()
         w.writerows(summary["differential_count"])
         atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
@@ -148,8 +154,8 @@ def format_summary(s: dict) -> str:
         mm = s["memory_mb"]
         lines.append(f"resident memory: peak {mm['peak']:.1f} MB, current {mm['current']:.1f} MB")
     lines.append("")
-    lines.append("differential count:")
-    lines.append(f"  {'class':<24}{'count':>7}{'%':>8}{'flagged':>9}")
-    for row in s["differential_count"]:
-        lines.append(f"  {row['class']:<24}{row['count']:>7}{row['percent']:>8.1f}{row['flagged']:>9}")
+    if s.get("differential"):
+        from hemaedge.edge.differential import format_differential
+
+        lines.append(format_differential(s["differential"]))
     return "\n".join(lines)
