@@ -214,7 +214,7 @@ class Differential:
 def format_differential(d: dict) -> str:
     """The differential of a summary (`Differential.summary()`) as the terminal table."""
     n = d["white_cells_classified"]
-    lines = [f"differential ({d.get('counting', '')}; {d['fields']} fields):",
+    lines = [f"differential count ({d.get('counting', '')}; {d['fields']} fields):",
              f"  {'white cells':<24}{'count':>7}{'% WBC':>8}{'95% interval':>16}{'flagged':>9}"]
     for r in d["wbc_differential"]:
         pct = f"{r['percent']:.1f}" if r["percent"] is not None else "-"
