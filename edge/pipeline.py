@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hemaedge.edge.focus import blank_reason
-from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, decide
+from hemaedge.edge.identify import PLATELET, REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, decide
 from hemaedge.edge.metrics_runtime import MemoryMeter, machine_info, seconds_since_process_start
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
@@ -96,17 +96,20 @@ class CellClassifier:
     def crops_for(self, image: np.ndarray, dets: list[Detection]) -> list[np.ndarray]:
         """One crop per detection; platelet crops with the nucleated cells painted over."""
         nucleated = [d.box for d in dets if d.kind == "wbc"]
+        # a platelet's crop, and that of a detection whose kind its size leaves open, is judged
+        # without its nucleated neighbours
         fill = None
         out = []
         for d in dets:
             crop = extract_crop(image, d.crop)
-            if d.kind == "platelet" and nucleated and self.mask_neighbours:
+            if (d.kind == "platelet" or d.size_ambiguous) and nucleated and self.mask_neighbours:
                 if fill is None:  # the smear's background colour: the brightest quarter's median
                     grey = image[::4, ::4].reshape(-1, 3)
                     bright = grey[grey.sum(1) >= np.percentile(grey.sum(1), 75)]
                     fill = np.median(bright, axis=0).astype(np.uint8)
                 # never paint over the platelet itself (one lying on a white cell's box)
-                others = [b for b in nucleated if not (b[0] <= d.centre[0] <= b[2] and b[1] <= d.centre[1] <= b[3])]
+                others = [b for b in nucleated
+                          if b != d.box and not (b[0] <= d.centre[0] <= b[2] and b[1] <= d.centre[1] <= b[3])]
                 crop = _paint_boxes(crop, d.crop, others, fill)
             out.append(crop)
         return out
@@ -126,6 +129,9 @@ class CellClassifier:
         crops = self.crops_for(image, dets)
         t1 = time.perf_counter()
         probs, pre_ms, inf_ms = self.classify_crops(crops)
+        for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
+            if d.size_ambiguous and PLATELET in self.classes and self.classes[int(probs[i].argmax())] == PLATELET:
+                d.kind = "platelet"
         decisions = [self.decide(d.kind, probs[i]) for i, d in enumerate(dets)]
         return FrameResult(dets, [x.label for x in decisions], np.array([x.confidence for x in decisions], np.float32),
                            probs, {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms},

@@ -41,6 +41,33 @@ def plausible_diameter(d: float | None, shape) -> bool:
     return MIN_DIAMETER_PX <= d <= MAX_DIAMETER_FRACTION * min(shape[:2])
 
 
+def _red_cell_foreground(image: np.ndarray, params: SegmentParams | None = None):
+    """(distance-transform peak radii, red-cell foreground area), both on the work copy, and its
+    scale; None when the frame has nothing to measure."""
+    p = params or SegmentParams()
+    h, w = image.shape[:2]
+    scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    green = cv2.GaussianBlur(small[..., 1], (5, 5), 0)
+    if float(green.std()) < 4.0:  # featureless (black, white, no slide): Otsu would split noise
+        return None
+    stained, _ = stain_mask(small, p)
+    near_stain = cv2.dilate(stained, _ellipse(9)) > 0
+    unstained = green[~near_stain]
+    if unstained.size < 100:
+        return None
+    thr, _ = cv2.threshold(unstained.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    cells = (green < thr).astype(np.uint8) * 255
+    cells = _fill_holes(cv2.morphologyEx(cells, cv2.MORPH_OPEN, _ellipse(3)))
+    cells[near_stain] = 0
+    if cells.all() or not cells.any():  # no background to measure from
+        return None
+    dist = cv2.distanceTransform(cells, cv2.DIST_L2, 5)
+    peaks = dist[(dist == cv2.dilate(dist, _ellipse(15))) & (dist > 3)]
+    return peaks, float(np.count_nonzero(cells)), scale
+
+
 def red_cell_diameters(image: np.ndarray, params: SegmentParams | None = None) -> np.ndarray:
     """Diameter estimates in full-resolution pixels, one per red cell found (may be empty).
 
@@ -50,40 +77,33 @@ def red_cell_diameters(image: np.ndarray, params: SegmentParams | None = None) -
     of its distance transform (one per 15 px neighbourhood of the work copy) is a red cell's
     radius; touching cells keep their own peaks. A featureless frame gives none.
     """
-    p = params or SegmentParams()
-    h, w = image.shape[:2]
-    scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
-    green = cv2.GaussianBlur(small[..., 1], (5, 5), 0)
-    if float(green.std()) < 4.0:  # featureless (black, white, no slide): Otsu would split noise
+    m = _red_cell_foreground(image, params)
+    if m is None:
         return np.zeros(0, np.float32)
-    stained, _ = stain_mask(small, p)
-    near_stain = cv2.dilate(stained, _ellipse(9)) > 0
-    unstained = green[~near_stain]
-    if unstained.size < 100:
-        return np.zeros(0, np.float32)
-    thr, _ = cv2.threshold(unstained.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    cells = (green < thr).astype(np.uint8) * 255
-    cells = _fill_holes(cv2.morphologyEx(cells, cv2.MORPH_OPEN, _ellipse(3)))
-    cells[near_stain] = 0
-    if cells.all() or not cells.any():  # no background to measure from
-        return np.zeros(0, np.float32)
-    dist = cv2.distanceTransform(cells, cv2.DIST_L2, 5)
-    peaks = dist[(dist == cv2.dilate(dist, _ellipse(15))) & (dist > 3)]
+    peaks, _, scale = m
     return (2.0 * peaks / scale).astype(np.float32)
 
 
 def red_cell_diameter(image: np.ndarray, params: SegmentParams | None = None) -> float | None:
     """This field's red-cell diameter in pixels, or None when it cannot be measured.
 
-    The 90th percentile of the per-cell estimates resists partly visible and overlapping cells
-    (whose peaks are smaller than a whole cell's).
+    Two estimates that fail differently, combined by their geometric mean: the median of the
+    larger peaks (those >= 0.6 x the 90th percentile: partly visible and overlapping cells give
+    small peaks) over-reads where overlapping cells merge into blobs; the foreground area per
+    such peak under-reads where cells overlap. Over every 8th PBC field and every 2nd BCCD frame
+    96% / 98% of the fields are within 25% of the data set's median (the median of the peaks
+    alone: 95% / 98%, with outliers up to 2.5x instead of 1.7x).
     """
-    d = red_cell_diameters(image, params)
-    if len(d) < MIN_RED_CELLS:
+    m = _red_cell_foreground(image, params)
+    if m is None:
         return None
-    value = float(np.percentile(d, 90))
+    peaks, area, scale = m
+    if len(peaks) < MIN_RED_CELLS:
+        return None
+    big = peaks[peaks >= 0.6 * np.percentile(peaks, 90)]
+    by_peaks = 2.0 * float(np.median(big))
+    by_area = 2.0 * float(np.sqrt(area / len(big) / np.pi))
+    value = float(np.sqrt(by_peaks * by_area)) / scale
     return value if plausible_diameter(value, image.shape) else None
 
 

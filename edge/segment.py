@@ -62,17 +62,20 @@ class SegmentParams:
     # segment on a copy whose short side is at most this many pixels (0: full resolution);
     # boxes are mapped back and crops cut from the full-resolution frame
     work_side: int = 240
-    # Sizes in red-cell diameters (d), used whenever the field's red cells were measured: the
-    # same limits then hold at any magnification and frame shape. Component (stained) areas in
-    # d^2. The smallest platelet is 0.012 d^2 (the frame-fraction floor above on BCCD and PBC).
-    # On 286 PBC fields the labelled nuclei measure 0.96-4.3 d^2 (5th-95th percentile) and the
-    # labelled platelet clumps 0.27-0.69 d^2; on BCCD (lower resolution) white-cell nuclei reach
-    # down to 0.5 d^2 (1st percentile) and platelets up to 0.14 d^2. Stained objects below
-    # 0.45 d^2 are platelets (or small clumps), above it nucleated cells: a compromise that
-    # keeps every BCCD white cell and sends the smaller PBC clumps to the platelet rule.
-    min_wbc_rbc_area: float = 0.45
-    min_platelet_rbc_area: float = 0.012
-    max_platelet_rbc_area: float = 0.45
+    # Sizes in red-cell diameters (d, `edge.ruler.red_cell_diameter`), used whenever the field's
+    # red cells were measured: the same limits then hold at any magnification and frame shape.
+    # Component (stained) areas in d^2. The smallest platelet is 0.015 d^2 (the frame-fraction
+    # floor above, on BCCD and PBC). Measured with the per-field ruler: labelled PBC nuclei are
+    # 1.34-5.6 d^2 (5th-95th percentile of 286 fields), labelled PBC platelet clumps 0.46-0.92;
+    # BCCD white-cell nuclei (lower resolution) go down to ~0.5, BCCD platelets up to 0.16 (99th
+    # percentile of 122 frames). Size alone cannot tell a platelet clump from a small nucleus
+    # between 0.4 and 1.0 d^2: such a detection is `size_ambiguous` and the classifier decides
+    # its kind (pipeline.CellClassifier); below 0.4 it can only be a platelet, above 1.0 only a
+    # nucleated cell.
+    min_wbc_rbc_area: float = 0.4
+    min_platelet_rbc_area: float = 0.015
+    max_platelet_rbc_area: float = 0.4
+    sure_nucleated_rbc_area: float = 1.0
     # two white-cell pieces (boxes within this gap, in d) are one cell when their joint box is
     # no larger than one big white cell: the lobes of one nucleus, not two neighbours
     lobe_gap_rbc: float = 0.15
@@ -98,6 +101,7 @@ class Detection:
     score: float = 0.0  # mean stain contrast inside the component
     crop: tuple[int, int, int] = field(default=(0, 0, 0))  # centre x, centre y, side
     at_edge: bool = False  # the cell is cut by the frame edge (only part of it is visible)
+    size_ambiguous: bool = False  # nucleated cell or platelet clump: the classifier decides the kind
 
     @property
     def size(self) -> int:
@@ -113,7 +117,7 @@ class Detection:
 CROP_MODES = ("rbc", "cell", "fixed")
 # BloodMNIST's 200 px crops of PBC fields span ~3.06 red-cell diameters (median red cell 65 px
 # over 49 evenly spaced pbc_raw_val fields, `red_cell_diameter`); rounded to 3.
-DEFAULT_RBC_FACTOR = 2.8
+DEFAULT_RBC_FACTOR = 3.0
 
 
 # ----------------------------------------------------------------------------- masks
@@ -200,9 +204,11 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     if rbc_diameter:
         d2 = (rbc_diameter * scale) ** 2  # red-cell diameter on the work copy, squared
         min_wbc, min_plt, max_plt = p.min_wbc_rbc_area * d2, p.min_platelet_rbc_area * d2, p.max_platelet_rbc_area * d2
+        sure_wbc = p.sure_nucleated_rbc_area * d2
     else:
         min_wbc, min_plt, max_plt = (p.min_wbc_area * frame_area, p.min_platelet_area * frame_area,
                                      p.max_platelet_area * frame_area)
+        sure_wbc = min_wbc
     if p.method == "otsu":
         mask = otsu_binary(image)
         s = stain_channel(image, p.blur)
@@ -236,7 +242,8 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
                 nucleus = (px0 + x, py0 + y, px1 + x, py1 + y)
                 box = _grow(nucleus, p.cell_margin, image.shape)
                 dets.append(Detection(box, "wbc", parea, float(s_roi[part > 0].mean()),
-                                      at_edge=_touches_edge(nucleus, image.shape, p.edge_px)))
+                                      at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
+                                      size_ambiguous=parea < sure_wbc))
         else:
             # platelets: small, compact, and really stained (not a dark speck of a red cell)
             if np.count_nonzero(raw[roi][comp > 0]) < 0.3 * area:
@@ -275,7 +282,8 @@ def _touches_edge(box, shape, margin: int) -> bool:
 def _joined(a: Detection, b: Detection) -> Detection:
     box = (min(a.box[0], b.box[0]), min(a.box[1], b.box[1]), max(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
     area = a.area + b.area
-    return Detection(box, "wbc", area, (a.score * a.area + b.score * b.area) / area, at_edge=a.at_edge or b.at_edge)
+    return Detection(box, "wbc", area, (a.score * a.area + b.score * b.area) / area, at_edge=a.at_edge or b.at_edge,
+                     size_ambiguous=a.size_ambiguous and b.size_ambiguous)
 
 
 def _merge_lobes(dets: list[Detection], shape, min_overlap: float) -> list[Detection]:
