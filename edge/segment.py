@@ -69,13 +69,14 @@ class SegmentParams:
     # 1.34-5.6 d^2 (5th-95th percentile of 286 fields), labelled PBC platelet clumps 0.46-0.92;
     # BCCD white-cell nuclei (lower resolution) go down to ~0.5, BCCD platelets up to 0.16 (99th
     # percentile of 122 frames). Size alone cannot tell a platelet clump from a small nucleus
-    # between 0.4 and 1.0 d^2: such a detection is `size_ambiguous` and the classifier decides
-    # its kind (pipeline.CellClassifier); below 0.4 it can only be a platelet, above 1.0 only a
+    # between 0.4 and 1.6 d^2 (large clumps reach 1.5): such a detection is `size_ambiguous` and the classifier decides
+    # its kind (pipeline.CellClassifier); below 0.4 it can only be a platelet, above 1.6 only a
     # nucleated cell.
     min_wbc_rbc_area: float = 0.4
     min_platelet_rbc_area: float = 0.015
     max_platelet_rbc_area: float = 0.4
-    sure_nucleated_rbc_area: float = 1.0
+    sure_nucleated_rbc_area: float = 1.6
+    single_nucleus_rbc_area: float = 1.0
     # two white-cell pieces (boxes within this gap, in d) are one cell when their joint box is
     # no larger than one big white cell: the lobes of one nucleus, not two neighbours
     lobe_gap_rbc: float = 0.15
@@ -219,7 +220,9 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(p.close_fraction * short))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(3))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    single = min_wbc * 2.5  # a typical nucleus is ~2-3x the minimum
+    # the area of one nucleus for the watershed (a clump of touching cells is split when it is
+    # split_factor times this)
+    single = (p.single_nucleus_rbc_area * d2 if rbc_diameter else min_wbc * 2.5)
     dets: list[Detection] = []
     for k in range(1, n):
         area = int(stats[k, cv2.CC_STAT_AREA])
