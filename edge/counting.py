@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.differential import Differential
-from hemaedge.edge.focus import FocusGate
+from hemaedge.edge.focus import FocusGate, is_grayscale
 from hemaedge.edge.identify import ERYTHROBLAST
 from hemaedge.edge.tracking import StageMotion, Tracker
+
+log = logging.getLogger(__name__)
 
 TRACK_FIELDS = ["track_id", "kind", "class", "confidence", "views", "whole_views", "first_frame", "last_frame",
                 "slide_x", "slide_y", "counted", "flag"]
@@ -46,6 +49,7 @@ class CountingSession:
         self.tracker = Tracker() if one_slide else None
         self._next_cell = 0
         self._stage_started = False
+        self.grayscale_frames = 0
 
     # -------------------------------------------------------------- per frame
 
@@ -55,6 +59,11 @@ class CountingSession:
         from hemaedge.edge.pipeline import FrameResult
 
         image = frame.image
+        if is_grayscale(image):
+            if not self.grayscale_frames:
+                log.warning("%s is grayscale: cells are found by their stain colour, so grey frames show none "
+                            "(use a colour camera or colour images)", frame.name)
+            self.grayscale_frames += 1
         if self.one_slide:
             registered = self.motion.update(image)
             if not registered and self._stage_started:
@@ -128,6 +137,7 @@ class CountingSession:
     def summary(self) -> dict:
         d = self.differential()
         out = d.summary()
+        out["grayscale_frames"] = self.grayscale_frames
         out["counting"] = ("one slide: stage motion + tracking, one count per track" if self.one_slide
                            else "independent fields: one count per detection")
         if self.one_slide:

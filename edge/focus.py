@@ -1,5 +1,6 @@
 """Is a frame usable? Blank frames, out-of-focus frames and frames smeared by stage motion.
 
+* `is_grayscale(image)`: a frame without colour (the stain channel needs it): warned about.
 * `blank_reason(image)`: a frame with nothing to see (lamp off, no signal, a white or
   featureless field) gives a reason string; such a frame is recorded as "no cells" with it.
 * `sharpness(image)`: variance of the Laplacian on a small grey copy (a standard focus measure;
@@ -39,6 +40,15 @@ def blank_reason(image: np.ndarray) -> str | None:
     if std < FEATURELESS_STD:
         return f"frame is featureless (grey spread {std:.1f}: no smear in view, or a white/uniform field)"
     return None
+
+
+def is_grayscale(image: np.ndarray) -> bool:
+    """A frame whose three channels are (nearly) equal: a monochrome camera or a grey file. The
+    segmenter needs colour (the stain is blue-purple), so such frames find no cells."""
+    if image.ndim != 3 or image.shape[2] < 3:
+        return True
+    sub = image[::8, ::8].astype(np.int16)
+    return int(np.abs(sub[..., 0] - sub[..., 1]).max()) <= 2 and int(np.abs(sub[..., 1] - sub[..., 2]).max()) <= 2
 
 
 def sharpness(image: np.ndarray) -> float:

@@ -29,6 +29,11 @@ REVIEW_BELOW = 0.6
 # classified central cells and 4 of the 6 misclassified ones are below 0.4. Not calibrated per
 # class (docs/edge.md).
 UNIDENTIFIED_BELOW = 0.4
+# A detection whose size leaves its kind open (a platelet clump or a small nucleus, see
+# segment.SegmentParams) becomes a platelet only when the classifier is at least this sure;
+# otherwise it stays nucleated (and, if called platelet, unidentified): losing a white cell
+# from the count silently is worse than flagging a clump for review.
+PLATELET_KIND_ABOVE = 0.5
 # Above this out-of-distribution score a nucleated cell is unidentified (None: no OOD score).
 OOD_ABOVE: float | None = None
 
@@ -39,6 +44,11 @@ class Decision:
     confidence: float  # the classifier's probability for `label` (NaN: not classified)
     flag: str  # "" or why a human should look at the cell
     counted: bool  # False: recorded but not in the differential (unconfirmed platelet candidate)
+
+
+def is_platelet_clump(prob_row: np.ndarray, classes: list[str], above: float = PLATELET_KIND_ABOVE) -> bool:
+    """A size-ambiguous detection the classifier is sure is a platelet (clump)."""
+    return PLATELET in classes and float(prob_row[classes.index(PLATELET)]) >= above
 
 
 def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, threshold: float = UNIDENTIFIED_BELOW,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hemaedge.edge.focus import blank_reason
-from hemaedge.edge.identify import PLATELET, REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, decide
+from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, decide, is_platelet_clump
 from hemaedge.edge.metrics_runtime import MemoryMeter, machine_info, seconds_since_process_start
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
@@ -130,7 +130,7 @@ class CellClassifier:
         t1 = time.perf_counter()
         probs, pre_ms, inf_ms = self.classify_crops(crops)
         for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
-            if d.size_ambiguous and PLATELET in self.classes and self.classes[int(probs[i].argmax())] == PLATELET:
+            if d.size_ambiguous and is_platelet_clump(probs[i], self.classes):
                 d.kind = "platelet"
         decisions = [self.decide(d.kind, probs[i]) for i, d in enumerate(dets)]
         return FrameResult(dets, [x.label for x in decisions], np.array([x.confidence for x in decisions], np.float32),

@@ -285,7 +285,10 @@ def _touches_edge(box, shape, margin: int) -> bool:
 def _joined(a: Detection, b: Detection) -> Detection:
     box = (min(a.box[0], b.box[0]), min(a.box[1], b.box[1]), max(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
     area = a.area + b.area
-    return Detection(box, "wbc", area, (a.score * a.area + b.score * b.area) / area, at_edge=a.at_edge or b.at_edge,
+    # cut by the edge when the main piece is: a small stained piece at the edge merged into a
+    # whole cell does not make the cell partial
+    main_piece = a if a.area >= b.area else b
+    return Detection(box, "wbc", area, (a.score * a.area + b.score * b.area) / area, at_edge=main_piece.at_edge,
                      size_ambiguous=a.size_ambiguous and b.size_ambiguous)
 
 

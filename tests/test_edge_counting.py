@@ -215,3 +215,24 @@ def test_target_stops_a_camera_fed_by_a_video(pan_video, tmp_path, monkeypatch):
     s = json.loads((out / "summary.json").read_text())
     assert s["end_reason"].startswith("target reached") and s["differential"]["target"]["reached"]
     assert s["frames"] < 100 and "one slide" in s["differential"]["counting"]
+
+
+# ----------------------------------------------------------------------------- logs that identify the frame
+
+
+def test_frame_names_are_relative_to_the_folder_and_grey_frames_warned(tmp_path, caplog):
+    src = tmp_path / "slides"
+    for sub in ("patient_a", "patient_b"):  # the same base name in two sub-folders
+        (src / sub).mkdir(parents=True)
+        (src / sub / "field.jpg").write_bytes((SAMPLES / "pbc" / "val_00000.jpg").read_bytes())
+    grey = cv2.cvtColor(read_image_rgb(SAMPLES / "pbc" / "val_00003.jpg"), cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(src / "grey.png"), grey)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        res = CliRunner().invoke(main, ["edge", "run", "-q", "--source", str(src), "--out", str(out)],
+                                 catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    names = [r["name"] for r in csv.DictReader(open(out / "frames.csv"))]
+    assert names == ["grey.png", "patient_a/field.jpg", "patient_b/field.jpg"]  # sub-folders are read too
+    assert any("grayscale" in r.message for r in caplog.records)
+    assert json.loads((out / "summary.json").read_text())["differential"]["grayscale_frames"] == 1
