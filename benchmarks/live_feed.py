@@ -5,9 +5,10 @@ distinct white cells `edge run` gives on each, against the truth.
 
 Each video is a 640x480 window moved across a mosaic of BCCD frames (2 x 3 tiles): slow pans,
 pauses (a still stage: the same cells in many frames), fast moves with motion blur, and a few
-defocused frames. Ground truth comes from the VOC boxes: a white cell is *in the video* when
-the central half of its box lies inside the window in at least one frame that is neither
-blurred nor defocused (the same "whole cell seen" rule the counter uses). The videos are
+defocused frames. Tiles are BCCD frames whose white cells are all whole (`whole_cell_frames`). Ground truth comes
+from the VOC boxes: a white cell is *in the video* when the central half of its box lies inside
+the window in at least one frame that is neither blurred nor defocused (the "whole cell seen"
+rule the counter uses). The videos are
 written to a temporary folder (or `--keep DIR`), never committed.
 
 Results: benchmarks/results/live_feed.{json,md}
@@ -43,6 +44,21 @@ def mosaic(data: Path, ids: list[str], cols: int = 3, rows: int = 2):
         for b in read_voc(data / "Annotations" / f"{fid}.xml").get("WBC", []):
             boxes.append((b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy))
     return canvas, boxes
+
+
+def whole_cell_frames(data: Path, split: str) -> list[str]:
+    """BCCD frames whose white cells are all whole (no WBC box touches the frame border): a
+    cell cut by its frame's border would sit at a seam of the mosaic, half a cell that no real
+    slide shows, and neither the counter nor the truth could say whether it is whole."""
+    out = []
+    for fid in frame_ids(data, split):
+        xml = data / "Annotations" / f"{fid}.xml"
+        if not xml.exists() or not (data / "JPEGImages" / f"{fid}.jpg").exists():
+            continue
+        wbc = read_voc(xml).get("WBC", [])
+        if wbc and all(b[0] > 2 and b[1] > 2 and b[2] < W - 3 and b[3] < H - 3 for b in wbc):
+            out.append(fid)
+    return out
 
 
 def path(rng: np.random.Generator, size) -> list[tuple[float, float, str]]:
@@ -136,8 +152,8 @@ def to_markdown(r: dict) -> str:
     lines = [f"# Live-feed counting on generated videos ({r['date']})", "", f"Command: `{r['command']}`  ",
              f"Machine: {r['machine']}  ",
              "Each video: a 640x480 window over a 2x3 mosaic of BCCD frames (slow pans, pauses, fast moves with "
-             "motion blur, defocus). True = white cells whose central half was inside the window in a sharp frame "
-             "(from the VOC boxes). Counted = distinct nucleated cells (tracks: classified WBC + unidentified + nRBC, as BCCD boxes every nucleated cell as WBC) `edge run` counted. Frames not classified "
+             "motion blur, defocus). Tiles: BCCD frames whose white cells are all whole. True = white cells whose central "
+             "half was inside the window in a sharp frame (from the VOC boxes). Counted = distinct nucleated cells (tracks: classified WBC + unidentified + nRBC, as BCCD boxes every nucleated cell as WBC) `edge run` counted. Frames not classified "
              "= rejected by the focus gate.", "",
              "| video | frames | true WBC | counted WBC | difference | tracks | frames not classified | ms/frame p50 |",
              "|---|---|---|---|---|---|---|---|"]
@@ -164,7 +180,7 @@ def to_markdown(r: dict) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 def main(data, videos, split, bundle, threads, keep, out):
     """Count distinct white cells on generated live-feed videos and compare with the truth."""
-    ids = frame_ids(data, split)
+    ids = whole_cell_frames(data, split)
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="hemaedge-live-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -130,7 +130,8 @@ class CellClassifier:
         t1 = time.perf_counter()
         probs, pre_ms, inf_ms = self.classify_crops(crops)
         for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
-            if d.size_ambiguous and is_platelet_clump(probs[i], self.classes):
+            side_rbc = d.size / reading.diameter if reading.diameter else None
+            if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc):
                 d.kind = "platelet"
         decisions = [self.decide(d.kind, probs[i]) for i, d in enumerate(dets)]
         return FrameResult(dets, [x.label for x in decisions], np.array([x.confidence for x in decisions], np.float32),

@@ -166,11 +166,10 @@ def test_stage_motion_follows_a_pan():
 
 @pytest.fixture(scope="module")
 def pan_video(tmp_path_factory, bccd):
-    from hemaedge.benchmarks.live_feed import make_video
+    from hemaedge.benchmarks.live_feed import make_video, whole_cell_frames
 
     tmp = tmp_path_factory.mktemp("pan")
-    ids = ["BloodImage_00001", "BloodImage_00002", "BloodImage_00003", "BloodImage_00004",
-           "BloodImage_00005", "BloodImage_00006"]
+    ids = whole_cell_frames(bccd, "val")[:6]
     info = make_video(bccd, ids, tmp / "pan.avi", seed=0)
     return tmp / "pan.avi", info
 

@@ -136,7 +136,7 @@ def test_crop_modes(onnx_bundle, tmp_path):
     with open(out / "frames.csv") as fh:
         rbc = {r["frame"]: float(r["rbc_px"]) for r in csv.DictReader(fh)}
     for c in cells:  # each field's crops are sized by that field's own red cells
-        assert int(c["crop_side"]) == round(2.8 * rbc[c["frame"]])
+        assert abs(int(c["crop_side"]) - 3.0 * rbc[c["frame"]]) <= 1
     res = CliRunner().invoke(main, ["edge", "run", "--bundle", str(onnx_bundle), "--source", str(SAMPLES / "pbc"),
                                     "--crop-mode", "fixed"])
     assert res.exit_code == 2 and "needs --crop-side" in res.output
