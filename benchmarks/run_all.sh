@@ -33,12 +33,14 @@
 # HEMAEDGE_FINETUNE_RUN (the finished `train finetune` run folder; default runs/finetune-lite0),
 # HEMAEDGE_EXPORT_FORMATS (formats for `export all`; default its own list), HEMAEDGE_EXPORT_FORCE
 # (1: export again even when EXPORT_DIR holds an export),
+# HEMAEDGE_BASELINE_SRC (a checkout of the code before the counting stages, e.g.
+# `git worktree add --detach /tmp/hemaedge-main <commit>`, for the counting_speed step; unset: skipped),
 # HEMAEDGE_STEP_TIMEOUT (seconds any one command may run, default 10800; 0 = no limit).
 # Runs under `nice`; about an hour on 2 CPU cores with an export to make, ~15 min without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=(finetune hybrid export bench segmentation pbc edge svm)
+STEPS=(finetune hybrid export bench segmentation pbc live edge counting_speed svm)
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 LIST=0; ONLY=""; SKIP=""; POS=()
@@ -162,6 +164,19 @@ plan_edge() {
     for i in 1 2 3; do OUTS+=("$OUT/edge_run_bccd/${label}_run$i.summary.json"); done
   done
 }
+plan_live() {
+  DESC="live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth"
+  COST="~5 min"
+  CMD=("$PY" -m hemaedge.benchmarks.live_feed --data "$DATA/bccd" --videos 8 --out "$OUT")
+  OUTS=("$OUT"/live_feed.{md,json})
+}
+plan_counting_speed() {
+  DESC="whole \`edge run\` per-frame latency and peak RSS: before the counting stages (HEMAEDGE_BASELINE_SRC), with them, with tracking"
+  COST="~4 min"
+  CMD=("$PY" -m hemaedge.benchmarks.counting_speed --baseline-src "${HEMAEDGE_BASELINE_SRC:-BASELINE_SRC}"
+       --source "$DATA/bccd/JPEGImages" --frames 200 --repeats 3 --out "$OUT")
+  OUTS=("$OUT"/counting_speed.{md,json})
+}
 plan_svm() {
   DESC="fast SVM grid vs plain scikit-learn GridSearchCV on 1,600 real Lite0 features, timed"
   COST="~3 min"
@@ -226,6 +241,12 @@ run_edge() {
   else note "$FP32_LABEL runs skipped: no ${EXPORT:-EXPORT_DIR}/tflite-fp32 bundle; kept $OUT/edge_run_bccd/${FP32_LABEL}_run*"; fi
 }
 run_svm() { plan_svm; bounded "${CMD[@]}"; }
+run_live() { plan_live; bounded "${CMD[@]}"; }
+run_counting_speed() {
+  plan_counting_speed
+  [ -n "${HEMAEDGE_BASELINE_SRC:-}" ] || skip "no HEMAEDGE_BASELINE_SRC checkout to compare with; kept $OUT/counting_speed.*"
+  bounded "${CMD[@]}"
+}
 
 selected() {
   { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; } && [[ ",$SKIP," != *",$1,"* ]]
