@@ -117,9 +117,19 @@ def models(store_path, verify, as_json):
     """
     store = _store(store_path)
     rows = store.list_versions(verify=verify)
+    active = store.active_version()
+    active_row = next((r for r in rows if r.version == active), None)
+    warning = None
+    if active and (active_row is None or active_row.problem):
+        why = active_row.problem if active_row and active_row.problem != "directory missing" else "missing from the store"
+        warning = (f"Warning: the active model {active} is {'missing' if 'missing' in why else 'damaged'} ({why}); "
+                   "`hemaedge edge run` will refuse to start. Run `hemaedge edge rollback` or install a bundle again.")
     if as_json:
-        click.echo(json.dumps({"store": str(store.root), "versions": [r.to_dict() for r in rows]}, indent=2))
+        click.echo(json.dumps({"store": str(store.root), "active": active, "warning": warning,
+                               "versions": [r.to_dict() for r in rows]}, indent=2))
         return
+    if warning:
+        click.echo(warning, err=True)
     if not rows:
         click.echo(f"No models installed in {store.root}. Install one with `hemaedge edge install BUNDLE`.")
         return
