@@ -222,6 +222,7 @@ class InstallResult:
     pruned: list = field(default_factory=list)
     files: dict = field(default_factory=dict)  # name -> sha256 of the installed copy
     seconds: float = 0.0  # wall time of the whole install (verify, copy, re-verify, switch)
+    signed_by: str | None = None  # key id of a trusted key that validly signed the bundle
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -393,11 +394,50 @@ class ModelStore:
                     problems.append(str(exc))
         return problems
 
+    # ------------------------------------------------------------------ signatures
+
+    @property
+    def trust(self):
+        from hemaedge.edge.signing import TrustStore
+
+        return TrustStore(self.root)
+
+    def requires_signature(self) -> bool:
+        """The store setting: accept only bundles signed by a trusted key (`edge trust require`)."""
+        return bool(self.read_state().get("settings", {}).get("require_signature", False))
+
+    def set_require_signature(self, on: bool, lock_timeout: float = 600.0) -> None:
+        if on and not self.trust.keys():
+            raise StoreError(f"{self.root}: no trusted keys yet, so no bundle could be installed; "
+                             "add one first with `hemaedge edge trust add KEY.pub`")
+        with self.lock(lock_timeout):
+            state = self.read_state()
+            state.setdefault("settings", {})["require_signature"] = bool(on)
+            self._write_state(state)
+
+    def check_signature(self, manifest: dict, require: bool = False) -> str | None:
+        """The trusted key id that signed `manifest`, or None for an unsigned bundle where allowed.
+
+        A signature is always checked when the key is trusted here (a wrong one is refused even
+        if signatures are not required); BundleError when required and missing or not trusted."""
+        from hemaedge.edge.signing import check_signature
+
+        required = require or self.requires_signature()
+        sig = manifest.get("signature")
+        if not required:
+            if not isinstance(sig, dict):
+                return None
+            trusted = self.trust.keys()
+            if sig.get("key_id") not in trusted:
+                return None  # signed by a key this device does not know, and nothing requires it
+            return check_signature(manifest, trusted)
+        return check_signature(manifest, self.trust.keys())
+
     # ------------------------------------------------------------------ install
 
     def install(self, bundle_dir, *, keep: int = DEFAULT_KEEP, accept_change: bool = False,
                 check_backend: bool = True, source: str | None = None, lock_timeout: float = 600.0,
-                on_wait=None) -> InstallResult:
+                on_wait=None, require_signature: bool = False) -> InstallResult:
         """Verify `bundle_dir`, copy it into a new version and make it active, atomically.
 
         Raises BundleError (bundle damaged/unsafe), StoreError (back end missing, store
@@ -406,16 +446,18 @@ class ModelStore:
         """
         start = time.monotonic()
         result = self._install(bundle_dir, keep=keep, accept_change=accept_change, check_backend=check_backend,
-                               source=source, lock_timeout=lock_timeout, on_wait=on_wait)
+                               source=source, lock_timeout=lock_timeout, on_wait=on_wait,
+                               require_signature=require_signature)
         result.seconds = round(time.monotonic() - start, 3)
         return result
 
     def _install(self, bundle_dir, *, keep, accept_change, check_backend, source, lock_timeout,
-                 on_wait) -> InstallResult:
+                 on_wait, require_signature) -> InstallResult:
         if keep < 1:
             raise StoreError(f"--keep must be at least 1 (got {keep})")
         bundle_dir = Path(bundle_dir)
         bundle = load_bundle(bundle_dir)  # schema, checksums, path escapes
+        self.check_signature(bundle.manifest, require_signature)  # early: before copying anything
         if check_backend and backend_available(bundle.backend) is None:
             from hemaedge.edge.backends import REGISTRY
 
@@ -456,7 +498,8 @@ class ModelStore:
                 pruned = self._prune(keep)
                 return InstallResult(version, previous if previous != version else self._prev_of(version),
                                      self.version_path(version), digest, reused=True, changes=changes,
-                                     pruned=pruned, files=_installed_digests(self.version_path(version)))
+                                     pruned=pruned, files=_installed_digests(self.version_path(version)),
+                                     signed_by=self.check_signature(bundle.manifest, require_signature))
 
             seq = int(state.get("next_seq", 1))
             version = f"{_slug(bundle.manifest.get('name') or bundle_dir.name)}-{seq}"
@@ -465,6 +508,7 @@ class ModelStore:
             staging = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=self.staging_dir))
             try:
                 self._stage(bundle_dir, bundle.manifest, manifest_bytes, staging)
+                signed_by = self.check_signature(read_manifest(staging), require_signature)  # what is activated
                 if check_backend:  # the very copy that will be activated must load and run
                     check_runnable(Bundle(staging, bundle.manifest))
                 _pause("staged")
@@ -487,7 +531,7 @@ class ModelStore:
             _pause("committed")
             pruned = self._prune(keep)
             return InstallResult(version, previous, final, digest, changes=changes, pruned=pruned,
-                                 files=_installed_digests(final))
+                                 files=_installed_digests(final), signed_by=signed_by)
 
     def _stage(self, bundle_dir: Path, manifest: dict, manifest_bytes: bytes, staging: Path) -> None:
         """Copy only the files the manifest lists (plus the manifest) and re-verify the copy."""
@@ -583,6 +627,7 @@ class ModelStore:
             problems = verify_bundle(self.version_path(target))
             if problems:
                 raise StoreError(f"{target} failed verification and stays inactive:\n  - " + "\n  - ".join(problems))
+            self.check_signature(read_manifest(self.version_path(target)))
             changes = []
             if current and current in state["versions"]:
                 with contextlib.suppress(BundleError):
