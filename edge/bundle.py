@@ -177,14 +177,20 @@ def unlisted_files(root) -> list[str]:
 def write_bundle(out_dir, files: dict, *, model_file: str, backend: str, model_format: str,
                  classes: list[str], contract: InputContract, output: dict | None = None,
                  source: dict | None = None, export: dict | None = None, metrics: dict | None = None,
-                 name: str | None = None, extra: dict | None = None, overwrite: bool = False) -> Path:
+                 name: str | None = None, extra: dict | None = None, overwrite: bool = False,
+                 check=None) -> Path:
     """Write a bundle atomically: built in a temporary sibling folder, verified, then renamed.
 
-    `files` maps the name inside the bundle to the source path to copy.
+    `files` maps the name inside the bundle to the source path to copy. `check(bundle)`, when
+    given, runs on the finished temporary bundle before it is moved into place (the exporters
+    pass the smoke inference of `bundle_check.check_runnable`), so a bundle that cannot run is
+    never written.
     """
     from hemaedge import __version__
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir} is a file; a bundle is a folder: choose another output path")
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} exists; pass overwrite=True (--force) to replace it")
     if model_file not in files:
@@ -223,6 +229,11 @@ def write_bundle(out_dir, files: dict, *, model_file: str, backend: str, model_f
         problems = verify_bundle(tmp)
         if problems:
             raise BundleError("freshly written bundle failed verification: " + "; ".join(problems))
+        if check is not None:
+            try:
+                check(Bundle(tmp, manifest))
+            except BundleError as exc:  # name the bundle the user asked for, not the temporary folder
+                raise BundleError(str(exc).replace(str(tmp), str(out_dir))) from None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
