@@ -257,3 +257,15 @@ def test_onnx_external_data_must_be_listed(tmp_path):
     w = hand.parent / "listed" / "weights.bin"
     w.write_bytes(bytes(len(w.read_bytes())))
     assert any("checksum mismatch" in p for p in verify_bundle(hand.parent / "listed"))
+
+
+def test_model_dtype_error_names_the_model_file(tmp_path):
+    """Issue 16, smaller: with --model, a dtype error named the packaged default bundle."""
+    pytest.importorskip("tensorflow")
+    from edge_helpers import cached_tflite
+
+    model, _ = cached_tflite(32, int8=True)
+    r = cli("edge", "run", "--model", model, "--classes", "a,b,c", "--source", "samples", "--out", tmp_path / "o",
+            "--max-frames", "1")
+    assert r.exit_code == 2 and f"{model}: this model takes int8 input" in r.output, r.output
+    assert "models/default" not in r.output
