@@ -137,3 +137,23 @@ def test_export_bundle_sign_and_refuse_mismatched_classes(tmp_path, keys):
     r = cli("export", "bundle", model, "--classes", "a,b,c", "--size", 32, "--out", tmp_path / "x",
             "--sign", keys / "lab.pub")
     assert r.exit_code == 2 and "public key" in r.output and not (tmp_path / "x").exists()
+
+
+def test_edge_run_respects_the_store_signature_policy(tmp_path, keys, monkeypatch):
+    from hemaedge.edge.defaults import load_model
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("HEMAEDGE_STORE", str(store))
+    unsigned = make_bundle(tmp_path / "b", "unsigned", size=32)
+    signed = make_bundle(tmp_path / "b", "signed", size=32)
+    sign_bundle(signed, read_signing_key(keys / "lab.key"))
+    assert load_model(bundle=unsigned).classes  # no policy: runs
+    assert cli("edge", "trust", "add", keys / "lab.pub", "--store", store).exit_code == 0
+    assert cli("edge", "trust", "require", "--store", store).exit_code == 0
+    with pytest.raises(BundleError, match="not signed"):
+        load_model(bundle=unsigned)
+    with pytest.raises(BundleError, match="cannot be signed"):
+        load_model(model=signed / "model.onnx", classes="a,b,c,d,e,f,g,h")
+    assert load_model(bundle=signed).classes
+    r = cli("edge", "run", "--bundle", unsigned, "--source", "samples", "--out", tmp_path / "o", "--max-frames", 1)
+    assert r.exit_code == 2 and "requires signed bundles" in r.output
