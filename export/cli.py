@@ -283,10 +283,9 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
 
 @export.command("all")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--formats", default=",".join(["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
-                                             "tflite-int8-floatio", "tflite-int8-mixed", "onnx-fp32", "onnx-int8", "tensorrt-fp16",
-                                             "tensorrt-int8"]),
-              show_default=True, help="Comma-separated formats.")
+@click.option("--formats", default=None,
+              help="Comma-separated formats (default: every format of the table except opt-in ones; "
+                   "see `hemaedge export formats`).")
 @click.option("--opset", type=int, default=17, show_default=True)
 @_bound_logits_option
 @_calib_options
@@ -302,9 +301,9 @@ def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, dat
                 preprocess, size, out, table, force, sign_key):
     """Every format with parity for each, and the export table (format, status, size, accuracy, delta, agreement)."""
     from hemaedge.export import report
-    from hemaedge.export.pipeline import FORMATS, NEEDS_CALIBRATION, export_all
+    from hemaedge.export.pipeline import DEFAULT_FORMATS, FORMATS, NEEDS_CALIBRATION, export_all
 
-    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    fmts = [f.strip() for f in formats.split(",") if f.strip()] if formats is not None else list(DEFAULT_FORMATS)
     unknown = [f for f in fmts if f not in FORMATS]
     if unknown or not fmts:
         raise UserError(f"unknown formats {unknown}; choose from {list(FORMATS)}")
@@ -333,6 +332,20 @@ def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, dat
         failed = "; ".join(f"{r['format']}: {r.get('error') or r['status']}" for r in rows)
         click.echo(f"Error: no format was exported ({failed[:800]})", err=True)
         sys.exit(1)
+
+
+@export.command("formats")
+def formats_cmd():
+    """List the export formats: back end, file suffix, whether int8 calibration images are needed."""
+    from hemaedge.export.pipeline import FORMAT_TABLE
+
+    rows = [("FORMAT", "BACKEND", "SUFFIX", "CALIBRATION", "BOUNDED LOGITS", "IN `all`", "NOTE")]
+    for f in FORMAT_TABLE:
+        rows.append((f.name, f.backend, f.suffix, "yes" if f.needs_calibration else "-",
+                     "yes" if f.bounded_logits else "-", "yes" if f.default else "opt-in", f.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _versions() -> str:
