@@ -170,6 +170,11 @@ class OnnxBackend(Backend):
             raise BackendError(f"{model_path}: not a loadable ONNX model ({str(exc)[:300]})") from None
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
+        # the class scores: scikit-learn heads converted by skl2onnx output (label int64, scores);
+        # take the first output that can hold scores, as the exporters' parity check does
+        outs = self.sess.get_outputs()
+        scores = [o for o in outs if o.type in ("tensor(float)", "tensor(uint8)", "tensor(int8)", "tensor(double)")]
+        self.output_name = (scores[0] if scores else outs[0]).name
         dim0 = inp.shape[0]
         self.batch_dynamic = not isinstance(dim0, int) or dim0 <= 0
         self.fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
@@ -188,7 +193,7 @@ class OnnxBackend(Backend):
                                    f"takes {tuple(self.input_shape)}: bundle and model do not match")
         if not self.batch_dynamic and len(batch) != self.fixed_batch:
             raise _FixedBatch()
-        out = self.sess.run(None, {self.input_name: batch})[0]
+        out = self.sess.run([self.output_name], {self.input_name: batch})[0]
         return _finish(out, self.output, None)
 
 

@@ -269,3 +269,23 @@ def test_model_dtype_error_names_the_model_file(tmp_path):
             "--max-frames", "1")
     assert r.exit_code == 2 and f"{model}: this model takes int8 input" in r.output, r.output
     assert "models/default" not in r.output
+
+
+def test_onnx_with_label_output_first_runs_on_the_device(tmp_path):
+    """scikit-learn heads (skl2onnx) output (label int64, scores): the device took the labels and
+    refused the hybrid bundle that export had parity-checked on the scores. It takes the scores."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    base = onnx.load(str(tiny_onnx(tmp_path / "t.onnx", 3, 32, "labels")))
+    g = base.graph
+    g.node.append(helper.make_node("ArgMax", ["probs"], ["label"], axis=1, keepdims=0))
+    label = helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])
+    outputs = [label, *g.output]
+    del g.output[:]
+    g.output.extend(outputs)
+    onnx.save(base, str(tmp_path / "two.onnx"))
+    b = write_bundle(tmp_path / "two", {"model.onnx": tmp_path / "two.onnx"}, model_file="model.onnx", backend="onnx",
+                     model_format="onnx", classes=["a", "b", "c"], contract=InputContract(size=32))
+    r = cli("edge", "verify", b)
+    assert r.exit_code == 0, r.output
