@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
