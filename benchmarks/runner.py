@@ -476,7 +476,7 @@ def run_benchmark(cfg: BenchConfig, out_stem, *, command: str, training_dirs=(),
                   log: Callable[[str], None] = print) -> tuple[dict, dict]:
     """Plan, measure, write <out_stem>.json/.csv/.md (after every row) and the plots.
     Returns (result document, written paths)."""
-    from hemaedge.benchmarks import machine as mach
+    from hemaedge.edge import machine as mach
     from hemaedge.benchmarks import plots as pl
     from hemaedge.benchmarks import report
     from hemaedge.benchmarks.training_table import read_training_runs

@@ -6,6 +6,8 @@ import time
 import numpy as np
 import psutil
 
+from hemaedge.edge.machine import describe_machine
+
 STAGES = ("capture", "segment", "preprocess", "inference", "total")
 
 
@@ -56,22 +58,5 @@ def seconds_since_process_start() -> float:
 
 
 def machine_info() -> dict:
-    """Where a run happened: CPU model, cores, architecture, system load (for honest tables)."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(("model name", "Model")):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "system": platform.system()}
-    try:
-        info["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        pass
-    return info
+    """Where a run happened (the same description the benchmark tables carry)."""
+    return describe_machine()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaedge.edge.errors import HemaedgeError
+from hemaedge.edge.machine import cpu_model
 from hemaedge.edge.preprocess import InputContract, apply_preprocess
 from hemaedge.train import sampling
 from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
@@ -242,15 +243,7 @@ def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | Non
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import keras
 
     return (f"{os.cpu_count()}-core {platform.machine()} ({cpu}), keras {keras.__version__} backend "

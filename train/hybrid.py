@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from hemaedge.edge.machine import describe_machine, one_line
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 from hemaedge.train import features as F
 from hemaedge.train import heads as H
@@ -64,15 +65,8 @@ def _subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
 
 
 def _machine() -> dict:
-    try:
-        from hemaedge.benchmarks.machine import describe_machine, one_line
-
-        m = describe_machine()
-        return {"summary": one_line(m), **m}
-    except Exception:  # the benchmark helpers are optional here
-        import platform
-
-        return {"summary": f"{platform.machine()} {platform.platform()}, {os.cpu_count()} cores"}
+    m = describe_machine()
+    return {"summary": one_line(m), **m}
 
 
 def _file_mb(*paths) -> float:
