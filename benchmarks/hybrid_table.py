@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from hemaedge.edge.atomic import atomic_path
+
 KERAS_NOTOP_FILES = {
     "efficientnetv2b0": "efficientnetv2-b0_notop.h5",
     "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -210,10 +212,9 @@ def plot(entries, path):
     fig.suptitle(f"Hybrid frozen features on BloodMNIST-128 — {e0['machine']}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.bundle import file_digest, sha256_file
 
@@ -279,10 +280,8 @@ def lite_classifier(variant: str, pth=None, input_size: int | None = None):
             cached.unlink(missing_ok=True)
     for layer, arrays in _lite_assignments(model, load_state_dict(pth), include_top=True):
         layer.set_weights(arrays)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, cached)
+    with atomic_path(cached) as tmp:
+        model.save_weights(tmp)
     return model, digest
 
 

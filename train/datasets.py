@@ -47,6 +47,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.bundle import file_digest
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb, resize
 
@@ -662,25 +663,21 @@ def download_medmnist(name: str = "bloodmnist", size: int = 28, dest=None, progr
     target = dest / (f"{name}.npz" if size == 28 else f"{name}_{size}.npz")
     if target.is_file() and md5sum(target) == expected:
         return target
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name,
-                      disable=None if progress is None else not progress) as bar:
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-        got = md5sum(tmp)
-        if got != expected:
-            raise DataError(f"{url}: md5 {got} does not match the published {expected}; file discarded")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:  # a bad or partial download never appears under the real name
+            with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=target.name,
+                          disable=None if progress is None else not progress) as bar:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+            got = md5sum(tmp)
+            if got != expected:
+                raise DataError(f"{url}: md5 {got} does not match the published {expected}; file discarded")
     except (urllib.error.URLError, OSError) as exc:
         raise DataError(f"{url}: download failed ({getattr(exc, 'reason', None) or exc}); on an offline "
                         f"machine pass a local path or set HEMAEDGE_DATA to a folder holding {target.name}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.machine import cpu_model
 from hemaedge.edge.preprocess import InputContract, apply_preprocess
@@ -189,9 +190,8 @@ def cosine_lr(epoch: int, cfg: FinetuneConfig) -> float:
 
 
 def save_keras_atomic(model, path: Path):
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 # ----------------------------------------------------------------------------- files
@@ -229,10 +229,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = ""):
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy"), a2.legend(), a2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | None = None, **extra) -> dict:

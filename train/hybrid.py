@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.machine import describe_machine, one_line
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 from hemaedge.train import features as F
@@ -228,15 +229,13 @@ def _save_ann(out, head_model, backbone) -> dict:
     import keras
 
     head_path = out / "ann_head.keras"
-    tmp = out / "ann_head.tmp.keras"
     # An uncompiled copy sharing the layers: the file holds the weights, not Adam's state.
-    keras.Model(head_model.inputs, head_model.outputs, name="ann_head").save(tmp)
-    os.replace(tmp, head_path)
+    with atomic_path(head_path) as tmp:
+        keras.Model(head_model.inputs, head_model.outputs, name="ann_head").save(tmp)
     fused = H.fuse_backbone_and_head(backbone, head_model)
     fused_path = out / "fused_ann.keras"
-    tmp = out / "fused_ann.tmp.keras"
-    fused.save(tmp)
-    os.replace(tmp, fused_path)
+    with atomic_path(fused_path) as tmp:
+        fused.save(tmp)
     return {"keras": str(fused_path), "head_keras": str(head_path), "sidecar": str(out / "fused_ann.json")}
 
 
