@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from hemaedge.edge.atomic import atomic_path
+from hemaedge.edge.paths import cache_dir
 from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.bundle import file_digest, sha256_file
 
@@ -60,16 +60,6 @@ class WeightsError(HemaedgeError):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def cache_dir() -> Path:
-    """Where converted weights are kept: $HEMAEDGE_CACHE or the user cache dir."""
-    env = os.environ.get("HEMAEDGE_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("hemaedge"))
 
 
 def _check_size(input_size: int):

@@ -48,6 +48,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from hemaedge.edge.atomic import atomic_path
+from hemaedge.edge.paths import cache_dir
 from hemaedge.edge.bundle import file_digest
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb, resize
 
@@ -593,19 +594,6 @@ def _open_npz(path: Path, classes, strict: bool = True):
 
 
 # ----------------------------------------------------------------------------- finding data
-
-
-def cache_dir() -> Path:
-    """Where downloads go: $HEMAEDGE_CACHE, else the platform's user cache dir for hemaedge."""
-    env = os.environ.get("HEMAEDGE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    try:
-        from platformdirs import user_cache_dir
-
-        return Path(user_cache_dir("hemaedge"))
-    except ImportError:  # platformdirs is a core dependency; this keeps odd installs working
-        return Path.home() / ".cache" / "hemaedge"
 
 
 def _search_dirs(data_dir=None) -> list[Path]:

@@ -10,7 +10,6 @@ models, the ANN fused with its backbone as one Keras model, and a Markdown trade
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.machine import describe_machine, one_line
+from hemaedge.edge.paths import cache_dir
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 from hemaedge.train import features as F
 from hemaedge.train import heads as H
@@ -49,12 +49,7 @@ class HybridConfig:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("HEMAEDGE_CACHE")
-    if env:
-        return Path(env) / "features"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("hemaedge")) / "features"
+    return cache_dir("features")
 
 
 def _subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
