@@ -49,10 +49,9 @@ def main(data, per_class, jobs, out):
     plain_s = time.perf_counter() - t
     same = fast.best_params == {"C": plain.best_params_["svc__C"], "gamma": plain.best_params_["svc__gamma"]}
     agree = float((fast.pipeline.predict(X) == plain.predict(X)).mean())
-    import shlex
-    import sys
+    from hemaedge.edge.cli_support import command_line
 
-    command = "python -m hemaedge.benchmarks.hybrid_svm_check " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("python -m hemaedge.benchmarks.hybrid_svm_check")
     res = {"command": command, "n": int(len(X)), "features": int(X.shape[1]), "weights": info["weights"], "jobs": jobs,
            "fast_seconds": fast_s, "plain_seconds": plain_s, "same_selection": same,
            "fast_best": fast.best_params, "plain_best": {k.split("__")[1]: v for k, v in plain.best_params_.items()},

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from hemaedge.edge.cli_support import command_line
 from hemaedge.edge.metrics_runtime import MemoryMeter, machine_info, seconds_since_process_start
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, MagnificationTracker,
@@ -147,7 +147,7 @@ def run(source, classifier: CellClassifier, recorder, *, annotator=None, preview
                       "red_cell_diameter_px": classifier.magnification.diameter, **classifier.params.to_dict()},
         pid=os.getpid(),
         started_utc=started,
-        command=" ".join(["hemaedge", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("hemaedge") else " ".join(sys.argv),
+        command=command_line(),
         machine=machine_info(),
     )
     recorder.finish(summary)

@@ -5,13 +5,12 @@ pipeline.py, parity.py and bundle_writer.py.
 """
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.cli_support import UserError, command_line, user_errors
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
 
@@ -82,19 +81,6 @@ def _finish(row: dict):
         click.echo("Error: the export is marked failed-validation in its manifest (see the parity lines above); "
                    "raise --max-drop only if you accept the loss.", err=True)
         sys.exit(1)
-
-
-def _command_line() -> str:
-    """The command as a user would retype it (rebuilt from the parsed parameters)."""
-    ctx = click.get_current_context()
-    words = ["hemaedge", *ctx.command_path.split()[1:]]
-    for p in ctx.command.params:
-        value = ctx.params.get(p.name)
-        if isinstance(p, click.Argument):
-            words.append(str(value))
-        elif value not in (None, False) and value != p.default and not (p.default is not None and str(value) == str(p.default)):
-            words += [p.opts[0]] if p.is_flag else [p.opts[0], str(value)]
-    return shlex.join(words)
 
 
 # int8 formats (TFLite full-integer, ONNX QDQ): see export/bounded_logits.py
@@ -272,7 +258,7 @@ def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, dat
         images, info = None, None
     pdata = _parity_data(data, source.classes, splits, limit)
     stem = table or Path("benchmarks/results") / f"export_{source.name}"
-    meta = report.base_meta(source.name, _command_line())
+    meta = report.base_meta(source.name, command_line())
     meta.update(source_sha256=source.sha256, data=pdata.describe() if pdata else None, calibration=info,
                 max_drop_points=max_drop, versions=_versions())
     rows = export_all(source, out, fmts, parity_data=pdata, max_drop=max_drop, calib_images=images,
