@@ -30,10 +30,11 @@ def main(data, per_class, jobs, out):
     from hemaedge.train.evaluate import write_json
     from hemaedge.train.features import extract_features
     from hemaedge.train.heads import SVM_C, SVM_GAMMA, svm_grid_search
-    from hemaedge.train.hybrid import _machine, _subset
+    from hemaedge.train.data.subsets import first_per_class
+    from hemaedge.train.hybrid import _machine
 
     ds = open_dataset(data)
-    idx = _subset(ds.split("train").labels, per_class)
+    idx = first_per_class(ds.split("train").labels, per_class)
     x, y = ds.load_images("train", size=128, indices=idx, progress=False)
     model, info = build_backbone("efficientnet-lite0", "imagenet", 128)
     X = extract_features(model, x, InputContract(size=128, preprocess="rgb"), progress=False)

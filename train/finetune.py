@@ -36,6 +36,7 @@ from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.machine import cpu_model
 from hemaedge.edge.preprocess import InputContract, apply_preprocess
 from hemaedge.train import sampling
+from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
@@ -93,10 +94,7 @@ class FinetuneConfig:
 
 def limit_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
     """Indices of the first `limit` images of every class (all when limit is None)."""
-    if not limit:
-        return np.arange(len(labels))
-    keep = np.concatenate([np.flatnonzero(labels == c)[:limit] for c in np.unique(labels)])
-    return np.sort(keep)
+    return first_per_class(labels, limit)
 
 
 def load_split(ds, split: str, contract: InputContract, limit: int | None = None):

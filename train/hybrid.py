@@ -22,6 +22,7 @@ from hemaedge.edge.machine import describe_machine, one_line
 from hemaedge.edge.paths import cache_dir
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 from hemaedge.train import features as F
+from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train import heads as H
 from hemaedge.train.evaluate import compute_metrics, metrics_markdown, plot_confusion_matrix, write_json, write_text
 
@@ -50,14 +51,6 @@ class HybridConfig:
 
 def default_cache_dir() -> Path:
     return cache_dir("features")
-
-
-def _subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
-    """Indices of the first `limit` images of every class (all when limit is None)."""
-    if not limit:
-        return np.arange(len(labels))
-    keep = [np.flatnonzero(labels == k)[:limit] for k in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
 
 
 def _machine() -> dict:
@@ -96,7 +89,7 @@ def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] = print) -> dict:
     feats, extraction = {}, {}
     for split in ("train", "val", "test"):
         labels_all = ds.split(split).labels
-        idx = _subset(labels_all, cfg.limit_per_class)
+        idx = first_per_class(labels_all, cfg.limit_per_class)
         augment = cfg.augment if split == "train" else "none"
         key, parts = F.feature_key(
             data=F.data_fingerprint(ds.root, split), split=split, backbone=info["name"],
@@ -136,7 +129,7 @@ def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] = print) -> dict:
 
     (Xtr, ytr), (Xva, yva), (Xte, yte) = feats["train"], feats["val"], feats["test"]
     n_check = min(16, len(Xte))  # a few test images to check the fused ANN against its head
-    check_idx = _subset(ds.split("test").labels, cfg.limit_per_class)[:n_check]
+    check_idx = first_per_class(ds.split("test").labels, cfg.limit_per_class)[:n_check]
     check = (ds.load_images("test", size=cfg.size, indices=check_idx, progress=False)[0], Xte[:n_check])
     for head in heads:
         log(f"training head: {head}")
