@@ -34,10 +34,10 @@ def check_video_output(path, overwrite: bool = False) -> None:
     from hemaedge.edge.errors import OutputError
 
     path = Path(path)
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise OutputError(f"{path}: an annotated video needs one of the suffixes {', '.join(VIDEO_SUFFIXES)}")
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; name a video file (e.g. {path / 'annotated.mp4'})")
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise OutputError(f"{path}: an annotated video needs one of the suffixes {', '.join(VIDEO_SUFFIXES)}")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; choose a new name (or replace it with --force)")
     existed = path.exists()

@@ -283,6 +283,8 @@ class RunLoop:
         end_reason = None
         fatal: BundleError | None = None
         self._t_start = time.perf_counter()
+        logger.debug("run loop started; summary rewritten every %s frames / %s s (0 = only at the end)",
+                     self.summary_every.frames, self.summary_every.seconds)
         try:
             while True:
                 t_cap = time.perf_counter()
@@ -299,6 +301,7 @@ class RunLoop:
                     break
                 if self.summary_every.due(self.recorder.frames):
                     self.recorder.write_summary(self.summary(None, complete=False))
+                    logger.debug("summary written after %d frames", self.recorder.frames)
         except KeyboardInterrupt:  # RunInterrupted, or a plain Ctrl-C where no StopRequest is installed
             pass
         except BundleError as exc:  # not this frame: the model itself cannot run

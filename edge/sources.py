@@ -22,6 +22,7 @@ a stalled stream counts as a failed read within seconds and Ctrl-C / SIGTERM act
 from __future__ import annotations
 
 import glob as _glob
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ import numpy as np
 
 from hemaedge.edge.errors import SourceError, UsageError
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb, to_rgb_uint8
+
+logger = logging.getLogger(__name__)
+# Skipped frames logged one by one before only the count goes on (a broken stream must not flood the log).
+LOGGED_SKIPS = 20
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm"}
@@ -68,6 +73,10 @@ class FrameSource:
         self.skipped += 1
         if len(self.skip_reasons) < 100:  # keep the log bounded on a long broken stream
             self.skip_reasons.append(reason)
+        if self.skipped <= LOGGED_SKIPS:
+            logger.warning("frame skipped: %s", reason)
+            if self.skipped == LOGGED_SKIPS:
+                logger.warning("further unreadable frames are counted in the summary only")
 
     def _limit_reached(self, index: int) -> bool:
         """True once `max_frames` positions (read or skipped) have been taken from the source."""
