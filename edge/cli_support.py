@@ -91,8 +91,6 @@ class FiniteFloat(click.FloatRange):
     """A float option that refuses NaN and infinity (click's float and FloatRange accept them,
     and a NaN threshold or rate silently poisons every result); bounds as click.FloatRange."""
 
-    name = "float"
-
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
