@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import UserError, command_line, user_errors
+from hemaedge.edge.cli_support import FiniteFloat, UserError, command_line, user_errors
 from hemaedge.edge.errors import HemaedgeError
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
@@ -25,16 +25,8 @@ def _source_options(f):
     return f
 
 
-def _finite(ctx, param, value):
-    import math
-
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter("must be a finite number")
-    return value
-
-
 def _parity_options(f):
-    f = click.option("--max-drop", type=float, default=1.0, show_default=True, callback=_finite,
+    f = click.option("--max-drop", type=FiniteFloat(min=0), default=1.0, show_default=True,
                      help="Accuracy drop (points) beyond which an export is marked failed-validation.")(f)
     f = click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of N images per split (quick runs).")(f)
