@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import UserError, command_line, user_errors
+from hemaedge.edge.cli_support import FiniteFloat, UserError, command_line, user_errors
 
 
 def _ints(ctx, param, value):
@@ -63,14 +63,14 @@ def bench():
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--min-runs", type=click.IntRange(min=1), default=100, show_default=True,
               help="Timed batch-1 runs at least (and --min-seconds at least) ...")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--max-seconds", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+@click.option("--min-seconds", type=FiniteFloat(min=0), default=1.0, show_default=True)
+@click.option("--max-seconds", type=FiniteFloat(min=0.01), default=10.0, show_default=True,
               help="... but stop after this long once 10 runs are in.")
 @click.option("--batch", "throughput_batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Batch size of the throughput measurement.")
-@click.option("--max-drop", type=float, default=1.0, show_default=True,
+@click.option("--max-drop", type=FiniteFloat(min=0), default=1.0, show_default=True,
               help="Accuracy points below the reference that mark a row failed-validation.")
-@click.option("--row-timeout", type=click.FloatRange(min=1), default=1800, show_default=True)
+@click.option("--row-timeout", type=FiniteFloat(min=1), default=1800, show_default=True)
 @click.option("--compare", "compare_with", type=click.Path(path_type=Path), help="Print ratios against an earlier result JSON.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")

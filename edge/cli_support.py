@@ -2,17 +2,24 @@
 
 Every command of every group wraps its body with `user_errors`, so a wrong path, a bad bundle
 or a corrupt image prints one line saying what is wrong and what to do, never a traceback.
+
+Also here: the one float type of every command's options (`FiniteFloat`: NaN and infinity are
+refused, bounds as click.FloatRange), and logging set-up (`setup_logging` for the console,
+`log_to_file` for a run's own log).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import math
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from hemaedge.edge.errors import HemaedgeError, UsageError
+from hemaedge.edge.errors import HemaedgeError, OutputError, UsageError
 
 # Older name, kept so call sites read naturally in the CLI modules.
 UserError = UsageError
@@ -123,3 +130,96 @@ def _parameter_words(ctx) -> list[str]:
             for v in values:
                 opts += [p.opts[0], str(v)]
     return args + opts
+
+
+# ----------------------------------------------------------------------------- option types
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinity (click's float and FloatRange accept them,
+    and a NaN threshold or rate silently poisons every result); bounds as click.FloatRange."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        return super()._describe_range() if (self.min is not None or self.max is not None) else "finite"
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat({self._describe_range()})"
+
+
+FINITE_FLOAT = FiniteFloat()
+# Rates, sizes, temperatures and other hyper-parameters that only make sense above zero.
+POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)
+
+
+# ----------------------------------------------------------------------------- logging
+
+LOGGER = "hemaedge"
+_LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record):
+        msg = record.getMessage()
+        if record.exc_info and record.levelno <= logging.DEBUG:
+            msg += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.ERROR:
+            return f"error: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {msg}"
+        if record.levelno <= logging.DEBUG:
+            return f"debug: {record.name}: {msg}"
+        return msg
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes to the stderr of the moment (click.echo), so it also works under click's test runner."""
+
+    def emit(self, record):
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # noqa: BLE001 - logging must never end the program
+            self.handleError(record)
+
+
+def setup_logging(verbosity: int = 0) -> logging.Logger:
+    """Console logging for the `hemaedge` loggers: -1 warnings only (-q), 0 info, 1+ debug (-v).
+
+    Messages below the CLI go through `logging.getLogger(__name__)`; this decides what shows."""
+    logger = logging.getLogger(LOGGER)
+    for h in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(h)
+    level = _LEVELS[max(-1, min(1, verbosity))]
+    handler = _ConsoleHandler(level)
+    handler.setFormatter(_ConsoleFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logging.INFO))  # a run's log file keeps info even with -q
+    return logger
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path, level: int = logging.INFO):
+    """Also log to `path` (appending) while the block runs: a device run keeps its own log."""
+    logger = logging.getLogger(LOGGER)
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the log ({exc.strerror or exc}); "
+                          "choose a writable output folder") from None
+    handler.setLevel(logging.DEBUG if logger.getEffectiveLevel() <= logging.DEBUG else level)  # -v: debug too
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = logger.level
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(old_level)

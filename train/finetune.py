@@ -83,6 +83,17 @@ class FinetuneConfig:
             raise FinetuneError(f"--preprocess {self.preprocess!r}: expected clahe, rgb, masked-rgb or otsu-mask")
         if not 0.0 <= self.mixup_p <= 1.0:
             raise FinetuneError("--mixup-p must be within 0..1")
+        # NaN passes every comparison, so each check says what is allowed, not what is refused
+        for name, value, allowed, ok in (
+                ("learning rate", self.lr, "above 0", lambda v: v > 0),
+                ("weight decay", self.weight_decay, "0 or more", lambda v: v >= 0),
+                ("cosine floor learning rate", self.eta_min, "0 or more and below the learning rate",
+                 lambda v: 0 <= v < self.lr),
+                ("mixup alpha", self.mixup_alpha, "above 0", lambda v: v > 0),
+                ("CLAHE clip limit", self.clahe_clip, "above 0", lambda v: v > 0),
+                ("dropout", self.dropout, "in 0..1 (1 excluded)", lambda v: 0 <= v < 1)):
+            if not (math.isfinite(float(value)) and ok(float(value))):
+                raise FinetuneError(f"{name} {value}: must be a finite number {allowed}")
 
     def contract(self) -> InputContract:
         return InputContract(size=int(self.size), preprocess=self.preprocess, scaling="raw",
@@ -303,9 +314,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print, command: str 
     ds = open_data(cfg.data)
     classes = list(ds.classes)
     n_classes = len(classes)
+    if n_classes < 2:
+        raise FinetuneError(f"{cfg.data}: holds {n_classes} class ({', '.join(classes) or 'none'}); "
+                            "a classifier needs images of at least two classes")
     t0 = time.time()
     x_train, y_train = load_split(ds, "train", contract, cfg.limit)
     x_val, y_val = load_split(ds, "val", contract, cfg.limit)
+    present = sorted({classes[i] for i in np.unique(y_train)}) if len(y_train) else []
+    if len(present) < 2:
+        raise FinetuneError(f"{cfg.data}: the train split holds images of {len(present)} class "
+                            f"({', '.join(present) or 'none'}); a classifier needs at least two")
     log(f"data: {cfg.data} classes={n_classes} train={len(y_train)} val={len(y_val)} "
         f"({contract.preprocess}, {contract.size}px) in {time.time() - t0:.0f}s")
     class_w = sampling.class_weights(y_train, n_classes)
