@@ -115,8 +115,7 @@ def run(targets, export_tables, keras, data, limit, preset, threads, formats, ke
     params = {"targets": targets, "preset": preset, "data": data, "limit": limit}
     try:
         doc, written = run_benchmark(cfg, Path(out) / name, command=_command_line(params),
-                                     training_dirs=training_runs, plots=not no_plots,
-                                     log=lambda s: click.echo(s, err=True))
+                                     training_dirs=training_runs, plots=not no_plots)
     except ValueError as exc:  # test-set and result-file problems carry the path in their message
         raise UserError(str(exc)) from None
     counts = doc["summary"]["status_counts"]
