@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import FiniteFloat, UserError, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, FiniteFloat, UserError, user_errors
 
 
 def _ints(ctx, param, value):
@@ -76,7 +76,7 @@ def bench():
               help="... but stop after this long once 10 runs are in.")
 @click.option("--batch", "throughput_batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Batch size of the throughput measurement.")
-@click.option("--max-drop", type=FiniteFloat(min=0), default=1.0, show_default=True,
+@click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
               help="Accuracy points below the reference that mark a row failed-validation.")
 @click.option("--row-timeout", type=FiniteFloat(min=1), default=1800, show_default=True)
 @click.option("--compare", "compare_with", type=click.Path(path_type=Path), help="Print ratios against an earlier result JSON.")

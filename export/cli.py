@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import FiniteFloat, UserError, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, UserError, user_errors
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
 
@@ -26,7 +26,7 @@ def _source_options(f):
 
 
 def _parity_options(f):
-    f = click.option("--max-drop", type=FiniteFloat(min=0), default=1.0, show_default=True,
+    f = click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
                      help="Accuracy drop (points) beyond which an export is marked failed-validation.")(f)
     f = click.option("--limit", type=int, default=None,
                      help="Use a seeded random subset of N images per split (quick runs).")(f)
