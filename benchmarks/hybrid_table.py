@@ -14,6 +14,7 @@ silently disappearing. Heavy work: use `nice -n 10` on a shared machine.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import click
 
 from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.cli_support import command_line
+
+logger = logging.getLogger(__name__)
 
 KERAS_NOTOP_FILES = {
     "efficientnetv2b0": "efficientnetv2-b0_notop.h5",
@@ -64,8 +67,9 @@ def _merged_runs(run_dir: Path, cfg) -> dict | None:
 
 
 def collect(data, backbones, preprocess, heads, size, augment, runs, seed=42, limit_per_class=None,
-            log=print, collect_only: bool = False) -> list[dict]:
+            log=None, collect_only: bool = False) -> list[dict]:
     """Run (or reuse) every configuration; returns one entry per (backbone, preprocessing)."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.train.hybrid import HybridConfig, run_hybrid
 
     entries = []

@@ -480,3 +480,29 @@ def test_run_log_and_verbosity(bundle, tmp_path):
     assert verbose.exit_code == 0, verbose.output
     assert "debug: hemaedge.edge.runloop: " in verbose.output
     assert "warning: frame skipped: " in verbose.output and "b.png" in verbose.output
+
+
+def test_a_source_that_fails_for_good_still_leaves_a_summary(bundle, tmp_path):
+    """A camera that never opens is one Error line (exit 2), and the run's summary says why."""
+    res = edge_run("-q", "--bundle", bundle, "--source", "/dev/video96", "--camera-retries", 0,
+                   "--out", tmp_path / "o")
+    assert res.exit_code == 2 and res.output.count("Error:") == 1 and "cannot open the camera" in res.output
+    s = summary_of(tmp_path / "o")
+    assert s["frames"] == 0 and s["complete"] is True and "the source failed" in s["end_reason"]
+
+
+def test_a_plain_keyboard_interrupt_is_recorded_as_ctrl_c(bundle, tmp_path):
+    from hemaedge.edge.runloop import run
+    from hemaedge.edge.sources import open_source
+
+    clf, recorder = _pipeline_parts(bundle, tmp_path / "o")
+    src = open_source(str(SAMPLES / "pbc"))
+
+    def interrupted(frames):
+        for i, f in enumerate(frames):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield f
+
+    s = run(src, clf, recorder, frames_iter=interrupted(iter(src)))
+    assert s["frames"] == 2 and s["end_reason"] == "interrupted (Ctrl-C)"
