@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaedge.edge.bundle import Bundle
-from hemaedge.edge.errors import BackendError, BundleError
+from hemaedge.edge.errors import BackendError
 from hemaedge.edge.preprocess import dequantize, output_probabilities
 
 

@@ -5,13 +5,12 @@ pipeline.py, parity.py and bundle_writer.py.
 """
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, UserError, command_line, user_errors
 from hemaedge.edge.errors import HemaedgeError
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
@@ -26,16 +25,8 @@ def _source_options(f):
     return f
 
 
-def _finite(ctx, param, value):
-    import math
-
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter("must be a finite number")
-    return value
-
-
 def _parity_options(f):
-    f = click.option("--max-drop", type=float, default=1.0, show_default=True, callback=_finite,
+    f = click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
                      help="Accuracy drop (points) beyond which an export is marked failed-validation.")(f)
     f = click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of N images per split (quick runs).")(f)
@@ -120,19 +111,6 @@ def _finish(row: dict, key=None):
         sys.exit(1)
 
 
-def _command_line() -> str:
-    """The command as a user would retype it (rebuilt from the parsed parameters)."""
-    ctx = click.get_current_context()
-    words = ["hemaedge", *ctx.command_path.split()[1:]]
-    for p in ctx.command.params:
-        value = ctx.params.get(p.name)
-        if isinstance(p, click.Argument):
-            words.append(str(value))
-        elif value not in (None, False) and value != p.default and not (p.default is not None and str(value) == str(p.default)):
-            words += [p.opts[0]] if p.is_flag else [p.opts[0], str(value)]
-    return shlex.join(words)
-
-
 # int8 formats (TFLite full-integer, ONNX QDQ): see export/bounded_logits.py
 _bound_logits_option = click.option(
     "--bound-logits/--no-bound-logits", default=True, show_default=True,
@@ -194,7 +172,7 @@ def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, b
 
 def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force, **kw):
     return export_one(fmt, source, out, parity_data=_parity_data(data, source.classes, splits, limit),
-                      max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, log=click.echo, **kw)
+                      max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, **kw)
 
 
 @export.command()
@@ -253,7 +231,7 @@ def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, pre
         return
     source = oh.load_hybrid_source(backbone, head, classes=names, preprocess=preprocess, size=size)
     row = oh.export_hybrid_bundle(source, out, opset=opset, parity_data=_parity_data(data, source.classes, splits, limit),
-                                  max_drop=max_drop, overwrite=force, log=click.echo)
+                                  max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)
 
 
@@ -317,11 +295,11 @@ def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, dat
         images, info = None, None
     pdata = _parity_data(data, source.classes, splits, limit)
     stem = table or Path("benchmarks/results") / f"export_{source.name}"
-    meta = report.base_meta(source.name, _command_line())
+    meta = report.base_meta(source.name, command_line())
     meta.update(source_sha256=source.sha256, data=pdata.describe() if pdata else None, calibration=info,
                 max_drop_points=max_drop, versions=_versions())
     rows = export_all(source, out, fmts, parity_data=pdata, max_drop=max_drop, calib_images=images,
-                      calib_info=info, overwrite=force, opset=opset, bound_logits=bound_logits, log=click.echo,
+                      calib_info=info, overwrite=force, opset=opset, bound_logits=bound_logits,
                       on_row=lambda r: report.write_table(stem, r, meta))
     md, _ = report.write_table(stem, rows, meta)
     for row in rows:
@@ -375,5 +353,5 @@ def bundle(artifact, source_model, data, splits, limit, max_drop, classes, prepr
 
     row = wrap_artifact(artifact, out, source_model=source_model, classes=classes, preprocess=preprocess, size=size,
                         parity_data_factory=lambda names: _parity_data(data, names, splits, limit),
-                        max_drop=max_drop, overwrite=force, log=click.echo)
+                        max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)

@@ -4,6 +4,7 @@ one table row per format, whatever happened (passed / failed-validation / failed
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 import traceback
@@ -62,6 +63,8 @@ DEFAULT_FORMATS = [f.name for f in FORMAT_TABLE if f.default]
 # Views kept for callers that want plain collections.
 FORMATS = {f.name: (f.backend, f.variant) for f in FORMAT_TABLE}
 NEEDS_CALIBRATION = {f.name for f in FORMAT_TABLE if f.needs_calibration}
+
+logger = logging.getLogger(__name__)
 # The classifier end of the network kept in float by "tflite-int8-mixed" unless told otherwise:
 # global pooling, the dense layer and softmax, where int8 rounding costs EfficientNets most.
 DEFAULT_FALLBACK_OPS = ["MEAN", "FULLY_CONNECTED", "SOFTMAX"]
@@ -186,8 +189,9 @@ def _tf2onnx_version() -> str:
 
 def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = None,
                max_drop: float = par.DEFAULT_MAX_DROP, calib_images=None, calib_info: dict | None = None,
-               overwrite: bool = False, log: Callable[[str], None] = print, **convert_kw) -> dict:
+               overwrite: bool = False, log: Callable[[str], None] | None = None, **convert_kw) -> dict:
     """Convert + parity + bundle. Returns a table row; raises on conversion errors."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hemaedge-export-") as tmp:
         path, contract, output, settings = convert(fmt, source, calib_images=calib_images, workdir=Path(tmp), **convert_kw)
@@ -237,8 +241,9 @@ def make_row(fmt, status, *, size=None, splits=None, bundle=None, export_s=None,
 
 
 def export_all(source, out_root, formats, *, on_row: Callable[[dict], None] | None = None,
-               log: Callable[[str], None] = print, **kw) -> list[dict]:
+               log: Callable[[str], None] | None = None, **kw) -> list[dict]:
     """Every format in `formats`; a row for each, never a missing one."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     rows = []
     for fmt in formats:
         log(f"--- {fmt}")

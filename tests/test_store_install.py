@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from hemaedge.edge import defaults
 from hemaedge.edge.bundle import BundleError
 from hemaedge.edge.store import (ContractChangeError, ModelStore, StoreError, backend_available,
                                  default_store, default_store_path)
@@ -214,7 +215,6 @@ def test_models_verify_detects_rot_and_empty_store(tmp_path, bundles):
 
 
 def test_edge_run_default_is_the_active_model(tmp_path, monkeypatch, bundles):
-    defaults = pytest.importorskip("hemaedge.edge.defaults")
     monkeypatch.setenv("HEMAEDGE_STORE", str(tmp_path / "store"))
     ModelStore(tmp_path / "store").install(bundles["bm-a"])
     ModelStore(tmp_path / "store").install(bundles["bm-b"])
