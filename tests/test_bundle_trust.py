@@ -43,6 +43,7 @@ BAD_VALUES = [
     ("missing bytes", lambda m: m["files"]["model.tflite"].pop("bytes"), "bytes"),
     ("bytes a string", lambda m: m["files"]["model.tflite"].update(bytes="12"), "bytes"),
     ("sha256 not hex", lambda m: m["files"]["model.tflite"].update(sha256="zz"), "sha256"),
+    ("sha256 with newline", lambda m: m["files"]["model.tflite"].update(sha256="0" * 64 + "\n"), "sha256"),
     ("size 128.7", lambda m: m["input"].update(size=128.7), "input.size"),
     ('size "128"', lambda m: m["input"].update(size="128"), "input.size"),
     ("size 100000", lambda m: m["input"].update(size=100000), "input.size"),
@@ -200,7 +201,7 @@ def test_hostile_version_name_cannot_delete_outside_the_store(tmp_path):
     assert victim.is_dir()
 
 
-@pytest.mark.parametrize("active", ["../../victim", "/etc", "a/b", ".."])
+@pytest.mark.parametrize("active", ["../../victim", "/etc", "a/b", "..", "one-1\n"])
 def test_active_pointing_outside_is_refused(tmp_path, active):
     store = ModelStore(tmp_path / "store")
     store.install(make_bundle(tmp_path / "x", "one"))
