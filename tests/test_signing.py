@@ -17,7 +17,6 @@ from hemaedge.edge.store import ModelStore
 from store_helpers import make_bundle, tiny_onnx
 from trust_helpers import edit_manifest, rehash
 
-pytest.importorskip("nacl")
 
 
 def cli(*args):
