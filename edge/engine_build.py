@@ -82,13 +82,13 @@ def build_engine_bundle(onnx_bundle_dir, out_dir, *, precision: str = "fp16", ma
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
             raise StoreError(f"trtexec could not build an engine from {bundle.model_path} (exit {proc.returncode}):\n{tail}")
         m = re.search(r"TensorRT version:\s*([\d.]+)", proc.stdout + proc.stderr)
-        base = bundle.manifest.get("name") or Path(onnx_bundle_dir).name
+        base = bundle.meta.name or Path(onnx_bundle_dir).name
         return write_bundle(
             out_dir, {"model.engine": engine}, model_file="model.engine", backend="tensorrt",
             model_format=f"tensorrt-{precision}", classes=bundle.classes, contract=bundle.contract,
             output=bundle.output,
             source={"onnx_bundle": base, "onnx_manifest_sha256": manifest_digest(onnx_bundle_dir),
-                    "onnx_sha256": bundle.manifest["files"][bundle.manifest["model"]["file"]]["sha256"],
+                    "onnx_sha256": bundle.meta.files[bundle.meta.model.file].sha256,
                     "onnx_metrics": bundle.manifest.get("metrics") or {}},
             export={"tool": "trtexec", "precision": precision, "max_batch": max_batch,
                     "tensorrt_version": m.group(1) if m else None, "built_on": platform.node(),

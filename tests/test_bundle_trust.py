@@ -290,3 +290,20 @@ def test_onnx_with_label_output_first_runs_on_the_device(tmp_path):
                      model_format="onnx", classes=["a", "b", "c"], contract=InputContract(size=32))
     r = cli("edge", "verify", b)
     assert r.exit_code == 0, r.output
+
+
+def test_tensorrt_export_verifies_the_onnx_bundle_it_reads(tmp_path):
+    """`export tensorrt dir/model.onnx` read the manifest beside the file without checking it."""
+    from hemaedge.export.trt_bundle import _onnx_and_manifest
+
+    b = make_bundle(tmp_path, "onnx32", size=32)
+    path, manifest = _onnx_and_manifest(b / "model.onnx")
+    assert path == b / "model.onnx" and manifest["name"] == "onnx32"
+    tiny_onnx(b / "model.onnx", 8, 32, "tampered")  # changed after export, checksums not updated
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        _onnx_and_manifest(b / "model.onnx")
+    with pytest.raises(HemaedgeError, match="not the model of the bundle"):
+        stray = b / "other.onnx"
+        tiny_onnx(stray, 8, 32, "stray")
+        rehash(b)
+        _onnx_and_manifest(stray)
