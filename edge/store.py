@@ -446,6 +446,18 @@ class ModelStore:
                               "its signature cannot vouch for it")
         return self.check_signature(read_manifest(parent), require)
 
+    def signature_status(self, manifest: dict) -> str:
+        """One line for `edge verify`: unsigned, valid by a trusted key, or by a key not trusted here.
+        A signature by a trusted key that does not match raises BundleError."""
+        sig = manifest.get("signature")
+        if not isinstance(sig, dict):
+            return "none (unsigned)" + (" - this store requires signed bundles" if self.requires_signature() else "")
+        kid = self.check_signature(manifest)
+        if kid:
+            return f"valid, key {kid} (trusted in {self.trust.dir})"
+        return (f"by key {str(sig.get('key_id'))[:40]}, which is not in this device's trust store "
+                f"({self.trust.dir}), so it was not checked")
+
     # ------------------------------------------------------------------ install
 
     def install(self, bundle_dir, *, keep: int = DEFAULT_KEEP, accept_change: bool = False,
