@@ -181,11 +181,6 @@ class OnnxBackend(Backend):
             raise BackendError(f"{model_path}: not a loadable ONNX model ({str(exc)[:300]})") from None
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
-        # the class scores: scikit-learn heads converted by skl2onnx output (label int64, scores);
-        # take the first output that can hold scores, as the exporters' parity check does
-        outs = self.sess.get_outputs()
-        scores = [o for o in outs if o.type in ("tensor(float)", "tensor(uint8)", "tensor(int8)", "tensor(double)")]
-        self.output_name = (scores[0] if scores else outs[0]).name
         dim0 = inp.shape[0]
         self.batch_dynamic = not isinstance(dim0, int) or dim0 <= 0
         self.fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
