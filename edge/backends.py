@@ -176,6 +176,9 @@ class OnnxBackend(Backend):
         self.input_dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8,
                             "tensor(int8)": np.int8}.get(inp.type)
         self.input_shape = inp.shape[1:]
+        # scikit-learn heads (skl2onnx) emit (label, probabilities): the scores are the last output
+        outs = self.sess.get_outputs()
+        self.output_name = outs[-1].name if len(outs) > 1 else outs[0].name
         self.runtime = f"onnxruntime {ort.__version__} ({self.sess.get_providers()[0]})"
 
     def _run(self, batch):
@@ -188,7 +191,7 @@ class OnnxBackend(Backend):
                                    f"takes {tuple(self.input_shape)}: bundle and model do not match")
         if not self.batch_dynamic and len(batch) != self.fixed_batch:
             raise _FixedBatch()
-        out = self.sess.run(None, {self.input_name: batch})[0]
+        out = self.sess.run([self.output_name], {self.input_name: batch})[0]
         return _finish(out, self.output, None)
 
 
