@@ -1,7 +1,7 @@
 """Soak benchmark: a long `hemaedge edge run --loop` on the samples with the default bundle, to show
 that memory stays flat and latency does not drift over many frames.
 
-    nice -n 10 python -m hemaedge.benchmarks.soak --frames 20000 \\
+    nice -n 10 python -m hemaedge.benchmarks.tools.soak --frames 20000 \\
         --run-dir ~/hemaedge-runs/runsafe/soak --out benchmarks/results/soak_default
 
 The run is a real `edge run` in a child process (exactly what a device runs). While it goes, this
@@ -36,7 +36,7 @@ import psutil
 from hemaedge.benchmarks.machine import describe_machine, one_line
 from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def soak_command(frames: int, source: str, run_out: Path, bundle: str | None = None) -> list[str]:
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     frames = [json.loads(line) for line in (run_out / "frames.jsonl").read_text().splitlines()]
     summary = json.loads((run_out / "summary.json").read_text())
     result = analyse(frames, args.warmup, args.window, args.max_growth_mb, args.max_drift)
-    shown = " ".join(["python -m hemaedge.benchmarks.soak", *(shlex.quote(a) for a in (argv or sys.argv[1:]))])
+    shown = " ".join(["python -m hemaedge.benchmarks.tools.soak", *(shlex.quote(a) for a in (argv or sys.argv[1:]))])
     record = {"command": shown, "edge_run_command": " ".join(shlex.quote(c) for c in cmd[1:]),
               "machine": machine, "load_average_at_end": end_load, "wall_s": round(wall, 1),
               "run_summary": {k: summary.get(k) for k in ("frames", "frames_skipped", "cells", "fps", "end_reason",
