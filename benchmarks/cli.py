@@ -7,13 +7,11 @@ reported as skipped).
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import FINITE_FLOAT, FiniteFloat, UserError, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, FiniteFloat, UserError, command_line, user_errors
 
 
 def _ints(ctx, param, value):
@@ -30,12 +28,6 @@ def _ints(ctx, param, value):
 
 def _names(ctx, param, value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
-
-
-def _command_line(params: dict) -> str:
-    if Path(sys.argv[0]).name == "hemaedge" or (len(sys.argv) > 1 and sys.argv[1] == "bench"):
-        return shlex.join(["hemaedge", *sys.argv[1:]])
-    return "hemaedge bench run (called from Python) " + json.dumps(params, default=str, sort_keys=True)
 
 
 @click.group()
@@ -112,9 +104,8 @@ def run(targets, export_tables, keras, data, limit, preset, threads, formats, ke
                               "max_seconds": max_seconds},
                       throughput_batch=throughput_batch, max_drop=max_drop, row_timeout=row_timeout,
                       frames=frames, frames_limit=frames_limit, accuracy=accuracy_mode, progress=not quiet)
-    params = {"targets": targets, "preset": preset, "data": data, "limit": limit}
     try:
-        doc, written = run_benchmark(cfg, Path(out) / name, command=_command_line(params),
+        doc, written = run_benchmark(cfg, Path(out) / name, command=command_line(),
                                      training_dirs=training_runs, plots=not no_plots)
     except ValueError as exc:  # test-set and result-file problems carry the path in their message
         raise UserError(str(exc)) from None

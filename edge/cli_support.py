@@ -13,6 +13,8 @@ import contextlib
 import functools
 import logging
 import math
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -82,6 +84,52 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def command_line(program: str = "hemaedge") -> str:
+    """The command that made a result, as a user would retype it (every table records one).
+
+    `program` is how the command starts: "hemaedge" for the CLI, "python -m <module>" for a
+    script. Started from a shell, that is followed by the words it was given. Called from Python
+    (a test's CliRunner, another command), sys.argv belongs to the caller, so the words are rebuilt
+    from the current click command's parsed parameters: arguments, then the options that differ
+    from their defaults.
+    """
+    words = shlex.split(program)
+    ctx = click.get_current_context(silent=True)
+    if _started_as(words) or ctx is None:
+        return shlex.join([*words, *sys.argv[1:]])
+    path = ctx.command_path.split()
+    # the root's name: "hemaedge" from the entry point, "main" (or a script's name) from Python;
+    # a sub-group called directly ("bench run") keeps its path
+    if path and (path[0] in ("hemaedge", "main") or words != ["hemaedge"]):
+        path = path[1:]
+    return shlex.join([*words, *path, *_parameter_words(ctx)])
+
+
+def _started_as(words: list[str]) -> bool:
+    if words == ["hemaedge"]:
+        return Path(sys.argv[0]).name == "hemaedge"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set for `python -m module`
+    return bool(spec and "-m" in words and words[words.index("-m") + 1:][:1] == [spec.name])
+
+
+def _parameter_words(ctx) -> list[str]:
+    args, opts = [], []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        values = list(value) if isinstance(value, (tuple, list)) else [value]
+        if isinstance(p, click.Argument):
+            args += [str(v) for v in values if v is not None]
+        elif value is None or value == p.default or (p.default is not None and str(value) == str(p.default)):
+            continue
+        elif p.is_flag:
+            flag = p.opts[0] if value else (p.secondary_opts[:1] or [None])[0]
+            opts += [flag] if flag else []
+        else:
+            for v in values:
+                opts += [p.opts[0], str(v)]
+    return args + opts
 
 
 # ----------------------------------------------------------------------------- option types

@@ -204,16 +204,8 @@ def verify(bundle, checksums_only):
     b = load_bundle(bundle)
     click.echo(b.describe())
     if not checksums_only:
-        import numpy as np
+        from hemaedge.edge.bundle_check import check_runnable
 
-        from hemaedge.edge.backends import load_backend
-        from hemaedge.edge.preprocess import prepare_batch
-
-        backend = load_backend(b, threads=1)
-        grey = np.full((b.contract.size, b.contract.size, 3), 200, np.uint8)
-        probs = backend.predict(prepare_batch([grey, grey], b.contract))
-        if probs.shape != (2, len(b.classes)) or not np.all(np.isfinite(probs)):
-            raise UserError(f"{bundle}: the model gives output of shape {probs.shape} (or non-finite values) "
-                            f"for {len(b.classes)} classes")
-        click.echo(f"model loads in {getattr(backend, 'runtime', backend.name)} and gives {len(b.classes)} class scores")
+        runtime = check_runnable(b, threads=1)
+        click.echo(f"model loads in {runtime} and gives {len(b.classes)} class scores")
     click.echo("OK")

@@ -27,11 +27,11 @@ import datetime
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 
 from hemaedge.edge.errors import BundleError, OutputError
+from hemaedge.edge.cli_support import command_line
 from hemaedge.edge.metrics_runtime import MemoryMeter, machine_info, seconds_since_process_start
 
 logger = logging.getLogger(__name__)
@@ -215,11 +215,6 @@ class RunProgress:
     end_reason: str | None  # None while the run goes on
     complete: bool
     segmentation: dict = field(default_factory=dict)  # the crop rule, and the magnification read so far
-
-
-def command_line() -> str:
-    argv = sys.argv
-    return " ".join(["hemaedge", *argv[1:]]) if argv and argv[0].endswith("hemaedge") else " ".join(argv)
 
 
 def build_summary(recorder, info: RunInfo, progress: RunProgress, source, skips: SkipLog,

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hemaedge.edge.errors import SourceError, UsageError
+from hemaedge.edge.errors import SourceError
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.sources import (CameraSource, ImageSource, PiCameraSource, RetryBackoff, VideoSource, limit,
                                    list_images, open_source)

@@ -32,9 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.errors import HemaedgeError
+from hemaedge.edge.machine import cpu_model
 from hemaedge.edge.preprocess import InputContract, apply_preprocess
 from hemaedge.train import sampling
+from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
 
 logger = logging.getLogger(__name__)
@@ -105,10 +108,7 @@ class FinetuneConfig:
 
 def limit_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
     """Indices of the first `limit` images of every class (all when limit is None)."""
-    if not limit:
-        return np.arange(len(labels))
-    keep = np.concatenate([np.flatnonzero(labels == c)[:limit] for c in np.unique(labels)])
-    return np.sort(keep)
+    return first_per_class(labels, limit)
 
 
 def load_split(ds, split: str, contract: InputContract, limit: int | None = None):
@@ -202,9 +202,8 @@ def cosine_lr(epoch: int, cfg: FinetuneConfig) -> float:
 
 
 def save_keras_atomic(model, path: Path):
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 # ----------------------------------------------------------------------------- files
@@ -242,10 +241,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = ""):
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy"), a2.legend(), a2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | None = None, **extra) -> dict:
@@ -256,15 +254,7 @@ def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | Non
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import keras
 
     return (f"{os.cpu_count()}-core {platform.machine()} ({cpu}), keras {keras.__version__} backend "

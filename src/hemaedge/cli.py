@@ -22,6 +22,7 @@ GROUPS = {
     "edge": ("hemaedge.edge.cli:edge", "edge", ()),
     "bench": ("hemaedge.benchmarks.cli:bench", "edge", ()),
     "deploy": ("hemaedge.deploy_cli:deploy", "edge", ()),
+    "keys": ("hemaedge.keys_cli:keys", "edge", ("nacl",)),
 }
 
 HELP = {
@@ -31,6 +32,7 @@ HELP = {
     "edge": "The device runtime: run on frames, verify and manage installed model bundles.",
     "bench": "Size / latency / accuracy / memory tables and plots.",
     "deploy": "Push a bundle to one or more devices over SSH and install it there.",
+    "keys": "Signing keys: make an Ed25519 key pair, sign bundles (devices trust the public key).",
 }
 
 
