@@ -108,7 +108,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     """
     from tqdm import tqdm
 
-    from hemaedge.edge.annotate import Annotator, check_video_output
+    from hemaedge.edge.annotate import Annotator, check_image_dir, check_video_output
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.defaults import load_model
     from hemaedge.edge.pipeline import CellClassifier, model_info
@@ -125,6 +125,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         raise UserError("--force replaces the output folder and --append adds to it: give one of them")
     if annotate_video:
         check_video_output(annotate_video, overwrite=force)
+    if annotate_dir:
+        check_image_dir(annotate_dir, overwrite=force or append)
     # From here on Ctrl-C / SIGTERM end the run with a summary, even before its first frame.
     stop = StopRequest().install()
     try:
