@@ -14,7 +14,7 @@
 # --only/--skip  run only / all but these steps (names as in --list). Default: every step, cheapest first.
 #
 # Steps (details with --list): finetune, hybrid (collect finished training runs, never retrain),
-# export, bench, segmentation, pbc, edge, svm. A step whose inputs are missing says
+# export, bench, segmentation, pbc, edge, svm, soak. A step whose inputs are missing says
 # "skipped: <reason>" and leaves the committed files alone; a failing step is reported as FAILED,
 # the other steps still run, and the script exits non-zero. Summary at the end.
 #
@@ -33,12 +33,13 @@
 # HEMAEDGE_FINETUNE_RUN (the finished `train finetune` run folder; default runs/finetune-lite0),
 # HEMAEDGE_EXPORT_FORMATS (formats for `export all`; default its own list), HEMAEDGE_EXPORT_FORCE
 # (1: export again even when EXPORT_DIR holds an export),
+# HEMAEDGE_SOAK_FRAMES (frames of the `edge run --loop` soak, default 20000; at least 4000),
 # HEMAEDGE_STEP_TIMEOUT (seconds any one command may run, default 10800; 0 = no limit).
 # Runs under `nice`; about an hour on 2 CPU cores with an export to make, ~15 min without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=(finetune hybrid export bench segmentation pbc edge svm)
+STEPS=(finetune hybrid export bench segmentation pbc edge svm soak)
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 LIST=0; ONLY=""; SKIP=""; POS=()
@@ -79,6 +80,7 @@ DEFAULT_BUNDLE=src/hemaedge/models/default
 PBC_BUNDLE=${HEMAEDGE_PBC_BUNDLE:-$DEFAULT_BUNDLE}
 STEP_TIMEOUT=${HEMAEDGE_STEP_TIMEOUT:-10800}
 EDGE_FRAMES=${LIMIT:-200}
+SOAK_FRAMES=${HEMAEDGE_SOAK_FRAMES:-20000}
 export TF_CPP_MIN_LOG_LEVEL=2
 
 # The export table is named after the export folder, as `export all` names it after the model
@@ -170,6 +172,14 @@ plan_svm() {
   OUTS=("$OUT/hybrid_svm_check.json")
 }
 
+plan_soak() {
+  DESC="$SOAK_FRAMES-frame \`edge run --loop\` on samples/ with $DEFAULT_BUNDLE: memory flat, no latency drift"
+  COST="~15 min"
+  CMD=("$PY" -m hemaedge.benchmarks.soak --frames "$SOAK_FRAMES" --run-dir "${TMPDIR:-/tmp}/hemaedge-soak"
+       --out "$OUT/soak_default")
+  OUTS=("$OUT/soak_default.md" "$OUT/soak_default.json" "$OUT/soak_default.png")
+}
+
 # --- running ---------------------------------------------------------------------------------------
 NOTE=$(mktemp); trap 'rm -f "$NOTE"' EXIT
 skip() { echo "   skipped: $*"; echo "skipped: $*" >> "$NOTE"; exit 0; }   # leaves the committed files alone
@@ -226,6 +236,7 @@ run_edge() {
   else note "$FP32_LABEL runs skipped: no ${EXPORT:-EXPORT_DIR}/tflite-fp32 bundle; kept $OUT/edge_run_bccd/${FP32_LABEL}_run*"; fi
 }
 run_svm() { plan_svm; bounded "${CMD[@]}"; }
+run_soak() { plan_soak; bounded "${CMD[@]}"; }
 
 selected() {
   { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; } && [[ ",$SKIP," != *",$1,"* ]]
