@@ -112,7 +112,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.defaults import load_model
     from hemaedge.edge.pipeline import CellClassifier, model_info
-    from hemaedge.edge.recorder import Recorder, format_summary
+    from hemaedge.edge.recorder import Recorder, check_appendable, format_summary
     from hemaedge.edge.runloop import StopRequest, SummaryEvery, run as run_loop
     from hemaedge.edge.segment import SegmentParams
     from hemaedge.edge.sources import limit, open_source
@@ -140,6 +140,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
                                     cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
                                     rbc_factor=rbc_factor)
+        if append and out is not None:
+            check_appendable(out)  # before the old summary is set aside
         folder = _output_folder(out, force, append)
         recorder = Recorder(folder.path, mdl.classes, review_threshold=review_threshold, fsync=fsync,
                             append=folder.mode == "append")

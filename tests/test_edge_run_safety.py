@@ -205,6 +205,16 @@ def test_annotated_frames_never_replace_earlier_ones_silently(bundle, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in ann.iterdir()} == first and not (tmp_path / "b").exists()
 
 
+def test_append_refuses_logs_with_other_columns(bundle, tmp_path):
+    out = tmp_path / "o"
+    assert edge_run("-q", "--bundle", bundle, "--source", SAMPLES / "pbc" / "val_00000.jpg", "--out", out).exit_code == 0
+    (out / "frames.csv").write_text("frame,name,old_column\n0,a.jpg,1\n")
+    res = edge_run("-q", "--append", "--bundle", bundle, "--source", SAMPLES / "pbc", "--out", out)
+    assert res.exit_code == 2 and "other columns" in res.output
+    assert (out / "frames.csv").read_text() == "frame,name,old_column\n0,a.jpg,1\n"
+    assert (out / "summary.json").exists() and not (out / "summary.before-1.json").exists()  # nothing moved
+
+
 def test_default_run_folders_are_unique_within_one_second(tmp_path):
     """#4: two runs started in the same second shared runs/edge-<second>."""
     import datetime as dt
