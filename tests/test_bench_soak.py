@@ -46,3 +46,16 @@ def test_the_soak_runs_the_real_edge_run_and_the_table_says_how():
                   [4.0, 3.0, 2.0], "python -m hemaedge.benchmarks.soak --frames 8000", 160.0)
     assert "python -m hemaedge.benchmarks.soak --frames 8000" in md and "load average 3 at start" in md
     assert "| yes |" in md
+
+
+def test_the_reading_tells_load_from_a_slower_run():
+    from hemaedge.benchmarks.soak import _reading
+
+    base = analyse(rows(), 1000, 500, 5, 0.15)
+    loaded = dict(base, verdict=dict(base["verdict"], no_latency_drift=False),
+                  total_ms=dict(base["total_ms"], p10_first_quarter=6.0, p10_last_quarter=6.1),
+                  cpu_ms_per_frame={"first_quarter": 9.8, "last_quarter": 10.1})
+    assert "did not drift" in _reading(loaded)[0]
+    slower = dict(loaded, cpu_ms_per_frame={"first_quarter": 9.8, "last_quarter": 14.0})
+    assert "slowed down" in _reading(slower)[0]
+    assert _reading(base) == []  # nothing to explain when the check passes
