@@ -147,6 +147,16 @@ class CountingSession:
             out["stage_registration_lost_frames"] = self.motion.lost
         return out
 
+    def frame_columns(self, res) -> dict:
+        """The counting columns of frames.csv: why a frame has no cells or was not classified,
+        and the red-cell diameter used for it."""
+        d = res.ruler.diameter if res.ruler else None
+        return {"status": res.status, "rbc_px": round(d, 1) if d else ""}
+
+    def summary_part(self) -> dict:
+        """summary.json's `differential` and the rows of counts.csv (`differential_count`)."""
+        return {"differential": self.summary(), "differential_count": self.differential().rows()}
+
     def write_tracks(self, out_dir: Path) -> None:
         """tracks.csv: one row per physical cell of a one-slide run, its class from all views."""
         if not self.one_slide:

@@ -4,9 +4,11 @@ one table row per format, whatever happened (passed / failed-validation / failed
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,30 +20,56 @@ from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.export import parity as par
 from hemaedge.export.bundle_writer import write_export_bundle
 from hemaedge.export.evaldata import load_split
-from hemaedge.export.runners import make_runner, predict_images
 
-# format name -> (back end, variant). The default `export all` list.
-FORMATS = {
-    "tflite-fp32": ("tflite", "fp32"),
-    "tflite-fp16": ("tflite", "fp16"),
-    "tflite-dynamic": ("tflite", "dynamic"),
-    "tflite-int8": ("tflite", "int8"),
-    "tflite-int8-floatio": ("tflite", "int8"),
-    "tflite-int8-mixed": ("tflite", "int8"),  # selective float fallback (labelled: not integer-only)
-    "tflite-int16x8": ("tflite", "int16x8"),  # int16 activations; slow reference kernels, opt-in
-    "onnx-fp32": ("onnx", "fp32"),
-    "onnx-int8": ("onnx", "int8"),
-    "tensorrt-fp16": ("tensorrt", "fp16"),
-    "tensorrt-int8": ("tensorrt", "int8"),
-}
-NEEDS_CALIBRATION = {"tflite-int8", "tflite-int8-floatio", "tflite-int8-mixed", "tflite-int16x8", "onnx-int8",
-                     "tensorrt-int8"}
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of the export format table: everything the CLI and the pipeline know about a format."""
+
+    name: str
+    backend: str  # a back end of the device's registry (edge/backends.py)
+    variant: str  # what the converter is asked for (fp32, fp16, dynamic, int8, int16x8)
+    needs_calibration: bool = False
+    bounded_logits: bool = False  # int8 classifier end rewritten to bounded logits (export/bounded_logits.py)
+    default: bool = True  # in `export all`'s default list
+    note: str = ""
+
+    @property
+    def suffix(self) -> str:
+        from hemaedge.edge.backends import REGISTRY
+
+        return REGISTRY[self.backend].suffixes[0]
+
+
+FORMAT_TABLE = (
+    ExportFormat("tflite-fp32", "tflite", "fp32"),
+    ExportFormat("tflite-fp16", "tflite", "fp16"),
+    ExportFormat("tflite-dynamic", "tflite", "dynamic"),
+    ExportFormat("tflite-int8", "tflite", "int8", needs_calibration=True, bounded_logits=True),
+    ExportFormat("tflite-int8-floatio", "tflite", "int8", needs_calibration=True, bounded_logits=True,
+                 note="int8 inside, float input/output"),
+    ExportFormat("tflite-int8-mixed", "tflite", "int8", needs_calibration=True,
+                 note="selective float fallback: labelled, not integer-only"),
+    ExportFormat("tflite-int16x8", "tflite", "int16x8", needs_calibration=True, default=False,
+                 note="int16 activations; slow reference kernels, opt-in"),
+    ExportFormat("onnx-fp32", "onnx", "fp32"),
+    ExportFormat("onnx-int8", "onnx", "int8", needs_calibration=True, bounded_logits=True),
+    ExportFormat("tensorrt-fp16", "tensorrt", "fp16", note="built on the device: hemaedge export tensorrt"),
+    ExportFormat("tensorrt-int8", "tensorrt", "int8", needs_calibration=True,
+                 note="built on the device: hemaedge export tensorrt"),
+)
+FORMAT_BY_NAME = {f.name: f for f in FORMAT_TABLE}
+DEFAULT_FORMATS = [f.name for f in FORMAT_TABLE if f.default]
+# Views kept for callers that want plain collections.
+FORMATS = {f.name: (f.backend, f.variant) for f in FORMAT_TABLE}
+NEEDS_CALIBRATION = {f.name for f in FORMAT_TABLE if f.needs_calibration}
+
+logger = logging.getLogger(__name__)
 # The classifier end of the network kept in float by "tflite-int8-mixed" unless told otherwise:
 # global pooling, the dense layer and softmax, where int8 rounding costs EfficientNets most.
 DEFAULT_FALLBACK_OPS = ["MEAN", "FULLY_CONNECTED", "SOFTMAX"]
 # Integer-only formats whose classifier end is rewritten to centred, bounded logits (see
 # export/bounded_logits.py) unless --no-bound-logits: int8 logits of widely varying size lose points.
-BOUNDED_LOGITS_FORMATS = {"tflite-int8", "tflite-int8-floatio", "onnx-int8"}
+BOUNDED_LOGITS_FORMATS = {f.name for f in FORMAT_TABLE if f.bounded_logits}
 
 
 class ParityData:
@@ -68,18 +96,24 @@ class ParityData:
         return {"data": str(self.root), "splits": list(self.splits), "limit": self.limit, "seed": self.seed}
 
 
-def measure_parity(source, runner, contract, output, data: ParityData | None, max_drop: float,
+def measure_parity(source, artifact, contract, output, data: ParityData | None, max_drop: float,
                    progress: bool = True) -> tuple[dict, dict]:
-    """(per-split parity metrics, verdict) of a runnable artifact."""
+    """(per-split parity metrics, verdict) of a model file, run through the device's code path
+    (staged bundle, load_backend, prepare_batch: `parity.staged_backend`)."""
     if data is None:
         return {}, par.judge({}, max_drop)
     splits = {}
-    for split in data.splits:
-        images, labels = data.data(split)
-        s_probs = data.source_probs(source, split)
-        a_probs = predict_images(runner, images, contract, output, progress=f"parity {split}" if progress else None)
-        splits[split] = par.split_parity(labels, s_probs, a_probs, source.classes)
-    return splits, par.judge(splits, max_drop)
+    with par.staged_backend(artifact, classes=source.classes, contract=contract, output=output) as backend:
+        for split in data.splits:
+            images, labels = data.data(split)
+            s_probs = data.source_probs(source, split)
+            a_probs = par.device_probabilities(backend, images, contract,
+                                               progress=f"parity {split}" if progress else None)
+            splits[split] = par.split_parity(labels, s_probs, a_probs, source.classes)
+        measured = backend.model_sha256
+    verdict = par.judge(splits, max_drop)
+    verdict["model_sha256"] = measured  # the bytes the figures describe (the bundle's model file)
+    return splits, verdict
 
 
 def convert(fmt: str, source, *, workdir: Path, calib_images=None, opset: int = 17, int8_io: str = "uint8",
@@ -160,8 +194,9 @@ def _tf2onnx_version() -> str:
 
 def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = None,
                max_drop: float = par.DEFAULT_MAX_DROP, calib_images=None, calib_info: dict | None = None,
-               overwrite: bool = False, log: Callable[[str], None] = print, **convert_kw) -> dict:
+               overwrite: bool = False, log: Callable[[str], None] | None = None, **convert_kw) -> dict:
     """Convert + parity + bundle. Returns a table row; raises on conversion errors."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hemaedge-export-") as tmp:
         path, contract, output, settings = convert(fmt, source, calib_images=calib_images, workdir=Path(tmp), **convert_kw)
@@ -169,9 +204,7 @@ def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = No
         if calib_info and fmt in NEEDS_CALIBRATION:
             settings["calibration"] = calib_info
         settings["format"] = fmt
-        backend = FORMATS[fmt][0]
-        runner = make_runner(path, backend)
-        splits, verdict = measure_parity(source, runner, contract, output, parity_data, max_drop)
+        splits, verdict = measure_parity(source, path, contract, output, parity_data, max_drop)
         if parity_data is not None:
             verdict["data"] = parity_data.describe()
         bundle = write_export_bundle(out_dir, path, model_format=fmt, classes=source.classes, contract=contract,
@@ -211,8 +244,9 @@ def make_row(fmt, status, *, size=None, splits=None, bundle=None, export_s=None,
 
 
 def export_all(source, out_root, formats, *, on_row: Callable[[dict], None] | None = None,
-               log: Callable[[str], None] = print, **kw) -> list[dict]:
+               log: Callable[[str], None] | None = None, **kw) -> list[dict]:
     """Every format in `formats`; a row for each, never a missing one."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     rows = []
     for fmt in formats:
         log(f"--- {fmt}")

@@ -9,7 +9,7 @@ import pytest
 
 from edge_helpers import CLASSES, cached_tflite, make_bundle, make_onnx, reference_probs
 from hemaedge.edge.backends import BackendError, load_backend
-from hemaedge.edge.bundle import load_bundle
+from hemaedge.edge.bundle import BundleError, load_bundle
 from hemaedge.edge.preprocess import InputContract, prepare_batch, read_image_rgb
 
 SIZE = 32
@@ -80,9 +80,12 @@ def test_input_size_mismatch_is_a_clear_error(tmp_path, crops):
 def test_garbage_model_file_is_a_clear_error(tmp_path):
     m = tmp_path / "m.onnx"
     m.write_bytes(b"not a model at all")
-    b = load_bundle(make_bundle(tmp_path, m, "onnx", SIZE))
-    with pytest.raises(BackendError, match="not a loadable ONNX model"):
-        load_backend(b)
+    with pytest.raises(BundleError, match="not a readable ONNX model"):  # refused before it is a bundle
+        make_bundle(tmp_path, m, "onnx", SIZE)
+    from hemaedge.edge.defaults import model_from_file
+
+    with pytest.raises(BackendError, match="not a loadable ONNX model"):  # a bare --model file
+        load_backend(model_from_file(m, "a,b,c", InputContract(size=SIZE)))
     t = tmp_path / "t.tflite"
     t.write_bytes(b"not a model at all either")
     b = load_bundle(make_bundle(tmp_path, t, "tflite", SIZE, name="t"))
@@ -127,3 +130,28 @@ def test_litert_int8_full_integer(tflite_models, crops):
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs, _expected(crops), atol=0.03)  # int8 output steps of 1/256
     assert (probs.argmax(1)[:2] == [0, 1]).all()
+
+
+def test_onnx_with_label_and_probability_outputs_gives_the_probabilities(tmp_path):
+    # scikit-learn heads converted by skl2onnx emit (label int64, probabilities); the device must
+    # score with the probabilities (it used to take the label and fail on an integer output)
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w = np.random.default_rng(0).normal(0, 0.01, (3, len(CLASSES))).astype(np.float32)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+             helper.make_node("ArgMax", ["probs"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "two-outputs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(CLASSES)])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, tmp_path / "m.onnx")
+    backend = load_backend(load_bundle(make_bundle(tmp_path, tmp_path / "m.onnx", "onnx")))
+    x = prepare_batch([np.full((40, 40, 3), v, np.uint8) for v in (10, 200)], InputContract(size=SIZE))
+    probs = backend.predict(x)
+    assert probs.shape == (2, len(CLASSES)) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

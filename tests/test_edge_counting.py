@@ -166,7 +166,7 @@ def test_stage_motion_follows_a_pan():
 
 @pytest.fixture(scope="module")
 def pan_video(tmp_path_factory, bccd):
-    from hemaedge.benchmarks.live_feed import make_video, whole_cell_frames
+    from hemaedge.benchmarks.tools.live_feed import make_video, whole_cell_frames
 
     tmp = tmp_path_factory.mktemp("pan")
     ids = whole_cell_frames(bccd, "val")[:6]

@@ -1,6 +1,6 @@
 """Segmentation on BCCD whole frames against the Pascal VOC boxes.
 
-    python -m hemaedge.benchmarks.segmentation_bccd --data ../shared/data/bccd
+    python -m hemaedge.benchmarks.tools.segmentation_bccd --data ../shared/data/bccd
 
 White cells (and platelets) found by `hemaedge.edge.segment` are matched one-to-one to the
 annotated boxes, greedily by IoU. Two criteria are reported: IoU >= 0.5, and "centre in box"
@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,11 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.edge.machine import describe_machine, one_line
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.ruler import red_cell_diameter
 from hemaedge.edge.segment import METHODS, SegmentParams, centre_in, iou, segment
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 KINDS = {"wbc": "WBC", "platelet": "Platelets"}
 
 
@@ -105,15 +105,7 @@ def evaluate(data: Path, ids: list[str], params: SegmentParams, progress: bool =
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, {platform.system()}"
+    return one_line(describe_machine())
 
 
 def to_markdown(report: dict) -> str:
@@ -153,7 +145,7 @@ def main(data, methods, splits, limit, out):
     """White-cell and platelet recall/precision of the segmenter on BCCD frames."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
-              "command": "python -m hemaedge.benchmarks.segmentation_bccd " +
+              "command": "python -m hemaedge.benchmarks.tools.segmentation_bccd " +
                          " ".join([f"--method {m}" for m in methods] + [f"--split {s}" for s in splits]
                                   + ([f"--limit {limit}"] if limit else [])),
               "data": str(data), "runs": []}

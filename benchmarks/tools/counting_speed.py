@@ -2,7 +2,7 @@
 them, measured in one run on the same frames (interleaved, so machine load hits all alike).
 
     git worktree add --detach /tmp/hemaedge-main main     # the code before issue 12
-    python -m hemaedge.benchmarks.counting_speed --baseline-src /tmp/hemaedge-main \\
+    python -m hemaedge.benchmarks.tools.counting_speed --baseline-src /tmp/hemaedge-main \\
         --source ../shared/data/bccd/JPEGImages --frames 200 --repeats 3
 
 Three pipelines: *before* (the baseline checkout), *fields* (this code on an image folder:
@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.benchmarks.segmentation_bccd import machine, write_atomic
+from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUN = "import sys; sys.argv[0] = 'hemaedge'; from hemaedge.cli import main; main()"
@@ -94,7 +94,7 @@ def main(baseline_src, source, frames, repeats, out):
                 click.echo(f"{name} run {k + 1}: total p50 {r['total_p50']} ms, peak {r['peak_rss_mb']} MB")
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
               "load_average": [round(v, 2) for v in load] if load else None,
-              "command": f"python -m hemaedge.benchmarks.counting_speed --baseline-src <checkout of main> "
+              "command": f"python -m hemaedge.benchmarks.tools.counting_speed --baseline-src <checkout of main> "
                          f"--source {source} --frames {frames} --repeats {repeats}",
               "source": source, "frames": frames, "repeats": repeats, "pipelines": res}
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Live-feed counting: videos built from real BCCD frames with known cells, and the count of
 distinct white cells `edge run` gives on each, against the truth.
 
-    python -m hemaedge.benchmarks.live_feed --data ../shared/data/bccd --videos 6
+    python -m hemaedge.benchmarks.tools.live_feed --data ../shared/data/bccd --videos 6
 
 Each video is a 640x480 window moved across a mosaic of BCCD frames (2 x 3 tiles): slow pans,
 pauses (a still stage: the same cells in many frames), fast moves with motion blur, and a few
@@ -25,7 +25,7 @@ import click
 import cv2
 import numpy as np
 
-from hemaedge.benchmarks.segmentation_bccd import frame_ids, machine, read_voc, write_atomic
+from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, read_voc, write_atomic
 from hemaedge.edge.preprocess import read_image_rgb
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -197,7 +197,7 @@ def main(data, videos, split, bundle, threads, keep, out):
     true_n, counted = sum(v["true_wbc"] for v in rows), sum(v["counted_wbc"] for v in rows)
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-              "command": f"python -m hemaedge.benchmarks.live_feed --videos {videos} --split {split}"
+              "command": f"python -m hemaedge.benchmarks.tools.live_feed --videos {videos} --split {split}"
                          + (f" --bundle {bundle}" if bundle else ""),
               "videos": rows,
               "total": {"true": true_n, "counted": counted, "ratio": round(counted / true_n, 4) if true_n else None,
