@@ -26,7 +26,7 @@ import numpy as np
 
 from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUN = "import sys; sys.argv[0] = 'hemaedge'; from hemaedge.cli import main; main()"
 
 

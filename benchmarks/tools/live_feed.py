@@ -28,7 +28,7 @@ import numpy as np
 from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, read_voc, write_atomic
 from hemaedge.edge.preprocess import read_image_rgb
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 W, H = 640, 480
 
 
