@@ -116,8 +116,8 @@ class Detection:
 
 
 CROP_MODES = ("rbc", "cell", "fixed")
-# BloodMNIST's 200 px crops of PBC fields span ~3.06 red-cell diameters (median red cell 65 px
-# over 49 evenly spaced pbc_raw_val fields, `red_cell_diameter`); rounded to 3.
+# BloodMNIST's 200 px crops of PBC fields span ~3.1 red-cell diameters (median `ruler.red_cell_diameter`
+# 64 px over every 8th pbc_raw_val field); rounded to 3.
 DEFAULT_RBC_FACTOR = 3.0
 
 
