@@ -208,4 +208,10 @@ def verify(bundle, checksums_only):
 
         runtime = check_runnable(b, threads=1)
         click.echo(f"model loads in {runtime} and gives {len(b.classes)} class scores")
+    from hemaedge.edge.store import StoreError, default_store
+
+    try:  # against this device's trust store; a damaged store must not hide the other checks
+        click.echo(f"signature: {default_store().signature_status(b.manifest)}")
+    except StoreError as exc:
+        click.echo(f"signature: not checked ({str(exc).splitlines()[0]})")
     click.echo("OK")
