@@ -1,7 +1,7 @@
 """`hemaedge data ...`: look at, check, fetch data sets and make calibration data.
 
-Argument parsing and printing only; the work is in `hemaedge.train.datasets` and
-`hemaedge.train.calibration`.
+Argument parsing and printing only; the work is in the data package
+`hemaedge.train.data`.
 """
 from __future__ import annotations
 
