@@ -195,6 +195,10 @@ def steps(s: Settings) -> list[Step]:
                          "--out", f"{out}/hybrid_svm_check.json"],
              [f"{out}/hybrid_svm_check.json"],
              "fast SVM grid vs plain scikit-learn GridSearchCV on 1,600 real Lite0 features, timed", "~3 min"),
+        Step("soak", [], [*tool("soak"), "--frames", s.get("HEMAEDGE_SOAK_FRAMES", "20000"),
+                          "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
+             [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
+             "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
     ]
 
 
