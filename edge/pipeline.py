@@ -17,7 +17,7 @@ from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, SegmentParams,
-                                   extract_crop, segment)
+                                   extract_crop, segment, work_copy)
 
 
 @dataclass
@@ -122,9 +122,10 @@ class CellClassifier:
         if blank:
             return FrameResult.empty(len(self.classes), f"no cells: {blank}",
                                      {"segment": (time.perf_counter() - t0) * 1e3})
-        reading = self.ruler.read(image, self.params)
+        work = work_copy(image, self.params)  # one small copy and stain mask for the ruler and the segmenter
+        reading = self.ruler.read(image, self.params, work)
         dets = segment(image, self.params, self.cell_fraction, self.crop_side_for(reading),
-                       rbc_diameter=reading.diameter)
+                       rbc_diameter=reading.diameter, work=work)
         crops = self.crops_for(image, dets)
         t1 = time.perf_counter()
         probs, pre_ms, inf_ms = self.classify_crops(crops)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from hemaedge.edge.segment import SegmentParams, _ellipse, _fill_holes, stain_mask
+from hemaedge.edge.segment import SegmentParams, WorkCopy, _ellipse, _fill_holes, work_copy
 
 # What a microscope can show: below ~12 px a red cell (and so a white cell, ~2 red cells) is
 # too small to classify; above a third of the frame's short side fewer than ~3 red cells fit
@@ -41,18 +41,17 @@ def plausible_diameter(d: float | None, shape) -> bool:
     return MIN_DIAMETER_PX <= d <= MAX_DIAMETER_FRACTION * min(shape[:2])
 
 
-def _red_cell_foreground(image: np.ndarray, params: SegmentParams | None = None):
+def _red_cell_foreground(image: np.ndarray, params: SegmentParams | None = None, work: WorkCopy | None = None):
     """(distance-transform peak radii, red-cell foreground area), both on the work copy, and its
-    scale; None when the frame has nothing to measure."""
+    scale; None when the frame has nothing to measure. `work`: the frame's `segment.work_copy`
+    when the caller has it (the segmenter uses the same one)."""
     p = params or SegmentParams()
-    h, w = image.shape[:2]
-    scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    if work is None:
+        work = work_copy(image, p)
+    small, scale, stained = work.image, work.scale, work.mask
     green = cv2.GaussianBlur(small[..., 1], (5, 5), 0)
     if float(green.std()) < 4.0:  # featureless (black, white, no slide): Otsu would split noise
         return None
-    stained, _ = stain_mask(small, p)
     near_stain = cv2.dilate(stained, _ellipse(9)) > 0
     unstained = green[~near_stain]
     if unstained.size < 100:
@@ -84,7 +83,8 @@ def red_cell_diameters(image: np.ndarray, params: SegmentParams | None = None) -
     return (2.0 * peaks / scale).astype(np.float32)
 
 
-def red_cell_diameter(image: np.ndarray, params: SegmentParams | None = None) -> float | None:
+def red_cell_diameter(image: np.ndarray, params: SegmentParams | None = None,
+                      work: WorkCopy | None = None) -> float | None:
     """This field's red-cell diameter in pixels, or None when it cannot be measured.
 
     Two estimates that fail differently, combined by their geometric mean: the median of the
@@ -94,7 +94,7 @@ def red_cell_diameter(image: np.ndarray, params: SegmentParams | None = None) ->
     96% / 98% of the fields are within 25% of the data set's median (the median of the peaks
     alone: 95% / 98%, with outliers up to 2.5x instead of 1.7x).
     """
-    m = _red_cell_foreground(image, params)
+    m = _red_cell_foreground(image, params, work)
     if m is None:
         return None
     peaks, area, scale = m
@@ -137,18 +137,18 @@ class Ruler:
         self.frames = 0
         self.shape = shape
 
-    def read(self, image: np.ndarray, params: SegmentParams | None = None) -> Reading:
+    def read(self, image: np.ndarray, params: SegmentParams | None = None, work: WorkCopy | None = None) -> Reading:
         shape = image.shape[:2]
         if self.shape is not None and shape != self.shape:
             self.resets += 1
             self.reset(shape)
         self.shape = shape
         if not self.same_slide:
-            d = red_cell_diameter(image, params)
+            d = red_cell_diameter(image, params, work)
             self._note(d)
             return Reading(d, "this field" if d else "not measured")
         if len(self.values) < self.stable_after or self.frames % self.every == 0:
-            d = red_cell_diameter(image, params)
+            d = red_cell_diameter(image, params, work)
             if d:
                 self.values.append(d)
             self._note(d)

@@ -143,6 +143,28 @@ def stain_mask(image: np.ndarray, params: SegmentParams) -> tuple[np.ndarray, np
     return mask, s
 
 
+@dataclass
+class WorkCopy:
+    """One frame's small copy and its stain mask, made once and shared by the ruler and the
+    segmenter (both work on the same copy with the same parameters)."""
+
+    image: np.ndarray  # the frame resized so its short side is at most `work_side`
+    scale: float  # work copy / full frame
+    mask: np.ndarray  # stain_mask(image)
+    stain: np.ndarray  # its stain channel
+
+
+def work_copy(image: np.ndarray, params: SegmentParams | None = None) -> WorkCopy:
+    """The frame's work copy (short side <= `params.work_side`) with its stain mask."""
+    p = params or SegmentParams()
+    h, w = image.shape[:2]
+    scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    mask, s = stain_mask(small, p)
+    return WorkCopy(small, scale, mask, s)
+
+
 def _ellipse(d: int) -> np.ndarray:
     d = max(3, int(d) | 1)
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
@@ -183,7 +205,7 @@ def _grow(box, margin: float, shape) -> tuple[int, int, int, int]:
 
 def segment(image: np.ndarray, params: SegmentParams | None = None,
             cell_fraction: float = DEFAULT_CELL_FRACTION, crop_side: int | None = None,
-            rbc_diameter: float | None = None) -> list[Detection]:
+            rbc_diameter: float | None = None, work: WorkCopy | None = None) -> list[Detection]:
     """All nucleated cells and platelets of an RGB uint8 frame, largest first.
 
     With `rbc_diameter` (the field's red-cell diameter in pixels, see `edge.ruler`) size limits
@@ -191,14 +213,14 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     only holds for frames framed like BCCD's and PBC's).
     Crops are scale-normalised (side = cell size / `cell_fraction`) unless `crop_side` fixes
     the side in pixels (the runtime passes a side of 3 red-cell diameters).
-    A frame without cells gives an empty list (not an error).
+    A frame without cells gives an empty list (not an error). `work`: this frame's
+    `work_copy` when the caller already made it (the ruler's), so it is not made twice.
     """
     p = params or SegmentParams()
     full_h, full_w = image.shape[:2]
-    scale = min(1.0, p.work_side / min(full_h, full_w)) if p.work_side else 1.0
-    if scale < 1.0:  # find cells on a smaller copy (cells are large); crops come from the full frame
-        image = cv2.resize(image, (max(1, round(full_w * scale)), max(1, round(full_h * scale))),
-                           interpolation=cv2.INTER_AREA)
+    if work is None:  # find cells on a smaller copy (cells are large); crops come from the full frame
+        work = work_copy(image, p)
+    image, scale = work.image, work.scale
     h, w = image.shape[:2]
     frame_area = float(h * w)
     short = min(h, w)
@@ -214,7 +236,7 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
         mask = otsu_binary(image)
         s = stain_channel(image, p.blur)
     else:
-        mask, s = stain_mask(image, p)
+        mask, s = work.mask, work.stain
     raw = mask
     # join the lobes of one nucleus (neutrophils) without joining neighbouring cells
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(p.close_fraction * short))
@@ -340,10 +362,11 @@ def _merge_pairs(dets: list[Detection], same_cell) -> list[Detection]:
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill the pale centres of red cells: background not connected to the frame border."""
     inv = (mask == 0).astype(np.uint8)
-    _, lab = cv2.connectedComponents(inv)
-    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    n, lab = cv2.connectedComponents(inv)
+    touches_border = np.zeros(n, bool)  # label -> reaches the frame border (a lookup, not np.isin)
+    touches_border[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
     out = mask.copy()
-    out[(inv > 0) & ~np.isin(lab, border)] = 255
+    out[(inv > 0) & ~touches_border[lab]] = 255
     return out
 
 
@@ -370,10 +393,10 @@ def extract_crop(image: np.ndarray, crop: tuple[int, int, int]) -> np.ndarray:
     h, w = image.shape[:2]
     x0, y0 = cx - side // 2, cy - side // 2
     x1, y1 = x0 + side, y0 + side
-    pad = max(0, -x0, -y0, x1 - w, y1 - h)
-    if pad:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    top, left, bottom, right = max(0, -y0), max(0, -x0), max(0, y1 - h), max(0, x1 - w)
+    if top or left or bottom or right:  # replicate the border of the window only, not of the frame
+        inside = image[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+        return cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_REPLICATE)
     return image[y0:y1, x0:x1]
 
 
