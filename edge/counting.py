@@ -25,7 +25,7 @@ import numpy as np
 
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.differential import Differential
-from hemaedge.edge.focus import FocusGate, is_grayscale
+from hemaedge.edge.focus import FocusGate, grey_small, is_grayscale
 from hemaedge.edge.identify import ERYTHROBLAST
 from hemaedge.edge.tracking import StageMotion, Tracker
 
@@ -64,17 +64,19 @@ class CountingSession:
                 log.warning("%s is grayscale: cells are found by their stain colour, so grey frames show none "
                             "(use a colour camera or colour images)", frame.name)
             self.grayscale_frames += 1
+        grey = None
         if self.one_slide:
             registered = self.motion.update(image)
+            grey = grey_small(image)  # one grey copy for the focus gate and the blank check
             if not registered and self._stage_started:
                 self.tracker.close_all()  # the new frame's place on the slide is unknown
             self._stage_started = True
             if self.gate is not None:
-                _, reason = self.gate.check(image, self.motion.last_move)
+                _, reason = self.gate.check(image, self.motion.last_move, grey)
                 if reason:
                     self.fields.add_field(reason)
                     return FrameResult.empty(len(self.classes), f"not classified: {reason}"), []
-        res = self.classifier.process(image)
+        res = self.classifier.process(image, grey=grey)
         if res.status.startswith("no cells:"):
             self.fields.add_field(res.status.split(" (")[0])
             return res, []

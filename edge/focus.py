@@ -22,7 +22,9 @@ FEATURELESS_STD = 3.0  # grey-level spread: a white, black or uniform field
 WORK_WIDTH = 320
 
 
-def _grey_small(image: np.ndarray) -> np.ndarray:
+def grey_small(image: np.ndarray) -> np.ndarray:
+    """The frame in grey, at most `WORK_WIDTH` wide: made once per frame and shared by the blank
+    check and the focus gate (stage motion uses its own, smaller copy)."""
     h, w = image.shape[:2]
     scale = min(1.0, WORK_WIDTH / max(1, w))
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
@@ -31,10 +33,15 @@ def _grey_small(image: np.ndarray) -> np.ndarray:
     return grey
 
 
-def blank_reason(image: np.ndarray) -> str | None:
-    """Why a frame shows nothing to count, or None when it may hold cells."""
-    grey = _grey_small(image)
-    mean, std = float(grey.mean()), float(grey.std())
+_grey_small = grey_small  # the old private name
+
+
+def blank_reason(image: np.ndarray, grey: np.ndarray | None = None) -> str | None:
+    """Why a frame shows nothing to count, or None when it may hold cells (`grey`: the frame's
+    `grey_small` copy when the caller has it)."""
+    grey = grey_small(image) if grey is None else grey
+    m, sd = cv2.meanStdDev(grey)  # one pass in OpenCV; numpy's mean + std take two
+    mean, std = float(m[0, 0]), float(sd[0, 0])
     if mean < DARK_BELOW:
         return f"frame is dark (mean grey {mean:.0f} of 255: lamp off or no signal)"
     if std < FEATURELESS_STD:
@@ -51,9 +58,9 @@ def is_grayscale(image: np.ndarray) -> bool:
     return int(np.abs(sub[..., 0] - sub[..., 1]).max()) <= 2 and int(np.abs(sub[..., 1] - sub[..., 2]).max()) <= 2
 
 
-def sharpness(image: np.ndarray) -> float:
+def sharpness(image: np.ndarray, grey: np.ndarray | None = None) -> float:
     """Variance of the Laplacian of a small grey copy (higher = sharper)."""
-    return float(cv2.Laplacian(_grey_small(image), cv2.CV_32F).var())
+    return float(cv2.Laplacian(grey_small(image) if grey is None else grey, cv2.CV_32F).var())
 
 
 class FocusGate:
@@ -71,9 +78,9 @@ class FocusGate:
         self.recent: deque = deque(maxlen=window)
         self.rejected: dict[str, int] = {}
 
-    def check(self, image: np.ndarray, motion_px: float = 0.0) -> tuple[float, str | None]:
+    def check(self, image: np.ndarray, motion_px: float = 0.0, grey: np.ndarray | None = None) -> tuple[float, str | None]:
         """(sharpness, reason the frame is unusable or None)."""
-        v = sharpness(image)
+        v = sharpness(image, grey)
         if len(self.recent) >= self.warmup:
             ref = float(np.median(self.recent))
             if v < self.ratio * ref:

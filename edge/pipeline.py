@@ -104,7 +104,8 @@ class CellClassifier:
             if (d.kind == "platelet" or d.size_ambiguous) and nucleated and self.mask_neighbours:
                 if fill is None:  # the smear's background colour: the brightest quarter's median
                     grey = image[::4, ::4].reshape(-1, 3)
-                    bright = grey[grey.sum(1) >= np.percentile(grey.sum(1), 75)]
+                    brightness = grey.sum(1, dtype=np.int32)
+                    bright = grey[brightness >= np.percentile(brightness, 75)]
                     fill = np.median(bright, axis=0).astype(np.uint8)
                 # never paint over the platelet itself (one lying on a white cell's box)
                 others = [b for b in nucleated
@@ -116,9 +117,10 @@ class CellClassifier:
     def decide(self, kind: str, prob_row) -> Decision:
         return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold)
 
-    def process(self, image: np.ndarray) -> FrameResult:
+    def process(self, image: np.ndarray, grey: np.ndarray | None = None) -> FrameResult:
+        """`grey`: the frame's `focus.grey_small` copy when the caller already made it."""
         t0 = time.perf_counter()
-        blank = blank_reason(image)
+        blank = blank_reason(image, grey)
         if blank:
             return FrameResult.empty(len(self.classes), f"no cells: {blank}",
                                      {"segment": (time.perf_counter() - t0) * 1e3})
