@@ -76,7 +76,8 @@ class CountingSession:
                 if reason:
                     self.fields.add_field(reason)
                     return FrameResult.empty(len(self.classes), f"not classified: {reason}"), []
-        res = self.classifier.process(image, grey=grey)
+        # the grey copy only when made (a classifier of a test or a plug-in may not take it)
+        res = self.classifier.process(image) if grey is None else self.classifier.process(image, grey=grey)
         if res.status.startswith("no cells:"):
             self.fields.add_field(res.status.split(" (")[0])
             return res, []

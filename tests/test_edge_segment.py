@@ -145,3 +145,38 @@ def test_red_cells_measure_the_magnification(bccd, pbc_raw_val):
     assert 50 <= pbc.diameter <= 85  # PBC: ~65 px; a BloodMNIST crop (200 px) is ~3 of them
     assert 75 <= bc.diameter <= 120  # BCCD: ~90-100 px (its RBC boxes are ~100 px)
     assert red_cell_diameter(np.full((100, 100, 3), 230, np.uint8)) is None
+
+
+SAMPLE_FRAMES = sorted((Path(__file__).resolve().parents[1] / "samples").rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("side", [9, 64, 300, 1500])
+def test_crop_off_the_frame_edge_replicates_the_border_as_a_padded_frame_would(side):
+    import cv2
+
+    img = read_image_rgb(SAMPLE_FRAMES[0])
+    h, w = img.shape[:2]
+    for cx, cy in [(0, 0), (w - 1, h - 1), (w // 2, 3), (5, h // 2), (w // 2, h // 2)]:
+        pad = side
+        padded = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0 = cx - side // 2 + pad, cy - side // 2 + pad
+        expected = padded[y0:y0 + side, x0:x0 + side]
+        got = extract_crop(img, (cx, cy, side))
+        assert got.shape == (side, side, 3)
+        assert np.array_equal(got, expected)
+
+
+def test_ruler_and_segmenter_sharing_one_work_copy_find_the_same_cells():
+    from hemaedge.edge.ruler import red_cell_diameter
+    from hemaedge.edge.segment import segment, work_copy
+
+    p = SegmentParams()
+    for path in SAMPLE_FRAMES[:4]:
+        img = read_image_rgb(path)
+        work = work_copy(img, p)
+        d = red_cell_diameter(img, p)
+        assert red_cell_diameter(img, p, work) == d
+        alone = segment(img, p, rbc_diameter=d)
+        shared = segment(img, p, rbc_diameter=d, work=work)
+        assert [(x.box, x.kind, x.area, x.score, x.crop) for x in alone] == \
+               [(x.box, x.kind, x.area, x.score, x.crop) for x in shared]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,13 +50,24 @@ def run_once(kind: str, source: str, frames: int, out: Path, pythonpath: str | N
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-c", RUN, *args], check=True, env=env, capture_output=True, text=True)
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     s = json.loads((out / "summary.json").read_text())
     lat = s["latency_ms"]
     return {"total_p50": lat["total"]["p50"], "total_p90": lat["total"]["p90"],
             "segment_p50": lat["segment"]["p50"], "inference_p50": lat["inference"]["p50"],
             "preprocess_p50": lat["preprocess"]["p50"], "fps": s["fps"], "peak_rss_mb": s["memory_mb"]["peak"],
-            "cells_per_frame": round(s["cells"] / max(1, s["frames"]), 2)}
+            "cells_per_frame": round(s["cells"] / max(1, s["frames"]), 2), "cpu_s": round(cpu_s, 3),
+            "frames_run": s["frames"]}
+
+
+def cpu_per_frame(run: dict, startup_cpu_s: float) -> float | None:
+    """CPU ms per frame of a whole run, its start-up (a 1-frame run's CPU time) taken off: far less
+    sensitive to the load of a shared machine than wall-clock latency."""
+    n = run.get("frames_run", 0) - 1
+    return round(1e3 * (run["cpu_s"] - startup_cpu_s) / n, 2) if n > 0 else None
 
 
 def to_markdown(r: dict) -> str:
@@ -63,13 +75,19 @@ def to_markdown(r: dict) -> str:
              f"Machine: {r['machine']}; load average at start {r['load_average']}  ",
              f"Frames: {r['frames']} of `{r['source']}` per run, {r['repeats']} runs per pipeline, interleaved. "
              "Absolute times are noisy on this shared machine; compare the rows, measured side by side.", "",
-             "| pipeline | total p50 ms (runs) | median of runs | segment p50 | preprocess p50 | inference p50 | frames/s | peak RSS MB | cells/frame |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "CPU ms/frame: the run's CPU time (user + system, all threads) less a 1-frame run's (start-up), "
+             "per frame after the first; it depends much less on the machine's load than the wall-clock p50.", "",
+             "| pipeline | total p50 ms (runs) | median of runs | segment p50 | preprocess p50 | inference p50 | frames/s | "
+             "CPU ms/frame | peak RSS MB | cells/frame |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, runs in r["pipelines"].items():
         med = lambda k: f"{np.median([x[k] for x in runs]):.2f}"
+        cpu = [x["cpu_ms_per_frame"] for x in runs if x.get("cpu_ms_per_frame") is not None]
+        cpu_med = lambda runs: f"{np.median(cpu):.2f}" if cpu else "-"
         each = " / ".join(f"{x['total_p50']:.1f}" for x in runs)
         lines.append(f"| {name} | {each} | {med('total_p50')} | "
                      f"{med('segment_p50')} | {med('preprocess_p50')} | {med('inference_p50')} | {med('fps')} | "
+                     f"{cpu_med(runs)} | "
                      f"{max(x['peak_rss_mb'] for x in runs):.1f} | {runs[0]['cells_per_frame']} |")
     return "\n".join(lines) + "\n"
 
@@ -87,16 +105,19 @@ def main(baseline_src, source, frames, repeats, out):
     res = {"before": [], "fields": [], "tracking": []}
     with tempfile.TemporaryDirectory(prefix="hemaedge-speed-") as tmp:
         base_path = str(baseline_package(baseline_src.resolve(), Path(tmp) / "pkg"))
+        startup = {name: run_once(name, source, 1, Path(tmp) / f"{name}-startup", base_path if name == "before" else None)["cpu_s"]
+                   for name in res}
         for k in range(repeats):
             for name in res:
                 r = run_once(name, source, frames, Path(tmp) / f"{name}-{k}", base_path if name == "before" else None)
+                r["cpu_ms_per_frame"] = cpu_per_frame(r, startup[name])
                 res[name].append(r)
                 click.echo(f"{name} run {k + 1}: total p50 {r['total_p50']} ms, peak {r['peak_rss_mb']} MB")
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
               "load_average": [round(v, 2) for v in load] if load else None,
               "command": f"python -m hemaedge.benchmarks.tools.counting_speed --baseline-src <checkout of main> "
                          f"--source {source} --frames {frames} --repeats {repeats}",
-              "source": source, "frames": frames, "repeats": repeats, "pipelines": res}
+              "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "counting_speed.json", json.dumps(report, indent=2))
     write_atomic(out / "counting_speed.md", to_markdown(report))
