@@ -35,17 +35,18 @@ class StageMotion:
         self.last_move = 0.0
         self.lost = 0  # frames where the move could not be measured (registration restarted)
 
-    def _small(self, image: np.ndarray) -> np.ndarray:
+    def _small(self, image: np.ndarray, grey: np.ndarray | None = None) -> np.ndarray:
         h, w = image.shape[:2]
         self._scale = min(1.0, WORK_WIDTH / w)
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if grey is None else grey
         if self._scale < 1.0:
             grey = cv2.resize(grey, (round(w * self._scale), round(h * self._scale)), interpolation=cv2.INTER_AREA)
         return grey.astype(np.float32)
 
-    def update(self, image: np.ndarray) -> bool:
-        """Feed the next frame; False when its move could not be measured (a new field starts)."""
-        cur = self._small(image)
+    def update(self, image: np.ndarray, grey: np.ndarray | None = None) -> bool:
+        """Feed the next frame; False when its move could not be measured (a new field starts).
+        `grey`: the full-size grey frame when the caller has it (made once per frame)."""
+        cur = self._small(image, grey)
         if self._prev is None or self._prev.shape != cur.shape:
             first = self._prev is None
             self._prev = cur
