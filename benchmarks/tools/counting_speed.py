@@ -73,6 +73,7 @@ def cpu_per_frame(run: dict, startup_cpu_s: float) -> float | None:
 def to_markdown(r: dict) -> str:
     lines = [f"# Whole `edge run` speed with the counting stages ({r['date']})", "", f"Command: `{r['command']}`  ",
              f"Machine: {r['machine']}; load average at start {r['load_average']}  ",
+             f"Baseline (*before*): commit {r.get('baseline_commit', 'not recorded')}, the pipeline before the counting stages.  ",
              f"Frames: {r['frames']} of `{r['source']}` per run, {r['repeats']} runs per pipeline, interleaved. "
              "Absolute times are noisy on this shared machine; compare the rows, measured side by side.", "",
              "CPU ms/frame: the run's CPU time (user + system, all threads) less a 1-frame run's (start-up), "
@@ -113,9 +114,11 @@ def main(baseline_src, source, frames, repeats, out):
                 r["cpu_ms_per_frame"] = cpu_per_frame(r, startup[name])
                 res[name].append(r)
                 click.echo(f"{name} run {k + 1}: total p50 {r['total_p50']} ms, peak {r['peak_rss_mb']} MB")
-    report = {"date": dt.date.today().isoformat(), "machine": machine(),
+    commit = subprocess.run(["git", "-C", str(baseline_src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    report = {"date": dt.date.today().isoformat(), "machine": machine(), "baseline_commit": commit,
               "load_average": [round(v, 2) for v in load] if load else None,
-              "command": f"python -m hemaedge.benchmarks.tools.counting_speed --baseline-src <checkout of main> "
+              "command": f"python -m hemaedge.benchmarks.tools.counting_speed --baseline-src <checkout of {commit}> "
                          f"--source {source} --frames {frames} --repeats {repeats}",
               "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res}
     out.mkdir(parents=True, exist_ok=True)
