@@ -87,7 +87,7 @@ class CellClassifier:
 
 
 def run(source, classifier: CellClassifier, recorder, *, annotator=None, preview=None, on_frame=None,
-        frames_iter=None, model_info: dict | None = None, load_s: float | None = None) -> dict:
+        frames_iter=None, model_info: dict | None = None, load_s: float | None = None, crops=None) -> dict:
     """Process every frame of `source` (or of `frames_iter`, e.g. a limited view of it).
 
     Returns the summary, which is also written by `recorder.finish`; Ctrl-C ends the run the
@@ -112,6 +112,8 @@ def run(source, classifier: CellClassifier, recorder, *, annotator=None, preview
             res.timings_ms["total"] = (time.perf_counter() - t_cap) * 1e3
             row = recorder.record(frame, res.detections, res.labels, res.confidences, res.timings_ms,
                                   memory.current_mb())
+            if crops is not None:
+                crops.save(frame, res.detections, res.confidences)
             if first_result_s is None:
                 first_result_s = seconds_since_process_start()
             if annotator is not None:
@@ -145,6 +147,7 @@ def run(source, classifier: CellClassifier, recorder, *, annotator=None, preview
         segmentation={"crop_mode": classifier.crop_mode, "cell_fraction": classifier.cell_fraction,
                       "crop_side": classifier.crop_side, "rbc_factor": classifier.rbc_factor,
                       "red_cell_diameter_px": classifier.magnification.diameter, **classifier.params.to_dict()},
+        **({"crops": crops.summary()} if crops is not None else {}),
         pid=os.getpid(),
         started_utc=started,
         command=" ".join(["hemaedge", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("hemaedge") else " ".join(sys.argv),

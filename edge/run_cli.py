@@ -80,6 +80,9 @@ def _signals_end_the_run():
 @click.option("--no-platelets", is_flag=True, help="Detect nucleated cells only.")
 @click.option("--review-threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1),
               help="Cells classified with lower confidence are flagged for human review.")
+@click.option("--save-crops", type=click.Choice(["all", "flagged"]),
+              help="Save each cell's crop (as the model saw it) and a wider context view under OUT/crops and "
+                   "OUT/context: for every cell, or only those flagged for review (for `hemaedge review`).")
 @click.option("--fsync", is_flag=True, help="fsync the logs after every frame (survives power loss; slower on SD cards).")
 @click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write annotated frames (JPEG) here.")
 @click.option("--annotate-video", type=click.Path(path_type=Path), help="Write an annotated video (.mp4) here.")
@@ -94,7 +97,7 @@ def _signals_end_the_run():
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, threads, fps, max_frames, loop, method, crop_mode, rbc_factor, cell_fraction, crop_side, no_platelets,
-        review_threshold,
+        review_threshold, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet):
     """Segment and classify every cell of each frame; record latency, memory and counts.
 
@@ -130,6 +133,11 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                                 cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
                                 rbc_factor=rbc_factor)
     recorder = Recorder(out, mdl.classes, review_threshold=review_threshold, fsync=fsync)
+    crop_saver = None
+    if save_crops:
+        from hemaedge.edge.crops import CropSaver
+
+        crop_saver = CropSaver(out, mdl.contract.size, save_crops, review_threshold=review_threshold, fsync=fsync)
     annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
         if (annotate_dir or annotate_video) else None
     window = None
@@ -152,7 +160,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     try:
         summary = run_pipeline(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
                                frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
-                               load_s=load_s)
+                               load_s=load_s, crops=crop_saver)
     finally:
         bar.close()
     click.echo(format_summary(summary))
