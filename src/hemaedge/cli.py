@@ -22,6 +22,8 @@ GROUPS = {
     "edge": ("hemaedge.edge.cli:edge", "edge", ()),
     "bench": ("hemaedge.benchmarks.cli:bench", "edge", ()),
     "deploy": ("hemaedge.deploy_cli:deploy", "edge", ()),
+    "review": ("hemaedge.review.cli:review", "review", ("starlette", "uvicorn", "jinja2")),
+    "report": ("hemaedge.report_cli:report", "review", ("jinja2", "reportlab")),
 }
 
 HELP = {
@@ -31,6 +33,8 @@ HELP = {
     "edge": "The device runtime: run on frames, verify and manage installed model bundles.",
     "bench": "Size / latency / accuracy / memory tables and plots.",
     "deploy": "Push a bundle to one or more devices over SSH and install it there.",
+    "review": "Review a run's cells in a local web page and correct them (corrections.csv).",
+    "report": "The corrected differential of a run as HTML and PDF, with its inputs' checksums.",
 }
 
 
