@@ -1,0 +1,73 @@
+"""`hemaedge report RUN_DIR` on a real, corrected run: counts and intervals after corrections,
+the corrections, the model's digest, the inputs' sha256; never over an existing report."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("reportlab")
+pypdf = pytest.importorskip("pypdf")
+
+from review_helpers import sample_run, sample_run_master  # noqa: F401,E402  (fixtures)
+from hemaedge.cli import main  # noqa: E402
+from hemaedge.edge.defaults import packaged_default_bundle  # noqa: E402
+from hemaedge.edge.store import manifest_digest  # noqa: E402
+from hemaedge.review.rundata import NOT_A_CELL, RunReview, wilson_interval  # noqa: E402
+
+
+def report(*args):
+    return CliRunner().invoke(main, ["report", *map(str, args)])
+
+
+def pdf_text(path) -> str:
+    return "\n".join(p.extract_text() for p in pypdf.PdfReader(str(path)).pages)
+
+
+def test_report_of_a_corrected_run(sample_run):
+    run = RunReview.open(sample_run)
+    a, b = run.cells[0], run.cells[1]
+    run.correct(a.key, "basophil", reviewer="AT")
+    run.correct(b.key, NOT_A_CELL, reviewer="AT")
+    res = report(sample_run)
+    assert res.exit_code == 0, res.output
+    text = pdf_text(sample_run / "report.pdf")
+    html = (sample_run / "report.html").read_text()
+    n = len(run.cells) - 1
+    k = sum(c.current == "basophil" for c in run.cells)
+    lo, hi = wilson_interval(k, n)
+    for doc in (text, html):
+        doc = " ".join(doc.split())
+        assert f"{n} cells counted" in doc and "1 marked" in doc
+        assert f"{100 * lo:.1f}" in doc and f"{100 * hi:.1f}" in doc
+        flat = doc.replace(" ", "")
+        assert manifest_digest(packaged_default_bundle()) in flat
+        assert hashlib.sha256((sample_run / "cells.csv").read_bytes()).hexdigest() in flat
+        assert hashlib.sha256((sample_run / "corrections.csv").read_bytes()).hexdigest() in flat
+        assert "AT" in doc
+    assert f"{a.model_class} ({a.confidence:.2f})" in html and a.key in html
+    # self-contained: images are inline, nothing is fetched from elsewhere
+    assert not re.search(r'src="(?!data:)', html)
+    unid = [c for c in RunReview.open(sample_run).cells if c.flagged and not c.reviewed and c.current != NOT_A_CELL]
+    assert html.count('src="data:image/png;base64,') == len(unid) > 0
+
+
+def test_existing_report_is_never_overwritten_silently(sample_run, tmp_path):
+    assert report(sample_run).exit_code == 0
+    before = (sample_run / "report.pdf").read_bytes()
+    RunReview.open(sample_run).correct(RunReview.open(sample_run).cells[0].key, "eosinophil")
+    res = report(sample_run)
+    assert res.exit_code == 2 and "already exist" in res.output and "Traceback" not in res.output
+    assert (sample_run / "report.pdf").read_bytes() == before
+    assert report(sample_run, "--out", tmp_path / "second").exit_code == 0
+    assert (tmp_path / "second" / "report.html").is_file()
+    assert report(sample_run, "--force").exit_code == 0
+    assert (sample_run / "report.pdf").read_bytes() != before
+    assert not list(sample_run.glob(".report*"))
+
+
+def test_report_of_something_that_is_not_a_run(tmp_path):
+    res = report(tmp_path)
+    assert res.exit_code == 2 and "cells.csv" in res.output
