@@ -439,10 +439,14 @@ def export_bundle(out: Path, classes, new: Cells, replay: Cells, pbc_src, cfg: A
     rng = np.random.default_rng(cfg.seed + 7)
     pool = np.concatenate([new.images, replay.images]) if len(replay) else new.images
     calib = [pool[i] for i in np.sort(rng.permutation(len(pool))[:cfg.calib_count])]
-    parity = ParityData(pbc_src, classes, splits=("val",), limit=cfg.eval_limit, seed=cfg.seed) if pbc_src else None
+    # eval_limit is per class elsewhere; the export's parity reader takes a total
+    limit = cfg.eval_limit * len(classes) if cfg.eval_limit else None
+    parity = ParityData(pbc_src, classes, splits=("val",), limit=limit, seed=cfg.seed) if pbc_src else None
     row = export_one(BUNDLE_FORMAT, source, out / "bundle", parity_data=parity, calib_images=calib,
                      calib_info={"images": len(calib), "from": "new training cells + replay sample"},
                      manifest_extra={"adaptation": provenance}, log=logf)
     provenance["bundle"] = {"format": BUNDLE_FORMAT, "status": row.get("status"),
-                            "pbc_val_accuracy_int8": row.get("val_accuracy"), "size_mb": row.get("size_mb")}
+                            "pbc_val_accuracy_int8": row.get("val_accuracy"),
+                            "pbc_val_n_int8": int(len(parity.data("val")[1])) if parity else 0,
+                            "size_mb": row.get("size_mb")}
     return {"path": str(out / "bundle"), **provenance["bundle"]}
