@@ -54,8 +54,9 @@ def cell_key(frame, cell) -> str:
 
 
 def _cell_id(row: dict) -> int:
-    # The counting work adds stable cell_id / track_id columns; until then the index within the frame.
-    for col in ("track_id", "cell_id", "cell"):
+    # The id the crop files are named by (edge.crops): the cell's index within its frame, as
+    # CropSaver numbers it; a run without that column falls back to its cell_id / track_id.
+    for col in ("cell", "cell_id", "track_id"):
         if row.get(col) not in (None, ""):
             return int(float(row[col]))
     raise ValueError("no cell column")
