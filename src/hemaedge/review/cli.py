@@ -41,5 +41,8 @@ def review(run_dir, host, port, token, reviewer):
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     click.echo(f"{run_dir}: {len(run.cells)} cells, {sum(c.crop is not None for c in run.cells)} with crops, "
                f"{len(run.log)} corrections so far")
+    if run.cells and not any(c.crop for c in run.cells):
+        click.echo("note: this run saved no crops; re-run `hemaedge edge run` with --save-crops all to see the cells",
+                   err=True)
     click.echo(f"review page: {url}   (Ctrl-C to stop; corrections are saved as you make them)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
