@@ -1,7 +1,8 @@
 """Review page benchmark: page load with ~500 cells in headless Chromium, and reviewer effort.
 
-    python -m hemaedge.review.bench --cells 500 --out benchmarks/results/review_page_load.md \
-        [--screenshot docs/review.png]
+    python -m hemaedge.review.bench --cells 500 --out benchmarks/results/review_page_load.md
+    python -m hemaedge.review.bench --cells 17 --repeats 1 --corrections 3 --out /tmp/shot.md \
+        --screenshot docs/review.png          # the screenshot in docs/review.md
 
 1. A real run: `hemaedge edge run --source samples --loop --save-crops all` with the packaged
    default bundle until it has at least --cells cells.
@@ -107,9 +108,20 @@ def measure(run: Path, repeats: int, corrections: int, screenshot: Path | None) 
                 page.keyboard.press("c")
                 page.wait_for_timeout(300)
                 page.screenshot(path=str(screenshot))
+                _shrink_png(screenshot)
         finally:
             browser.close()
     return res
+
+
+def _shrink_png(path: Path) -> None:
+    """128-colour palette PNG (a quarter the size) for the docs, where Pillow is installed."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    im = Image.open(path).convert("RGB")
+    im.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def table(res: dict, command: str) -> str:
