@@ -99,6 +99,9 @@ def test_adapt_from_a_tree_exports_a_bundle_with_provenance(base_model, pbc_smal
     assert probs.shape == (4, 8) and np.allclose(probs.sum(1), 1, atol=1e-3)
     # the held-out cells were never trained on: only the trainable tail changed
     assert p["training"]["trainable_parameters"] < p["training"]["parameters"]
+    # `hemaedge edge install` takes it like any bundle
+    res = CliRunner().invoke(main, ["edge", "install", str(out / "bundle"), "--store", str(tmp_path / "store")])
+    assert res.exit_code == 0, res.output
 
 
 def test_adapt_from_a_reviewed_run_uses_only_reviewed_cells(base_model, sample_run, tmp_path):
