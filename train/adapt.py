@@ -52,7 +52,7 @@ class AdaptConfig:
     batch_size: int = 32
     lr: float = 3e-4
     seed: int = 0
-    eval_limit: int | None = None      # at most this many images per class of PBC val / tests
+    eval_limit: int | None = None      # at most this many images per class of PBC val (quick runs)
     calib_count: int = 128
     export: bool = True
     run_cells: str = "reviewed"        # from runs: "reviewed" cells only, or "all" (model labels kept)
@@ -335,8 +335,12 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
 # ----------------------------------------------------------------------------- entry point
 
 
-def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None) -> dict:
-    """Run one adaptation; writes OUT/model.keras, model.json, adapt.json and OUT/bundle (int8)."""
+def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_cache: dict | None = None) -> dict:
+    """Run one adaptation; writes OUT/model.keras, model.json, adapt.json and OUT/bundle (int8).
+
+    `before_cache` (a dict kept by the caller) remembers the base model's accuracy on PBC val and
+    the test sets between adaptations of the same base, which a series of runs need only once.
+    """
     import keras
 
     from hemaedge.edge.atomic import atomic_write_json
@@ -371,15 +375,21 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None) -> dict:
     pbc_val = reference_split(open_reference(pbc_src, classes), "val", classes, size, cfg.eval_limit, cfg.seed) \
         if pbc_src else None
     tests = {Path(t).name: load_new_cells([t], classes, size, "reviewed") for t in cfg.test}
-    if cfg.eval_limit:
-        tests = {k: v.subset(_per_class(v.labels, cfg.eval_limit, cfg.seed)) for k, v in tests.items()}
 
     model = source.model
+    cache = before_cache if before_cache is not None else {}
+
+    def base_accuracy(name, cells_):
+        key = (source.sha256, name, cfg.eval_limit, cfg.seed, len(cells_))
+        if key not in cache:
+            cache[key] = _named(accuracy(model, cells_, contract), classes)
+        return cache[key]
+
     before = {"held_out": _named(accuracy(model, held, contract), classes)}
     if pbc_val is not None:
-        before["pbc_val"] = _named(accuracy(model, pbc_val, contract), classes)
+        before["pbc_val"] = base_accuracy(f"pbc_val:{pbc_src}", pbc_val)
     for k, v in tests.items():
-        before[f"test:{k}"] = _named(accuracy(model, v, contract), classes)
+        before[f"test:{k}"] = base_accuracy(f"test:{k}", v)
     logf("before: " + ", ".join(f"{k} {v['accuracy']}" for k, v in before.items()))
 
     trainable = set_trainable(model, cfg.blocks)
@@ -423,11 +433,6 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None) -> dict:
     atomic_write_json(out / "adapt.json", result)
     keras.backend.clear_session()
     return result
-
-
-def _per_class(labels, n, seed):
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:n] for k in np.unique(labels)]))
 
 
 def export_bundle(out: Path, classes, new: Cells, replay: Cells, pbc_src, cfg: AdaptConfig, provenance: dict, logf):

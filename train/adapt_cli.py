@@ -33,7 +33,7 @@ from hemaedge.edge.cli_support import user_errors
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--lr", type=float, default=3e-4, help="Adam learning rate.")
 @click.option("--seed", type=int, default=0)
-@click.option("--eval-limit", type=click.IntRange(1), help="At most N images per class of PBC val / --test (quick runs).")
+@click.option("--eval-limit", type=click.IntRange(1), help="At most N images per class of PBC val (quick runs).")
 @click.option("--run-cells", type=click.Choice(["reviewed", "all"]), default="reviewed",
               help="From run folders: only cells the reviewer corrected or confirmed, or all (model's labels).")
 @click.option("--no-export", is_flag=True, help="Skip the int8 bundle (model.keras only).")
