@@ -183,3 +183,25 @@ def test_corrections_survive_kill_9_of_the_server(sample_run):
     assert all(run.by_key[k].current == "monocyte" for k in keys)
     with open(sample_run / "corrections.csv", newline="") as fh:
         assert len(list(csv.reader(fh))) == 4
+
+
+def test_cli_requires_a_token_off_localhost(sample_run, monkeypatch):
+    """Bound to another address, the server gets a random token, printed in its URL."""
+    import uvicorn
+    from click.testing import CliRunner
+
+    from hemaedge.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    res = CliRunner().invoke(main, ["review", str(sample_run), "--host", "192.0.2.10", "--port", "8123"])
+    assert res.exit_code == 0, res.output
+    token = re.search(r"\?token=([\w-]+)", res.output).group(1)
+    assert len(token) >= 20 and seen["host"] == "192.0.2.10" and seen["port"] == 8123
+    c = TestClient(seen["app"], base_url="http://192.0.2.10:8123")
+    assert c.get("/").status_code == 403
+    assert c.get(f"/?token={token}").status_code == 200
+    # on localhost no token is needed (and none is printed)
+    res = CliRunner().invoke(main, ["review", str(sample_run)])
+    assert "token=" not in res.output and seen["host"] == "127.0.0.1"
+    assert TestClient(seen["app"], base_url=BASE).get("/").status_code == 200
