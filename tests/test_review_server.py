@@ -205,3 +205,14 @@ def test_cli_requires_a_token_off_localhost(sample_run, monkeypatch):
     res = CliRunner().invoke(main, ["review", str(sample_run)])
     assert "token=" not in res.output and seen["host"] == "127.0.0.1"
     assert TestClient(seen["app"], base_url=BASE).get("/").status_code == 200
+
+
+def test_review_and_report_say_which_extra_is_missing(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import hemaedge.cli as cli
+
+    monkeypatch.setattr(cli, "missing_modules", lambda mods: list(mods)[:1])
+    for cmd in ("review", "report"):
+        res = CliRunner().invoke(cli.main, [cmd, str(tmp_path)])
+        assert res.exit_code == 2 and "hemaedge[review]" in res.output, res.output
