@@ -22,6 +22,7 @@ import numpy as np
 from hemaedge.edge.atomic import atomic_write_bytes
 from hemaedge.edge.errors import UsageError
 from hemaedge.edge.preprocess import resize
+from hemaedge.edge.runloop import FrameObserver
 from hemaedge.edge.segment import extract_crop
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,15 @@ def context_view(image: np.ndarray, crop: tuple[int, int, int], factor: float = 
     return resize(view, min(side, wide))
 
 
-class CropSaver:
+class CropSaver(FrameObserver):
     """Writes crops (and context views) of the cells of each frame: all of them, or the flagged ones.
 
     `size` is the model's input side (the crop as the model saw it); `review_threshold` is the
-    run's: a cell below it is flagged, exactly as cells.csv marks it.
+    run's: a cell below it is flagged, exactly as cells.csv marks it. As a run-loop observer it
+    adds a "crops" part to summary.json. An existing file is never replaced (it is counted).
     """
+
+    name = "crops"
 
     def __init__(self, out_dir, size: int, mode: str = "all", review_threshold: float = 0.6,
                  context: bool = True, fsync: bool = False):
@@ -96,6 +100,9 @@ class CropSaver:
             if not self.wanted(conf):
                 continue
             name = crop_name(frame.index, cid)
+            if (self.out / CROPS_DIR / name).exists():
+                self._failed(name, "exists already (not replaced)")
+                continue
             try:
                 crop = resize(extract_crop(frame.image, det.crop), self.size)
                 atomic_write_bytes(self.out / CROPS_DIR / name, encode_png(crop), fsync=self.fsync)
@@ -103,14 +110,24 @@ class CropSaver:
                     atomic_write_bytes(self.out / CONTEXT_DIR / name,
                                        encode_png(context_view(frame.image, det.crop)), fsync=self.fsync)
             except (OSError, ValueError, cv2.error) as exc:
-                self.failed += 1
-                if len(self.errors) < 20:
-                    self.errors.append(f"{name}: {exc}")
-                log.warning("crop %s not saved: %s", name, exc)
+                self._failed(name, exc)
                 continue
             written += 1
         self.saved += written
         return written
+
+    def _failed(self, name: str, why) -> None:
+        self.failed += 1
+        if len(self.errors) < 20:
+            self.errors.append(f"{name}: {why}")
+        log.warning("crop %s not saved: %s", name, why)
+
+    # run-loop observer
+    def on_frame(self, frame, result, row):
+        self.save(frame, result.detections, result.confidences)
+
+    def summary_part(self) -> dict:
+        return {"crops": self.summary()}
 
     def summary(self) -> dict:
         return {"mode": self.mode, "saved": self.saved, "failed": self.failed, "folder": CROPS_DIR,

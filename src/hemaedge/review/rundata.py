@@ -66,7 +66,7 @@ def read_cells(run_dir: Path) -> list[Cell]:
     path = run_dir / "cells.csv"
     if not path.is_file():
         raise DataError(f"{run_dir}: no cells.csv; is this the output folder of `hemaedge edge run`?")
-    cells = []
+    cells, seen = [], set()
     with open(path, encoding="utf-8", newline="") as fh:
         for n, row in enumerate(csv.DictReader(fh), start=2):
             try:
@@ -79,6 +79,10 @@ def read_cells(run_dir: Path) -> list[Cell]:
             crop = name if (run_dir / CROPS_DIR / name).is_file() else None
             context = name if (run_dir / CONTEXT_DIR / name).is_file() else None
             review = str(row.get("review", "0")).strip() in ("1", "True", "true")
+            if cell_key(frame, cid) in seen:
+                raise DataError(f"{path}: cell {cell_key(frame, cid)} is listed twice (a run continued with "
+                                "--append?); review each run in its own folder")
+            seen.add(cell_key(frame, cid))
             cells.append(Cell(cell_key(frame, cid), frame, cid, row.get("name", ""), row.get("kind", ""),
                               label, conf, review, crop, context, current=label))
     return cells
