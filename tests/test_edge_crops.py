@@ -103,3 +103,22 @@ def test_flagged_threshold_and_bad_mode(tmp_path):
 
     with pytest.raises(UsageError):
         CropSaver(tmp_path, 16, "some")
+
+
+def test_crops_with_append_are_refused(sample_run_master, tmp_path):
+    from click.testing import CliRunner
+
+    from hemaedge.cli import main
+    from review_helpers import SAMPLES
+
+    res = CliRunner().invoke(main, ["edge", "run", "--source", str(SAMPLES), "--out", str(tmp_path / "r"),
+                                    "--append", "--save-crops", "all", "-q"])
+    assert res.exit_code == 2 and "--append" in res.output and not (tmp_path / "r" / CROPS_DIR).exists()
+
+
+def test_an_existing_crop_is_never_replaced(tmp_path):
+    saver = CropSaver(tmp_path, 16, "all")
+    frame = _Frame(np.zeros((40, 40, 3), np.uint8), index=0)
+    (tmp_path / CROPS_DIR / crop_name(0, 0)).write_bytes(b"earlier")
+    assert saver.save(frame, [_Det((20, 20, 10))], [0.9]) == 0
+    assert saver.failed == 1 and (tmp_path / CROPS_DIR / crop_name(0, 0)).read_bytes() == b"earlier"

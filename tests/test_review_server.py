@@ -216,3 +216,13 @@ def test_review_and_report_say_which_extra_is_missing(monkeypatch, tmp_path):
     for cmd in ("review", "report"):
         res = CliRunner().invoke(cli.main, [cmd, str(tmp_path)])
         assert res.exit_code == 2 and "hemaedge[review]" in res.output, res.output
+
+
+def test_a_run_listing_a_cell_twice_is_refused(sample_run):
+    from hemaedge.edge.errors import DataError
+
+    with open(sample_run / "cells.csv", encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    (sample_run / "cells.csv").write_text("\n".join([*lines, lines[1]]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="listed twice"):
+        RunReview.open(sample_run)
