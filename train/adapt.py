@@ -154,7 +154,7 @@ class Cells:
 
 
 def _tree_cells(root: Path, classes: list[str], size: int) -> tuple[list, list, dict]:
-    from hemaedge.train.datasets import _read_files, _scan_flat_tree
+    from hemaedge.train.data.readers import _read_files, _scan_flat_tree
 
     if (root / "train").is_dir():
         root = root / "train"  # a split tree: only its train split is for adapting
@@ -220,7 +220,7 @@ def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
 
 def open_reference(path, classes: list[str]):
     """The original training data (replay, PBC val): its classes must be the base model's."""
-    from hemaedge.train.datasets import open_dataset
+    from hemaedge.train.data import open_dataset
 
     ds = open_dataset(path)
     missing = [c for c in ds.classes if c not in classes]
