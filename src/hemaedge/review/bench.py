@@ -156,6 +156,11 @@ def table(res: dict, command: str) -> str:
         f"| one correction, key press -> saved in corrections.csv -> counts shown, median / max | "
         f"{med(res['correction_ms']):.0f} / {max(res['correction_ms']):.0f} ms |",
         "",
+        "Key presses: each press of a class key corrects the selected cell and selects the next one, so a "
+        "correction costs one key when the cells to correct come one after another (flagged cells are shown "
+        "first, lowest confidence first); passing over a cell that is right costs one more key (its class "
+        "key, which also records it as confirmed, or an arrow key).",
+        "",
     ])
 
 
