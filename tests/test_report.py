@@ -71,3 +71,39 @@ def test_existing_report_is_never_overwritten_silently(sample_run, tmp_path):
 def test_report_of_something_that_is_not_a_run(tmp_path):
     res = report(tmp_path)
     assert res.exit_code == 2 and "cells.csv" in res.output
+
+
+def test_signed_report_checks_out_and_catches_changes(sample_run, tmp_path):
+    pytest.importorskip("nacl")
+    import json
+
+    from hemaedge.edge.signing import new_key_pair
+
+    key, pub = new_key_pair(tmp_path / "keys", "lab")
+    other_key, other_pub = new_key_pair(tmp_path / "keys", "other")
+    RunReview.open(sample_run).correct(RunReview.open(sample_run).cells[0].key, "monocyte")
+    res = report(sample_run, "--sign", key, "--reviewer", "AT")
+    assert res.exit_code == 0, res.output
+    record = json.loads((sample_run / "report.json").read_text())
+    assert record["signature"]["algorithm"] == "ed25519" and set(record["documents"]) == {"report.html", "report.pdf"}
+    assert record["signature"]["key_id"] in " ".join(pdf_text(sample_run / "report.pdf").split())
+    ok = report(sample_run, "--check", "--key", pub)
+    assert ok.exit_code == 0 and "signature valid" in ok.output
+    # signed by another key
+    bad = report(sample_run, "--check", "--key", other_pub)
+    assert bad.exit_code == 2 and "does not trust" in bad.output
+    # the record edited after signing (a count changed)
+    record["differential"]["cells"] += 1
+    (sample_run / "report.json").write_text(json.dumps(record))
+    bad = report(sample_run, "--check", "--key", pub)
+    assert bad.exit_code == 2 and "does not match" in bad.output
+    # a new correction after the report: the inputs no longer match
+    assert report(sample_run, "--force", "--sign", key).exit_code == 0
+    RunReview.open(sample_run).correct(RunReview.open(sample_run).cells[1].key, "monocyte")
+    bad = report(sample_run, "--check", "--key", pub)
+    assert bad.exit_code == 2 and "corrections.csv changed" in bad.output
+    # the PDF replaced
+    assert report(sample_run, "--force", "--sign", key).exit_code == 0
+    (sample_run / "report.pdf").write_bytes(b"%PDF-1.4 forged")
+    bad = report(sample_run, "--check")
+    assert bad.exit_code == 2 and "report.pdf differs" in bad.output

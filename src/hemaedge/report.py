@@ -128,7 +128,10 @@ def render_pdf(data: dict, path: Path) -> None:
         story.append(Table([pics[i:i + 7] for i in range(0, len(pics), 7)], hAlign="LEFT"))
     else:
         story.append(P("None (or no crops saved: run with --save-crops)."))
-    story += [Paragraph("Inputs", styles["Heading2"])]
+    story += [Paragraph("Inputs", styles["Heading2"]),
+              P((f"Signed with key {data['signed_by']}: the signature is in report.json next to this file."
+                 if data.get("signed_by") else "Not signed.")
+                + " report.json lists the sha256 of this document, of the HTML and of every input.", small)]
     story += [P(f"{i['file']}  {i['bytes']} bytes  sha256 {i['sha256']}", mono) for i in data["inputs"]]
     doc = SimpleDocTemplate(str(path), pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm,
                             topMargin=14 * mm, bottomMargin=14 * mm, title=f"hemaedge report {data['run_name']}",
@@ -136,13 +139,19 @@ def render_pdf(data: dict, path: Path) -> None:
     doc.build(story)
 
 
-def write_report(run_dir, out_dir=None, *, reviewer: str = "", force: bool = False) -> list[Path]:
-    """Write report.html and report.pdf (into RUN_DIR unless out_dir); never over an existing one unless forced."""
-    from hemaedge.edge.atomic import atomic_write_bytes, atomic_write_text
+REPORT_FORMAT = "hemaedge-report"
+
+
+def write_report(run_dir, out_dir=None, *, reviewer: str = "", force: bool = False, sign_key=None) -> list[Path]:
+    """Write report.html, report.pdf and report.json (into RUN_DIR unless out_dir); never over an
+    existing report unless forced. report.json lists the sha256 of both documents and of every
+    input; with `sign_key` (edge.signing.SigningKey) it carries an Ed25519 signature over that list."""
+    from hemaedge.edge.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
     data = report_data(run_dir, reviewer)
+    data["signed_by"] = sign_key.key_id if sign_key is not None else None
     out = Path(out_dir or run_dir)
-    targets = [out / "report.html", out / "report.pdf"]
+    targets = [out / "report.html", out / "report.pdf", out / "report.json"]
     existing = [str(p) for p in targets if p.exists()]
     if existing and not force:
         raise OutputError(f"{', '.join(existing)} already exist(s): pass --out to write elsewhere, "
@@ -155,4 +164,46 @@ def write_report(run_dir, out_dir=None, *, reviewer: str = "", force: bool = Fal
     finally:
         tmp_pdf.unlink(missing_ok=True)
     atomic_write_text(targets[0], render_html(data))
+    record = {"format": REPORT_FORMAT, "run": data["run"], "created_utc": data["created_utc"],
+              "reviewer": data["reviewer"], "model": data["model"], "bundle_digest": data["bundle_digest"],
+              "documents": {p.name: sha256_file(p) for p in targets[:2]},
+              "inputs": {i["file"]: i["sha256"] for i in data["inputs"]},
+              "differential": data["differential"]}
+    if sign_key is not None:
+        from hemaedge.edge.signing import sign_manifest
+
+        record = sign_manifest(record, sign_key)
+    atomic_write_json(targets[2], record)
     return targets
+
+
+def check_report(report_dir, public_key_path=None, run_dir=None) -> list[str]:
+    """Problems with a report (empty = it checks out): its documents' digests, the signature (when a
+    public key is given) and, when the run folder is at hand, whether its inputs changed since."""
+    import json
+
+    from hemaedge.edge.errors import BundleError, DataError
+    from hemaedge.edge.signing import check_signature, read_public_key
+
+    path = Path(report_dir) / "report.json"
+    if not path.is_file():
+        raise DataError(f"{report_dir}: no report.json (make the report with `hemaedge report RUN_DIR`)")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    problems = []
+    for name, digest in (record.get("documents") or {}).items():
+        doc = Path(report_dir) / name
+        if not doc.is_file() or sha256_file(doc) != digest:
+            problems.append(f"{name} differs from the one the report recorded (changed or missing)")
+    if public_key_path is not None:
+        pub = read_public_key(public_key_path)
+        try:
+            check_signature(record, {pub.key_id: pub})
+        except BundleError as exc:
+            problems.append(str(exc).replace("the bundle", "the report").replace("bundle", "report"))
+    run = Path(run_dir or record.get("run") or "")
+    if run_dir is not None or run.is_dir():
+        for name, digest in (record.get("inputs") or {}).items():
+            f = run / name
+            if not f.is_file() or sha256_file(f) != digest:
+                problems.append(f"{f} changed since the report was made (e.g. more corrections): make a new report")
+    return problems
