@@ -39,7 +39,7 @@ def labelled_run(bccd: Path, split: str, work: Path, bundle=None) -> tuple[Path,
     """Run the edge pipeline on one split's frames and 'review' it from the annotations."""
     from click.testing import CliRunner
 
-    from hemaedge.benchmarks.segmentation_bccd import read_voc
+    from hemaedge.benchmarks.tools.segmentation_bccd import read_voc
     from hemaedge.cli import main
     from hemaedge.review.rundata import RunReview
 
