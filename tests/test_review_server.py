@@ -226,3 +226,20 @@ def test_a_run_listing_a_cell_twice_is_refused(sample_run):
     (sample_run / "cells.csv").write_text("\n".join([*lines, lines[1]]) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="listed twice"):
         RunReview.open(sample_run)
+
+
+def test_cells_the_run_did_not_count_stay_out_of_the_differential(sample_run):
+    """A run that marks cells as not counted (a `counted` column, e.g. cut by the frame edge)."""
+    import csv as _csv
+
+    with open(sample_run / "cells.csv", newline="", encoding="utf-8") as fh:
+        rows = list(_csv.DictReader(fh))
+    for i, r in enumerate(rows):
+        r["counted"] = "0" if i < 2 else "1"
+    with open(sample_run / "cells.csv", "w", newline="", encoding="utf-8") as fh:
+        w = _csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    d = RunReview.open(sample_run).differential()
+    assert d["cells"] == len(rows) - 2 and d["not_counted"] == 2
+    assert sum(r["count"] for r in d["rows"]) == len(rows) - 2

@@ -103,6 +103,7 @@ def render_pdf(data: dict, path: Path) -> None:
              P(f"{d['cells']} cells counted; {d['flagged']} flagged by the model (confidence below "
                f"{data['review_threshold']}), {d['flagged_unreviewed']} of them not reviewed; "
                f"{d['unidentified']} unidentified; {d['not_a_cell']} marked 'not a cell'; "
+               f"{d['not_counted']} not counted by the run; "
                f"{d['changed']} cells changed by {d['corrections']} reviewer actions."),
              Spacer(1, 3 * mm)]
     rows = [["class", "count", "%", "95% interval (%)", "flagged"]]

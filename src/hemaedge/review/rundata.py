@@ -42,6 +42,7 @@ class Cell:
     context: str | None
     current: str = ""  # class after the reviewer's corrections
     reviewed: bool = False
+    counted: bool = True  # False: the run left it out of the differential (e.g. cut by the frame edge)
 
     def to_dict(self) -> dict:
         return {"key": self.key, "frame": self.frame, "cell": self.cell, "name": self.name, "kind": self.kind,
@@ -79,12 +80,13 @@ def read_cells(run_dir: Path) -> list[Cell]:
             crop = name if (run_dir / CROPS_DIR / name).is_file() else None
             context = name if (run_dir / CONTEXT_DIR / name).is_file() else None
             review = str(row.get("review", "0")).strip() in ("1", "True", "true")
+            counted = str(row.get("counted", "1")).strip() not in ("0", "False", "false")
             if cell_key(frame, cid) in seen:
                 raise DataError(f"{path}: cell {cell_key(frame, cid)} is listed twice (a run continued with "
                                 "--append?); review each run in its own folder")
             seen.add(cell_key(frame, cid))
             cells.append(Cell(cell_key(frame, cid), frame, cid, row.get("name", ""), row.get("kind", ""),
-                              label, conf, review, crop, context, current=label))
+                              label, conf, review, crop, context, current=label, counted=counted))
     return cells
 
 
@@ -205,8 +207,9 @@ class RunReview:
     # --------------------------------------------------------------- views
 
     def differential(self) -> dict:
-        """Counts per class after corrections, with 95% intervals; 'not a cell' is left out."""
-        counted = [c for c in self.cells if c.current != NOT_A_CELL]
+        """Counts per class after corrections, with 95% intervals; 'not a cell' is left out, and so
+        are cells the run did not count (a `counted` column of 0, e.g. cut by the frame edge)."""
+        counted = [c for c in self.cells if c.current != NOT_A_CELL and c.counted]
         n = len(counted)
         rows = []
         for cls in self.classes:
@@ -217,6 +220,7 @@ class RunReview:
                          "flagged": sum(c.current == cls and c.flagged for c in counted)})
         return {"cells": n, "rows": rows,
                 "not_a_cell": sum(c.current == NOT_A_CELL for c in self.cells),
+                "not_counted": sum(not c.counted for c in self.cells),
                 "flagged": sum(c.flagged for c in self.cells),
                 "flagged_unreviewed": sum(c.flagged and not c.reviewed for c in self.cells),
                 "unidentified": sum(c.current == UNIDENTIFIED for c in self.cells),
