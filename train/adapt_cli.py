@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from hemaedge.edge.cli_support import user_errors
+from hemaedge.edge.cli_support import FiniteFloat, user_errors
 
 
 @click.command(context_settings={"show_default": True})
@@ -24,14 +24,14 @@ from hemaedge.edge.cli_support import user_errors
 @click.option("--test", "test", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Extra labelled {class}/*.png tree(s) to report before/after accuracy on (never used to choose).")
 @click.option("--limit", type=click.IntRange(1), help="Use at most N of the new cells (seeded random subset).")
-@click.option("--holdout", type=click.FloatRange(0.05, 0.8), default=0.2,
+@click.option("--holdout", type=FiniteFloat(0.05, 0.8), default=0.2,
               help="Share of the new cells held out to choose the epoch and report on.")
-@click.option("--replay-ratio", type=click.FloatRange(0), default=2.0, help="Replay images per new training cell.")
+@click.option("--replay-ratio", type=FiniteFloat(0), default=2.0, help="Replay images per new training cell.")
 @click.option("--replay-min", type=click.IntRange(0), default=128, help="At least this many replay images.")
 @click.option("--blocks", type=click.IntRange(0), default=2, help="Trailing backbone blocks trained with the head.")
 @click.option("--epochs", type=click.IntRange(1), default=8)
 @click.option("--batch-size", type=click.IntRange(1), default=32)
-@click.option("--lr", type=float, default=3e-4, help="Adam learning rate.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3e-4, help="Adam learning rate.")
 @click.option("--seed", type=int, default=0)
 @click.option("--eval-limit", type=click.IntRange(1), help="At most N images per class of PBC val (quick runs).")
 @click.option("--run-cells", type=click.Choice(["reviewed", "all"]), default="reviewed",
