@@ -147,6 +147,7 @@ def steps(s: Settings) -> list[Step]:
     hybrid_train = s.get("HEMAEDGE_HYBRID_TRAIN", "0") == "1"
     pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
     frames = limit or "200"
+    baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
 
@@ -201,6 +202,17 @@ def steps(s: Settings) -> list[Step]:
                           "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
              [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
              "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
+        Step("live", [], [*tool("live_feed"), "--data", f"{data}/bccd", "--videos", "8", "--out", out],
+             [f"{out}/live_feed.md", f"{out}/live_feed.json"],
+             "live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth",
+             "~5 min"),
+        Step("counting_speed", [Need(f"{baseline}/edge/pipeline.py", "no HEMAEDGE_BASELINE_SRC checkout to compare "
+                                                                     f"with; kept {out}/counting_speed.*")],
+             [*tool("counting_speed"), "--baseline-src", baseline, "--source", f"{data}/bccd/JPEGImages",
+              "--frames", frames, "--repeats", "3", "--out", out],
+             [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
+             "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
+             "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
         Step("review", [Need("/usr/bin/chromium", f"no /usr/bin/chromium; kept {out}/review_page_load.md")],
              [py, "-m", "hemaedge.review.bench", "--cells", "500", "--out", f"{out}/review_page_load.md"],
              [f"{out}/review_page_load.md"],
