@@ -70,7 +70,7 @@ class CropSaver(FrameObserver):
     name = "crops"
 
     def __init__(self, out_dir, size: int, mode: str = "all", review_threshold: float = 0.6,
-                 context: bool = True, fsync: bool = False):
+                 context: bool = True, fsync: bool = False, crops_for=None):
         if mode not in SAVE_MODES:
             raise UsageError(f"crop saving mode {mode!r}: expected one of {', '.join(SAVE_MODES)}")
         self.out = Path(out_dir)
@@ -79,6 +79,9 @@ class CropSaver(FrameObserver):
         self.review_threshold = float(review_threshold)
         self.context = context
         self.fsync = fsync
+        # The classifier's own crop maker (CellClassifier.crops_for: e.g. a platelet's crop has its
+        # nucleated neighbours painted over), so the saved pixels are the ones it classified.
+        self.crops_for = crops_for
         self.saved = 0
         self.failed = 0
         self.errors: list[str] = []
@@ -96,7 +99,9 @@ class CropSaver(FrameObserver):
         """
         ids = list(cell_ids) if cell_ids is not None else list(range(len(detections)))
         written = 0
-        for cid, det, conf in zip(ids, detections, confidences):
+        cut = self.crops_for(frame.image, detections) if self.crops_for is not None and len(detections) \
+            else [extract_crop(frame.image, d.crop) for d in detections]
+        for cid, det, conf, raw in zip(ids, detections, confidences, cut):
             if not self.wanted(conf):
                 continue
             name = crop_name(frame.index, cid)
@@ -104,7 +109,7 @@ class CropSaver(FrameObserver):
                 self._failed(name, "exists already (not replaced)")
                 continue
             try:
-                crop = resize(extract_crop(frame.image, det.crop), self.size)
+                crop = resize(raw, self.size)
                 atomic_write_bytes(self.out / CROPS_DIR / name, encode_png(crop), fsync=self.fsync)
                 if self.context:
                     atomic_write_bytes(self.out / CONTEXT_DIR / name,

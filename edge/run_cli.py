@@ -174,8 +174,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         if save_crops:
             from hemaedge.edge.crops import CropSaver
 
-            observers.append(CropSaver(folder.path, mdl.contract.size, save_crops,
-                                       review_threshold=review_threshold, fsync=fsync))
+            observers.append(CropSaver(folder.path, mdl.contract.size, save_crops, review_threshold=review_threshold,
+                                       fsync=fsync, crops_for=classifier.crops_for))
         total = max_frames or (len(src.files) if hasattr(src, "files") and not loop else None)
         bar = tqdm(total=total, unit="frame", disable=quiet, desc="frames")
 

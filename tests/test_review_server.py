@@ -40,16 +40,23 @@ def test_page_shows_every_cell_flagged_first(sample_run):
     run = RunReview.open(sample_run)
     assert html.count('<figure class="cell') == len(run.cells)
     headers = [h.strip() for h in re.findall(r'<h2 class="group">([^<]+)<small', html)]
-    assert headers[0] == "Flagged for review" and len(headers) == len(run.groups())
-    first_block = html[html.index('<h2 class="group">'):html.index('<h2 class="group">', html.index('<h2 class="group">') + 1)]
-    assert sorted(re.findall(r'data-key="([^"]+)"', first_block)) == sorted(x.key for x in run.cells if x.flagged)
+    unid = [x.key for x in run.cells if x.model_class == "unidentified"]
+    assert headers[:2] == (["Unidentified", "Flagged for review"] if unid else ["Flagged for review", headers[1]])
+    assert len(headers) == len(run.groups())
+    starts = [m.start() for m in re.finditer('<h2 class="group">', html)]
+    blocks = [html[a:b] for a, b in zip(starts, starts[1:] + [len(html)])]
+    if unid:
+        assert sorted(re.findall(r'data-key="([^"]+)"', blocks[0])) == sorted(unid)
+    flagged_block = blocks[1 if unid else 0]
+    assert sorted(re.findall(r'data-key="([^"]+)"', flagged_block)) == \
+        sorted(x.key for x in run.cells if x.flagged and x.model_class != "unidentified")
 
 
 def test_correction_updates_counts_and_file_and_survives_restart(sample_run):
     c = client(sample_run)
     before = counts(c.get("/api/state").json())
     run = RunReview.open(sample_run)
-    cell = next(x for x in run.cells if x.model_class != "lymphocyte")
+    cell = next(x for x in run.cells if x.model_class != "lymphocyte" and x.counted)
     state = c.post("/api/correct", json={"cell": cell.key, "class": "lymphocyte"}).json()
     after = counts(state)
     assert after["lymphocyte"] == before["lymphocyte"] + 1
@@ -61,7 +68,8 @@ def test_correction_updates_counts_and_file_and_survives_restart(sample_run):
     assert counts(client(sample_run).get("/api/state").json()) == after
     # not a cell: leaves the differential
     state = c.post("/api/correct", json={"cell": cell.key, "class": NOT_A_CELL}).json()
-    assert state["differential"]["cells"] == len(run.cells) - 1 and state["differential"]["not_a_cell"] == 1
+    assert state["differential"]["cells"] == sum(x.counted for x in run.cells) - 1
+    assert state["differential"]["not_a_cell"] == 1
 
 
 def test_undo_reverts_in_order_and_is_logged(sample_run):
