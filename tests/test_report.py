@@ -15,7 +15,8 @@ from review_helpers import sample_run, sample_run_master  # noqa: F401,E402  (fi
 from hemaedge.cli import main  # noqa: E402
 from hemaedge.edge.defaults import packaged_default_bundle  # noqa: E402
 from hemaedge.edge.store import manifest_digest  # noqa: E402
-from hemaedge.review.rundata import NOT_A_CELL, RunReview, wilson_interval  # noqa: E402
+from hemaedge.edge.differential import clopper_pearson  # noqa: E402
+from hemaedge.review.rundata import NOT_A_CELL, RunReview  # noqa: E402
 
 
 def report(*args):
@@ -37,7 +38,7 @@ def test_report_of_a_corrected_run(sample_run):
     html = (sample_run / "report.html").read_text()
     n = sum(c.counted for c in run.cells) - 1
     k = sum(c.current == "basophil" for c in run.cells)
-    lo, hi = wilson_interval(k, n)
+    lo, hi = clopper_pearson(k, n)
     for doc in (text, html):
         doc = " ".join(doc.split())
         assert f"{n} cells counted" in doc and "1 marked" in doc

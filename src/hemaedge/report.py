@@ -110,7 +110,7 @@ def render_pdf(data: dict, path: Path) -> None:
     rows += [[r["class"].replace("_", " "), r["count"], f"{r['percent']:.1f}",
               f"{r['ci95_low']:.1f} - {r['ci95_high']:.1f}", r["flagged"]] for r in d["rows"]]
     story += [Table(rows, style=grid, hAlign="LEFT"), Spacer(1, 2 * mm),
-              P("Intervals: 95% Wilson score interval of each class's share of the counted cells.", small),
+              P("Intervals: 95% Clopper-Pearson (exact binomial) interval of each class's share of the counted cells, as edge/differential.py computes it for the run.", small),
               Spacer(1, 3 * mm), Paragraph("Reviewer's corrections", styles["Heading2"])]
     if data["changes"]:
         crow = [["cell", "frame", "model said", "reviewer's class"]]

@@ -12,13 +12,13 @@ import csv
 import datetime as dt
 import io
 import json
-import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.crops import CONTEXT_DIR, CROPS_DIR, crop_name
+from hemaedge.edge.differential import clopper_pearson
 from hemaedge.edge.errors import DataError
 
 CORRECTIONS = "corrections.csv"
@@ -96,17 +96,6 @@ def read_corrections(run_dir: Path) -> list[dict]:
         return []
     with open(path, encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n (the one interval used by review and report)."""
-    if n <= 0:
-        return 0.0, 0.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
@@ -214,7 +203,7 @@ class RunReview:
         rows = []
         for cls in self.classes:
             k = sum(c.current == cls for c in counted)
-            lo, hi = wilson_interval(k, n)
+            lo, hi = clopper_pearson(k, n) if n else (0.0, 0.0)  # the run's own interval (edge/differential)
             rows.append({"class": cls, "count": k, "percent": round(100.0 * k / n, 2) if n else 0.0,
                          "ci95_low": round(100.0 * lo, 2), "ci95_high": round(100.0 * hi, 2),
                          "flagged": sum(c.current == cls and c.flagged for c in counted)})
