@@ -25,6 +25,7 @@ class FrameResult:
     confidences: np.ndarray
     probabilities: np.ndarray
     timings_ms: dict = field(default_factory=dict)
+    red: object = None  # rbc_morphology.RedCellResult when red cells are analysed
 
 
 class CellClassifier:
@@ -43,7 +44,7 @@ class CellClassifier:
 
     def __init__(self, model, backend, params: SegmentParams | None = None,
                  cell_fraction: float = DEFAULT_CELL_FRACTION, crop_side: int | None = None,
-                 crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR):
+                 crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR, red_cells=None):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -56,6 +57,7 @@ class CellClassifier:
             raise ValueError("crop mode 'fixed' needs a crop side in pixels")
         self.rbc_factor = rbc_factor
         self.magnification = MagnificationTracker()
+        self.red_cells = red_cells  # rbc_morphology.RedCellClassifier: count/classify red cells too
 
     def crop_side_for(self, image: np.ndarray) -> int | None:
         """The crop side for this frame (None: each cell's own size decides)."""
@@ -82,8 +84,12 @@ class CellClassifier:
         probs, pre_ms, inf_ms = self.classify_crops(crops)
         idx = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
         conf = probs[np.arange(len(idx)), idx] if len(idx) else np.zeros(0, np.float32)
-        return FrameResult(dets, [self.classes[i] for i in idx], conf, probs,
-                           {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms})
+        timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}
+        red = None
+        if self.red_cells is not None:  # the run's ruler, else measured on this frame
+            red = self.red_cells.process(image, self.magnification.diameter)
+            timings.update(red.timings_ms)
+        return FrameResult(dets, [self.classes[i] for i in idx], conf, probs, timings, red)
 
 
 def run(source, classifier: CellClassifier, recorder, *, annotator=None, preview=None, on_frame=None,
@@ -111,7 +117,7 @@ def run(source, classifier: CellClassifier, recorder, *, annotator=None, preview
             res.timings_ms["capture"] = capture_ms
             res.timings_ms["total"] = (time.perf_counter() - t_cap) * 1e3
             row = recorder.record(frame, res.detections, res.labels, res.confidences, res.timings_ms,
-                                  memory.current_mb())
+                                  memory.current_mb(), red=res.red)
             if first_result_s is None:
                 first_result_s = seconds_since_process_start()
             if annotator is not None:

@@ -30,6 +30,9 @@ from hemaedge.edge.preprocess import otsu_binary
 from hemaedge.edge.segment import SegmentParams, _fill_holes, red_cell_diameter, stain_mask
 
 RBC_METHODS = ("watershed", "components", "hough")
+# Morphology crops span this many red-cell diameters: the whole cell and a rim of its neighbours
+# (shared by the training crops, train/rbc_crops.py, and the device).
+DEFAULT_SIDE_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def detect_red_cells(image: np.ndarray, diameter: float | None = None,
     return cells, float(d_full)
 
 
-def rbc_crop(cell: RedCell, diameter: float, side_factor: float = 1.5) -> tuple[int, int, int]:
+def rbc_crop(cell: RedCell, diameter: float, side_factor: float = DEFAULT_SIDE_FACTOR) -> tuple[int, int, int]:
     """Crop square (centre x, centre y, side) for the morphology classifier: `side_factor` red-cell
     diameters of the RULER, not of this cell, so a macrocyte stays larger than a microcyte
     (the training crops of `hemaedge data rbc-crops` are cut the same way)."""

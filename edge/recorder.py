@@ -22,7 +22,7 @@ from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
 from hemaedge.edge.metrics_runtime import STAGES, percentiles
 
 FRAME_FIELDS = ["frame", "name", "width", "height", "cells", "wbc", "platelets", "flagged",
-                *[f"{s}_ms" for s in STAGES], "rss_mb"]
+                *[f"{s}_ms" for s in STAGES], "rss_mb", "red_cells"]
 CELL_FIELDS = ["frame", "name", "cell", "kind", "x0", "y0", "x1", "y1", "crop_side", "class",
                "confidence", "review"]
 
@@ -39,7 +39,8 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 class Recorder:
-    def __init__(self, out_dir, classes: list[str], review_threshold: float = 0.6, fsync: bool = False):
+    def __init__(self, out_dir, classes: list[str], review_threshold: float = 0.6, fsync: bool = False,
+                 red_cell_classes: list[str] | None = None):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.classes = list(classes)
@@ -51,6 +52,11 @@ class Recorder:
         self.frames = 0
         self.frames_without_cells = 0
         self.cells = 0
+        self.red_tally = None
+        if red_cell_classes is not None:  # red cells are counted (and classified when classes are given)
+            from hemaedge.edge.rbc_morphology import RedCellTally
+
+            self.red_tally = RedCellTally(red_cell_classes)
         self._jsonl = open(self.out / "frames.jsonl", "w", encoding="utf-8")
         self._fcsv_fh = open(self.out / "frames.csv", "w", encoding="utf-8", newline="")
         self._fcsv = csv.DictWriter(self._fcsv_fh, FRAME_FIELDS)
@@ -60,8 +66,8 @@ class Recorder:
         self._ccsv.writeheader()
         self._flush()
 
-    def record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float) -> dict:
-        """One frame: its row, and one row per cell. Returns the frame row."""
+    def record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float, red=None) -> dict:
+        """One frame: its row, and one row per cell (red cells, `red`, with kind rbc). Returns the frame row."""
         flagged = 0
         for i, (det, label, conf) in enumerate(zip(detections, labels, confidences)):
             review = bool(conf < self.review_threshold)
@@ -72,6 +78,8 @@ class Recorder:
             self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": i, "kind": det.kind,
                                  "x0": x0, "y0": y0, "x1": x1, "y1": y1, "crop_side": det.crop[2],
                                  "class": label, "confidence": round(float(conf), 4), "review": int(review)})
+        if red is not None:
+            self._record_red(frame, red, len(detections))
         h, w = frame.image.shape[:2]
         row = {"frame": frame.index, "name": frame.name, "width": w, "height": h,
                "cells": len(detections), "wbc": sum(d.kind == "wbc" for d in detections),
@@ -81,6 +89,7 @@ class Recorder:
             row[f"{s}_ms"] = round(v, 3)
             self.stage_ms[s].append(v)
         row["rss_mb"] = round(rss_mb, 1)
+        row["red_cells"] = len(red.cells) if red is not None else ""
         self._jsonl.write(json.dumps(row, default=_plain) + "\n")
         self._fcsv.writerow(row)
         self._flush()
@@ -88,6 +97,22 @@ class Recorder:
         self.cells += len(detections)
         self.frames_without_cells += not detections
         return row
+
+    def _record_red(self, frame, red, first: int) -> None:
+        """Red cells go to cells.csv after the frame's white cells (kind rbc; crop side from the ruler)."""
+        from hemaedge.edge.rbc import rbc_crop
+
+        classified = self.red_tally is not None and bool(self.red_tally.classes)
+        for i, (cell, label, conf) in enumerate(zip(red.cells, red.labels, red.confidences)):
+            x0, y0, x1, y1 = cell.box
+            review = bool(classified and conf < self.review_threshold)
+            self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": first + i, "kind": "rbc",
+                                 "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                                 "crop_side": rbc_crop(cell, red.diameter)[2] if red.diameter else "",
+                                 "class": label, "confidence": round(float(conf), 4) if classified else "",
+                                 "review": int(review)})
+        if self.red_tally is not None:
+            self.red_tally.add(red)
 
     def _flush(self):
         for fh in (self._jsonl, self._fcsv_fh, self._ccsv_fh):
@@ -106,6 +131,8 @@ class Recorder:
              "flagged_for_review": sum(self.flagged.values()), "review_threshold": self.review_threshold,
              "latency_ms": {stage: percentiles(v) for stage, v in self.stage_ms.items()},
              "differential_count": self.differential()}
+        if self.red_tally is not None:
+            s["red_cells"] = self.red_tally.summary()
         s.update(extra)
         return s
 
@@ -118,6 +145,12 @@ class Recorder:
         w.writeheader()
         w.writerows(summary["differential_count"])
         atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
+        if summary.get("red_cells"):
+            buf = io.StringIO(newline="")
+            w = csv.DictWriter(buf, ["class", "count", "percent", "ci95_low", "ci95_high"])
+            w.writeheader()
+            w.writerows(summary["red_cells"]["morphology"])
+            atomic_write_text(self.out / "rbc_counts.csv", buf.getvalue(), newline="")
 
     def close(self):
         for fh in (self._jsonl, self._fcsv_fh, self._ccsv_fh):
@@ -152,4 +185,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  {'class':<24}{'count':>7}{'%':>8}{'flagged':>9}")
     for row in s["differential_count"]:
         lines.append(f"  {row['class']:<24}{row['count']:>7}{row['percent']:>8.1f}{row['flagged']:>9}")
+    if s.get("red_cells"):
+        from hemaedge.edge.rbc_morphology import format_red_cells
+
+        lines += ["", format_red_cells(s["red_cells"])]
     return "\n".join(lines)

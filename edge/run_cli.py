@@ -78,6 +78,10 @@ def _signals_end_the_run():
 @click.option("--crop-side", type=click.IntRange(8, 4096),
               help="Crop side in pixels (implies --crop-mode fixed; for a microscope that matches the training images).")
 @click.option("--no-platelets", is_flag=True, help="Detect nucleated cells only.")
+@click.option("--rbc", "rbc_bundle", type=click.Path(path_type=Path),
+              help="Red-cell morphology bundle: also detect, count and classify every red cell (kind 'rbc' in "
+                   "cells.csv; red cells per field, % per morphology with 95% intervals and flags in the summary).")
+@click.option("--count-red-cells", is_flag=True, help="Detect and count red cells without a morphology model.")
 @click.option("--review-threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1),
               help="Cells classified with lower confidence are flagged for human review.")
 @click.option("--fsync", is_flag=True, help="fsync the logs after every frame (survives power loss; slower on SD cards).")
@@ -94,7 +98,7 @@ def _signals_end_the_run():
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, threads, fps, max_frames, loop, method, crop_mode, rbc_factor, cell_fraction, crop_side, no_platelets,
-        review_threshold,
+        rbc_bundle, count_red_cells, review_threshold,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet):
     """Segment and classify every cell of each frame; record latency, memory and counts.
 
@@ -123,13 +127,21 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     contract = _contract(input_size, preprocess, scaling, input_dtype, input_quant) if model else None
     mdl = load_model(bundle, model, classes, contract, output_kind)
     backend = load_backend(mdl, threads=threads)
+    red_cells = None
+    if rbc_bundle or count_red_cells:
+        from hemaedge.edge.bundle import load_bundle
+        from hemaedge.edge.rbc_morphology import RedCellClassifier
+
+        rbc_model = load_bundle(rbc_bundle) if rbc_bundle else None  # verified like the main bundle
+        red_cells = RedCellClassifier(rbc_model, load_backend(rbc_model, threads=threads) if rbc_model else None)
     load_s = time.perf_counter() - t0
     src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff, width=width, height=height)
     out = out or Path("runs") / f"edge-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
                                 cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
-                                rbc_factor=rbc_factor)
-    recorder = Recorder(out, mdl.classes, review_threshold=review_threshold, fsync=fsync)
+                                rbc_factor=rbc_factor, red_cells=red_cells)
+    recorder = Recorder(out, mdl.classes, review_threshold=review_threshold, fsync=fsync,
+                        red_cell_classes=red_cells.classes if red_cells else None)
     annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
         if (annotate_dir or annotate_video) else None
     window = None
@@ -138,6 +150,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         if window is None:
             click.echo(f"note: no preview window: {why}", err=True)
     click.echo(f"model: {mdl.describe()} [{getattr(backend, 'runtime', backend.name)}]", err=True)
+    if red_cells is not None and red_cells.model is not None:
+        click.echo(f"red-cell model: {red_cells.model.describe()}", err=True)
     click.echo(f"source: {src.describe()}; writing to {out}", err=True)
 
     total = max_frames

@@ -28,6 +28,7 @@ import numpy as np
 
 from hemaedge.edge.errors import DataError, UsageError
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb
+from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR
 from hemaedge.edge.segment import extract_crop, red_cell_diameter
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ CHULA_TYPES = ("normal", "macrocyte", "microcyte", "spherocyte", "target_cell", 
                "ovalocyte", "teardrop", "burr_cell", "schistocyte", "uncategorised", "hypochromia",
                "elliptocyte")
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.10, "test": 0.20}
-DEFAULT_SIDE_FACTOR = 1.5  # the crop holds the whole cell and a rim of its neighbours
 DEFAULT_CROP_SIZE = 64
 MANIFEST_FIELDS = ("split", "frame", "x", "y", "type", "class", "file")
 
