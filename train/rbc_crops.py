@@ -140,9 +140,6 @@ def make_rbc_crops(root, out, *, size: int = DEFAULT_CROP_SIZE, side_factor: flo
     counts = {s: {c: 0 for c in classes} for s in SPLIT_FRACTIONS}
     skipped = []
     try:
-        for s in SPLIT_FRACTIONS:
-            for c in classes:
-                (tmp / s / c).mkdir(parents=True)
         with open(tmp / "manifest.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(MANIFEST_FIELDS)
@@ -159,9 +156,14 @@ def make_rbc_crops(root, out, *, size: int = DEFAULT_CROP_SIZE, side_factor: flo
                         continue
                     crop = cv2.resize(extract_crop(image, (x, y, side)), (size, size), interpolation=cv2.INTER_AREA)
                     rel = Path(split) / cls / f"{f.name}_{i:03d}.png"
+                    (tmp / rel.parent).mkdir(parents=True, exist_ok=True)
                     cv2.imwrite(str(tmp / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
                     writer.writerow([split, f.name, x, y, t, cls, rel.as_posix()])
                     counts[split][cls] += 1
+        for s, per in counts.items():
+            empty = [c for c, n in per.items() if not n]
+            if empty:
+                skipped.append(f"{s} split: no crops of {', '.join(empty)} (too few frames for a frame-level split)")
         (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
         frames_per_split = {s: sum(1 for f in frames if splits[f.name] == s) for s in SPLIT_FRACTIONS}
         (tmp / "README.md").write_text(_readme(root, classes, counts, frames_per_split, diameter, side, size,
