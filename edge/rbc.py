@@ -41,7 +41,7 @@ class RbcParams:
 
     method: str = "watershed"
     # work on a copy where a red cell spans this many pixels (speed, and one scale for all microscopes)
-    work_diameter: float = 40.0
+    work_diameter: float = 32.0
     # a watershed marker must be this deep, in red-cell radii (two touching cells keep two peaks)
     peak_fraction: float = 0.30
     # peaks closer than this (in diameters) are one cell
@@ -97,29 +97,17 @@ def _watershed_labels(mask: np.ndarray, d: float, params: RbcParams) -> np.ndarr
     return labels
 
 
-def _component_labels(mask: np.ndarray) -> np.ndarray:
-    _, labels = cv2.connectedComponents(mask)
-    return labels.astype(np.int32)
-
-
 def _regions(labels: np.ndarray, d: float, params: RbcParams):
-    """(box, centre, area) per label on the working copy, debris removed."""
-    n = int(labels.max()) + 1
-    if n <= 1:
-        return []
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs]
-    area = np.bincount(lab, minlength=n)
-    sx, sy = np.bincount(lab, xs, n), np.bincount(lab, ys, n)
-    x0 = np.full(n, 1 << 30); y0 = np.full(n, 1 << 30); x1 = np.zeros(n, int); y1 = np.zeros(n, int)
-    np.minimum.at(x0, lab, xs); np.minimum.at(y0, lab, ys)
-    np.maximum.at(x1, lab, xs + 1); np.maximum.at(y1, lab, ys + 1)
-    single = np.pi * (d / 2) ** 2
+    """(box, centre, area) per region on the working copy, debris removed. Watershed leaves a
+    one-pixel boundary (-1 -> 0 here) between neighbours, so 4-connected components of the
+    labelled pixels are exactly its regions, and OpenCV measures them in one pass."""
+    n, _, stats, centroids = cv2.connectedComponentsWithStats((labels > 0).astype(np.uint8), connectivity=4)
+    min_area = params.min_area * np.pi * (d / 2) ** 2
     out = []
     for k in range(1, n):
-        if area[k] < params.min_area * single:
-            continue
-        out.append(((int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])), (sx[k] / area[k], sy[k] / area[k]), int(area[k])))
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area >= min_area:
+            out.append(((x, y, x + w, y + h), (float(centroids[k][0]), float(centroids[k][1])), area))
     return out
 
 
@@ -159,8 +147,7 @@ def detect_red_cells(image: np.ndarray, diameter: float | None = None,
     if p.method == "hough":
         regions = _hough(small, mask, d)
     else:
-        labels = _watershed_labels(mask, d, p) if p.method == "watershed" else _component_labels(mask)
-        regions = _regions(labels, d, p)
+        regions = _regions(_watershed_labels(mask, d, p) if p.method == "watershed" else mask, d, p)
     cells = []
     h, w = small.shape[:2]
     for (x0, y0, x1, y1), (cx, cy), area in regions:
