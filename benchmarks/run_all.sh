@@ -14,7 +14,7 @@
 # --only/--skip  run only / all but these steps (names as in --list). Default: every step, cheapest first.
 #
 # Steps (details with --list): finetune, hybrid (collect finished training runs, never retrain),
-# export, bench, segmentation, pbc, edge, svm. A step whose inputs are missing says
+# export, bench, segmentation, pbc, edge, svm, rbcdetect, rbcmodel, rbcspeed (red cells, docs/redcells.md). A step whose inputs are missing says
 # "skipped: <reason>" and leaves the committed files alone; a failing step is reported as FAILED,
 # the other steps still run, and the script exits non-zero. Summary at the end.
 #
@@ -33,12 +33,14 @@
 # HEMAEDGE_FINETUNE_RUN (the finished `train finetune` run folder; default runs/finetune-lite0),
 # HEMAEDGE_EXPORT_FORMATS (formats for `export all`; default its own list), HEMAEDGE_EXPORT_FORCE
 # (1: export again even when EXPORT_DIR holds an export),
+# HEMAEDGE_RBC_BUNDLE (red-cell morphology bundle; default src/hemaedge/models/rbc), HEMAEDGE_RBC_RUNS
+# (the `train finetune` runs on the red-cell crops that the morphology table lists; default runs/rbc/*),
 # HEMAEDGE_STEP_TIMEOUT (seconds any one command may run, default 10800; 0 = no limit).
 # Runs under `nice`; about an hour on 2 CPU cores with an export to make, ~15 min without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=(finetune hybrid export bench segmentation pbc edge svm)
+STEPS=(finetune hybrid export bench segmentation pbc edge svm rbcdetect rbcmodel rbcspeed)
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 LIST=0; ONLY=""; SKIP=""; POS=()
@@ -79,6 +81,8 @@ DEFAULT_BUNDLE=src/hemaedge/models/default
 PBC_BUNDLE=${HEMAEDGE_PBC_BUNDLE:-$DEFAULT_BUNDLE}
 STEP_TIMEOUT=${HEMAEDGE_STEP_TIMEOUT:-10800}
 EDGE_FRAMES=${LIMIT:-200}
+RBC_BUNDLE=${HEMAEDGE_RBC_BUNDLE:-src/hemaedge/models/rbc}
+RBC_RUNS=${HEMAEDGE_RBC_RUNS:-$(compgen -G "runs/rbc/*/metrics.json" > /dev/null && dirname runs/rbc/*/metrics.json | tr '\n' ' ' || true)}
 export TF_CPP_MIN_LOG_LEVEL=2
 
 # The export table is named after the export folder, as `export all` names it after the model
@@ -170,6 +174,29 @@ plan_svm() {
   OUTS=("$OUT/hybrid_svm_check.json")
 }
 
+plan_rbcdetect() {
+  DESC="red-cell detection: Chula RBC-12 point recall / touching cells split, BCCD RBC boxes (test splits)"
+  COST="~2 min"
+  CMD=("$PY" -m hemaedge.benchmarks.rbc_detection --chula "$DATA/chula_rbc12" --bccd "$DATA/bccd" --split test
+       --bccd-split test --quiet --out "$OUT/rbc_detection")
+  OUTS=("$OUT"/rbc_detection.{md,json})
+}
+plan_rbcmodel() {
+  DESC="red-cell morphology: training runs ($RBC_RUNS) and the bundle $RBC_BUNDLE on the Chula test frames"
+  COST="~3 min (crops are remade, ~10 s)"
+  CMD=("$PY" -m hemaedge.benchmarks.rbc_morphology --chula "$DATA/chula_rbc12" --crops TMP/rbc64
+       --bundle "$RBC_BUNDLE" --out "$OUT/rbc_morphology")
+  for r in $RBC_RUNS; do CMD+=(--runs "$r"); done
+  OUTS=("$OUT"/rbc_morphology.{md,json})
+}
+plan_rbcspeed() {
+  DESC="red-cell analysis per frame with $RBC_BUNDLE, and what it adds to the white-cell pipeline"
+  COST="~2 min"
+  CMD=("$PY" -m hemaedge.benchmarks.rbc_speed --rbc "$RBC_BUNDLE" --chula "$DATA/chula_rbc12" --bccd "$DATA/bccd"
+       --frames 40 --threads 2 --out "$OUT/rbc_speed")
+  OUTS=("$OUT"/rbc_speed.{md,json})
+}
+
 # --- running ---------------------------------------------------------------------------------------
 NOTE=$(mktemp); trap 'rm -f "$NOTE"' EXIT
 skip() { echo "   skipped: $*"; echo "skipped: $*" >> "$NOTE"; exit 0; }   # leaves the committed files alone
@@ -226,6 +253,28 @@ run_edge() {
   else note "$FP32_LABEL runs skipped: no ${EXPORT:-EXPORT_DIR}/tflite-fp32 bundle; kept $OUT/edge_run_bccd/${FP32_LABEL}_run*"; fi
 }
 run_svm() { plan_svm; bounded "${CMD[@]}"; }
+run_rbcdetect() {
+  plan_rbcdetect
+  [ -d "$DATA/chula_rbc12" ] || skip "no $DATA/chula_rbc12; kept $OUT/rbc_detection.*"
+  bounded "${CMD[@]}"
+}
+run_rbcmodel() {
+  plan_rbcmodel
+  [ -d "$DATA/chula_rbc12" ] || skip "no $DATA/chula_rbc12; kept $OUT/rbc_morphology.*"
+  [ -f "$RBC_BUNDLE/manifest.json" ] || skip "no red-cell bundle at $RBC_BUNDLE; kept $OUT/rbc_morphology.*"
+  [ -n "$RBC_RUNS" ] || skip "no finished red-cell training runs (HEMAEDGE_RBC_RUNS); kept $OUT/rbc_morphology.*"
+  local tmp
+  tmp=$(mktemp -d)
+  bounded "$HE" data rbc-crops "$DATA/chula_rbc12" --out "$tmp/rbc64" --exclude uncategorised > /dev/null
+  bounded "${CMD[@]/TMP\/rbc64/$tmp/rbc64}"
+  rm -rf "$tmp"
+}
+run_rbcspeed() {
+  plan_rbcspeed
+  [ -d "$DATA/chula_rbc12" ] || skip "no $DATA/chula_rbc12; kept $OUT/rbc_speed.*"
+  [ -f "$RBC_BUNDLE/manifest.json" ] || skip "no red-cell bundle at $RBC_BUNDLE; kept $OUT/rbc_speed.*"
+  bounded "${CMD[@]}"
+}
 
 selected() {
   { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; } && [[ ",$SKIP," != *",$1,"* ]]

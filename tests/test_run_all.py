@@ -60,7 +60,8 @@ def test_every_committed_result_is_an_output_of_a_step(tmp_path):
     assert p.returncode == 0, p.stderr
     claimed = _listed_outputs(p.stdout)
     steps = [line.split(":")[0] for line in p.stdout.splitlines() if line and not line.startswith(" ")]
-    assert steps == ["finetune", "hybrid", "export", "bench", "segmentation", "pbc", "edge", "svm"]
+    assert steps == ["finetune", "hybrid", "export", "bench", "segmentation", "pbc", "edge", "svm",
+                     "rbcdetect", "rbcmodel", "rbcspeed"]
     orphans = sorted(set(committed) - claimed)
     assert not orphans, (f"committed but made by no step of run_all.sh: {orphans}; add a step, or "
                          "`git mv` them to benchmarks/history/ and say why in its README")
