@@ -26,6 +26,17 @@ from hemaedge.edge.segment import extract_crop
 FLAG_THRESHOLDS = {"schistocyte": (1.0, "ICSH 2012 schistocyte recommendation (Zini et al. 2012): > 1% of red cells")}
 
 
+def rbc_bundle_path(value) -> "Path":
+    """`--rbc` value -> bundle folder: 'packaged' is the red-cell bundle shipped with hemaedge."""
+    from pathlib import Path
+
+    if str(value) == "packaged":
+        import hemaedge
+
+        return Path(hemaedge.__file__).parent / "models" / "rbc"
+    return Path(value)
+
+
 def wilson_interval(count: int, total: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion, in percent (sound at 0% and for small counts)."""
     if total <= 0:

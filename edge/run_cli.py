@@ -79,7 +79,7 @@ def _signals_end_the_run():
               help="Crop side in pixels (implies --crop-mode fixed; for a microscope that matches the training images).")
 @click.option("--no-platelets", is_flag=True, help="Detect nucleated cells only.")
 @click.option("--rbc", "rbc_bundle", type=click.Path(path_type=Path),
-              help="Red-cell morphology bundle: also detect, count and classify every red cell (kind 'rbc' in "
+              help="Red-cell morphology bundle ('packaged': the one shipped with hemaedge): also detect, count and classify every red cell (kind 'rbc' in "
                    "cells.csv; red cells per field, % per morphology with 95% intervals and flags in the summary).")
 @click.option("--count-red-cells", is_flag=True, help="Detect and count red cells without a morphology model.")
 @click.option("--review-threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1),
@@ -130,9 +130,9 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     red_cells = None
     if rbc_bundle or count_red_cells:
         from hemaedge.edge.bundle import load_bundle
-        from hemaedge.edge.rbc_morphology import RedCellClassifier
+        from hemaedge.edge.rbc_morphology import RedCellClassifier, rbc_bundle_path
 
-        rbc_model = load_bundle(rbc_bundle) if rbc_bundle else None  # verified like the main bundle
+        rbc_model = load_bundle(rbc_bundle_path(rbc_bundle)) if rbc_bundle else None  # verified like the main bundle
         red_cells = RedCellClassifier(rbc_model, load_backend(rbc_model, threads=threads) if rbc_model else None)
     load_s = time.perf_counter() - t0
     src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff, width=width, height=height)

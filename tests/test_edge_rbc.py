@@ -158,3 +158,19 @@ def test_edge_run_classifies_red_cells(tmp_path):
     missing = CliRunner().invoke(main, ["edge", "run", "-q", "--bundle", str(wbc), "--rbc", str(tmp_path / "nope"),
                                         "--source", str(frames), "--out", str(tmp_path / "run2")])
     assert missing.exit_code == 2 and missing.output.startswith("Error:")
+
+
+def test_count_only_run_has_red_cells_without_classes(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(REPO / "samples" / "bccd" / "BloodImage_00007.jpg", frames / "a.jpg")
+    wbc = make_bundle(tmp_path, make_onnx(tmp_path / "wbc.onnx", 32), "onnx", 32)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--bundle", str(wbc), "--count-red-cells", "--source",
+                                    str(frames), "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with open(out / "cells.csv") as fh:
+        red = [r for r in csv.DictReader(fh) if r["kind"] == "rbc"]
+    s = json.loads((out / "summary.json").read_text())["red_cells"]
+    assert s["red_cells"] == len(red) >= 8 and s["classified"] == 0 and s["flags"] == []
+    assert {r["class"] for r in red} == {"rbc"} and all(r["confidence"] == "" for r in red)
