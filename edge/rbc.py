@@ -46,6 +46,8 @@ class RbcParams:
     peak_fraction: float = 0.30
     # peaks closer than this (in diameters) are one cell
     min_peak_distance: float = 0.50
+    # only blobs larger than this many red-cell areas go through the watershed (a lone cell needs none)
+    split_area: float = 1.0
     # regions smaller than this fraction of a red cell's area are debris (schistocytes are ~0.3-0.5)
     min_area: float = 0.12
     # stained objects (nuclei, platelets) grown by this fraction of d and removed from the mask
@@ -97,17 +99,38 @@ def _watershed_labels(mask: np.ndarray, d: float, params: RbcParams) -> np.ndarr
     return labels
 
 
-def _regions(labels: np.ndarray, d: float, params: RbcParams):
-    """(box, centre, area) per region on the working copy, debris removed. Watershed leaves a
-    one-pixel boundary (-1 -> 0 here) between neighbours, so 4-connected components of the
-    labelled pixels are exactly its regions, and OpenCV measures them in one pass."""
+def _regions(labels: np.ndarray, d: float, params: RbcParams, offset=(0, 0)):
+    """(box, centre, area) per region, debris removed. Watershed leaves a one-pixel boundary
+    (-1 -> 0 here) between neighbours, so 4-connected components of the labelled pixels are
+    exactly its regions, and OpenCV measures them in one pass."""
     n, _, stats, centroids = cv2.connectedComponentsWithStats((labels > 0).astype(np.uint8), connectivity=4)
     min_area = params.min_area * np.pi * (d / 2) ** 2
+    ox, oy = offset
     out = []
     for k in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[k])
         if area >= min_area:
+            out.append(((x + ox, y + oy, x + w + ox, y + h + oy),
+                        (float(centroids[k][0]) + ox, float(centroids[k][1]) + oy), area))
+    return out
+
+
+def _split_regions(mask: np.ndarray, d: float, params: RbcParams):
+    """Regions of the mask; blobs bigger than `split_area` red cells are split by the watershed,
+    each in its own box (most blobs are lone cells: the watershed runs on a fraction of the frame)."""
+    n, lab, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    single = np.pi * (d / 2) ** 2
+    out = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area < params.min_area * single:
+            continue
+        if area <= params.split_area * single:
             out.append(((x, y, x + w, y + h), (float(centroids[k][0]), float(centroids[k][1])), area))
+            continue
+        blob = cv2.copyMakeBorder((lab[y:y + h, x:x + w] == k).astype(np.uint8) * 255, 1, 1, 1, 1,
+                                  cv2.BORDER_CONSTANT, value=0)
+        out += _regions(_watershed_labels(blob, d, params), d, params, offset=(x - 1, y - 1))
     return out
 
 
@@ -147,7 +170,7 @@ def detect_red_cells(image: np.ndarray, diameter: float | None = None,
     if p.method == "hough":
         regions = _hough(small, mask, d)
     else:
-        regions = _regions(_watershed_labels(mask, d, p) if p.method == "watershed" else mask, d, p)
+        regions = _split_regions(mask, d, p) if p.method == "watershed" else _regions(mask, d, p)
     cells = []
     h, w = small.shape[:2]
     for (x0, y0, x1, y1), (cx, cy), area in regions:
