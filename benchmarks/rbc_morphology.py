@@ -49,37 +49,34 @@ def labelled_crops(bundle, backend, crops: Path, split="test"):
 
 
 def end_to_end(bundle, backend, chula: Path, split="test"):
-    """(labels, probabilities, coverage) of the labelled points of the split's frames."""
+    """(labels, probabilities, coverage) of the labelled points of the split's frames, through the
+    device's own red-cell code (RedCellClassifier: detect, cut, one batch) with a run's ruler."""
     from hemaedge.benchmarks.rbc_detection import chula_frames
-    from hemaedge.edge.rbc import detect_red_cells, rbc_crop
-    from hemaedge.edge.segment import MagnificationTracker, centre_in, extract_crop
+    from hemaedge.edge.rbc_morphology import RedCellClassifier
+    from hemaedge.edge.segment import MagnificationTracker, centre_in
     from hemaedge.train.rbc_crops import CHULA_TYPES
 
     index = {c: i for i, c in enumerate(bundle.classes)}
+    device = RedCellClassifier(bundle, backend)
     ruler = MagnificationTracker()
     y, probs, found = [], [], 0
     n_classes = len(bundle.classes)
     for f in chula_frames(chula, split):
         img = read_image_rgb(f.image)
-        cells, d = detect_red_cells(img, ruler.update(img))
-        pts = [(x, yy, CHULA_TYPES[t]) for x, yy, t in f.points if CHULA_TYPES[t] in index]
-        chosen = []
-        for x, yy, _ in pts:
-            holding = [c for c in cells if centre_in(c.box, (x, yy))]
-            chosen.append(min(holding, key=lambda c: (c.centre[0] - x) ** 2 + (c.centre[1] - yy) ** 2) if holding else None)
-        crops = [extract_crop(img, rbc_crop(c, d)) for c in chosen if c is not None]
-        p = _predict(backend, bundle.contract, crops) if crops else np.zeros((0, n_classes))
-        k = 0
-        for (x, yy, t), c in zip(pts, chosen):
-            y.append(index[t])
-            if c is None:  # missed cell: a prediction that is always wrong
+        res = device.process(img, ruler.update(img))
+        for x, yy, t in f.points:
+            if CHULA_TYPES[t] not in index:
+                continue
+            y.append(index[CHULA_TYPES[t]])
+            holding = [k for k, c in enumerate(res.cells) if centre_in(c.box, (x, yy))]
+            if not holding:  # missed cell: counted as a wrong answer
                 wrong = np.zeros(n_classes)
-                wrong[(index[t] + 1) % n_classes] = 1.0
+                wrong[(y[-1] + 1) % n_classes] = 1.0
                 probs.append(wrong)
-            else:
-                probs.append(p[k])
-                k += 1
-                found += 1
+                continue
+            k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2)
+            probs.append(res.probabilities[k])
+            found += 1
     return np.asarray(y), np.asarray(probs), found / max(1, len(y))
 
 

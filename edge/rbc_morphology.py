@@ -12,11 +12,11 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_red_cells, rbc_crop
-from hemaedge.edge.segment import extract_crop
 
 # Flags a lab raises on a smear review, as % of red cells above which the finding is reported.
 # Schistocytes: ICSH 2012 recommendation (Zini et al., Int J Lab Hematol 34:107-116, 2012):
@@ -55,6 +55,21 @@ class RedCellResult:
     confidences: np.ndarray
     diameter: float | None
     timings_ms: dict = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # (cells, classes) when a model classified them
+
+
+def cut_crops(image: np.ndarray, squares) -> list[np.ndarray]:
+    """Square crops (cx, cy, side), the frame's border replicated where they run off it: the
+    frame is padded once for all of them (`segment.extract_crop` pads it once per crop)."""
+    if not squares:
+        return []
+    pad = max(side for _, _, side in squares)
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    out = []
+    for cx, cy, side in squares:
+        x0, y0 = cx - side // 2 + pad, cy - side // 2 + pad
+        out.append(padded[y0:y0 + side, x0:x0 + side])
+    return out
 
 
 class RedCellClassifier:
@@ -75,8 +90,9 @@ class RedCellClassifier:
         t1 = time.perf_counter()
         labels, conf = ["rbc"] * len(cells), np.ones(len(cells), np.float32)
         pre_ms = inf_ms = 0.0
+        probs = None
         if self.backend is not None and cells:
-            crops = [extract_crop(image, rbc_crop(c, d, self.side_factor)) for c in cells]
+            crops = cut_crops(image, [rbc_crop(c, d, self.side_factor) for c in cells])
             pre_ms = (time.perf_counter() - t1) * 1e3  # cutting the crops counts as preprocessing
             probs = []
             for i in range(0, len(crops), self.max_batch):
@@ -92,7 +108,7 @@ class RedCellClassifier:
             conf = probs[np.arange(len(idx)), idx]
         return RedCellResult(cells, labels, conf, d, {"rbc_detect": (t1 - t0) * 1e3, "rbc_preprocess": pre_ms,
                                                       "rbc_inference": inf_ms,
-                                                      "rbc_total": (time.perf_counter() - t0) * 1e3})
+                                                      "rbc_total": (time.perf_counter() - t0) * 1e3}, probs)
 
 
 class RedCellTally:

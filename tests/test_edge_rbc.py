@@ -174,3 +174,13 @@ def test_count_only_run_has_red_cells_without_classes(tmp_path):
     s = json.loads((out / "summary.json").read_text())["red_cells"]
     assert s["red_cells"] == len(red) >= 8 and s["classified"] == 0 and s["flags"] == []
     assert {r["class"] for r in red} == {"rbc"} and all(r["confidence"] == "" for r in red)
+
+
+def test_cut_crops_match_extract_crop_inside_and_at_the_border():
+    from hemaedge.edge.rbc_morphology import cut_crops
+    from hemaedge.edge.segment import extract_crop
+
+    img = read_image_rgb(REPO / "samples" / "bccd" / "BloodImage_00007.jpg")
+    squares = [(320, 240, 64), (5, 7, 64), (636, 478, 65), (100, 470, 33)]
+    for got, sq in zip(cut_crops(img, squares), squares):
+        assert np.array_equal(got, extract_crop(img, sq))
