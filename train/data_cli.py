@@ -11,7 +11,7 @@ import time
 
 import click
 
-from hemaedge.edge.cli_support import user_errors
+from hemaedge.edge.cli_support import FiniteFloat, user_errors
 
 PATH_HELP = ("a MedMNIST .npz, an image tree ({train,val,test}/{class}/*.jpg or {class}/*.jpg), "
              "or a name (bloodmnist, bloodmnist_128, ...) looked up in $HEMAEDGE_DATA and the cache")
@@ -181,9 +181,9 @@ def fetch(name, size, dest):
 @click.argument("chula_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="ImageFolder tree to write.")
 @click.option("--size", type=click.IntRange(16, 256), default=64, show_default=True, help="Crop side after resizing (px).")
-@click.option("--side-factor", type=click.FloatRange(0.8, 4.0), default=1.5, show_default=True,
+@click.option("--side-factor", type=FiniteFloat(0.8, 4.0), default=1.5, show_default=True,
               help="Crop side in red-cell diameters (the device cuts its red-cell crops the same way).")
-@click.option("--diameter", type=click.FloatRange(min=4), default=None,
+@click.option("--diameter", type=FiniteFloat(min=4), default=None,
               help="Red-cell diameter in px (default: measured, median over the data set's frames).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the frame-level split.")
 @click.option("--exclude", multiple=True, help="Leave a type out, e.g. --exclude uncategorised (repeatable).")
