@@ -116,7 +116,8 @@ def markdown(rep) -> str:
                      f"{r['train_min']} | {r.get('val_accuracy', float('nan')):.4f} | {r.get('val_macro_f1', float('nan')):.4f} | "
                      f"{r.get('test_accuracy', float('nan')):.4f} | {r.get('test_macro_f1', float('nan')):.4f} |")
     lines += ["", "Training machine/date per run: " + "; ".join(f"{r['run']}: {r['machine']}, {r['date']}" for r in rep["runs"]),
-              "", "Training commands:", ""] + [f"- `{c}`" for r in rep["runs"] for c in r["commands"][-1:]]
+              "", "Commands per run (training, then evaluation of a stopped run):", ""] + [
+        f"- {r['run']}: `{c}`" for r in rep["runs"] for c in r["commands"]]
     lines += ["", "## The int8 bundle on the device path (test frames)", "",
               f"Paper for comparison: {PAPER['model']}: accuracy {PAPER['accuracy']}, macro-F1 {PAPER['macro_f1']} "
               "(their own split and 12 classes; ours is a frame-level split of the 500 public frames, so the "
