@@ -184,3 +184,17 @@ def test_cut_crops_match_extract_crop_inside_and_at_the_border():
     squares = [(320, 240, 64), (5, 7, 64), (636, 478, 65), (100, 470, 33)]
     for got, sq in zip(cut_crops(img, squares), squares):
         assert np.array_equal(got, extract_crop(img, sq))
+
+
+def test_packaged_red_cell_bundle_classifies_real_frames(tmp_path):
+    """The shipped int8 morphology bundle, verified and run on the sample frames with the default model."""
+    from hemaedge.train.rbc_crops import CHULA_TYPES
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--rbc", "packaged", "--source", str(REPO / "samples" / "bccd"),
+                                    "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())["red_cells"]
+    assert [m["class"] for m in s["morphology"]] == [c for c in CHULA_TYPES if c != "uncategorised"]
+    assert s["classified"] == s["red_cells"] > 20
+    assert sum(m["percent"] for m in s["morphology"]) == pytest.approx(100, abs=0.1)
