@@ -1,7 +1,7 @@
 """Red-cell morphology on Chula RBC-12: the imbalance comparison (val) and the int8 bundle on the
 device path (frame-level test split), next to the Chula paper's EfficientNet-B1.
 
-    python -m hemaedge.benchmarks.rbc_morphology --chula ../shared/data/chula_rbc12 \
+    python -m hemaedge.benchmarks.tools.rbc_morphology --chula ../shared/data/chula_rbc12 \
         --crops CROPS --bundle src/hemaedge/models/rbc --runs RUN [RUN ...]
 
 * Training runs (`hemaedge train finetune` folders with metrics.json): one row each, val and test
@@ -28,7 +28,7 @@ from hemaedge.benchmarks.machine import describe_machine, one_line
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 PAPER = {"model": "EfficientNet-B1 + augmentation (Naruenatthanaset et al., arXiv:2012.01321)",
          "accuracy": 0.921, "macro_f1": 0.868}
 
@@ -51,7 +51,7 @@ def labelled_crops(bundle, backend, crops: Path, split="test"):
 def end_to_end(bundle, backend, chula: Path, split="test"):
     """(labels, probabilities, coverage) of the labelled points of the split's frames, through the
     device's own red-cell code (RedCellClassifier: detect, cut, one batch) with a run's ruler."""
-    from hemaedge.benchmarks.rbc_detection import chula_frames
+    from hemaedge.benchmarks.tools.rbc_detection import chula_frames
     from hemaedge.edge.rbc_morphology import RedCellClassifier
     from hemaedge.edge.segment import MagnificationTracker, centre_in
     from hemaedge.train.rbc_crops import CHULA_TYPES
@@ -146,7 +146,7 @@ def main(chula, crops, bundle, runs, threads, prefix):
     y, p = labelled_crops(b, backend, crops)
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_average": [round(v, 2) for v in os.getloadavg()],
-           "command": f"python -m hemaedge.benchmarks.rbc_morphology --chula CHULA --crops {crops.name} --bundle {bundle}"
+           "command": f"python -m hemaedge.benchmarks.tools.rbc_morphology --chula CHULA --crops {crops.name} --bundle {bundle}"
                       + "".join(f" --runs {r.name}" for r in runs),
            "bundle": b.describe(), "crops_readme": (crops / "README.md").read_text().splitlines()[2] if (crops / "README.md").is_file() else "",
            "paper": PAPER, "runs": [run_row(r) for r in runs if (r / "metrics.json").is_file()],

@@ -1,6 +1,6 @@
 """Speed of red-cell analysis on whole frames, and what it adds to the white-cell pipeline.
 
-    python -m hemaedge.benchmarks.rbc_speed --rbc BUNDLE --chula ../shared/data/chula_rbc12 \
+    python -m hemaedge.benchmarks.tools.rbc_speed --rbc BUNDLE --chula ../shared/data/chula_rbc12 \
         [--bccd ../shared/data/bccd] [--frames 40] [--threads 2]
 
 Per frame, in the same process and interleaved (so both see the same machine load):
@@ -26,17 +26,17 @@ from hemaedge.benchmarks.machine import describe_machine, one_line
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.preprocess import read_image_rgb
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def _frames(chula: Path | None, bccd: Path | None, n: int):
     out = []
     if chula:
-        from hemaedge.benchmarks.rbc_detection import chula_frames
+        from hemaedge.benchmarks.tools.rbc_detection import chula_frames
 
         out += [("chula", f.image) for f in chula_frames(chula, "test")[:n]]
     if bccd:
-        from hemaedge.benchmarks.segmentation_bccd import frame_ids
+        from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids
 
         out += [("bccd", bccd / "JPEGImages" / f"{i}.jpg") for i in frame_ids(bccd, "test")[:n]]
     return out
@@ -132,7 +132,7 @@ def main(rbc_bundle, bundle, chula, bccd, n, threads, prefix):
                    load_backend(rbc, threads=threads))
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()],
-           "command": f"python -m hemaedge.benchmarks.rbc_speed --rbc {rbc_bundle.name}" + (" --chula CHULA" if chula else "")
+           "command": f"python -m hemaedge.benchmarks.tools.rbc_speed --rbc {rbc_bundle.name}" + (" --chula CHULA" if chula else "")
                       + (" --bccd BCCD" if bccd else "") + f" --frames {n}" + (f" --threads {threads}" if threads else ""),
            "threads": threads or os.cpu_count(), "wbc_model": wbc.describe(), "rbc_model": rbc.describe(),
            "tables": {}, "rows": rows}

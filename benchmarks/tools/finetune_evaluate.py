@@ -1,6 +1,6 @@
 """Evaluate the best checkpoint of a `hemaedge train finetune` run that was stopped early.
 
-    python -m hemaedge.benchmarks.finetune_evaluate RUN [RUN ...]
+    python -m hemaedge.benchmarks.tools.finetune_evaluate RUN [RUN ...]
 
 A run stopped before its last epoch (to give the CPU to another run) has best.keras, state.json and
 history.csv but no metrics.json. This runs the trainer's own `evaluate_best` on it (val and test of
@@ -36,7 +36,7 @@ def main(runs):
         if not metrics.is_file():  # evaluate_best keeps the commands of an earlier metrics.json
             metrics.write_text(json.dumps({"commands": [training_command(state["config"])]}))
         evaluate_best(cfg, ds, list(ds.classes), cfg.contract(), log=click.echo,
-                      command=f"python -m hemaedge.benchmarks.finetune_evaluate {run.name}  "
+                      command=f"python -m hemaedge.benchmarks.tools.finetune_evaluate {run.name}  "
                               f"# stopped after {state['epoch']} of {cfg.epochs} epochs")
 
 

@@ -1,6 +1,6 @@
 """Red-cell detection (edge/rbc.py) against labelled points (Chula RBC-12) and boxes (BCCD RBC).
 
-    python -m hemaedge.benchmarks.rbc_detection --chula ../shared/data/chula_rbc12 \
+    python -m hemaedge.benchmarks.tools.rbc_detection --chula ../shared/data/chula_rbc12 \
         --bccd ../shared/data/bccd --split test
 
 Chula RBC-12 marks each red cell by one point; not every cell is marked (overlapping and cut-off
@@ -31,13 +31,13 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.machine import describe_machine, one_line
-from hemaedge.benchmarks.segmentation_bccd import frame_ids, read_voc
+from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, read_voc
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.rbc import RBC_METHODS, RbcParams, detect_red_cells
 from hemaedge.edge.segment import centre_in, iou
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def chula_frames(root: Path, split: str):
@@ -111,7 +111,7 @@ def run_chula(root: Path, split: str, params: RbcParams, progress=True) -> dict:
 
 
 def run_bccd(root: Path, split: str, params: RbcParams, progress=True) -> dict:
-    from hemaedge.benchmarks.segmentation_bccd import match
+    from hemaedge.benchmarks.tools.segmentation_bccd import match
 
     gt_n = pred_n = tp = tpc = 0
     ids = frame_ids(root, split)
@@ -168,7 +168,7 @@ def main(chula, bccd, split, bccd_split, methods, prefix, quiet):
     methods = methods or RBC_METHODS
     report = {"date": dt.date.today().isoformat(), "machine": one_line(describe_machine()),
               "load_average": [round(v, 2) for v in os.getloadavg()],
-              "command": "python -m hemaedge.benchmarks.rbc_detection --chula CHULA"
+              "command": "python -m hemaedge.benchmarks.tools.rbc_detection --chula CHULA"
                          + (" --bccd BCCD" if bccd else "") + f" --split {split} --bccd-split {bccd_split}"
                          + "".join(f" --method {m}" for m in methods),
               "split": split, "bccd_split": bccd_split, "params": {}, "chula": {}, "bccd": {}}
