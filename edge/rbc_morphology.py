@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,10 +27,8 @@ from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_re
 FLAG_THRESHOLDS = {"schistocyte": (1.0, "ICSH 2012 schistocyte recommendation (Zini et al. 2012): > 1% of red cells")}
 
 
-def rbc_bundle_path(value) -> "Path":
+def rbc_bundle_path(value) -> Path:
     """`--rbc` value -> bundle folder: 'packaged' is the red-cell bundle shipped with hemaedge."""
-    from pathlib import Path
-
     if str(value) == "packaged":
         import hemaedge
 

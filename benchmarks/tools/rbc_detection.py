@@ -35,7 +35,7 @@ from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, read_voc
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.rbc import RBC_METHODS, RbcParams, detect_red_cells
-from hemaedge.edge.segment import centre_in, iou
+from hemaedge.edge.segment import centre_in
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
