@@ -91,11 +91,16 @@ def _signals_end_the_run():
 @click.option("--width", type=int, help="Camera capture width.")
 @click.option("--height", type=int, help="Camera capture height.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--status-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Prometheus textfile for monitoring (fps, stage p50, flagged rate, model), rewritten "
+                   "atomically every 10 frames and at the end (default: <store>/status.prom when running "
+                   "the store's active model).")
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, threads, fps, max_frames, loop, method, crop_mode, rbc_factor, cell_fraction, crop_side, no_platelets,
         review_threshold,
-        fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet):
+        fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
+        status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
 
     \b
@@ -113,6 +118,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     from hemaedge.edge.recorder import Recorder, format_summary
     from hemaedge.edge.segment import SegmentParams
     from hemaedge.edge.sources import limit, open_source
+    from hemaedge.edge.status_file import open_status_file
 
     if crop_side:
         crop_mode = "fixed"
@@ -130,6 +136,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                                 cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
                                 rbc_factor=rbc_factor)
     recorder = Recorder(out, mdl.classes, review_threshold=review_threshold, fsync=fsync)
+    status = open_status_file(status_file, mdl)
     annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
         if (annotate_dir or annotate_video) else None
     window = None
@@ -148,6 +155,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     def on_frame(row):
         bar.update(1)
         bar.set_postfix(cells=row["cells"], ms=f"{row['total_ms']:.0f}", refresh=False)
+        if status is not None:
+            status.frame_done(recorder)
 
     try:
         summary = run_pipeline(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
@@ -155,6 +164,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                                load_s=load_s)
     finally:
         bar.close()
+    if status is not None:
+        status.finish(recorder, summary)
     click.echo(format_summary(summary))
     click.echo(f"\nlogs: {out}/frames.jsonl, frames.csv, cells.csv; summary: {out}/summary.json; counts: {out}/counts.csv")
 
