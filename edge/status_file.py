@@ -210,9 +210,33 @@ def read_status(path) -> dict:
     return out
 
 
+def device_report(store_root=None) -> dict:
+    """What a device runs and how its last run went: the fleet report's row (read-only)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hemaedge.edge.store import ModelStore, default_store
+
+    store = ModelStore(store_root) if store_root else default_store()
+    try:
+        hemaedge_version = version("hemaedge")
+    except PackageNotFoundError:
+        hemaedge_version = None
+    active = next((v for v in store.list_versions() if v.active), None)
+    path = store.root / STATUS_NAME
+    return {"hemaedge_version": hemaedge_version, "store": str(store.root),
+            "active": {"version": active.version, "name": active.name, "manifest_sha256": active.manifest_sha256,
+                       "backend": active.backend} if active else None,
+            "status": read_status(path) if path.is_file() else None}
+
+
 def main(argv=None) -> int:
-    """`python -m hemaedge.edge.status_file [PATH]`: the status file as JSON (default: the store's)."""
-    argv = sys.argv[1:] if argv is None else argv
+    """`python -m hemaedge.edge.status_file [PATH]`: a status file as JSON (default: the store's);
+    `... --report [--store DIR]`: the device's fleet-report row (active model, version, status)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--report"]:
+        store = argv[argv.index("--store") + 1] if "--store" in argv[:-1] else None
+        print(json.dumps(device_report(store)))
+        return 0
     if argv:
         path = Path(argv[0])
     else:
@@ -221,7 +245,7 @@ def main(argv=None) -> int:
         path = default_store().root / STATUS_NAME
     if not path.is_file():
         print(json.dumps({"path": str(path), "missing": True}))
-        return 0
+        return 1
     print(json.dumps(read_status(path)))
     return 0
 
