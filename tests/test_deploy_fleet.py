@@ -11,6 +11,7 @@ second run changes nothing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -143,7 +144,16 @@ def test_fleet_of_three_sshd_devices(tmp_path, onnx_v2):
         for d in devices:  # hemaedge was installed on each device, from the wheel, by the role
             assert (d / "home" / "venv" / "bin" / "hemaedge").exists()
         before = {h: (s / "store.json").read_bytes() for h, s in stores.items()}
-        r = _deploy(inventory, onnx_v2, tmp_path / "report2")
+        # the second run from a regular (non-editable) install: the wheel's hemaedge on device 1,
+        # which must find the playbook in its own site-packages
+        installed = devices[0] / "home" / "venv" / "bin"
+        env = dict(os.environ, PYTHONPATH=str(site), PATH=f"{installed}:{Path(sys.executable).parent}:{os.environ['PATH']}")
+        where = subprocess.run([str(installed / "python"), "-c", "import hemaedge.fleet as f; print(f.ansible_dir())"],
+                               capture_output=True, text=True, env=env)
+        assert where.returncode == 0 and "site-packages" in where.stdout, where.stdout + where.stderr
+        r = subprocess.run([str(installed / "hemaedge"), "deploy", "--inventory", str(inventory), "--bundle",
+                            str(onnx_v2), "--forks", "3", "--report-dir", str(tmp_path / "report2")],
+                           capture_output=True, text=True, env=env, timeout=900)
         _check_second_run(r, before, stores, "scope-3", hosts)
 
 
