@@ -262,7 +262,8 @@ def test_ctrl_c_and_sigterm_end_with_a_summary(onnx_bundle, tmp_path, sig):
         proc.kill()
     assert proc.returncode == 0, stderr
     s = json.loads((out / "summary.json").read_text())
-    assert s["end_reason"] == "interrupted (Ctrl-C)" and s["frames"] >= 3
+    expected = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert s["end_reason"] == expected and s["frames"] >= 3 and s["complete"] is True
     assert "differential count" in stdout
 
 

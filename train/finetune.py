@@ -31,9 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.errors import HemaedgeError
+from hemaedge.edge.machine import cpu_model
 from hemaedge.edge.preprocess import InputContract, apply_preprocess
 from hemaedge.train import sampling
+from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
@@ -80,6 +83,17 @@ class FinetuneConfig:
             raise FinetuneError(f"--preprocess {self.preprocess!r}: expected clahe, rgb, masked-rgb or otsu-mask")
         if not 0.0 <= self.mixup_p <= 1.0:
             raise FinetuneError("--mixup-p must be within 0..1")
+        # NaN passes every comparison, so each check says what is allowed, not what is refused
+        for name, value, allowed, ok in (
+                ("learning rate", self.lr, "above 0", lambda v: v > 0),
+                ("weight decay", self.weight_decay, "0 or more", lambda v: v >= 0),
+                ("cosine floor learning rate", self.eta_min, "0 or more and below the learning rate",
+                 lambda v: 0 <= v < self.lr),
+                ("mixup alpha", self.mixup_alpha, "above 0", lambda v: v > 0),
+                ("CLAHE clip limit", self.clahe_clip, "above 0", lambda v: v > 0),
+                ("dropout", self.dropout, "in 0..1 (1 excluded)", lambda v: 0 <= v < 1)):
+            if not (math.isfinite(float(value)) and ok(float(value))):
+                raise FinetuneError(f"{name} {value}: must be a finite number {allowed}")
 
     def contract(self) -> InputContract:
         return InputContract(size=int(self.size), preprocess=self.preprocess, scaling="raw",
@@ -91,10 +105,7 @@ class FinetuneConfig:
 
 def limit_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
     """Indices of the first `limit` images of every class (all when limit is None)."""
-    if not limit:
-        return np.arange(len(labels))
-    keep = np.concatenate([np.flatnonzero(labels == c)[:limit] for c in np.unique(labels)])
-    return np.sort(keep)
+    return first_per_class(labels, limit)
 
 
 def load_split(ds, split: str, contract: InputContract, limit: int | None = None):
@@ -188,9 +199,8 @@ def cosine_lr(epoch: int, cfg: FinetuneConfig) -> float:
 
 
 def save_keras_atomic(model, path: Path):
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 # ----------------------------------------------------------------------------- files
@@ -228,10 +238,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = ""):
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy"), a2.legend(), a2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | None = None, **extra) -> dict:
@@ -242,15 +251,7 @@ def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | Non
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import keras
 
     return (f"{os.cpu_count()}-core {platform.machine()} ({cpu}), keras {keras.__version__} backend "
@@ -313,9 +314,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print, command: str 
     ds = open_data(cfg.data)
     classes = list(ds.classes)
     n_classes = len(classes)
+    if n_classes < 2:
+        raise FinetuneError(f"{cfg.data}: holds {n_classes} class ({', '.join(classes) or 'none'}); "
+                            "a classifier needs images of at least two classes")
     t0 = time.time()
     x_train, y_train = load_split(ds, "train", contract, cfg.limit)
     x_val, y_val = load_split(ds, "val", contract, cfg.limit)
+    present = sorted({classes[i] for i in np.unique(y_train)}) if len(y_train) else []
+    if len(present) < 2:
+        raise FinetuneError(f"{cfg.data}: the train split holds images of {len(present)} class "
+                            f"({', '.join(present) or 'none'}); a classifier needs at least two")
     log(f"data: {cfg.data} classes={n_classes} train={len(y_train)} val={len(y_val)} "
         f"({contract.preprocess}, {contract.size}px) in {time.time() - t0:.0f}s")
     class_w = sampling.class_weights(y_train, n_classes)

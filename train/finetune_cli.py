@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.cli_support import POSITIVE_FLOAT, FiniteFloat, UserError, user_errors
 
 BACKBONE_CHOICES = ("efficientnetv2b0", "efficientnetb0", "efficientnetb3", "resnet50", "resnet50v2",
                     "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "smallcnn")
@@ -25,21 +25,21 @@ def _weights(value: str):
 @click.option("--size", type=click.IntRange(28, 224), default=128, help="Input size in pixels (28..224).")
 @click.option("--epochs", type=click.IntRange(1), default=10)
 @click.option("--batch-size", type=click.IntRange(1), default=32)
-@click.option("--lr", type=float, default=1e-4, help="AdamW peak learning rate.")
-@click.option("--weight-decay", type=float, default=1e-4, help="AdamW weight decay.")
+@click.option("--lr", type=POSITIVE_FLOAT, default=1e-4, help="AdamW peak learning rate (above 0).")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=1e-4, help="AdamW weight decay.")
 @click.option("--t-max", type=click.IntRange(1), default=None, help="Cosine annealing period in epochs [default: --epochs].")
-@click.option("--eta-min", type=float, default=0.0, help="Cosine annealing floor learning rate.")
-@click.option("--mixup-p", type=click.FloatRange(0, 1), default=0.5, help="Probability that a batch is mixed up.")
-@click.option("--mixup-alpha", type=click.FloatRange(min=0, min_open=True), default=0.2, help="Beta(alpha, alpha) of mixup.")
+@click.option("--eta-min", type=FiniteFloat(min=0), default=0.0, help="Cosine annealing floor learning rate.")
+@click.option("--mixup-p", type=FiniteFloat(0, 1), default=0.5, help="Probability that a batch is mixed up.")
+@click.option("--mixup-alpha", type=POSITIVE_FLOAT, default=0.2, help="Beta(alpha, alpha) of mixup.")
 @click.option("--preprocess", type=click.Choice(["clahe", "rgb", "masked-rgb", "otsu-mask"]), default="clahe",
               help="Input preprocessing (part of the model's input contract; the device applies the same).")
-@click.option("--clahe-clip", type=float, default=2.0)
+@click.option("--clahe-clip", type=POSITIVE_FLOAT, default=2.0)
 @click.option("--clahe-tiles", type=click.IntRange(1), default=8)
 @click.option("--augment", type=click.Choice(["full", "light", "none"]), default="full",
               help="full = the recipe's list; light = flips + rotation/scale (cheaper on a CPU).")
 @click.option("--weighted-sampling/--no-weighted-sampling", default=True, help="Inverse-frequency sampling.")
 @click.option("--weighted-loss/--no-weighted-loss", default=True, help="Inverse-frequency weighted cross-entropy.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
+@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
 @click.option("--seed", type=int, default=42)
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split (quick runs).")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000, help="Bootstrap resamples for the accuracy interval.")
@@ -84,7 +84,7 @@ def finetune(resume, publish_prefix, **opts):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--grid", type=click.Choice(["paper", "simplex"]), default="paper",
               help="paper = (0.3,0.7),(0.4,0.6) in both orders (2 members); simplex = all weights on a lattice.")
-@click.option("--step", type=float, default=0.1, help="Lattice step of the simplex grid.")
+@click.option("--step", type=FiniteFloat(0, 1, min_open=True), default=0.1, help="Lattice step of the simplex grid.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split.")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000)
 @user_errors
