@@ -51,14 +51,6 @@ def device_site_packages(out: Path) -> Path:
     return out
 
 
-def broken_onnxruntime(out: Path) -> Path:
-    """A device whose ONNX Runtime is broken (found, but fails to load, like a build for another CPU)."""
-    (out / "onnxruntime").mkdir(parents=True)
-    (out / "onnxruntime" / "__init__.py").write_text(
-        'raise ImportError("onnxruntime: illegal instruction in this build (simulated broken runtime)")\n')
-    return out
-
-
 def onnx_bundle_like_default(where: Path, name: str = "tiny-onnx") -> Path:
     """A real (tiny) ONNX model with the default bundle's classes and input contract."""
     import numpy as np
@@ -78,7 +70,7 @@ def onnx_bundle_like_default(where: Path, name: str = "tiny-onnx") -> Path:
 
 
 def write_inventory(path: Path, servers: list[dict], devices: list[Path], *, wheel: Path, site: Path,
-                    broken: dict | None = None) -> Path:
+                    host_vars: dict | None = None) -> Path:
     """A YAML (JSON is YAML) inventory: group `microscopes`, one host per server/device folder."""
     keys = servers[0]["dir"]
     hosts = {}
@@ -86,8 +78,7 @@ def write_inventory(path: Path, servers: list[dict], devices: list[Path], *, whe
         host = {"ansible_host": "127.0.0.1", "ansible_port": srv["port"], "ansible_user": srv["user"],
                 "hemaedge_home": str(dev / "home"), "hemaedge_store": str(dev / "store"),
                 "hemaedge_environment": {"PYTHONPATH": str(site)}}
-        if broken and f"scope-{i}" in broken:
-            host["hemaedge_environment"] = {"PYTHONPATH": f"{broken[f'scope-{i}']}:{site}"}
+        host.update((host_vars or {}).get(f"scope-{i}", {}))
         hosts[f"scope-{i}"] = host
     inventory = {"all": {"children": {"microscopes": {"hosts": hosts, "vars": {
         "ansible_ssh_private_key_file": str(keys / "client_key"),

@@ -2,8 +2,9 @@
 
 The slow test runs the playbook over SSH against three real sshd instances on 127.0.0.1 (three
 "devices", each its own folder), installing hemaedge on each from a wheel built once; one
-device has a broken ONNX Runtime, so the new (ONNX) bundle fails its health check there and
-the device must roll back. The default-run test runs the same role once on two local "devices"
+device has a latency budget no model can meet (0.001 ms per frame, standing in for a model too
+slow for that hardware), so the new bundle installs there but fails its health check, and the
+device must roll back. The default-run test runs the same role once on two local "devices"
 (Ansible's local connection, the test's own hemaedge), which checks the role's logic: health
 check, rollback, the record of a failed bundle and the report; the slow test also checks that a
 second run changes nothing.
@@ -23,12 +24,13 @@ from click.testing import CliRunner
 
 import fleet_helpers as fh
 from hemaedge.edge.store import ModelStore
-from store_helpers import HEMAEDGE, make_bundle, run_cli
+from store_helpers import make_bundle, run_cli
 
 ANSIBLE = Path(sys.executable).with_name("ansible-playbook")
 needs_ansible = pytest.mark.skipif(not ANSIBLE.exists(), reason="needs ansible-core (pip install 'hemaedge[dev]')")
 V1 = "finetune-lite0-epoch4-tflite-int8-mixed-1"  # the packaged default bundle, installed first everywhere
 V2 = "tiny-onnx-2"
+TOO_FAST = 0.001  # ms per frame: a latency budget no device meets, so that device's health check fails
 
 
 def _deploy(inventory, bundle, report, forks=3, timeout=900):
@@ -42,15 +44,17 @@ def _preinstall_v1(stores):
         assert r.returncode == 0, r.stderr
 
 
-def _check_rollout(r, report_dir, stores, failing: str, hosts: list[str]):
-    """First run: every device but `failing` runs V2; `failing` was rolled back to V1; report lists all."""
+def _check_rollout(r, report_dir, stores, failing: str, hosts: list[str], refused: dict | None = None):
+    """First run: every device of `stores` but `failing` runs V2; `failing` was rolled back to V1;
+    the `refused` ones ({host: message}) failed at install without a change; the report lists all."""
+    refused = refused or {}
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     recap = fh.recap(r.stdout)
     assert set(hosts) <= set(recap), out
-    for host in hosts:
+    for host in stores:
         assert recap[host]["changed"] > 0, (host, recap)
-    assert recap[failing]["failed"] == 1 and all(recap[h]["failed"] == 0 for h in hosts if h != failing)
+    assert all(recap[h]["failed"] == (h == failing or h in refused) for h in hosts), recap
     for host, store in stores.items():
         want = V1 if host == failing else V2
         assert ModelStore(store).active_version() == want, (host, out)
@@ -59,10 +63,14 @@ def _check_rollout(r, report_dir, stores, failing: str, hosts: list[str]):
     assert sorted(rows) == sorted(hosts)
     bad = rows[failing]
     assert not bad["ok"] and bad["step"] == "health check" and bad["rolled_back"] is True
-    assert "ONNX Runtime" in bad["message"] and f"rolled back to {V1}" in bad["message"]
+    assert f"(budget {TOO_FAST} ms)" in bad["message"] and f"rolled back to {V1}" in bad["message"]
     assert bad["active_version"] == V1 and bad["installed"] == V2
+    for host, message in refused.items():
+        row = rows[host]
+        assert not row["ok"] and row["step"] == "install" and message in row["message"] and not row["rolled_back"]
+        assert row["active_version"] == V1 and row["installed"] is None
     v2_digest = ModelStore(stores[hosts[0]]).list_versions()[-1].manifest_sha256
-    for host in hosts:
+    for host in stores:
         if host == failing:
             continue
         row = rows[host]
@@ -93,21 +101,25 @@ def onnx_v2(tmp_path_factory):
 
 @needs_ansible
 def test_role_logic_on_local_devices(tmp_path, onnx_v2):
-    """Two devices on Ansible's local connection: rollback on a failed health check, idempotence, report."""
-    broken = fh.broken_onnxruntime(tmp_path / "broken")
-    hosts = ["bench-a", "bench-b"]
+    """Local devices (Ansible's local connection): one healthy, one whose health check fails and
+    rolls back, one that accepts only signed bundles (role variable hemaedge_require_signature)."""
+    hosts = ["bench-a", "bench-b", "bench-c"]
     stores = {h: tmp_path / h / "store" for h in hosts}
     _preinstall_v1(stores.values())
-    inv = {"all": {"children": {"microscopes": {"hosts": {
-        h: {"hemaedge_home": str(tmp_path / h / "home"), "hemaedge_store": str(stores[h]),
-            "hemaedge_environment": {"PYTHONPATH": str(broken)} if h == "bench-b" else {}}
-        for h in hosts}, "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                                  "hemaedge_manage_software": False, "hemaedge_venv": sys.prefix}}}}}
+    devices = {h: {"hemaedge_home": str(tmp_path / h / "home"), "hemaedge_store": str(stores[h])} for h in hosts}
+    devices["bench-b"]["hemaedge_health_max_latency_ms"] = TOO_FAST
+    devices["bench-c"]["hemaedge_require_signature"] = True
+    inv = {"all": {"children": {"microscopes": {"hosts": devices, "vars": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "hemaedge_manage_software": False, "hemaedge_venv": sys.prefix}}}}}
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(json.dumps(inv))
-    r = _deploy(inventory, onnx_v2, tmp_path / "report1", forks=2)
-    _check_rollout(r, tmp_path / "report1", stores, "bench-b", hosts)
+    r = _deploy(inventory, onnx_v2, tmp_path / "report1", forks=3)
+    _check_rollout(r, tmp_path / "report1", {h: stores[h] for h in hosts[:2]}, "bench-b", hosts,
+                   refused={"bench-c": "not signed"})
+    assert ModelStore(stores["bench-c"]).active_version() == V1  # refused before anything changed
     assert json.loads(next((tmp_path / "bench-b" / "home" / "failed-bundles").glob("*.json")).read_text())["reason"]
+    assert not list((tmp_path / "bench-c" / "home" / "failed-bundles").glob("*.json"))  # not a health failure
     assert not (tmp_path / "bench-a" / "home" / "incoming").exists()  # the copied bundle is cleaned up
     # the report folder of a run is never overwritten (idempotence: see the slow three-device test)
     r = _deploy(inventory, onnx_v2, tmp_path / "report1", forks=2)
@@ -126,7 +138,6 @@ def test_fleet_of_three_sshd_devices(tmp_path, onnx_v2):
     make_keys(keys)
     wheel = fh.build_wheel(tmp_path / "wheel")
     site = fh.device_site_packages(tmp_path / "site")
-    broken = fh.broken_onnxruntime(tmp_path / "broken")
     devices = [tmp_path / f"dev{i}" for i in (1, 2, 3)]
     hosts = ["scope-1", "scope-2", "scope-3"]
     stores = {h: d / "store" for h, d in zip(hosts, devices)}
@@ -138,7 +149,7 @@ def test_fleet_of_three_sshd_devices(tmp_path, onnx_v2):
             pytest.skip(str(exc))
         assert len({s["port"] for s in servers}) == 3
         inventory = fh.write_inventory(tmp_path / "inventory.yml", servers, devices, wheel=wheel, site=site,
-                                       broken={"scope-3": broken})
+                                       host_vars={"scope-3": {"hemaedge_health_max_latency_ms": TOO_FAST}})
         r = _deploy(inventory, onnx_v2, tmp_path / "report1")
         _check_rollout(r, tmp_path / "report1", stores, "scope-3", hosts)
         for d in devices:  # hemaedge was installed on each device, from the wheel, by the role
