@@ -6,7 +6,8 @@ Three real sshd instances on 127.0.0.1 (as in tests/test_deploy_fleet.py), one d
 each. hemaedge is installed on the devices by a first, untimed run of the playbook; then each
 timed run starts from the same state (every device runs a tiny ONNX model) and rolls out the
 packaged default bundle (4 MB TFLite int8): copy, install, health check, report. Runs alternate
-forks 1 and 3 so that a change in the machine's load hits both. Needs ansible-core, sshd, and the
+forks 1 and 3 so that a change in the machine's load hits both. A last, untimed run with one
+device whose health check cannot pass gives the example report (with its rollback). Needs ansible-core, sshd, and the
 dev extra (onnx); runs from the repository (it reuses the tests' helpers).
 """
 from __future__ import annotations
@@ -90,6 +91,14 @@ def main() -> int:
                     sys.exit(f"rollout with forks {forks} failed (exit {rc}):\n{out[-3000:]}")
                 print(f"forks {forks}: {seconds:.1f} s", flush=True)
                 runs.append((forks, seconds))
+        # an example report with a rollback: scope-3 gets a latency budget no device meets
+        _reset(devices, start)
+        inventory = fh.write_inventory(tmp / "inventory-budget.yml", servers, devices, wheel=wheel, site=site,
+                                       host_vars={"scope-3": {"hemaedge_health_max_latency_ms": 0.001}})
+        seconds, rc, out = _rollout(inventory, fh.DEFAULT_BUNDLE, 3, tmp / "example")
+        if rc != 1:
+            sys.exit(f"the example rollout with one failing health check should exit 1, got {rc}:\n{out[-3000:]}")
+        example = (tmp / "example" / "report.md").read_text()
     load_after = os.getloadavg()
     ansible = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "--version"],
                              capture_output=True, text=True).stdout.splitlines()[0]
@@ -122,6 +131,15 @@ def main() -> int:
         "for the same cores. On a real fleet each device has its own CPU and the network adds latency per",
         "task, so parallel forks gain more. Absolute times are noisy (shared machine); the ratio is the",
         "figure to read.",
+        "",
+        "## Example fleet report",
+        "",
+        f"A last rollout (forks 3, {seconds:.1f} s, not in the timings above) in which scope-3 has",
+        "`hemaedge_health_max_latency_ms: 0.001`, a budget no device meets (standing in for a model too slow",
+        "for that hardware): the bundle installs there, fails the health check, and the device rolls back.",
+        "This is the report.md that `hemaedge deploy --inventory` writes and prints:",
+        "",
+        *["> " + line if line else ">" for line in example.strip().splitlines()],
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -221,8 +221,16 @@ def test_playbook_command_carries_variables_in_a_file(tmp_path):
                                             parse_extra_var("hemaedge_extra=jetson")]),
                            limit="ward_7", vars_file=vars_file)
     assert cmd[cmd.index("--forks") + 1] == "3" and cmd[cmd.index("--limit") + 1] == "ward_7"
-    assert cmd[-3:] != ["--check"] and f"@{vars_file}" in cmd and cmd[3].endswith("fleet.yml")
+    assert f"@{vars_file}" in cmd and cmd[3].endswith("fleet.yml")
     variables = json.loads(vars_file.read_text())
     assert variables == {"hemaedge_require_signature": True, "hemaedge_extra": "jetson",
                          "hemaedge_bundle": str(fh.DEFAULT_BUNDLE.resolve()),
                          "hemaedge_report_dir": str((tmp_path / "r").resolve())}
+
+
+@needs_ansible
+def test_an_inventory_without_devices_is_a_usage_error(tmp_path):
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"wards": {"hosts": {"scope-x": {}}}}}}))
+    r = run_cli("deploy", "--inventory", inventory, "--report-dir", tmp_path / "r")
+    assert r.returncode == 2 and "has no device in the group" in r.stderr, r.stdout + r.stderr

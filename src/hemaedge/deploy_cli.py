@@ -130,8 +130,7 @@ def _deploy_inventory(inventory, bundle, forks, report_dir, limit, extra_vars, k
     from hemaedge.fleet import parse_extra_var, read_report, run_fleet
 
     variables = dict(parse_extra_var(v) for v in extra_vars)
-    if keep != 3:
-        variables.setdefault("hemaedge_keep", keep)
+    variables.setdefault("hemaedge_keep", keep)  # an explicit -e wins
     if accept_change:
         variables.setdefault("hemaedge_accept_change", True)
     rc, where = run_fleet(inventory, bundle=bundle, forks=forks, report_dir=report_dir, extra_vars=variables,
@@ -140,8 +139,11 @@ def _deploy_inventory(inventory, bundle, forks, report_dir, limit, extra_vars, k
     if report is None:
         raise UserError(f"ansible-playbook ended with exit code {rc} before writing the fleet report "
                         "(see its output above: an inventory or playbook error)")
-    click.echo((where / "report.md").read_text())
     devices = report["devices"]
+    if not devices:
+        raise UserError(f"{inventory} has no device in the group the playbook works on ('microscopes', or the "
+                        "one given with -e hemaedge_hosts=GROUP): see deploy/ansible/inventory.sample.yml")
+    click.echo((where / "report.md").read_text())
     failed = [d for d in devices if not d.get("ok")]
     click.echo(f"fleet report: {where / 'report.json'}, {where / 'report.md'}")
     if failed or rc != 0:

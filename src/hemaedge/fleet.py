@@ -67,7 +67,7 @@ def default_report_dir() -> Path:
 
 
 def playbook_command(inventory, *, bundle=None, forks: int = 5, report_dir: Path, extra_vars: dict | None = None,
-                     limit: str | None = None, check: bool = False, vars_file: Path) -> list[str]:
+                     limit: str | None = None, vars_file: Path) -> list[str]:
     """The ansible-playbook command line; variables travel in a JSON file (no shell quoting)."""
     variables = dict(extra_vars or {})
     if bundle:
@@ -78,8 +78,6 @@ def playbook_command(inventory, *, bundle=None, forks: int = 5, report_dir: Path
            "--forks", str(int(forks)), "-e", f"@{vars_file}"]
     if limit:
         cmd += ["--limit", limit]
-    if check:
-        cmd.append("--check")
     return cmd
 
 
