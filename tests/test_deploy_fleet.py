@@ -63,8 +63,9 @@ def _check_rollout(r, report_dir, stores, failing: str, hosts: list[str], refuse
     assert sorted(rows) == sorted(hosts)
     bad = rows[failing]
     assert not bad["ok"] and bad["step"] == "health check" and bad["rolled_back"] is True
-    assert f"(budget {TOO_FAST} ms)" in bad["message"] and f"rolled back to {V1}" in bad["message"]
+    assert f"<= {TOO_FAST} ms per frame" in bad["message"] and f"rolled back to {V1}" in bad["message"]
     assert bad["active_version"] == V1 and bad["installed"] == V2
+    assert bad["last_run_model"] == V2  # the status file still describes the health check of the failed bundle
     for host, message in refused.items():
         row = rows[host]
         assert not row["ok"] and row["step"] == "install" and message in row["message"] and not row["rolled_back"]
@@ -80,7 +81,8 @@ def _check_rollout(r, report_dir, stores, failing: str, hosts: list[str], refuse
         assert 0.0 <= row["flagged_ratio"] <= 1.0
     table = (report_dir / "report.md").read_text()
     assert all(f"| {h} | " in table for h in hosts) and "FAILED (health check), rolled back" in table
-    assert "| device | status | active model | digest | hemaedge | last run fps | latency p50 ms | flagged |" in table
+    assert "| device | status | active model | digest | hemaedge | last run of | last run fps | latency p50 ms |" in table
+    assert f"| {failing} | FAILED (health check), rolled back | {V1} |" in table
 
 
 def _check_second_run(r, stores_before, stores, failing, hosts):
