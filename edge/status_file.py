@@ -64,13 +64,14 @@ def default_status_path(model_root) -> Path | None:
         active = store.active_path()
     except (HemaedgeError, OSError, ImportError):  # no usable store: no default status file
         return None
-    if active is None or model_root is None:
+    root = getattr(store, "root", None)
+    if active is None or model_root is None or root is None:
         return None
     try:
         same = Path(active).resolve() == Path(model_root).resolve()
     except OSError:
         return None
-    return store.root / STATUS_NAME if same else None
+    return Path(root) / STATUS_NAME if same else None
 
 
 def model_labels(model) -> dict:
