@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import FiniteFloat, UserError, command_line, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, FiniteFloat, UserError, command_line, user_errors
 
 
 def _ints(ctx, param, value):
@@ -68,7 +68,7 @@ def bench():
               help="... but stop after this long once 10 runs are in.")
 @click.option("--batch", "throughput_batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Batch size of the throughput measurement.")
-@click.option("--max-drop", type=FiniteFloat(min=0), default=1.0, show_default=True,
+@click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
               help="Accuracy points below the reference that mark a row failed-validation.")
 @click.option("--row-timeout", type=FiniteFloat(min=1), default=1800, show_default=True)
 @click.option("--compare", "compare_with", type=click.Path(path_type=Path), help="Print ratios against an earlier result JSON.")
@@ -106,8 +106,7 @@ def run(targets, export_tables, keras, data, limit, preset, threads, formats, ke
                       frames=frames, frames_limit=frames_limit, accuracy=accuracy_mode, progress=not quiet)
     try:
         doc, written = run_benchmark(cfg, Path(out) / name, command=command_line(),
-                                     training_dirs=training_runs, plots=not no_plots,
-                                     log=lambda s: click.echo(s, err=True))
+                                     training_dirs=training_runs, plots=not no_plots)
     except ValueError as exc:  # test-set and result-file problems carry the path in their message
         raise UserError(str(exc)) from None
     counts = doc["summary"]["status_counts"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemaedge.benchmarks.testset import IMAGE_SUFFIXES
+from hemaedge.train.data import IMAGE_SUFFIXES
 
 
 def frame_files(path, limit: int | None) -> list[Path]:

@@ -9,6 +9,7 @@ every latency is divided by.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -22,6 +23,8 @@ from hemaedge.benchmarks import presets, stats
 from hemaedge.benchmarks import status as st
 from hemaedge.edge.bundle import BundleError, MANIFEST_NAME, read_manifest, sha256_file
 from hemaedge.edge.manifest import Manifest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -380,8 +383,9 @@ def attach_baselines(rows: list[dict]) -> None:
 
 
 def execute(rows: list[dict], cfg: BenchConfig, *, on_update: Callable[[list[dict]], None] | None = None,
-            log: Callable[[str], None] = print) -> list[dict]:
+            log: Callable[[str], None] | None = None) -> list[dict]:
     """Measure every row that has a spec, in order; on_update(rows) after each one."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from tqdm import tqdm
 
     todo = [r for r in rows if r.get("spec") and r["status"] is None]
@@ -437,7 +441,8 @@ def plan_pipeline(cfg: BenchConfig, bundles: list[dict]) -> list[dict]:
     return rows
 
 
-def execute_pipeline(prows: list[dict], cfg: BenchConfig, *, on_update=None, log=print) -> list[dict]:
+def execute_pipeline(prows: list[dict], cfg: BenchConfig, *, on_update=None, log=None) -> list[dict]:
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from tqdm import tqdm
 
     todo = [r for r in prows if r.get("spec") and r["status"] is None]
@@ -476,9 +481,10 @@ def config_dict(cfg: BenchConfig, name: str) -> dict:
 
 
 def run_benchmark(cfg: BenchConfig, out_stem, *, command: str, training_dirs=(), plots: bool = True,
-                  log: Callable[[str], None] = print) -> tuple[dict, dict]:
+                  log: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Plan, measure, write <out_stem>.json/.csv/.md (after every row) and the plots.
     Returns (result document, written paths)."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.edge import machine as mach
     from hemaedge.benchmarks import plots as pl
     from hemaedge.benchmarks import report

@@ -276,7 +276,7 @@ class RunLoop:
     def run(self) -> dict:
         """Process frames until the source ends or a stop; returns the summary (also written)."""
         end_reason = None
-        fatal: BundleError | None = None
+        fatal: Exception | None = None  # ends the run after its summary is written, then re-raised
         self._t_start = time.perf_counter()
         logger.debug("run loop started; summary rewritten every %s frames / %s s (0 = only at the end)",
                      self.summary_every.frames, self.summary_every.seconds)
@@ -288,6 +288,11 @@ class RunLoop:
                         frame = next(self.frames)
                 except StopIteration:
                     break
+                except (KeyboardInterrupt, OutputError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the source itself failed (camera gone for good, a bug)
+                    fatal, end_reason = exc, f"the source failed: {exc}"
+                    break
                 ended_by = self._process(frame, t_cap)
                 if ended_by:
                     end_reason = ended_by
@@ -298,7 +303,7 @@ class RunLoop:
                     self.recorder.write_summary(self.summary(None, complete=False))
                     logger.debug("summary written after %d frames", self.recorder.frames)
         except KeyboardInterrupt:  # RunInterrupted, or a plain Ctrl-C where no StopRequest is installed
-            pass
+            self.stop.request(StopRequest.REASONS[signal.SIGINT])
         except BundleError as exc:  # not this frame: the model itself cannot run
             fatal = exc
             end_reason = f"the model cannot run: {exc}"

@@ -47,7 +47,7 @@ PAUSE_ENV = "HEMAEDGE_STORE_TEST_PAUSE"
 
 # Version folder names: what `_slug(name)-<seq>` produces. Anything else in store.json (a
 # hand edit, a damaged disk, an attack: "../../victim") is refused before any path is built.
-VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # used with fullmatch
 
 
 class ContractChangeError(StoreError):
@@ -124,20 +124,21 @@ def state_problems(state: dict) -> list[str]:
     if not isinstance(versions, dict):
         return [f"'versions' must be an object, not {type(versions).__name__}"]
     for name, rec in versions.items():
-        if not VERSION_NAME.match(name) or name in (".", ".."):
+        if not VERSION_NAME.fullmatch(name) or name in (".", ".."):
             problems.append(f"version name {name!r:.100} is not a valid version name (letters, digits, '.', '_', "
                             "'-'; no path separators)")
         elif not isinstance(rec, dict):
             problems.append(f"version {name}: its record must be an object")
         elif not isinstance(rec.get("seq"), int) or isinstance(rec.get("seq"), bool) or rec["seq"] < 1:
             problems.append(f"version {name}: 'seq' must be a positive whole number")
-        elif not all(isinstance(rec.get(k, ""), str) for k in ("installed", "manifest_sha256", "source", "name")):
-            problems.append(f"version {name}: installed, manifest_sha256, source and name must be strings")
+        elif not all(isinstance(rec.get(k, ""), str) for k in ("installed", "manifest_sha256", "source", "name",
+                                                                "built_from")):
+            problems.append(f"version {name}: installed, manifest_sha256, source, name and built_from must be strings")
     active = state.get("active")
-    if active is not None and (not isinstance(active, str) or not VERSION_NAME.match(active)):
+    if active is not None and (not isinstance(active, str) or not VERSION_NAME.fullmatch(active)):
         problems.append(f"the active version {active!r:.100} is not a valid version name")
     history = state.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(v, str) and VERSION_NAME.match(v) for v in history):
+    if not isinstance(history, list) or not all(isinstance(v, str) and VERSION_NAME.fullmatch(v) for v in history):
         problems.append("'history' must be a list of valid version names")
     seq = state.get("next_seq", 1)
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
@@ -323,7 +324,7 @@ class ModelStore:
 
     def version_path(self, version: str) -> Path:
         """The folder of an installed version; never outside `versions/` whatever the name says."""
-        if not isinstance(version, str) or not VERSION_NAME.match(version) or version in (".", ".."):
+        if not isinstance(version, str) or not VERSION_NAME.fullmatch(version) or version in (".", ".."):
             raise StoreError(f"{version!r} is not a valid model version name")
         path = self.versions_dir / version
         if not path.resolve().is_relative_to(self.versions_dir.resolve()):
@@ -433,11 +434,35 @@ class ModelStore:
             return check_signature(manifest, trusted)
         return check_signature(manifest, self.trust.keys())
 
+    def _signed_by(self, manifest: dict, require: bool, built_from: str | None) -> str | None:
+        """check_signature, where an engine built on this device from an installed version is
+        vouched for by that version's signature (an engine cannot be signed on the build machine)."""
+        if not built_from:
+            return self.check_signature(manifest, require)
+        parent = self.version_path(built_from)
+        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+        if not (parent / MANIFEST_NAME).is_file() or source.get("onnx_manifest_sha256") != manifest_digest(parent):
+            raise BundleError(f"this engine bundle was not built from the installed version {built_from}; "
+                              "its signature cannot vouch for it")
+        return self.check_signature(read_manifest(parent), require)
+
+    def signature_status(self, manifest: dict) -> str:
+        """One line for `edge verify`: unsigned, valid by a trusted key, or by a key not trusted here.
+        A signature by a trusted key that does not match raises BundleError."""
+        sig = manifest.get("signature")
+        if not isinstance(sig, dict):
+            return "none (unsigned)" + (" - this store requires signed bundles" if self.requires_signature() else "")
+        kid = self.check_signature(manifest)
+        if kid:
+            return f"valid, key {kid} (trusted in {self.trust.dir})"
+        return (f"by key {str(sig.get('key_id'))[:40]}, which is not in this device's trust store "
+                f"({self.trust.dir}), so it was not checked")
+
     # ------------------------------------------------------------------ install
 
     def install(self, bundle_dir, *, keep: int = DEFAULT_KEEP, accept_change: bool = False,
                 check_backend: bool = True, source: str | None = None, lock_timeout: float = 600.0,
-                on_wait=None, require_signature: bool = False) -> InstallResult:
+                on_wait=None, require_signature: bool = False, built_from: str | None = None) -> InstallResult:
         """Verify `bundle_dir`, copy it into a new version and make it active, atomically.
 
         Raises BundleError (bundle damaged/unsafe), StoreError (back end missing, store
@@ -447,17 +472,17 @@ class ModelStore:
         start = time.monotonic()
         result = self._install(bundle_dir, keep=keep, accept_change=accept_change, check_backend=check_backend,
                                source=source, lock_timeout=lock_timeout, on_wait=on_wait,
-                               require_signature=require_signature)
+                               require_signature=require_signature, built_from=built_from)
         result.seconds = round(time.monotonic() - start, 3)
         return result
 
     def _install(self, bundle_dir, *, keep, accept_change, check_backend, source, lock_timeout,
-                 on_wait, require_signature) -> InstallResult:
+                 on_wait, require_signature, built_from) -> InstallResult:
         if keep < 1:
             raise StoreError(f"--keep must be at least 1 (got {keep})")
         bundle_dir = Path(bundle_dir)
         bundle = load_bundle(bundle_dir)  # schema, checksums, path escapes
-        self.check_signature(bundle.manifest, require_signature)  # early: before copying anything
+        self._signed_by(bundle.manifest, require_signature, built_from)  # early: before copying anything
         if check_backend and backend_available(bundle.backend) is None:
             from hemaedge.edge.backends import REGISTRY
 
@@ -499,7 +524,7 @@ class ModelStore:
                 return InstallResult(version, previous if previous != version else self._prev_of(version),
                                      self.version_path(version), digest, reused=True, changes=changes,
                                      pruned=pruned, files=_installed_digests(self.version_path(version)),
-                                     signed_by=self.check_signature(bundle.manifest, require_signature))
+                                     signed_by=self._signed_by(bundle.manifest, require_signature, built_from))
 
             seq = int(state.get("next_seq", 1))
             version = f"{_slug(bundle.manifest.get('name') or bundle_dir.name)}-{seq}"
@@ -508,7 +533,7 @@ class ModelStore:
             staging = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=self.staging_dir))
             try:
                 self._stage(bundle_dir, bundle.manifest, manifest_bytes, staging)
-                signed_by = self.check_signature(read_manifest(staging), require_signature)  # what is activated
+                signed_by = self._signed_by(read_manifest(staging), require_signature, built_from)  # what is activated
                 if check_backend:  # the very copy that will be activated must load and run
                     check_runnable(Bundle(staging, bundle.manifest))
                 _pause("staged")
@@ -526,6 +551,8 @@ class ModelStore:
                 "source": source or str(bundle_dir.resolve()),
                 "name": bundle.manifest.get("name", ""),
             }
+            if built_from:
+                state["versions"][version]["built_from"] = built_from
             state["next_seq"] = seq + 1
             self._activate(state, version)
             _pause("committed")
@@ -627,7 +654,8 @@ class ModelStore:
             problems = verify_bundle(self.version_path(target))
             if problems:
                 raise StoreError(f"{target} failed verification and stays inactive:\n  - " + "\n  - ".join(problems))
-            self.check_signature(read_manifest(self.version_path(target)))
+            self._signed_by(read_manifest(self.version_path(target)), False,
+                            state["versions"][target].get("built_from"))
             changes = []
             if current and current in state["versions"]:
                 with contextlib.suppress(BundleError):

@@ -91,7 +91,8 @@ def install(bundle, store_path, keep, accept_change, no_backend_check, require_s
 
         results.append(build_engine_bundle_and_install(store, result, precision=engine_precision,
                                                        max_batch=max_batch, keep=keep,
-                                                       check_backend=not no_backend_check, on_wait=waiting))
+                                                       check_backend=not no_backend_check, on_wait=waiting,
+                                                       require_signature=require_signature))
     final = results[-1]
     if as_json:
         out = final.to_dict()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import FiniteFloat, UserError, command_line, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, UserError, command_line, user_errors
 from hemaedge.edge.errors import HemaedgeError
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
@@ -26,7 +26,7 @@ def _source_options(f):
 
 
 def _parity_options(f):
-    f = click.option("--max-drop", type=FiniteFloat(min=0), default=1.0, show_default=True,
+    f = click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
                      help="Accuracy drop (points) beyond which an export is marked failed-validation.")(f)
     f = click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of N images per split (quick runs).")(f)
@@ -172,7 +172,7 @@ def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, b
 
 def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force, **kw):
     return export_one(fmt, source, out, parity_data=_parity_data(data, source.classes, splits, limit),
-                      max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, log=click.echo, **kw)
+                      max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, **kw)
 
 
 @export.command()
@@ -231,7 +231,7 @@ def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, pre
         return
     source = oh.load_hybrid_source(backbone, head, classes=names, preprocess=preprocess, size=size)
     row = oh.export_hybrid_bundle(source, out, opset=opset, parity_data=_parity_data(data, source.classes, splits, limit),
-                                  max_drop=max_drop, overwrite=force, log=click.echo)
+                                  max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)
 
 
@@ -251,7 +251,7 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
     from hemaedge.export import tensorrt as trtx
     from hemaedge.export.trt_bundle import export_tensorrt_bundle
 
-    trtx.require_tensorrt()
+    trtx.require_builder(precision)
     images, info = _calib(calib_dir, calib_count, precision == "int8")
     path = export_tensorrt_bundle(onnx_model, out, precision, calib_images=images, calib_info=info,
                                   batch=batch, max_batch=max_batch, cache=cache, overwrite=force)
@@ -299,7 +299,7 @@ def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, dat
     meta.update(source_sha256=source.sha256, data=pdata.describe() if pdata else None, calibration=info,
                 max_drop_points=max_drop, versions=_versions())
     rows = export_all(source, out, fmts, parity_data=pdata, max_drop=max_drop, calib_images=images,
-                      calib_info=info, overwrite=force, opset=opset, bound_logits=bound_logits, log=click.echo,
+                      calib_info=info, overwrite=force, opset=opset, bound_logits=bound_logits,
                       on_row=lambda r: report.write_table(stem, r, meta))
     md, _ = report.write_table(stem, rows, meta)
     for row in rows:
@@ -353,5 +353,5 @@ def bundle(artifact, source_model, data, splits, limit, max_drop, classes, prepr
 
     row = wrap_artifact(artifact, out, source_model=source_model, classes=classes, preprocess=preprocess, size=size,
                         parity_data_factory=lambda names: _parity_data(data, names, splits, limit),
-                        max_drop=max_drop, overwrite=force, log=click.echo)
+                        max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)

@@ -4,6 +4,7 @@ one table row per format, whatever happened (passed / failed-validation / failed
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 import traceback
@@ -19,7 +20,6 @@ from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.export import parity as par
 from hemaedge.export.bundle_writer import write_export_bundle
 from hemaedge.export.evaldata import load_split
-from hemaedge.export.runners import make_runner, predict_images
 
 @dataclass(frozen=True)
 class ExportFormat:
@@ -62,6 +62,8 @@ DEFAULT_FORMATS = [f.name for f in FORMAT_TABLE if f.default]
 # Views kept for callers that want plain collections.
 FORMATS = {f.name: (f.backend, f.variant) for f in FORMAT_TABLE}
 NEEDS_CALIBRATION = {f.name for f in FORMAT_TABLE if f.needs_calibration}
+
+logger = logging.getLogger(__name__)
 # The classifier end of the network kept in float by "tflite-int8-mixed" unless told otherwise:
 # global pooling, the dense layer and softmax, where int8 rounding costs EfficientNets most.
 DEFAULT_FALLBACK_OPS = ["MEAN", "FULLY_CONNECTED", "SOFTMAX"]
@@ -94,18 +96,24 @@ class ParityData:
         return {"data": str(self.root), "splits": list(self.splits), "limit": self.limit, "seed": self.seed}
 
 
-def measure_parity(source, runner, contract, output, data: ParityData | None, max_drop: float,
+def measure_parity(source, artifact, contract, output, data: ParityData | None, max_drop: float,
                    progress: bool = True) -> tuple[dict, dict]:
-    """(per-split parity metrics, verdict) of a runnable artifact."""
+    """(per-split parity metrics, verdict) of a model file, run through the device's code path
+    (staged bundle, load_backend, prepare_batch: `parity.staged_backend`)."""
     if data is None:
         return {}, par.judge({}, max_drop)
     splits = {}
-    for split in data.splits:
-        images, labels = data.data(split)
-        s_probs = data.source_probs(source, split)
-        a_probs = predict_images(runner, images, contract, output, progress=f"parity {split}" if progress else None)
-        splits[split] = par.split_parity(labels, s_probs, a_probs, source.classes)
-    return splits, par.judge(splits, max_drop)
+    with par.staged_backend(artifact, classes=source.classes, contract=contract, output=output) as backend:
+        for split in data.splits:
+            images, labels = data.data(split)
+            s_probs = data.source_probs(source, split)
+            a_probs = par.device_probabilities(backend, images, contract,
+                                               progress=f"parity {split}" if progress else None)
+            splits[split] = par.split_parity(labels, s_probs, a_probs, source.classes)
+        measured = backend.model_sha256
+    verdict = par.judge(splits, max_drop)
+    verdict["model_sha256"] = measured  # the bytes the figures describe (the bundle's model file)
+    return splits, verdict
 
 
 def convert(fmt: str, source, *, workdir: Path, calib_images=None, opset: int = 17, int8_io: str = "uint8",
@@ -186,8 +194,9 @@ def _tf2onnx_version() -> str:
 
 def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = None,
                max_drop: float = par.DEFAULT_MAX_DROP, calib_images=None, calib_info: dict | None = None,
-               overwrite: bool = False, log: Callable[[str], None] = print, **convert_kw) -> dict:
+               overwrite: bool = False, log: Callable[[str], None] | None = None, **convert_kw) -> dict:
     """Convert + parity + bundle. Returns a table row; raises on conversion errors."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hemaedge-export-") as tmp:
         path, contract, output, settings = convert(fmt, source, calib_images=calib_images, workdir=Path(tmp), **convert_kw)
@@ -195,9 +204,7 @@ def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = No
         if calib_info and fmt in NEEDS_CALIBRATION:
             settings["calibration"] = calib_info
         settings["format"] = fmt
-        backend = FORMATS[fmt][0]
-        runner = make_runner(path, backend)
-        splits, verdict = measure_parity(source, runner, contract, output, parity_data, max_drop)
+        splits, verdict = measure_parity(source, path, contract, output, parity_data, max_drop)
         if parity_data is not None:
             verdict["data"] = parity_data.describe()
         bundle = write_export_bundle(out_dir, path, model_format=fmt, classes=source.classes, contract=contract,
@@ -237,8 +244,9 @@ def make_row(fmt, status, *, size=None, splits=None, bundle=None, export_s=None,
 
 
 def export_all(source, out_root, formats, *, on_row: Callable[[dict], None] | None = None,
-               log: Callable[[str], None] = print, **kw) -> list[dict]:
+               log: Callable[[str], None] | None = None, **kw) -> list[dict]:
     """Every format in `formats`; a row for each, never a missing one."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     rows = []
     for fmt in formats:
         log(f"--- {fmt}")

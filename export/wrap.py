@@ -4,6 +4,7 @@ dtype and quantization, ONNX input size), the rest from the source model's sidec
 with --source and --data the artifact is parity-checked like any export."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from hemaedge.edge.preprocess import InputContract
 from hemaedge.export import parity as par
 from hemaedge.export.bundle_writer import backend_for, write_export_bundle
 from hemaedge.export.pipeline import make_row, measure_parity
-from hemaedge.export.runners import make_runner
+
+logger = logging.getLogger(__name__)
 
 
 def _artifact_io(path: Path, backend: str) -> tuple[int | None, tuple, tuple]:
@@ -47,7 +49,8 @@ def _artifact_io(path: Path, backend: str) -> tuple[int | None, tuple, tuple]:
 
 
 def wrap_artifact(artifact, out, *, source_model=None, classes=None, preprocess=None, size=None,
-                  parity_data_factory=None, max_drop: float = par.DEFAULT_MAX_DROP, overwrite=False, log=print) -> dict:
+                  parity_data_factory=None, max_drop: float = par.DEFAULT_MAX_DROP, overwrite=False, log=None) -> dict:
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     artifact = Path(artifact)
     if not artifact.is_file():
         raise UserError(f"{artifact}: no such model file")
@@ -79,7 +82,7 @@ def wrap_artifact(artifact, out, *, source_model=None, classes=None, preprocess=
     if pdata is not None and source is None:
         verdict["reason"] = "parity needs --source (the model the artifact came from)"
     elif pdata is not None and backend in ("tflite", "onnx"):
-        splits, verdict = measure_parity(source, make_runner(artifact, backend), contract, output, pdata, max_drop)
+        splits, verdict = measure_parity(source, artifact, contract, output, pdata, max_drop)
         verdict["data"] = pdata.describe()
         log(par.format_summary(splits, verdict))
     t0 = time.perf_counter()

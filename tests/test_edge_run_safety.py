@@ -195,6 +195,26 @@ def test_append_adds_rows_and_keeps_the_earlier_summary(bundle, tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_annotated_frames_never_replace_earlier_ones_silently(bundle, tmp_path):
+    one = SAMPLES / "pbc" / "val_00000.jpg"
+    ann = tmp_path / "ann"
+    assert edge_run("-q", "--bundle", bundle, "--source", one, "--out", tmp_path / "a", "--annotate", ann).exit_code == 0
+    first = {p.name: p.stat().st_mtime_ns for p in ann.iterdir()}
+    res = edge_run("-q", "--bundle", bundle, "--source", one, "--out", tmp_path / "b", "--annotate", ann)
+    assert res.exit_code == 2 and "already holds files" in res.output
+    assert {p.name: p.stat().st_mtime_ns for p in ann.iterdir()} == first and not (tmp_path / "b").exists()
+
+
+def test_append_refuses_logs_with_other_columns(bundle, tmp_path):
+    out = tmp_path / "o"
+    assert edge_run("-q", "--bundle", bundle, "--source", SAMPLES / "pbc" / "val_00000.jpg", "--out", out).exit_code == 0
+    (out / "frames.csv").write_text("frame,name,old_column\n0,a.jpg,1\n")
+    res = edge_run("-q", "--append", "--bundle", bundle, "--source", SAMPLES / "pbc", "--out", out)
+    assert res.exit_code == 2 and "other columns" in res.output
+    assert (out / "frames.csv").read_text() == "frame,name,old_column\n0,a.jpg,1\n"
+    assert (out / "summary.json").exists() and not (out / "summary.before-1.json").exists()  # nothing moved
+
+
 def test_default_run_folders_are_unique_within_one_second(tmp_path):
     """#4: two runs started in the same second shared runs/edge-<second>."""
     import datetime as dt
@@ -480,3 +500,36 @@ def test_run_log_and_verbosity(bundle, tmp_path):
     assert verbose.exit_code == 0, verbose.output
     assert "debug: hemaedge.edge.runloop: " in verbose.output
     assert "warning: frame skipped: " in verbose.output and "b.png" in verbose.output
+    # a failure inside processing shows its traceback with -v (and only then)
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((480, 640, 3), np.uint8))
+    clf_fail = edge_run("-q", "--bundle", bundle, "--source", black, "--out", tmp_path / "d", root_opts=["-v"])
+    assert clf_fail.exit_code == 0
+    if "frame skipped" in clf_fail.output:  # the red-cell ruler may learn to take black frames
+        assert "Traceback (most recent call last)" in clf_fail.output
+
+
+def test_a_source_that_fails_for_good_still_leaves_a_summary(bundle, tmp_path):
+    """A camera that never opens is one Error line (exit 2), and the run's summary says why."""
+    res = edge_run("-q", "--bundle", bundle, "--source", "/dev/video96", "--camera-retries", 0,
+                   "--out", tmp_path / "o")
+    assert res.exit_code == 2 and res.output.count("Error:") == 1 and "cannot open the camera" in res.output
+    s = summary_of(tmp_path / "o")
+    assert s["frames"] == 0 and s["complete"] is True and "the source failed" in s["end_reason"]
+
+
+def test_a_plain_keyboard_interrupt_is_recorded_as_ctrl_c(bundle, tmp_path):
+    from hemaedge.edge.runloop import run
+    from hemaedge.edge.sources import open_source
+
+    clf, recorder = _pipeline_parts(bundle, tmp_path / "o")
+    src = open_source(str(SAMPLES / "pbc"))
+
+    def interrupted(frames):
+        for i, f in enumerate(frames):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield f
+
+    s = run(src, clf, recorder, frames_iter=interrupted(iter(src)))
+    assert s["frames"] == 2 and s["end_reason"] == "interrupted (Ctrl-C)"

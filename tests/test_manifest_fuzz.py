@@ -5,7 +5,7 @@ Each example mutates the packaged default manifest (or a real store.json) at ran
 with random JSON values. The only exceptions allowed are HemaedgeError subclasses (which the
 CLI prints as one `Error:` line); whatever the schema accepts must also preprocess a frame
 without a native crash. The run is bounded (a few seconds) in the default suite; set
-HEMAEDGE_FUZZ_EXAMPLES to run longer.
+HEMAEDGE_FUZZ_EXAMPLES=N to explore N random examples (e.g. 20000 for a long run).
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import shutil
 import numpy as np
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402  (dev extra: a missing one fails)
 from hypothesis import strategies as st  # noqa: E402
 
 from hemaedge.edge.bundle import load_bundle, read_manifest  # noqa: E402
@@ -30,8 +29,13 @@ from hemaedge.edge.store import ModelStore  # noqa: E402
 from store_helpers import make_bundle  # noqa: E402
 
 EXAMPLES = int(os.environ.get("HEMAEDGE_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("HEMAEDGE_FUZZ_EXAMPLES"),
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _fuzz(share: float = 1.0):
+    """Bounded and reproducible in the default run; HEMAEDGE_FUZZ_EXAMPLES=N explores N random examples."""
+    return settings(max_examples=max(10, int(EXAMPLES * share)), deadline=None,
+                    derandomize=not os.environ.get("HEMAEDGE_FUZZ_EXAMPLES"),
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 DEFAULT = read_manifest(packaged_default_bundle())
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
@@ -86,7 +90,7 @@ def _apply(doc, muts):
     return doc
 
 
-@FUZZ
+@_fuzz()
 @given(muts=mutations, extra=st.dictionaries(st.text(max_size=8), json_values, max_size=2))
 def test_fuzzed_manifest_is_accepted_or_refused_cleanly(muts, extra):
     doc = _apply(DEFAULT, muts)
@@ -111,7 +115,7 @@ def bundle_dir(tmp_path_factory):
     return make_bundle(tmp_path_factory.mktemp("fuzz"), "fuzz", classes=["a", "b", "c"], size=32)
 
 
-@FUZZ
+@_fuzz(0.5)  # writes a bundle folder per example
 @given(muts=mutations)
 def test_fuzzed_manifest_file_loads_or_fails_cleanly(bundle_dir, tmp_path_factory, muts):
     original = read_manifest(bundle_dir)
@@ -136,7 +140,7 @@ def store_state(tmp_path_factory):
     return store.root, json.loads(store.state_path.read_text())
 
 
-@FUZZ
+@_fuzz(0.5)  # copies a store per example
 @given(data=st.data())
 def test_fuzzed_store_json_is_refused_or_used_cleanly(store_state, tmp_path_factory, data):
     root, state = store_state

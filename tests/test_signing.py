@@ -17,7 +17,6 @@ from hemaedge.edge.store import ModelStore
 from store_helpers import make_bundle, tiny_onnx
 from trust_helpers import edit_manifest, rehash
 
-pytest.importorskip("nacl")
 
 
 def cli(*args):
@@ -157,3 +156,46 @@ def test_edge_run_respects_the_store_signature_policy(tmp_path, keys, monkeypatc
     assert load_model(bundle=signed).classes
     r = cli("edge", "run", "--bundle", unsigned, "--source", "samples", "--out", tmp_path / "o", "--max-frames", 1)
     assert r.exit_code == 2 and "requires signed bundles" in r.output
+
+
+def test_engine_built_on_device_is_vouched_for_by_its_signed_onnx_version(tmp_path, keys, monkeypatch):
+    """--build-engine under a signature policy: the engine (built here, unsigned) is accepted because
+    the signed ONNX version it was built from is; an engine from elsewhere is not."""
+    from test_store_engine import FAKE_TRTEXEC  # the stand-in trtexec of the engine tests
+    import os
+    import sys
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "trtexec"
+    exe.write_text(FAKE_TRTEXEC.format(python=sys.executable))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    store = tmp_path / "store"
+    bundle = make_bundle(tmp_path / "b", "signed", size=32)
+    sign_bundle(bundle, read_signing_key(keys / "lab.key"))
+    assert cli("edge", "trust", "add", keys / "lab.pub", "--store", store).exit_code == 0
+    assert cli("edge", "trust", "require", "--store", store).exit_code == 0
+    r = cli("edge", "install", bundle, "--store", store, "--build-engine", "--max-batch", 4, "--no-backend-check",
+            "--json")
+    assert r.exit_code == 0, r.output
+    s = ModelStore(store)
+    assert s.active_version() == "signed-trt-fp16-2"
+    # the engine bundle on its own (not built from an installed version) is refused: unsigned
+    with pytest.raises(BundleError, match="not signed"):
+        s.install(s.active_path(), check_backend=False, keep=5)
+
+
+def test_verify_reports_the_signature(tmp_path, keys, monkeypatch):
+    store = tmp_path / "store"
+    monkeypatch.setenv("HEMAEDGE_STORE", str(store))
+    b = make_bundle(tmp_path / "b", "v", size=32)
+    assert "signature: none (unsigned)" in cli("edge", "verify", b).output
+    sign_bundle(b, read_signing_key(keys / "lab.key"))
+    assert "not in this device's trust store" in cli("edge", "verify", b).output
+    assert cli("edge", "trust", "add", keys / "lab.pub", "--store", store).exit_code == 0
+    r = cli("edge", "verify", b)
+    assert r.exit_code == 0 and "signature: valid, key" in r.output, r.output
+    edit_manifest(b, lambda m: m.update(name="edited"))
+    r = cli("edge", "verify", b)
+    assert r.exit_code == 2 and "does not match" in r.output

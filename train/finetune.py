@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -38,6 +39,8 @@ from hemaedge.edge.preprocess import InputContract, apply_preprocess
 from hemaedge.train import sampling
 from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
+
+logger = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
@@ -296,8 +299,9 @@ def _check_resume(out: Path, cfg: FinetuneConfig):
     return state
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, log=print, command: str | None = None) -> dict:
+def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str | None = None) -> dict:
     """Train (or resume), checkpoint, evaluate the best checkpoint; returns the metrics dict."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     import keras
 
     from hemaedge.train.evaluate import write_json
@@ -395,9 +399,10 @@ def predict_proba(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
 
 
-def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=print, command=None) -> dict:
+def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=None) -> dict:
     """Val + test metrics of best.keras with the shared metrics; writes metrics.json, summary.md
     and model.keras (+ model.json): the best weights without optimizer state, for export."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     import keras
 
     from hemaedge.train.evaluate import (compute_metrics, plot_confusion_matrix, write_json,

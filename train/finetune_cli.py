@@ -69,7 +69,7 @@ def finetune(resume, publish_prefix, **opts):
         "".join(f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in opts.items() if isinstance(v, bool)) + \
         (" --resume" if resume else "") + (f" --publish {publish_prefix}" if publish_prefix else "")
     try:
-        run(cfg, resume=resume, log=click.echo, command=command)
+        run(cfg, resume=resume, command=command)
     except (FinetuneError, WeightsError, UnsafeCheckpointError) as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {cfg.out}/model.keras (+ model.json), best.keras, metrics.json, curves.png, summary.md")
@@ -99,7 +99,7 @@ def ensemble(members, data, out, grid, step, limit, bootstrap):
     from hemaedge.train.ensemble import EnsembleError, run_ensemble
 
     try:
-        run_ensemble(members, data, out, grid=grid, step=step, limit=limit, bootstrap=bootstrap, log=click.echo)
+        run_ensemble(members, data, out, grid=grid, step=step, limit=limit, bootstrap=bootstrap)
     except EnsembleError as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {out}/ensemble.keras, ensemble.json, metrics.json, summary.md")

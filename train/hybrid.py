@@ -10,6 +10,7 @@ models, the ANN fused with its backbone as one Keras model, and a Markdown trade
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from hemaedge.train import features as F
 from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train import heads as H
 from hemaedge.train.evaluate import compute_metrics, metrics_markdown, plot_confusion_matrix, write_json, write_text
+
+logger = logging.getLogger(__name__)
 
 RESULTS_VERSION = 1
 
@@ -62,8 +65,9 @@ def _file_mb(*paths) -> float:
     return sum(Path(p).stat().st_size for p in paths if p and Path(p).is_file()) / 1e6
 
 
-def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] = print) -> dict:
+def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run the whole hybrid benchmark for one (backbone, weights, preprocessing, augmentation)."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.train.backbones import build_backbone
     from hemaedge.train.datasets import open_dataset
 

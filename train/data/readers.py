@@ -143,6 +143,15 @@ class Dataset:
             return _array_images(s.array()[idx], size), labels
         return _read_files([s.paths[i] for i in idx], size, workers, progress, f"{split}"), labels
 
+    def image_list(self, split: str, indices: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Like `load_images` without `size`, as a list: each image keeps its own size (the
+        model's resize happens later, in `prepare_batch`, as on the device)."""
+        s = self.split(split)
+        idx = np.arange(len(s)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        if s.npz is not None:
+            return list(_array_images(s.array()[idx], None))
+        return _decode_files([s.paths[i] for i in idx], None, None, False, split)
+
     def iter_batches(self, split: str, batch_size: int = 256, size: int | None = None,
                      shuffle: bool = False, seed: int = SPLIT_SEED, workers: int | None = None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -222,21 +231,27 @@ def _default_workers() -> int:
     return max(1, min(8, 2 * (os.cpu_count() or 1)))
 
 
-def _read_files(paths, size, workers, progress, what="images") -> np.ndarray:
+def _decode_files(paths, size, workers, progress, what="images") -> list[np.ndarray]:
     def one(p):
         img = read_image(p)
         return resize(img, size) if size else img
 
     if not paths:
-        s = size or 0
-        return np.zeros((0, s, s, 3), np.uint8)
+        return []
     from tqdm import tqdm
 
     # None lets tqdm show the bar on a terminal only; small reads never show one.
     disable = (None if len(paths) >= 500 else True) if progress is None else not progress
     with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
-        images = list(tqdm(pool.map(one, paths), total=len(paths), desc=f"reading {what}",
-                           unit="img", disable=disable))
+        return list(tqdm(pool.map(one, paths), total=len(paths), desc=f"reading {what}",
+                         unit="img", disable=disable))
+
+
+def _read_files(paths, size, workers, progress, what="images") -> np.ndarray:
+    if not paths:
+        s = size or 0
+        return np.zeros((0, s, s, 3), np.uint8)
+    images = _decode_files(paths, size, workers, progress, what)
     odd = next((i for i, im in enumerate(images) if im.shape != images[0].shape), None)
     if odd is not None:
         raise DataError(f"{paths[odd]}: image size {images[odd].shape[1]}x{images[odd].shape[0]} differs from "
@@ -319,11 +334,11 @@ def _class_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return [folder / n for n in sorted(images)], [folder / n for n in sorted(other)]
 
 
-def _scan_split_tree(root: Path, classes):
+def _scan_split_tree(root: Path, classes, required=SPLITS):
     """Scan `{train,val,test}/{class}/*`; returns (classes, {split: (paths, labels)}, problems, other)."""
     problems, other, per_split = [], [], {}
     present = [s for s in SPLITS if (root / s).is_dir()]
-    for s in SPLITS:
+    for s in required:
         if s not in present:
             problems.append(f"{root / s}: missing split folder (expected {', '.join(SPLITS)} under {root})")
     folders = {s: {d.name: d for d in _subdirs(root / s)} for s in present}
@@ -400,14 +415,14 @@ def _not_a_classification_tree(root: Path) -> str | None:
     return None
 
 
-def _open_tree(root: Path, classes, strict: bool = True):
+def _open_tree(root: Path, classes, strict: bool = True, required=SPLITS):
     explicit = _explicit_classes(classes, root)
     if not _looks_like_split_tree(root):
         what = _not_a_classification_tree(root)
         if what:
             raise DataError(what)
     if _looks_like_split_tree(root):
-        order, per_split, problems, other = _scan_split_tree(root, explicit)
+        order, per_split, problems, other = _scan_split_tree(root, explicit, required)
         splits = {s: SplitData(s, np.asarray(lb, np.int64), paths=tuple(p)) for s, (p, lb) in per_split.items()}
         kind, protocol = "tree", "official split"
     else:
@@ -566,7 +581,7 @@ def _resolve(path_or_name, data_dir, download) -> Path:
                     f"or set HEMAEDGE_DATA to the folder holding it{hint}")
 
 
-def _inspect(path_or_name, classes=None, data_dir=None, download=False, strict=True):
+def _inspect(path_or_name, classes=None, data_dir=None, download=False, strict=True, required=SPLITS):
     path = _resolve(path_or_name, data_dir, download)
     if path.is_file():
         if path.suffix.lower() != ".npz":
@@ -576,9 +591,13 @@ def _inspect(path_or_name, classes=None, data_dir=None, download=False, strict=T
         npzs = sorted(path.glob("*.npz"))
         if len(npzs) == 1:
             return _open_npz(npzs[0], classes, strict)
-    return _open_tree(path, classes, strict)
+    return _open_tree(path, classes, strict, required)
 
 
-def open_dataset(path_or_name="bloodmnist", classes=None, data_dir=None, download: bool = False) -> Dataset:
-    """Open a data set (see the module docstring); raises DataError naming the file and problem."""
-    return _inspect(path_or_name, classes, data_dir, download, strict=True)[0]
+def open_dataset(path_or_name="bloodmnist", classes=None, data_dir=None, download: bool = False,
+                 splits: Sequence[str] = SPLITS) -> Dataset:
+    """Open a data set (see the module docstring); raises DataError naming the file and problem.
+
+    `splits`: the split folders a tree must hold (an evaluation copy may hold only val/ and test/).
+    """
+    return _inspect(path_or_name, classes, data_dir, download, strict=True, required=tuple(splits))[0]

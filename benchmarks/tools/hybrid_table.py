@@ -1,7 +1,7 @@
 """The published hybrid table: every (backbone, preprocessing) run of `hemaedge train hybrid`
 on BloodMNIST-128, collected into one Markdown table, one JSON file and one plot.
 
-    python -m hemaedge.benchmarks.hybrid_table --data ../shared/data/bloodmnist128 \\
+    python -m hemaedge.benchmarks.tools.hybrid_table --data ../shared/data/bloodmnist128 \\
         --backbones efficientnet-lite0 --preprocess rgb,masked-rgb,otsu-mask \\
         --runs runs/hybrid --out benchmarks/results/hybrid_bloodmnist128
 
@@ -14,6 +14,7 @@ silently disappearing. Heavy work: use `nice -n 10` on a shared machine.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import click
 
 from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.cli_support import command_line
+
+logger = logging.getLogger(__name__)
 
 KERAS_NOTOP_FILES = {
     "efficientnetv2b0": "efficientnetv2-b0_notop.h5",
@@ -64,8 +67,9 @@ def _merged_runs(run_dir: Path, cfg) -> dict | None:
 
 
 def collect(data, backbones, preprocess, heads, size, augment, runs, seed=42, limit_per_class=None,
-            log=print, collect_only: bool = False) -> list[dict]:
+            log=None, collect_only: bool = False) -> list[dict]:
     """Run (or reuse) every configuration; returns one entry per (backbone, preprocessing)."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.train.hybrid import HybridConfig, run_hybrid
 
     entries = []
@@ -245,7 +249,7 @@ def main(data, backbones, preprocess, heads, size, augment, runs, out, limit_per
                           [a.strip() for a in augment.split(",") if a.strip()], runs,
                           limit_per_class=limit_per_class, log=lambda m: click.echo(m, err=True),
                           collect_only=collect_only)
-        command = command_line("python -m hemaedge.benchmarks.hybrid_table")
+        command = command_line("python -m hemaedge.benchmarks.tools.hybrid_table")
         write_json(out + ".json", {"command": command, "entries": entries})
         write_text(out + ".md", table_markdown(entries, command))
         plot(entries, out + ".png")
