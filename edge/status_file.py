@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.edge.bundle import MANIFEST_NAME, sha256_file
 from hemaedge.edge.errors import HemaedgeError, OutputError
 from hemaedge.edge.metrics_runtime import STAGES
 
@@ -80,10 +81,8 @@ def model_labels(model) -> dict:
     manifest = getattr(model, "manifest", None)
     digest = ""
     if manifest is not None:
-        from hemaedge.edge.store import manifest_digest
-
-        try:
-            digest = "sha256:" + manifest_digest(root)
+        try:  # the manifest's sha256 names the whole bundle (as the store's manifest_sha256)
+            digest = "sha256:" + sha256_file(root / MANIFEST_NAME)
         except OSError:
             digest = ""
     name = (manifest or {}).get("name") if manifest is not None else getattr(model, "name", "")

@@ -199,6 +199,10 @@ def steps(s: Settings) -> list[Step]:
                           "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
              [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
              "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
+        Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
+             [f"{out}/fleet_rollout.md"],
+             "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
+             "~15 min"),
     ]
 
 

@@ -1,6 +1,6 @@
 """Time to roll a bundle out to three loopback devices with `hemaedge deploy --inventory`, forks 1 vs 3.
 
-    .venv/bin/python benchmarks/fleet_rollout.py --out benchmarks/results/fleet_rollout.md
+    python -m hemaedge.benchmarks.tools.fleet_rollout --out benchmarks/results/fleet_rollout.md
 
 Three real sshd instances on 127.0.0.1 (as in tests/test_deploy_fleet.py), one device folder
 each. hemaedge is installed on the devices by a first, untimed run of the playbook; then each
@@ -25,7 +25,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 import fleet_helpers as fh  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fleet_rollout.md")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per forks value")
     args = ap.parse_args()
-    command = "python benchmarks/fleet_rollout.py " + " ".join(sys.argv[1:])
+    command = "python -m hemaedge.benchmarks.tools.fleet_rollout " + " ".join(sys.argv[1:])
     load_before = os.getloadavg()
     runs: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory(prefix="hemaedge-fleet-bench-") as tmp, ExitStack() as stack:
