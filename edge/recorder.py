@@ -32,9 +32,9 @@ from hemaedge.edge.errors import OutputError
 from hemaedge.edge.metrics_runtime import STAGES, percentiles
 
 FRAME_FIELDS = ["frame", "name", "width", "height", "cells", "wbc", "platelets", "flagged",
-                *[f"{s}_ms" for s in STAGES], "rss_mb"]
+                *[f"{s}_ms" for s in STAGES], "rss_mb", "status", "rbc_px"]
 CELL_FIELDS = ["frame", "name", "cell", "kind", "x0", "y0", "x1", "y1", "crop_side", "class",
-               "confidence", "review"]
+               "confidence", "review", "cell_id", "track_id", "counted", "at_edge", "flag"]
 
 
 def _plain(obj):
@@ -115,21 +115,27 @@ class Recorder:
         with writing(self.out):
             return self._record(*args, **kwargs)
 
-    def _record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float) -> dict:
+    def _record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float,
+                cell_extras: list[dict] | None = None, frame_extra: dict | None = None) -> dict:
+        """One frame: its row, and one row per cell (plus the counting columns of `cell_extras`,
+        see edge/counting.py)."""
         flagged = 0
         for i, (det, label, conf) in enumerate(zip(detections, labels, confidences)):
-            review = bool(conf < self.review_threshold)
+            extra = cell_extras[i] if cell_extras else {}
+            review = bool(extra["flag"]) if "flag" in extra else bool(conf < self.review_threshold)
             flagged += review
-            self.counts[label] += 1
-            self.flagged[label] += review
+            self.counts[label] = self.counts.get(label, 0) + 1
+            self.flagged[label] = self.flagged.get(label, 0) + review
             x0, y0, x1, y1 = det.box
             self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": i, "kind": det.kind,
                                  "x0": x0, "y0": y0, "x1": x1, "y1": y1, "crop_side": det.crop[2],
-                                 "class": label, "confidence": round(float(conf), 4), "review": int(review)})
+                                 "class": label, "confidence": "" if conf != conf else round(float(conf), 4),
+                                 "review": int(review), **extra})
         h, w = frame.image.shape[:2]
         row = {"frame": frame.index, "name": frame.name, "width": w, "height": h,
                "cells": len(detections), "wbc": sum(d.kind == "wbc" for d in detections),
-               "platelets": sum(d.kind == "platelet" for d in detections), "flagged": int(flagged)}
+               "platelets": sum(d.kind == "platelet" for d in detections), "flagged": int(flagged),
+               **(frame_extra or {})}
         for s in STAGES:
             v = float(timings_ms.get(s, 0.0))
             row[f"{s}_ms"] = round(v, 3)
@@ -168,9 +174,10 @@ class Recorder:
         with writing(self.out):
             write_json_atomic(self.out / "summary.json", summary)
             buf = io.StringIO(newline="")
-            w = csv.DictWriter(buf, ["class", "count", "percent", "flagged"], extrasaction="ignore")
+            rows = summary["differential_count"]  # edge/differential.py: the rows labs report
+            w = csv.DictWriter(buf, list(rows[0]) if rows else ["section", "class", "count"], extrasaction="ignore")
             w.writeheader()
-            w.writerows(summary["differential_count"])
+            w.writerows(rows)
             atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
 
     def finish(self, summary: dict) -> None:
@@ -220,8 +227,8 @@ def format_summary(s: dict) -> str:
         mm = s["memory_mb"]
         lines.append(f"resident memory: peak {mm['peak']:.1f} MB, current {mm['current']:.1f} MB")
     lines.append("")
-    lines.append("differential count:")
-    lines.append(f"  {'class':<24}{'count':>7}{'%':>8}{'flagged':>9}")
-    for row in s["differential_count"]:
-        lines.append(f"  {row['class']:<24}{row['count']:>7}{row['percent']:>8.1f}{row['flagged']:>9}")
+    if s.get("differential"):
+        from hemaedge.edge.differential import format_differential
+
+        lines.append(format_differential(s["differential"]))
     return "\n".join(lines)

@@ -81,7 +81,17 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
               help="Crop side in pixels (implies --crop-mode fixed; for a microscope that matches the training images).")
 @click.option("--no-platelets", is_flag=True, help="Detect nucleated cells only.")
 @click.option("--review-threshold", default=0.6, show_default=True, type=FiniteFloat(0, 1),
-              help="Cells classified with lower confidence are flagged for human review.")
+              help="Cells classified with lower confidence are flagged for review; a nucleated one below "
+                   "--unidentified-below becomes 'unidentified'.")
+@click.option("--unidentified-below", default=0.4, show_default=True, type=FiniteFloat(0, 1),
+              help="A nucleated cell classified with lower confidence is counted as 'unidentified' (for review).")
+@click.option("--same-slide", is_flag=True,
+              help="Image stills are overlapping views of one slide: one ruler, stage motion and tracking "
+                   "(each cell counted once), as for a video or a camera.")
+@click.option("--target-wbc", type=click.IntRange(1, 100000),
+              help="End the run when this many distinct white cells are counted (100 or 200 as in a manual differential).")
+@click.option("--count-edge-cells", is_flag=True,
+              help="Also count cells cut by the frame edge (by default only whole cells are counted).")
 @click.option("--fsync", is_flag=True, help="fsync the logs after every frame (survives power loss; slower on SD cards).")
 @click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write annotated frames (JPEG) here.")
 @click.option("--annotate-video", type=click.Path(path_type=Path), help="Write an annotated video (.mp4) here.")
@@ -100,7 +110,8 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
-        rbc_factor, cell_fraction, crop_side, no_platelets, review_threshold,
+        rbc_factor, cell_fraction, crop_side, no_platelets, review_threshold, unidentified_below, same_slide,
+        target_wbc, count_edge_cells,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
         status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
@@ -120,7 +131,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     from hemaedge.edge.recorder import Recorder, check_appendable, format_summary
     from hemaedge.edge.runloop import StopRequest, SummaryEvery, run as run_loop
     from hemaedge.edge.segment import SegmentParams
-    from hemaedge.edge.sources import limit, open_source
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.sources import ImageSource, limit, open_source
     from hemaedge.edge.status_file import open_status_file
 
     if crop_side:
@@ -143,9 +155,13 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         load_s = time.perf_counter() - t0
         src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff,
                           width=width, height=height, max_frames=max_frames)
+        one_slide = same_slide or not isinstance(src, ImageSource)  # video, camera: one slide under the lens
         classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
                                     cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
-                                    rbc_factor=rbc_factor)
+                                    rbc_factor=rbc_factor, same_slide=one_slide, review_threshold=review_threshold,
+                                    unidentified_below=unidentified_below)
+        counting = CountingSession(classifier, one_slide=one_slide, target_wbc=target_wbc,
+                                   count_edge_cells=count_edge_cells)
         if append and out is not None:
             check_appendable(out)  # before the old summary is set aside
         folder = _output_folder(out, force, append)
@@ -172,7 +188,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                 summary = run_loop(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
                                    frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
                                    load_s=load_s, stop=stop, output={"folder": str(folder.path), "mode": folder.mode},
-                                   summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every))
+                                   summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every),
+                                   counting=counting)
             finally:
                 bar.close()
             if status is not None:

@@ -10,7 +10,7 @@ What it holds (every sample labelled with the running model's name and manifest 
   hemaedge_fps                            frames per second since the run started
   hemaedge_stage_latency_seconds          per-stage median (quantile="0.5") over the last frames
   hemaedge_flagged_ratio                  cells flagged for review / cells
-  hemaedge_unidentified_ratio             cells classed "unidentified" / cells (0 when the model has no such class)
+  hemaedge_unidentified_ratio             cells the run could not place ("unidentified", edge/identify.py) / cells
   hemaedge_model_info                     1, with backend and store version as extra labels
   hemaedge_status_updated_timestamp_seconds  when the file was written (Unix time)
 
@@ -33,6 +33,7 @@ import numpy as np
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.bundle import MANIFEST_NAME, sha256_file
 from hemaedge.edge.errors import HemaedgeError, OutputError
+from hemaedge.edge.identify import UNIDENTIFIED
 from hemaedge.edge.metrics_runtime import STAGES
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 STATUS_NAME = "status.prom"  # the default file, in the model store's folder
 DEFAULT_EVERY = 10  # frames between rewrites
 LATENCY_WINDOW = 500  # the live medians cover the last frames, not the whole (possibly days-long) run
-UNIDENTIFIED = "unidentified"
 
 _HELP = {
     "hemaedge_run_active": ("gauge", "1 while hemaedge edge run is processing frames, 0 once the run has ended."),

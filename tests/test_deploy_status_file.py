@@ -1,6 +1,7 @@
 """The device status file (edge/status_file.py): a Prometheus textfile written by `edge run`."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -47,7 +48,10 @@ def test_edge_run_of_the_active_model_writes_the_store_status_file(tmp_path):
     assert status["flagged_ratio"] == pytest.approx(summary["flagged_for_review"] / summary["cells"], abs=1e-6)
     for stage, p in summary["latency_ms"].items():  # 3 frames: the live window holds the whole run
         assert status["stage_p50_ms"][stage] == pytest.approx(p["p50"], abs=2e-3)
-    assert status["unidentified_ratio"] == 0.0  # the default model has no "unidentified" class
+    with open(tmp_path / "run" / "cells.csv", newline="") as fh:  # the run's own per-cell log
+        labels = [row["class"] for row in csv.DictReader(fh)]
+    assert len(labels) == summary["cells"]
+    assert status["unidentified_ratio"] == pytest.approx(labels.count("unidentified") / len(labels), abs=1e-6)
     assert not list(store.glob(".status.prom.*"))  # atomic writes leave no temporary files
 
 

@@ -26,7 +26,7 @@ def main(data, per_class, jobs, out):
 
     from hemaedge.edge.preprocess import InputContract
     from hemaedge.train.backbones import build_backbone
-    from hemaedge.train.datasets import open_dataset
+    from hemaedge.train.data import open_dataset
     from hemaedge.train.evaluate import write_json
     from hemaedge.train.features import extract_features
     from hemaedge.train.heads import SVM_C, SVM_GAMMA, svm_grid_search

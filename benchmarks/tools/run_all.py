@@ -147,6 +147,7 @@ def steps(s: Settings) -> list[Step]:
     hybrid_train = s.get("HEMAEDGE_HYBRID_TRAIN", "0") == "1"
     pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
     frames = limit or "200"
+    baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -199,10 +200,24 @@ def steps(s: Settings) -> list[Step]:
                           "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
              [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
              "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
+<<<<<<< HEAD
         Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
              [f"{out}/fleet_rollout.md"],
              "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
              "~15 min"),
+=======
+        Step("live", [], [*tool("live_feed"), "--data", f"{data}/bccd", "--videos", "8", "--out", out],
+             [f"{out}/live_feed.md", f"{out}/live_feed.json"],
+             "live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth",
+             "~5 min"),
+        Step("counting_speed", [Need(f"{baseline}/edge/pipeline.py", "no HEMAEDGE_BASELINE_SRC checkout to compare "
+                                                                     f"with; kept {out}/counting_speed.*")],
+             [*tool("counting_speed"), "--baseline-src", baseline, "--source", f"{data}/bccd/JPEGImages",
+              "--frames", frames, "--repeats", "3", "--out", out],
+             [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
+             "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
+             "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
+>>>>>>> main
     ]
 
 
