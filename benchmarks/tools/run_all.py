@@ -200,12 +200,6 @@ def steps(s: Settings) -> list[Step]:
                           "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
              [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
              "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
-<<<<<<< HEAD
-        Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
-             [f"{out}/fleet_rollout.md"],
-             "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
-             "~15 min"),
-=======
         Step("live", [], [*tool("live_feed"), "--data", f"{data}/bccd", "--videos", "8", "--out", out],
              [f"{out}/live_feed.md", f"{out}/live_feed.json"],
              "live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth",
@@ -217,7 +211,10 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
              "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
              "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
->>>>>>> main
+        Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
+             [f"{out}/fleet_rollout.md"],
+             "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
+             "~15 min"),
     ]
 
 
