@@ -108,12 +108,17 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--width", type=click.IntRange(16, 8192), help="Camera capture width.")
 @click.option("--height", type=click.IntRange(16, 8192), help="Camera capture height.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--status-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Prometheus textfile for monitoring (fps, stage p50, flagged rate, model), rewritten "
+                   "atomically every 10 frames and at the end (default: <store>/status.prom when running "
+                   "the store's active model).")
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
         rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, review_threshold,
         unidentified_below, same_slide, target_wbc, count_edge_cells,
-        fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet):
+        fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
+        status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
 
     \b
@@ -133,6 +138,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     from hemaedge.edge.segment import SegmentParams
     from hemaedge.edge.counting import CountingSession
     from hemaedge.edge.sources import ImageSource, limit, open_source
+    from hemaedge.edge.status_file import open_status_file
 
     if crop_side:
         crop_mode = "fixed"
@@ -168,6 +174,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         recorder = Recorder(folder.path, mdl.classes, review_threshold=review_threshold, fsync=fsync,
                             append=folder.mode == "append",
                             red_cell_classes=red_cells.classes if red_cells else None)
+        status = open_status_file(status_file, mdl)
         annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
             if (annotate_dir or annotate_video) else None
         window = _open_preview(review_threshold) if preview else None
@@ -177,6 +184,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         def on_frame(row):
             bar.update(1)
             bar.set_postfix(cells=row["cells"], ms=f"{row['total_ms']:.0f}", refresh=False)
+            if status is not None:
+                status.frame_done(recorder)
 
         with log_to_file(folder.path / "run.log"):
             logger.info("model: %s [%s]", mdl.describe(), getattr(backend, "runtime", backend.name))
@@ -192,6 +201,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                                    counting=counting)
             finally:
                 bar.close()
+            if status is not None:
+                status.finish(recorder, summary)
     finally:
         stop.restore()
     out = folder.path

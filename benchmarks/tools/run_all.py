@@ -213,6 +213,10 @@ def steps(s: Settings) -> list[Step]:
              "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
              "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
         *_red_cell_steps(s, tool),
+        Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
+             [f"{out}/fleet_rollout.md"],
+             "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
+             "~15 min"),
     ]
 
 
