@@ -8,7 +8,6 @@ ruler wide (edge/rbc.py `rbc_crop`).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hemaedge.edge.differential import clopper_pearson
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_red_cells, rbc_crop
 
@@ -36,15 +36,13 @@ def rbc_bundle_path(value) -> Path:
     return Path(value)
 
 
-def wilson_interval(count: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion, in percent (sound at 0% and for small counts)."""
+def percent_interval(count: int, total: int) -> tuple[float, float]:
+    """95% exact binomial (Clopper-Pearson) interval in percent: the same interval as the white-cell
+    differential (edge/differential.py), so every percentage of a report is read the same way."""
     if total <= 0:
         return 0.0, 0.0
-    p = count / total
-    den = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / den
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / den
-    return round(100 * max(0.0, centre - half), 2), round(100 * min(1.0, centre + half), 2)
+    lo, hi = clopper_pearson(count, total)
+    return round(100 * lo, 2), round(100 * hi, 2)
 
 
 @dataclass
@@ -134,7 +132,7 @@ class RedCellTally:
         classified = sum(self.counts.values())
         morphology = []
         for c in self.classes:
-            lo, hi = wilson_interval(self.counts[c], classified)
+            lo, hi = percent_interval(self.counts[c], classified)
             morphology.append({"class": c, "count": self.counts[c],
                                "percent": round(100 * self.counts[c] / classified, 2) if classified else 0.0,
                                "ci95_low": lo, "ci95_high": hi})

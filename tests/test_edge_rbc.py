@@ -16,7 +16,7 @@ from edge_helpers import make_bundle, make_onnx
 from hemaedge.cli import main
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.rbc import RbcParams, detect_red_cells
-from hemaedge.edge.rbc_morphology import RedCellResult, RedCellTally, wilson_interval
+from hemaedge.edge.rbc_morphology import RedCellResult, RedCellTally, percent_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,11 +86,12 @@ def test_bccd_frame_counts_red_cells():
     assert d > 60 and 8 <= len(cells) <= 40  # the annotators boxed 20 red cells here
 
 
-def test_wilson_interval():
-    assert wilson_interval(0, 100) == (0.0, 3.7)
-    lo, hi = wilson_interval(50, 100)
-    assert lo < 50 < hi and abs((50 - lo) - (hi - 50)) < 0.01
-    assert wilson_interval(3, 0) == (0.0, 0.0)
+def test_red_cell_percent_interval_is_the_differential_interval():
+    # Rümke's table: 0 of 100 -> 0-3.6 %; 50 of 100 -> 39.8-60.2 % (exact binomial)
+    assert percent_interval(0, 100) == (0.0, 3.62)
+    lo, hi = percent_interval(50, 100)
+    assert (round(lo, 1), round(hi, 1)) == (39.8, 60.2)
+    assert percent_interval(3, 0) == (0.0, 0.0)
 
 
 def test_tally_flags_schistocytes_above_one_percent():
