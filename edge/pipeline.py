@@ -35,6 +35,7 @@ class FrameResult:
     def empty(cls, n_classes: int, status: str, timings_ms: dict | None = None, ruler=None) -> "FrameResult":
         return cls([], [], np.zeros(0, np.float32), np.zeros((0, n_classes), np.float32),
                    dict(timings_ms or {}), [], status, ruler)
+    red: object = None  # rbc_morphology.RedCellResult when red cells are analysed
 
 
 class CellClassifier:
@@ -59,7 +60,7 @@ class CellClassifier:
                  cell_fraction: float = DEFAULT_CELL_FRACTION, crop_side: int | None = None,
                  crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR,
                  same_slide: bool = False, review_threshold: float = REVIEW_BELOW,
-                 unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True):
+                 unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -75,6 +76,7 @@ class CellClassifier:
         self.unidentified_below = unidentified_below
         self.mask_neighbours = mask_neighbours
         self.ruler = Ruler(same_slide)
+        self.red_cells = red_cells  # rbc_morphology.RedCellClassifier: count/classify red cells too
 
     def crop_side_for(self, reading: Reading) -> int | None:
         """The crop side for this frame (None: each cell's own size decides)."""
@@ -136,9 +138,13 @@ class CellClassifier:
             if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc):
                 d.kind = "platelet"
         decisions = [self.decide(d.kind, probs[i]) for i, d in enumerate(dets)]
+        timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}
+        red = None
+        if self.red_cells is not None:  # red cells measured with this field's ruler
+            red = self.red_cells.process(image, reading.diameter)
+            timings.update(red.timings_ms)
         return FrameResult(dets, [x.label for x in decisions], np.array([x.confidence for x in decisions], np.float32),
-                           probs, {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms},
-                           decisions, "" if dets else "no cells found", reading)
+                           probs, timings, decisions, "" if dets else "no cells found", reading, red)
 
 
 def _paint_boxes(crop: np.ndarray, square: tuple[int, int, int], boxes, fill: np.ndarray) -> np.ndarray:

@@ -344,7 +344,8 @@ class RunLoop:
         try:
             row = self.recorder.record(frame, res.detections, res.labels, res.confidences, res.timings_ms,
                                        self.memory.current_mb(), cell_extras=cell_extras,
-                                       frame_extra=self.counting.frame_columns(res))
+                                       frame_extra=self.counting.frame_columns(res),
+                                       red=getattr(res, "red", None))
         except OutputError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a result the recorder cannot file

@@ -202,7 +202,7 @@ def test_default_bundle_store_then_packaged_then_message(onnx_bundle, tmp_path, 
     monkeypatch.setattr(defaults, "packaged_default_bundle", lambda: tmp_path / "none")
     store = types.ModuleType("hemaedge.edge.store")
     active = {"path": None}
-    store.default_store = lambda: types.SimpleNamespace(active_path=lambda: active["path"])
+    store.default_store = lambda: types.SimpleNamespace(active_path=lambda: active["path"], requires_signature=lambda: False)
     monkeypatch.setitem(sys.modules, "hemaedge.edge.store", store)
     args = ["edge", "run", "-q", "--source", str(SAMPLES / "pbc" / "val_00000.jpg"), "--out", str(tmp_path / "o")]
     res = CliRunner().invoke(main, args)

@@ -8,6 +8,7 @@ from hemaedge.edge.cli_support import LazyGroup
     "hybrid": "hemaedge.train.hybrid_cli:hybrid",
     "finetune": "hemaedge.train.finetune_cli:finetune",
     "ensemble": "hemaedge.train.finetune_cli:ensemble",
+    "adapt": "hemaedge.train.adapt_cli:adapt",
 })
 def train():
-    """Train classifiers: hybrid frozen features + classical heads, fine-tuned CNNs, ensembles."""
+    """Train classifiers: hybrid frozen features + classical heads, fine-tuned CNNs, ensembles; adapt one to a new microscope."""

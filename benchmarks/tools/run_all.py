@@ -25,7 +25,8 @@ HEMAEDGE_BENCH_ACCURACY (measure | manifest), HEMAEDGE_BENCH_PRESET (desktop), H
 of training runs, space-separated; default runs/ when it exists), HEMAEDGE_PBC_BUNDLE (default the
 packaged default bundle), HEMAEDGE_HYBRID_RUNS (runs/hybrid), HEMAEDGE_HYBRID_TRAIN (1: train the
 missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
-HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_STEP_TIMEOUT (seconds
+HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_RBC_BUNDLE (src/hemaedge/models/rbc),
+HEMAEDGE_RBC_RUNS (the red-cell fine-tuning runs of the morphology table; default runs/rbc/*), HEMAEDGE_STEP_TIMEOUT (seconds
 any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
 """
 from __future__ import annotations
@@ -148,6 +149,8 @@ def steps(s: Settings) -> list[Step]:
     pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
     frames = limit or "200"
     baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
+    proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
+    proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -211,7 +214,65 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
              "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
              "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
+        *_red_cell_steps(s, tool),
+        Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
+             [f"{out}/fleet_rollout.md"],
+             "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
+             "~15 min"),
+        Step("review", [Need("/usr/bin/chromium", f"no /usr/bin/chromium; kept {out}/review_page_load.md")],
+             [py, "-m", "hemaedge.review.bench", "--cells", "500", "--out", f"{out}/review_page_load.md"],
+             [f"{out}/review_page_load.md"],
+             "review page with 500+ cells of a real run in headless Chromium: load time, keys per correction",
+             "~1 min"),
+        Step("adapt-proxy", [Need(f"{proxy_base}/model.keras",
+                                  f"no proxy base at {proxy_base} (make it with the command in "
+                                  f"{out}/adapt_bccd_proxy_smallcnn64.md's notes, docs/review.md); kept its table")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", f"{proxy_base}/model.keras", "--bccd", f"{data}/bccd",
+              "--replay", f"{data}/bloodmnist128", "--work", proxy_work, "--out", f"{out}/adapt_bccd_proxy_smallcnn64",
+              "--steps", "100,25,50,200", "--epochs", "8", "--export-steps", "100"],
+             [f"{out}/adapt_bccd_proxy_smallcnn64{x}" for x in (".md", ".json")],
+             "train adapt on 25/50/100/all BCCD train cells (reviewer simulated) from a small PBC base; "
+             "BCCD test and PBC val before/after", "~5 min"),
     ]
+
+
+RBC_BUNDLE = "src/hemaedge/models/rbc"
+
+
+def _red_cell_steps(s: Settings, tool) -> list[Step]:
+    """Issue 15 (docs/redcells.md): detection, morphology (runs + the packaged int8 bundle), speed."""
+    data, out = s.data, s.out
+    chula = f"{data}/chula_rbc12"
+    bundle = s.get("HEMAEDGE_RBC_BUNDLE", RBC_BUNDLE)
+    runs = s.get("HEMAEDGE_RBC_RUNS", " ".join(sorted(str(Path(p).parent) for p in glob.glob("runs/rbc/*/metrics.json"))))
+    need_chula = Need(chula, f"no {chula}; kept the committed red-cell tables")
+    need_bundle = Need(f"{bundle}/manifest.json", f"no red-cell bundle at {bundle}; kept the committed table")
+    return [
+        Step("rbcdetect", [need_chula],
+             [*tool("rbc_detection"), "--chula", chula, "--bccd", f"{data}/bccd", "--split", "test", "--bccd-split", "test",
+              "--quiet", "--out", f"{out}/rbc_detection"],
+             [f"{out}/rbc_detection.md", f"{out}/rbc_detection.json"],
+             "red-cell detection: Chula RBC-12 point recall / touching cells split, BCCD RBC boxes (test splits)", "~2 min"),
+        Step("rbcmodel", [need_chula, need_bundle, Need(runs.split()[0] if runs else "runs/rbc/*/metrics.json",
+                                                        "no finished red-cell training runs (HEMAEDGE_RBC_RUNS)")],
+             [*tool("rbc_morphology"), "--chula", chula, "--crops", "TMP/rbc64", "--bundle", bundle,
+              "--out", f"{out}/rbc_morphology", *[a for r in runs.split() for a in ("--runs", r)]],
+             [f"{out}/rbc_morphology.md", f"{out}/rbc_morphology.json"],
+             f"red-cell morphology: training runs and the bundle {bundle} on the Chula test frames",
+             "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
+        Step("rbcspeed", [need_chula, need_bundle],
+             [*tool("rbc_speed"), "--rbc", bundle, "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
+              "--threads", "2", "--out", f"{out}/rbc_speed"],
+             [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
+             f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
+    ]
+
+
+def _run_rbcmodel(s: Settings, step: Step) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        bounded(s, [s.he, "data", "rbc-crops", f"{s.data}/chula_rbc12", "--out", f"{tmp}/rbc64", "--exclude", "uncategorised"])
+        bounded(s, [f"{tmp}/rbc64" if w == "TMP/rbc64" else w for w in step.command])
+    return []
 
 
 def _bench_name(s: Settings) -> str:
