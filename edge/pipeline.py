@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hemaedge.edge.domain import DomainMonitor
 from hemaedge.edge.metrics_runtime import MemoryMeter, machine_info, seconds_since_process_start
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, MagnificationTracker,
@@ -56,6 +57,9 @@ class CellClassifier:
             raise ValueError("crop mode 'fixed' needs a crop side in pixels")
         self.rbc_factor = rbc_factor
         self.magnification = MagnificationTracker()
+        # per-run domain check against the bundle's `domain` section (edge/domain.py)
+        manifest = getattr(model, "manifest", None) or {}
+        self.domain = DomainMonitor(manifest.get("domain") if isinstance(manifest, dict) else None)
 
     def crop_side_for(self, image: np.ndarray) -> int | None:
         """The crop side for this frame (None: each cell's own size decides)."""
@@ -80,6 +84,8 @@ class CellClassifier:
         crops = extract_crops(image, dets)
         t1 = time.perf_counter()
         probs, pre_ms, inf_ms = self.classify_crops(crops)
+        self.domain.add_frame(image)
+        self.domain.add_cells(probs)
         idx = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
         conf = probs[np.arange(len(idx)), idx] if len(idx) else np.zeros(0, np.float32)
         return FrameResult(dets, [self.classes[i] for i in idx], conf, probs,
@@ -145,6 +151,7 @@ def run(source, classifier: CellClassifier, recorder, *, annotator=None, preview
         segmentation={"crop_mode": classifier.crop_mode, "cell_fraction": classifier.cell_fraction,
                       "crop_side": classifier.crop_side, "rbc_factor": classifier.rbc_factor,
                       "red_cell_diameter_px": classifier.magnification.diameter, **classifier.params.to_dict()},
+        domain=classifier.domain.report(),
         pid=os.getpid(),
         started_utc=started,
         command=" ".join(["hemaedge", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("hemaedge") else " ".join(sys.argv),

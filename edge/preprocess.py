@@ -314,10 +314,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def output_probabilities(out: np.ndarray, output: dict) -> np.ndarray:
     """Dequantized float model output -> class probabilities, as the manifest's `output` says:
     kind "logits" gets softmax(logit_scale * out) (logit_scale 1 unless given: bounded int8 logits
-    carry theirs, see export/bounded_logits.py); "probabilities" pass through."""
+    carry theirs, see export/bounded_logits.py); "probabilities" pass through. A `temperature`
+    T (fitted on the validation split, see train/evaluate.fit_temperature) divides the logits
+    (for probabilities: their logarithm), so confidences mean what they say."""
     out = np.asarray(out, dtype=np.float32)
+    t = float(output.get("temperature") or 1.0)
     if output.get("kind", "probabilities") == "logits":
-        return softmax(out * np.float32(output.get("logit_scale") or 1.0))
+        return softmax(out * np.float32((output.get("logit_scale") or 1.0) / t))
+    if t != 1.0:
+        return softmax(np.log(np.clip(out, 1e-30, None)) / np.float32(t))
     return out
 
 

@@ -156,6 +156,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     finally:
         bar.close()
     click.echo(format_summary(summary))
+    if (summary.get("domain") or {}).get("warning"):
+        click.secho(f"\nWARNING: {summary['domain']['warning']}", fg="yellow", err=True)
     click.echo(f"\nlogs: {out}/frames.jsonl, frames.csv, cells.csv; summary: {out}/summary.json; counts: {out}/counts.csv")
 
 

@@ -15,6 +15,20 @@ from hemaedge.edge.preprocess import InputContract
 MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx", "tensorrt": "model.engine"}
 
 
+# Sections a training run's sidecar may carry into the manifest (train/finetune.confidence_sections):
+# `output.temperature` is merged into the manifest's `output`, the others are copied as they are.
+SIDECAR_SECTIONS = ("ood", "domain")
+
+
+def confidence_sections(sidecar: dict, output: dict) -> tuple[dict, dict]:
+    """(output with the sidecar's temperature, {section: ...}) for write_export_bundle."""
+    out = dict(output)
+    t = (sidecar.get("output") or {}).get("temperature")
+    if t:
+        out["temperature"] = float(t)
+    return out, {k: sidecar[k] for k in SIDECAR_SECTIONS if sidecar.get(k)}
+
+
 def backend_for(path) -> str:
     suffix = Path(path).suffix.lower()
     for backend, name in MODEL_FILES.items():
@@ -28,12 +42,16 @@ def backend_for(path) -> str:
 def write_export_bundle(out_dir, artifact, *, model_format: str, classes: list[str], contract: InputContract,
                         output: dict, source: dict, settings: dict, metrics: dict | None = None,
                         validation: dict | None = None, extra_files: dict | None = None,
-                        name: str | None = None, overwrite: bool = False) -> Path:
-    """Copy `artifact` (a model file) into a new bundle at out_dir, atomically."""
+                        name: str | None = None, overwrite: bool = False, sections: dict | None = None) -> Path:
+    """Copy `artifact` (a model file) into a new bundle at out_dir, atomically.
+
+    `sections`: further top-level manifest sections from the training run (e.g. `ood`, `domain`:
+    see `confidence_sections`)."""
     backend = backend_for(artifact)
     files = {MODEL_FILES[backend]: Path(artifact)}
     files.update(extra_files or {})
-    extra = {"validation": validation or {"status": "not-validated", "reason": "no parity data given"}}
+    extra = dict(sections or {})
+    extra["validation"] = validation or {"status": "not-validated", "reason": "no parity data given"}
     return write_bundle(out_dir, files, model_file=MODEL_FILES[backend], backend=backend,
                         model_format=model_format, classes=classes, contract=contract, output=output,
                         source=source, export=settings, metrics=metrics or {}, name=name,

@@ -485,8 +485,8 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=print, command
     and model.keras (+ model.json): the best weights without optimizer state, for export."""
     import keras
 
-    from hemaedge.train.evaluate import (compute_metrics, plot_confusion_matrix, write_json,
-                                         write_text)
+    from hemaedge.train.evaluate import (apply_temperature, compute_metrics, expected_calibration_error,
+                                         fit_temperature, plot_confusion_matrix, write_json, write_text)
 
     out = Path(cfg.out)
     model = keras.models.load_model(out / "best.keras", compile=False)
@@ -505,16 +505,28 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=print, command
         result["commands"] = list(json.loads((out / "metrics.json").read_text()).get("commands", []))
     if command:
         result["commands"].append(command)
+    temperature = None
     for split in ("val", "test"):
         if split not in ds.splits:
             continue
         x, y = load_split(ds, split, contract, cfg.limit)
-        m = compute_metrics(y, predict_proba(model, x), classes, bootstrap=cfg.bootstrap, seed=42)
+        proba = predict_proba(model, x)
+        m = compute_metrics(y, proba, classes, bootstrap=cfg.bootstrap, seed=42)
+        if split == "val":  # temperature, OOD statistics and domain reference: chosen on val only
+            temperature = fit_temperature(y, proba)
+            side.update(confidence_sections(ds, contract, cfg, y, apply_temperature(proba, temperature),
+                                            temperature))
+        if temperature is not None:
+            m["ece_calibrated"] = expected_calibration_error(y, apply_temperature(proba, temperature))
+            m["temperature"] = temperature
         result[split] = m
         if split == "test":
             plot_confusion_matrix(np.asarray(m["confusion_matrix"]), classes, out / "confusion_test.png",
                                   title=f"{cfg.backbone} {cfg.size}px, test")
-        log(f"{split}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f}")
+        log(f"{split}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f} "
+            f"ECE {m['ece']:.4f} -> {m.get('ece_calibrated', float('nan')):.4f} at T={temperature or float('nan'):.3f}")
+    for k in ("output", "ood", "domain"):
+        result[k] = side.get(k)
     write_json(out / "metrics.json", result)
     side["metrics"] = {k: {kk: result[k][kk] for kk in ("accuracy", "macro_f1", "kappa", "roc_auc_ovr",
                                                         "accuracy_ci95", "n")}
@@ -523,6 +535,48 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=print, command
     write_json(out / "model.json", side)
     write_text(out / "summary.md", summary_markdown(result))
     return result
+
+
+def confidence_sections(ds, contract, cfg: FinetuneConfig, y_val, p_val_calibrated, temperature: float) -> dict:
+    """The sidecar's (and so the bundle manifest's) `output.temperature`, `ood` and `domain`
+    sections, from the validation split (and training colours)."""
+    from hemaedge.edge.confidence import ood_section
+    from hemaedge.edge.domain import domain_section
+
+    labels = ds.split("train").labels
+    idx = limit_per_class(labels, cfg.limit)[::10]  # every 10th training image: the colour reference
+    x_train, _ = ds.load_images("train", size=contract.size, indices=idx)
+    return {"output": {"temperature": round(float(temperature), 6), "temperature_fitted_on": "val"},
+            "ood": ood_section(p_val_calibrated, y_val),
+            "domain": domain_section(x_train, p_val_calibrated)}
+
+
+def snapshot(run_dir, out_dir, log=print, bootstrap: int | None = None) -> dict:
+    """Evaluate a run's current best checkpoint while it keeps training: copies best.keras,
+    best.json, history.csv and state.json into `out_dir` (a frozen snapshot) and evaluates it
+    there like a finished run (model.keras + model.json with the confidence sections,
+    metrics.json, summary.md). The running training is not touched."""
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    state = json.loads((run_dir / "state.json").read_text())
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FinetuneError(f"{out_dir}: not empty; choose a new folder for the snapshot")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("best.keras", "best.json", "history.csv", "state.json", "curves.png"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    conf = dict(state["config"])
+    conf["out"] = str(out_dir)
+    if bootstrap is not None:
+        conf["bootstrap"] = bootstrap
+    cfg = FinetuneConfig(**conf)
+    cfg.validate()
+    ds = open_data(cfg.data)
+    side = json.loads((out_dir / "best.json").read_text())
+    log(f"snapshot of {run_dir} after epoch {state['epoch']} (best epoch {side.get('epoch')})")
+    return evaluate_best(cfg, ds, list(ds.classes), InputContract.from_dict(side["input"]), log,
+                         command=f"hemaedge train snapshot {run_dir} --out {out_dir}")
 
 
 def summary_markdown(r: dict) -> str:

@@ -121,3 +121,29 @@ def ensemble(members, data, out, grid, step, limit, bootstrap):
     except EnsembleError as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {out}/ensemble.keras, ensemble.json, metrics.json, summary.md")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the frozen snapshot.")
+@click.option("--bootstrap", type=click.IntRange(0), default=None, help="Bootstrap resamples [default: the run's].")
+@click.option("--publish", "publish_prefix", default=None, type=click.Path(dir_okay=False),
+              help="Also write a results table PREFIX.md/.json (marked with the snapshot's epoch).")
+@user_errors
+def snapshot(run_dir, out, bootstrap, publish_prefix):
+    """Evaluate a fine-tuning run's current best checkpoint while it keeps training.
+
+    \b
+    Copies best.keras (+ json, history) of RUN_DIR into --out and evaluates it there: val/test
+    metrics, temperature on val, ECE, OOD and domain sections in model.json (ready for export).
+    """
+    from hemaedge.train.finetune import FinetuneError, publish, snapshot as run
+
+    try:
+        run(run_dir, out, log=click.echo, bootstrap=bootstrap)
+    except (FinetuneError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"wrote {out}/model.keras (+ model.json), metrics.json, summary.md")
+    if publish_prefix:
+        for path in publish(out, publish_prefix):
+            click.echo(f"wrote {path}")
