@@ -186,6 +186,18 @@ def check_normalize(spec: dict) -> dict:
 _STAINED_CONTRAST = 30.0
 
 
+def _median_u8(values: np.ndarray) -> np.ndarray:
+    """Per-column median of an (N, 3) uint8 array, equal to np.median(values, axis=0) but
+    from 256-bin histograms (several times faster on the few thousand pixels used here)."""
+    n = len(values)
+    lo, hi = (n - 1) // 2, n // 2
+    out = np.empty(values.shape[1], dtype=np.float32)
+    for c in range(values.shape[1]):
+        cum = np.cumsum(np.bincount(values[:, c], minlength=256))
+        out[c] = (np.searchsorted(cum, lo, side="right") + np.searchsorted(cum, hi, side="right")) / 2.0
+    return out
+
+
 def colour_anchors(image: np.ndarray, max_side: int = 64) -> np.ndarray:
     """The image's background and red-cell colour, (2, 3) float32 in OpenCV 8-bit Lab.
 
@@ -209,7 +221,7 @@ def colour_anchors(image: np.ndarray, max_side: int = 64) -> np.ndarray:
     if bright.all() or not bright.any():  # one tone: background only, or red cells only
         mean = lab.mean(axis=0).astype(np.float32)
         return np.stack([mean, mean])
-    return np.stack([np.median(lab[bright], axis=0), np.median(lab[~bright], axis=0)]).astype(np.float32)
+    return np.stack([_median_u8(lab[bright]), _median_u8(lab[~bright])])
 
 
 def reference_anchors(images: Iterable[np.ndarray]) -> dict:

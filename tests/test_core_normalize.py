@@ -82,3 +82,12 @@ def test_blank_and_one_tone_images_pass_unharmed():
     assert out.shape == grey.shape and out.dtype == np.uint8
     black = np.zeros((40, 40, 3), np.uint8)
     assert normalize_colour(black, SPEC).shape == black.shape
+
+
+def test_histogram_median_equals_numpy_median():
+    from hemaedge.edge.preprocess import _median_u8
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100, 4097):
+        v = rng.integers(0, 256, (n, 3)).astype(np.uint8)
+        assert np.array_equal(_median_u8(v), np.median(v, axis=0).astype(np.float32))
