@@ -37,9 +37,8 @@ def _logit_model(model):
     import keras
 
     dense = model.get_layer("probabilities")
-    feats = model.get_layer(index=-3).output if False else None  # noqa: F841 (kept simple below)
     inp = model.input
-    x = model.layers[1](inp)                       # backbone features (inference mode when called)
+    x = model.layers[1](inp)                       # the backbone (pooled features)
     logits = keras.layers.Dense(dense.units, name="logits")(x)
     m = keras.Model(inp, logits)
     m.get_layer("logits").set_weights(dense.get_weights())
@@ -58,12 +57,12 @@ def run_setting(name, overrides, args, x_tr, y_tr, x_val, y_val, n_classes, log)
     model, _ = ft.build_classifier(cfg.backbone, cfg.weights, cfg.size, n_classes, cfg.dropout)
     ft.compile_model(model, cfg)
     class_w = sampling.class_weights(y_tr, n_classes)
-    seq = ft._make_train_sequence(x_tr, y_tr, n_classes, cfg, class_w, 0)
+    contract = cfg.contract(ft.colour_reference(x_tr, cfg))
+    seq = ft._make_train_sequence(x_tr, y_tr, n_classes, cfg, class_w, 0, contract)
     # a fixed probe: the recipe batches of epoch 0 (their own mixup/weighting), rebuilt once
-    probe_seq = ft._make_train_sequence(x_tr, y_tr, n_classes, cfg, class_w, 0)
+    probe_seq = ft._make_train_sequence(x_tr, y_tr, n_classes, cfg, class_w, 0, contract)
     probe = [probe_seq[i] for i in range(min(12, len(probe_seq)))]
-    mixed = [not np.allclose(np.sort(yb, axis=1)[:, :-1] * 0, 0) or (np.count_nonzero(yb, axis=1) > 1).any()
-             for _, yb in probe]
+    mixed = [bool((np.count_nonzero(yb, axis=1) > 1).any()) for _, yb in probe]
     cce = keras.losses.CategoricalCrossentropy()
     clean_idx = np.arange(0, len(y_tr), max(1, len(y_tr) // 400))
     rows = []
@@ -71,6 +70,7 @@ def run_setting(name, overrides, args, x_tr, y_tr, x_val, y_val, n_classes, log)
     class Probe(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.model.optimizer.learning_rate.assign(ft.cosine_lr(epoch, cfg))
+            seq.set_epoch(epoch)
             self.t = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
@@ -111,10 +111,12 @@ def main(data, size, limit, epochs, only, out):
     from hemaedge.train.evaluate import write_json, write_text
 
     args = {"data": data, "size": size, "limit": limit, "epochs": epochs}
-    contract = ft.FinetuneConfig(data=data, out="-", size=size).contract()
+    from hemaedge.edge.preprocess import InputContract
+
     ds = ft.open_data(data)
-    x_tr, y_tr = ft.load_split(ds, "train", contract, limit)
-    x_val, y_val = ft.load_split(ds, "val", contract, limit)
+    x_tr, y_tr = ft.load_split(ds, "train", InputContract(size=size), limit, raw=True)  # raw: augmented per batch
+    cfg0 = ft.FinetuneConfig(data=data, out="-", size=size)
+    x_val, y_val = ft.load_split(ds, "val", cfg0.contract(ft.colour_reference(x_tr, cfg0)), limit)
     results = {}
     for name, overrides in SETTINGS.items():
         if only and not any(o in name for o in only):
