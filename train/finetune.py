@@ -631,6 +631,8 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
            "kappa": t.get("kappa"), "roc_auc_ovr": t.get("roc_auc_ovr"),
            "val_accuracy": r.get("val", {}).get("accuracy"),
            "size_mb": round(r["model_bytes"] / 1e6, 2), "parameters": r.get("parameters"),
+           "ece_test": t.get("ece"), "ece_test_calibrated": t.get("ece_calibrated"),
+           "temperature": t.get("temperature"),
            "date": date, "commands": r.get("commands", [])}
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_json(prefix.with_suffix(".json"), {"rows": [row], "per_class_test": t.get("per_class"),
@@ -655,6 +657,9 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
           f"* test set: n = {row['test_n']}; validation accuracy of the chosen checkpoint "
           f"{(row['val_accuracy'] or 0) * 100:.2f} %; macro ROC AUC {row['roc_auc_ovr']}",
           f"* size: float32 `.keras` without optimizer state, {row['parameters']:,} parameters",
+          *([f"* calibration: expected calibration error on test {row['ece_test'] * 100:.2f} % raw, "
+             f"{row['ece_test_calibrated'] * 100:.2f} % with the temperature T = {row['temperature']:.3f} "
+             "fitted on val"] if row.get("ece_test_calibrated") is not None else []),
           *[f"* command: `{c}`" for c in row["commands"]], ""]
     md += ["| epoch | lr | train loss | train acc | val loss | val acc | seconds |", "|---|---|---|---|---|---|---|"]
     for h in r.get("history", []):
