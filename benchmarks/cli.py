@@ -7,13 +7,11 @@ reported as skipped).
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, FiniteFloat, UserError, command_line, user_errors
 
 
 def _ints(ctx, param, value):
@@ -30,12 +28,6 @@ def _ints(ctx, param, value):
 
 def _names(ctx, param, value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
-
-
-def _command_line(params: dict) -> str:
-    if Path(sys.argv[0]).name == "hemaedge" or (len(sys.argv) > 1 and sys.argv[1] == "bench"):
-        return shlex.join(["hemaedge", *sys.argv[1:]])
-    return "hemaedge bench run (called from Python) " + json.dumps(params, default=str, sort_keys=True)
 
 
 @click.group()
@@ -71,14 +63,14 @@ def bench():
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--min-runs", type=click.IntRange(min=1), default=100, show_default=True,
               help="Timed batch-1 runs at least (and --min-seconds at least) ...")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--max-seconds", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+@click.option("--min-seconds", type=FiniteFloat(min=0), default=1.0, show_default=True)
+@click.option("--max-seconds", type=FiniteFloat(min=0.01), default=10.0, show_default=True,
               help="... but stop after this long once 10 runs are in.")
 @click.option("--batch", "throughput_batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Batch size of the throughput measurement.")
-@click.option("--max-drop", type=float, default=1.0, show_default=True,
+@click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
               help="Accuracy points below the reference that mark a row failed-validation.")
-@click.option("--row-timeout", type=click.FloatRange(min=1), default=1800, show_default=True)
+@click.option("--row-timeout", type=FiniteFloat(min=1), default=1800, show_default=True)
 @click.option("--compare", "compare_with", type=click.Path(path_type=Path), help="Print ratios against an earlier result JSON.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -112,11 +104,9 @@ def run(targets, export_tables, keras, data, limit, preset, threads, formats, ke
                               "max_seconds": max_seconds},
                       throughput_batch=throughput_batch, max_drop=max_drop, row_timeout=row_timeout,
                       frames=frames, frames_limit=frames_limit, accuracy=accuracy_mode, progress=not quiet)
-    params = {"targets": targets, "preset": preset, "data": data, "limit": limit}
     try:
-        doc, written = run_benchmark(cfg, Path(out) / name, command=_command_line(params),
-                                     training_dirs=training_runs, plots=not no_plots,
-                                     log=lambda s: click.echo(s, err=True))
+        doc, written = run_benchmark(cfg, Path(out) / name, command=command_line(),
+                                     training_dirs=training_runs, plots=not no_plots)
     except ValueError as exc:  # test-set and result-file problems carry the path in their message
         raise UserError(str(exc)) from None
     counts = doc["summary"]["status_counts"]

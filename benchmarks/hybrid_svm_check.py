@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import click
-import numpy as np
 
 
 @click.command()
@@ -31,10 +30,11 @@ def main(data, per_class, jobs, out):
     from hemaedge.train.evaluate import write_json
     from hemaedge.train.features import extract_features
     from hemaedge.train.heads import SVM_C, SVM_GAMMA, svm_grid_search
-    from hemaedge.train.hybrid import _machine, _subset
+    from hemaedge.train.data.subsets import first_per_class
+    from hemaedge.train.hybrid import _machine
 
     ds = open_dataset(data)
-    idx = _subset(ds.split("train").labels, per_class)
+    idx = first_per_class(ds.split("train").labels, per_class)
     x, y = ds.load_images("train", size=128, indices=idx, progress=False)
     model, info = build_backbone("efficientnet-lite0", "imagenet", 128)
     X = extract_features(model, x, InputContract(size=128, preprocess="rgb"), progress=False)
@@ -50,10 +50,9 @@ def main(data, per_class, jobs, out):
     plain_s = time.perf_counter() - t
     same = fast.best_params == {"C": plain.best_params_["svc__C"], "gamma": plain.best_params_["svc__gamma"]}
     agree = float((fast.pipeline.predict(X) == plain.predict(X)).mean())
-    import shlex
-    import sys
+    from hemaedge.edge.cli_support import command_line
 
-    command = "python -m hemaedge.benchmarks.hybrid_svm_check " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("python -m hemaedge.benchmarks.hybrid_svm_check")
     res = {"command": command, "n": int(len(X)), "features": int(X.shape[1]), "weights": info["weights"], "jobs": jobs,
            "fast_seconds": fast_s, "plain_seconds": plain_s, "same_selection": same,
            "fast_best": fast.best_params, "plain_best": {k.split("__")[1]: v for k, v in plain.best_params_.items()},

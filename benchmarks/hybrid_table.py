@@ -14,10 +14,16 @@ silently disappearing. Heavy work: use `nice -n 10` on a shared machine.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import click
+
+from hemaedge.edge.atomic import atomic_path
+from hemaedge.edge.cli_support import command_line
+
+logger = logging.getLogger(__name__)
 
 KERAS_NOTOP_FILES = {
     "efficientnetv2b0": "efficientnetv2-b0_notop.h5",
@@ -61,8 +67,9 @@ def _merged_runs(run_dir: Path, cfg) -> dict | None:
 
 
 def collect(data, backbones, preprocess, heads, size, augment, runs, seed=42, limit_per_class=None,
-            log=print, collect_only: bool = False) -> list[dict]:
+            log=None, collect_only: bool = False) -> list[dict]:
     """Run (or reuse) every configuration; returns one entry per (backbone, preprocessing)."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.train.hybrid import HybridConfig, run_hybrid
 
     entries = []
@@ -210,10 +217,9 @@ def plot(entries, path):
     fig.suptitle(f"Hybrid frozen features on BloodMNIST-128 — {e0['machine']}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -230,7 +236,6 @@ def plot(entries, path):
 @click.option("--collect-only", is_flag=True, help="Train nothing: tabulate the finished runs and list what is missing.")
 def main(data, backbones, preprocess, heads, size, augment, runs, out, limit_per_class, collect_only):
     """Run/collect the hybrid benchmark and write the published table, JSON and plot."""
-    import sys
 
     from hemaedge.edge.cli_support import user_errors
     from hemaedge.train.evaluate import write_json, write_text
@@ -244,7 +249,7 @@ def main(data, backbones, preprocess, heads, size, augment, runs, out, limit_per
                           [a.strip() for a in augment.split(",") if a.strip()], runs,
                           limit_per_class=limit_per_class, log=lambda m: click.echo(m, err=True),
                           collect_only=collect_only)
-        command = "nice -n 10 python -m hemaedge.benchmarks.hybrid_table " + " ".join(sys.argv[1:])
+        command = command_line("python -m hemaedge.benchmarks.hybrid_table")
         write_json(out + ".json", {"command": command, "entries": entries})
         write_text(out + ".md", table_markdown(entries, command))
         plot(entries, out + ".png")

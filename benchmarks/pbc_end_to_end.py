@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.segmentation_bccd import machine, write_atomic
+from hemaedge.edge.cli_support import FiniteFloat
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, MagnificationTracker, SegmentParams,
                                    centre_in, extract_crop, nearest_to, segment)
@@ -179,8 +180,8 @@ def to_markdown(r: dict) -> str:
               help="A trained 8-class BloodMNIST bundle; without it only segmentation is measured.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--limit", type=int, help="Evaluate an evenly spaced subset of this many fields (quick check).")
-@click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=float)
-@click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=float,
+@click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=FiniteFloat(0.05, 1.0))
+@click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=FiniteFloat(0.5, 20),
               help="Crop side in red-cell diameters (the runtime's default crop mode).")
 @click.option("--method", default="stain", show_default=True, type=click.Choice(["stain", "otsu"]))
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")

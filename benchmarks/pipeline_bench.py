@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemaedge.benchmarks.testset import IMAGE_SUFFIXES
+from hemaedge.train.data import IMAGE_SUFFIXES
 
 
 def frame_files(path, limit: int | None) -> list[Path]:
@@ -33,7 +33,7 @@ def frame_files(path, limit: int | None) -> list[Path]:
 
 def run_pipeline(spec: dict, stage) -> dict:
     from hemaedge.benchmarks import stats
-    from hemaedge.benchmarks.worker import peak_rss_mb
+    from hemaedge.edge.metrics_runtime import peak_rss_mb
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
     from hemaedge.edge.pipeline import CellClassifier

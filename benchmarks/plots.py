@@ -4,8 +4,9 @@ the tables are still written and `plots_unavailable()` says why there are no pic
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from hemaedge.edge.atomic import atomic_path
 
 BACKEND_COLOURS = {"tflite": "tab:blue", "onnx": "tab:orange", "tensorrt": "tab:green", "keras": "tab:red"}
 
@@ -31,10 +32,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return path
 
 

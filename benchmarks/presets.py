@@ -8,20 +8,15 @@ from __future__ import annotations
 import importlib.util
 import os
 
-# back end / baseline -> Python modules it needs (any one of each tuple)
-TOOLS = {
-    "tflite": (("ai_edge_litert", "tflite_runtime", "tensorflow"),),
-    "onnx": (("onnxruntime",),),
-    "tensorrt": (("tensorrt",), ("pycuda",)),
-    "keras": (("tensorflow",), ("keras",)),
-}
+from hemaedge.edge.backends import REGISTRY
 
-INSTALL_HINT = {
-    "tflite": "pip install 'hemaedge[edge]' (ai-edge-litert)",
-    "onnx": "pip install 'hemaedge[edge]' (onnxruntime)",
-    "tensorrt": "TensorRT ships with JetPack on a Jetson (python3-libnvinfer) plus pip install pycuda",
-    "keras": "the Keras fp32 baseline needs TensorFlow: pip install 'hemaedge[train]'",
-}
+# back end / baseline -> Python modules it needs (any one of each tuple): the device back ends
+# come from the one registry in edge/backends.py, plus the Keras baseline of the desktop
+TOOLS = {name: info.modules for name, info in REGISTRY.items()}
+TOOLS["keras"] = (("tensorflow",), ("keras",))
+
+INSTALL_HINT = {name: info.install_hint for name, info in REGISTRY.items()}
+INSTALL_HINT["keras"] = "the Keras fp32 baseline needs TensorFlow: pip install 'hemaedge[train]'"
 
 
 def _usable_cores() -> int:

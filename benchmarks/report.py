@@ -9,7 +9,7 @@ import io
 import json
 from pathlib import Path
 
-from hemaedge.benchmarks import machine as mach
+from hemaedge.edge import machine as mach
 from hemaedge.edge.atomic import atomic_write_text
 
 SCHEMA_NAME = "hemaedge-bench"

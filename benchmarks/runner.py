@@ -9,6 +9,7 @@ every latency is divided by.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -21,6 +22,9 @@ from typing import Callable
 from hemaedge.benchmarks import presets, stats
 from hemaedge.benchmarks import status as st
 from hemaedge.edge.bundle import BundleError, MANIFEST_NAME, read_manifest, sha256_file
+from hemaedge.edge.manifest import Manifest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,16 +120,15 @@ def describe_bundle(path: Path) -> dict:
     except BundleError as exc:
         info["error"] = str(exc)
         return info
-    model = m.get("model") or {}
-    fmt = str(model.get("format") or path.name)
-    name = str(m.get("name") or path.name)
+    typed = Manifest.from_dict(m)
+    fmt = typed.model.format or path.name
+    name = typed.name or path.name
     # export names bundles "<model>-<format>" (a TensorRT engine built on the device from an ONNX
     # bundle: "<model>-onnx-fp32-trt-fp16"): the model name groups a model's formats and baselines
     stripped = _FORMAT_SUFFIX.sub("", name)
     name = stripped or name
-    info.update(model=name, format=fmt, backend=str(model.get("backend", "?")), manifest=m,
-                size_bytes=sum(int(v.get("bytes", 0)) for v in (m.get("files") or {}).values()),
-                source_sha256=(m.get("source") or {}).get("sha256"))
+    info.update(model=name, format=fmt, backend=typed.model.backend, manifest=m, size_bytes=typed.size_bytes,
+                source_sha256=typed.section("source").get("sha256"))
     return info
 
 
@@ -225,16 +228,16 @@ def _manifest_accuracy(cfg: BenchConfig, bundle: dict, source: bool = False) -> 
     bundle (of the artifact, or with source=True of the Keras model it came from), said as such."""
     if cfg.accuracy != "manifest" or not bundle.get("manifest"):
         return None
-    metrics = bundle["manifest"].get("metrics") or {}
-    test = (((metrics.get("parity") or {}).get("splits") or {}).get("test") or {})
+    m = Manifest.from_dict(bundle["manifest"])
+    test, artifact = m.parity_split("test"), m.split_metrics("test")
     if source:
         acc, f1 = test.get("source_accuracy"), test.get("source_macro_f1")
     else:
-        acc, f1 = (metrics.get("test") or {}).get("accuracy"), (metrics.get("test") or {}).get("macro_f1")
-    n = test.get("n") or (metrics.get("test") or {}).get("n")
+        acc, f1 = artifact.get("accuracy"), artifact.get("macro_f1")
+    n = test.get("n") or artifact.get("n")
     if acc is None:
         return None
-    data = (bundle["manifest"].get("validation") or {}).get("data") or {}
+    data = m.section("validation").get("data") or {}
     return {"accuracy": float(acc), "macro_f1": f1, "n_eval": n,
             "accuracy_source": f"manifest: export parity check on {data.get('data', 'test')} test split"
                                + (f" (from bundle {Path(bundle['path']).name})" if source else "")}
@@ -315,11 +318,14 @@ def _reference(rows: list[dict], row: dict, cfg: BenchConfig) -> tuple[float | N
                 return b["accuracy"], "the Keras fp32 source's accuracy recorded at export"
             return b["accuracy"], f"Keras fp32 ({b['format']}) in this run"
     m = _manifest(row)
-    test = (((m.get("metrics") or {}).get("parity") or {}).get("splits") or {}).get("test") or {}
+    if not m:
+        return None, ""
+    m = Manifest.from_dict(m)
+    test = m.parity_split("test")
     if test.get("source_accuracy") is not None and test.get("n") == row["n_eval"]:
         return test["source_accuracy"], "the source accuracy recorded at export"
     # a TensorRT engine built from an ONNX bundle carries that bundle's export metrics
-    onnx_test = (((m.get("source") or {}).get("onnx_metrics") or {}).get("test") or {})
+    onnx_test = ((m.section("source").get("onnx_metrics") or {}).get("test") or {})
     if onnx_test.get("accuracy") is not None and onnx_test.get("n") == row["n_eval"]:
         return onnx_test["accuracy"], "the ONNX model's accuracy recorded at export"
     return None, ""
@@ -377,8 +383,9 @@ def attach_baselines(rows: list[dict]) -> None:
 
 
 def execute(rows: list[dict], cfg: BenchConfig, *, on_update: Callable[[list[dict]], None] | None = None,
-            log: Callable[[str], None] = print) -> list[dict]:
+            log: Callable[[str], None] | None = None) -> list[dict]:
     """Measure every row that has a spec, in order; on_update(rows) after each one."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from tqdm import tqdm
 
     todo = [r for r in rows if r.get("spec") and r["status"] is None]
@@ -434,7 +441,8 @@ def plan_pipeline(cfg: BenchConfig, bundles: list[dict]) -> list[dict]:
     return rows
 
 
-def execute_pipeline(prows: list[dict], cfg: BenchConfig, *, on_update=None, log=print) -> list[dict]:
+def execute_pipeline(prows: list[dict], cfg: BenchConfig, *, on_update=None, log=None) -> list[dict]:
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from tqdm import tqdm
 
     todo = [r for r in prows if r.get("spec") and r["status"] is None]
@@ -473,10 +481,11 @@ def config_dict(cfg: BenchConfig, name: str) -> dict:
 
 
 def run_benchmark(cfg: BenchConfig, out_stem, *, command: str, training_dirs=(), plots: bool = True,
-                  log: Callable[[str], None] = print) -> tuple[dict, dict]:
+                  log: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Plan, measure, write <out_stem>.json/.csv/.md (after every row) and the plots.
     Returns (result document, written paths)."""
-    from hemaedge.benchmarks import machine as mach
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
+    from hemaedge.edge import machine as mach
     from hemaedge.benchmarks import plots as pl
     from hemaedge.benchmarks import report
     from hemaedge.benchmarks.training_table import read_training_runs

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.edge.machine import describe_machine, one_line
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.segment import METHODS, SegmentParams, centre_in, iou, segment
 
@@ -99,15 +99,7 @@ def evaluate(data: Path, ids: list[str], params: SegmentParams, progress: bool =
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, {platform.system()}"
+    return one_line(describe_machine())
 
 
 def to_markdown(report: dict) -> str:

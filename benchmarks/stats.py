@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from hemaedge.edge.metrics_runtime import percentiles
+
 PERCENTILES = (50, 90, 99)
 
 
@@ -20,12 +22,9 @@ def latency_summary(samples_s: Sequence[float]) -> dict:
     x = np.asarray(samples_s, dtype=np.float64) * 1e3
     if x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError("latency samples must be a non-empty list of finite numbers")
-    out = {"n": int(x.size), "mean_ms": float(x.mean()), "std_ms": float(x.std(ddof=1)) if x.size > 1 else 0.0,
-           "min_ms": float(x.min())}
-    for p, v in zip(PERCENTILES, np.percentile(x, PERCENTILES)):
-        out[f"p{p}_ms"] = float(v)
-    out["max_ms"] = float(x.max())
-    return out
+    pct = percentiles(x, PERCENTILES, digits=None, unit="_ms")
+    return {"n": int(x.size), "mean_ms": pct["mean_ms"], "std_ms": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+            "min_ms": float(x.min()), **{f"p{p}_ms": pct[f"p{p}_ms"] for p in PERCENTILES}, "max_ms": float(x.max())}
 
 
 def time_runs(fn: Callable[[], object], *, warmup: int = 10, min_runs: int = 100,

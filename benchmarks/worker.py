@@ -21,18 +21,7 @@ import traceback
 
 import numpy as np
 
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process so far, MB (10^6 bytes, as the edge runtime reports)."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak * (1 if sys.platform == "darwin" else 1024) / 1e6  # bytes on macOS, KiB on Linux
-    except ImportError:  # Windows
-        import psutil
-
-        return getattr(psutil.Process().memory_info(), "peak_wset", 0) / 1e6 or None
+from hemaedge.edge.metrics_runtime import peak_rss_mb
 
 
 def _load_1m() -> float | None:

@@ -25,6 +25,37 @@ def draw(image_rgb: np.ndarray, result, review_threshold: float) -> np.ndarray:
     return out
 
 
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
+
+
+def check_video_output(path, overwrite: bool = False) -> None:
+    """Refuse, before a run starts, an annotated-video path that cannot be written: a folder, an
+    existing file (unless `overwrite`), a suffix the mp4v writer cannot fill, an unwritable folder."""
+    from hemaedge.edge.errors import OutputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; name a video file (e.g. {path / 'annotated.mp4'})")
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise OutputError(f"{path}: an annotated video needs one of the suffixes {', '.join(VIDEO_SUFFIXES)}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists; choose a new name (or replace it with --force)")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 64))
+        ok = probe.isOpened()
+        probe.release()
+    except (OSError, cv2.error) as exc:
+        raise OutputError(f"{path}: cannot write the annotated video ({exc}); choose a writable path") from None
+    finally:
+        if not existed and path.exists():
+            path.unlink()
+    if not ok:
+        raise OutputError(f"{path}: cannot write the annotated video there (folder not writable, or no mp4v "
+                          "encoder in this OpenCV); choose another path")
+
+
 class Annotator:
     """Writes annotated frames as JPEGs into a folder and/or as one video (mp4v)."""
 

@@ -6,12 +6,13 @@ Standard library only; this module must not import TensorFlow or anything outsid
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path"]
 
 DEFAULT_MODE = 0o644
 
@@ -69,3 +70,24 @@ def atomic_write_json(path, obj, indent: int | None = 2, default=None, trailing_
     if trailing_newline:
         text += "\n"
     return atomic_write_text(path, text, encoding=encoding, mode=mode, fsync=fsync)
+
+
+@contextlib.contextmanager
+def atomic_path(path, mode: int | None = DEFAULT_MODE):
+    """For writers that insist on a file name (matplotlib's savefig, np.savez, Keras's save):
+    yields a temporary path in the target's folder that ends like the target (.keras,
+    .weights.h5, .npz: those writers look at the suffix); when the block ends normally the file
+    is moved into place, on any exception it is removed and the old file stays.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes[-2:]), dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -13,13 +13,15 @@ into probabilities by softmax, as the manifest's `output` says.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hemaedge.edge.bundle import Bundle
-from hemaedge.edge.errors import BackendError, BundleError
+from hemaedge.edge.errors import BackendError
 from hemaedge.edge.preprocess import dequantize, output_probabilities
 
 
@@ -165,7 +167,7 @@ class OnnxBackend(Backend):
         try:
             self.sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
-            raise BackendError(f"{model_path}: not a loadable ONNX model ({exc})") from None
+            raise BackendError(f"{model_path}: not a loadable ONNX model ({str(exc)[:300]})") from None
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
         dim0 = inp.shape[0]
@@ -253,11 +255,59 @@ class TensorRTBackend(Backend):
         return _finish(host_out, self.output, None)
 
 
-# ----------------------------------------------------------------------------- choosing
+# ----------------------------------------------------------------------------- the registry
 
 
-BACKENDS = {"tflite": LiteRTBackend, "onnx": OnnxBackend, "tensorrt": TensorRTBackend}
-EXTENSIONS = {".tflite": "tflite", ".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
+@dataclass(frozen=True)
+class BackendInfo:
+    """Everything hemaedge knows about one back end, in one place (store, presets, CLI use it)."""
+
+    name: str
+    suffixes: tuple  # model file suffixes, the first is the one a bundle uses
+    modules: tuple  # groups of Python modules: one module of every group must be importable
+    install_hint: str
+    loader: type
+
+    @property
+    def model_file(self) -> str:
+        """The model's file name inside a bundle."""
+        return f"model{self.suffixes[0]}"
+
+    def missing(self) -> list[str]:
+        """The module groups that are not importable here (checked without importing them)."""
+        return [" or ".join(group) for group in self.modules if not any(_importable(m) for m in group)]
+
+    def available(self) -> str | None:
+        """The modules that would run this back end here, or None when it cannot run."""
+        if self.missing():
+            return None
+        return ", ".join(next(m for m in group if _importable(m)) for group in self.modules)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked via sys.modules[name] = None
+        return False
+
+
+REGISTRY = {
+    "tflite": BackendInfo("tflite", (".tflite",), (("ai_edge_litert", "tflite_runtime"),),
+                          "pip install 'hemaedge[edge]' (ai-edge-litert) or tflite-runtime", LiteRTBackend),
+    "onnx": BackendInfo("onnx", (".onnx",), (("onnxruntime",),),
+                        "pip install 'hemaedge[edge]' (onnxruntime)", OnnxBackend),
+    "tensorrt": BackendInfo("tensorrt", (".engine", ".plan", ".trt"), (("tensorrt",), ("pycuda",)),
+                            "TensorRT ships with JetPack on a Jetson (python3-libnvinfer), plus pip install pycuda",
+                            TensorRTBackend),
+}
+BACKENDS = {name: info.loader for name, info in REGISTRY.items()}
+EXTENSIONS = {suffix: name for name, info in REGISTRY.items() for suffix in info.suffixes}
+
+
+def backend_info(name: str) -> BackendInfo:
+    if name not in REGISTRY:
+        raise BackendError(f"unknown back end {name!r}; expected one of {sorted(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def backend_for_file(path) -> str:
@@ -269,15 +319,16 @@ def backend_for_file(path) -> str:
 
 def load_backend(bundle: Bundle, threads: int | None = None) -> Backend:
     """The bundle's model, loaded in its back end, checked against the bundle's input contract."""
-    cls = BACKENDS.get(bundle.backend)
-    if cls is None:
-        raise BackendError(f"unknown back end {bundle.backend!r}; expected one of {sorted(BACKENDS)}")
+    cls = backend_info(bundle.backend).loader
     if threads is None:
         threads = os.cpu_count() or 1
     backend = cls(bundle, bundle.model_path, threads=threads)
     want = np.dtype(bundle.contract.dtype)
     have = getattr(backend, "input_dtype", None)
     if have is not None and np.dtype(have) != want:
-        raise BackendError(f"bundle {bundle.root}: the input contract says {want} but the model takes "
-                           f"{np.dtype(have)}; the manifest does not describe this model (re-export it)")
+        if hasattr(bundle, "meta"):  # a bundle: its manifest is wrong
+            raise BackendError(f"bundle {bundle.root}: the input contract says {want} but the model takes "
+                               f"{np.dtype(have)}; the manifest does not describe this model (re-export it)")
+        raise BackendError(f"{bundle.model_path}: this model takes {np.dtype(have)} input but the options given "
+                           f"for it say {want}; pass the matching input dtype (or use the model's bundle)")
     return backend

@@ -10,6 +10,7 @@ from hemaedge.edge.cli_support import LazyGroup
     "install": "hemaedge.edge.store_cli:install",
     "models": "hemaedge.edge.store_cli:models",
     "rollback": "hemaedge.edge.store_cli:rollback",
+    "trust": "hemaedge.edge.store_cli:trust",
 })
 def edge():
     """The device runtime: segment and classify cells of live frames; manage model bundles."""

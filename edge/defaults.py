@@ -93,14 +93,36 @@ def load_model(bundle=None, model=None, classes=None, contract: InputContract | 
     """A Bundle (verified) or LooseModel from the command-line choices."""
     if bundle and model:
         raise UserError("pass either --bundle or --model, not both")
+    store = _signature_policy_store()
     if model:
+        if store is not None:
+            raise BundleError(f"the model store {store.root} accepts only signed bundles, and a bare model file "
+                              "cannot be signed: run a signed bundle (--bundle) or the installed model")
         if not classes:
             raise UserError("--model needs --classes (comma-separated names, or a file with one per line)")
         return model_from_file(model, classes, contract or InputContract(), output_kind)
     root = Path(bundle) if bundle else resolve_default_bundle()
     try:
-        return load_bundle(root)
+        loaded = load_bundle(root)
     except BundleError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{root}: cannot load the bundle ({exc})") from None
+    if store is not None:  # the device's policy holds for bundles run directly too
+        try:
+            store.check_signature(loaded.manifest, require=True)
+        except BundleError as exc:
+            raise BundleError(f"{root}: {exc} (the model store {store.root} requires signed bundles)") from None
+    return loaded
+
+
+def _signature_policy_store():
+    """The default model store when it requires signed bundles, else None."""
+    try:
+        from hemaedge.edge.store import default_store
+
+        store = default_store()
+    except ImportError:
+        return None  # no model store on this install
+    requires = getattr(store, "requires_signature", None)  # a stand-in store (tests) may not have it
+    return store if requires is not None and requires() else None

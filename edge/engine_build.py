@@ -101,11 +101,15 @@ def build_engine_bundle(onnx_bundle_dir, out_dir, *, precision: str = "fp16", ma
 
 
 def build_engine_bundle_and_install(store, onnx_result, *, precision: str = "fp16", max_batch: int = 32,
-                                    keep: int = 3, check_backend: bool = True, on_wait=None):
+                                    keep: int = 3, check_backend: bool = True, on_wait=None,
+                                    require_signature: bool = False):
     """Build an engine from the just-installed ONNX version and install it as the active one."""
     with tempfile.TemporaryDirectory(prefix="hemaedge-engine-bundle-") as tmp:
         out = build_engine_bundle(onnx_result.path, Path(tmp) / "engine-bundle", precision=precision,
                                   max_batch=max_batch)
         # same classes and contract as the ONNX version, so no change to accept
+        # the engine is built here, so it cannot carry the build machine's signature: the signed
+        # ONNX version it was built from vouches for it (checked by the store)
         return store.install(out, keep=max(keep, 2), check_backend=check_backend, on_wait=on_wait,
-                             source=f"engine built from {onnx_result.version}")
+                             source=f"engine built from {onnx_result.version}", built_from=onnx_result.version,
+                             require_signature=require_signature)

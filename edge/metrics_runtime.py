@@ -6,16 +6,36 @@ import time
 import numpy as np
 import psutil
 
+from hemaedge.edge.machine import describe_machine
+
 STAGES = ("capture", "segment", "preprocess", "inference", "total")
 
 
-def percentiles(values, qs=(50, 90, 99)) -> dict:
+def percentiles(values, qs=(50, 90, 99), digits: int | None = 3, unit: str = "") -> dict:
+    """p50/p90/p99 (numpy's default linear interpolation, as LiteRT's benchmark_model) and the
+    mean of `values`, rounded to `digits` (None: unrounded); None for each when there are no values.
+
+    `unit` ends every key: the run summary says "p50", the benchmark schema "p50_ms".
+    """
+    keys = [f"p{q}{unit}" for q in qs] + [f"mean{unit}"]
     if not len(values):
-        return {f"p{q}": None for q in qs} | {"mean": None}
+        return dict.fromkeys(keys)
     arr = np.asarray(values, dtype=np.float64)
-    out = {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in qs}
-    out["mean"] = round(float(arr.mean()), 3)
-    return out
+    vals = [float(v) for v in np.percentile(arr, qs)] + [float(arr.mean())]
+    return {k: (v if digits is None else round(v, digits)) for k, v in zip(keys, vals)}
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far (the kernel's high-water mark), MB of 10^6
+    bytes; None where the platform keeps none."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak * (1 if sys.platform == "darwin" else 1024) / 1e6  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):  # Windows: the working-set peak
+        return getattr(psutil.Process().memory_info(), "peak_wset", 0) / 1e6 or None
 
 
 class MemoryMeter:
@@ -35,16 +55,7 @@ class MemoryMeter:
         return rss / 1e6
 
     def peak_mb(self) -> float:
-        peak = self.sampled_peak
-        try:
-            import resource
-            import sys
-
-            ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            peak = max(peak, ru if sys.platform == "darwin" else ru * 1024)
-        except (ImportError, OSError):
-            pass
-        return peak / 1e6
+        return max(self.sampled_peak / 1e6, peak_rss_mb() or 0.0)
 
 
 def seconds_since_process_start() -> float:
@@ -56,22 +67,5 @@ def seconds_since_process_start() -> float:
 
 
 def machine_info() -> dict:
-    """Where a run happened: CPU model, cores, architecture, system load (for honest tables)."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(("model name", "Model")):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "system": platform.system()}
-    try:
-        info["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        pass
-    return info
+    """Where a run happened (the same description the benchmark tables carry)."""
+    return describe_machine()

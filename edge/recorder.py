@@ -4,21 +4,31 @@ Files in the output folder:
   frames.jsonl   one JSON line per frame (stage latencies in ms, cells found, memory)
   frames.csv     the same, as CSV
   cells.csv      one row per cell: frame, box, kind, class, confidence, review flag
-  summary.json   written atomically at the end (and on Ctrl-C): latency percentiles per stage,
-                 fps, model size, memory, differential count
-  counts.csv     the differential count: count and % per class, flagged for review
+  summary.json   written atomically every few frames / seconds while the run goes on ("complete":
+                 false) and at the end ("complete": true, also on Ctrl-C / SIGTERM): latency
+                 percentiles per stage, fps, model size, memory, differential count
+  counts.csv     the differential count: count and % per class, flagged for review (written with
+                 summary.json)
 
-Per-frame files are flushed after every frame (and fsync'ed with `fsync=True`).
+Per-frame files are flushed after every frame (and fsync'ed with `fsync=True`). A file that cannot
+be written (full disk, read-only folder) raises OutputError naming the folder: a run can neither
+skip nor retry its own records.
+
+How and when the files are written lives here; what goes into a summary is built by the run
+loop (`edge/runloop.py`) from its parts.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+from array import array
 from pathlib import Path
 
 from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
+from hemaedge.edge.errors import OutputError
 from hemaedge.edge.metrics_runtime import STAGES, percentiles
 
 FRAME_FIELDS = ["frame", "name", "width", "height", "cells", "wbc", "platelets", "flagged",
@@ -38,30 +48,52 @@ def write_json_atomic(path: Path, data) -> None:
     atomic_write_json(path, data, indent=2, default=_plain, trailing_newline=False, fsync=True)
 
 
+@contextlib.contextmanager
+def writing(out: Path):
+    """OS errors while writing a run's records -> one OutputError that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write the run's records ({exc.strerror or exc}); "
+                          "free disk space or choose a writable output folder") from None
+
+
 class Recorder:
-    def __init__(self, out_dir, classes: list[str], review_threshold: float = 0.6, fsync: bool = False):
+    def __init__(self, out_dir, classes: list[str], review_threshold: float = 0.6, fsync: bool = False,
+                 append: bool = False):
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.classes = list(classes)
         self.review_threshold = float(review_threshold)
         self.fsync = fsync
-        self.stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
+        # 8 bytes per value (a list of floats costs 32): flat memory over a long run
+        self.stage_ms: dict[str, array] = {s: array("d") for s in STAGES}
         self.counts = {c: 0 for c in self.classes}
         self.flagged = {c: 0 for c in self.classes}
         self.frames = 0
         self.frames_without_cells = 0
         self.cells = 0
-        self._jsonl = open(self.out / "frames.jsonl", "w", encoding="utf-8")
-        self._fcsv_fh = open(self.out / "frames.csv", "w", encoding="utf-8", newline="")
-        self._fcsv = csv.DictWriter(self._fcsv_fh, FRAME_FIELDS)
-        self._fcsv.writeheader()
-        self._ccsv_fh = open(self.out / "cells.csv", "w", encoding="utf-8", newline="")
-        self._ccsv = csv.DictWriter(self._ccsv_fh, CELL_FIELDS)
-        self._ccsv.writeheader()
-        self._flush()
+        with writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._jsonl = self._open("frames.jsonl", append)
+            self._fcsv_fh = self._open("frames.csv", append)
+            self._fcsv = csv.DictWriter(self._fcsv_fh, FRAME_FIELDS)
+            self._ccsv_fh = self._open("cells.csv", append)
+            self._ccsv = csv.DictWriter(self._ccsv_fh, CELL_FIELDS)
+            if self._fcsv_fh.tell() == 0:
+                self._fcsv.writeheader()
+            if self._ccsv_fh.tell() == 0:
+                self._ccsv.writeheader()
+            self._flush()
 
-    def record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float) -> dict:
+    def _open(self, name: str, append: bool):
+        return open(self.out / name, "a" if append else "w", encoding="utf-8", newline="")
+
+    def record(self, *args, **kwargs) -> dict:
         """One frame: its row, and one row per cell. Returns the frame row."""
+        with writing(self.out):
+            return self._record(*args, **kwargs)
+
+    def _record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float) -> dict:
         flagged = 0
         for i, (det, label, conf) in enumerate(zip(detections, labels, confidences)):
             review = bool(conf < self.review_threshold)
@@ -109,21 +141,35 @@ class Recorder:
         s.update(extra)
         return s
 
+    def write_summary(self, summary: dict) -> None:
+        """summary.json and counts.csv, each replaced atomically (a reader sees old or new, never half)."""
+        with writing(self.out):
+            write_json_atomic(self.out / "summary.json", summary)
+            buf = io.StringIO(newline="")
+            w = csv.DictWriter(buf, ["class", "count", "percent", "flagged"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(summary["differential_count"])
+            atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
+
     def finish(self, summary: dict) -> None:
         """Close the per-frame files and write summary.json and counts.csv (atomically)."""
         self.close()
-        write_json_atomic(self.out / "summary.json", summary)
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, ["class", "count", "percent", "flagged"])
-        w.writeheader()
-        w.writerows(summary["differential_count"])
-        atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
+        self.write_summary(summary)
 
-    def close(self):
+    def close(self, ignore_errors: bool = False):
+        """Close the per-frame files; `ignore_errors` after a write already failed (the error is reported once)."""
         for fh in (self._jsonl, self._fcsv_fh, self._ccsv_fh):
-            if not fh.closed:
-                fh.flush()
-                fh.close()
+            if fh.closed:
+                continue
+            try:
+                with writing(self.out):
+                    fh.flush()
+                    fh.close()
+            except OutputError:
+                with contextlib.suppress(OSError):
+                    fh.close()  # the buffer is lost either way; release the descriptor
+                if not ignore_errors:
+                    raise
 
 
 def format_summary(s: dict) -> str:
@@ -133,14 +179,18 @@ def format_summary(s: dict) -> str:
     if s.get("end_reason"):
         lines.append(f"ended: {s['end_reason']}")
     lines.append("")
+    if s.get("skip_counts"):
+        lines.append("skipped: " + "; ".join(f"{k} {v}" for k, v in s["skip_counts"].items()))
+    lines.append("")
     lines.append(f"{'stage':<11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
     for stage, p in s["latency_ms"].items():
         fmt = lambda v: f"{v:9.2f}" if v is not None else f"{'-':>9}"
         lines.append(f"{stage:<11}{fmt(p['p50'])}{fmt(p['p90'])}{fmt(p['p99'])}{fmt(p['mean'])}")
     lines.append("")
     if s.get("fps") is not None:
-        lines.append(f"throughput {s['fps']:.2f} frames/s; first result {s.get('time_to_first_result_s', float('nan')):.2f} s "
-                     f"after process start")
+        first = s.get("time_to_first_result_s")
+        lines.append(f"throughput {s['fps']:.2f} frames/s; " + (
+            f"first result {first:.2f} s after process start" if first is not None else "no frame was processed"))
     if s.get("model"):
         m = s["model"]
         lines.append(f"model {m.get('name')} ({m.get('backend')}, {m.get('size_mb', 0):.2f} MB)")

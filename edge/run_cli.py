@@ -2,15 +2,17 @@
 sources, segment, backends, pipeline and recorder."""
 from __future__ import annotations
 
-import datetime as dt
-import signal
+import logging
+import math
 import time
 from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.cli_support import FiniteFloat, UserError, log_to_file, user_errors
 from hemaedge.edge.segment import CROP_MODES, DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, METHODS
+
+logger = logging.getLogger(__name__)
 
 
 def _contract(input_size, preprocess, scaling, dtype, quant):
@@ -22,23 +24,13 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
             scale, zero = float(quant.split(",")[0]), int(quant.split(",")[1])
         except (ValueError, IndexError):
             raise UserError(f"--input-quant {quant!r}: expected SCALE,ZERO_POINT (e.g. 1.0,-128)") from None
+        if not (math.isfinite(scale) and scale > 0):
+            raise UserError(f"--input-quant {quant!r}: the scale must be a finite number above 0")
     try:
         return InputContract(size=input_size, preprocess=preprocess, scaling=scaling, dtype=dtype,
                              quant_scale=scale, quant_zero_point=zero)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-
-
-def _signals_end_the_run():
-    """Ctrl-C and `kill PID` end a run with its summary written (SIGINT is restored even where
-    a launcher started us with it ignored, e.g. a background job of a non-interactive shell)."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    except ValueError:  # not in the main thread (e.g. called from a test runner thread)
-        pass
 
 
 @click.command()
@@ -60,10 +52,20 @@ def _signals_end_the_run():
 @click.option("--output-kind", default="probabilities", show_default=True, type=click.Choice(["probabilities", "logits"]),
               help="With --model: what the model outputs.")
 @click.option("--out", "-o", type=click.Path(path_type=Path),
-              help="Folder for frames.jsonl/csv, cells.csv, summary.json, counts.csv (default runs/edge-<time>).")
+              help="Folder for frames.jsonl/csv, cells.csv, summary.json, counts.csv, run.log "
+                   "(default: a new runs/edge-<time>). A folder that holds files is refused unless --force or --append.")
+@click.option("--force", is_flag=True,
+              help="Replace the contents of a non-empty --out run folder (each removed entry is named).")
+@click.option("--append", is_flag=True,
+              help="Add this run's rows to the logs in --out; the earlier summary is kept as summary.before-N.json.")
+@click.option("--summary-every", default=10.0, show_default=True, type=FiniteFloat(min=0),
+              help="Rewrite summary.json and counts.csv every this many seconds during the run (0: only at the end).")
+@click.option("--summary-every-frames", default=500, show_default=True, type=click.IntRange(min=0),
+              help="... and every this many frames (0: never by count).")
 @click.option("--threads", type=click.IntRange(1, 256), help="Inference threads (default: all cores).")
-@click.option("--fps", type=click.FloatRange(min=0.01), help="Process at most this many frames per second.")
-@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--fps", type=FiniteFloat(min=0.01), help="Process at most this many frames per second.")
+@click.option("--max-frames", type=click.IntRange(min=1),
+              help="Stop after this many frames from the source (unreadable ones that were skipped count too).")
 @click.option("--loop", is_flag=True, help="Repeat an image folder or video forever (soak tests).")
 @click.option("--method", default="stain", show_default=True, type=click.Choice(METHODS),
               help="Segmentation: 'stain' (blue-minus-green nuclei, default) or 'otsu' (the papers' pipeline).")
@@ -71,14 +73,14 @@ def _signals_end_the_run():
               help="Crop size: 'rbc' = --rbc-factor red-cell diameters (magnification read off the smear, "
                    "cells keep their relative sizes); 'cell' = the cell's own box / --cell-fraction; "
                    "'fixed' = --crop-side pixels.")
-@click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=click.FloatRange(0.5, 20),
+@click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=FiniteFloat(0.5, 20),
               help="Crop side in red-cell diameters (BloodMNIST's 200 px PBC crops span ~3).")
-@click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=click.FloatRange(0.05, 1.0),
+@click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=FiniteFloat(0.05, 1.0),
               help="How much of the crop side the cell's box spans ('cell' mode, and before red cells are measured).")
 @click.option("--crop-side", type=click.IntRange(8, 4096),
               help="Crop side in pixels (implies --crop-mode fixed; for a microscope that matches the training images).")
 @click.option("--no-platelets", is_flag=True, help="Detect nucleated cells only.")
-@click.option("--review-threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--review-threshold", default=0.6, show_default=True, type=FiniteFloat(0, 1),
               help="Cells classified with lower confidence are flagged for human review.")
 @click.option("--fsync", is_flag=True, help="fsync the logs after every frame (survives power loss; slower on SD cards).")
 @click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write annotated frames (JPEG) here.")
@@ -86,15 +88,15 @@ def _signals_end_the_run():
 @click.option("--preview", is_flag=True, help="Show a live window (only where a display exists).")
 @click.option("--camera-retries", default=5, show_default=True, type=click.IntRange(0, 1000),
               help="Times a camera that stops delivering frames is retried (backoff doubling) before the run ends.")
-@click.option("--camera-backoff", default=0.5, show_default=True, type=click.FloatRange(0, 60),
+@click.option("--camera-backoff", default=0.5, show_default=True, type=FiniteFloat(0, 60),
               help="First retry wait in seconds.")
-@click.option("--width", type=int, help="Camera capture width.")
-@click.option("--height", type=int, help="Camera capture height.")
+@click.option("--width", type=click.IntRange(16, 8192), help="Camera capture width.")
+@click.option("--height", type=click.IntRange(16, 8192), help="Camera capture height.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
-        out, threads, fps, max_frames, loop, method, crop_mode, rbc_factor, cell_fraction, crop_side, no_platelets,
-        review_threshold,
+        out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
+        rbc_factor, cell_fraction, crop_side, no_platelets, review_threshold,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet):
     """Segment and classify every cell of each frame; record latency, memory and counts.
 
@@ -106,11 +108,12 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     """
     from tqdm import tqdm
 
-    from hemaedge.edge.annotate import Annotator, Preview
+    from hemaedge.edge.annotate import Annotator, check_video_output
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.defaults import load_model
-    from hemaedge.edge.pipeline import CellClassifier, model_info, run as run_pipeline
+    from hemaedge.edge.pipeline import CellClassifier, model_info
     from hemaedge.edge.recorder import Recorder, format_summary
+    from hemaedge.edge.runloop import StopRequest, SummaryEvery, run as run_loop
     from hemaedge.edge.segment import SegmentParams
     from hemaedge.edge.sources import limit, open_source
 
@@ -118,47 +121,77 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         crop_mode = "fixed"
     elif crop_mode == "fixed":
         raise UserError("--crop-mode fixed needs --crop-side PIXELS")
-    _signals_end_the_run()
-    t0 = time.perf_counter()
-    contract = _contract(input_size, preprocess, scaling, input_dtype, input_quant) if model else None
-    mdl = load_model(bundle, model, classes, contract, output_kind)
-    backend = load_backend(mdl, threads=threads)
-    load_s = time.perf_counter() - t0
-    src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff, width=width, height=height)
-    out = out or Path("runs") / f"edge-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
-                                cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
-                                rbc_factor=rbc_factor)
-    recorder = Recorder(out, mdl.classes, review_threshold=review_threshold, fsync=fsync)
-    annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
-        if (annotate_dir or annotate_video) else None
-    window = None
-    if preview:
-        window, why = Preview.open(review_threshold)
-        if window is None:
-            click.echo(f"note: no preview window: {why}", err=True)
-    click.echo(f"model: {mdl.describe()} [{getattr(backend, 'runtime', backend.name)}]", err=True)
-    click.echo(f"source: {src.describe()}; writing to {out}", err=True)
-
-    total = max_frames
-    if total is None and hasattr(src, "files") and not loop:
-        total = len(src.files)
-    bar = tqdm(total=total, unit="frame", disable=quiet, desc="frames")
-
-    def on_frame(row):
-        bar.update(1)
-        bar.set_postfix(cells=row["cells"], ms=f"{row['total_ms']:.0f}", refresh=False)
-
+    if force and append:
+        raise UserError("--force replaces the output folder and --append adds to it: give one of them")
+    if annotate_video:
+        check_video_output(annotate_video, overwrite=force)
+    # From here on Ctrl-C / SIGTERM end the run with a summary, even before its first frame.
+    stop = StopRequest().install()
     try:
-        summary = run_pipeline(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
-                               frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
-                               load_s=load_s)
+        t0 = time.perf_counter()
+        contract = _contract(input_size, preprocess, scaling, input_dtype, input_quant) if model else None
+        mdl = load_model(bundle, model, classes, contract, output_kind)
+        backend = load_backend(mdl, threads=threads)
+        load_s = time.perf_counter() - t0
+        src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff,
+                          width=width, height=height, max_frames=max_frames)
+        classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
+                                    cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
+                                    rbc_factor=rbc_factor)
+        folder = _output_folder(out, force, append)
+        recorder = Recorder(folder.path, mdl.classes, review_threshold=review_threshold, fsync=fsync,
+                            append=folder.mode == "append")
+        annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
+            if (annotate_dir or annotate_video) else None
+        window = _open_preview(review_threshold) if preview else None
+        total = max_frames or (len(src.files) if hasattr(src, "files") and not loop else None)
+        bar = tqdm(total=total, unit="frame", disable=quiet, desc="frames")
+
+        def on_frame(row):
+            bar.update(1)
+            bar.set_postfix(cells=row["cells"], ms=f"{row['total_ms']:.0f}", refresh=False)
+
+        with log_to_file(folder.path / "run.log"):
+            logger.info("model: %s [%s]", mdl.describe(), getattr(backend, "runtime", backend.name))
+            logger.info("source: %s; writing to %s%s", src.describe(), folder.path,
+                        {"append": " (appending)", "replace": " (replaced)"}.get(folder.mode, ""))
+            try:
+                summary = run_loop(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
+                                   frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
+                                   load_s=load_s, stop=stop, output={"folder": str(folder.path), "mode": folder.mode},
+                                   summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every))
+            finally:
+                bar.close()
     finally:
-        bar.close()
+        stop.restore()
+    out = folder.path
     click.echo(format_summary(summary))
     if (summary.get("domain") or {}).get("warning"):
         click.secho(f"\nWARNING: {summary['domain']['warning']}", fg="yellow", err=True)
-    click.echo(f"\nlogs: {out}/frames.jsonl, frames.csv, cells.csv; summary: {out}/summary.json; counts: {out}/counts.csv")
+    click.echo(f"\nlogs: {out}/frames.jsonl, frames.csv, cells.csv, run.log; summary: {out}/summary.json; "
+               f"counts: {out}/counts.csv")
+
+
+def _output_folder(out, force: bool, append: bool):
+    """The run folder, ready; tells the user what --force removed and what --append set aside."""
+    from hemaedge.edge.run_folder import prepare_run_folder, remove_partial_writes
+
+    folder = prepare_run_folder(out, replace=force, append=append)
+    for name in folder.removed:
+        click.echo(f"--force: removed {folder.path / name}", err=True)
+    for moved in folder.set_aside:
+        click.echo(f"--append: earlier summary kept: {moved}", err=True)
+    remove_partial_writes(folder.path)
+    return folder
+
+
+def _open_preview(review_threshold: float):
+    from hemaedge.edge.annotate import Preview
+
+    window, why = Preview.open(review_threshold)
+    if window is None:
+        click.echo(f"note: no preview window: {why}", err=True)
+    return window
 
 
 @click.command()
@@ -173,16 +206,8 @@ def verify(bundle, checksums_only):
     b = load_bundle(bundle)
     click.echo(b.describe())
     if not checksums_only:
-        import numpy as np
+        from hemaedge.edge.bundle_check import check_runnable
 
-        from hemaedge.edge.backends import load_backend
-        from hemaedge.edge.preprocess import prepare_batch
-
-        backend = load_backend(b, threads=1)
-        grey = np.full((b.contract.size, b.contract.size, 3), 200, np.uint8)
-        probs = backend.predict(prepare_batch([grey, grey], b.contract))
-        if probs.shape != (2, len(b.classes)) or not np.all(np.isfinite(probs)):
-            raise UserError(f"{bundle}: the model gives output of shape {probs.shape} (or non-finite values) "
-                            f"for {len(b.classes)} classes")
-        click.echo(f"model loads in {getattr(backend, 'runtime', backend.name)} and gives {len(b.classes)} class scores")
+        runtime = check_runnable(b, threads=1)
+        click.echo(f"model loads in {runtime} and gives {len(b.classes)} class scores")
     click.echo("OK")

@@ -11,11 +11,18 @@
 Both live cameras count failures and wait through one shared `RetryBackoff`.
 
 `open_source(spec, ...)` picks the right one from a string. `--fps` and `--max-frames` limits
-are applied by `limit()` around any source.
+are applied by `limit()` around any source; `max_frames` given to a source also counts the frames
+it had to skip, so a stream of unreadable frames still ends. A source never spins without
+progress: a looping folder or video with nothing readable in a whole pass ends, and so does a
+camera that delivers only frames that cannot be converted.
+
+Network streams (rtsp://, http(s)://, MJPEG cameras) are opened with open and read timeouts, so
+a stalled stream counts as a failed read within seconds and Ctrl-C / SIGTERM act promptly.
 """
 from __future__ import annotations
 
 import glob as _glob
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +31,23 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from hemaedge.edge.cli_support import UserError
+from hemaedge.edge.errors import SourceError, UsageError
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb, to_rgb_uint8
+
+logger = logging.getLogger(__name__)
+# Skipped frames logged one by one before only the count goes on (a broken stream must not flood the log).
+LOGGED_SKIPS = 20
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+
+# A stalled network stream: give up a read after this long (OpenCV's FFmpeg default is 30 s).
+STREAM_OPEN_TIMEOUT_MS = 5000
+STREAM_READ_TIMEOUT_MS = 1000
+# A live camera that delivers this many frames in a row that cannot be converted is not a camera
+# we can use: end the stream rather than spin.
+MAX_CONSECUTIVE_BAD_FRAMES = 200
 
 
 @dataclass
@@ -48,11 +67,23 @@ class FrameSource:
         self.skipped = 0
         self.skip_reasons: list[str] = []
         self.end_reason = "end of source"
+        self.max_frames: int | None = None  # frames to take, skipped ones included (None: all)
 
     def _skip(self, reason: str) -> None:
         self.skipped += 1
         if len(self.skip_reasons) < 100:  # keep the log bounded on a long broken stream
             self.skip_reasons.append(reason)
+        if self.skipped <= LOGGED_SKIPS:
+            logger.warning("frame skipped: %s", reason)
+            if self.skipped == LOGGED_SKIPS:
+                logger.warning("further unreadable frames are counted in the summary only")
+
+    def _limit_reached(self, index: int) -> bool:
+        """True once `max_frames` positions (read or skipped) have been taken from the source."""
+        if self.max_frames is not None and index >= self.max_frames:
+            self.end_reason = f"reached the frame limit ({self.max_frames})"
+            return True
+        return False
 
     def __iter__(self) -> Iterator[Frame]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -74,7 +105,7 @@ def list_images(spec: str) -> list[Path]:
         # Sub-folders count: a slide's frames are often filed per patient or per day.
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
         if not files:
-            raise UserError(f"{spec}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))}), "
+            raise SourceError(f"{spec}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))}), "
                             "not even in its sub-folders")
         return files
     if p.is_file():
@@ -83,9 +114,9 @@ def list_images(spec: str) -> list[Path]:
         files = sorted(Path(f) for f in _glob.glob(spec, recursive=True)
                        if Path(f).suffix.lower() in IMAGE_EXTS and Path(f).is_file())
         if not files:
-            raise UserError(f"{spec}: the pattern matches no image files")
+            raise SourceError(f"{spec}: the pattern matches no image files")
         return files
-    raise UserError(f"{spec}: no such file, folder or pattern")
+    raise SourceError(f"{spec}: no such file, folder or pattern")
 
 
 class ImageSource(FrameSource):
@@ -98,21 +129,35 @@ class ImageSource(FrameSource):
     def __iter__(self):
         index = 0
         while True:
+            readable = 0
             for f in self.files:
+                if self._limit_reached(index):
+                    return
                 t = time.perf_counter()
                 try:
                     img = read_image_rgb(f)
-                except FrameFormatError as exc:
-                    self._skip(str(exc))
+                except (FrameFormatError, OSError) as exc:
+                    # corrupt, or gone / not readable since the folder was listed: skip, never abort
+                    self._skip(str(exc) if isinstance(exc, FrameFormatError) else _os_reason(f, exc))
                     index += 1
                     continue
+                readable += 1
                 yield Frame(index, img, f.name, time.perf_counter() - t)
                 index += 1
             if not self.loop:
                 return
+            if not readable:
+                self.end_reason = "no readable image in a whole pass over the files (looping stopped)"
+                return
 
     def describe(self):
         return f"{len(self.files)} image file(s) from {self.name}" + (" (looping)" if self.loop else "")
+
+
+def _os_reason(path, exc: OSError) -> str:
+    what = {FileNotFoundError: "disappeared", PermissionError: "is not readable (permission denied)",
+            IsADirectoryError: "is now a folder"}.get(type(exc), f"cannot be read ({exc.strerror or exc})")
+    return f"{path}: {what}"
 
 
 # ----------------------------------------------------------------------------- retry with backoff
@@ -162,7 +207,7 @@ class VideoSource(FrameSource):
         ok = cap.isOpened()
         cap.release()
         if not ok:
-            raise UserError(f"{path}: cannot open the video (unknown codec or damaged file)")
+            raise SourceError(f"{path}: cannot open the video (unknown codec or damaged file)")
 
     def __iter__(self):
         index = 0
@@ -171,22 +216,27 @@ class VideoSource(FrameSource):
             got_any = False
             try:
                 while True:
+                    if self._limit_reached(index):
+                        return
                     t = time.perf_counter()
                     ok, raw = cap.read()
                     if not ok or raw is None:
                         break
-                    got_any = True
                     try:
                         img = _convert(raw, "BGR")
                     except FrameFormatError as exc:
                         self._skip(f"{self.path} frame {index}: {exc}")
                         index += 1
                         continue
+                    got_any = True
                     yield Frame(index, img, f"{Path(self.path).name}#{index}", time.perf_counter() - t)
                     index += 1
             finally:
                 cap.release()
-            if not (self.loop and got_any):
+            if not self.loop:
+                return
+            if not got_any:
+                self.end_reason = "no usable frame in a whole pass over the video (looping stopped)"
                 return
 
     def describe(self):
@@ -219,6 +269,8 @@ class CameraSource(FrameSource):
             cap = cv2.VideoCapture(int(spec))
         elif isinstance(spec, str) and "!" in spec:  # a GStreamer pipeline
             cap = cv2.VideoCapture(spec, cv2.CAP_GSTREAMER)
+        elif is_stream_url(spec):
+            cap = open_stream(spec)
         else:
             cap = cv2.VideoCapture(spec)
         if self.width:
@@ -230,12 +282,15 @@ class CameraSource(FrameSource):
     def __iter__(self):
         cap = self._open_with_retries()
         if cap is None:
-            raise UserError(f"{self.spec}: cannot open the camera (is it connected, and is it free? "
-                            "for a GStreamer pipeline, does OpenCV have GStreamer support?)")
+            raise SourceError(f"{self.spec}: cannot open the camera (is it connected, and is it free? "
+                              "for a GStreamer pipeline, does OpenCV have GStreamer support?)")
         index = 0
+        bad_in_a_row = 0
         budget = RetryBackoff(self.retries, self.backoff, self._sleep)
         try:
             while True:
+                if self._limit_reached(index):
+                    return
                 t = time.perf_counter()
                 ok, raw = cap.read()
                 if not ok or raw is None:
@@ -252,7 +307,12 @@ class CameraSource(FrameSource):
                 except FrameFormatError as exc:
                     self._skip(f"camera frame {index}: {exc}")
                     index += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= MAX_CONSECUTIVE_BAD_FRAMES:
+                        self.end_reason = f"camera delivered {bad_in_a_row} frames in a row that cannot be converted"
+                        return
                     continue
+                bad_in_a_row = 0
                 yield Frame(index, img, f"camera#{index}", time.perf_counter() - t)
                 index += 1
         finally:
@@ -284,8 +344,8 @@ class PiCameraSource(FrameSource):
             try:
                 from picamera2 import Picamera2  # only on a Raspberry Pi (the 'pi' extra)
             except ImportError:
-                raise UserError("the picamera2 source needs the picamera2 package (Raspberry Pi OS: "
-                                "`sudo apt install python3-picamera2`, or pip install 'hemaedge[pi]')") from None
+                raise SourceError("the picamera2 source needs the picamera2 package (Raspberry Pi OS: "
+                                  "`sudo apt install python3-picamera2`, or pip install 'hemaedge[pi]')") from None
             camera_factory = Picamera2
         self.width, self.height = int(width), int(height)
         self.retries, self.backoff, self._sleep = int(retries), float(backoff), sleep
@@ -297,9 +357,12 @@ class PiCameraSource(FrameSource):
     def __iter__(self):
         self.cam.start()
         index = 0
+        bad_in_a_row = 0
         budget = RetryBackoff(self.retries, self.backoff, self._sleep)
         try:
             while True:
+                if self._limit_reached(index):
+                    return
                 t = time.perf_counter()
                 reason = "capture returned no frame"
                 try:
@@ -318,7 +381,12 @@ class PiCameraSource(FrameSource):
                 except FrameFormatError as exc:
                     self._skip(f"picamera2 frame {index}: {exc}")
                     index += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= MAX_CONSECUTIVE_BAD_FRAMES:
+                        self.end_reason = f"picamera2 delivered {bad_in_a_row} frames in a row that cannot be converted"
+                        return
                     continue
+                bad_in_a_row = 0
                 yield Frame(index, img, f"picamera2#{index}", time.perf_counter() - t)
                 index += 1
         finally:
@@ -334,29 +402,59 @@ class PiCameraSource(FrameSource):
 # ----------------------------------------------------------------------------- choosing and limiting
 
 
+def is_stream_url(spec) -> bool:
+    return isinstance(spec, str) and spec.lower().startswith(STREAM_SCHEMES)
+
+
+def open_stream(url: str, open_timeout_ms: int = STREAM_OPEN_TIMEOUT_MS,
+                read_timeout_ms: int = STREAM_READ_TIMEOUT_MS):
+    """A network stream through OpenCV's FFmpeg back end with open and read timeouts, so a
+    stalled server costs at most `read_timeout_ms` per read instead of FFmpeg's 30 s."""
+    return cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_ms),
+                                                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_ms)])
+
+
+def _picamera_size(spec: str, width, height) -> tuple[int, int]:
+    if spec == "picamera2":
+        return int(width or 640), int(height or 480)
+    size = spec[len("picamera2:"):] if spec.startswith("picamera2:") else None
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except (AttributeError, ValueError):
+        raise UsageError(f"{spec!r}: not a Pi camera source; use 'picamera2' or 'picamera2:WIDTHxHEIGHT' "
+                         "(e.g. picamera2:640x480)") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise UsageError(f"{spec!r}: the Pi camera size must be between 16 and 8192 pixels a side")
+    return w, h
+
+
 def open_source(spec: str, loop: bool = False, retries: int = 5, backoff: float = 0.5,
-                width: int | None = None, height: int | None = None) -> FrameSource:
+                width: int | None = None, height: int | None = None,
+                max_frames: int | None = None) -> FrameSource:
     """The source a user means by a string.
 
     "picamera2" (or "picamera2:WIDTHxHEIGHT") -> Pi camera; an integer or /dev/video* or a
-    string with "!" (GStreamer) -> camera; a video file by extension -> video; a file, folder
-    or glob of images -> images.
+    string with "!" (GStreamer) -> camera; rtsp:// http(s):// ... -> network stream (even when
+    the URL ends in .mp4); a video file by extension -> video; a file, folder or glob of
+    images -> images. `max_frames` stops the source after that many frames, skipped ones included.
     """
     s = str(spec).strip()
+    if not s:
+        raise UsageError("the frame source is empty: name an image file, folder or glob, a video file, "
+                         "a camera (0, /dev/video0, picamera2) or a stream URL")
     if s.startswith("picamera2"):
-        size = s.split(":", 1)[1] if ":" in s else ""
-        w, h = (int(v) for v in size.lower().split("x")) if size else (width or 640, height or 480)
-        return PiCameraSource(w, h, retries=retries, backoff=backoff)
-    if s.isdigit() or s.startswith("/dev/video") or "!" in s:
-        return CameraSource(s, retries=retries, backoff=backoff, width=width, height=height)
-    p = Path(s)
-    if p.suffix.lower() in VIDEO_EXTS:
-        if not p.is_file():
-            raise UserError(f"{s}: no such video file")
-        return VideoSource(s, loop=loop)
-    if s.startswith(("rtsp://", "http://", "https://")):
-        return CameraSource(s, retries=retries, backoff=backoff)
-    return ImageSource(s, loop=loop)
+        w, h = _picamera_size(s, width, height)
+        src = PiCameraSource(w, h, retries=retries, backoff=backoff)
+    elif s.isdigit() or s.startswith("/dev/video") or "!" in s or is_stream_url(s):
+        src = CameraSource(s, retries=retries, backoff=backoff, width=width, height=height)
+    elif Path(s).suffix.lower() in VIDEO_EXTS:
+        if not Path(s).is_file():
+            raise SourceError(f"{s}: no such video file")
+        src = VideoSource(s, loop=loop)
+    else:
+        src = ImageSource(s, loop=loop)
+    src.max_frames = max_frames
+    return src
 
 
 def limit(frames, max_frames: int | None = None, fps: float | None = None,

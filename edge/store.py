@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -32,8 +31,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hemaedge.edge.bundle import (MANIFEST_NAME, BundleError, _safe_relpath, load_bundle,
-                                  read_manifest, verify_bundle)
+from hemaedge.edge.bundle import (MANIFEST_NAME, Bundle, BundleError, _safe_relpath, load_bundle,
+                                  load_manifest, read_manifest, verify_bundle)
+from hemaedge.edge.bundle_check import check_runnable
 from hemaedge.edge.errors import StoreError
 
 STORE_ENV = "HEMAEDGE_STORE"
@@ -45,19 +45,9 @@ DEFAULT_KEEP = 3
 # placed, committed) after announcing it on stderr, so tests can kill it there.
 PAUSE_ENV = "HEMAEDGE_STORE_TEST_PAUSE"
 
-# Python modules that can run each back end on a device (any one is enough).
-BACKEND_MODULES = {
-    "tflite": ("ai_edge_litert", "tflite_runtime", "tensorflow"),
-    "onnx": ("onnxruntime",),
-    "tensorrt": ("tensorrt",),
-}
-BACKEND_HINTS = {
-    "tflite": "pip install 'hemaedge[edge]' (ai-edge-litert) or tflite-runtime",
-    "onnx": "pip install onnxruntime",
-    "tensorrt": "TensorRT ships with JetPack on a Jetson (python3-libnvinfer); it is not on PyPI for L4T",
-}
-
-
+# Version folder names: what `_slug(name)-<seq>` produces. Anything else in store.json (a
+# hand edit, a damaged disk, an attack: "../../victim") is refused before any path is built.
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 class ContractChangeError(StoreError):
@@ -83,14 +73,11 @@ def default_store() -> "ModelStore":
 
 
 def backend_available(backend: str) -> str | None:
-    """The module that would run `backend` here, or None (checked without importing it)."""
-    for module in BACKEND_MODULES.get(backend, ()):
-        try:
-            if importlib.util.find_spec(module) is not None:
-                return module
-        except (ImportError, ValueError):
-            continue
-    return None
+    """The module(s) that would run `backend` here, or None (checked without importing them)."""
+    from hemaedge.edge.backends import REGISTRY
+
+    info = REGISTRY.get(backend)
+    return info.available() if info else None
 
 
 def manifest_digest(bundle_root) -> str:
@@ -122,17 +109,46 @@ def contract_changes(old: dict, new: dict) -> list[str]:
 
 def manifest_accuracy(manifest: dict):
     """The accuracy recorded at export (test split preferred), or None."""
-    metrics = manifest.get("metrics") or {}
-    for key in ("test", "val", "validation"):
-        block = metrics.get(key)
-        if isinstance(block, dict) and isinstance(block.get("accuracy"), (int, float)):
-            return float(block["accuracy"]), key
-    for key, block in metrics.items():  # any other split the exporter measured
-        if isinstance(block, dict) and isinstance(block.get("accuracy"), (int, float)):
-            return float(block["accuracy"]), key
-    if isinstance(metrics.get("accuracy"), (int, float)):
-        return float(metrics["accuracy"]), ""
-    return None
+    from hemaedge.edge.manifest import Manifest
+
+    try:
+        return Manifest.from_dict(manifest).accuracy()
+    except BundleError:
+        return None
+
+
+def state_problems(state: dict) -> list[str]:
+    """What is wrong with a parsed store.json (empty list: valid). Checked on every read."""
+    problems = []
+    versions = state.get("versions")
+    if not isinstance(versions, dict):
+        return [f"'versions' must be an object, not {type(versions).__name__}"]
+    for name, rec in versions.items():
+        if not VERSION_NAME.match(name) or name in (".", ".."):
+            problems.append(f"version name {name!r:.100} is not a valid version name (letters, digits, '.', '_', "
+                            "'-'; no path separators)")
+        elif not isinstance(rec, dict):
+            problems.append(f"version {name}: its record must be an object")
+        elif not isinstance(rec.get("seq"), int) or isinstance(rec.get("seq"), bool) or rec["seq"] < 1:
+            problems.append(f"version {name}: 'seq' must be a positive whole number")
+        elif not all(isinstance(rec.get(k, ""), str) for k in ("installed", "manifest_sha256", "source", "name",
+                                                                "built_from")):
+            problems.append(f"version {name}: installed, manifest_sha256, source, name and built_from must be strings")
+    active = state.get("active")
+    if active is not None and (not isinstance(active, str) or not VERSION_NAME.match(active)):
+        problems.append(f"the active version {active!r:.100} is not a valid version name")
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(v, str) and VERSION_NAME.match(v) for v in history):
+        problems.append("'history' must be a list of valid version names")
+    seq = state.get("next_seq", 1)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        problems.append("'next_seq' must be a positive whole number")
+    settings = state.get("settings", {})
+    if not isinstance(settings, dict):
+        problems.append("'settings' must be an object")
+    elif not isinstance(settings.get("require_signature", False), bool):
+        problems.append("settings.require_signature must be true or false")
+    return problems
 
 
 def _slug(name: str) -> str:
@@ -207,6 +223,7 @@ class InstallResult:
     pruned: list = field(default_factory=list)
     files: dict = field(default_factory=dict)  # name -> sha256 of the installed copy
     seconds: float = 0.0  # wall time of the whole install (verify, copy, re-verify, switch)
+    signed_by: str | None = None  # key id of a trusted key that validly signed the bundle
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -243,6 +260,13 @@ class ModelStore:
         if state.get("version") != STATE_VERSION:
             raise StoreError(f"{self.state_path}: store format version {state.get('version')!r} "
                              f"is not supported by this hemaedge (supports {STATE_VERSION}); upgrade hemaedge")
+        for key, value in self._empty_state().items():
+            state.setdefault(key, value)
+        problems = state_problems(state)
+        if problems:
+            raise StoreError(f"{self.state_path}: the store state is not valid (edited by hand or damaged), so "
+                             "nothing was changed:\n  - " + "\n  - ".join(problems[:10]) +
+                             "\nRestore it from a backup, or move the store folder away and install again.")
         return state
 
     def _write_state(self, state: dict) -> None:
@@ -299,18 +323,26 @@ class ModelStore:
     # ------------------------------------------------------------------ queries
 
     def version_path(self, version: str) -> Path:
-        return self.versions_dir / version
+        """The folder of an installed version; never outside `versions/` whatever the name says."""
+        if not isinstance(version, str) or not VERSION_NAME.match(version) or version in (".", ".."):
+            raise StoreError(f"{version!r} is not a valid model version name")
+        path = self.versions_dir / version
+        if not path.resolve().is_relative_to(self.versions_dir.resolve()):
+            raise StoreError(f"{self.root}: version {version} resolves outside the store "
+                             "(a symbolic link?); refusing to use it")
+        return path
 
     def active_version(self) -> str | None:
         return self.read_state().get("active")
 
     def active_path(self) -> Path | None:
         """The active bundle's folder, or None when nothing is installed (used by `edge run`)."""
-        active = self.active_version()
+        state = self.read_state()
+        active = state["active"]
         if not active:
             return None
         path = self.version_path(active)
-        if not (path / MANIFEST_NAME).is_file():
+        if active not in state["versions"] or not (path / MANIFEST_NAME).is_file():
             # never fall back silently to some other model: the active one is gone
             raise StoreError(f"{self.root}: the active model {active} is missing from the store "
                              "(deleted by hand or a damaged disk); run `hemaedge edge rollback` or "
@@ -327,35 +359,98 @@ class ModelStore:
                                installed=rec.get("installed", ""), seq=rec["seq"],
                                manifest_sha256=rec.get("manifest_sha256", ""))
             try:
-                manifest = read_manifest(path)
+                manifest = load_manifest(path)
             except BundleError as exc:
                 info.problem = f"unreadable: {exc}" if path.is_dir() else "directory missing"
                 rows.append(info)
                 continue
-            info.name = manifest.get("name", "")
-            info.backend = manifest["model"].get("backend", "")
-            info.model_format = manifest["model"].get("format", "")
-            info.classes = list(manifest["classes"])
-            info.input = dict(manifest["input"])
-            info.size_bytes = sum(int(v.get("bytes", 0)) for v in manifest["files"].values())
-            acc = manifest_accuracy(manifest)
+            info.name = manifest.name
+            info.backend = manifest.model.backend
+            info.model_format = manifest.model.format
+            info.classes = list(manifest.classes)
+            info.input = dict(manifest.raw["input"])
+            info.size_bytes = manifest.size_bytes
+            acc = manifest.accuracy()
             if acc:
                 info.accuracy, info.accuracy_split = acc
-            validation = manifest.get("validation")
-            info.validation = str(validation.get("status", "")) if isinstance(validation, dict) else ""
+            info.validation = manifest.validation_status
             if verify:
-                problems = verify_bundle(path)
-                if manifest_digest(path) != info.manifest_sha256:
-                    problems.insert(0, "manifest.json changed since install")
-                info.problem = "; ".join(problems)
+                info.problem = "; ".join(self._verify_version(path, info.manifest_sha256, manifest))
             rows.append(info)
         return rows
+
+    def _verify_version(self, path: Path, digest: str, manifest) -> list[str]:
+        """What `edge models --verify` checks: checksums, the manifest unchanged, and a smoke run."""
+        problems = verify_bundle(path)
+        if manifest_digest(path) != digest:
+            problems.insert(0, "manifest.json changed since install")
+        if not problems:
+            if backend_available(manifest.model.backend) is None:
+                problems.append(f"the {manifest.model.backend} back end is not installed here, so the model "
+                                "could not be loaded")
+            else:
+                try:
+                    check_runnable(Bundle(path, manifest.to_dict()))
+                except BundleError as exc:
+                    problems.append(str(exc))
+        return problems
+
+    # ------------------------------------------------------------------ signatures
+
+    @property
+    def trust(self):
+        from hemaedge.edge.signing import TrustStore
+
+        return TrustStore(self.root)
+
+    def requires_signature(self) -> bool:
+        """The store setting: accept only bundles signed by a trusted key (`edge trust require`)."""
+        return bool(self.read_state().get("settings", {}).get("require_signature", False))
+
+    def set_require_signature(self, on: bool, lock_timeout: float = 600.0) -> None:
+        if on and not self.trust.keys():
+            raise StoreError(f"{self.root}: no trusted keys yet, so no bundle could be installed; "
+                             "add one first with `hemaedge edge trust add KEY.pub`")
+        with self.lock(lock_timeout):
+            state = self.read_state()
+            state.setdefault("settings", {})["require_signature"] = bool(on)
+            self._write_state(state)
+
+    def check_signature(self, manifest: dict, require: bool = False) -> str | None:
+        """The trusted key id that signed `manifest`, or None for an unsigned bundle where allowed.
+
+        A signature is always checked when the key is trusted here (a wrong one is refused even
+        if signatures are not required); BundleError when required and missing or not trusted."""
+        from hemaedge.edge.signing import check_signature
+
+        required = require or self.requires_signature()
+        sig = manifest.get("signature")
+        if not required:
+            if not isinstance(sig, dict):
+                return None
+            trusted = self.trust.keys()
+            if sig.get("key_id") not in trusted:
+                return None  # signed by a key this device does not know, and nothing requires it
+            return check_signature(manifest, trusted)
+        return check_signature(manifest, self.trust.keys())
+
+    def _signed_by(self, manifest: dict, require: bool, built_from: str | None) -> str | None:
+        """check_signature, where an engine built on this device from an installed version is
+        vouched for by that version's signature (an engine cannot be signed on the build machine)."""
+        if not built_from:
+            return self.check_signature(manifest, require)
+        parent = self.version_path(built_from)
+        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+        if not (parent / MANIFEST_NAME).is_file() or source.get("onnx_manifest_sha256") != manifest_digest(parent):
+            raise BundleError(f"this engine bundle was not built from the installed version {built_from}; "
+                              "its signature cannot vouch for it")
+        return self.check_signature(read_manifest(parent), require)
 
     # ------------------------------------------------------------------ install
 
     def install(self, bundle_dir, *, keep: int = DEFAULT_KEEP, accept_change: bool = False,
                 check_backend: bool = True, source: str | None = None, lock_timeout: float = 600.0,
-                on_wait=None) -> InstallResult:
+                on_wait=None, require_signature: bool = False, built_from: str | None = None) -> InstallResult:
         """Verify `bundle_dir`, copy it into a new version and make it active, atomically.
 
         Raises BundleError (bundle damaged/unsafe), StoreError (back end missing, store
@@ -364,21 +459,25 @@ class ModelStore:
         """
         start = time.monotonic()
         result = self._install(bundle_dir, keep=keep, accept_change=accept_change, check_backend=check_backend,
-                               source=source, lock_timeout=lock_timeout, on_wait=on_wait)
+                               source=source, lock_timeout=lock_timeout, on_wait=on_wait,
+                               require_signature=require_signature, built_from=built_from)
         result.seconds = round(time.monotonic() - start, 3)
         return result
 
     def _install(self, bundle_dir, *, keep, accept_change, check_backend, source, lock_timeout,
-                 on_wait) -> InstallResult:
+                 on_wait, require_signature, built_from) -> InstallResult:
         if keep < 1:
             raise StoreError(f"--keep must be at least 1 (got {keep})")
         bundle_dir = Path(bundle_dir)
-        bundle = load_bundle(bundle_dir)  # checksums, manifest version, path escapes
+        bundle = load_bundle(bundle_dir)  # schema, checksums, path escapes
+        self._signed_by(bundle.manifest, require_signature, built_from)  # early: before copying anything
         if check_backend and backend_available(bundle.backend) is None:
+            from hemaedge.edge.backends import REGISTRY
+
+            info = REGISTRY[bundle.backend]
             raise StoreError(
                 f"{bundle_dir}: this bundle needs the {bundle.backend!r} back end, which is not installed "
-                f"on this device (looked for {', '.join(BACKEND_MODULES[bundle.backend])}): "
-                f"{BACKEND_HINTS[bundle.backend]}")
+                f"on this device (missing: {'; '.join(info.missing())}): {info.install_hint}")
         manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
         digest = hashlib.sha256(manifest_bytes).hexdigest()
 
@@ -404,13 +503,16 @@ class ModelStore:
                     if rec.get("manifest_sha256") == digest and self.version_path(v).is_dir()]
             if same:  # identical bundle already here: switch to it, copy nothing
                 version = same[0]
+                if check_backend:
+                    check_runnable(Bundle(self.version_path(version), read_manifest(self.version_path(version))))
                 if version != previous:
                     self._activate(state, version)
                     _pause("committed")
                 pruned = self._prune(keep)
                 return InstallResult(version, previous if previous != version else self._prev_of(version),
                                      self.version_path(version), digest, reused=True, changes=changes,
-                                     pruned=pruned, files=_installed_digests(self.version_path(version)))
+                                     pruned=pruned, files=_installed_digests(self.version_path(version)),
+                                     signed_by=self._signed_by(bundle.manifest, require_signature, built_from))
 
             seq = int(state.get("next_seq", 1))
             version = f"{_slug(bundle.manifest.get('name') or bundle_dir.name)}-{seq}"
@@ -419,6 +521,9 @@ class ModelStore:
             staging = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=self.staging_dir))
             try:
                 self._stage(bundle_dir, bundle.manifest, manifest_bytes, staging)
+                signed_by = self._signed_by(read_manifest(staging), require_signature, built_from)  # what is activated
+                if check_backend:  # the very copy that will be activated must load and run
+                    check_runnable(Bundle(staging, bundle.manifest))
                 _pause("staged")
                 final = self.version_path(version)
                 if final.exists():  # an orphan of a crashed install with the same number
@@ -434,12 +539,14 @@ class ModelStore:
                 "source": source or str(bundle_dir.resolve()),
                 "name": bundle.manifest.get("name", ""),
             }
+            if built_from:
+                state["versions"][version]["built_from"] = built_from
             state["next_seq"] = seq + 1
             self._activate(state, version)
             _pause("committed")
             pruned = self._prune(keep)
             return InstallResult(version, previous, final, digest, changes=changes, pruned=pruned,
-                                 files=_installed_digests(final))
+                                 files=_installed_digests(final), signed_by=signed_by)
 
     def _stage(self, bundle_dir: Path, manifest: dict, manifest_bytes: bytes, staging: Path) -> None:
         """Copy only the files the manifest lists (plus the manifest) and re-verify the copy."""
@@ -535,6 +642,8 @@ class ModelStore:
             problems = verify_bundle(self.version_path(target))
             if problems:
                 raise StoreError(f"{target} failed verification and stays inactive:\n  - " + "\n  - ".join(problems))
+            self._signed_by(read_manifest(self.version_path(target)), False,
+                            state["versions"][target].get("built_from"))
             changes = []
             if current and current in state["versions"]:
                 with contextlib.suppress(BundleError):

@@ -32,7 +32,11 @@ store_option = click.option("--store", "store_path", type=click.Path(file_okay=F
 @click.option("--accept-change", is_flag=True,
               help="Install even if the class list or input contract differs from the active model.")
 @click.option("--no-backend-check", is_flag=True,
-              help="Skip the check that this device has the bundle's back end (e.g. preparing an SD card image).")
+              help="Skip the check that this device has the bundle's back end, and so the test load and "
+                   "smoke inference (e.g. preparing an SD card image on another machine).")
+@click.option("--require-signature", is_flag=True,
+              help="Install only a bundle validly signed by a key in this store's trust store "
+                   "(`hemaedge edge trust add`); `hemaedge edge trust require` makes it permanent.")
 @click.option("--build-engine", is_flag=True,
               help="Jetson: after installing an ONNX bundle, build a TensorRT engine from it with trtexec "
                    "and install that as the active version.")
@@ -42,16 +46,18 @@ store_option = click.option("--store", "store_path", type=click.Path(file_okay=F
               help="Largest batch of cell crops the engine built by --build-engine accepts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (for scripts and `hemaedge deploy`).")
 @user_errors
-def install(bundle, store_path, keep, accept_change, no_backend_check, build_engine, engine_precision,
-            max_batch, as_json):
+def install(bundle, store_path, keep, accept_change, no_backend_check, require_signature, build_engine,
+            engine_precision, max_batch, as_json):
     """Verify BUNDLE, copy it into the model store and make it the active model.
 
     \b
-    The bundle's checksums, manifest version and file paths are verified, and so is that
-    this device has the back end it needs. The copy is verified again inside the store and
-    the active model is switched in one atomic step: if anything fails or the power goes,
-    the previous model stays active and runnable. A bundle whose class list or input
-    contract differs from the active model is refused unless --accept-change is given.
+    The same checks as `hemaedge edge verify` run first: the manifest against its schema, the
+    checksums and file paths, that this device has the back end; then the copy inside the
+    store is loaded and runs a smoke inference (one probability per class). Only then is the
+    active model switched, in one atomic step: if anything fails or the power goes, the
+    previous model stays active and runnable. A bundle whose class list or input contract
+    differs from the active model is refused unless --accept-change is given; with
+    --require-signature (or the store setting) so is one not signed by a trusted key.
     """
     from hemaedge.edge.store import ContractChangeError
 
@@ -73,7 +79,8 @@ def install(bundle, store_path, keep, accept_change, no_backend_check, build_eng
         check_can_build(bundle)  # before installing anything
     try:
         result = store.install(bundle, keep=keep, accept_change=accept_change,
-                               check_backend=not no_backend_check, on_wait=waiting)
+                               check_backend=not no_backend_check, on_wait=waiting,
+                               require_signature=require_signature)
     except ContractChangeError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "error": "contract-change", "changes": exc.changes}))
@@ -84,7 +91,8 @@ def install(bundle, store_path, keep, accept_change, no_backend_check, build_eng
 
         results.append(build_engine_bundle_and_install(store, result, precision=engine_precision,
                                                        max_batch=max_batch, keep=keep,
-                                                       check_backend=not no_backend_check, on_wait=waiting))
+                                                       check_backend=not no_backend_check, on_wait=waiting,
+                                                       require_signature=require_signature))
     final = results[-1]
     if as_json:
         out = final.to_dict()
@@ -99,7 +107,7 @@ def install(bundle, store_path, keep, accept_change, no_backend_check, build_eng
             click.echo(f"Accepted change: {change}", err=True)
         verb = "Re-activated already installed" if res.reused else "Installed"
         click.echo(f"{verb} {res.version} (previous: {res.previous or 'none'}) in {store.root} "
-                   f"[{res.seconds:.2f} s]")
+                   f"[{res.seconds:.2f} s]" + (f", signed by trusted key {res.signed_by}" if res.signed_by else ""))
         if res.pruned:
             click.echo(f"Pruned old versions: {', '.join(res.pruned)}")
     click.echo(f"Active model: {final.version}")
@@ -117,9 +125,19 @@ def models(store_path, verify, as_json):
     """
     store = _store(store_path)
     rows = store.list_versions(verify=verify)
+    active = store.active_version()
+    active_row = next((r for r in rows if r.version == active), None)
+    warning = None
+    if active and (active_row is None or active_row.problem):
+        why = active_row.problem if active_row and active_row.problem != "directory missing" else "missing from the store"
+        warning = (f"Warning: the active model {active} is {'missing' if 'missing' in why else 'damaged'} ({why}); "
+                   "`hemaedge edge run` will refuse to start. Run `hemaedge edge rollback` or install a bundle again.")
     if as_json:
-        click.echo(json.dumps({"store": str(store.root), "versions": [r.to_dict() for r in rows]}, indent=2))
+        click.echo(json.dumps({"store": str(store.root), "active": active, "warning": warning,
+                               "versions": [r.to_dict() for r in rows]}, indent=2))
         return
+    if warning:
+        click.echo(warning, err=True)
     if not rows:
         click.echo(f"No models installed in {store.root}. Install one with `hemaedge edge install BUNDLE`.")
         return
@@ -155,3 +173,56 @@ def rollback(store_path, to_version, accept_change):
     for change in changes:
         click.echo(f"Accepted change: {change}", err=True)
     click.echo(f"Rolled back: active model is now {new} (was {old or 'none'})")
+
+
+@click.group()
+def trust():
+    """Public keys this device accepts bundle signatures from, and whether signatures are required."""
+
+
+@trust.command("add")
+@click.argument("pubkey", type=click.Path(dir_okay=False))
+@store_option
+@user_errors
+def trust_add(pubkey, store_path):
+    """Trust bundles signed with the private key of PUBKEY (a .pub file from `hemaedge keys new`)."""
+    store = _store(store_path)
+    key = store.trust.add(pubkey)
+    click.echo(f"trusted key {key.key_id}{' (' + key.comment + ')' if key.comment else ''} in {store.trust.dir}")
+
+
+@trust.command("list")
+@store_option
+@user_errors
+def trust_list(store_path):
+    """List trusted keys and whether this store requires signed bundles."""
+    store = _store(store_path)
+    found = store.trust.keys()
+    required = store.requires_signature()
+    click.echo(f"Trust store: {store.trust.dir}; signed bundles {'REQUIRED' if required else 'not required'}")
+    if not found:
+        click.echo("No trusted keys. Add one with `hemaedge edge trust add KEY.pub`.")
+    for kid, key in found.items():
+        click.echo(f"  {kid}  {key.comment}".rstrip())
+
+
+@trust.command("remove")
+@click.argument("key_id")
+@store_option
+@user_errors
+def trust_remove(key_id, store_path):
+    """Stop trusting the key KEY_ID."""
+    store = _store(store_path)
+    store.trust.remove(key_id)
+    click.echo(f"removed key {key_id}")
+
+
+@trust.command("require")
+@click.option("--off", is_flag=True, help="Accept unsigned bundles again.")
+@store_option
+@user_errors
+def trust_require(off, store_path):
+    """Make every later install (and rollback) of this store require a trusted signature."""
+    store = _store(store_path)
+    store.set_require_signature(not off)
+    click.echo(f"{store.root}: signed bundles are {'no longer ' if off else ''}required")

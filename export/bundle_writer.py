@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hemaedge.edge.bundle import BundleError, write_bundle
+from hemaedge.edge.bundle import write_bundle
 from hemaedge.edge.preprocess import InputContract
 
-MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx", "tensorrt": "model.engine"}
+from hemaedge.edge.backends import REGISTRY, backend_for_file
+
+MODEL_FILES = {name: info.model_file for name, info in REGISTRY.items()}
 
 
 # Sections a training run's sidecar may carry into the manifest (train/finetune.confidence_sections):
@@ -30,13 +32,8 @@ def confidence_sections(sidecar: dict, output: dict) -> tuple[dict, dict]:
 
 
 def backend_for(path) -> str:
-    suffix = Path(path).suffix.lower()
-    for backend, name in MODEL_FILES.items():
-        if suffix == Path(name).suffix:
-            return backend
-    if suffix == ".plan":
-        return "tensorrt"
-    raise BundleError(f"{path}: unknown model type {suffix!r}; expected .tflite, .onnx or .engine/.plan")
+    """The back end of a model file, from the registry's suffixes (BackendError is a BundleError)."""
+    return backend_for_file(path)
 
 
 def write_export_bundle(out_dir, artifact, *, model_format: str, classes: list[str], contract: InputContract,
@@ -55,4 +52,13 @@ def write_export_bundle(out_dir, artifact, *, model_format: str, classes: list[s
     return write_bundle(out_dir, files, model_file=MODEL_FILES[backend], backend=backend,
                         model_format=model_format, classes=classes, contract=contract, output=output,
                         source=source, export=settings, metrics=metrics or {}, name=name,
-                        extra=extra, overwrite=overwrite)
+                        extra=extra, overwrite=overwrite, check=_smoke_check(backend))
+
+
+def _smoke_check(backend: str):
+    """The device's load + smoke inference, where this machine has the back end (a TensorRT
+    bundle written off the device is checked by `edge install` on the device instead)."""
+    from hemaedge.edge.backends import REGISTRY
+    from hemaedge.edge.bundle_check import check_runnable
+
+    return check_runnable if REGISTRY[backend].available() else None

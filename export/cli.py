@@ -5,13 +5,13 @@ pipeline.py, parity.py and bundle_writer.py.
 """
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, UserError, command_line, user_errors
+from hemaedge.edge.errors import HemaedgeError
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
 
@@ -26,9 +26,9 @@ def _source_options(f):
 
 
 def _parity_options(f):
-    f = click.option("--max-drop", type=float, default=1.0, show_default=True,
+    f = click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
                      help="Accuracy drop (points) beyond which an export is marked failed-validation.")(f)
-    f = click.option("--limit", type=int, default=None,
+    f = click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of N images per split (quick runs).")(f)
     f = click.option("--splits", default="val,test", show_default=True, help="Splits used for the parity check.")(f)
     f = click.option("--data", type=click.Path(path_type=Path), default=None,
@@ -43,7 +43,7 @@ def _bundle_out_options(f):
 
 
 def _calib_options(f):
-    f = click.option("--calib-count", type=int, default=512, show_default=True,
+    f = click.option("--calib-count", type=click.IntRange(min=1), default=512, show_default=True,
                      help="Number of calibration images used (a calibration_data folder: the first N of its "
                           "class-interleaved order; a bare image folder: a seeded random subset).")(f)
     f = click.option("--calib-dir", type=click.Path(path_type=Path), default=Path("calibration_data"),
@@ -76,25 +76,39 @@ def _calib(calib_dir, calib_count, needed: bool):
     return images, {"dir": str(calib_dir), "count": len(images), "requested": calib_count, "seed": 0}
 
 
-def _finish(row: dict):
+def _load_key(ctx, param, value):
+    """Read the signing key before any export work starts (a wrong path fails in a second, not after)."""
+    if value is None:
+        return None
+    from hemaedge.edge.signing import read_signing_key
+
+    try:
+        return read_signing_key(value)
+    except HemaedgeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_sign_option = click.option(
+    "--sign", "sign_key", type=click.Path(dir_okay=False), default=None, callback=_load_key, metavar="KEY",
+    help="Sign the bundle with this private key (from `hemaedge keys new`): the signature covers the "
+         "manifest and every file's checksum; devices with `--require-signature` accept only signed bundles.")
+
+
+def _sign(bundle, key) -> None:
+    if key is not None and bundle:
+        from hemaedge.edge.signing import sign_bundle
+
+        sign_bundle(bundle, key)
+        click.echo(f"signed: {bundle} (key {key.key_id})")
+
+
+def _finish(row: dict, key=None):
+    _sign(row.get("bundle"), key)
     click.echo(f"bundle: {row['bundle']} ({row['size_mb']} MB, status {row['status']})")
     if row["status"] == "failed-validation":
         click.echo("Error: the export is marked failed-validation in its manifest (see the parity lines above); "
                    "raise --max-drop only if you accept the loss.", err=True)
         sys.exit(1)
-
-
-def _command_line() -> str:
-    """The command as a user would retype it (rebuilt from the parsed parameters)."""
-    ctx = click.get_current_context()
-    words = ["hemaedge", *ctx.command_path.split()[1:]]
-    for p in ctx.command.params:
-        value = ctx.params.get(p.name)
-        if isinstance(p, click.Argument):
-            words.append(str(value))
-        elif value not in (None, False) and value != p.default and not (p.default is not None and str(value) == str(p.default)):
-            words += [p.opts[0]] if p.is_flag else [p.opts[0], str(value)]
-    return shlex.join(words)
 
 
 # int8 formats (TFLite full-integer, ONNX QDQ): see export/bounded_logits.py
@@ -133,9 +147,10 @@ def export():
 @_parity_options
 @_source_options
 @_bundle_out_options
+@_sign_option
 @user_errors
 def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, bound_logits, calib_dir, calib_count,
-           data, splits, limit, max_drop, classes, preprocess, size, out, force):
+           data, splits, limit, max_drop, classes, preprocess, size, out, force, sign_key):
     """Keras MODEL -> TFLite bundle (fp32, fp16, dynamic-range or full-integer int8)."""
     from hemaedge.export.pipeline import export_one
     from hemaedge.export.tflite import convert_tflite  # noqa: F401  (fail early if TF is missing)
@@ -152,12 +167,12 @@ def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, b
     row = _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force,
                    int8_io=int8_io, float_fallback_ops=ops, int8_output=int8_output, per_tensor=per_tensor,
                    bound_logits=bound_logits)
-    _finish(row)
+    _finish(row, sign_key)
 
 
 def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force, **kw):
     return export_one(fmt, source, out, parity_data=_parity_data(data, source.classes, splits, limit),
-                      max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, log=click.echo, **kw)
+                      max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, **kw)
 
 
 @export.command()
@@ -171,9 +186,10 @@ def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images
 @_parity_options
 @_source_options
 @_bundle_out_options
+@_sign_option
 @user_errors
 def onnx(model, opset, quantize_int8, calib_method, bound_logits, calib_dir, calib_count, data, splits, limit,
-         max_drop, classes, preprocess, size, out, force):
+         max_drop, classes, preprocess, size, out, force, sign_key):
     """Keras MODEL -> ONNX bundle (tf2onnx), optionally int8 QDQ."""
     from hemaedge.export.pipeline import export_one
 
@@ -182,7 +198,7 @@ def onnx(model, opset, quantize_int8, calib_method, bound_logits, calib_dir, cal
     row = _run_one(export_one, "onnx-int8" if quantize_int8 else "onnx-fp32", source, out, data, splits, limit,
                    max_drop, images, info, force, opset=opset, onnx_calib_method=calib_method,
                    bound_logits=bound_logits)
-    _finish(row)
+    _finish(row, sign_key)
 
 
 @export.command("onnx-head")
@@ -195,8 +211,9 @@ def onnx(model, opset, quantize_int8, calib_method, bound_logits, calib_dir, cal
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="With --backbone: bundle folder; without: the head's .onnx file.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
+@_sign_option
 @user_errors
-def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, preprocess, size, out, force):
+def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, preprocess, size, out, force, sign_key):
     """scikit-learn HEAD (.skops: SVM, KNN, RF, pipelines) -> ONNX (skl2onnx; a distance-weighted KNN
     gets hemaedge's own graph); no pickle on the device.
 
@@ -206,14 +223,16 @@ def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, pre
     from hemaedge.export import onnx_head as oh
 
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    if backbone is None and sign_key is not None:
+        raise UserError("--sign signs bundles; without --backbone this writes a bare .onnx head, not a bundle")
     if backbone is None:
         path = oh.export_head_file(head, out, opset=opset, overwrite=force)
         click.echo(f"wrote {path}")
         return
     source = oh.load_hybrid_source(backbone, head, classes=names, preprocess=preprocess, size=size)
     row = oh.export_hybrid_bundle(source, out, opset=opset, parity_data=_parity_data(data, source.classes, splits, limit),
-                                  max_drop=max_drop, overwrite=force, log=click.echo)
-    _finish(row)
+                                  max_drop=max_drop, overwrite=force)
+    _finish(row, sign_key)
 
 
 @export.command()
@@ -225,8 +244,9 @@ def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, pre
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Calibration cache file (read if present, written after calibrating).")
 @_bundle_out_options
+@_sign_option
 @user_errors
-def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, cache, out, force):
+def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, cache, out, force, sign_key):
     """ONNX bundle (or .onnx next to its bundle manifest) -> TensorRT engine bundle. Run ON THE DEVICE."""
     from hemaedge.export import tensorrt as trtx
     from hemaedge.export.trt_bundle import export_tensorrt_bundle
@@ -235,15 +255,15 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
     images, info = _calib(calib_dir, calib_count, precision == "int8")
     path = export_tensorrt_bundle(onnx_model, out, precision, calib_images=images, calib_info=info,
                                   batch=batch, max_batch=max_batch, cache=cache, overwrite=force)
+    _sign(path, sign_key)
     click.echo(f"bundle: {path} (not parity-checked here: run `hemaedge edge verify` and the bench on the device)")
 
 
 @export.command("all")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--formats", default=",".join(["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
-                                             "tflite-int8-floatio", "tflite-int8-mixed", "onnx-fp32", "onnx-int8", "tensorrt-fp16",
-                                             "tensorrt-int8"]),
-              show_default=True, help="Comma-separated formats.")
+@click.option("--formats", default=None,
+              help="Comma-separated formats (default: every format of the table except opt-in ones; "
+                   "see `hemaedge export formats`).")
 @click.option("--opset", type=int, default=17, show_default=True)
 @_bound_logits_option
 @_calib_options
@@ -253,34 +273,57 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
 @click.option("--table", type=click.Path(path_type=Path), default=None,
               help="Table stem (default benchmarks/results/export_<model>): writes .md and .json.")
 @click.option("--force", is_flag=True, help="Replace existing bundle folders.")
+@_sign_option
 @user_errors
 def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, data, splits, limit, max_drop, classes,
-                preprocess, size, out, table, force):
+                preprocess, size, out, table, force, sign_key):
     """Every format with parity for each, and the export table (format, status, size, accuracy, delta, agreement)."""
     from hemaedge.export import report
-    from hemaedge.export.pipeline import FORMATS, NEEDS_CALIBRATION, export_all
+    from hemaedge.export.pipeline import DEFAULT_FORMATS, FORMATS, NEEDS_CALIBRATION, export_all
 
-    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    fmts = [f.strip() for f in formats.split(",") if f.strip()] if formats is not None else list(DEFAULT_FORMATS)
     unknown = [f for f in fmts if f not in FORMATS]
-    if unknown:
+    if unknown or not fmts:
         raise UserError(f"unknown formats {unknown}; choose from {list(FORMATS)}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; it must be a folder (one bundle per format goes inside)")
     source = _load_source(model, classes, preprocess, size)
     try:
         images, info = _calib(calib_dir, calib_count, any(f in NEEDS_CALIBRATION for f in fmts))
-    except UserError as exc:  # int8 rows will say failed-to-export; the others still run
+    except HemaedgeError as exc:  # int8 rows will say failed-to-export; the others still run
         click.echo(f"warning: {exc}", err=True)
         images, info = None, None
     pdata = _parity_data(data, source.classes, splits, limit)
     stem = table or Path("benchmarks/results") / f"export_{source.name}"
-    meta = report.base_meta(source.name, _command_line())
+    meta = report.base_meta(source.name, command_line())
     meta.update(source_sha256=source.sha256, data=pdata.describe() if pdata else None, calibration=info,
                 max_drop_points=max_drop, versions=_versions())
     rows = export_all(source, out, fmts, parity_data=pdata, max_drop=max_drop, calib_images=images,
-                      calib_info=info, overwrite=force, opset=opset, bound_logits=bound_logits, log=click.echo,
+                      calib_info=info, overwrite=force, opset=opset, bound_logits=bound_logits,
                       on_row=lambda r: report.write_table(stem, r, meta))
     md, _ = report.write_table(stem, rows, meta)
+    for row in rows:
+        _sign(row.get("bundle"), sign_key)
     click.echo(Path(md).read_text())
     click.echo(f"table: {md} (+ .json)")
+    if not any(row.get("bundle") for row in rows):
+        failed = "; ".join(f"{r['format']}: {r.get('error') or r['status']}" for r in rows)
+        click.echo(f"Error: no format was exported ({failed[:800]})", err=True)
+        sys.exit(1)
+
+
+@export.command("formats")
+def formats_cmd():
+    """List the export formats: back end, file suffix, whether int8 calibration images are needed."""
+    from hemaedge.export.pipeline import FORMAT_TABLE
+
+    rows = [("FORMAT", "BACKEND", "SUFFIX", "CALIBRATION", "BOUNDED LOGITS", "IN `all`", "NOTE")]
+    for f in FORMAT_TABLE:
+        rows.append((f.name, f.backend, f.suffix, "yes" if f.needs_calibration else "-",
+                     "yes" if f.bounded_logits else "-", "yes" if f.default else "opt-in", f.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _versions() -> str:
@@ -302,12 +345,13 @@ def _versions() -> str:
 @_parity_options
 @_source_options
 @_bundle_out_options
+@_sign_option
 @user_errors
-def bundle(artifact, source_model, data, splits, limit, max_drop, classes, preprocess, size, out, force):
+def bundle(artifact, source_model, data, splits, limit, max_drop, classes, preprocess, size, out, force, sign_key):
     """Wrap an existing ARTIFACT (.tflite, .onnx, .engine) into a verified bundle."""
     from hemaedge.export.wrap import wrap_artifact
 
     row = wrap_artifact(artifact, out, source_model=source_model, classes=classes, preprocess=preprocess, size=size,
                         parity_data_factory=lambda names: _parity_data(data, names, splits, limit),
-                        max_drop=max_drop, overwrite=force, log=click.echo)
-    _finish(row)
+                        max_drop=max_drop, overwrite=force)
+    _finish(row, sign_key)

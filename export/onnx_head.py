@@ -12,6 +12,7 @@ decision scores, recorded as kind "logits" (the device's softmax keeps their ord
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from hemaedge.edge.cli_support import UserError
 
 from hemaedge.export import parity as par
 from hemaedge.export.source import SourceModel, build_contract, load_keras_model, model_input_size, read_sidecar
+
+logger = logging.getLogger(__name__)
 
 FEATURES = "features"
 
@@ -176,8 +179,9 @@ def merge_backbone_head(backbone_onnx: bytes, head_proto) -> bytes:
 
 
 def export_hybrid_bundle(source: HybridSource, out_dir, *, opset: int = 17, parity_data=None,
-                         max_drop: float = par.DEFAULT_MAX_DROP, overwrite: bool = False, log=print) -> dict:
+                         max_drop: float = par.DEFAULT_MAX_DROP, overwrite: bool = False, log=None) -> dict:
     """Backbone + head -> one ONNX bundle, parity-checked against backbone + scikit-learn."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.export.bundle_writer import write_export_bundle
     from hemaedge.export.onnx_export import keras_to_onnx
     from hemaedge.export.pipeline import make_row, measure_parity

@@ -4,9 +4,11 @@ one table row per format, whatever happened (passed / failed-validation / failed
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,28 +22,55 @@ from hemaedge.export.bundle_writer import confidence_sections, write_export_bund
 from hemaedge.export.evaldata import load_split
 from hemaedge.export.runners import make_runner, predict_images
 
-# format name -> (back end, variant). The default `export all` list.
-FORMATS = {
-    "tflite-fp32": ("tflite", "fp32"),
-    "tflite-fp16": ("tflite", "fp16"),
-    "tflite-dynamic": ("tflite", "dynamic"),
-    "tflite-int8": ("tflite", "int8"),
-    "tflite-int8-floatio": ("tflite", "int8"),
-    "tflite-int8-mixed": ("tflite", "int8"),  # selective float fallback (labelled: not integer-only)
-    "tflite-int16x8": ("tflite", "int16x8"),  # int16 activations; slow reference kernels, opt-in
-    "onnx-fp32": ("onnx", "fp32"),
-    "onnx-int8": ("onnx", "int8"),
-    "tensorrt-fp16": ("tensorrt", "fp16"),
-    "tensorrt-int8": ("tensorrt", "int8"),
-}
-NEEDS_CALIBRATION = {"tflite-int8", "tflite-int8-floatio", "tflite-int8-mixed", "tflite-int16x8", "onnx-int8",
-                     "tensorrt-int8"}
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of the export format table: everything the CLI and the pipeline know about a format."""
+
+    name: str
+    backend: str  # a back end of the device's registry (edge/backends.py)
+    variant: str  # what the converter is asked for (fp32, fp16, dynamic, int8, int16x8)
+    needs_calibration: bool = False
+    bounded_logits: bool = False  # int8 classifier end rewritten to bounded logits (export/bounded_logits.py)
+    default: bool = True  # in `export all`'s default list
+    note: str = ""
+
+    @property
+    def suffix(self) -> str:
+        from hemaedge.edge.backends import REGISTRY
+
+        return REGISTRY[self.backend].suffixes[0]
+
+
+FORMAT_TABLE = (
+    ExportFormat("tflite-fp32", "tflite", "fp32"),
+    ExportFormat("tflite-fp16", "tflite", "fp16"),
+    ExportFormat("tflite-dynamic", "tflite", "dynamic"),
+    ExportFormat("tflite-int8", "tflite", "int8", needs_calibration=True, bounded_logits=True),
+    ExportFormat("tflite-int8-floatio", "tflite", "int8", needs_calibration=True, bounded_logits=True,
+                 note="int8 inside, float input/output"),
+    ExportFormat("tflite-int8-mixed", "tflite", "int8", needs_calibration=True,
+                 note="selective float fallback: labelled, not integer-only"),
+    ExportFormat("tflite-int16x8", "tflite", "int16x8", needs_calibration=True, default=False,
+                 note="int16 activations; slow reference kernels, opt-in"),
+    ExportFormat("onnx-fp32", "onnx", "fp32"),
+    ExportFormat("onnx-int8", "onnx", "int8", needs_calibration=True, bounded_logits=True),
+    ExportFormat("tensorrt-fp16", "tensorrt", "fp16", note="built on the device: hemaedge export tensorrt"),
+    ExportFormat("tensorrt-int8", "tensorrt", "int8", needs_calibration=True,
+                 note="built on the device: hemaedge export tensorrt"),
+)
+FORMAT_BY_NAME = {f.name: f for f in FORMAT_TABLE}
+DEFAULT_FORMATS = [f.name for f in FORMAT_TABLE if f.default]
+# Views kept for callers that want plain collections.
+FORMATS = {f.name: (f.backend, f.variant) for f in FORMAT_TABLE}
+NEEDS_CALIBRATION = {f.name for f in FORMAT_TABLE if f.needs_calibration}
+
+logger = logging.getLogger(__name__)
 # The classifier end of the network kept in float by "tflite-int8-mixed" unless told otherwise:
 # global pooling, the dense layer and softmax, where int8 rounding costs EfficientNets most.
 DEFAULT_FALLBACK_OPS = ["MEAN", "FULLY_CONNECTED", "SOFTMAX"]
 # Integer-only formats whose classifier end is rewritten to centred, bounded logits (see
 # export/bounded_logits.py) unless --no-bound-logits: int8 logits of widely varying size lose points.
-BOUNDED_LOGITS_FORMATS = {"tflite-int8", "tflite-int8-floatio", "onnx-int8"}
+BOUNDED_LOGITS_FORMATS = {f.name for f in FORMAT_TABLE if f.bounded_logits}
 
 
 class ParityData:
@@ -160,8 +189,9 @@ def _tf2onnx_version() -> str:
 
 def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = None,
                max_drop: float = par.DEFAULT_MAX_DROP, calib_images=None, calib_info: dict | None = None,
-               overwrite: bool = False, log: Callable[[str], None] = print, **convert_kw) -> dict:
+               overwrite: bool = False, log: Callable[[str], None] | None = None, **convert_kw) -> dict:
     """Convert + parity + bundle. Returns a table row; raises on conversion errors."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hemaedge-export-") as tmp:
         path, contract, output, settings = convert(fmt, source, calib_images=calib_images, workdir=Path(tmp), **convert_kw)
@@ -214,8 +244,9 @@ def make_row(fmt, status, *, size=None, splits=None, bundle=None, export_s=None,
 
 
 def export_all(source, out_root, formats, *, on_row: Callable[[dict], None] | None = None,
-               log: Callable[[str], None] = print, **kw) -> list[dict]:
+               log: Callable[[str], None] | None = None, **kw) -> list[dict]:
     """Every format in `formats`; a row for each, never a missing one."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     rows = []
     for fmt in formats:
         log(f"--- {fmt}")

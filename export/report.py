@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
 from pathlib import Path
 
 from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.edge.machine import describe_machine, one_line
 
 COLUMNS = [("format", "Format"), ("status", "Status"), ("size_mb", "Size (MB)"), ("accuracy", "Test acc. (%)"),
            ("delta_points", "Δ acc. (pt)"), ("agreement", "Agreement (%)"), ("macro_f1_delta_points", "Δ macro-F1 (pt)"),
@@ -17,18 +16,9 @@ COLUMNS = [("format", "Format"), ("status", "Status"), ("size_mb", "Size (MB)"),
 PERCENT = {"accuracy", "agreement", "val_accuracy"}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, no GPU used"
+    # export converts on the CPU only: the description says so
+    return f"{one_line(describe_machine())}, no GPU used"
 
 
 def _cell(key, value) -> str:

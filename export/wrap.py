@@ -4,6 +4,7 @@ dtype and quantization, ONNX input size), the rest from the source model's sidec
 with --source and --data the artifact is parity-checked like any export."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from hemaedge.export import parity as par
 from hemaedge.export.bundle_writer import backend_for, write_export_bundle
 from hemaedge.export.pipeline import make_row, measure_parity
 from hemaedge.export.runners import make_runner
+
+logger = logging.getLogger(__name__)
 
 
 def _artifact_io(path: Path, backend: str) -> tuple[int | None, tuple, tuple]:
@@ -47,7 +50,8 @@ def _artifact_io(path: Path, backend: str) -> tuple[int | None, tuple, tuple]:
 
 
 def wrap_artifact(artifact, out, *, source_model=None, classes=None, preprocess=None, size=None,
-                  parity_data_factory=None, max_drop: float = par.DEFAULT_MAX_DROP, overwrite=False, log=print) -> dict:
+                  parity_data_factory=None, max_drop: float = par.DEFAULT_MAX_DROP, overwrite=False, log=None) -> dict:
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     artifact = Path(artifact)
     if not artifact.is_file():
         raise UserError(f"{artifact}: no such model file")

@@ -6,7 +6,7 @@ import numpy as np
 
 def load_slice(root, split: str, per_class: int, size: int | None = None):
     """The first `per_class` images of every class of one split: (uint8 images, labels)."""
-    from hemaedge.train.datasets import open_dataset
+    from hemaedge.train.data import open_dataset
 
     ds = open_dataset(root)
     labels = ds.split(split).labels

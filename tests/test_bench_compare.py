@@ -75,6 +75,8 @@ def test_run_with_compare_prints_ratios(result, tmp_path_factory, tmp_path):
 
 
 def test_summary_for_the_readme(result):
+    if not any(r["format"] == "tflite-int8" for r in result["doc"]["rows"]):
+        pytest.skip("TensorFlow not installed: the tiny run has no TFLite row to summarise")
     out = CliRunner().invoke(bench, ["summary", str(result["written"]["json"])])
     assert out.exit_code == 0, out.output
     assert "tflite-int8" in out.output and "Per frame p50" in out.output and "Command: `pytest`" in out.output

@@ -1,9 +1,10 @@
-"""The benchmark's own test-set reader (no TensorFlow): ImageFolder trees and MedMNIST .npz,
-evenly spread --limit samples, and class lists matched to the model's."""
+"""The benchmark's test-set reader (the data package, no TensorFlow): ImageFolder trees and
+MedMNIST .npz, evenly spread --limit samples, and class lists matched to the model's by name."""
 import numpy as np
 import pytest
 
 from hemaedge.benchmarks.testset import TestSetError, label_map, open_test_set
+from hemaedge.edge.errors import DataError
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
            "neutrophil", "platelet"]
@@ -22,7 +23,10 @@ def test_imagefolder_limit_covers_every_class(bloodmnist128):
 def test_npz_reader(bloodmnist28_npz):
     ts = open_test_set(bloodmnist28_npz, limit=24)
     assert len(ts) == 24 and ts.images(0, 1)[0].shape == (28, 28, 3)
+    assert ts.class_names == CLASSES  # the data package knows BloodMNIST's names
     lut, how = label_map(ts.class_names, CLASSES)
+    assert lut.tolist() == list(range(8)) and how == "by name"
+    lut, how = label_map([str(i) for i in range(8)], CLASSES)  # a .npz without names
     assert lut.tolist() == list(range(8)) and "position" in how
 
 
@@ -31,8 +35,11 @@ def test_label_map_by_name_and_errors():
     assert lut.tolist() == [7, 0] and how == "by name"
     lut, how = label_map(["Immature Granulocyte"], ["immature_granulocyte", "x"])
     assert lut.tolist() == [0]
-    with pytest.raises(TestSetError, match="not among the model's classes"):
+    with pytest.raises(DataError, match="not among the model's classes"):
         label_map(["a", "b", "c"], ["x", "y"])
+    # same count, different names: an error, not a silent match by position
+    with pytest.raises(DataError, match=r"\['a', 'b'\] of the data set are not among the model's classes"):
+        label_map(["a", "b"], ["x", "y"])
 
 
 def test_bad_paths(tmp_path):
@@ -42,5 +49,25 @@ def test_bad_paths(tmp_path):
     with pytest.raises(TestSetError, match="expected a MedMNIST"):
         open_test_set(tmp_path / "x.txt")
     (tmp_path / "tree" / "test" / "a").mkdir(parents=True)
-    with pytest.raises(TestSetError, match="hold no images"):
+    with pytest.raises(TestSetError, match="empty class"):
         open_test_set(tmp_path / "tree")
+    with pytest.raises(TestSetError, match="missing split folder"):
+        open_test_set(tmp_path / "tree", split="val")
+
+
+def test_classes_txt_and_webp_are_read_like_training(tmp_path, bloodmnist128):
+    import shutil
+
+    import cv2
+
+    root = tmp_path / "ds"
+    for split in ("test",):  # an evaluation copy needs only the split it scores
+        for cls in ("platelet", "basophil"):
+            src = sorted((bloodmnist128 / split / cls).iterdir())[0]
+            (root / split / cls).mkdir(parents=True)
+            shutil.copy(src, root / split / cls / src.name)
+            cv2.imwrite(str(root / split / cls / "extra.webp"), cv2.imread(str(src)))
+    (root / "classes.txt").write_text("platelet\nbasophil\n")
+    ts = open_test_set(root)
+    assert ts.class_names == ["platelet", "basophil"] and len(ts) == 4  # classes.txt order, .webp counted
+    assert sorted(ts.labels.tolist()) == [0, 0, 1, 1]

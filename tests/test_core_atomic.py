@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hemaedge.edge.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from hemaedge.edge.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def _mode(path):
@@ -106,3 +106,22 @@ def test_module_is_stdlib_only():
             "'hemaedge.benchmarks') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_atomic_path_for_writers_that_need_a_file_name(tmp_path):
+    import numpy as np
+
+    target = tmp_path / "sub" / "features-x.npz"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".npz") and not target.exists()
+        np.savez(tmp, a=np.arange(3))  # np.savez appends .npz unless the name already ends so
+    assert np.load(target)["a"].tolist() == [0, 1, 2] and _mode(target) == 0o644
+    with atomic_path(tmp_path / "w.weights.h5") as tmp:  # Keras reads the double suffix
+        assert tmp.name.endswith(".tmp.weights.h5")
+    # a writer that fails leaves the old file and no temporary behind
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("serializer crashed")
+    assert np.load(target)["a"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["features-x.npz"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hemaedge.train import calibration as C
-from hemaedge.train.datasets import CLASS_NAMES_BLOODMNIST, DataError, open_dataset
+from hemaedge.train.data import calibration as C
+from hemaedge.train.data import CLASS_NAMES_BLOODMNIST, DataError, open_dataset
 
 from data_helpers import make_npz
 
@@ -65,7 +65,7 @@ def test_load_calibration_images_interleaves_classes():
 def test_reader_works_without_tensorflow_or_sklearn():
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['sklearn'] = None; "
             "sys.modules['keras'] = None\n"
-            "from hemaedge.train.calibration import load_calibration_images\n"
+            "from hemaedge.train.data import load_calibration_images\n"
             "print(load_calibration_images(limit=8).shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

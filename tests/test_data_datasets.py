@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from hemaedge.edge.preprocess import read_image_rgb
-from hemaedge.train import datasets as D
-from hemaedge.train.datasets import DataError, open_dataset
+from hemaedge.train import data as D
+from hemaedge.train.data import DataError, open_dataset
 
 from data_helpers import make_flat_tree, make_npz, make_split_tree, real_jpegs
 

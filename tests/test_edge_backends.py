@@ -9,7 +9,7 @@ import pytest
 
 from edge_helpers import CLASSES, cached_tflite, make_bundle, make_onnx, reference_probs
 from hemaedge.edge.backends import BackendError, load_backend
-from hemaedge.edge.bundle import load_bundle
+from hemaedge.edge.bundle import BundleError, load_bundle
 from hemaedge.edge.preprocess import InputContract, prepare_batch, read_image_rgb
 
 SIZE = 32
@@ -80,9 +80,12 @@ def test_input_size_mismatch_is_a_clear_error(tmp_path, crops):
 def test_garbage_model_file_is_a_clear_error(tmp_path):
     m = tmp_path / "m.onnx"
     m.write_bytes(b"not a model at all")
-    b = load_bundle(make_bundle(tmp_path, m, "onnx", SIZE))
-    with pytest.raises(BackendError, match="not a loadable ONNX model"):
-        load_backend(b)
+    with pytest.raises(BundleError, match="not a readable ONNX model"):  # refused before it is a bundle
+        make_bundle(tmp_path, m, "onnx", SIZE)
+    from hemaedge.edge.defaults import model_from_file
+
+    with pytest.raises(BackendError, match="not a loadable ONNX model"):  # a bare --model file
+        load_backend(model_from_file(m, "a,b,c", InputContract(size=SIZE)))
     t = tmp_path / "t.tflite"
     t.write_bytes(b"not a model at all either")
     b = load_bundle(make_bundle(tmp_path, t, "tflite", SIZE, name="t"))

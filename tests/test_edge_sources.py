@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hemaedge.edge.cli_support import UserError
+from hemaedge.edge.errors import SourceError
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.sources import (CameraSource, ImageSource, PiCameraSource, RetryBackoff, VideoSource, limit,
                                    list_images, open_source)
@@ -58,13 +58,13 @@ def test_glob_pattern():
 
 
 def test_missing_and_empty_sources_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(SourceError, match="no such file"):
         open_source(str(tmp_path / "nope"))
-    with pytest.raises(UserError, match="holds no images"):
+    with pytest.raises(SourceError, match="holds no images"):
         open_source(str(tmp_path))
-    with pytest.raises(UserError, match="matches no image"):
+    with pytest.raises(SourceError, match="matches no image"):
         open_source(str(tmp_path / "*.png"))
-    with pytest.raises(UserError, match="no such video"):
+    with pytest.raises(SourceError, match="no such video"):
         open_source(str(tmp_path / "gone.mp4"))
 
 
@@ -114,7 +114,7 @@ def test_looping_video_and_max_frames(video):
 def test_damaged_video_is_a_user_error(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 1000)
-    with pytest.raises(UserError, match="cannot open the video"):
+    with pytest.raises(SourceError, match="cannot open the video"):
         open_source(str(bad))
 
 
@@ -202,7 +202,7 @@ def test_camera_that_never_opens_is_a_user_error():
             pass
 
     src = CameraSource(7, retries=2, backoff=0.0, open_capture=lambda s: Closed(), sleep=lambda s: None)
-    with pytest.raises(UserError, match="cannot open the camera"):
+    with pytest.raises(SourceError, match="cannot open the camera"):
         list(src)
 
 
@@ -255,7 +255,7 @@ def test_picamera2_missing_is_a_clear_error(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import fails as on a PC
-    with pytest.raises(UserError, match="picamera2"):
+    with pytest.raises(SourceError, match="picamera2"):
         open_source("picamera2:320x240")
 
 
@@ -321,7 +321,7 @@ def test_camera_that_never_opens_waits_with_backoff_before_the_error():
     waits = []
     src = CameraSource(3, retries=2, backoff=0.25, open_capture=lambda s: opens.append(s) or Closed(),
                        sleep=waits.append)
-    with pytest.raises(UserError, match="3: cannot open the camera"):
+    with pytest.raises(SourceError, match="3: cannot open the camera"):
         list(src)
     assert len(opens) == 3 and waits == [0.25, 0.5]  # first try + 2 retries, no wait after the last
 

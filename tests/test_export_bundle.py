@@ -116,7 +116,7 @@ def test_bundle_never_unpickles(bundle_copy):
 
     (bundle_copy / "evil.pkl").write_bytes(pickle.dumps(Boom()))
     _edit_manifest(bundle_copy, lambda m: m["files"].update(
-        {"evil.pkl": {"sha256": sha256_file(bundle_copy / "evil.pkl"), "bytes": 1}}))
+        {"evil.pkl": {"sha256": sha256_file(bundle_copy / "evil.pkl"), "bytes": (bundle_copy / "evil.pkl").stat().st_size}}))
     assert load_bundle(bundle_copy).classes == CLASSES
 
 

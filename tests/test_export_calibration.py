@@ -1,5 +1,5 @@
-"""Calibration reading (project folder with manifest, bare folder) and the TensorRT calibrator's
-data/caching side, all without TensorRT."""
+"""Calibration reading (a calibration set with its manifest; a bare folder is refused) and the
+TensorRT calibrator's data/caching side, all without TensorRT."""
 import shutil
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from export_helpers import calibration_dir
-from hemaedge.edge.cli_support import UserError
+from hemaedge.edge.errors import DataError
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 from hemaedge.export.calibration import calibration_batches, load_calibration
 from hemaedge.export.tensorrt import CalibrationStream
@@ -25,21 +25,21 @@ def test_reads_a_calibration_folder_with_manifest(calib):
     assert len(load_calibration(calib, count=10)) == 10
 
 
-def test_reads_a_bare_folder_of_images(calib, tmp_path):
+def test_a_bare_folder_of_images_is_refused(calib, tmp_path):
+    # No manifest: nothing says which images these are or checks them (no glob fallback).
     bare = tmp_path / "bare"
     shutil.copytree(calib, bare)
     (bare / "manifest.csv").unlink()
-    a = load_calibration(bare, count=5, seed=1)
-    b = load_calibration(bare, count=5, seed=1)
-    assert len(a) == 5 and all(np.array_equal(x, y) for x, y in zip(a, b))  # seeded, repeatable
-    assert load_calibration(bare, count=3, size=64)[0].shape == (64, 64, 3)
+    with pytest.raises(DataError, match="not a calibration set .*hemaedge data calibration"):
+        load_calibration(bare, count=5)
+    assert load_calibration(calib, count=3, size=64)[0].shape == (64, 64, 3)
 
 
 def test_missing_or_empty_calibration_folder_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         load_calibration(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no calibration images"):
+    with pytest.raises(DataError, match="not a calibration set"):
         load_calibration(tmp_path / "empty")
 
 

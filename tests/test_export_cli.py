@@ -87,3 +87,32 @@ def test_export_help_lists_commands():
     assert r.exit_code == 0
     for cmd in ("tflite", "onnx", "onnx-head", "tensorrt", "all", "bundle"):
         assert cmd in r.output
+
+
+def test_export_all_fails_when_no_format_was_exported(setup, tmp_path):
+    """Issue 16 #10: every format failing (empty or missing calibration folder) exited 0."""
+    model, calib, data = setup
+    (tmp_path / "empty").mkdir()
+    for calib_dir in (tmp_path / "empty", tmp_path / "missing"):
+        r = run("all", model, "--formats", "tflite-int8,onnx-int8", "--calib-dir", calib_dir, "--out",
+                tmp_path / "bundles", "--table", tmp_path / "t", "--force")
+        assert r.exit_code == 1, r.output
+        assert "Error: no format was exported" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--calib-count", "-5"], "--calib-count"),
+    (["--max-drop", "nan"], "finite"),
+])
+def test_export_all_refuses_bad_options(setup, tmp_path, args, needle):
+    model, calib, data = setup
+    r = run("all", model, "--formats", "tflite-fp32", "--out", tmp_path / "b", *args)
+    assert r.exit_code == 2 and needle in r.output, r.output
+
+
+def test_export_all_out_on_a_file_is_an_error_line(setup, tmp_path):
+    model, calib, data = setup
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = run("all", model, "--formats", "tflite-fp32", "--out", f, "--table", tmp_path / "t")
+    assert r.exit_code == 2 and "Error:" in r.output and "is a file" in r.output and "Traceback" not in r.output

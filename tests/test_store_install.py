@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from hemaedge.edge import defaults
 from hemaedge.edge.bundle import BundleError
 from hemaedge.edge.store import (ContractChangeError, ModelStore, StoreError, backend_available,
                                  default_store, default_store_path)
 from hemaedge.cli import main
-from store_helpers import make_bundle
+from store_helpers import tiny_onnx, make_bundle
 
 
 @pytest.fixture
@@ -161,13 +162,19 @@ def test_install_copies_only_listed_files_and_never_unpickles(tmp_path):
     from hemaedge.edge.bundle import write_bundle
     from hemaedge.edge.preprocess import InputContract
 
-    bundle = write_bundle(tmp_path / "pickly", {"model.onnx": pkl, "head.pkl": pkl}, model_file="model.onnx",
+    model = tiny_onnx(tmp_path / "tiny.onnx", 2, 128, "pickly")
+    bundle = write_bundle(tmp_path / "pickly", {"model.onnx": model, "head.pkl": pkl}, model_file="model.onnx",
                           backend="onnx", model_format="onnx", classes=["a", "b"], contract=InputContract())
     (bundle / "unlisted.py").write_text("raise SystemExit('ran code from a bundle')\n")
     s = ModelStore(tmp_path / "store")
-    res = s.install(bundle)
+    res = s.install(bundle)  # loads and runs the model: still nothing unpickled
     assert not marker.exists()
     assert sorted(p.name for p in res.path.iterdir()) == ["head.pkl", "manifest.json", "model.onnx"]
+    # a pickle posing as the model is refused as not a model, and still never unpickled
+    with pytest.raises(BundleError, match="not a readable ONNX model"):
+        write_bundle(tmp_path / "pickly2", {"model.onnx": pkl}, model_file="model.onnx", backend="onnx",
+                     model_format="onnx", classes=["a", "b"], contract=InputContract())
+    assert not marker.exists()
 
 
 def test_backend_must_exist_on_device(tmp_path):
@@ -208,7 +215,6 @@ def test_models_verify_detects_rot_and_empty_store(tmp_path, bundles):
 
 
 def test_edge_run_default_is_the_active_model(tmp_path, monkeypatch, bundles):
-    defaults = pytest.importorskip("hemaedge.edge.defaults")
     monkeypatch.setenv("HEMAEDGE_STORE", str(tmp_path / "store"))
     ModelStore(tmp_path / "store").install(bundles["bm-a"])
     ModelStore(tmp_path / "store").install(bundles["bm-b"])

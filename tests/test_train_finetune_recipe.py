@@ -14,7 +14,7 @@ from hemaedge.train.finetune_augment import BatchAugmenter  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ds(bloodmnist128):
-    from hemaedge.train.datasets import open_dataset
+    from hemaedge.train.data import open_dataset
 
     return open_dataset(bloodmnist128)
 

@@ -1,7 +1,6 @@
 """`hemaedge train hybrid` end to end on a tiny real slice, and its refusals."""
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

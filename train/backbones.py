@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
+from hemaedge.edge.paths import cache_dir
 from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.bundle import file_digest, sha256_file
 
@@ -59,16 +60,6 @@ class WeightsError(HemaedgeError):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def cache_dir() -> Path:
-    """Where converted weights are kept: $HEMAEDGE_CACHE or the user cache dir."""
-    env = os.environ.get("HEMAEDGE_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("hemaedge"))
 
 
 def _check_size(input_size: int):
@@ -279,10 +270,8 @@ def lite_classifier(variant: str, pth=None, input_size: int | None = None):
             cached.unlink(missing_ok=True)
     for layer, arrays in _lite_assignments(model, load_state_dict(pth), include_top=True):
         layer.set_weights(arrays)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, cached)
+    with atomic_path(cached) as tmp:
+        model.save_weights(tmp)
     return model, digest
 
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 from hemaedge.edge.errors import HemaedgeError
+
+logger = logging.getLogger(__name__)
 
 PAPER_PAIRS = ((0.3, 0.7), (0.4, 0.6))
 GRIDS = ("paper", "simplex")
@@ -120,8 +123,9 @@ def build_ensemble_model(members, weights):
 
 
 def run_ensemble(member_paths, data, out, grid="paper", step=0.1, limit=None, bootstrap=1000,
-                 log=print) -> dict:
+                 log=None) -> dict:
     """Search weights on val, evaluate members + ensemble on val/test, save ensemble.keras + .json."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     import keras
 
     from hemaedge.edge.bundle import sha256_file

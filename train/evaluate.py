@@ -6,14 +6,13 @@ numbers in every table are computed the same way (scikit-learn metrics, macro av
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from sklearn import metrics as skm
 
-from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
+from hemaedge.edge.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 
 def compute_metrics(y_true, proba, class_names: Sequence[str], *, bootstrap: int = 1000,
@@ -155,11 +154,9 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path, title: str | Non
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 
 CACHE_FORMAT = 1
@@ -99,19 +99,10 @@ def load_cached(cache_dir, key: str):
 
 def save_cached(cache_dir, key: str, features: np.ndarray, labels: np.ndarray, meta: dict) -> Path:
     """Write the cache file atomically (a crash never leaves a half file under the real name)."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"features-{key}.npz"
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=cache_dir)
-    os.close(fd)
-    try:
+    path = Path(cache_dir) / f"features-{key}.npz"
+    with atomic_path(path) as tmp:
         np.savez(tmp, features=features.astype(np.float32), labels=labels.astype(np.int64),
                  meta=np.array(json.dumps(dict(meta, key=key))))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

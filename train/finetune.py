@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -33,10 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.errors import HemaedgeError
+from hemaedge.edge.machine import cpu_model
 from hemaedge.edge.preprocess import NORMALIZE_METHODS, InputContract, apply_preprocess, reference_anchors
 from hemaedge.train import sampling
+from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train.finetune_augment import AUGMENT_PRESETS, ROBUST_PIECES, BatchAugmenter
+
+logger = logging.getLogger(__name__)
 
 # loss_mixed / loss_clean: the training loss (same targets: weighted if --weighted-loss, mixed)
 # of a fixed set of recipe batches, mixed-up and untouched ones, in INFERENCE mode; compared with
@@ -99,6 +105,17 @@ class FinetuneConfig:
             raise FinetuneError(f"--robust-pieces {','.join(sorted(unknown))}: expected some of {','.join(ROBUST_PIECES)}")
         if self.scale_jitter is not None and not 0.0 <= self.scale_jitter < 0.6:
             raise FinetuneError("--scale-jitter must be within 0..0.6")
+        # NaN passes every comparison, so each check says what is allowed, not what is refused
+        for name, value, allowed, ok in (
+                ("learning rate", self.lr, "above 0", lambda v: v > 0),
+                ("weight decay", self.weight_decay, "0 or more", lambda v: v >= 0),
+                ("cosine floor learning rate", self.eta_min, "0 or more and below the learning rate",
+                 lambda v: 0 <= v < self.lr),
+                ("mixup alpha", self.mixup_alpha, "above 0", lambda v: v > 0),
+                ("CLAHE clip limit", self.clahe_clip, "above 0", lambda v: v > 0),
+                ("dropout", self.dropout, "in 0..1 (1 excluded)", lambda v: 0 <= v < 1)):
+            if not (math.isfinite(float(value)) and ok(float(value))):
+                raise FinetuneError(f"{name} {value}: must be a finite number {allowed}")
 
     def contract(self, reference: dict | None = None) -> InputContract:
         """The model's input contract; `reference` = the training set's colour reference
@@ -115,10 +132,7 @@ class FinetuneConfig:
 
 def limit_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
     """Indices of the first `limit` images of every class (all when limit is None)."""
-    if not limit:
-        return np.arange(len(labels))
-    keep = np.concatenate([np.flatnonzero(labels == c)[:limit] for c in np.unique(labels)])
-    return np.sort(keep)
+    return first_per_class(labels, limit)
 
 
 def load_split(ds, split: str, contract: InputContract, limit: int | None = None, raw: bool = False):
@@ -237,9 +251,8 @@ def cosine_lr(epoch: int, cfg: FinetuneConfig) -> float:
 
 
 def save_keras_atomic(model, path: Path):
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 # ----------------------------------------------------------------------------- files
@@ -278,10 +291,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = ""):
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy"), a2.legend(), a2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | None = None, **extra) -> dict:
@@ -292,15 +304,7 @@ def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | Non
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import keras
 
     return (f"{os.cpu_count()}-core {platform.machine()} ({cpu}), keras {keras.__version__} backend "
@@ -349,8 +353,9 @@ def _check_resume(out: Path, cfg: FinetuneConfig):
     return state
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, log=print, command: str | None = None) -> dict:
+def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str | None = None) -> dict:
     """Train (or resume), checkpoint, evaluate the best checkpoint; returns the metrics dict."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     import keras
 
     from hemaedge.train.evaluate import write_json
@@ -366,12 +371,19 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print, command: str 
     ds = open_data(cfg.data)
     classes = list(ds.classes)
     n_classes = len(classes)
+    if n_classes < 2:
+        raise FinetuneError(f"{cfg.data}: holds {n_classes} class ({', '.join(classes) or 'none'}); "
+                            "a classifier needs images of at least two classes")
     t0 = time.time()
     x_train, y_train = load_split(ds, "train", InputContract(size=int(cfg.size)), cfg.limit, raw=True)
     # the colour reference is part of the run: a resumed run keeps the one it started with
     reference = state.get("normalize") if state else colour_reference(x_train, cfg)
     contract = cfg.contract(reference)
     x_val, y_val = load_split(ds, "val", contract, cfg.limit)
+    present = sorted({classes[i] for i in np.unique(y_train)}) if len(y_train) else []
+    if len(present) < 2:
+        raise FinetuneError(f"{cfg.data}: the train split holds images of {len(present)} class "
+                            f"({', '.join(present) or 'none'}); a classifier needs at least two")
     log(f"data: {cfg.data} classes={n_classes} train={len(y_train)} val={len(y_val)} "
         f"({contract.preprocess}, normalize {cfg.normalize}, {contract.size}px) in {time.time() - t0:.0f}s")
     class_w = sampling.class_weights(y_train, n_classes)
@@ -480,9 +492,10 @@ def predict_proba(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
 
 
-def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=print, command=None) -> dict:
+def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=None) -> dict:
     """Val + test metrics of best.keras with the shared metrics; writes metrics.json, summary.md
     and model.keras (+ model.json): the best weights without optimizer state, for export."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     import keras
 
     from hemaedge.train.evaluate import (apply_temperature, compute_metrics, expected_calibration_error,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from hemaedge.edge.cli_support import UserError, user_errors
+from hemaedge.edge.cli_support import POSITIVE_FLOAT, FiniteFloat, UserError, user_errors
 
 NORMALIZE_CHOICES = ("none", "lab-anchors")
 BACKBONE_CHOICES = ("efficientnetv2b0", "efficientnetb0", "efficientnetb3", "resnet50", "resnet50v2",
@@ -26,15 +26,15 @@ def _weights(value: str):
 @click.option("--size", type=click.IntRange(28, 224), default=128, help="Input size in pixels (28..224).")
 @click.option("--epochs", type=click.IntRange(1), default=10)
 @click.option("--batch-size", type=click.IntRange(1), default=32)
-@click.option("--lr", type=float, default=1e-4, help="AdamW peak learning rate.")
-@click.option("--weight-decay", type=float, default=1e-4, help="AdamW weight decay.")
+@click.option("--lr", type=POSITIVE_FLOAT, default=1e-4, help="AdamW peak learning rate (above 0).")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=1e-4, help="AdamW weight decay.")
 @click.option("--t-max", type=click.IntRange(1), default=None, help="Cosine annealing period in epochs [default: --epochs].")
-@click.option("--eta-min", type=float, default=0.0, help="Cosine annealing floor learning rate.")
-@click.option("--mixup-p", type=click.FloatRange(0, 1), default=0.5, help="Probability that a batch is mixed up.")
-@click.option("--mixup-alpha", type=click.FloatRange(min=0, min_open=True), default=0.2, help="Beta(alpha, alpha) of mixup.")
+@click.option("--eta-min", type=FiniteFloat(min=0), default=0.0, help="Cosine annealing floor learning rate.")
+@click.option("--mixup-p", type=FiniteFloat(0, 1), default=0.5, help="Probability that a batch is mixed up.")
+@click.option("--mixup-alpha", type=POSITIVE_FLOAT, default=0.2, help="Beta(alpha, alpha) of mixup.")
 @click.option("--preprocess", type=click.Choice(["clahe", "rgb", "masked-rgb", "otsu-mask"]), default="clahe",
               help="Input preprocessing (part of the model's input contract; the device applies the same).")
-@click.option("--clahe-clip", type=float, default=2.0)
+@click.option("--clahe-clip", type=POSITIVE_FLOAT, default=2.0)
 @click.option("--clahe-tiles", type=click.IntRange(1), default=8)
 @click.option("--augment", type=click.Choice(["robust", "full", "light", "none"]), default="robust",
               help="robust = the recipe's list + the camera/stain pieces (--robust-pieces) and ±25% scale; "
@@ -52,7 +52,7 @@ def _weights(value: str):
 @click.option("--weighted-loss/--no-weighted-loss", default=False,
               help="Inverse-frequency weighted cross-entropy on top of the sampling (the published double "
                    "correction; see docs/finetune.md).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
+@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
 @click.option("--seed", type=int, default=42)
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split (quick runs).")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000, help="Bootstrap resamples for the accuracy interval.")
@@ -87,7 +87,7 @@ def finetune(resume, publish_prefix, **opts):
         "".join(f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in opts.items() if isinstance(v, bool)) + \
         (" --resume" if resume else "") + (f" --publish {publish_prefix}" if publish_prefix else "")
     try:
-        run(cfg, resume=resume, log=click.echo, command=command)
+        run(cfg, resume=resume, command=command)
     except (FinetuneError, WeightsError, UnsafeCheckpointError) as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {cfg.out}/model.keras (+ model.json), best.keras, metrics.json, curves.png, summary.md")
@@ -102,7 +102,7 @@ def finetune(resume, publish_prefix, **opts):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--grid", type=click.Choice(["paper", "simplex"]), default="paper",
               help="paper = (0.3,0.7),(0.4,0.6) in both orders (2 members); simplex = all weights on a lattice.")
-@click.option("--step", type=float, default=0.1, help="Lattice step of the simplex grid.")
+@click.option("--step", type=FiniteFloat(0, 1, min_open=True), default=0.1, help="Lattice step of the simplex grid.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split.")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000)
 @user_errors
@@ -117,7 +117,7 @@ def ensemble(members, data, out, grid, step, limit, bootstrap):
     from hemaedge.train.ensemble import EnsembleError, run_ensemble
 
     try:
-        run_ensemble(members, data, out, grid=grid, step=step, limit=limit, bootstrap=bootstrap, log=click.echo)
+        run_ensemble(members, data, out, grid=grid, step=step, limit=limit, bootstrap=bootstrap)
     except EnsembleError as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {out}/ensemble.keras, ensemble.json, metrics.json, summary.md")

@@ -10,18 +10,24 @@ models, the ANN fused with its backbone as one Keras model, and a Markdown trade
 from __future__ import annotations
 
 import datetime as _dt
-import os
+import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_path
+from hemaedge.edge.machine import describe_machine, one_line
+from hemaedge.edge.paths import cache_dir
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 from hemaedge.train import features as F
+from hemaedge.train.data.subsets import first_per_class
 from hemaedge.train import heads as H
 from hemaedge.train.evaluate import compute_metrics, metrics_markdown, plot_confusion_matrix, write_json, write_text
+
+logger = logging.getLogger(__name__)
 
 RESULTS_VERSION = 1
 
@@ -47,40 +53,21 @@ class HybridConfig:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("HEMAEDGE_CACHE")
-    if env:
-        return Path(env) / "features"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("hemaedge")) / "features"
-
-
-def _subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
-    """Indices of the first `limit` images of every class (all when limit is None)."""
-    if not limit:
-        return np.arange(len(labels))
-    keep = [np.flatnonzero(labels == k)[:limit] for k in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
+    return cache_dir("features")
 
 
 def _machine() -> dict:
-    try:
-        from hemaedge.benchmarks.machine import describe_machine, one_line
-
-        m = describe_machine()
-        return {"summary": one_line(m), **m}
-    except Exception:  # the benchmark helpers are optional here
-        import platform
-
-        return {"summary": f"{platform.machine()} {platform.platform()}, {os.cpu_count()} cores"}
+    m = describe_machine()
+    return {"summary": one_line(m), **m}
 
 
 def _file_mb(*paths) -> float:
     return sum(Path(p).stat().st_size for p in paths if p and Path(p).is_file()) / 1e6
 
 
-def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] = print) -> dict:
+def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run the whole hybrid benchmark for one (backbone, weights, preprocessing, augmentation)."""
+    log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.train.backbones import build_backbone
     from hemaedge.train.datasets import open_dataset
 
@@ -106,7 +93,7 @@ def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] = print) -> dict:
     feats, extraction = {}, {}
     for split in ("train", "val", "test"):
         labels_all = ds.split(split).labels
-        idx = _subset(labels_all, cfg.limit_per_class)
+        idx = first_per_class(labels_all, cfg.limit_per_class)
         augment = cfg.augment if split == "train" else "none"
         key, parts = F.feature_key(
             data=F.data_fingerprint(ds.root, split), split=split, backbone=info["name"],
@@ -146,7 +133,7 @@ def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] = print) -> dict:
 
     (Xtr, ytr), (Xva, yva), (Xte, yte) = feats["train"], feats["val"], feats["test"]
     n_check = min(16, len(Xte))  # a few test images to check the fused ANN against its head
-    check_idx = _subset(ds.split("test").labels, cfg.limit_per_class)[:n_check]
+    check_idx = first_per_class(ds.split("test").labels, cfg.limit_per_class)[:n_check]
     check = (ds.load_images("test", size=cfg.size, indices=check_idx, progress=False)[0], Xte[:n_check])
     for head in heads:
         log(f"training head: {head}")
@@ -234,15 +221,13 @@ def _save_ann(out, head_model, backbone) -> dict:
     import keras
 
     head_path = out / "ann_head.keras"
-    tmp = out / "ann_head.tmp.keras"
     # An uncompiled copy sharing the layers: the file holds the weights, not Adam's state.
-    keras.Model(head_model.inputs, head_model.outputs, name="ann_head").save(tmp)
-    os.replace(tmp, head_path)
+    with atomic_path(head_path) as tmp:
+        keras.Model(head_model.inputs, head_model.outputs, name="ann_head").save(tmp)
     fused = H.fuse_backbone_and_head(backbone, head_model)
     fused_path = out / "fused_ann.keras"
-    tmp = out / "fused_ann.tmp.keras"
-    fused.save(tmp)
-    os.replace(tmp, fused_path)
+    with atomic_path(fused_path) as tmp:
+        fused.save(tmp)
     return {"keras": str(fused_path), "head_keras": str(head_path), "sidecar": str(out / "fused_ann.json")}
 
 

@@ -63,7 +63,7 @@ def hybrid(data, backbone, weights, size, preprocess, augment, heads, out, limit
                        limit_per_class=limit_per_class, cache_dir=cache_dir, batch_size=batch_size,
                        bootstrap=bootstrap, n_jobs=n_jobs, ann_epochs=ann_epochs, progress=not quiet)
     try:
-        run_hybrid(cfg, log=lambda msg: click.echo(msg, err=True))
+        run_hybrid(cfg)
     except WeightsError as exc:
         raise UserError(str(exc)) from None
     click.echo(f"results written to {out}/ (summary.md, metrics.json)")

@@ -22,6 +22,7 @@ GROUPS = {
     "edge": ("hemaedge.edge.cli:edge", "edge", ()),
     "bench": ("hemaedge.benchmarks.cli:bench", "edge", ()),
     "deploy": ("hemaedge.deploy_cli:deploy", "edge", ()),
+    "keys": ("hemaedge.keys_cli:keys", "edge", ("nacl",)),
 }
 
 HELP = {
@@ -31,6 +32,7 @@ HELP = {
     "edge": "The device runtime: run on frames, verify and manage installed model bundles.",
     "bench": "Size / latency / accuracy / memory tables and plots.",
     "deploy": "Push a bundle to one or more devices over SSH and install it there.",
+    "keys": "Signing keys: make an Ed25519 key pair, sign bundles (devices trust the public key).",
 }
 
 
@@ -80,7 +82,9 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hemaedge")
-def main():
+@click.option("--verbose", "-v", count=True, help="More messages (-v: debug details, tracebacks of skipped frames).")
+@click.option("--quiet", "-q", count=True, help="Fewer messages (-q: warnings and errors only).")
+def main(verbose, quiet):
     """hemaedge: blood-cell classifiers from a desktop GPU to a microscope camera.
 
     \b
@@ -91,6 +95,9 @@ def main():
       hemaedge edge run --source ...   segment and classify every cell of live frames
       hemaedge bench run ...           publish size / latency / accuracy tables
     """
+    from hemaedge.edge.cli_support import setup_logging
+
+    setup_logging(verbose - quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,49 @@
+"""`hemaedge train finetune` refuses, before any training, settings that cannot train a classifier."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hemaedge.cli import main
+
+pytest.importorskip("keras")
+
+
+def finetune(*args):
+    return CliRunner().invoke(main, ["train", "finetune", *map(str, args)])
+
+
+@pytest.mark.parametrize("opt, value", [("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--weight-decay", "-1"),
+                                        ("--eta-min", "inf"), ("--clahe-clip", "0"), ("--mixup-alpha", "nan"),
+                                        ("--dropout", "nan")])
+def test_non_positive_or_non_finite_hyper_parameters_are_refused(tmp_path, opt, value):
+    res = finetune("--data", tmp_path, "--out", tmp_path / "o", opt, value)
+    assert res.exit_code == 2 and "Invalid value" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_config_checks_its_own_values():
+    from hemaedge.train.finetune import FinetuneConfig, FinetuneError
+
+    for kw in ({"lr": -1.0}, {"lr": float("nan")}, {"weight_decay": -0.1}, {"eta_min": 1.0}, {"clahe_clip": 0.0}):
+        with pytest.raises(FinetuneError, match="must be a finite number"):
+            FinetuneConfig(data="d", out="o", **kw).validate()
+    FinetuneConfig(data="d", out="o").validate()
+
+
+def test_a_one_class_set_is_refused_before_training(bloodmnist128, tmp_path):
+    """Issue 16: a one-class set trained for its epochs and then crashed at evaluation."""
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        dst = tmp_path / "one" / split / "lymphocyte"
+        dst.mkdir(parents=True)
+        for f in sorted((bloodmnist128 / split / "lymphocyte").glob("*.jpg"))[:n]:
+            shutil.copy(f, dst / f.name)
+    out = tmp_path / "o"
+    res = finetune("--data", tmp_path / "one", "--out", out, "--backbone", "smallcnn", "--weights", "none",
+                   "--size", 32, "--epochs", 1, "--bootstrap", 0)
+    assert res.exit_code == 2, res.output
+    assert "at least two" in res.output and "Traceback" not in res.output
+    assert not (Path(out) / "history.csv").exists() and not (Path(out) / "last.keras").exists()
