@@ -5,6 +5,7 @@
 #
 # RUN_DIR  the `train finetune` run (default ~/hemaedge-runs/default-v2); its CURRENT best
 #          checkpoint is snapshotted (the training keeps going) into ~/hemaedge-runs/NAME
+#          ($HEMAEDGE_CHECK_SNAPSHOT); results go to benchmarks/results/NAME ($HEMAEDGE_CHECK_RESULTS)
 # NAME     default default-v2-epoch<N> (N = epochs finished when the snapshot is taken)
 #
 # Steps: snapshot (val/test metrics, temperature on val, ECE, OOD + domain sections) ->
@@ -20,8 +21,8 @@ DATA=${HEMAEDGE_SHARED_DATA:-../shared/data}
 PY=${PY:-.venv/bin/python}
 EPOCH=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['epoch'])" "$RUN/state.json")
 NAME=${2:-default-v2-epoch$EPOCH}
-SNAP=$HOME/hemaedge-runs/$NAME
-RES=benchmarks/results/$NAME
+SNAP=${HEMAEDGE_CHECK_SNAPSHOT:-$HOME/hemaedge-runs/$NAME}
+RES=${HEMAEDGE_CHECK_RESULTS:-benchmarks/results/$NAME}
 mkdir -p "$RES"
 nice -n 10 "$PY" -m hemaedge.cli train snapshot "$RUN" --out "$SNAP" --bootstrap 1000 \
     --publish "$RES/finetune_bloodmnist128"
