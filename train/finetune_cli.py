@@ -42,7 +42,7 @@ def _weights(value: str):
 @click.option("--robust-pieces", default="all",
               help="Camera/stain pieces of --augment robust, comma-separated, for ablations: stain, hsv, gamma, "
                    "white-balance, tint, blur, jpeg, noise; 'all' = every one.")
-@click.option("--scale-jitter", type=click.FloatRange(0, 0.6), default=None,
+@click.option("--scale-jitter", type=FiniteFloat(0, 0.6), default=None,
               help="± scale of the main affine [default: 0.25 for robust, 0.15 otherwise]; covers the "
                    "red-cell ruler's error on the device.")
 @click.option("--normalize", type=click.Choice(NORMALIZE_CHOICES), default="lab-anchors",
