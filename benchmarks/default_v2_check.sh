@@ -36,4 +36,5 @@ nice -n 10 "$PY" -m hemaedge.benchmarks.pbc_end_to_end --data "$DATA/pbc_raw_val
     --bloodmnist-val "$DATA/bloodmnist128/val" --bundle "$SNAP/bundle-int8" --out "$RES"
 nice -n 10 "$PY" -m hemaedge.benchmarks.bccd_wbc --data "$DATA/bccd" --bloodmnist128 "$DATA/bloodmnist128" \
     --bundle "$SNAP/bundle-int8" --split val --normalize bundle --name "${NAME//-/_}_val" --out "$RES"
-"$PY" -m hemaedge.benchmarks.default_model_goals --candidate "$RES" --label "$NAME"
+"$PY" -m hemaedge.benchmarks.default_model_goals --candidate "$RES" --label "$NAME" \
+    --out "${HEMAEDGE_GOALS_OUT:-benchmarks/results}"
