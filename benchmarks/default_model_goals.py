@@ -52,7 +52,7 @@ def collect(candidate: Path | None) -> dict:
         ft = _load(candidate / "finetune_bloodmnist128.json") or {}
         snap = (ft.get("rows") or [{}])[0]
         cal = next((_load(p) for p in sorted(candidate.glob("calibration_*.json"))), None) or {}
-        cand = {"test_int8": (cm.get("metrics", {}).get("test") or {}).get("accuracy"),
+        cand = {"test_int8": (cal.get("test") or {}).get("accuracy") or (cm.get("metrics", {}).get("test") or {}).get("accuracy"),
                 "pbc": (_load(candidate / "pbc_end_to_end.json") or {}).get("end_to_end_accuracy_rbc"),
                 "bccd": next((_bccd(p) for p in sorted(candidate.glob("bccd_wbc_*_val.json"))), None),
                 "ece_test": (cal.get("test") or {}).get("ece"), "temperature": cal.get("manifest_temperature"),
