@@ -56,6 +56,19 @@ def check_video_output(path, overwrite: bool = False) -> None:
                           "encoder in this OpenCV); choose another path")
 
 
+def check_image_dir(path, overwrite: bool = False) -> None:
+    """Refuse, before a run starts, an annotated-frames folder that is a file, or that already
+    holds files (their names would be reused) unless `overwrite`."""
+    from hemaedge.edge.errors import OutputError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file; name a folder for the annotated frames")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputError(f"{path}: already holds files that annotated frames of the same names would replace; "
+                          "choose an empty folder (or allow it with --force or --append)")
+
+
 class Annotator:
     """Writes annotated frames as JPEGs into a folder and/or as one video (mp4v)."""
 

@@ -149,6 +149,17 @@ class LiteRTBackend(Backend):
 # ----------------------------------------------------------------------------- ONNX Runtime
 
 
+def _class_scores_output(outputs, num_classes: int) -> str:
+    """The output that holds one score per class. Classifier graphs made from scikit-learn heads
+    give (label, scores): the label (int64, one column) must not be read as scores."""
+    def per_class(o):
+        shape = o.shape or []
+        return o.type in ("tensor(float)", "tensor(uint8)", "tensor(int8)") and len(shape) >= 2 \
+            and shape[-1] == num_classes
+    matching = [o for o in outputs if per_class(o)]
+    return (matching[0] if matching else outputs[-1] if len(outputs) > 1 else outputs[0]).name
+
+
 class OnnxBackend(Backend):
     name = "onnxruntime"
 
@@ -176,6 +187,7 @@ class OnnxBackend(Backend):
         self.input_dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8,
                             "tensor(int8)": np.int8}.get(inp.type)
         self.input_shape = inp.shape[1:]
+        self.output_name = _class_scores_output(self.sess.get_outputs(), self.num_classes)
         self.runtime = f"onnxruntime {ort.__version__} ({self.sess.get_providers()[0]})"
 
     def _run(self, batch):
@@ -188,7 +200,7 @@ class OnnxBackend(Backend):
                                    f"takes {tuple(self.input_shape)}: bundle and model do not match")
         if not self.batch_dynamic and len(batch) != self.fixed_batch:
             raise _FixedBatch()
-        out = self.sess.run(None, {self.input_name: batch})[0]
+        out = self.sess.run([self.output_name], {self.input_name: batch})[0]
         return _finish(out, self.output, None)
 
 

@@ -166,7 +166,7 @@ _LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
 class _ConsoleFormatter(logging.Formatter):
     def format(self, record):
         msg = record.getMessage()
-        if record.exc_info and record.levelno <= logging.DEBUG:
+        if record.exc_info:  # attached only when debugging (-v): show where it happened
             msg += "\n" + self.formatException(record.exc_info)
         if record.levelno >= logging.ERROR:
             return f"error: {msg}"

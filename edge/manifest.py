@@ -37,7 +37,7 @@ MAX_FILE_BYTES = 1 << 40  # 1 TiB: larger is a typo or an attack
 SIZE_RANGE = (8, 1024)
 CLAHE_TILES_RANGE = (1, 64)
 CLAHE_CLIP_RANGE = (0.0, 1000.0)  # exclusive lower bound
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
 _INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767), "float32": None}
 # Optional top-level sections and the JSON types they may have (None = may be null).
 OPTIONAL_SECTIONS = {
@@ -228,7 +228,7 @@ def _files(files, problems: _Problems) -> dict:
                                                      f"not {_type_name(info)}"):
             continue
         digest, size = info.get("sha256"), info.get("bytes")
-        ok = problems.need(isinstance(digest, str) and bool(_SHA256.match(digest)),
+        ok = problems.need(isinstance(digest, str) and bool(_SHA256.fullmatch(digest)),
                            f"files[{name!r}].sha256 must be 64 lowercase hex digits (got {digest!r:.80})")
         ok &= problems.need(_is_int(size) and 0 <= size <= MAX_FILE_BYTES,
                             f"files[{name!r}].bytes must be a whole number of bytes 0..{MAX_FILE_BYTES} "

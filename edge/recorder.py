@@ -58,6 +58,24 @@ def writing(out: Path):
                           "free disk space or choose a writable output folder") from None
 
 
+def _check_header(path: Path, fields: list[str]) -> None:
+    """Appending rows under another header would make the file unreadable as a table."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    if header != list(fields):
+        raise OutputError(f"{path}: was written with other columns ({', '.join(header[:4])}, ...) than this "
+                          "version records; append to a folder of the same version, or choose a new folder")
+
+
+def check_appendable(out_dir) -> None:
+    """Before anything in `out_dir` is touched: its per-frame tables can take this version's rows."""
+    out = Path(out_dir)
+    _check_header(out / "frames.csv", FRAME_FIELDS)
+    _check_header(out / "cells.csv", CELL_FIELDS)
+
+
 class Recorder:
     def __init__(self, out_dir, classes: list[str], review_threshold: float = 0.6, fsync: bool = False,
                  append: bool = False):
@@ -86,7 +104,11 @@ class Recorder:
             self._flush()
 
     def _open(self, name: str, append: bool):
-        return open(self.out / name, "a" if append else "w", encoding="utf-8", newline="")
+        path = self.out / name
+        if append and name.endswith(".csv"):
+            fields = FRAME_FIELDS if name == "frames.csv" else CELL_FIELDS
+            _check_header(path, fields)
+        return open(path, "a" if append else "w", encoding="utf-8", newline="")
 
     def record(self, *args, **kwargs) -> dict:
         """One frame: its row, and one row per cell. Returns the frame row."""

@@ -108,11 +108,11 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     """
     from tqdm import tqdm
 
-    from hemaedge.edge.annotate import Annotator, check_video_output
+    from hemaedge.edge.annotate import Annotator, check_image_dir, check_video_output
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.defaults import load_model
     from hemaedge.edge.pipeline import CellClassifier, model_info
-    from hemaedge.edge.recorder import Recorder, format_summary
+    from hemaedge.edge.recorder import Recorder, check_appendable, format_summary
     from hemaedge.edge.runloop import StopRequest, SummaryEvery, run as run_loop
     from hemaedge.edge.segment import SegmentParams
     from hemaedge.edge.sources import limit, open_source
@@ -125,6 +125,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         raise UserError("--force replaces the output folder and --append adds to it: give one of them")
     if annotate_video:
         check_video_output(annotate_video, overwrite=force)
+    if annotate_dir:
+        check_image_dir(annotate_dir, overwrite=force or append)
     # From here on Ctrl-C / SIGTERM end the run with a summary, even before its first frame.
     stop = StopRequest().install()
     try:
@@ -138,6 +140,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
                                     cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
                                     rbc_factor=rbc_factor)
+        if append and out is not None:
+            check_appendable(out)  # before the old summary is set aside
         folder = _output_folder(out, force, append)
         recorder = Recorder(folder.path, mdl.classes, review_threshold=review_threshold, fsync=fsync,
                             append=folder.mode == "append")
@@ -210,4 +214,10 @@ def verify(bundle, checksums_only):
 
         runtime = check_runnable(b, threads=1)
         click.echo(f"model loads in {runtime} and gives {len(b.classes)} class scores")
+    from hemaedge.edge.store import StoreError, default_store
+
+    try:  # against this device's trust store; a damaged store must not hide the other checks
+        click.echo(f"signature: {default_store().signature_status(b.manifest)}")
+    except StoreError as exc:
+        click.echo(f"signature: not checked ({str(exc).splitlines()[0]})")
     click.echo("OK")

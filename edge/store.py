@@ -47,7 +47,7 @@ PAUSE_ENV = "HEMAEDGE_STORE_TEST_PAUSE"
 
 # Version folder names: what `_slug(name)-<seq>` produces. Anything else in store.json (a
 # hand edit, a damaged disk, an attack: "../../victim") is refused before any path is built.
-VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # used with fullmatch
 
 
 class ContractChangeError(StoreError):
@@ -124,7 +124,7 @@ def state_problems(state: dict) -> list[str]:
     if not isinstance(versions, dict):
         return [f"'versions' must be an object, not {type(versions).__name__}"]
     for name, rec in versions.items():
-        if not VERSION_NAME.match(name) or name in (".", ".."):
+        if not VERSION_NAME.fullmatch(name) or name in (".", ".."):
             problems.append(f"version name {name!r:.100} is not a valid version name (letters, digits, '.', '_', "
                             "'-'; no path separators)")
         elif not isinstance(rec, dict):
@@ -135,10 +135,10 @@ def state_problems(state: dict) -> list[str]:
                                                                 "built_from")):
             problems.append(f"version {name}: installed, manifest_sha256, source, name and built_from must be strings")
     active = state.get("active")
-    if active is not None and (not isinstance(active, str) or not VERSION_NAME.match(active)):
+    if active is not None and (not isinstance(active, str) or not VERSION_NAME.fullmatch(active)):
         problems.append(f"the active version {active!r:.100} is not a valid version name")
     history = state.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(v, str) and VERSION_NAME.match(v) for v in history):
+    if not isinstance(history, list) or not all(isinstance(v, str) and VERSION_NAME.fullmatch(v) for v in history):
         problems.append("'history' must be a list of valid version names")
     seq = state.get("next_seq", 1)
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
@@ -324,7 +324,7 @@ class ModelStore:
 
     def version_path(self, version: str) -> Path:
         """The folder of an installed version; never outside `versions/` whatever the name says."""
-        if not isinstance(version, str) or not VERSION_NAME.match(version) or version in (".", ".."):
+        if not isinstance(version, str) or not VERSION_NAME.fullmatch(version) or version in (".", ".."):
             raise StoreError(f"{version!r} is not a valid model version name")
         path = self.versions_dir / version
         if not path.resolve().is_relative_to(self.versions_dir.resolve()):
@@ -445,6 +445,18 @@ class ModelStore:
             raise BundleError(f"this engine bundle was not built from the installed version {built_from}; "
                               "its signature cannot vouch for it")
         return self.check_signature(read_manifest(parent), require)
+
+    def signature_status(self, manifest: dict) -> str:
+        """One line for `edge verify`: unsigned, valid by a trusted key, or by a key not trusted here.
+        A signature by a trusted key that does not match raises BundleError."""
+        sig = manifest.get("signature")
+        if not isinstance(sig, dict):
+            return "none (unsigned)" + (" - this store requires signed bundles" if self.requires_signature() else "")
+        kid = self.check_signature(manifest)
+        if kid:
+            return f"valid, key {kid} (trusted in {self.trust.dir})"
+        return (f"by key {str(sig.get('key_id'))[:40]}, which is not in this device's trust store "
+                f"({self.trust.dir}), so it was not checked")
 
     # ------------------------------------------------------------------ install
 

@@ -8,8 +8,8 @@ Modules, one job each:
   onnx_export.py    tf2onnx and ONNX Runtime QDQ int8
   onnx_head.py      scikit-learn heads via skl2onnx, backbone + head merged into one graph
   tensorrt.py       TensorRT engines and the int8 calibrator (on the device)
-  runners.py        run an artifact like the device does (LiteRT, ONNX Runtime)
-  parity.py         agreement / accuracy / macro-F1 deltas and the failed-validation verdict
+  parity.py         the artifact run through the device's own code (staged bundle, edge.backends),
+                    agreement / accuracy / macro-F1 deltas and the failed-validation verdict
   bundle_writer.py  artifact -> verified bundle (hemaedge.edge.bundle.write_bundle)
   pipeline.py       convert -> parity -> bundle, for one format or all of them
   report.py         the export table (Markdown + JSON)

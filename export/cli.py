@@ -251,7 +251,7 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
     from hemaedge.export import tensorrt as trtx
     from hemaedge.export.trt_bundle import export_tensorrt_bundle
 
-    trtx.require_tensorrt()
+    trtx.require_builder(precision)
     images, info = _calib(calib_dir, calib_count, precision == "int8")
     path = export_tensorrt_bundle(onnx_model, out, precision, calib_images=images, calib_info=info,
                                   batch=batch, max_batch=max_batch, cache=cache, overwrite=force)

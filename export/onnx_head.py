@@ -185,7 +185,6 @@ def export_hybrid_bundle(source: HybridSource, out_dir, *, opset: int = 17, pari
     from hemaedge.export.bundle_writer import write_export_bundle
     from hemaedge.export.onnx_export import keras_to_onnx
     from hemaedge.export.pipeline import make_row, measure_parity
-    from hemaedge.export.runners import OnnxRunner
 
     t0 = time.perf_counter()
     n_feat = int(source.model.outputs[0].shape[-1])
@@ -197,7 +196,7 @@ def export_hybrid_bundle(source: HybridSource, out_dir, *, opset: int = 17, pari
     with tempfile.TemporaryDirectory(prefix="hemaedge-head-") as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(data)
-        splits, verdict = measure_parity(source, OnnxRunner(path), source.contract, output, parity_data, max_drop)
+        splits, verdict = measure_parity(source, path, source.contract, output, parity_data, max_drop)
         if splits:
             log(par.format_summary(splits, verdict))
         bundle = write_export_bundle(out_dir, path, model_format="onnx-hybrid", classes=source.classes,

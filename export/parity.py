@@ -1,19 +1,70 @@
 """Parity: does the exported artifact classify like its source model?
 
+The artifact's predictions come from the device's own code path: the artifact is written into
+a bundle in a staging folder, loaded with `edge.bundle.load_bundle` + `edge.backends.load_backend`
+and fed through `edge.preprocess.prepare_batch` (`staged_backend`), so the parity figure
+describes the bundle that ships, contract checks and output dequantization included. There is
+no second inference implementation in export/.
+
 For each split: top-1 agreement with the source, accuracy and macro-F1 of both and their
 deltas (in percentage points), and per-class recall / F1 deltas. An export whose accuracy
 drops by more than `max_drop` points on any split is marked "failed-validation".
 """
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from pathlib import Path
+
 import numpy as np
 from sklearn import metrics as skm
+
+from hemaedge.edge.backends import backend_for_file, backend_info, load_backend
+from hemaedge.edge.bundle import load_bundle, sha256_file, write_bundle
+from hemaedge.edge.preprocess import InputContract, prepare_batch
 
 PASSED = "passed"
 FAILED_VALIDATION = "failed-validation"
 FAILED_TO_EXPORT = "failed-to-export"
 NOT_VALIDATED = "not-validated"
 DEFAULT_MAX_DROP = 1.0  # accuracy points
+
+
+@contextlib.contextmanager
+def staged_backend(artifact, *, classes, contract: InputContract, output: dict, threads: int = 2):
+    """The artifact as a device runs it: bundled in a staging folder (checksummed and verified by
+    `write_bundle`), loaded by `load_bundle` + `load_backend`; yields the edge Backend. The
+    staging folder is removed afterwards; `.model_sha256` on the backend names the bytes measured."""
+    artifact = Path(artifact)
+    info = backend_info(backend_for_file(artifact))
+    with tempfile.TemporaryDirectory(prefix="hemaedge-parity-") as tmp:
+        staged = write_bundle(Path(tmp) / "bundle", {info.model_file: artifact}, model_file=info.model_file,
+                              backend=info.name, model_format="parity-staging", classes=list(classes),
+                              contract=contract, output=output, name="parity-staging")
+        bundle = load_bundle(staged)
+        backend = load_backend(bundle, threads=threads)
+        backend.model_sha256 = sha256_file(bundle.model_path)
+        yield backend
+
+
+def device_probabilities(backend, images, contract: InputContract, batch_size: int = 32,
+                         progress: str | None = None) -> np.ndarray:
+    """uint8 RGB images -> class probabilities (N, C): `prepare_batch` then the back end's
+    `predict`, exactly as `edge run` classifies crops."""
+    from tqdm import tqdm
+
+    chunks = []
+    starts = range(0, len(images), batch_size)
+    for s in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None):
+        chunks.append(np.asarray(backend.predict(prepare_batch(images[s:s + batch_size], contract))))
+    return np.concatenate(chunks) if chunks else np.zeros((0, backend.num_classes), np.float32)
+
+
+def predict_artifact(artifact, images, *, classes, contract: InputContract, output: dict,
+                     batch_size: int = 32) -> np.ndarray:
+    """Probabilities of a model file on `images` through the device path (stage, load, predict)."""
+    with staged_backend(artifact, classes=classes, contract=contract, output=output) as backend:
+        return device_probabilities(backend, images, contract, batch_size)
 
 
 def split_parity(labels, source_probs, artifact_probs, classes) -> dict:

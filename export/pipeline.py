@@ -20,7 +20,6 @@ from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.export import parity as par
 from hemaedge.export.bundle_writer import confidence_sections, write_export_bundle
 from hemaedge.export.evaldata import load_split
-from hemaedge.export.runners import make_runner, predict_images
 
 @dataclass(frozen=True)
 class ExportFormat:
@@ -97,18 +96,24 @@ class ParityData:
         return {"data": str(self.root), "splits": list(self.splits), "limit": self.limit, "seed": self.seed}
 
 
-def measure_parity(source, runner, contract, output, data: ParityData | None, max_drop: float,
+def measure_parity(source, artifact, contract, output, data: ParityData | None, max_drop: float,
                    progress: bool = True) -> tuple[dict, dict]:
-    """(per-split parity metrics, verdict) of a runnable artifact."""
+    """(per-split parity metrics, verdict) of a model file, run through the device's code path
+    (staged bundle, load_backend, prepare_batch: `parity.staged_backend`)."""
     if data is None:
         return {}, par.judge({}, max_drop)
     splits = {}
-    for split in data.splits:
-        images, labels = data.data(split)
-        s_probs = data.source_probs(source, split)
-        a_probs = predict_images(runner, images, contract, output, progress=f"parity {split}" if progress else None)
-        splits[split] = par.split_parity(labels, s_probs, a_probs, source.classes)
-    return splits, par.judge(splits, max_drop)
+    with par.staged_backend(artifact, classes=source.classes, contract=contract, output=output) as backend:
+        for split in data.splits:
+            images, labels = data.data(split)
+            s_probs = data.source_probs(source, split)
+            a_probs = par.device_probabilities(backend, images, contract,
+                                               progress=f"parity {split}" if progress else None)
+            splits[split] = par.split_parity(labels, s_probs, a_probs, source.classes)
+        measured = backend.model_sha256
+    verdict = par.judge(splits, max_drop)
+    verdict["model_sha256"] = measured  # the bytes the figures describe (the bundle's model file)
+    return splits, verdict
 
 
 def convert(fmt: str, source, *, workdir: Path, calib_images=None, opset: int = 17, int8_io: str = "uint8",
@@ -199,9 +204,7 @@ def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = No
         if calib_info and fmt in NEEDS_CALIBRATION:
             settings["calibration"] = calib_info
         settings["format"] = fmt
-        backend = FORMATS[fmt][0]
-        runner = make_runner(path, backend)
-        splits, verdict = measure_parity(source, runner, contract, output, parity_data, max_drop)
+        splits, verdict = measure_parity(source, path, contract, output, parity_data, max_drop)
         if parity_data is not None:
             verdict["data"] = parity_data.describe()
         # parity compares raw outputs; the temperature (argmax-neutral) goes into the manifest after it

@@ -9,8 +9,12 @@ The int8 entropy calibrator is split in two: `CalibrationStream` (plain Python: 
 `IInt8EntropyCalibrator2` subclass made by `make_calibrator` only copies those batches to GPU
 memory and exists only where TensorRT does.
 
-STATUS: `CalibrationStream` is tested on x86 CPU. `build_engine` / `make_calibrator` have NOT
-been run in this repository's CI (no TensorRT, no GPU): see docs/export.md.
+The engine itself is built by the one builder, `hemaedge.edge.engine_build.build_engine`
+(trtexec for fp16, the TensorRT Python API for int8).
+
+STATUS: `CalibrationStream` is tested on x86 CPU, and fp16 through a stand-in trtexec. The
+Python-API build and `make_calibrator` have NOT been run in this repository's CI (no TensorRT,
+no GPU): see docs/export.md.
 """
 from __future__ import annotations
 
@@ -158,37 +162,26 @@ def make_calibrator(stream: CalibrationStream):
 
 def build_engine(onnx_path, out_path, precision: str = "fp16", *, size: int, stream: CalibrationStream | None = None,
                  max_batch: int = 32, workspace_mb: int = 1024) -> dict:
-    """Parse ONNX, build a serialized engine for batches 1..max_batch, write it to out_path."""
+    """ONNX -> serialized engine for batches 1..max_batch, by the one builder
+    (`hemaedge.edge.engine_build.build_engine`); int8 gets the entropy calibrator over `stream`."""
+    from hemaedge.edge.engine_build import build_engine as build
+
     if precision not in PRECISIONS:
         raise UserError(f"unknown TensorRT precision {precision!r}; expected one of {PRECISIONS}")
-    trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT could not parse the ONNX model: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    inp = network.get_input(0)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (1, size, size, 3), (max(1, max_batch // 2), size, size, 3), (max_batch, size, size, 3))
-    config.add_optimization_profile(profile)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    else:
+    calibrator = None
+    if precision == "int8":
         if stream is None:
             raise UserError("int8 engines need calibration images (--calib-dir)")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)  # layers without int8 kernels fall back to fp16, not fp32
-        config.int8_calibrator = make_calibrator(stream)
-        config.set_calibration_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
-    Path(out_path).write_bytes(bytes(serialized))
-    return {"quant": precision, "tensorrt": trt.__version__, "max_batch": max_batch, "workspace_mb": workspace_mb,
-            "calibration_cache": str(stream.cache_path) if stream and stream.cache_path else None}
+        calibrator = make_calibrator(stream)
+    settings = build(onnx_path, out_path, precision, size=size, max_batch=max_batch, calibrator=calibrator,
+                     workspace_mb=workspace_mb)
+    settings.update(quant=precision, calibration_cache=str(stream.cache_path) if stream and stream.cache_path else None)
+    return settings
+
+
+def require_builder(precision: str) -> None:
+    """Fail early where no engine can be built: fp16 needs trtexec or TensorRT, int8 TensorRT itself."""
+    from hemaedge.edge.engine_build import find_trtexec
+
+    if precision == "int8" or find_trtexec() is None:
+        require_tensorrt()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from hemaedge.edge.bundle import load_bundle, read_manifest
+from hemaedge.edge.bundle import load_bundle
 from hemaedge.edge.cli_support import UserError
 from hemaedge.edge.preprocess import InputContract
 
@@ -25,7 +25,10 @@ def _onnx_and_manifest(path: Path) -> tuple[Path, dict]:
         return bundle.model_path, bundle.manifest
     if path.suffix != ".onnx" or not path.is_file():
         raise UserError(f"{path}: expected an ONNX bundle folder or a .onnx file inside one")
-    return path, read_manifest(path.parent)
+    bundle = load_bundle(path.parent)  # verified like a bundle folder: checksums, schema
+    if bundle.backend != "onnx" or bundle.model_path.resolve() != path.resolve():
+        raise UserError(f"{path}: not the model of the bundle in {path.parent}; pass the bundle folder")
+    return bundle.model_path, bundle.manifest
 
 
 def export_tensorrt_bundle(onnx_model, out, precision: str, *, calib_images=None, calib_info=None, batch: int = 8,

@@ -16,7 +16,6 @@ from hemaedge.edge.preprocess import InputContract
 from hemaedge.export import parity as par
 from hemaedge.export.bundle_writer import backend_for, write_export_bundle
 from hemaedge.export.pipeline import make_row, measure_parity
-from hemaedge.export.runners import make_runner
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def wrap_artifact(artifact, out, *, source_model=None, classes=None, preprocess=
     if pdata is not None and source is None:
         verdict["reason"] = "parity needs --source (the model the artifact came from)"
     elif pdata is not None and backend in ("tflite", "onnx"):
-        splits, verdict = measure_parity(source, make_runner(artifact, backend), contract, output, pdata, max_drop)
+        splits, verdict = measure_parity(source, artifact, contract, output, pdata, max_drop)
         verdict["data"] = pdata.describe()
         log(par.format_summary(splits, verdict))
     t0 = time.perf_counter()

@@ -71,3 +71,16 @@ def test_classes_txt_and_webp_are_read_like_training(tmp_path, bloodmnist128):
     ts = open_test_set(root)
     assert ts.class_names == ["platelet", "basophil"] and len(ts) == 4  # classes.txt order, .webp counted
     assert sorted(ts.labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_reads_on_an_edge_only_install(bloodmnist128):
+    """`hemaedge bench` runs on devices: the data package it reads with needs no training stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('tensorflow', 'keras', 'sklearn', 'albumentations', 'onnx', 'torch'): sys.modules[m] = None\n"
+            "from hemaedge.benchmarks.testset import open_test_set\n"
+            f"print(len(open_test_set({str(bloodmnist128)!r}, limit=16)))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "16", p.stderr[-2000:]

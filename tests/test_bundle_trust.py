@@ -43,6 +43,7 @@ BAD_VALUES = [
     ("missing bytes", lambda m: m["files"]["model.tflite"].pop("bytes"), "bytes"),
     ("bytes a string", lambda m: m["files"]["model.tflite"].update(bytes="12"), "bytes"),
     ("sha256 not hex", lambda m: m["files"]["model.tflite"].update(sha256="zz"), "sha256"),
+    ("sha256 with newline", lambda m: m["files"]["model.tflite"].update(sha256="0" * 64 + "\n"), "sha256"),
     ("size 128.7", lambda m: m["input"].update(size=128.7), "input.size"),
     ('size "128"', lambda m: m["input"].update(size="128"), "input.size"),
     ("size 100000", lambda m: m["input"].update(size=100000), "input.size"),
@@ -200,7 +201,7 @@ def test_hostile_version_name_cannot_delete_outside_the_store(tmp_path):
     assert victim.is_dir()
 
 
-@pytest.mark.parametrize("active", ["../../victim", "/etc", "a/b", ".."])
+@pytest.mark.parametrize("active", ["../../victim", "/etc", "a/b", "..", "one-1\n"])
 def test_active_pointing_outside_is_refused(tmp_path, active):
     store = ModelStore(tmp_path / "store")
     store.install(make_bundle(tmp_path / "x", "one"))
@@ -269,3 +270,40 @@ def test_model_dtype_error_names_the_model_file(tmp_path):
             "--max-frames", "1")
     assert r.exit_code == 2 and f"{model}: this model takes int8 input" in r.output, r.output
     assert "models/default" not in r.output
+
+
+def test_onnx_with_label_output_first_runs_on_the_device(tmp_path):
+    """scikit-learn heads (skl2onnx) output (label int64, scores): the device took the labels and
+    refused the hybrid bundle that export had parity-checked on the scores. It takes the scores."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    base = onnx.load(str(tiny_onnx(tmp_path / "t.onnx", 3, 32, "labels")))
+    g = base.graph
+    g.node.append(helper.make_node("ArgMax", ["probs"], ["label"], axis=1, keepdims=0))
+    label = helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])
+    outputs = [label, *g.output]
+    del g.output[:]
+    g.output.extend(outputs)
+    onnx.save(base, str(tmp_path / "two.onnx"))
+    b = write_bundle(tmp_path / "two", {"model.onnx": tmp_path / "two.onnx"}, model_file="model.onnx", backend="onnx",
+                     model_format="onnx", classes=["a", "b", "c"], contract=InputContract(size=32))
+    r = cli("edge", "verify", b)
+    assert r.exit_code == 0, r.output
+
+
+def test_tensorrt_export_verifies_the_onnx_bundle_it_reads(tmp_path):
+    """`export tensorrt dir/model.onnx` read the manifest beside the file without checking it."""
+    from hemaedge.export.trt_bundle import _onnx_and_manifest
+
+    b = make_bundle(tmp_path, "onnx32", size=32)
+    path, manifest = _onnx_and_manifest(b / "model.onnx")
+    assert path == b / "model.onnx" and manifest["name"] == "onnx32"
+    tiny_onnx(b / "model.onnx", 8, 32, "tampered")  # changed after export, checksums not updated
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        _onnx_and_manifest(b / "model.onnx")
+    with pytest.raises(HemaedgeError, match="not the model of the bundle"):
+        stray = b / "other.onnx"
+        tiny_onnx(stray, 8, 32, "stray")
+        rehash(b)
+        _onnx_and_manifest(stray)

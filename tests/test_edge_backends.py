@@ -130,3 +130,28 @@ def test_litert_int8_full_integer(tflite_models, crops):
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs, _expected(crops), atol=0.03)  # int8 output steps of 1/256
     assert (probs.argmax(1)[:2] == [0, 1]).all()
+
+
+def test_onnx_with_label_and_probability_outputs_gives_the_probabilities(tmp_path):
+    # scikit-learn heads converted by skl2onnx emit (label int64, probabilities); the device must
+    # score with the probabilities (it used to take the label and fail on an integer output)
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w = np.random.default_rng(0).normal(0, 0.01, (3, len(CLASSES))).astype(np.float32)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+             helper.make_node("ArgMax", ["probs"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "two-outputs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(CLASSES)])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, tmp_path / "m.onnx")
+    backend = load_backend(load_bundle(make_bundle(tmp_path, tmp_path / "m.onnx", "onnx")))
+    x = prepare_batch([np.full((40, 40, 3), v, np.uint8) for v in (10, 200)], InputContract(size=SIZE))
+    probs = backend.predict(x)
+    assert probs.shape == (2, len(CLASSES)) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

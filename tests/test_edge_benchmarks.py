@@ -7,7 +7,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from edge_helpers import make_bundle, make_onnx
-from hemaedge.benchmarks import pbc_end_to_end, segmentation_bccd
+from hemaedge.benchmarks.tools import pbc_end_to_end, segmentation_bccd
 
 BLOODMNIST = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
               "neutrophil", "platelet"]

@@ -195,6 +195,26 @@ def test_append_adds_rows_and_keeps_the_earlier_summary(bundle, tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_annotated_frames_never_replace_earlier_ones_silently(bundle, tmp_path):
+    one = SAMPLES / "pbc" / "val_00000.jpg"
+    ann = tmp_path / "ann"
+    assert edge_run("-q", "--bundle", bundle, "--source", one, "--out", tmp_path / "a", "--annotate", ann).exit_code == 0
+    first = {p.name: p.stat().st_mtime_ns for p in ann.iterdir()}
+    res = edge_run("-q", "--bundle", bundle, "--source", one, "--out", tmp_path / "b", "--annotate", ann)
+    assert res.exit_code == 2 and "already holds files" in res.output
+    assert {p.name: p.stat().st_mtime_ns for p in ann.iterdir()} == first and not (tmp_path / "b").exists()
+
+
+def test_append_refuses_logs_with_other_columns(bundle, tmp_path):
+    out = tmp_path / "o"
+    assert edge_run("-q", "--bundle", bundle, "--source", SAMPLES / "pbc" / "val_00000.jpg", "--out", out).exit_code == 0
+    (out / "frames.csv").write_text("frame,name,old_column\n0,a.jpg,1\n")
+    res = edge_run("-q", "--append", "--bundle", bundle, "--source", SAMPLES / "pbc", "--out", out)
+    assert res.exit_code == 2 and "other columns" in res.output
+    assert (out / "frames.csv").read_text() == "frame,name,old_column\n0,a.jpg,1\n"
+    assert (out / "summary.json").exists() and not (out / "summary.before-1.json").exists()  # nothing moved
+
+
 def test_default_run_folders_are_unique_within_one_second(tmp_path):
     """#4: two runs started in the same second shared runs/edge-<second>."""
     import datetime as dt
@@ -480,6 +500,13 @@ def test_run_log_and_verbosity(bundle, tmp_path):
     assert verbose.exit_code == 0, verbose.output
     assert "debug: hemaedge.edge.runloop: " in verbose.output
     assert "warning: frame skipped: " in verbose.output and "b.png" in verbose.output
+    # a failure inside processing shows its traceback with -v (and only then)
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((480, 640, 3), np.uint8))
+    clf_fail = edge_run("-q", "--bundle", bundle, "--source", black, "--out", tmp_path / "d", root_opts=["-v"])
+    assert clf_fail.exit_code == 0
+    if "frame skipped" in clf_fail.output:  # the red-cell ruler may learn to take black frames
+        assert "Traceback (most recent call last)" in clf_fail.output
 
 
 def test_a_source_that_fails_for_good_still_leaves_a_summary(bundle, tmp_path):

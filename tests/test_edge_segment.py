@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hemaedge.benchmarks.segmentation_bccd import match, read_voc
+from hemaedge.benchmarks.tools.segmentation_bccd import match, read_voc
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.segment import (Detection, SegmentParams, centre_in, crop_square, extract_crop, nearest_to,
                                    segment)

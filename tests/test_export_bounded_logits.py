@@ -107,7 +107,7 @@ def _with_huge_logits(model, x):
 
 def test_int8_keeps_close_calls_when_some_logits_are_huge(tmp_path, bloodmnist128, images, calib_images):
     """Plain full-integer int8 of such a model loses agreement; the bounded end keeps it."""
-    from hemaedge.export.runners import TFLiteRunner, predict_images
+    from hemaedge.export.parity import predict_artifact
     from hemaedge.export.tflite import convert_tflite
 
     source = load_source(tiny_model(bloodmnist128, "effnet"))
@@ -122,7 +122,8 @@ def test_int8_keeps_close_calls_when_some_logits_are_huge(tmp_path, bloodmnist12
         path = tmp_path / f"{kind}.tflite"
         path.write_bytes(res.data)
         out = dict(res.output, logit_scale=scale) if scale else res.output
-        return float((predict_images(TFLiteRunner(path), images, res.contract, out).argmax(1) == ref.argmax(1)).mean())
+        probs = predict_artifact(path, images, classes=source.classes, contract=res.contract, output=out)
+        return float((probs.argmax(1) == ref.argmax(1)).mean())
 
     plain = agreement(model, "probabilities")
     bounded, info = bl.bound_for_int8(model, calibration_batches(calib_images, contract, 16))

@@ -11,7 +11,7 @@ from export_helpers import CLASSES, calibration_dir, eval_tree, split_files, tin
 from hemaedge.edge.bundle import load_bundle  # noqa: E402
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb  # noqa: E402
 from hemaedge.export.calibration import load_calibration  # noqa: E402
-from hemaedge.export.runners import OnnxRunner, TFLiteRunner, predict_images  # noqa: E402
+from hemaedge.export.parity import predict_artifact  # noqa: E402
 from hemaedge.export.source import load_source  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def calib_images(bloodmnist128):
 def _tflite_probs(tmp_path, res, images, name="m.tflite"):
     path = tmp_path / name
     path.write_bytes(res.data)
-    return predict_images(TFLiteRunner(path), images, res.contract, res.output)
+    return predict_artifact(path, images, classes=CLASSES, contract=res.contract, output=res.output)
 
 
 def test_source_reads_sidecar_and_model_shape(source):
@@ -149,14 +149,14 @@ def test_onnx_and_qdq_int8(tmp_path, source, probe, calib_images):
     (tmp_path / "m.onnx").write_bytes(data)
     out = {"kind": "probabilities"}
     ref = source.predict(prepare_batch(images, source.contract))
-    got = predict_images(OnnxRunner(tmp_path / "m.onnx"), images, source.contract, out)
+    got = predict_artifact(tmp_path / "m.onnx", images, classes=CLASSES, contract=source.contract, output=out)
     assert np.abs(got - ref).max() < 1e-4
     q, settings = quantize_onnx_int8(data, source.contract, calib_images[:16])
     assert settings["calibration_images"] == 16 and settings["quant"] == "int8-qdq"
     ops = {n.op_type for n in onnx.load_from_string(q).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     (tmp_path / "q.onnx").write_bytes(q)
-    got_q = predict_images(OnnxRunner(tmp_path / "q.onnx"), images, source.contract, out)
+    got_q = predict_artifact(tmp_path / "q.onnx", images, classes=CLASSES, contract=source.contract, output=out)
     assert (got_q.argmax(1) == ref.argmax(1)).mean() >= 0.75
 
 

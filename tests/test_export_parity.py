@@ -1,4 +1,5 @@
-"""Parity logic: agreement, deltas, per-class deltas and the failed-validation threshold."""
+"""Parity logic: agreement, deltas, per-class deltas and the failed-validation threshold; the
+artifact's predictions come from the device's own code path."""
 import numpy as np
 import pytest
 
@@ -72,3 +73,24 @@ def test_manifest_metrics_and_summary():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError):
         par.split_parity(np.array([0, 1]), onehot(np.array([0])), onehot(np.array([0])), CLASSES)
+
+
+def test_parity_predictions_go_through_the_device_code(tmp_path):
+    """The artifact is staged as a bundle and run by edge.backends: the same contract checks a
+    device makes (no silent input conversion), the same probabilities `edge run` gets."""
+    from bench_helpers import CLASSES as CELLS, SIZE, onnx_model
+    from bench_helpers import bundle as make_bundle
+    from hemaedge.edge.backends import BackendError, load_backend
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.preprocess import InputContract, prepare_batch
+
+    model = onnx_model(tmp_path / "m.onnx")
+    images = [np.full((20, 20, 3), v, np.uint8) for v in (0, 90, 250)]
+    contract = InputContract(size=SIZE)
+    got = par.predict_artifact(model, images, classes=CELLS, contract=contract, output={"kind": "probabilities"})
+    device = load_backend(load_bundle(make_bundle(tmp_path / "b", model, "onnx-fp32")))
+    np.testing.assert_array_equal(got, device.predict(prepare_batch(images, contract)))
+    # a contract that does not describe the model is the device's error, not a quiet astype()
+    wrong = InputContract(size=SIZE, dtype="uint8", quant_scale=1 / 255, quant_zero_point=0)
+    with pytest.raises(BackendError, match="input contract says uint8 but the model takes float32"):
+        par.predict_artifact(model, images, classes=CELLS, contract=wrong, output={"kind": "probabilities"})

@@ -17,8 +17,7 @@ import shutil
 import numpy as np
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402  (dev extra: a missing one fails)
 from hypothesis import strategies as st  # noqa: E402
 
 from hemaedge.edge.bundle import load_bundle, read_manifest  # noqa: E402

@@ -1,5 +1,6 @@
-"""benchmarks/run_all.sh: every committed result is made by one of its steps, `--list` does no
-work, steps skip or fail loudly; and the fine-tuning table collector on a small finished run."""
+"""benchmarks/tools/run_all.py: every committed result is an output of one Step of its table,
+`--list` does no work, steps skip or fail loudly; and the fine-tuning table collector on a small
+finished run."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,13 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "run_all.sh"
 RESULTS = "benchmarks/results"
 
 
@@ -25,8 +26,8 @@ def _env(**extra) -> dict:
 
 
 def _run_all(*args, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=_env(**env), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "hemaedge.benchmarks.tools.run_all", *args], cwd=REPO,
+                          env=_env(**env), capture_output=True, text=True, timeout=300)
 
 
 def _listed_outputs(listing: str) -> set[str]:
@@ -53,17 +54,29 @@ def _bench_arguments() -> list[str]:
     return targets[:1] + keras[:1]
 
 
-def test_every_committed_result_is_an_output_of_a_step(tmp_path):
+def test_every_committed_result_is_an_output_of_a_step(tmp_path, monkeypatch):
+    from hemaedge.benchmarks.tools.run_all import Settings, steps
+
     committed = _committed_results()
     assert committed, "nothing committed under benchmarks/results"
+    monkeypatch.chdir(REPO)
+    export, keras = (_bench_arguments() + ["", ""])[:2]
+    table = steps(Settings(export=export, keras=keras, env=_env()))
+    assert [s.name for s in table][:9] == ["finetune", "hybrid", "export", "bench", "segmentation", "pbc", "edge", "svm", "soak"]
+    claimed = {o for s in table for o in s.outputs}
+    orphans = sorted(set(committed) - claimed)
+    assert not orphans, (f"committed but made by no Step of benchmarks/tools/run_all.py: {orphans}; add a Step, "
+                         "or `git mv` them to benchmarks/history/ and say why in its README")
+    # --list prints the same table
     p = _run_all("--list", *_bench_arguments())
     assert p.returncode == 0, p.stderr
-    claimed = _listed_outputs(p.stdout)
-    steps = [line.split(":")[0] for line in p.stdout.splitlines() if line and not line.startswith(" ")]
-    assert steps == ["finetune", "hybrid", "export", "bench", "segmentation", "pbc", "edge", "svm"]
-    orphans = sorted(set(committed) - claimed)
-    assert not orphans, (f"committed but made by no step of run_all.sh: {orphans}; add a step, or "
-                         "`git mv` them to benchmarks/history/ and say why in its README")
+    assert _listed_outputs(p.stdout) == claimed
+
+
+def test_the_shell_entry_point_still_works():
+    p = subprocess.run(["bash", str(REPO / "benchmarks" / "run_all.sh"), "--list", "--only", "svm"], cwd=REPO,
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "svm: fast SVM grid" in p.stdout, p.stderr
 
 
 def test_list_does_no_work_and_follows_out_and_selection(tmp_path):
@@ -142,7 +155,7 @@ def _finished_finetune_run(root: Path) -> Path:
 def test_collector_writes_the_table_publish_writes(tmp_path):
     from click.testing import CliRunner
 
-    from hemaedge.benchmarks.finetune_table import main
+    from hemaedge.benchmarks.tools.finetune_table import main
     from hemaedge.train.finetune import publish
 
     run = _finished_finetune_run(tmp_path)
@@ -162,7 +175,7 @@ def test_collector_writes_the_table_publish_writes(tmp_path):
 def test_collector_refuses_an_unfinished_run(tmp_path):
     from click.testing import CliRunner
 
-    from hemaedge.benchmarks.finetune_table import main
+    from hemaedge.benchmarks.tools.finetune_table import main
 
     run = _finished_finetune_run(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())

@@ -17,7 +17,6 @@ from hemaedge.edge.store import ModelStore
 from store_helpers import make_bundle, tiny_onnx
 from trust_helpers import edit_manifest, rehash
 
-pytest.importorskip("nacl")
 
 
 def cli(*args):
@@ -185,3 +184,18 @@ def test_engine_built_on_device_is_vouched_for_by_its_signed_onnx_version(tmp_pa
     # the engine bundle on its own (not built from an installed version) is refused: unsigned
     with pytest.raises(BundleError, match="not signed"):
         s.install(s.active_path(), check_backend=False, keep=5)
+
+
+def test_verify_reports_the_signature(tmp_path, keys, monkeypatch):
+    store = tmp_path / "store"
+    monkeypatch.setenv("HEMAEDGE_STORE", str(store))
+    b = make_bundle(tmp_path / "b", "v", size=32)
+    assert "signature: none (unsigned)" in cli("edge", "verify", b).output
+    sign_bundle(b, read_signing_key(keys / "lab.key"))
+    assert "not in this device's trust store" in cli("edge", "verify", b).output
+    assert cli("edge", "trust", "add", keys / "lab.pub", "--store", store).exit_code == 0
+    r = cli("edge", "verify", b)
+    assert r.exit_code == 0 and "signature: valid, key" in r.output, r.output
+    edit_manifest(b, lambda m: m.update(name="edited"))
+    r = cli("edge", "verify", b)
+    assert r.exit_code == 2 and "does not match" in r.output

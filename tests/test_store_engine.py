@@ -97,3 +97,23 @@ def test_build_engine_refuses_non_onnx_before_installing(tmp_path, fake_trtexec)
     r = CliRunner().invoke(main, ["edge", "install", str(tfl), "--store", str(tmp_path / "store"), "--build-engine"])
     assert r.exit_code == 2 and "needs an ONNX bundle" in r.output
     assert ModelStore(tmp_path / "store").active_path() is None
+
+
+def test_export_tensorrt_uses_the_same_builder(tmp_path, fake_trtexec, monkeypatch):
+    """`hemaedge export tensorrt` and `edge install --build-engine` share one engine builder
+    (edge/engine_build.build_engine): fp16 goes through trtexec even without the tensorrt module."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    bundle = write_bundle(tmp_path / "tiny-bundle", {"model.onnx": tmp_path / "tiny.onnx"}, model_file="model.onnx",
+                          backend="onnx", model_format="onnx", classes=["a", "b", "c"],
+                          contract=InputContract(size=32), name="tiny")
+    r = CliRunner().invoke(main, ["export", "tensorrt", str(bundle), "--max-batch", "4", "--out", str(tmp_path / "trt")])
+    assert r.exit_code == 0, r.output
+    engine = load_bundle(tmp_path / "trt")
+    assert engine.backend == "tensorrt" and engine.manifest["export"]["tool"] == "trtexec"
+    assert engine.manifest["export"]["tensorrt_version"] == "10.3.0"
+    assert b"--minShapes=pixels:1x32x32x3" in engine.model_path.read_bytes()
+    # int8 needs the calibrating Python API: refused here with a clear message, nothing written
+    r = CliRunner().invoke(main, ["export", "tensorrt", str(bundle), "--precision", "int8", "--out",
+                                  str(tmp_path / "trt8")])
+    assert r.exit_code == 2 and "TensorRT is not installed" in r.output and not (tmp_path / "trt8").exists()

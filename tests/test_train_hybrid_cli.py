@@ -91,7 +91,7 @@ def test_local_weights_with_a_wrong_hash_are_refused(tmp_path, bloodmnist128):
 
 
 def test_published_table_is_built_from_run_results(run_dir, tmp_path):
-    from hemaedge.benchmarks.hybrid_table import plot, table_markdown
+    from hemaedge.benchmarks.tools.hybrid_table import plot, table_markdown
 
     out, _, _ = run_dir
     m = json.loads((out / "metrics.json").read_text())
@@ -100,7 +100,7 @@ def test_published_table_is_built_from_run_results(run_dir, tmp_path):
                 "svm": {k: m["heads"]["svm"][k] for k in ("n_fits", "search_seconds", "refit_seconds", "best_params")},
                 "rows": m["rows"]},
                {"backbone": "resnet50", "status": "skipped: ImageNet weights not on this machine", "rows": []}]
-    md = table_markdown(entries, "python -m hemaedge.benchmarks.hybrid_table --data X")
+    md = table_markdown(entries, "python -m hemaedge.benchmarks.tools.hybrid_table --data X")
     best = max(m["rows"], key=lambda r: r["test_acc"])
     assert f"{best['test_acc'] * 100:.2f} % test accuracy" in md
     assert "resnet50: skipped" in md and md.count("| efficientnet-lite0 | 32 | masked-rgb | paper |") == 4 + 1

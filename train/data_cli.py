@@ -1,7 +1,7 @@
 """`hemaedge data ...`: look at, check, fetch data sets and make calibration data.
 
-Argument parsing and printing only; the work is in `hemaedge.train.datasets` and
-`hemaedge.train.calibration`.
+Argument parsing and printing only; the work is in the data package
+`hemaedge.train.data`.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def info(path, classes, as_json):
     the latter split stratified 72/8/20 with seed 42), or a name (bloodmnist, bloodmnist_128,
     ...) looked up in $HEMAEDGE_DATA and the download cache.
     """
-    from hemaedge.train.datasets import describe, open_dataset
+    from hemaedge.train.data import describe, open_dataset
 
     summary = describe(open_dataset(path, classes=classes))
     if as_json:
@@ -96,7 +96,7 @@ def verify(path, classes, workers, as_json):
     Exit code 0 when it is fine, 1 when problems were found (each listed), 2 when PATH is
     unusable. PATH is as for `hemaedge data info`.
     """
-    from hemaedge.train.datasets import verify_dataset
+    from hemaedge.train.data import verify_dataset
 
     t0 = time.perf_counter()
     report = verify_dataset(path, classes=classes, workers=workers)
@@ -143,8 +143,8 @@ def calibration(data_path, out, per_class, split, seed, classes, force):
     Copies the original image files byte for byte into OUT/<class>/, with OUT/manifest.csv
     (split, index, label, class, file, source, sha256) and OUT/README.md (how to regenerate).
     """
-    from hemaedge.train.calibration import make_calibration_set
-    from hemaedge.train.datasets import open_dataset
+    from hemaedge.train.data import make_calibration_set
+    from hemaedge.train.data import open_dataset
 
     ds = open_dataset(data_path, classes=classes)
     command = " ".join(["hemaedge data calibration", "--data", shlex.quote(data_path), "--out", shlex.quote(out),
@@ -152,7 +152,7 @@ def calibration(data_path, out, per_class, split, seed, classes, force):
                        + (["--classes", shlex.quote(classes)] if classes else []))
     folder = make_calibration_set(ds, out, per_class=per_class, split=split, seed=seed, force=force,
                                   command=command)
-    from hemaedge.train.calibration import read_manifest
+    from hemaedge.train.data import read_manifest
 
     rows = read_manifest(folder)
     click.echo(f"Wrote {len(rows)} images from the {split} split of {ds.root} to {folder} "
@@ -171,7 +171,7 @@ def fetch(name, size, dest):
 
     Needs internet; offline, copy the file by hand and point --data or $HEMAEDGE_DATA at it.
     """
-    from hemaedge.train.datasets import download_medmnist
+    from hemaedge.train.data import download_medmnist
 
     path = download_medmnist(name, int(size), dest=dest)
     click.echo(f"{path} (md5 verified)")

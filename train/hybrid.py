@@ -69,7 +69,7 @@ def run_hybrid(cfg: HybridConfig, log: Callable[[str], None] | None = None) -> d
     """Run the whole hybrid benchmark for one (backbone, weights, preprocessing, augmentation)."""
     log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     from hemaedge.train.backbones import build_backbone
-    from hemaedge.train.datasets import open_dataset
+    from hemaedge.train.data import open_dataset
 
     heads = tuple(cfg.heads)
     unknown = [h for h in heads if h not in H.HEADS]

@@ -1,6 +1,6 @@
 """Check the fast SVM grid against plain scikit-learn GridSearchCV on real features, and time both.
 
-    python -m hemaedge.benchmarks.hybrid_svm_check --data ../shared/data/bloodmnist128 --per-class 200
+    python -m hemaedge.benchmarks.tools.hybrid_svm_check --data ../shared/data/bloodmnist128 --per-class 200
 
 Features: EfficientNet-Lite0 (ImageNet) at 128 px, `rgb`, the first PER_CLASS training images of
 every class; plain = GridSearchCV(Pipeline(StandardScaler, SVC)) with the same folds and grid.
@@ -26,7 +26,7 @@ def main(data, per_class, jobs, out):
 
     from hemaedge.edge.preprocess import InputContract
     from hemaedge.train.backbones import build_backbone
-    from hemaedge.train.datasets import open_dataset
+    from hemaedge.train.data import open_dataset
     from hemaedge.train.evaluate import write_json
     from hemaedge.train.features import extract_features
     from hemaedge.train.heads import SVM_C, SVM_GAMMA, svm_grid_search
@@ -52,7 +52,7 @@ def main(data, per_class, jobs, out):
     agree = float((fast.pipeline.predict(X) == plain.predict(X)).mean())
     from hemaedge.edge.cli_support import command_line
 
-    command = command_line("python -m hemaedge.benchmarks.hybrid_svm_check")
+    command = command_line("python -m hemaedge.benchmarks.tools.hybrid_svm_check")
     res = {"command": command, "n": int(len(X)), "features": int(X.shape[1]), "weights": info["weights"], "jobs": jobs,
            "fast_seconds": fast_s, "plain_seconds": plain_s, "same_selection": same,
            "fast_best": fast.best_params, "plain_best": {k.split("__")[1]: v for k, v in plain.best_params_.items()},

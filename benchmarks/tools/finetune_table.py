@@ -1,6 +1,6 @@
 """Collect the published fine-tuning table from a finished `hemaedge train finetune` run.
 
-    python -m hemaedge.benchmarks.finetune_table runs/finetune-lite0 \\
+    python -m hemaedge.benchmarks.tools.finetune_table runs/finetune-lite0 \\
         --out benchmarks/results/finetune_bloodmnist128
 
 Writes OUT.md, OUT.json, OUT_curves.png and OUT_confusion.png with the same code as

@@ -1,7 +1,7 @@
 """End to end on full PBC microscope fields: segment -> crop -> classify, against the labels.
 
-    python -m hemaedge.benchmarks.pbc_end_to_end                       # segmentation only
-    python -m hemaedge.benchmarks.pbc_end_to_end --bundle BUNDLE       # + accuracy
+    python -m hemaedge.benchmarks.tools.pbc_end_to_end                       # segmentation only
+    python -m hemaedge.benchmarks.tools.pbc_end_to_end --bundle BUNDLE       # + accuracy
 
 Each field of ../shared/data/pbc_raw_val shows one labelled cell near its centre. A field
 counts as "found" when the detection nearest the field centre has a box containing the centre.
@@ -27,13 +27,13 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from hemaedge.benchmarks.segmentation_bccd import machine, write_atomic
+from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
 from hemaedge.edge.cli_support import FiniteFloat
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, MagnificationTracker, SegmentParams,
                                    centre_in, extract_crop, nearest_to, segment)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 FIXED_SIDE = 200  # BloodMNIST: PBC fields centre-cropped to 200x200
 
 
@@ -194,7 +194,7 @@ def main(data, bloodmnist_val, bundle, threads, limit, cell_fraction, rbc_factor
     args += [f"--cell-fraction {cell_fraction}"] if cell_fraction != DEFAULT_CELL_FRACTION else []
     args += [f"--rbc-factor {rbc_factor}"] if rbc_factor != DEFAULT_RBC_FACTOR else []
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
-              "command": " ".join(["python -m hemaedge.benchmarks.pbc_end_to_end", *args]), **report}
+              "command": " ".join(["python -m hemaedge.benchmarks.tools.pbc_end_to_end", *args]), **report}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "pbc_end_to_end.json", json.dumps(report, indent=2))
     write_atomic(out / "pbc_end_to_end.md", to_markdown(report))

@@ -1,6 +1,6 @@
 """An UNTRAINED stand-in bundle for speed and memory runs of the edge runtime.
 
-    python -m hemaedge.benchmarks.edge_standin_model --out runs/standin-int8
+    python -m hemaedge.benchmarks.tools.edge_standin_model --out runs/standin-int8
 
 Keras EfficientNetV2B0 (weights=None: random, nothing downloaded), 8 classes, 128 px, raw
 0..255 input (the rescaling is inside the graph), converted to full-integer int8 TFLite with

@@ -1,7 +1,7 @@
 """The published hybrid table: every (backbone, preprocessing) run of `hemaedge train hybrid`
 on BloodMNIST-128, collected into one Markdown table, one JSON file and one plot.
 
-    python -m hemaedge.benchmarks.hybrid_table --data ../shared/data/bloodmnist128 \\
+    python -m hemaedge.benchmarks.tools.hybrid_table --data ../shared/data/bloodmnist128 \\
         --backbones efficientnet-lite0 --preprocess rgb,masked-rgb,otsu-mask \\
         --runs runs/hybrid --out benchmarks/results/hybrid_bloodmnist128
 
@@ -249,7 +249,7 @@ def main(data, backbones, preprocess, heads, size, augment, runs, out, limit_per
                           [a.strip() for a in augment.split(",") if a.strip()], runs,
                           limit_per_class=limit_per_class, log=lambda m: click.echo(m, err=True),
                           collect_only=collect_only)
-        command = command_line("python -m hemaedge.benchmarks.hybrid_table")
+        command = command_line("python -m hemaedge.benchmarks.tools.hybrid_table")
         write_json(out + ".json", {"command": command, "entries": entries})
         write_text(out + ".md", table_markdown(entries, command))
         plot(entries, out + ".png")

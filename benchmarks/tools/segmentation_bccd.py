@@ -1,6 +1,6 @@
 """Segmentation on BCCD whole frames against the Pascal VOC boxes.
 
-    python -m hemaedge.benchmarks.segmentation_bccd --data ../shared/data/bccd
+    python -m hemaedge.benchmarks.tools.segmentation_bccd --data ../shared/data/bccd
 
 White cells (and platelets) found by `hemaedge.edge.segment` are matched one-to-one to the
 annotated boxes, greedily by IoU. Two criteria are reported: IoU >= 0.5, and "centre in box"
@@ -26,7 +26,7 @@ from hemaedge.edge.machine import describe_machine, one_line
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.segment import METHODS, SegmentParams, centre_in, iou, segment
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 KINDS = {"wbc": "WBC", "platelet": "Platelets"}
 
 
@@ -136,7 +136,7 @@ def main(data, methods, splits, limit, out):
     """White-cell and platelet recall/precision of the segmenter on BCCD frames."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
-              "command": "python -m hemaedge.benchmarks.segmentation_bccd " +
+              "command": "python -m hemaedge.benchmarks.tools.segmentation_bccd " +
                          " ".join([f"--method {m}" for m in methods] + [f"--split {s}" for s in splits]
                                   + ([f"--limit {limit}"] if limit else [])),
               "data": str(data), "runs": []}

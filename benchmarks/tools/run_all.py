@@ -1,0 +1,384 @@
+"""Regenerate every table and plot in benchmarks/results/ on this machine, with one command:
+
+    python -m hemaedge.benchmarks.tools.run_all [--list] [--only STEP,..] [--skip STEP,..] [EXPORT_DIR [KERAS_MODEL]]
+
+EXPORT_DIR  the export folder: one bundle per format, as `hemaedge export all MODEL.keras --out
+            EXPORT_DIR` writes it (made by the export step when it holds no finished export), or a
+            single bundle (bench only); default: $HEMAEDGE_BENCH_EXPORT, else the packaged default
+            bundle. Its export table is OUT/export_<basename of EXPORT_DIR>.{md,json}.
+KERAS_MODEL the Keras fp32 source of those bundles: what the export step exports and the baseline
+            every latency is divided by (default: $HEMAEDGE_BENCH_KERAS; without it the export
+            step is skipped and the baseline rows say "skipped").
+--list      print each step, its commands and its output files; do nothing.
+--only/--skip  run only / all but these steps (names as in --list). Default: every step, cheapest first.
+
+Every step is one row of the STEPS table in `steps()`: Step(name, inputs, command, outputs). A
+step whose inputs are missing says "skipped: <reason>" and leaves the committed files alone; a
+failing step is reported as FAILED, the other steps still run, and the run exits 1. Summary at
+the end. Adding a result is adding one Step line (docs/bench.md says how).
+
+Environment (all optional): HEMAEDGE_SHARED_DATA (../shared/data), HEMAEDGE_BENCH_OUT
+(benchmarks/results), HEMAEDGE_BENCH_NAME (bench_desktop), HEMAEDGE_BENCH_EXPORT_TABLE (the
+`export all` table JSON; default OUT/export_<EXPORT_DIR name>.json when it exists),
+HEMAEDGE_BENCH_ACCURACY (measure | manifest), HEMAEDGE_BENCH_PRESET (desktop), HEMAEDGE_BENCH_LIMIT
+(quick check only: at most N test images / frames / fields), HEMAEDGE_BENCH_TRAINING_RUNS (folders
+of training runs, space-separated; default runs/ when it exists), HEMAEDGE_PBC_BUNDLE (default the
+packaged default bundle), HEMAEDGE_HYBRID_RUNS (runs/hybrid), HEMAEDGE_HYBRID_TRAIN (1: train the
+missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
+HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_STEP_TIMEOUT (seconds
+any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BUNDLE = "src/hemaedge/models/default"
+
+
+class UsageError(Exception):
+    """A wrong command line: message on stderr, exit 2."""
+
+
+class Skip(Exception):
+    """A step whose inputs are not here: it leaves the committed files alone."""
+
+
+@dataclass
+class Need:
+    """An input a step needs: a path or glob that must match, and the reason given when it does not."""
+
+    pattern: str
+    missing: str
+
+    def check(self) -> None:
+        if not glob.glob(self.pattern):
+            raise Skip(self.missing)
+
+
+@dataclass
+class Step:
+    """One result of the repository: what it needs, the command that makes it, what it writes.
+
+    `run`, for the few steps that are more than one command, replaces running `command` once;
+    it may raise Skip and return notes for the summary."""
+
+    name: str
+    inputs: list[Need]
+    command: list[str]
+    outputs: list[str]
+    about: str = ""
+    cost: str = ""
+    run: Callable[["Settings", "Step"], list[str]] | None = None
+
+
+@dataclass
+class Settings:
+    """The choices of one run: command-line arguments and HEMAEDGE_* variables, with defaults."""
+
+    export: str = ""
+    keras: str = ""
+    env: dict = field(default_factory=lambda: dict(os.environ))
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.env.get(name) or default
+
+    @property
+    def he(self) -> str:
+        return self.get("HEMAEDGE", ".venv/bin/hemaedge" if Path(".venv/bin/hemaedge").exists() else "hemaedge")
+
+    @property
+    def py(self) -> str:
+        return self.get("PYTHON", ".venv/bin/python" if Path(".venv/bin/python").exists() else sys.executable)
+
+    @property
+    def data(self) -> str:
+        return self.get("HEMAEDGE_SHARED_DATA", "../shared/data")
+
+    @property
+    def out(self) -> str:
+        return self.get("HEMAEDGE_BENCH_OUT", "benchmarks/results").rstrip("/")
+
+    @property
+    def limit(self) -> str:
+        return self.get("HEMAEDGE_BENCH_LIMIT")
+
+    @property
+    def export_table(self) -> str:
+        """OUT/export_<EXPORT_DIR name>: `export all` names its table after the export folder; a single bundle has none."""
+        if self.export and not Path(self.export, "manifest.json").is_file():
+            return f"{self.out}/export_{Path(self.export).name}"
+        return ""
+
+    @property
+    def timeout(self) -> int:
+        return int(self.get("HEMAEDGE_STEP_TIMEOUT", "10800"))
+
+
+def _default_label() -> str:
+    """Edge-run label of the packaged default bundle, by its format (tflite-int8-mixed -> default_int8_mixed)."""
+    try:
+        fmt = json.loads(Path(DEFAULT_BUNDLE, "manifest.json").read_text())["model"]["format"]
+    except (OSError, ValueError, KeyError):
+        fmt = "unknown"
+    return "default_" + fmt.removeprefix("tflite-").replace("-", "_")
+
+
+FP32_LABEL = "lite0_fp32"  # the tflite-fp32 bundle of EXPORT_DIR (the project's Lite0 model)
+
+
+def steps(s: Settings) -> list[Step]:
+    """The STEPS table, cheapest first. One line per result; `--list` prints it."""
+    data, out, py, he, limit = s.data, s.out, s.py, s.he, s.limit
+    lim = ["--limit", limit] if limit else []
+    finetune_run = s.get("HEMAEDGE_FINETUNE_RUN", "runs/finetune-lite0")
+    hybrid_runs = s.get("HEMAEDGE_HYBRID_RUNS", "runs/hybrid")
+    hybrid_train = s.get("HEMAEDGE_HYBRID_TRAIN", "0") == "1"
+    pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
+    frames = limit or "200"
+
+    def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
+        return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
+
+    return [
+        Step("finetune", [Need(f"{finetune_run}/metrics.json", f"no run at {finetune_run} (no metrics.json); "
+                                                               f"kept {out}/finetune_bloodmnist128.*")],
+             [*tool("finetune_table"), finetune_run, "--out", f"{out}/finetune_bloodmnist128"],
+             [f"{out}/finetune_bloodmnist128{x}" for x in (".md", ".json", "_curves.png", "_confusion.png")],
+             f"fine-tuning table, collected from the finished run {finetune_run} (never retrains)", "seconds"),
+        Step("hybrid", [] if hybrid_train else [Need(f"{hybrid_runs}/*/metrics.json",
+                                                     f"no finished hybrid run under {hybrid_runs}; kept {out}/hybrid_bloodmnist128.*")],
+             [*tool("hybrid_table"), "--data", f"{data}/bloodmnist128", "--backbones",
+              "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2,efficientnetv2b0,resnet50",
+              "--preprocess", "rgb,masked-rgb,otsu-mask", "--augment", "paper,none", "--size", "128,224",
+              "--runs", hybrid_runs, "--out", f"{out}/hybrid_bloodmnist128", *([] if hybrid_train else ["--collect-only"])],
+             [f"{out}/hybrid_bloodmnist128{x}" for x in (".md", ".json", ".png")],
+             f"hybrid paper table, collected from the finished runs under {hybrid_runs} (lists the missing ones)",
+             "seconds (HEMAEDGE_HYBRID_TRAIN=1: hours per missing run)"),
+        Step("export", [], [he, "export", "all", s.keras or "KERAS_MODEL", "--data", f"{data}/bloodmnist128",
+                            "--out", s.export or "EXPORT_DIR", "--table", s.export_table or f"{out}/export_NAME", "--force",
+                            *(["--formats", s.get("HEMAEDGE_EXPORT_FORMATS")] if s.get("HEMAEDGE_EXPORT_FORMATS") else [])],
+             [f"{s.export_table}.md", f"{s.export_table}.json"] if s.export_table else [],
+             "export table of KERAS_MODEL, made by `export all` into EXPORT_DIR unless it holds a finished export",
+             "0 when reused; ~20-30 min for every format with parity on val+test", run=_run_export),
+        Step("bench", [], _bench_command(s),
+             [f"{out}/{_bench_name(s)}{x}" for x in (".md", ".csv", ".json", "_pareto.png", "_latency.png")],
+             "per-model / per-format / per-frame tables (+ training trade-off table)",
+             "~5 min with HEMAEDGE_BENCH_ACCURACY=manifest; ~20 min scoring every format on the test split"),
+        Step("segmentation", [], [*tool("segmentation_bccd"), "--data", f"{data}/bccd", "--method", "stain",
+                                  "--method", "otsu", "--split", "train", "--split", "test", "--split", "all",
+                                  "--out", out, *lim],
+             [f"{out}/segmentation_bccd.md", f"{out}/segmentation_bccd.json"],
+             "white-cell and platelet recall/precision of the segmenter on BCCD frames", "~1-2 min"),
+        Step("pbc", [], [*tool("pbc_end_to_end"), "--data", f"{data}/pbc_raw_val",
+                         "--bloodmnist-val", f"{data}/bloodmnist128/val", "--bundle", pbc_bundle, "--out", out, *lim],
+             [f"{out}/pbc_end_to_end.md", f"{out}/pbc_end_to_end.json"],
+             f"end to end (segment -> crop -> classify) on PBC fields, with bundle {pbc_bundle}", "~5 min"),
+        Step("edge", [], [he, "edge", "run", "-q", "--bundle", "BUNDLE", "--source", f"{data}/bccd/JPEGImages",
+                          "--max-frames", frames, "--threads", "2", "--out", "TMP/LABEL_runN"],
+             [f"{out}/edge_run_bccd/{label}_run{i}.summary.json" for label in (_default_label(), FP32_LABEL)
+              for i in (1, 2, 3)],
+             f"whole `edge run` on {frames} BCCD frames, 3 runs per bundle: {DEFAULT_BUNDLE} ({_default_label()}), "
+             f"EXPORT_DIR/tflite-fp32 ({FP32_LABEL}, when it exists)", "~2 min", run=_run_edge),
+        Step("svm", [], [*tool("hybrid_svm_check"), "--data", f"{data}/bloodmnist128", "--per-class", "200",
+                         "--out", f"{out}/hybrid_svm_check.json"],
+             [f"{out}/hybrid_svm_check.json"],
+             "fast SVM grid vs plain scikit-learn GridSearchCV on 1,600 real Lite0 features, timed", "~3 min"),
+        Step("soak", [], [*tool("soak"), "--frames", s.get("HEMAEDGE_SOAK_FRAMES", "20000"),
+                          "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
+             [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
+             "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
+    ]
+
+
+def _bench_name(s: Settings) -> str:
+    return s.get("HEMAEDGE_BENCH_NAME", "bench_desktop")
+
+
+def _bench_command(s: Settings) -> list[str]:
+    table = s.get("HEMAEDGE_BENCH_EXPORT_TABLE")
+    if not table and s.export_table and Path(f"{s.export_table}.json").is_file():
+        table = f"{s.export_table}.json"
+    cmd = [s.he, "bench", "run", *([s.export] if s.export else []), "--preset", s.get("HEMAEDGE_BENCH_PRESET", "desktop"),
+           "--data", f"{s.data}/bloodmnist128", "--frames", f"{s.data}/bccd", "--out", s.out, "--name", _bench_name(s),
+           "--quiet"]
+    cmd += ["--keras", s.keras] if s.keras else []
+    cmd += ["--export-table", table] if table else []
+    cmd += ["--accuracy", s.get("HEMAEDGE_BENCH_ACCURACY")] if s.get("HEMAEDGE_BENCH_ACCURACY") else []
+    cmd += ["--limit", s.limit] if s.limit else []
+    training = s.get("HEMAEDGE_BENCH_TRAINING_RUNS", "runs" if Path("runs").is_dir() else "")
+    for t in training.split():
+        cmd += ["--training-runs", t]
+    return cmd
+
+
+# ----------------------------------------------------------------------------- steps with logic
+
+
+def _run_export(s: Settings, step: Step) -> list[str]:
+    if not s.export:
+        raise Skip("no EXPORT_DIR given")
+    if not s.export_table:
+        raise Skip(f"EXPORT_DIR {s.export} is a single bundle, not an export folder")
+    if glob.glob(f"{s.export}/*/manifest.json") and s.get("HEMAEDGE_EXPORT_FORCE", "0") != "1":
+        if not Path(f"{s.export_table}.json").is_file():
+            raise Skip(f"{s.export} holds an export but its table {s.export_table}.json is not here "
+                       "(HEMAEDGE_EXPORT_FORCE=1 exports again)")
+        return [f"reused the finished export in {s.export} and its table {s.export_table}.{{md,json}}"]
+    if not s.keras:
+        raise Skip(f"no KERAS_MODEL to export into {s.export}")
+    if not Path(s.keras).is_file():
+        raise StepFailed(2, f"KERAS_MODEL {s.keras} not found")
+    bounded(s, step.command)
+    return []
+
+
+def _run_edge(s: Settings, step: Step) -> list[str]:
+    Path(s.out, "edge_run_bccd").mkdir(parents=True, exist_ok=True)
+    runs = [(_default_label(), DEFAULT_BUNDLE)]
+    notes = []
+    if s.export and Path(s.export, "tflite-fp32", "manifest.json").is_file():
+        runs.append((FP32_LABEL, f"{s.export}/tflite-fp32"))
+    else:
+        notes.append(f"{FP32_LABEL} runs skipped: no {s.export or 'EXPORT_DIR'}/tflite-fp32 bundle; "
+                     f"kept {s.out}/edge_run_bccd/{FP32_LABEL}_run*")
+    for label, bundle in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in (1, 2, 3):
+                run_dir = f"{tmp}/{label}_run{i}"
+                bounded(s, [bundle if w == "BUNDLE" else run_dir if w == "TMP/LABEL_runN" else w for w in step.command])
+                shutil.copyfile(f"{run_dir}/summary.json", f"{s.out}/edge_run_bccd/{label}_run{i}.summary.json")
+    return notes
+
+
+class StepFailed(Exception):
+    def __init__(self, code: int, message: str = ""):
+        super().__init__(message)
+        self.code = code
+
+
+def bounded(s: Settings, command: list[str]) -> None:
+    """One command, niced; after HEMAEDGE_STEP_TIMEOUT it gets SIGINT (the bench keeps finished rows), then SIGKILL."""
+    print("   $ " + " ".join(command), flush=True)
+    proc = subprocess.Popen(["nice", "-n", "10", *command], env=s.env)
+    try:
+        code = proc.wait(timeout=s.timeout or None)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise StepFailed(124, f"a command ran past HEMAEDGE_STEP_TIMEOUT={s.timeout} s") from None
+    if code:
+        raise StepFailed(code)
+
+
+def run_step(s: Settings, step: Step) -> list[str]:
+    for need in step.inputs:
+        need.check()
+    if step.run is not None:
+        return step.run(s, step)
+    bounded(s, step.command)
+    return []
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse(argv: list[str], env: dict | None = None) -> tuple[Settings, dict]:
+    opts = {"list": False, "only": [], "skip": []}
+    pos: list[str] = []
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a == "--list":
+            opts["list"] = True
+        elif a in ("--only", "--skip") or a.startswith(("--only=", "--skip=")):
+            key, _, value = a[2:].partition("=")
+            if not value:
+                if not args:
+                    raise UsageError(f"--{key} needs STEP[,STEP]")
+                value = args.pop(0)
+            opts[key] += [v for v in value.split(",") if v]
+        elif a in ("-h", "--help"):
+            opts["help"] = True
+        elif a.startswith("-"):
+            raise UsageError(f"unknown option {a}")
+        else:
+            pos.append(a)
+    if len(pos) > 2:
+        raise UsageError(f"at most EXPORT_DIR and KERAS_MODEL, got: {' '.join(pos)}")
+    env = dict(os.environ if env is None else env)
+    s = Settings(export=(pos[0] if pos else env.get("HEMAEDGE_BENCH_EXPORT", "")).rstrip("/"),
+                 keras=pos[1] if len(pos) > 1 else env.get("HEMAEDGE_BENCH_KERAS", ""), env=env)
+    names = [st.name for st in steps(s)]
+    for n in opts["only"] + opts["skip"]:
+        if n not in names:
+            raise UsageError(f"unknown step '{n}'; steps: {' '.join(names)}")
+    return s, opts
+
+
+def selected(name: str, opts: dict) -> bool:
+    return (not opts["only"] or name in opts["only"]) and name not in opts["skip"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.chdir(REPO)
+    try:
+        s, opts = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"run_all: {exc}", file=sys.stderr)
+        return 2
+    if opts.get("help"):
+        print(__doc__)
+        return 0
+    s.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    table = steps(s)
+    if opts["list"]:
+        for st in table:
+            print(f"{st.name}{'' if selected(st.name, opts) else ' (not selected)'}: {st.about}")
+            print(f"  cost: {st.cost}")
+            print(f"  command: {' '.join(st.command)}")
+            print(f"  outputs: {' '.join(st.outputs)}")
+            if not st.outputs:
+                print("  note: writes OUT/export_<EXPORT_DIR name>.{md,json} when given an EXPORT_DIR")
+        return 0
+    Path(s.out).mkdir(parents=True, exist_ok=True)
+    summary, failed = [], False
+    for st in table:
+        if not selected(st.name, opts):
+            continue
+        print(f"== {st.name}: {st.about} -> {' '.join(st.outputs) or 'nothing'}", flush=True)
+        start = time.monotonic()
+        try:
+            notes = run_step(s, st)
+            status = f"ok ({time.monotonic() - start:.0f} s)" + "".join(f"; {n}" for n in notes)
+        except Skip as why:
+            print(f"   skipped: {why}")
+            status = f"skipped: {why}"
+        except StepFailed as exc:
+            failed = True
+            status = (f"FAILED: {exc}" if exc.code == 124 else
+                      f"FAILED (exit {exc.code} after {time.monotonic() - start:.0f} s)" + (f": {exc}" if str(exc) else ""))
+            print(f"   {status}", file=sys.stderr)
+        summary.append(f"{st.name:<13} {status}")
+    print(f"== summary ({s.out})")
+    for line in summary:
+        print(f"  {line}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
