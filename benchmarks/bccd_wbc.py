@@ -36,7 +36,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from hemaedge.benchmarks.segmentation_bccd import machine, read_voc, write_atomic
+from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc, write_atomic
 from hemaedge.edge.preprocess import read_image_rgb, reference_anchors
 from hemaedge.edge.segment import centre_in, iou
 

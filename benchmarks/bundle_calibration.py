@@ -18,8 +18,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.benchmarks.pbc_end_to_end import class_index
-from hemaedge.benchmarks.segmentation_bccd import machine, write_atomic
+from hemaedge.benchmarks.tools.pbc_end_to_end import class_index
+from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.benchmarks.segmentation_bccd import write_atomic
+from hemaedge.benchmarks.tools.segmentation_bccd import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

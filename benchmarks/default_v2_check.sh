@@ -36,7 +36,7 @@ cp "$SNAP/bundle-int8/manifest.json" "$RES/bundle-int8-manifest.json"
 nice -n 10 "$PY" -m hemaedge.benchmarks.bundle_calibration --bundle "$SNAP/bundle-int8" \
     --data "$DATA/bloodmnist128" --name "${NAME//-/_}" --out "$RES" > "$SNAP/calibration.log" 2>&1 &
 P1=$!
-nice -n 10 "$PY" -m hemaedge.benchmarks.pbc_end_to_end --data "$DATA/pbc_raw_val" \
+nice -n 10 "$PY" -m hemaedge.benchmarks.tools.pbc_end_to_end --data "$DATA/pbc_raw_val" \
     --bloodmnist-val "$DATA/bloodmnist128/val" --bundle "$SNAP/bundle-int8" --out "$RES" > "$SNAP/pbc.log" 2>&1 &
 P2=$!
 nice -n 10 "$PY" -m hemaedge.benchmarks.bccd_wbc --data "$DATA/bccd" --bloodmnist128 "$DATA/bloodmnist128" \

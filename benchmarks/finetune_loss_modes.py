@@ -61,7 +61,7 @@ def decompose(run: Path, n_batches: int = 24) -> dict:
 @click.option("--out", required=True, help="Prefix: OUT.json and OUT.md")
 def main(runs, out):
     """Split the logged training loss of fine-tuning runs into inference / BN / dropout parts."""
-    from hemaedge.benchmarks.segmentation_bccd import machine, write_atomic
+    from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
 
     rows = [decompose(r) for r in runs]
     rep = {"date": dt.date.today().isoformat(), "machine": machine(),

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.benchmarks.segmentation_bccd import frame_ids, machine, write_atomic
+from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, write_atomic
 from hemaedge.edge.preprocess import InputContract, apply_preprocess, read_image_rgb
 from hemaedge.edge.segment import (DEFAULT_RBC_FACTOR, MagnificationTracker, SegmentParams, extract_crops,
                                    segment)
