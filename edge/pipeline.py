@@ -1,4 +1,5 @@
-"""Frame -> cells -> one batch through the classifier, timed stage by stage.
+"""Frame -> cells -> one batch through the classifier, timed stage by stage, with the counting
+rules of `edge.identify` applied to each cell.
 
 The run loop that feeds frames from a source and records them is `edge/runloop.py`
 (`run` is re-exported here for older callers).
@@ -11,38 +12,56 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hemaedge.edge.domain import DomainMonitor
+from hemaedge.edge.focus import blank_reason
+from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, decide, is_platelet_clump
 from hemaedge.edge.preprocess import prepare_batch
+from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
-from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, MagnificationTracker,
-                                   SegmentParams, extract_crops, segment)
+from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, SegmentParams,
+                                   extract_crop, segment)
 
 
 @dataclass
 class FrameResult:
     detections: list[Detection]
-    labels: list[str]
+    labels: list[str]  # what each detection is counted as (after the kind/class rules)
     confidences: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray  # the classifier's raw output (N, classes)
     timings_ms: dict = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    status: str = ""  # "" = classified; else why the frame has no cells or was not classified
+    ruler: Reading | None = None
+
+    @classmethod
+    def empty(cls, n_classes: int, status: str, timings_ms: dict | None = None, ruler=None) -> "FrameResult":
+        return cls([], [], np.zeros(0, np.float32), np.zeros((0, n_classes), np.float32),
+                   dict(timings_ms or {}), [], status, ruler)
+    red: object = None  # rbc_morphology.RedCellResult when red cells are analysed
 
 
 class CellClassifier:
-    """Segment a frame, cut scale-normalised crops, classify them all in one batch.
+    """Segment a frame, cut scale-normalised crops, classify them all in one batch, and apply
+    the kind/class rules of `edge.identify` (a platelet candidate can only become a platelet; an
+    unsure nucleated cell becomes "unidentified").
 
     Crop size (`crop_mode`):
-      "rbc"   (default) side = `rbc_factor` x the red-cell diameter (running median over the
-              run): the magnification is read off the smear itself, and cells keep their
-              relative sizes as in training (a lymphocyte stays smaller than a monocyte);
-              falls back to "cell" until red cells have been measured;
+      "rbc"   (default) side = `rbc_factor` x the red-cell diameter (`edge.ruler`: per field for
+              independent stills, a running median for one slide): cells keep their relative
+              sizes as in training; falls back to "cell" when red cells cannot be measured;
       "cell"  side = the cell's own box / `cell_fraction`;
       "fixed" side = `crop_side` pixels.
+    Platelet crops have the same side (BloodMNIST's platelet images are the same 3-diameter
+    crops) but the nucleated cells in them are painted over with the background, so a speck next
+    to a white cell is judged on its own and not by its neighbour.
     The crops go through `prepare_batch` with the model's input contract: the very code that
     prepared the training images.
     """
 
     def __init__(self, model, backend, params: SegmentParams | None = None,
                  cell_fraction: float = DEFAULT_CELL_FRACTION, crop_side: int | None = None,
-                 crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR):
+                 crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR,
+                 same_slide: bool = False, review_threshold: float = REVIEW_BELOW,
+                 unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -54,18 +73,21 @@ class CellClassifier:
         if self.crop_mode == "fixed" and not crop_side:
             raise ValueError("crop mode 'fixed' needs a crop side in pixels")
         self.rbc_factor = rbc_factor
-        self.magnification = MagnificationTracker()
         # per-run domain check against the bundle's `domain` section (edge/domain.py)
         manifest = getattr(model, "manifest", None) or {}
         self.domain = DomainMonitor(manifest.get("domain") if isinstance(manifest, dict) else None)
+        self.review_threshold = review_threshold
+        self.unidentified_below = unidentified_below
+        self.mask_neighbours = mask_neighbours
+        self.ruler = Ruler(same_slide)
+        self.red_cells = red_cells  # rbc_morphology.RedCellClassifier: count/classify red cells too
 
-    def crop_side_for(self, image: np.ndarray) -> int | None:
+    def crop_side_for(self, reading: Reading) -> int | None:
         """The crop side for this frame (None: each cell's own size decides)."""
         if self.crop_mode == "fixed":
             return self.crop_side
-        if self.crop_mode == "rbc":
-            d = self.magnification.update(image, self.params)
-            return int(round(self.rbc_factor * d)) if d else None
+        if self.crop_mode == "rbc" and reading.diameter:
+            return int(round(self.rbc_factor * reading.diameter))
         return None
 
     def classify_crops(self, crops: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
@@ -76,18 +98,69 @@ class CellClassifier:
         t2 = time.perf_counter()
         return probs, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
+    def crops_for(self, image: np.ndarray, dets: list[Detection]) -> list[np.ndarray]:
+        """One crop per detection; platelet crops with the nucleated cells painted over."""
+        nucleated = [d.box for d in dets if d.kind == "wbc"]
+        # a platelet's crop, and that of a detection whose kind its size leaves open, is judged
+        # without its nucleated neighbours
+        fill = None
+        out = []
+        for d in dets:
+            crop = extract_crop(image, d.crop)
+            if (d.kind == "platelet" or d.size_ambiguous) and nucleated and self.mask_neighbours:
+                if fill is None:  # the smear's background colour: the brightest quarter's median
+                    grey = image[::4, ::4].reshape(-1, 3)
+                    bright = grey[grey.sum(1) >= np.percentile(grey.sum(1), 75)]
+                    fill = np.median(bright, axis=0).astype(np.uint8)
+                # never paint over the platelet itself (one lying on a white cell's box)
+                others = [b for b in nucleated
+                          if b != d.box and not (b[0] <= d.centre[0] <= b[2] and b[1] <= d.centre[1] <= b[3])]
+                crop = _paint_boxes(crop, d.crop, others, fill)
+            out.append(crop)
+        return out
+
+    def decide(self, kind: str, prob_row) -> Decision:
+        return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold)
+
     def process(self, image: np.ndarray) -> FrameResult:
         t0 = time.perf_counter()
-        dets = segment(image, self.params, self.cell_fraction, self.crop_side_for(image))
-        crops = extract_crops(image, dets)
+        blank = blank_reason(image)
+        if blank:
+            return FrameResult.empty(len(self.classes), f"no cells: {blank}",
+                                     {"segment": (time.perf_counter() - t0) * 1e3})
+        reading = self.ruler.read(image, self.params)
+        dets = segment(image, self.params, self.cell_fraction, self.crop_side_for(reading),
+                       rbc_diameter=reading.diameter)
+        crops = self.crops_for(image, dets)
         t1 = time.perf_counter()
         probs, pre_ms, inf_ms = self.classify_crops(crops)
         self.domain.add_frame(image)
         self.domain.add_cells(probs)
-        idx = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
-        conf = probs[np.arange(len(idx)), idx] if len(idx) else np.zeros(0, np.float32)
-        return FrameResult(dets, [self.classes[i] for i in idx], conf, probs,
-                           {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms})
+        for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
+            side_rbc = d.size / reading.diameter if reading.diameter else None
+            if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc):
+                d.kind = "platelet"
+        decisions = [self.decide(d.kind, probs[i]) for i, d in enumerate(dets)]
+        timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}
+        red = None
+        if self.red_cells is not None:  # red cells measured with this field's ruler
+            red = self.red_cells.process(image, reading.diameter)
+            timings.update(red.timings_ms)
+        return FrameResult(dets, [x.label for x in decisions], np.array([x.confidence for x in decisions], np.float32),
+                           probs, timings, decisions, "" if dets else "no cells found", reading, red)
+
+
+def _paint_boxes(crop: np.ndarray, square: tuple[int, int, int], boxes, fill: np.ndarray) -> np.ndarray:
+    """The crop (cut around `square`) with every box (frame coordinates) filled with `fill`."""
+    cx, cy, side = square
+    x0, y0 = cx - side // 2, cy - side // 2
+    out = crop.copy()
+    for bx0, by0, bx1, by1 in boxes:
+        a, b = max(0, bx0 - x0), max(0, by0 - y0)
+        c, d = min(side, bx1 - x0), min(side, by1 - y0)
+        if c > a and d > b:
+            out[b:d, a:c] = fill
+    return out
 
 
 def model_info(model, backend) -> dict:

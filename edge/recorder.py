@@ -32,9 +32,9 @@ from hemaedge.edge.errors import OutputError
 from hemaedge.edge.metrics_runtime import STAGES, percentiles
 
 FRAME_FIELDS = ["frame", "name", "width", "height", "cells", "wbc", "platelets", "flagged",
-                *[f"{s}_ms" for s in STAGES], "rss_mb"]
+                *[f"{s}_ms" for s in STAGES], "rss_mb", "status", "rbc_px", "red_cells"]
 CELL_FIELDS = ["frame", "name", "cell", "kind", "x0", "y0", "x1", "y1", "crop_side", "class",
-               "confidence", "review"]
+               "confidence", "review", "cell_id", "track_id", "counted", "at_edge", "flag"]
 
 
 def _plain(obj):
@@ -78,7 +78,7 @@ def check_appendable(out_dir) -> None:
 
 class Recorder:
     def __init__(self, out_dir, classes: list[str], review_threshold: float = 0.6, fsync: bool = False,
-                 append: bool = False):
+                 append: bool = False, red_cell_classes: list[str] | None = None):
         self.out = Path(out_dir)
         self.classes = list(classes)
         self.review_threshold = float(review_threshold)
@@ -90,6 +90,11 @@ class Recorder:
         self.frames = 0
         self.frames_without_cells = 0
         self.cells = 0
+        self.red_tally = None
+        if red_cell_classes is not None:  # red cells are counted (and classified when classes are given)
+            from hemaedge.edge.rbc_morphology import RedCellTally
+
+            self.red_tally = RedCellTally(red_cell_classes)
         with writing(self.out):
             self.out.mkdir(parents=True, exist_ok=True)
             self._jsonl = self._open("frames.jsonl", append)
@@ -111,30 +116,39 @@ class Recorder:
         return open(path, "a" if append else "w", encoding="utf-8", newline="")
 
     def record(self, *args, **kwargs) -> dict:
-        """One frame: its row, and one row per cell. Returns the frame row."""
+        """One frame: its row, and one row per cell (red cells, `red=`, with kind rbc). Returns the frame row."""
         with writing(self.out):
             return self._record(*args, **kwargs)
 
-    def _record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float) -> dict:
+    def _record(self, frame, detections, labels, confidences, timings_ms: dict, rss_mb: float,
+                cell_extras: list[dict] | None = None, frame_extra: dict | None = None, red=None) -> dict:
+        """One frame: its row, and one row per cell (plus the counting columns of `cell_extras`,
+        see edge/counting.py)."""
         flagged = 0
         for i, (det, label, conf) in enumerate(zip(detections, labels, confidences)):
-            review = bool(conf < self.review_threshold)
+            extra = cell_extras[i] if cell_extras else {}
+            review = bool(extra["flag"]) if "flag" in extra else bool(conf < self.review_threshold)
             flagged += review
-            self.counts[label] += 1
-            self.flagged[label] += review
+            self.counts[label] = self.counts.get(label, 0) + 1
+            self.flagged[label] = self.flagged.get(label, 0) + review
             x0, y0, x1, y1 = det.box
             self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": i, "kind": det.kind,
                                  "x0": x0, "y0": y0, "x1": x1, "y1": y1, "crop_side": det.crop[2],
-                                 "class": label, "confidence": round(float(conf), 4), "review": int(review)})
+                                 "class": label, "confidence": "" if conf != conf else round(float(conf), 4),
+                                 "review": int(review), **extra})
+        if red is not None:
+            self._record_red(frame, red, len(detections))
         h, w = frame.image.shape[:2]
         row = {"frame": frame.index, "name": frame.name, "width": w, "height": h,
                "cells": len(detections), "wbc": sum(d.kind == "wbc" for d in detections),
-               "platelets": sum(d.kind == "platelet" for d in detections), "flagged": int(flagged)}
+               "platelets": sum(d.kind == "platelet" for d in detections), "flagged": int(flagged),
+               **(frame_extra or {})}
         for s in STAGES:
             v = float(timings_ms.get(s, 0.0))
             row[f"{s}_ms"] = round(v, 3)
             self.stage_ms[s].append(v)
         row["rss_mb"] = round(rss_mb, 1)
+        row["red_cells"] = len(red.cells) if red is not None else ""
         self._jsonl.write(json.dumps(row, default=_plain) + "\n")
         self._fcsv.writerow(row)
         self._flush()
@@ -142,6 +156,22 @@ class Recorder:
         self.cells += len(detections)
         self.frames_without_cells += not detections
         return row
+
+    def _record_red(self, frame, red, first: int) -> None:
+        """Red cells go to cells.csv after the frame's white cells (kind rbc; crop side from the ruler)."""
+        from hemaedge.edge.rbc import rbc_crop
+
+        classified = self.red_tally is not None and bool(self.red_tally.classes)
+        for i, (cell, label, conf) in enumerate(zip(red.cells, red.labels, red.confidences)):
+            x0, y0, x1, y1 = cell.box
+            review = bool(classified and conf < self.review_threshold)
+            self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": first + i, "kind": "rbc",
+                                 "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                                 "crop_side": rbc_crop(cell, red.diameter)[2] if red.diameter else "",
+                                 "class": label, "confidence": round(float(conf), 4) if classified else "",
+                                 "review": int(review)})
+        if self.red_tally is not None:
+            self.red_tally.add(red)
 
     def _flush(self):
         for fh in (self._jsonl, self._fcsv_fh, self._ccsv_fh):
@@ -160,6 +190,8 @@ class Recorder:
              "flagged_for_review": sum(self.flagged.values()), "review_threshold": self.review_threshold,
              "latency_ms": {stage: percentiles(v) for stage, v in self.stage_ms.items()},
              "differential_count": self.differential()}
+        if self.red_tally is not None:
+            s["red_cells"] = self.red_tally.summary()
         s.update(extra)
         return s
 
@@ -168,10 +200,17 @@ class Recorder:
         with writing(self.out):
             write_json_atomic(self.out / "summary.json", summary)
             buf = io.StringIO(newline="")
-            w = csv.DictWriter(buf, ["class", "count", "percent", "flagged"], extrasaction="ignore")
+            rows = summary["differential_count"]  # edge/differential.py: the rows labs report
+            w = csv.DictWriter(buf, list(rows[0]) if rows else ["section", "class", "count"], extrasaction="ignore")
             w.writeheader()
-            w.writerows(summary["differential_count"])
+            w.writerows(rows)
             atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
+            if summary.get("red_cells"):
+                buf = io.StringIO(newline="")
+                w = csv.DictWriter(buf, ["class", "count", "percent", "ci95_low", "ci95_high"])
+                w.writeheader()
+                w.writerows(summary["red_cells"]["morphology"])
+                atomic_write_text(self.out / "rbc_counts.csv", buf.getvalue(), newline="")
 
     def finish(self, summary: dict) -> None:
         """Close the per-frame files and write summary.json and counts.csv (atomically)."""
@@ -220,8 +259,12 @@ def format_summary(s: dict) -> str:
         mm = s["memory_mb"]
         lines.append(f"resident memory: peak {mm['peak']:.1f} MB, current {mm['current']:.1f} MB")
     lines.append("")
-    lines.append("differential count:")
-    lines.append(f"  {'class':<24}{'count':>7}{'%':>8}{'flagged':>9}")
-    for row in s["differential_count"]:
-        lines.append(f"  {row['class']:<24}{row['count']:>7}{row['percent']:>8.1f}{row['flagged']:>9}")
+    if s.get("differential"):
+        from hemaedge.edge.differential import format_differential
+
+        lines.append(format_differential(s["differential"]))
+    if s.get("red_cells"):
+        from hemaedge.edge.rbc_morphology import format_red_cells
+
+        lines += ["", format_red_cells(s["red_cells"])]
     return "\n".join(lines)

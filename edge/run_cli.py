@@ -80,8 +80,23 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--crop-side", type=click.IntRange(8, 4096),
               help="Crop side in pixels (implies --crop-mode fixed; for a microscope that matches the training images).")
 @click.option("--no-platelets", is_flag=True, help="Detect nucleated cells only.")
+@click.option("--rbc", "rbc_bundle", type=click.Path(path_type=Path),
+              help="Red-cell morphology bundle ('packaged': the one shipped with hemaedge): also detect, count and "
+                   "classify every red cell (kind 'rbc' in cells.csv; red cells per field, % per morphology with 95% "
+                   "intervals and flags in the summary; rbc_counts.csv).")
+@click.option("--count-red-cells", is_flag=True, help="Detect and count red cells without a morphology model.")
 @click.option("--review-threshold", default=0.6, show_default=True, type=FiniteFloat(0, 1),
-              help="Cells classified with lower confidence are flagged for human review.")
+              help="Cells classified with lower confidence are flagged for review; a nucleated one below "
+                   "--unidentified-below becomes 'unidentified'.")
+@click.option("--unidentified-below", default=0.4, show_default=True, type=FiniteFloat(0, 1),
+              help="A nucleated cell classified with lower confidence is counted as 'unidentified' (for review).")
+@click.option("--same-slide", is_flag=True,
+              help="Image stills are overlapping views of one slide: one ruler, stage motion and tracking "
+                   "(each cell counted once), as for a video or a camera.")
+@click.option("--target-wbc", type=click.IntRange(1, 100000),
+              help="End the run when this many distinct white cells are counted (100 or 200 as in a manual differential).")
+@click.option("--count-edge-cells", is_flag=True,
+              help="Also count cells cut by the frame edge (by default only whole cells are counted).")
 @click.option("--fsync", is_flag=True, help="fsync the logs after every frame (survives power loss; slower on SD cards).")
 @click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write annotated frames (JPEG) here.")
 @click.option("--annotate-video", type=click.Path(path_type=Path), help="Write an annotated video (.mp4) here.")
@@ -93,11 +108,17 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--width", type=click.IntRange(16, 8192), help="Camera capture width.")
 @click.option("--height", type=click.IntRange(16, 8192), help="Camera capture height.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--status-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Prometheus textfile for monitoring (fps, stage p50, flagged rate, model), rewritten "
+                   "atomically every 10 frames and at the end (default: <store>/status.prom when running "
+                   "the store's active model).")
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
-        rbc_factor, cell_fraction, crop_side, no_platelets, review_threshold,
-        fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet):
+        rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, review_threshold,
+        unidentified_below, same_slide, target_wbc, count_edge_cells,
+        fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
+        status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
 
     \b
@@ -115,7 +136,9 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     from hemaedge.edge.recorder import Recorder, check_appendable, format_summary
     from hemaedge.edge.runloop import StopRequest, SummaryEvery, run as run_loop
     from hemaedge.edge.segment import SegmentParams
-    from hemaedge.edge.sources import limit, open_source
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.sources import ImageSource, limit, open_source
+    from hemaedge.edge.status_file import open_status_file
 
     if crop_side:
         crop_mode = "fixed"
@@ -134,17 +157,24 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         contract = _contract(input_size, preprocess, scaling, input_dtype, input_quant) if model else None
         mdl = load_model(bundle, model, classes, contract, output_kind)
         backend = load_backend(mdl, threads=threads)
+        red_cells = _red_cells(rbc_bundle, count_red_cells, threads)
         load_s = time.perf_counter() - t0
         src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff,
                           width=width, height=height, max_frames=max_frames)
+        one_slide = same_slide or not isinstance(src, ImageSource)  # video, camera: one slide under the lens
         classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
                                     cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
-                                    rbc_factor=rbc_factor)
+                                    rbc_factor=rbc_factor, same_slide=one_slide, review_threshold=review_threshold,
+                                    unidentified_below=unidentified_below, red_cells=red_cells)
+        counting = CountingSession(classifier, one_slide=one_slide, target_wbc=target_wbc,
+                                   count_edge_cells=count_edge_cells)
         if append and out is not None:
             check_appendable(out)  # before the old summary is set aside
         folder = _output_folder(out, force, append)
         recorder = Recorder(folder.path, mdl.classes, review_threshold=review_threshold, fsync=fsync,
-                            append=folder.mode == "append")
+                            append=folder.mode == "append",
+                            red_cell_classes=red_cells.classes if red_cells else None)
+        status = open_status_file(status_file, mdl)
         annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
             if (annotate_dir or annotate_video) else None
         window = _open_preview(review_threshold) if preview else None
@@ -154,18 +184,25 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         def on_frame(row):
             bar.update(1)
             bar.set_postfix(cells=row["cells"], ms=f"{row['total_ms']:.0f}", refresh=False)
+            if status is not None:
+                status.frame_done(recorder)
 
         with log_to_file(folder.path / "run.log"):
             logger.info("model: %s [%s]", mdl.describe(), getattr(backend, "runtime", backend.name))
+            if red_cells is not None and red_cells.model is not None:
+                logger.info("red-cell model: %s", red_cells.model.describe())
             logger.info("source: %s; writing to %s%s", src.describe(), folder.path,
                         {"append": " (appending)", "replace": " (replaced)"}.get(folder.mode, ""))
             try:
                 summary = run_loop(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
                                    frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
                                    load_s=load_s, stop=stop, output={"folder": str(folder.path), "mode": folder.mode},
-                                   summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every))
+                                   summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every),
+                                   counting=counting)
             finally:
                 bar.close()
+            if status is not None:
+                status.finish(recorder, summary)
     finally:
         stop.restore()
     out = folder.path
@@ -196,6 +233,21 @@ def _open_preview(review_threshold: float):
     if window is None:
         click.echo(f"note: no preview window: {why}", err=True)
     return window
+
+
+def _red_cells(rbc_bundle, count_only: bool, threads):
+    """The red-cell stage of a run (None without --rbc / --count-red-cells); its bundle is loaded
+    and verified like the main one (checksums, the store's signature policy)."""
+    if not (rbc_bundle or count_only):
+        return None
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.rbc_morphology import RedCellClassifier, rbc_bundle_path
+
+    if not rbc_bundle:
+        return RedCellClassifier()
+    model = load_model(rbc_bundle_path(rbc_bundle))
+    return RedCellClassifier(model, load_backend(model, threads=threads))
 
 
 @click.command()

@@ -253,7 +253,8 @@ def build_summary(recorder, info: RunInfo, progress: RunProgress, source, skips:
 def segmentation_part(classifier) -> dict:
     return {"crop_mode": classifier.crop_mode, "cell_fraction": classifier.cell_fraction,
             "crop_side": classifier.crop_side, "rbc_factor": classifier.rbc_factor,
-            "red_cell_diameter_px": classifier.magnification.diameter, **classifier.params.to_dict()}
+            "red_cell_diameter_px": classifier.ruler.diameter, "ruler": classifier.ruler.summary(),
+            **classifier.params.to_dict()}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -261,8 +262,13 @@ def segmentation_part(classifier) -> dict:
 
 class RunLoop:
     def __init__(self, source, classifier, recorder, info: RunInfo, *, frames=None, observers=(),
-                 on_frame=None, stop: StopRequest | None = None, summary_every: SummaryEvery | None = None):
+                 on_frame=None, stop: StopRequest | None = None, summary_every: SummaryEvery | None = None,
+                 counting=None):
+        from hemaedge.edge.counting import CountingSession
+
         self.source, self.classifier, self.recorder, self.info = source, classifier, recorder, info
+        # each physical cell counted once, into the differential (edge/counting.py)
+        self.counting = counting or CountingSession(classifier, one_slide=False)
         self.frames = frames if frames is not None else iter(source)
         self.observers = list(observers)
         self.on_frame = on_frame
@@ -313,6 +319,7 @@ class RunLoop:
         if self.stop.reason and fatal is None:
             end_reason = self.stop.reason + ("" if self.recorder.frames else " before the first frame")
         self._close_all()
+        self.counting.write_tracks(self.recorder.out)
         summary = self.summary(end_reason or getattr(self.source, "end_reason", "end of source"), complete=True)
         self.recorder.finish(summary)
         logger.info("run ended: %s; %d frames recorded, %d skipped", summary["end_reason"], summary["frames"],
@@ -326,7 +333,7 @@ class RunLoop:
         must end (an observer ended it) or None. A failure of this one frame is skipped and counted."""
         capture_ms = (time.perf_counter() - t_cap) * 1e3
         try:
-            res = self.classifier.process(frame.image)
+            res, cell_extras = self.counting.process(frame)
         except BundleError:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad frame must never end the run
@@ -336,7 +343,9 @@ class RunLoop:
         res.timings_ms["total"] = (time.perf_counter() - t_cap) * 1e3
         try:
             row = self.recorder.record(frame, res.detections, res.labels, res.confidences, res.timings_ms,
-                                       self.memory.current_mb())
+                                       self.memory.current_mb(), cell_extras=cell_extras,
+                                       frame_extra=self.counting.frame_columns(res),
+                                       red=getattr(res, "red", None))
         except OutputError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a result the recorder cannot file
@@ -354,6 +363,8 @@ class RunLoop:
                 self.skips.add(frame, obs.name, exc)
         if self.on_frame is not None:
             self.on_frame(row)
+        if self.counting.target_reached:
+            return f"target reached: {self.counting.target_wbc} white cells counted"
         return None
 
     def summary(self, end_reason: str | None, complete: bool) -> dict:
@@ -362,7 +373,8 @@ class RunLoop:
             first_result_s=self.first_result_s, end_reason=end_reason, complete=complete,
             segmentation=segmentation_part(self.classifier),
             memory_mb={"peak": round(self.memory.peak_mb(), 1), "current": round(self.memory.current_mb(), 1)})
-        summary = build_summary(self.recorder, self.info, progress, self.source, self.skips, self.observers)
+        summary = build_summary(self.recorder, self.info, progress, self.source, self.skips,
+                                [*self.observers, self.counting])
         domain = getattr(self.classifier, "domain", None)  # per-run domain check (edge/domain.py)
         if domain is not None:
             summary["domain"] = domain.report()
@@ -384,7 +396,7 @@ class RunLoop:
 def run(source, classifier, recorder, *, annotator=None, preview=None, observers=(), on_frame=None,
         frames_iter=None, model_info: dict | None = None, load_s: float | None = None,
         stop: StopRequest | None = None, summary_every: SummaryEvery | None = None,
-        output: dict | None = None) -> dict:
+        output: dict | None = None, counting=None) -> dict:
     """Process every frame of `source` (or of `frames_iter`, e.g. a limited view of it) and return
     the summary, which is also written by the recorder."""
     obs = list(observers)
@@ -396,4 +408,4 @@ def run(source, classifier, recorder, *, annotator=None, preview=None, observers
                    model=model_info or {}, load_s=load_s,
                    output=output or {})
     return RunLoop(source, classifier, recorder, info, frames=frames_iter, observers=obs, on_frame=on_frame,
-                   stop=stop, summary_every=summary_every).run()
+                   stop=stop, summary_every=summary_every, counting=counting).run()

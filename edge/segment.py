@@ -13,8 +13,9 @@ Two methods share one output (a list of `Detection`):
   one implementation in `preprocess.otsu_binary`) followed by the same component filtering;
   it finds every dark object, red cells included, and is kept for comparison.
 
-Sizes are relative to the frame, never absolute pixels, so the same defaults work at the
-BCCD (640x480, a white cell ~200 px) and PBC (360x363, ~130 px) magnifications.
+Sizes are in red-cell diameters when the field's red cells were measured (`edge.ruler`), else
+relative to the frame; never absolute pixels, so the same defaults work at the BCCD (640x480, a
+white cell ~200 px) and PBC (360x363, ~130 px) magnifications and on wide camera frames.
 """
 from __future__ import annotations
 
@@ -61,6 +62,27 @@ class SegmentParams:
     # segment on a copy whose short side is at most this many pixels (0: full resolution);
     # boxes are mapped back and crops cut from the full-resolution frame
     work_side: int = 240
+    # Sizes in red-cell diameters (d, `edge.ruler.red_cell_diameter`), used whenever the field's
+    # red cells were measured: the same limits then hold at any magnification and frame shape.
+    # Component (stained) areas in d^2. The smallest platelet is 0.015 d^2 (the frame-fraction
+    # floor above, on BCCD and PBC). Measured with the per-field ruler: labelled PBC nuclei are
+    # 1.34-5.6 d^2 (5th-95th percentile of 286 fields), labelled PBC platelet clumps 0.46-0.92;
+    # BCCD white-cell nuclei (lower resolution) go down to ~0.5, BCCD platelets up to 0.16 (99th
+    # percentile of 122 frames). Size alone cannot tell a platelet clump from a small nucleus
+    # between 0.4 and 1.6 d^2 (large clumps reach 1.5): such a detection is `size_ambiguous` and the classifier decides
+    # its kind (pipeline.CellClassifier); below 0.4 it can only be a platelet, above 1.6 only a
+    # nucleated cell.
+    min_wbc_rbc_area: float = 0.4
+    min_platelet_rbc_area: float = 0.015
+    max_platelet_rbc_area: float = 0.4
+    sure_nucleated_rbc_area: float = 1.6
+    single_nucleus_rbc_area: float = 1.0
+    # two white-cell pieces (boxes within this gap, in d) are one cell when their joint box is
+    # no larger than one big white cell: the lobes of one nucleus, not two neighbours
+    lobe_gap_rbc: float = 0.15
+    max_cell_rbc: float = 1.8
+    # a nucleus box within this many pixels (of the work copy) of the frame edge is cut by it
+    edge_px: int = 2
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -79,6 +101,8 @@ class Detection:
     area: int
     score: float = 0.0  # mean stain contrast inside the component
     crop: tuple[int, int, int] = field(default=(0, 0, 0))  # centre x, centre y, side
+    at_edge: bool = False  # the cell is cut by the frame edge (only part of it is visible)
+    size_ambiguous: bool = False  # nucleated cell or platelet clump: the classifier decides the kind
 
     @property
     def size(self) -> int:
@@ -92,38 +116,9 @@ class Detection:
 
 
 CROP_MODES = ("rbc", "cell", "fixed")
-# BloodMNIST's 200 px crops of PBC fields span ~3.06 red-cell diameters (median red cell 65 px
-# over 49 evenly spaced pbc_raw_val fields, `red_cell_diameter`); rounded to 3.
+# BloodMNIST's 200 px crops of PBC fields span ~3.1 red-cell diameters (median `ruler.red_cell_diameter`
+# 64 px over every 8th pbc_raw_val field); rounded to 3.
 DEFAULT_RBC_FACTOR = 3.0
-
-
-class MagnificationTracker:
-    """Running median of the red-cell diameter over the last frames of a run.
-
-    A microscope's magnification does not change between frames, so the median of recent
-    estimates is far steadier than one frame's; after `stable_after` estimates it re-estimates
-    only every `every`-th frame, which keeps the cost off most frames.
-    """
-
-    def __init__(self, window: int = 50, stable_after: int = 15, every: int = 10):
-        from collections import deque
-
-        self.values = deque(maxlen=window)
-        self.stable_after, self.every = stable_after, every
-        self.frames = 0
-
-    def update(self, image: np.ndarray, params: SegmentParams | None = None) -> float | None:
-        """Feed a frame; returns the current diameter estimate (None until one exists)."""
-        if len(self.values) < self.stable_after or self.frames % self.every == 0:
-            d = red_cell_diameter(image, params)
-            if d:
-                self.values.append(d)
-        self.frames += 1
-        return self.diameter
-
-    @property
-    def diameter(self) -> float | None:
-        return float(np.median(self.values)) if self.values else None
 
 
 # ----------------------------------------------------------------------------- masks
@@ -187,11 +182,15 @@ def _grow(box, margin: float, shape) -> tuple[int, int, int, int]:
 
 
 def segment(image: np.ndarray, params: SegmentParams | None = None,
-            cell_fraction: float = DEFAULT_CELL_FRACTION, crop_side: int | None = None) -> list[Detection]:
+            cell_fraction: float = DEFAULT_CELL_FRACTION, crop_side: int | None = None,
+            rbc_diameter: float | None = None) -> list[Detection]:
     """All nucleated cells and platelets of an RGB uint8 frame, largest first.
 
+    With `rbc_diameter` (the field's red-cell diameter in pixels, see `edge.ruler`) size limits
+    are in red-cell diameters; without it they are fractions of the frame (a fallback that
+    only holds for frames framed like BCCD's and PBC's).
     Crops are scale-normalised (side = cell size / `cell_fraction`) unless `crop_side` fixes
-    the side in pixels (a microscope whose magnification matches the training images).
+    the side in pixels (the runtime passes a side of 3 red-cell diameters).
     A frame without cells gives an empty list (not an error).
     """
     p = params or SegmentParams()
@@ -203,6 +202,14 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     h, w = image.shape[:2]
     frame_area = float(h * w)
     short = min(h, w)
+    if rbc_diameter:
+        d2 = (rbc_diameter * scale) ** 2  # red-cell diameter on the work copy, squared
+        min_wbc, min_plt, max_plt = p.min_wbc_rbc_area * d2, p.min_platelet_rbc_area * d2, p.max_platelet_rbc_area * d2
+        sure_wbc = p.sure_nucleated_rbc_area * d2
+    else:
+        min_wbc, min_plt, max_plt = (p.min_wbc_area * frame_area, p.min_platelet_area * frame_area,
+                                     p.max_platelet_area * frame_area)
+        sure_wbc = min_wbc
     if p.method == "otsu":
         mask = otsu_binary(image)
         s = stain_channel(image, p.blur)
@@ -213,29 +220,33 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(p.close_fraction * short))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(3))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    single = p.min_wbc_area * frame_area * 2.5  # a typical nucleus is ~2-3x the minimum
+    # the area of one nucleus for the watershed (a clump of touching cells is split when it is
+    # split_factor times this)
+    single = (p.single_nucleus_rbc_area * d2 if rbc_diameter else min_wbc * 2.5)
     dets: list[Detection] = []
     for k in range(1, n):
         area = int(stats[k, cv2.CC_STAT_AREA])
-        rel = area / frame_area
-        if rel < p.min_platelet_area or (rel > p.max_platelet_area and rel < p.min_wbc_area):
+        if area < min_plt or (max_plt < area < min_wbc):
             continue
-        if not p.detect_platelets and rel < p.min_wbc_area:
+        if not p.detect_platelets and area < min_wbc:
             continue
         # work inside the component's bounding box: cheap however many components there are
         x, y, bw, bh = (int(v) for v in stats[k, :4])
         roi = (slice(y, y + bh), slice(x, x + bw))
         comp = (labels[roi] == k).astype(np.uint8) * 255
         s_roi = s[roi]
-        if rel >= p.min_wbc_area:
+        if area >= min_wbc:
             parts = _split_touching(comp, single) if area > p.split_factor * single else [comp]
             for part in parts:
                 parea = int(np.count_nonzero(part))
-                if parea / frame_area < p.min_wbc_area:
+                if parea < min_wbc:
                     continue
                 px0, py0, px1, py1 = _box_of(part)
-                box = _grow((px0 + x, py0 + y, px1 + x, py1 + y), p.cell_margin, image.shape)
-                dets.append(Detection(box, "wbc", parea, float(s_roi[part > 0].mean())))
+                nucleus = (px0 + x, py0 + y, px1 + x, py1 + y)
+                box = _grow(nucleus, p.cell_margin, image.shape)
+                dets.append(Detection(box, "wbc", parea, float(s_roi[part > 0].mean()),
+                                      at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
+                                      size_ambiguous=parea < sure_wbc))
         else:
             # platelets: small, compact, and really stained (not a dark speck of a red cell)
             if np.count_nonzero(raw[roi][comp > 0]) < 0.3 * area:
@@ -244,8 +255,11 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
             if max(bw, bh) > 3 * max(1, min(bw, bh)) or score < p.platelet_min_score:
                 continue
             box = _grow((x, y, x + bw, y + bh), p.platelet_margin, image.shape)
-            dets.append(Detection(box, "platelet", area, score))
+            dets.append(Detection(box, "platelet", area, score,
+                                  at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px)))
     dets = _merge_lobes(dets, image.shape, p.merge_overlap)
+    if rbc_diameter:
+        dets = _merge_close_lobes(dets, rbc_diameter * scale, p.lobe_gap_rbc, p.max_cell_rbc)
     if scale < 1.0:
         sx, sy = full_w / w, full_h / h
         for d in dets:
@@ -263,10 +277,46 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     return dets
 
 
+def _touches_edge(box, shape, margin: int) -> bool:
+    h, w = shape[:2]
+    return box[0] <= margin or box[1] <= margin or box[2] >= w - margin or box[3] >= h - margin
+
+
+def _joined(a: Detection, b: Detection) -> Detection:
+    box = (min(a.box[0], b.box[0]), min(a.box[1], b.box[1]), max(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
+    area = a.area + b.area
+    # cut by the edge when the main piece is: a small stained piece at the edge merged into a
+    # whole cell does not make the cell partial
+    main_piece = a if a.area >= b.area else b
+    return Detection(box, "wbc", area, (a.score * a.area + b.score * b.area) / area, at_edge=main_piece.at_edge,
+                     size_ambiguous=a.size_ambiguous and b.size_ambiguous)
+
+
 def _merge_lobes(dets: list[Detection], shape, min_overlap: float) -> list[Detection]:
     """Join white-cell pieces whose boxes overlap: the lobes of one nucleus that the closing or
     the watershed left apart. (Two touching white cells whose boxes overlap this much are
     reported as one: rare in a smear, and the price of not splitting every lobed nucleus.)"""
+    def overlapping(a, b):
+        ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+        iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+        return smaller and ix * iy / smaller >= min_overlap
+    return _merge_pairs(dets, lambda a, b: overlapping(a.box, b.box))
+
+
+def _merge_close_lobes(dets: list[Detection], rbc_px: float, gap_rbc: float, max_cell_rbc: float) -> list[Detection]:
+    """Join white-cell pieces that lie within `gap_rbc` red-cell diameters of each other when
+    the joined box still has the size of one white cell (a bilobed eosinophil or a neutrophil
+    whose lobes the closing did not join): two neighbouring cells give a larger box."""
+    def close(a, b):
+        gx = max(0, max(a.box[0], b.box[0]) - min(a.box[2], b.box[2]))
+        gy = max(0, max(a.box[1], b.box[1]) - min(a.box[3], b.box[3]))
+        j = _joined(a, b)
+        return max(gx, gy) <= gap_rbc * rbc_px and j.size <= max_cell_rbc * rbc_px
+    return _merge_pairs(dets, close)
+
+
+def _merge_pairs(dets: list[Detection], same_cell) -> list[Detection]:
     wbc = [d for d in dets if d.kind == "wbc"]
     rest = [d for d in dets if d.kind != "wbc"]
     changed = True
@@ -274,15 +324,8 @@ def _merge_lobes(dets: list[Detection], shape, min_overlap: float) -> list[Detec
         changed = False
         for i in range(len(wbc)):
             for j in range(i + 1, len(wbc)):
-                a, b = wbc[i].box, wbc[j].box
-                ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-                iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-                smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-                if smaller and ix * iy / smaller >= min_overlap:
-                    box = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                    area = wbc[i].area + wbc[j].area
-                    score = (wbc[i].score * wbc[i].area + wbc[j].score * wbc[j].area) / area
-                    wbc[i] = Detection(box, "wbc", area, score)
+                if same_cell(wbc[i], wbc[j]):
+                    wbc[i] = _joined(wbc[i], wbc[j])
                     del wbc[j]
                     changed = True
                     break
@@ -291,7 +334,7 @@ def _merge_lobes(dets: list[Detection], shape, min_overlap: float) -> list[Detec
     return wbc + rest
 
 
-# ----------------------------------------------------------------------------- magnification
+# ----------------------------------------------------------------------------- helpers
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -302,28 +345,6 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     out[(inv > 0) & ~np.isin(lab, border)] = 255
     return out
-
-
-def red_cell_diameter(image: np.ndarray, params: SegmentParams | None = None) -> float | None:
-    """Typical red-cell diameter in pixels, or None when too few red cells are visible.
-
-    Red cells are the smear's own ruler (~7.5 µm each): the unstained foreground's
-    distance-transform peaks are red-cell radii (touching cells keep their own peaks); the 90th
-    percentile of the peaks resists partly visible and overlapping cells.
-    """
-    p = params or SegmentParams()
-    h, w = image.shape[:2]
-    scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
-    cells = _fill_holes(otsu_binary(small))
-    stained, _ = stain_mask(small, p)
-    cells[cv2.dilate(stained, _ellipse(9)) > 0] = 0
-    dist = cv2.distanceTransform(cells, cv2.DIST_L2, 5)
-    peaks = dist[(dist == cv2.dilate(dist, np.ones((7, 7), np.uint8))) & (dist > 3)]
-    if len(peaks) < 5:
-        return None
-    return float(2 * np.percentile(peaks, 90) / scale)
 
 
 def _reference_size(dets: list[Detection], short: int) -> float:

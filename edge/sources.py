@@ -142,13 +142,24 @@ class ImageSource(FrameSource):
                     index += 1
                     continue
                 readable += 1
-                yield Frame(index, img, f.name, time.perf_counter() - t)
+                yield Frame(index, img, self._label(f), time.perf_counter() - t)
                 index += 1
             if not self.loop:
                 return
             if not readable:
                 self.end_reason = "no readable image in a whole pass over the files (looping stopped)"
                 return
+
+    def _label(self, f: Path) -> str:
+        """The frame's name in the logs: its path relative to the source folder (base names
+        collide across sub-folders), or the file name for a file or a glob."""
+        root = Path(self.name)
+        if root.is_dir():
+            try:
+                return f.relative_to(root).as_posix()
+            except ValueError:
+                pass
+        return f.name
 
     def describe(self):
         return f"{len(self.files)} image file(s) from {self.name}" + (" (looping)" if self.loop else "")

@@ -6,81 +6,25 @@ this machine, with its model store in a temporary folder.
 """
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from hemaedge.edge.store import ModelStore
+from ssh_helpers import SshdUnavailable, free_port as _free_port, sshd_server, why_no_sshd
 from store_helpers import HEMAEDGE, make_bundle, run_cli
 
-SSHD = Path("/usr/sbin/sshd")
-pytestmark = [
-    pytest.mark.skipif(not SSHD.exists(), reason="needs Debian's openssh-server (/usr/sbin/sshd): apt-get install openssh-server"),
-    pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
-                       reason="needs the OpenSSH client (ssh, ssh-keygen)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.skipif(why_no_sshd() is not None, reason=why_no_sshd() or "")
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key", "stranger_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
-    shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    port = _free_port()
-    user = getpass.getuser()
-    (d / "sshd_config").write_text(f"""
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {d / 'host_key'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PidFile {d / 'sshd.pid'}
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-AllowUsers {user}
-LogLevel ERROR
-""")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege-separation directory
-    log = open(d / "sshd.log", "w")
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.close()
-            pytest.skip(f"sshd did not start: {(d / 'sshd.log').read_text()[-500:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.skip("sshd did not open its port within 20 s")
-    host_pub = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    yield {"dir": d, "port": port, "user": user}
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    try:
+        with sshd_server(tmp_path_factory.mktemp("sshd")) as server:
+            yield server
+    except SshdUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _deploy(sshd, bundle, store, *targets, key="client_key", extra=()):

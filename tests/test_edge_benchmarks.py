@@ -20,7 +20,8 @@ def test_segmentation_bccd_command(bccd, tmp_path):
     r = json.loads((tmp_path / "segmentation_bccd.json").read_text())
     run = r["runs"][0]
     assert run["frames"] == 6 and run["wbc"]["gt"] >= 6 and run["wbc"]["recall_iou"] >= 0.8
-    assert "| stain | test | 6 | wbc |" in (tmp_path / "segmentation_bccd.md").read_text()
+    md = (tmp_path / "segmentation_bccd.md").read_text()
+    assert "| stain | red-cell diameters | test | 6 | wbc |" in md and "| stain | frame fractions | test | 6 | wbc |" in md
 
 
 def test_pbc_end_to_end_with_a_bundle(pbc_raw_val, bloodmnist128, tmp_path):

@@ -135,13 +135,13 @@ def test_cell_fraction_validated():
 
 def test_red_cells_measure_the_magnification(bccd, pbc_raw_val):
     """Red cells are the smear's ruler: larger in BCCD (higher magnification) than in PBC."""
-    from hemaedge.edge.segment import MagnificationTracker, red_cell_diameter
+    from hemaedge.edge.ruler import Ruler, red_cell_diameter
 
-    pbc, bc = MagnificationTracker(), MagnificationTracker()
+    pbc, bc = Ruler(same_slide=True), Ruler(same_slide=True)
     for i in range(0, 400, 40):
-        pbc.update(read_image_rgb(pbc_raw_val / f"val_{i:05d}.jpg"))
+        pbc.read(read_image_rgb(pbc_raw_val / f"val_{i:05d}.jpg"))
     for img, _ in _bccd_frames(bccd, BCCD_TEST[:8]):
-        bc.update(img)
+        bc.read(img)
     assert 50 <= pbc.diameter <= 85  # PBC: ~65 px; a BloodMNIST crop (200 px) is ~3 of them
     assert 75 <= bc.diameter <= 120  # BCCD: ~90-100 px (its RBC boxes are ~100 px)
     assert red_cell_diameter(np.full((100, 100, 3), 230, np.uint8)) is None

@@ -11,7 +11,7 @@ import time
 
 import click
 
-from hemaedge.edge.cli_support import user_errors
+from hemaedge.edge.cli_support import FiniteFloat, user_errors
 
 PATH_HELP = ("a MedMNIST .npz, an image tree ({train,val,test}/{class}/*.jpg or {class}/*.jpg), "
              "or a name (bloodmnist, bloodmnist_128, ...) looked up in $HEMAEDGE_DATA and the cache")
@@ -175,3 +175,45 @@ def fetch(name, size, dest):
 
     path = download_medmnist(name, int(size), dest=dest)
     click.echo(f"{path} (md5 verified)")
+
+
+@data.command("rbc-crops")
+@click.argument("chula_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="ImageFolder tree to write.")
+@click.option("--size", type=click.IntRange(16, 256), default=64, show_default=True, help="Crop side after resizing (px).")
+@click.option("--side-factor", type=FiniteFloat(0.8, 4.0), default=1.5, show_default=True,
+              help="Crop side in red-cell diameters (the device cuts its red-cell crops the same way).")
+@click.option("--diameter", type=FiniteFloat(min=4), default=None,
+              help="Red-cell diameter in px (default: measured, median over the data set's frames).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the frame-level split.")
+@click.option("--exclude", multiple=True, help="Leave a type out, e.g. --exclude uncategorised (repeatable).")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+@user_errors
+def rbc_crops(chula_dir, out, size, side_factor, diameter, seed, exclude, force):
+    """Point-labelled red-cell frames (Chula RBC-12 layout) -> single-cell crops.
+
+    Writes OUT/{train,val,test}/{class}/*.png split by frame (70/10/20, seeded: no frame in two
+    splits), classes.txt, manifest.csv and README.md; `hemaedge train finetune --data OUT`
+    trains on it.
+
+    \b
+    Example:
+      hemaedge data rbc-crops ../shared/data/chula_rbc12 --out data/rbc64 --exclude uncategorised
+    """
+    from tqdm import tqdm
+
+    from hemaedge.train.rbc_crops import make_rbc_crops
+
+    command = " ".join(["hemaedge data rbc-crops", shlex.quote(str(chula_dir)), "--out", shlex.quote(str(out)),
+                        "--size", str(size), "--side-factor", str(side_factor), "--seed", str(seed)]
+                       + (["--diameter", str(diameter)] if diameter else [])
+                       + [f"--exclude {shlex.quote(e)}" for e in exclude])
+    r = make_rbc_crops(chula_dir, out, size=size, side_factor=side_factor, diameter=diameter, seed=seed,
+                       exclude=exclude, force=force, command=command,
+                       progress=lambda it: tqdm(it, unit="frame", desc="frames"))
+    click.echo(f"red-cell diameter {r['diameter_px']:.1f} px -> crop side {r['crop_side_px']} px -> {size}x{size}")
+    for s, per in r["counts"].items():
+        click.echo(f"{s}: {sum(per.values()):,} crops from {r['frames'][s]} frames")
+    for line in r["skipped"]:
+        click.echo(f"skipped {line}", err=True)
+    click.echo(f"wrote {out} (classes.txt, manifest.csv, README.md)")

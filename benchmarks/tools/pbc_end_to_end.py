@@ -30,8 +30,9 @@ from tqdm import tqdm
 from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
 from hemaedge.edge.cli_support import FiniteFloat
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
-from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, MagnificationTracker, SegmentParams,
-                                   centre_in, extract_crop, nearest_to, segment)
+from hemaedge.edge.ruler import Ruler
+from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, SegmentParams, centre_in, extract_crop,
+                                   extract_crops, nearest_to, segment)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 FIXED_SIDE = 200  # BloodMNIST: PBC fields centre-cropped to 200x200
@@ -91,13 +92,13 @@ def run(data: Path, bloodmnist_val: Path, bundle, threads, limit, cell_fraction,
     truth = []
     sides = defaultdict(list)
     rbc_sides = defaultdict(list)
-    tracker = MagnificationTracker()  # one microscope: a running estimate, as in a live run
+    tracker = Ruler(same_slide=True)  # one microscope: a running estimate, as in a live run
     for r in tqdm(rows, desc="fields", unit="field"):
         img = read_image_rgb(data / r["file"])
         h, w = img.shape[:2]
         c = (w / 2.0, h / 2.0)
         d = nearest_to(segment(img, params, cell_fraction), c)
-        diameter = tracker.update(img, params)
+        diameter = tracker.read(img, params).diameter
         rbc_side = int(round(rbc_factor * diameter)) if diameter else None
         ok = d is not None and centre_in(d.box, c)
         total[r["class"]] += 1
@@ -137,7 +138,99 @@ def run(data: Path, bloodmnist_val: Path, bundle, threads, limit, cell_fraction,
                 report["per_class"][c][f"accuracy_{mode}"] = round(float(np.mean(pred[m] == y[m])), 4)
         names = {f"val_{int(r['bloodmnist_index']):05d}.jpg" for r in rows} if limit else None
         report["precropped"] = precropped_accuracy(clf, bloodmnist_val, idx, names)
+        report["counting"] = count_fields(data, rows, clf, params, threads, cell_fraction, rbc_factor)
     return report
+
+
+def count_fields(data: Path, rows: list[dict], clf: "Classifier", params: SegmentParams, threads: int,
+                 cell_fraction: float, rbc_factor: float) -> dict:
+    """Nucleated cells counted per field and the central cell's class, before and after the
+    counting rules, in one run on the same fields.
+
+    before: the pipeline of main before issue 12 (frame-fraction size limits, one running
+    red-cell ruler for the folder, every crop classified, a cell counted as nucleated when its
+    class is not "platelet"); after: `CellClassifier` + `CountingSession` as `edge run` uses them
+    on an image folder (each field its own ruler, size limits in red-cell diameters, kind/class
+    rules, cells cut by the frame edge not counted). A field's nucleated count is right when it is
+    1 (0 for the platelet fields, whose labelled cell is a platelet).
+    """
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.identify import PLATELET, UNIDENTIFIED
+    from hemaedge.edge.pipeline import CellClassifier
+    from hemaedge.edge.sources import Frame
+
+    classes = clf.bundle.classes
+    after_clf = CellClassifier(clf.bundle, clf.backend, params, cell_fraction=cell_fraction, rbc_factor=rbc_factor)
+    session = CountingSession(after_clf, one_slide=False)
+    ruler = Ruler(same_slide=True)
+    out = {k: {"right": 0, "over": 0, "under": 0, "central_correct": 0, "central_unidentified": 0,
+               "central_correct_top_class": 0,
+               "per_class": defaultdict(lambda: [0, 0])} for k in ("before", "after")}
+    for i, r in enumerate(tqdm(rows, desc="counting", unit="field")):
+        img = read_image_rgb(data / r["file"])
+        h, w = img.shape[:2]
+        centre = (w / 2.0, h / 2.0)
+        expected = 0 if r["class"] == PLATELET else 1
+        # before
+        d = ruler.read(img, params).diameter
+        dets = segment(img, params, cell_fraction, int(round(rbc_factor * d)) if d else None)
+        probs = clf.backend.predict(prepare_batch(extract_crops(img, dets), clf.bundle.contract)) if dets else None
+        labels = [classes[k] for k in probs.argmax(1)] if dets else []
+        n = sum(lab != PLATELET for lab in labels)
+        near = nearest_to(dets, centre)
+        central = labels[dets.index(near)] if near is not None and centre_in(near.box, centre) else None
+        _tally(out["before"], n, expected, central, r["class"])
+        # after
+        res, extras = session.process(Frame(i, img, r["file"], 0.0))
+        n = sum(det.kind == "wbc" and not det.at_edge for det in res.detections)  # unidentified ones too
+        near = nearest_to(res.detections, centre)
+        central = res.labels[res.detections.index(near)] if near is not None and centre_in(near.box, centre) else None
+        _tally(out["after"], n, expected, central, r["class"])
+        out["after"]["central_unidentified"] += central == UNIDENTIFIED
+        if near is not None and centre_in(near.box, centre):  # the model's top class, before the rules
+            out["after"]["central_correct_top_class"] += classes[int(res.probabilities[res.detections.index(near)].argmax())] == r["class"]
+    fields = len(rows)
+    report = {}
+    for k, v in out.items():
+        report[k] = {"fields": fields, "nucleated_count_right": round(v["right"] / fields, 4),
+                     "fields_with_extra_nucleated": round(v["over"] / fields, 4),
+                     "fields_missing_nucleated": round(v["under"] / fields, 4),
+                     "central_cell_accuracy": round(v["central_correct"] / fields, 4),
+                     "central_unidentified": round(v["central_unidentified"] / fields, 4),
+                     "central_cell_accuracy_top_class": round((v["central_correct_top_class"] if k == "after"
+                                                               else v["central_correct"]) / fields, 4),
+                     "per_class_nucleated_count_right": {c: round(a / b, 4) for c, (a, b) in sorted(v["per_class"].items())}}
+    report["after"]["differential"] = session.summary()
+    return report
+
+
+def _tally(acc: dict, n: int, expected: int, central: str | None, truth: str) -> None:
+    acc["right"] += n == expected
+    acc["over"] += n > expected
+    acc["under"] += n < expected
+    acc["central_correct"] += central == truth
+    acc["per_class"][truth][0] += n == expected
+    acc["per_class"][truth][1] += 1
+
+
+def counting_markdown(c: dict) -> list[str]:
+    b, a = c["before"], c["after"]
+    pct = lambda v: f"{100 * v:.1f}%"
+    lines = ["## Counting: nucleated cells per field and the central cell's class", "",
+             "before = main's pipeline before issue 12 (frame-fraction size limits, one running red-cell ruler, "
+             "every crop classified, nucleated = class not platelet); after = `edge run` on an image folder now "
+             "(per-field ruler, sizes in red-cell diameters, kind/class rules, cells cut by the frame edge not counted). "
+             "Right = 1 nucleated cell (0 in the platelet fields). Central-cell accuracy counts *unidentified* as wrong.", "",
+             "| pipeline | fields | nucleated count right | extra nucleated | missing nucleated | central-cell accuracy | central cell unidentified | central-cell accuracy of the top class (no unidentified rule) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, v in (("before", b), ("after", a)):
+        lines.append(f"| {name} | {v['fields']} | **{pct(v['nucleated_count_right'])}** | {pct(v['fields_with_extra_nucleated'])} | "
+                     f"{pct(v['fields_missing_nucleated'])} | {pct(v['central_cell_accuracy'])} | {pct(v['central_unidentified'])} | "
+                     f"{pct(v['central_cell_accuracy_top_class'])} |")
+    lines += ["", "| class | count right before | count right after |", "|---|---|---|"]
+    for cls in b["per_class_nucleated_count_right"]:
+        lines.append(f"| {cls} | {pct(b['per_class_nucleated_count_right'][cls])} | {pct(a['per_class_nucleated_count_right'][cls])} |")
+    return lines + [""]
 
 
 def to_markdown(r: dict) -> str:
@@ -167,6 +260,8 @@ def to_markdown(r: dict) -> str:
         if has_acc:
             row += f" {100 * v['accuracy_rbc']:.1f}% | {100 * v['accuracy_cell']:.1f}% | {100 * v['accuracy_fixed']:.1f}% |"
         lines.append(row)
+    if "counting" in r:
+        lines += [""] + counting_markdown(r["counting"])
     return "\n".join(lines) + "\n"
 
 

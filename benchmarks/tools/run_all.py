@@ -25,7 +25,8 @@ HEMAEDGE_BENCH_ACCURACY (measure | manifest), HEMAEDGE_BENCH_PRESET (desktop), H
 of training runs, space-separated; default runs/ when it exists), HEMAEDGE_PBC_BUNDLE (default the
 packaged default bundle), HEMAEDGE_HYBRID_RUNS (runs/hybrid), HEMAEDGE_HYBRID_TRAIN (1: train the
 missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
-HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_STEP_TIMEOUT (seconds
+HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_RBC_BUNDLE (src/hemaedge/models/rbc),
+HEMAEDGE_RBC_RUNS (the red-cell fine-tuning runs of the morphology table; default runs/rbc/*), HEMAEDGE_STEP_TIMEOUT (seconds
 any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
 """
 from __future__ import annotations
@@ -147,6 +148,7 @@ def steps(s: Settings) -> list[Step]:
     hybrid_train = s.get("HEMAEDGE_HYBRID_TRAIN", "0") == "1"
     pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
     frames = limit or "200"
+    baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -199,6 +201,22 @@ def steps(s: Settings) -> list[Step]:
                           "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
              [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
              "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
+        Step("live", [], [*tool("live_feed"), "--data", f"{data}/bccd", "--videos", "8", "--out", out],
+             [f"{out}/live_feed.md", f"{out}/live_feed.json"],
+             "live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth",
+             "~5 min"),
+        Step("counting_speed", [Need(f"{baseline}/edge/pipeline.py", "no HEMAEDGE_BASELINE_SRC checkout to compare "
+                                                                     f"with; kept {out}/counting_speed.*")],
+             [*tool("counting_speed"), "--baseline-src", baseline, "--source", f"{data}/bccd/JPEGImages",
+              "--frames", frames, "--repeats", "3", "--out", out],
+             [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
+             "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
+             "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
+        *_red_cell_steps(s, tool),
+        Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
+             [f"{out}/fleet_rollout.md"],
+             "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
+             "~15 min"),
         # the default-model issue (#13): other microscopes, calibration, normalisation, the new default's checks
         Step("bccd-wbc", [], [py, "-m", "hemaedge.benchmarks.bccd_wbc", "--data", f"{data}/bccd", "--bloodmnist128",
                               f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split", "val", "--normalize", "none",
@@ -233,6 +251,45 @@ def steps(s: Settings) -> list[Step]:
              "the new default's current checkpoint end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
     ]
+
+
+RBC_BUNDLE = "src/hemaedge/models/rbc"
+
+
+def _red_cell_steps(s: Settings, tool) -> list[Step]:
+    """Issue 15 (docs/redcells.md): detection, morphology (runs + the packaged int8 bundle), speed."""
+    data, out = s.data, s.out
+    chula = f"{data}/chula_rbc12"
+    bundle = s.get("HEMAEDGE_RBC_BUNDLE", RBC_BUNDLE)
+    runs = s.get("HEMAEDGE_RBC_RUNS", " ".join(sorted(str(Path(p).parent) for p in glob.glob("runs/rbc/*/metrics.json"))))
+    need_chula = Need(chula, f"no {chula}; kept the committed red-cell tables")
+    need_bundle = Need(f"{bundle}/manifest.json", f"no red-cell bundle at {bundle}; kept the committed table")
+    return [
+        Step("rbcdetect", [need_chula],
+             [*tool("rbc_detection"), "--chula", chula, "--bccd", f"{data}/bccd", "--split", "test", "--bccd-split", "test",
+              "--quiet", "--out", f"{out}/rbc_detection"],
+             [f"{out}/rbc_detection.md", f"{out}/rbc_detection.json"],
+             "red-cell detection: Chula RBC-12 point recall / touching cells split, BCCD RBC boxes (test splits)", "~2 min"),
+        Step("rbcmodel", [need_chula, need_bundle, Need(runs.split()[0] if runs else "runs/rbc/*/metrics.json",
+                                                        "no finished red-cell training runs (HEMAEDGE_RBC_RUNS)")],
+             [*tool("rbc_morphology"), "--chula", chula, "--crops", "TMP/rbc64", "--bundle", bundle,
+              "--out", f"{out}/rbc_morphology", *[a for r in runs.split() for a in ("--runs", r)]],
+             [f"{out}/rbc_morphology.md", f"{out}/rbc_morphology.json"],
+             f"red-cell morphology: training runs and the bundle {bundle} on the Chula test frames",
+             "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
+        Step("rbcspeed", [need_chula, need_bundle],
+             [*tool("rbc_speed"), "--rbc", bundle, "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
+              "--threads", "2", "--out", f"{out}/rbc_speed"],
+             [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
+             f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
+    ]
+
+
+def _run_rbcmodel(s: Settings, step: Step) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        bounded(s, [s.he, "data", "rbc-crops", f"{s.data}/chula_rbc12", "--out", f"{tmp}/rbc64", "--exclude", "uncategorised"])
+        bounded(s, [f"{tmp}/rbc64" if w == "TMP/rbc64" else w for w in step.command])
+    return []
 
 
 def _bench_name(s: Settings) -> str:

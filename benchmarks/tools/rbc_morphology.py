@@ -1,0 +1,163 @@
+"""Red-cell morphology on Chula RBC-12: the imbalance comparison (val) and the int8 bundle on the
+device path (frame-level test split), next to the Chula paper's EfficientNet-B1.
+
+    python -m hemaedge.benchmarks.tools.rbc_morphology --chula ../shared/data/chula_rbc12 \
+        --crops CROPS --bundle src/hemaedge/models/rbc --runs RUN [RUN ...]
+
+* Training runs (`hemaedge train finetune` folders with metrics.json): one row each, val and test
+  of their Keras checkpoint; the imbalance handling is chosen on VAL macro-F1 only.
+* The bundle, through the device's code (`prepare_batch` + the LiteRT/ONNX back end, no
+  TensorFlow), two ways on the test frames:
+    - "labelled crops": the test split of CROPS (crops centred on the labelled points);
+    - "end to end": edge/rbc.py detects the red cells of each test frame, each labelled point
+      takes the detection whose box holds it (nearest centre), that detection's crop is
+      classified; points without a detection count as wrong (coverage is reported).
+Metrics: accuracy (bootstrap 95% interval), macro-F1, kappa, per-class table (train/evaluate.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from hemaedge.benchmarks.machine import describe_machine, one_line
+from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+PAPER = {"model": "EfficientNet-B1 + augmentation (Naruenatthanaset et al., arXiv:2012.01321)",
+         "accuracy": 0.921, "macro_f1": 0.868}
+
+
+def _predict(backend, contract, images, batch=256) -> np.ndarray:
+    out = [backend.predict(prepare_batch(images[i:i + batch], contract)) for i in range(0, len(images), batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def labelled_crops(bundle, backend, crops: Path, split="test"):
+    from hemaedge.train.datasets import open_dataset
+
+    ds = open_dataset(crops)
+    if list(ds.classes) != list(bundle.classes):
+        raise click.UsageError(f"{crops} classes {list(ds.classes)} differ from the bundle's {bundle.classes}")
+    images = [read_image_rgb(p) for p in ds.files(split)]
+    return ds.split(split).labels, _predict(backend, bundle.contract, images)
+
+
+def end_to_end(bundle, backend, chula: Path, split="test"):
+    """(labels, probabilities, coverage) of the labelled points of the split's frames, through the
+    device's own red-cell code (RedCellClassifier: detect, cut, one batch) with a run's ruler."""
+    from hemaedge.benchmarks.tools.rbc_detection import chula_frames
+    from hemaedge.edge.rbc_morphology import RedCellClassifier
+    from hemaedge.edge.segment import MagnificationTracker, centre_in
+    from hemaedge.train.rbc_crops import CHULA_TYPES
+
+    index = {c: i for i, c in enumerate(bundle.classes)}
+    device = RedCellClassifier(bundle, backend)
+    ruler = MagnificationTracker()
+    y, probs, found = [], [], 0
+    n_classes = len(bundle.classes)
+    for f in chula_frames(chula, split):
+        img = read_image_rgb(f.image)
+        res = device.process(img, ruler.update(img))
+        for x, yy, t in f.points:
+            if CHULA_TYPES[t] not in index:
+                continue
+            y.append(index[CHULA_TYPES[t]])
+            holding = [k for k, c in enumerate(res.cells) if centre_in(c.box, (x, yy))]
+            if not holding:  # missed cell: counted as a wrong answer
+                wrong = np.zeros(n_classes)
+                wrong[(y[-1] + 1) % n_classes] = 1.0
+                probs.append(wrong)
+                continue
+            k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2)
+            probs.append(res.probabilities[k])
+            found += 1
+    return np.asarray(y), np.asarray(probs), found / max(1, len(y))
+
+
+def run_row(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    cfg = m.get("config", {})
+    handling = ("weighted sampling + weighted loss" if cfg.get("weighted_sampling") and cfg.get("weighted_loss")
+                else "weighted sampling" if cfg.get("weighted_sampling") else "weighted loss" if cfg.get("weighted_loss")
+                else "none")
+    return {"run": run.name, "imbalance": handling, "backbone": m["backbone"], "input": m["input_size"],
+            "epochs": m["epochs_trained"], "best_epoch": m.get("best_epoch"), "train_min": round(m["train_seconds"] / 60, 1),
+            "machine": m.get("machine"), "date": m.get("date"), "commands": m.get("commands", []),
+            **{f"{s}_{k}": m[s][k] for s in ("val", "test") if s in m for k in ("accuracy", "macro_f1", "kappa")}}
+
+
+def _metrics_md(title, m, coverage=None) -> list[str]:
+    ci = m.get("accuracy_ci95") or [None, None]
+    lines = [f"### {title}", "", f"n = {m['n']}; accuracy {m['accuracy']:.4f}"
+             + (f" (95% bootstrap {ci[0]:.4f}-{ci[1]:.4f})" if ci[0] is not None else "")
+             + f"; macro-F1 {m['macro_f1']:.4f}; kappa {m['kappa']:.4f}"
+             + (f"; labelled points with a detection: {coverage:.3f}" if coverage is not None else ""), "",
+             "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c, r in m["per_class"].items():
+        lines.append(f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
+    return lines + [""]
+
+
+def markdown(rep) -> str:
+    lines = [f"# Red-cell morphology, Chula RBC-12 ({rep['date']})", "", f"Command: `{rep['command']}`  ",
+             f"Machine (evaluation): {rep['machine']}  ", f"Bundle: {rep['bundle']}  ",
+             f"Crops: {rep['crops_readme']}", "",
+             "## Training runs: class-imbalance handling (chosen on val macro-F1)", "",
+             "| run | imbalance | backbone | input | epochs (best) | train min | val acc | val macro-F1 | test acc | test macro-F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rep["runs"]:
+        lines.append(f"| {r['run']} | {r['imbalance']} | {r['backbone']} | {r['input']} | {r['epochs']} ({r['best_epoch']}) | "
+                     f"{r['train_min']} | {r.get('val_accuracy', float('nan')):.4f} | {r.get('val_macro_f1', float('nan')):.4f} | "
+                     f"{r.get('test_accuracy', float('nan')):.4f} | {r.get('test_macro_f1', float('nan')):.4f} |")
+    lines += ["", "Training machine/date per run: " + "; ".join(f"{r['run']}: {r['machine']}, {r['date']}" for r in rep["runs"]),
+              "", "Commands per run (training, then evaluation of a stopped run):", ""] + [
+        f"- {r['run']}: `{c}`" for r in rep["runs"] for c in r["commands"]]
+    lines += ["", "## The int8 bundle on the device path (test frames)", "",
+              f"Paper for comparison: {PAPER['model']}: accuracy {PAPER['accuracy']}, macro-F1 {PAPER['macro_f1']} "
+              "(their own split and 12 classes; ours is a frame-level split of the 500 public frames, so the "
+              "comparison is indicative, not like for like).", ""]
+    lines += _metrics_md("Labelled crops (centred on the labelled points)", rep["labelled_crops"])
+    if rep.get("end_to_end"):
+        lines += _metrics_md("End to end (detected red cells, ruler from the run)", rep["end_to_end"], rep["coverage"])
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--chula", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--crops", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="The `hemaedge data rbc-crops` tree the runs trained on.")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--runs", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--threads", type=int, default=None)
+@click.option("--out", "prefix", type=click.Path(path_type=Path), default=RESULTS / "rbc_morphology", show_default=True)
+def main(chula, crops, bundle, runs, threads, prefix):
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.train.evaluate import compute_metrics
+
+    b = load_bundle(bundle)
+    backend = load_backend(b, threads=threads)
+    y, p = labelled_crops(b, backend, crops)
+    rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
+           "load_average": [round(v, 2) for v in os.getloadavg()],
+           "command": f"python -m hemaedge.benchmarks.tools.rbc_morphology --chula CHULA --crops {crops.name} --bundle {bundle}"
+                      + "".join(f" --runs {r.name}" for r in runs),
+           "bundle": b.describe(), "crops_readme": (crops / "README.md").read_text().splitlines()[2] if (crops / "README.md").is_file() else "",
+           "paper": PAPER, "runs": [run_row(r) for r in runs if (r / "metrics.json").is_file()],
+           "labelled_crops": compute_metrics(y, p, b.classes, bootstrap=1000)}
+    y2, p2, cov = end_to_end(b, backend, chula)
+    rep["end_to_end"], rep["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(prefix.with_suffix(".json"), json.dumps(rep, indent=2) + "\n")
+    atomic_write_text(prefix.with_suffix(".md"), markdown(rep))
+    click.echo(markdown(rep))
+
+
+if __name__ == "__main__":
+    main()

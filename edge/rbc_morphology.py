@@ -1,0 +1,168 @@
+"""Red-cell morphology on the device: classify every detected red cell in one batch, and tally
+the run as labs report it (red cells per field, % of each morphology with a 95% interval, flags).
+
+The morphology model is an ordinary verified bundle (`hemaedge edge run --rbc BUNDLE`), run by the
+same back ends and `prepare_batch` as the white-cell model. Its crops are cut like the training
+crops of `hemaedge data rbc-crops`: centred on the cell, `side_factor` red-cell diameters of the
+ruler wide (edge/rbc.py `rbc_crop`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemaedge.edge.differential import clopper_pearson
+from hemaedge.edge.preprocess import prepare_batch
+from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_red_cells, rbc_crop
+
+# Flags a lab raises on a smear review, as % of red cells above which the finding is reported.
+# Schistocytes: ICSH 2012 recommendation (Zini et al., Int J Lab Hematol 34:107-116, 2012):
+# a schistocyte count above 1% of red cells is reported as clinically meaningful (suggests a
+# thrombotic microangiopathy in the right clinical setting). Other morphologies have no
+# comparably agreed cut-off, so none is flagged here.
+FLAG_THRESHOLDS = {"schistocyte": (1.0, "ICSH 2012 schistocyte recommendation (Zini et al. 2012): > 1% of red cells")}
+
+
+def rbc_bundle_path(value) -> Path:
+    """`--rbc` value -> bundle folder: 'packaged' is the red-cell bundle shipped with hemaedge."""
+    if str(value) == "packaged":
+        import hemaedge
+
+        return Path(hemaedge.__file__).parent / "models" / "rbc"
+    return Path(value)
+
+
+def percent_interval(count: int, total: int) -> tuple[float, float]:
+    """95% exact binomial (Clopper-Pearson) interval in percent: the same interval as the white-cell
+    differential (edge/differential.py), so every percentage of a report is read the same way."""
+    if total <= 0:
+        return 0.0, 0.0
+    lo, hi = clopper_pearson(count, total)
+    return round(100 * lo, 2), round(100 * hi, 2)
+
+
+@dataclass
+class RedCellResult:
+    cells: list[RedCell]
+    labels: list[str]
+    confidences: np.ndarray
+    diameter: float | None
+    timings_ms: dict = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # (cells, classes) when a model classified them
+
+
+def cut_crops(image: np.ndarray, squares) -> list[np.ndarray]:
+    """Square crops (cx, cy, side), the frame's border replicated where they run off it: the
+    frame is padded once for all of them (`segment.extract_crop` pads it once per crop)."""
+    if not squares:
+        return []
+    pad = max(side for _, _, side in squares)
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    out = []
+    for cx, cy, side in squares:
+        x0, y0 = cx - side // 2 + pad, cy - side // 2 + pad
+        out.append(padded[y0:y0 + side, x0:x0 + side])
+    return out
+
+
+class RedCellClassifier:
+    """Detect red cells and classify their morphology (the model is optional: count only)."""
+
+    def __init__(self, model=None, backend=None, params: RbcParams | None = None,
+                 side_factor: float = DEFAULT_SIDE_FACTOR, max_batch: int = 256):
+        self.model, self.backend = model, backend
+        self.classes = list(model.classes) if model is not None else []
+        self.params = params or RbcParams()
+        self.side_factor = side_factor
+        self.max_batch = max_batch
+
+    def process(self, image: np.ndarray, diameter: float | None = None) -> RedCellResult:
+        """`diameter`: the run's ruler (running median); None measures it on this frame."""
+        t0 = time.perf_counter()
+        cells, d = detect_red_cells(image, diameter, self.params)
+        t1 = time.perf_counter()
+        labels, conf = ["rbc"] * len(cells), np.ones(len(cells), np.float32)
+        pre_ms = inf_ms = 0.0
+        probs = None
+        if self.backend is not None and cells:
+            crops = cut_crops(image, [rbc_crop(c, d, self.side_factor) for c in cells])
+            pre_ms = (time.perf_counter() - t1) * 1e3  # cutting the crops counts as preprocessing
+            probs = []
+            for i in range(0, len(crops), self.max_batch):
+                ta = time.perf_counter()
+                batch = prepare_batch(crops[i:i + self.max_batch], self.model.contract)
+                tb = time.perf_counter()
+                probs.append(self.backend.predict(batch))
+                pre_ms += (tb - ta) * 1e3
+                inf_ms += (time.perf_counter() - tb) * 1e3
+            probs = np.concatenate(probs)
+            idx = probs.argmax(axis=1)
+            labels = [self.classes[i] for i in idx]
+            conf = probs[np.arange(len(idx)), idx]
+        return RedCellResult(cells, labels, conf, d, {"rbc_detect": (t1 - t0) * 1e3, "rbc_preprocess": pre_ms,
+                                                      "rbc_inference": inf_ms,
+                                                      "rbc_total": (time.perf_counter() - t0) * 1e3}, probs)
+
+
+class RedCellTally:
+    """Running red-cell counts of a run: per field, per morphology, and the flags they raise."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = list(classes)
+        self.counts = {c: 0 for c in self.classes}
+        self.per_field: list[int] = []
+        self.timings: dict[str, list[float]] = {}
+
+    def add(self, result: RedCellResult) -> None:
+        self.per_field.append(len(result.cells))
+        for label in result.labels:
+            if label in self.counts:
+                self.counts[label] += 1
+        for k, v in result.timings_ms.items():
+            self.timings.setdefault(k, []).append(v)
+
+    def summary(self) -> dict:
+        from hemaedge.edge.metrics_runtime import percentiles
+
+        total = sum(self.per_field)
+        classified = sum(self.counts.values())
+        morphology = []
+        for c in self.classes:
+            lo, hi = percent_interval(self.counts[c], classified)
+            morphology.append({"class": c, "count": self.counts[c],
+                               "percent": round(100 * self.counts[c] / classified, 2) if classified else 0.0,
+                               "ci95_low": lo, "ci95_high": hi})
+        flags = []
+        for row in morphology:
+            rule = FLAG_THRESHOLDS.get(row["class"])
+            if rule and classified and row["percent"] > rule[0]:
+                flags.append({"class": row["class"], "percent": row["percent"], "threshold_percent": rule[0],
+                              "ci95_low": row["ci95_low"], "source": rule[1],
+                              "confident": row["ci95_low"] > rule[0]})
+        pf = np.asarray(self.per_field, float)
+        return {"fields": len(self.per_field), "red_cells": total,
+                "per_field": {"mean": round(float(pf.mean()), 2) if len(pf) else None,
+                              "median": float(np.median(pf)) if len(pf) else None,
+                              "min": int(pf.min()) if len(pf) else None, "max": int(pf.max()) if len(pf) else None},
+                "classified": classified, "morphology": morphology, "flags": flags,
+                "latency_ms": {k: percentiles(v) for k, v in self.timings.items()}}
+
+
+def format_red_cells(s: dict) -> str:
+    """The red-cell part of the run summary as plain text."""
+    pf = s["per_field"]
+    lines = [f"red cells: {s['red_cells']} in {s['fields']} fields (per field median {pf['median']}, "
+             f"mean {pf['mean']}, range {pf['min']}-{pf['max']})"]
+    if s["classified"]:
+        lines.append(f"  {'morphology':<16}{'count':>7}{'%':>8}   95% interval")
+        for r in s["morphology"]:
+            lines.append(f"  {r['class']:<16}{r['count']:>7}{r['percent']:>8.2f}   {r['ci95_low']:.2f}-{r['ci95_high']:.2f}")
+    for f in s["flags"]:
+        lines.append(f"FLAG {f['class']}: {f['percent']:.2f}% > {f['threshold_percent']}% "
+                     f"({'interval above the threshold' if f['confident'] else 'interval reaches below the threshold'}; "
+                     f"{f['source']})")
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""The smear's own ruler: the red-cell diameter in pixels, per field or per stream.
+
+Red cells (~7.5 µm) are in every field of a blood smear, so their size tells the magnification
+without any calibration slide. Cell size limits (what is a platelet, what is a white cell) and
+crop sides are expressed in red-cell diameters, so the same rules hold at 40x and at 100x and
+on a wide or a square camera frame.
+
+* `red_cell_diameters(image)`: one estimate per red cell seen (distance-transform peaks of the
+  unstained foreground), in full-resolution pixels; shared with red-cell detection.
+* `red_cell_diameter(image)`: the field's typical red-cell diameter, or None when it cannot be
+  measured (too few red cells, a featureless frame) or the value is outside what a microscope
+  can show (`plausible_diameter`).
+* `Ruler`: the value to use for each frame of one stream. An image folder is a set of
+  independent fields (each field is measured on its own); a video, a camera or `--same-slide`
+  stills are one slide under one objective (a running median, steadier than one field). A
+  change of frame size starts the ruler over (a different camera or objective).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from hemaedge.edge.segment import SegmentParams, _ellipse, _fill_holes, stain_mask
+
+# What a microscope can show: below ~12 px a red cell (and so a white cell, ~2 red cells) is
+# too small to classify; above a third of the frame's short side fewer than ~3 red cells fit
+# across the field, which is not a smear field but a close-up or a mis-measurement.
+MIN_DIAMETER_PX = 12.0
+MAX_DIAMETER_FRACTION = 1 / 3
+# at least this many red cells must be measured for one field's estimate
+MIN_RED_CELLS = 5
+
+
+def plausible_diameter(d: float | None, shape) -> bool:
+    """Whether a red-cell diameter of `d` px can be real on a frame of this shape."""
+    if d is None or not np.isfinite(d):
+        return False
+    return MIN_DIAMETER_PX <= d <= MAX_DIAMETER_FRACTION * min(shape[:2])
+
+
+def _red_cell_foreground(image: np.ndarray, params: SegmentParams | None = None):
+    """(distance-transform peak radii, red-cell foreground area), both on the work copy, and its
+    scale; None when the frame has nothing to measure."""
+    p = params or SegmentParams()
+    h, w = image.shape[:2]
+    scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    green = cv2.GaussianBlur(small[..., 1], (5, 5), 0)
+    if float(green.std()) < 4.0:  # featureless (black, white, no slide): Otsu would split noise
+        return None
+    stained, _ = stain_mask(small, p)
+    near_stain = cv2.dilate(stained, _ellipse(9)) > 0
+    unstained = green[~near_stain]
+    if unstained.size < 100:
+        return None
+    thr, _ = cv2.threshold(unstained.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    cells = (green < thr).astype(np.uint8) * 255
+    cells = _fill_holes(cv2.morphologyEx(cells, cv2.MORPH_OPEN, _ellipse(3)))
+    cells[near_stain] = 0
+    if cells.all() or not cells.any():  # no background to measure from
+        return None
+    dist = cv2.distanceTransform(cells, cv2.DIST_L2, 5)
+    peaks = dist[(dist == cv2.dilate(dist, _ellipse(15))) & (dist > 3)]
+    return peaks, float(np.count_nonzero(cells)), scale
+
+
+def red_cell_diameters(image: np.ndarray, params: SegmentParams | None = None) -> np.ndarray:
+    """Diameter estimates in full-resolution pixels, one per red cell found (may be empty).
+
+    Red cells absorb green light: the green channel, thresholded by Otsu over the pixels that
+    are *not* stained (so a large dark nucleus cannot take the threshold for itself), gives the
+    red-cell foreground; pale centres are filled and stained cells removed. Each local maximum
+    of its distance transform (one per 15 px neighbourhood of the work copy) is a red cell's
+    radius; touching cells keep their own peaks. A featureless frame gives none.
+    """
+    m = _red_cell_foreground(image, params)
+    if m is None:
+        return np.zeros(0, np.float32)
+    peaks, _, scale = m
+    return (2.0 * peaks / scale).astype(np.float32)
+
+
+def red_cell_diameter(image: np.ndarray, params: SegmentParams | None = None) -> float | None:
+    """This field's red-cell diameter in pixels, or None when it cannot be measured.
+
+    Two estimates that fail differently, combined by their geometric mean: the median of the
+    larger peaks (those >= 0.6 x the 90th percentile: partly visible and overlapping cells give
+    small peaks) over-reads where overlapping cells merge into blobs; the foreground area per
+    such peak under-reads where cells overlap. Over every 8th PBC field and every 2nd BCCD frame
+    96% / 98% of the fields are within 25% of the data set's median (the median of the peaks
+    alone: 95% / 98%, with outliers up to 2.5x instead of 1.7x).
+    """
+    m = _red_cell_foreground(image, params)
+    if m is None:
+        return None
+    peaks, area, scale = m
+    if len(peaks) < MIN_RED_CELLS:
+        return None
+    big = peaks[peaks >= 0.6 * np.percentile(peaks, 90)]
+    by_peaks = 2.0 * float(np.median(big))
+    by_area = 2.0 * float(np.sqrt(area / len(big) / np.pi))
+    value = float(np.sqrt(by_peaks * by_area)) / scale
+    return value if plausible_diameter(value, image.shape) else None
+
+
+@dataclass
+class Reading:
+    """The ruler for one frame: the diameter to use (None: not known) and where it came from."""
+
+    diameter: float | None
+    source: str  # "this field", "running median", "not measured"
+
+
+class Ruler:
+    """Red-cell diameter per frame of one stream.
+
+    `same_slide=False` (image folders): every frame is its own field, measured on its own.
+    `same_slide=True` (video, camera, `--same-slide`): running median of the last `window`
+    estimates; after `stable_after` estimates it re-measures every `every`-th frame only (the
+    magnification does not change between frames). A new frame size resets it.
+    """
+
+    def __init__(self, same_slide: bool, window: int = 50, stable_after: int = 15, every: int = 10):
+        self.same_slide = same_slide
+        self.window, self.stable_after, self.every = window, stable_after, every
+        self.reset()
+        self.resets = 0
+        self.unmeasured_frames = 0
+        self.measured = deque(maxlen=200)  # recent per-frame values, for the summary
+
+    def reset(self, shape=None) -> None:
+        self.values: deque = deque(maxlen=self.window)
+        self.frames = 0
+        self.shape = shape
+
+    def read(self, image: np.ndarray, params: SegmentParams | None = None) -> Reading:
+        shape = image.shape[:2]
+        if self.shape is not None and shape != self.shape:
+            self.resets += 1
+            self.reset(shape)
+        self.shape = shape
+        if not self.same_slide:
+            d = red_cell_diameter(image, params)
+            self._note(d)
+            return Reading(d, "this field" if d else "not measured")
+        if len(self.values) < self.stable_after or self.frames % self.every == 0:
+            d = red_cell_diameter(image, params)
+            if d:
+                self.values.append(d)
+            self._note(d)
+        self.frames += 1
+        if not self.values:
+            return Reading(None, "not measured")
+        return Reading(float(np.median(self.values)), "running median")
+
+    def _note(self, d):
+        if d:
+            self.measured.append(d)
+        else:
+            self.unmeasured_frames += 1
+
+    @property
+    def diameter(self) -> float | None:
+        """The current stream value (same slide) or the median of recent fields' values."""
+        if self.same_slide and self.values:
+            return float(np.median(self.values))
+        return float(np.median(self.measured)) if self.measured else None
+
+    def summary(self) -> dict:
+        d = self.diameter
+        return {"mode": "one slide (running median)" if self.same_slide else "independent fields",
+                "red_cell_diameter_px": round(d, 1) if d else None,
+                "measured": d is not None,
+                "frames_not_measured": self.unmeasured_frames, "resets": self.resets,
+                "note": None if d else "red cells could not be measured: crops fell back to each cell's own box"}

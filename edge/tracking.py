@@ -1,0 +1,149 @@
+"""One count per physical cell on a live feed: stage motion, slide coordinates, tracks.
+
+* `StageMotion`: the stage's move between consecutive frames by phase correlation
+  (`cv2.phaseCorrelate` on a small grey copy, Hanning-windowed); the running sum places every
+  frame on the slide, so a detection's slide position is its frame position minus the
+  accumulated move.
+* `Tracker`: associates detections to tracks by slide position (greedy, nearest first, within
+  half a cell of the track; same kind), keeps each track's summed class probabilities and number
+  of views, and reopens a track when the stage comes back to a cell it has seen. A track is one
+  physical cell: its class is decided once from the mean probability of all its views.
+
+Small and dependency-free on purpose: a smear moves rigidly (the cells do not move on the
+slide), so the motion model is the stage's translation, not per-object dynamics as in general
+multi-object trackers (norfair, ByteTrack).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+WORK_WIDTH = 256
+
+
+class StageMotion:
+    """Accumulated stage translation of a stream, in full-resolution pixels."""
+
+    def __init__(self, min_response: float = 0.03):
+        self.min_response = min_response
+        self.offset = np.zeros(2, np.float64)  # content shift of the current frame vs the first
+        self._prev = None
+        self._window = None
+        self._scale = 1.0
+        self.last_move = 0.0
+        self.lost = 0  # frames where the move could not be measured (registration restarted)
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        self._scale = min(1.0, WORK_WIDTH / w)
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if self._scale < 1.0:
+            grey = cv2.resize(grey, (round(w * self._scale), round(h * self._scale)), interpolation=cv2.INTER_AREA)
+        return grey.astype(np.float32)
+
+    def update(self, image: np.ndarray) -> bool:
+        """Feed the next frame; False when its move could not be measured (a new field starts)."""
+        cur = self._small(image)
+        if self._prev is None or self._prev.shape != cur.shape:
+            first = self._prev is None
+            self._prev = cur
+            self._window = cv2.createHanningWindow(cur.shape[::-1], cv2.CV_32F)
+            self.last_move = 0.0
+            return first  # a new frame size is a new field
+        (dx, dy), response = cv2.phaseCorrelate(self._prev, cur, self._window)
+        self._prev = cur
+        if response < self.min_response:
+            self.lost += 1
+            self.last_move = 0.0
+            return False
+        move = np.array([dx, dy]) / self._scale
+        self.offset += move
+        self.last_move = float(np.hypot(*move))
+        return True
+
+    def to_slide(self, xy) -> tuple[float, float]:
+        return float(xy[0] - self.offset[0]), float(xy[1] - self.offset[1])
+
+
+@dataclass
+class Track:
+    id: int
+    kind: str
+    slide_xy: np.ndarray
+    size: float
+    first_frame: int
+    last_frame: int
+    prob_sum: np.ndarray | None = None
+    views: int = 0
+    full_views: int = 0  # views in which the cell is not cut by the frame edge
+    frames: list = field(default_factory=list)
+
+    @property
+    def mean_prob(self) -> np.ndarray | None:
+        return None if self.prob_sum is None or not self.views else self.prob_sum / self.views
+
+
+class Tracker:
+    """Tracks in slide coordinates; `gate` is the largest distance (as a fraction of the cell's
+    size) at which a detection is the same cell; tracks not seen for `keep_frames` frames are
+    closed (no longer matched) but stay counted."""
+
+    def __init__(self, gate: float = 0.5, keep_frames: int = 300, min_gate_px: float = 6.0):
+        self.gate, self.keep_frames, self.min_gate_px = gate, keep_frames, min_gate_px
+        self.tracks: list[Track] = []
+        self.closed: list[Track] = []
+        self._next_id = 1
+
+    def update(self, frame_index: int, detections, slide_xy: list, probs: np.ndarray | None) -> list[int]:
+        """Associate this frame's detections (with their slide positions); returns a track id
+        per detection (new tracks for unmatched ones)."""
+        self._close_old(frame_index)
+        pairs = []
+        for i, (det, xy) in enumerate(zip(detections, slide_xy)):
+            for j, t in enumerate(self.tracks):
+                if t.kind != det.kind or t.last_frame == frame_index:
+                    continue
+                dist = float(np.hypot(*(np.asarray(xy) - t.slide_xy)))
+                if dist <= max(self.min_gate_px, self.gate * max(det.size, t.size)):
+                    pairs.append((dist, i, j))
+        pairs.sort()
+        owner: dict[int, int] = {}
+        used = set()
+        for _, i, j in pairs:
+            if i not in owner and j not in used:
+                owner[i] = j
+                used.add(j)
+        ids = []
+        for i, (det, xy) in enumerate(zip(detections, slide_xy)):
+            if i in owner:
+                t = self.tracks[owner[i]]
+                # follow the cell: slide position as a running mean of its views
+                t.slide_xy = (t.slide_xy * t.views + np.asarray(xy)) / (t.views + 1)
+                t.size = max(t.size, det.size)
+            else:
+                t = Track(self._next_id, det.kind, np.asarray(xy, np.float64), float(det.size), frame_index, frame_index)
+                self._next_id += 1
+                self.tracks.append(t)
+            t.last_frame = frame_index
+            t.views += 1
+            t.full_views += not det.at_edge
+            if probs is not None and len(probs):
+                t.prob_sum = probs[i].astype(np.float64) if t.prob_sum is None else t.prob_sum + probs[i]
+            ids.append(t.id)
+        return ids
+
+    def _close_old(self, frame_index: int) -> None:
+        keep = []
+        for t in self.tracks:
+            (keep if frame_index - t.last_frame <= self.keep_frames else self.closed).append(t)
+        self.tracks = keep
+
+    def close_all(self) -> None:
+        """Registration lost (a new field with no known relation to the last): stop matching."""
+        self.closed.extend(self.tracks)
+        self.tracks = []
+
+    def all_tracks(self) -> list[Track]:
+        return sorted(self.closed + self.tracks, key=lambda t: t.id)

@@ -1,0 +1,237 @@
+"""Counting rules (issue 12) on real frames and the packaged default model: kinds and classes
+agree, unidentified cells, the per-field ruler and its bounds, blank frames, the lab
+differential and its exact intervals, and one count per cell on a generated pan."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hemaedge.cli import main
+from hemaedge.edge.differential import Differential, clopper_pearson
+from hemaedge.edge.identify import UNIDENTIFIED, decide
+from hemaedge.edge.preprocess import read_image_rgb
+from hemaedge.edge.ruler import MIN_DIAMETER_PX, Ruler, plausible_diameter, red_cell_diameter
+from hemaedge.edge.tracking import StageMotion
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+BLOOD = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte", "neutrophil",
+         "platelet"]
+
+
+@pytest.fixture(scope="module")
+def default_classifier():
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.pipeline import CellClassifier
+
+    model = load_model(REPO / "src" / "hemaedge" / "models" / "default", None, None, None, "probabilities")
+    return CellClassifier(model, load_backend(model, threads=1))
+
+
+# ----------------------------------------------------------------------------- kinds and classes
+
+
+def test_a_platelet_candidate_never_becomes_a_white_cell():
+    lymph = np.array([0, 0, 0, 0, 1.0, 0, 0, 0])  # the classifier is sure it is a lymphocyte
+    d = decide("platelet", lymph, BLOOD)
+    assert d.label == "platelet" and not d.counted and d.flag  # kept as a candidate, flagged, not counted
+    sure = np.array([0, 0, 0, 0, 0.05, 0, 0, 0.95])
+    assert decide("platelet", sure, BLOOD) == decide("platelet", sure, BLOOD)
+    assert decide("platelet", sure, BLOOD).counted and decide("platelet", sure, BLOOD).flag == ""
+
+
+def test_nucleated_cell_called_platelet_or_unsure_is_unidentified():
+    as_platelet = np.array([0, 0, 0, 0, 0.1, 0, 0, 0.9])
+    assert decide("wbc", as_platelet, BLOOD).label == UNIDENTIFIED
+    unsure = np.array([0.2, 0.1, 0, 0, 0.35, 0.35, 0, 0])
+    d = decide("wbc", unsure, BLOOD)
+    assert d.label == UNIDENTIFIED and "low confidence" in d.flag and d.counted
+    sure = np.array([0, 0, 0, 0, 0.97, 0.03, 0, 0])
+    assert decide("wbc", sure, BLOOD).label == "lymphocyte"
+    # an OOD score above its threshold makes a confident cell unidentified too
+    from hemaedge.edge.identify import is_unidentified
+    assert is_unidentified(sure, ood_score=5.0, ood_threshold=2.0) and not is_unidentified(sure, ood_score=1.0,
+                                                                                               ood_threshold=2.0)
+
+
+def test_platelet_next_to_a_lymphocyte_stays_a_platelet(default_classifier):
+    """samples/pbc/val_00000.jpg: its platelet's crop holds the lymphocyte (classified lymphocyte at
+    1.0 before); masked and bound by its kind, it can only be a platelet."""
+    res = default_classifier.process(read_image_rgb(SAMPLES / "pbc" / "val_00000.jpg"))
+    kinds = [(d.kind, lab) for d, lab in zip(res.detections, res.labels)]
+    assert ("wbc", "lymphocyte") in kinds
+    assert all(lab == "platelet" for kind, lab in kinds if kind == "platelet") and any(k == "platelet" for k, _ in kinds)
+
+
+# ----------------------------------------------------------------------------- ruler
+
+
+def test_ruler_is_per_field_and_resets_on_a_new_frame_size(bccd, pbc_raw_val):
+    pbc = read_image_rgb(pbc_raw_val / "val_00000.jpg")
+    bc = read_image_rgb(bccd / "JPEGImages" / "BloodImage_00007.jpg")
+    fields = Ruler(same_slide=False)
+    a, b = fields.read(pbc).diameter, fields.read(bc).diameter
+    assert 50 <= a <= 90 and 75 <= b <= 125  # each field its own magnification
+    slide = Ruler(same_slide=True)
+    for _ in range(3):
+        slide.read(pbc)
+    assert slide.read(bc).diameter == pytest.approx(b) and slide.resets == 1  # new size: starts over
+
+
+def test_ruler_bounds_and_unmeasurable_frames():
+    assert not plausible_diameter(MIN_DIAMETER_PX - 1, (480, 640)) and plausible_diameter(80, (480, 640))
+    assert not plausible_diameter(200, (480, 640)) and not plausible_diameter(float("inf"), (480, 640))
+    for img in (np.zeros((480, 640, 3), np.uint8), np.full((480, 640, 3), 255, np.uint8),
+                np.random.default_rng(0).integers(0, 255, (120, 120, 3), dtype=np.uint8)):
+        d = red_cell_diameter(img)
+        assert d is None or plausible_diameter(d, img.shape)
+    # a small field: the estimate, if any, is within what a microscope can show on it
+    small = cv2.resize(read_image_rgb(SAMPLES / "pbc" / "val_00003.jpg"), (120, 120), interpolation=cv2.INTER_AREA)
+    d = red_cell_diameter(small)
+    assert d is None or MIN_DIAMETER_PX <= d <= 40
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_black_or_white_frame_is_no_cells_with_the_reason(tmp_path, value):
+    frame = tmp_path / "f.png"
+    cv2.imwrite(str(frame), np.full((480, 640, 3), value, np.uint8))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--source", str(frame), "--out", str(out)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    row = next(csv.DictReader(open(out / "frames.csv")))
+    assert row["cells"] == "0" and row["status"].startswith("no cells: frame is " + ("dark" if value == 0 else "featureless"))
+    s = json.loads((out / "summary.json").read_text())
+    assert s["differential"]["fields_not_classified"] and s["segmentation"]["ruler"]["measured"] is False
+
+
+# ----------------------------------------------------------------------------- differential
+
+
+def test_clopper_pearson_matches_rumke_table():
+    # Rümke's table (95%, 100 cells): 10% -> 5-18, 50% -> 40-60, 0% -> 0-4; (200 cells) 10% -> 6-15
+    for k, n, lo, hi in [(10, 100, 5, 18), (50, 100, 40, 60), (0, 100, 0, 4), (20, 200, 6, 15), (2, 100, 0, 7)]:
+        a, b = clopper_pearson(k, n)
+        assert round(100 * a) == lo and round(100 * b) == hi, (k, n, a, b)
+    assert clopper_pearson(10, 100) == pytest.approx((0.04900, 0.17622), abs=2e-5)  # published exact values
+    try:
+        from scipy.stats import beta
+    except ImportError:
+        return
+    for k, n in [(1, 100), (37, 100), (99, 100), (63, 200), (3, 7)]:
+        a, b = clopper_pearson(k, n)
+        assert a == pytest.approx(beta.ppf(0.025, k, n - k + 1), abs=1e-9)
+        assert b == pytest.approx(beta.ppf(0.975, k + 1, n - k), abs=1e-9)
+
+
+def test_differential_denominators():
+    d = Differential(BLOOD, target_wbc=10)
+    for label, n in [("neutrophil", 6), ("lymphocyte", 3), ("monocyte", 1), ("erythroblast", 2), ("platelet", 8),
+                     (UNIDENTIFIED, 1)]:
+        for _ in range(n):
+            d.add(label, flagged=label == UNIDENTIFIED)
+    d.add("platelet", counted=False, flagged=True)
+    for _ in range(4):
+        d.add_field()
+    s = d.summary()
+    wbc = {r["class"]: r for r in s["wbc_differential"]}
+    assert s["white_cells_classified"] == 10 and wbc["neutrophil"]["percent"] == 60.0  # of WBC, not of all cells
+    assert list(wbc)[:6] == ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "immature_granulocyte"]
+    assert wbc["neutrophil"]["ci95_percent"] == [round(100 * v, 1) for v in clopper_pearson(6, 10)]
+    assert s["nrbc"] == {"count": 2, "per_100_wbc": 20.0}
+    assert s["platelets"] == {"count": 8, "per_field": 2.0, "candidates_not_confirmed": 1}
+    assert s["unidentified"] == 1 and s["flagged_for_review"] == 2
+    assert s["target"]["reached"] and s["target"]["counted"] == 11
+
+
+# ----------------------------------------------------------------------------- live feed
+
+
+def test_stage_motion_follows_a_pan():
+    img = cv2.resize(read_image_rgb(SAMPLES / "bccd" / "BloodImage_00007.jpg"), None, fx=2, fy=2)
+    m = StageMotion()
+    for x in (100, 130, 170, 170, 140):
+        m.update(np.ascontiguousarray(img[100:580, x:x + 640]))
+    assert m.offset[0] == pytest.approx(-40, abs=1.5) and abs(m.offset[1]) < 1.5
+    # a cell's slide position is the same in every frame
+    assert m.to_slide((300, 200))[0] == pytest.approx(340, abs=1.5)
+
+
+@pytest.fixture(scope="module")
+def pan_video(tmp_path_factory, bccd):
+    from hemaedge.benchmarks.tools.live_feed import make_video, whole_cell_frames
+
+    tmp = tmp_path_factory.mktemp("pan")
+    ids = whole_cell_frames(bccd, "val")[:6]
+    info = make_video(bccd, ids, tmp / "pan.avi", seed=0)
+    return tmp / "pan.avi", info
+
+
+def _nucleated(s):
+    d = s["differential"]
+    return d["white_cells_classified"] + d["unidentified"] + d["nrbc"]["count"]
+
+
+def test_each_cell_of_a_pan_is_counted_once(pan_video, tmp_path):
+    video, info = pan_video
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--source", str(video), "--out", str(out)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames"] == info["frames"] > 100
+    assert abs(_nucleated(s) - info["true_wbc"]) <= 1  # not once per frame (that would be ~20x)
+    cells = list(csv.DictReader(open(out / "cells.csv")))
+    assert all(c["track_id"] for c in cells)
+    tracks = list(csv.DictReader(open(out / "tracks.csv")))
+    assert {t["track_id"] for t in tracks} == {c["track_id"] for c in cells}
+    assert max(int(t["views"]) for t in tracks) >= 5  # a paused cell: many views, one track
+    assert s["differential"]["fields_not_classified"]  # blurred / defocused frames were not classified
+
+
+def test_target_stops_a_camera_fed_by_a_video(pan_video, tmp_path, monkeypatch):
+    from hemaedge.edge import sources
+
+    video, _ = pan_video
+    real = sources.CameraSource.__init__
+
+    def from_video(self, spec, **kw):  # the camera device is the video file
+        kw["open_capture"] = lambda _spec: cv2.VideoCapture(str(video))
+        real(self, spec, **kw)
+
+    monkeypatch.setattr(sources.CameraSource, "__init__", from_video)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--source", "0", "--target-wbc", "1", "--out", str(out),
+                                    "--camera-retries", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["end_reason"].startswith("target reached") and s["differential"]["target"]["reached"]
+    assert s["frames"] < 100 and "one slide" in s["differential"]["counting"]
+
+
+# ----------------------------------------------------------------------------- logs that identify the frame
+
+
+def test_frame_names_are_relative_to_the_folder_and_grey_frames_warned(tmp_path, caplog):
+    src = tmp_path / "slides"
+    for sub in ("patient_a", "patient_b"):  # the same base name in two sub-folders
+        (src / sub).mkdir(parents=True)
+        (src / sub / "field.jpg").write_bytes((SAMPLES / "pbc" / "val_00000.jpg").read_bytes())
+    grey = cv2.cvtColor(read_image_rgb(SAMPLES / "pbc" / "val_00003.jpg"), cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(src / "grey.png"), grey)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        res = CliRunner().invoke(main, ["edge", "run", "-q", "--source", str(src), "--out", str(out)],
+                                 catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    names = [r["name"] for r in csv.DictReader(open(out / "frames.csv"))]
+    assert names == ["grey.png", "patient_a/field.jpg", "patient_b/field.jpg"]  # sub-folders are read too
+    assert any("grayscale" in r.message for r in caplog.records)
+    assert json.loads((out / "summary.json").read_text())["differential"]["grayscale_frames"] == 1

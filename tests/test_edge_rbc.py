@@ -1,0 +1,201 @@
+"""Red cells: detection on real Chula RBC-12 / BCCD frames, the crops data set, the morphology
+tally, and `hemaedge edge run --rbc/--count-red-cells` end to end with a tiny real bundle."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_helpers import make_bundle, make_onnx
+from hemaedge.cli import main
+from hemaedge.edge.preprocess import read_image_rgb
+from hemaedge.edge.rbc import RbcParams, detect_red_cells
+from hemaedge.edge.rbc_morphology import RedCellResult, RedCellTally, percent_interval
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def chula(shared_data) -> Path:
+    root = shared_data / "chula_rbc12"
+    if not root.is_dir():
+        pytest.skip("chula_rbc12 not in the shared data")
+    return root
+
+
+@pytest.fixture(scope="module")
+def chula_small(chula, tmp_path_factory) -> Path:
+    """Ten real frames in the Chula layout (a copy, so the crops tool can be run on it quickly)."""
+    root = tmp_path_factory.mktemp("chula") / "chula"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for lab in sorted((chula / "labels").glob("*.txt"))[:10]:
+        shutil.copy(lab, root / "labels" / lab.name)
+        shutil.copy(chula / "images" / f"{lab.stem}.jpg", root / "images" / f"{lab.stem}.jpg")
+    return root
+
+
+def _points(path: Path):
+    return [tuple(int(v) for v in line.split()) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_detects_the_labelled_red_cells_of_real_chula_frames(chula_small):
+    found = total = 0
+    for lab in sorted((chula_small / "labels").glob("*.txt"))[:4]:
+        image = read_image_rgb(chula_small / "images" / f"{lab.stem}.jpg")
+        cells, d = detect_red_cells(image)
+        assert 30 < d < 60  # Chula at 1000x: a red cell is ~40 px
+        pts = _points(lab)
+        found += sum(any(c.box[0] <= x <= c.box[2] and c.box[1] <= y <= c.box[3] for c in cells) for x, y, _ in pts)
+        total += len(pts)
+        for c in cells:
+            assert c.kind == "rbc" and c.box[2] > c.box[0] and c.box[3] > c.box[1] and c.area > 0
+            assert 0.2 * d < c.diameter < 3 * d
+    assert found / total > 0.93
+
+
+def _two_touching_discs(d=40):
+    img = np.full((200, 240, 3), (200, 205, 215), np.uint8)  # pale blue-grey glass
+    for cx, cy in ((80, 100), (80 + int(0.85 * d), 100), (180, 60), (40, 40), (190, 160), (120, 170)):
+        cv2.circle(img, (cx, cy), d // 2, (190, 120, 150), -1)  # pink-purple red cells
+    return img
+
+
+def test_watershed_splits_touching_cells_that_components_leave_joined():
+    img = _two_touching_discs()
+    ws, _ = detect_red_cells(img, 40.0, RbcParams(method="watershed"))
+    comp, _ = detect_red_cells(img, 40.0, RbcParams(method="components"))
+    assert len(ws) == 6
+    assert len(comp) == 5
+
+
+def test_a_frame_without_red_cells_gives_no_cells():
+    cells, d = detect_red_cells(np.full((240, 320, 3), 210, np.uint8))
+    assert cells == [] and d is None
+
+
+def test_bccd_frame_counts_red_cells():
+    frame = REPO / "samples" / "bccd" / "BloodImage_00007.jpg"
+    cells, d = detect_red_cells(read_image_rgb(frame))
+    assert d > 60 and 8 <= len(cells) <= 40  # the annotators boxed 20 red cells here
+
+
+def test_red_cell_percent_interval_is_the_differential_interval():
+    # Rümke's table: 0 of 100 -> 0-3.6 %; 50 of 100 -> 39.8-60.2 % (exact binomial)
+    assert percent_interval(0, 100) == (0.0, 3.62)
+    lo, hi = percent_interval(50, 100)
+    assert (round(lo, 1), round(hi, 1)) == (39.8, 60.2)
+    assert percent_interval(3, 0) == (0.0, 0.0)
+
+
+def test_tally_flags_schistocytes_above_one_percent():
+    tally = RedCellTally(["normal", "schistocyte"])
+    labels = ["normal"] * 95 + ["schistocyte"] * 5
+    tally.add(RedCellResult([object()] * 100, labels, np.ones(100), 40.0, {"rbc_total": 3.0}))
+    s = tally.summary()
+    assert s["red_cells"] == 100 and s["per_field"]["median"] == 100
+    assert [f["class"] for f in s["flags"]] == ["schistocyte"] and s["flags"][0]["confident"]
+    low = RedCellTally(["normal", "schistocyte"])
+    low.add(RedCellResult([object()] * 200, ["normal"] * 199 + ["schistocyte"], np.ones(200), 40.0, {}))
+    assert low.summary()["flags"] == []
+
+
+def test_rbc_crops_split_by_frame(chula_small, tmp_path):
+    out = tmp_path / "crops"
+    runner = CliRunner()
+    res = runner.invoke(main, ["data", "rbc-crops", str(chula_small), "--out", str(out), "--size", "32",
+                               "--exclude", "uncategorised"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with open(out / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    n_points = sum(1 for lab in (chula_small / "labels").glob("*.txt") for p in _points(lab) if p[2] != 10)
+    assert len(rows) == n_points
+    frame_split = {}
+    for r in rows:
+        assert frame_split.setdefault(r["frame"], r["split"]) == r["split"]  # no frame in two splits
+        img = cv2.imread(str(out / r["file"]))
+        assert img.shape == (32, 32, 3)
+    assert set(frame_split.values()) == {"train", "val", "test"}
+    classes = (out / "classes.txt").read_text().split()
+    assert "uncategorised" not in classes and classes[0] == "normal"
+    assert sorted({r["class"] for r in rows}) == sorted(classes)
+    again = runner.invoke(main, ["data", "rbc-crops", str(chula_small), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = runner.invoke(main, ["data", "rbc-crops", str(chula_small), "--out", str(tmp_path / "x"), "--exclude", "nope"])
+    assert bad.exit_code == 2 and "not a Chula RBC-12 type" in bad.output
+
+
+def test_edge_run_classifies_red_cells(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for img in sorted((REPO / "samples" / "bccd").glob("*.jpg"))[:3]:
+        shutil.copy(img, frames / img.name)
+    (frames / "broken.jpg").write_bytes(b"not a jpeg")
+    wbc = make_bundle(tmp_path, make_onnx(tmp_path / "wbc.onnx", 32), "onnx", 32)
+    rbc_classes = ["normal", "schistocyte", "spherocyte"]
+    rbc = make_bundle(tmp_path, make_onnx(tmp_path / "rbc.onnx", 32), "onnx", 32, classes=rbc_classes, name="rbc")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--bundle", str(wbc), "--rbc", str(rbc), "--source",
+                                    str(frames), "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with open(out / "cells.csv") as fh:
+        red = [r for r in csv.DictReader(fh) if r["kind"] == "rbc"]
+    with open(out / "frames.csv") as fh:
+        per_frame = [int(r["red_cells"]) for r in csv.DictReader(fh)]
+    assert len(per_frame) == 3 and all(n >= 8 for n in per_frame) and len(red) == sum(per_frame)
+    assert {r["class"] for r in red} <= set(rbc_classes) and all(0 < float(r["confidence"]) <= 1 for r in red)
+    s = json.loads((out / "summary.json").read_text())["red_cells"]
+    assert s["fields"] == 3 and s["red_cells"] == len(red) == s["classified"]
+    assert sum(m["count"] for m in s["morphology"]) == len(red)
+    for m in s["morphology"]:
+        assert m["ci95_low"] <= m["percent"] <= m["ci95_high"]
+    assert "red cells:" in res.output and (out / "rbc_counts.csv").is_file()
+    missing = CliRunner().invoke(main, ["edge", "run", "-q", "--bundle", str(wbc), "--rbc", str(tmp_path / "nope"),
+                                        "--source", str(frames), "--out", str(tmp_path / "run2")])
+    assert missing.exit_code == 2 and missing.output.startswith("Error:")
+
+
+def test_count_only_run_has_red_cells_without_classes(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(REPO / "samples" / "bccd" / "BloodImage_00007.jpg", frames / "a.jpg")
+    wbc = make_bundle(tmp_path, make_onnx(tmp_path / "wbc.onnx", 32), "onnx", 32)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--bundle", str(wbc), "--count-red-cells", "--source",
+                                    str(frames), "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with open(out / "cells.csv") as fh:
+        red = [r for r in csv.DictReader(fh) if r["kind"] == "rbc"]
+    s = json.loads((out / "summary.json").read_text())["red_cells"]
+    assert s["red_cells"] == len(red) >= 8 and s["classified"] == 0 and s["flags"] == []
+    assert {r["class"] for r in red} == {"rbc"} and all(r["confidence"] == "" for r in red)
+
+
+def test_cut_crops_match_extract_crop_inside_and_at_the_border():
+    from hemaedge.edge.rbc_morphology import cut_crops
+    from hemaedge.edge.segment import extract_crop
+
+    img = read_image_rgb(REPO / "samples" / "bccd" / "BloodImage_00007.jpg")
+    squares = [(320, 240, 64), (5, 7, 64), (636, 478, 65), (100, 470, 33)]
+    for got, sq in zip(cut_crops(img, squares), squares):
+        assert np.array_equal(got, extract_crop(img, sq))
+
+
+def test_packaged_red_cell_bundle_classifies_real_frames(tmp_path):
+    """The shipped int8 morphology bundle, verified and run on the sample frames with the default model."""
+    from hemaedge.train.rbc_crops import CHULA_TYPES
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--rbc", "packaged", "--source", str(REPO / "samples" / "bccd"),
+                                    "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())["red_cells"]
+    assert [m["class"] for m in s["morphology"]] == [c for c in CHULA_TYPES if c != "uncategorised"]
+    assert s["classified"] == s["red_cells"] > 20
+    assert sum(m["percent"] for m in s["morphology"]) == pytest.approx(100, abs=0.1)
