@@ -97,6 +97,9 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
               help="End the run when this many distinct white cells are counted (100 or 200 as in a manual differential).")
 @click.option("--count-edge-cells", is_flag=True,
               help="Also count cells cut by the frame edge (by default only whole cells are counted).")
+@click.option("--save-crops", type=click.Choice(["all", "flagged"]),
+              help="Save each cell's crop (as the model saw it) and a wider context view under OUT/crops and "
+                   "OUT/context: for every cell, or only those flagged for review (for `hemaedge review`).")
 @click.option("--fsync", is_flag=True, help="fsync the logs after every frame (survives power loss; slower on SD cards).")
 @click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write annotated frames (JPEG) here.")
 @click.option("--annotate-video", type=click.Path(path_type=Path), help="Write an annotated video (.mp4) here.")
@@ -116,7 +119,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
         rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, review_threshold,
-        unidentified_below, same_slide, target_wbc, count_edge_cells,
+        unidentified_below, same_slide, target_wbc, count_edge_cells, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
         status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
@@ -146,6 +149,9 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         raise UserError("--crop-mode fixed needs --crop-side PIXELS")
     if force and append:
         raise UserError("--force replaces the output folder and --append adds to it: give one of them")
+    if save_crops and append:
+        raise UserError("--save-crops names crops by frame number, which starts again with --append: "
+                        "save the crops of a new run in a new --out folder")
     if annotate_video:
         check_video_output(annotate_video, overwrite=force)
     if annotate_dir:
@@ -178,6 +184,12 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         annotator = Annotator(review_threshold, annotate_dir, annotate_video, fps=fps or 5.0) \
             if (annotate_dir or annotate_video) else None
         window = _open_preview(review_threshold) if preview else None
+        observers = []
+        if save_crops:
+            from hemaedge.edge.crops import CropSaver
+
+            observers.append(CropSaver(folder.path, mdl.contract.size, save_crops, review_threshold=review_threshold,
+                                       fsync=fsync, crops_for=classifier.crops_for))
         total = max_frames or (len(src.files) if hasattr(src, "files") and not loop else None)
         bar = tqdm(total=total, unit="frame", disable=quiet, desc="frames")
 
@@ -195,6 +207,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                         {"append": " (appending)", "replace": " (replaced)"}.get(folder.mode, ""))
             try:
                 summary = run_loop(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
+                                   observers=observers,
                                    frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
                                    load_s=load_s, stop=stop, output={"folder": str(folder.path), "mode": folder.mode},
                                    summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every),

@@ -23,7 +23,7 @@ SIDECAR_SECTIONS = ("ood", "domain")
 
 
 def confidence_sections(sidecar: dict, output: dict) -> tuple[dict, dict]:
-    """(output with the sidecar's temperature, {section: ...}) for write_export_bundle."""
+    """(output with the sidecar's temperature, {section: ...}) for write_export_bundle(manifest_extra=...)."""
     out = dict(output)
     t = (sidecar.get("output") or {}).get("temperature")
     if t:
@@ -39,16 +39,15 @@ def backend_for(path) -> str:
 def write_export_bundle(out_dir, artifact, *, model_format: str, classes: list[str], contract: InputContract,
                         output: dict, source: dict, settings: dict, metrics: dict | None = None,
                         validation: dict | None = None, extra_files: dict | None = None,
-                        name: str | None = None, overwrite: bool = False, sections: dict | None = None) -> Path:
+                        name: str | None = None, overwrite: bool = False, manifest_extra: dict | None = None) -> Path:
     """Copy `artifact` (a model file) into a new bundle at out_dir, atomically.
 
-    `sections`: further top-level manifest sections from the training run (e.g. `ood`, `domain`:
-    see `confidence_sections`)."""
+    `manifest_extra` adds top-level manifest entries (e.g. an adapted model's provenance)."""
     backend = backend_for(artifact)
     files = {MODEL_FILES[backend]: Path(artifact)}
     files.update(extra_files or {})
-    extra = dict(sections or {})
-    extra["validation"] = validation or {"status": "not-validated", "reason": "no parity data given"}
+    extra = {**(manifest_extra or {}),
+             "validation": validation or {"status": "not-validated", "reason": "no parity data given"}}
     return write_bundle(out_dir, files, model_file=MODEL_FILES[backend], backend=backend,
                         model_format=model_format, classes=classes, contract=contract, output=output,
                         source=source, export=settings, metrics=metrics or {}, name=name,

@@ -194,7 +194,8 @@ def _tf2onnx_version() -> str:
 
 def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = None,
                max_drop: float = par.DEFAULT_MAX_DROP, calib_images=None, calib_info: dict | None = None,
-               overwrite: bool = False, log: Callable[[str], None] | None = None, **convert_kw) -> dict:
+               overwrite: bool = False, log: Callable[[str], None] | None = None,
+               manifest_extra: dict | None = None, **convert_kw) -> dict:
     """Convert + parity + bundle. Returns a table row; raises on conversion errors."""
     log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     t0 = time.perf_counter()
@@ -213,7 +214,7 @@ def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = No
                                      output=output, source=source.source_info(), settings=settings,
                                      metrics=par.manifest_metrics(splits, verdict) if splits else {},
                                      validation=verdict, name=f"{source.name}-{fmt}", overwrite=overwrite,
-                                     sections=sections)
+                                     manifest_extra={**sections, **(manifest_extra or {})})
         size = path.stat().st_size
     if splits:
         log(f"[{fmt}] " + par.format_summary(splits, verdict).replace("\n", f"\n[{fmt}] "))

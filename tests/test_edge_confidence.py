@@ -107,7 +107,7 @@ def test_the_run_summary_carries_the_domain_check(default_val, bccd, tmp_path):
     output, sections = confidence_sections(sidecar, b.manifest["output"])
     out = write_export_bundle(tmp_path / "bundle", b.model_path, model_format=b.manifest["model"]["format"],
                               classes=b.classes, contract=b.contract, output=output, source={}, settings={},
-                              sections=sections)
+                              manifest_extra=sections)
     nb = load_bundle(out)
     assert nb.manifest["output"]["temperature"] == 0.7 and nb.manifest["ood"] == sidecar["ood"]
     frames = tmp_path / "frames"

@@ -149,6 +149,8 @@ def steps(s: Settings) -> list[Step]:
     pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
     frames = limit or "200"
     baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
+    proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
+    proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -217,6 +219,20 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/fleet_rollout.md"],
              "`hemaedge deploy --inventory` to three loopback sshd devices, forks 1 vs 3 (needs sshd, ansible-core)",
              "~15 min"),
+        Step("review", [Need("/usr/bin/chromium", f"no /usr/bin/chromium; kept {out}/review_page_load.md")],
+             [py, "-m", "hemaedge.review.bench", "--cells", "500", "--out", f"{out}/review_page_load.md"],
+             [f"{out}/review_page_load.md"],
+             "review page with 500+ cells of a real run in headless Chromium: load time, keys per correction",
+             "~1 min"),
+        Step("adapt-proxy", [Need(f"{proxy_base}/model.keras",
+                                  f"no proxy base at {proxy_base} (make it with the command in "
+                                  f"{out}/adapt_bccd_proxy_smallcnn64.md's notes, docs/review.md); kept its table")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", f"{proxy_base}/model.keras", "--bccd", f"{data}/bccd",
+              "--replay", f"{data}/bloodmnist128", "--work", proxy_work, "--out", f"{out}/adapt_bccd_proxy_smallcnn64",
+              "--steps", "100,25,50,200", "--epochs", "8", "--export-steps", "100"],
+             [f"{out}/adapt_bccd_proxy_smallcnn64{x}" for x in (".md", ".json")],
+             "train adapt on 25/50/100/all BCCD train cells (reviewer simulated) from a small PBC base; "
+             "BCCD test and PBC val before/after", "~5 min"),
         # the default-model issue (#13): other microscopes, calibration, normalisation, the new default's checks
         Step("bccd-wbc", [], [py, "-m", "hemaedge.benchmarks.bccd_wbc", "--data", f"{data}/bccd", "--bloodmnist128",
                               f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split", "val", "--normalize", "none",

@@ -23,6 +23,8 @@ GROUPS = {
     "bench": ("hemaedge.benchmarks.cli:bench", "edge", ()),
     "deploy": ("hemaedge.deploy_cli:deploy", "edge", ()),
     "keys": ("hemaedge.keys_cli:keys", "edge", ("nacl",)),
+    "review": ("hemaedge.review.cli:review", "review", ("starlette", "uvicorn", "jinja2")),
+    "report": ("hemaedge.report_cli:report", "review", ("jinja2", "reportlab")),
 }
 
 HELP = {
@@ -33,6 +35,8 @@ HELP = {
     "bench": "Size / latency / accuracy / memory tables and plots.",
     "deploy": "Push a bundle to one or more devices over SSH and install it there.",
     "keys": "Signing keys: make an Ed25519 key pair, sign bundles (devices trust the public key).",
+    "review": "Review a run's cells in a local web page and correct them (corrections.csv).",
+    "report": "The corrected differential of a run as HTML and PDF, with its inputs' checksums.",
 }
 
 

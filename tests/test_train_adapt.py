@@ -1,0 +1,142 @@
+"""`hemaedge train adapt` with a small real Keras model (a from-scratch CNN trained here on real
+BloodMNIST-128 images): new cells from a class-folder tree and from a reviewed run, replay of
+the original training data, held-out choice, int8 bundle with provenance in its manifest."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from finetune_helpers import tiny_config
+from review_helpers import sample_run, sample_run_master  # noqa: F401  (fixtures)
+from hemaedge.cli import main
+
+CLASSES = ("basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+           "neutrophil", "platelet")
+_CACHE: dict = {}
+
+
+def small_tree(src: Path, dst: Path, per_split=(("train", 10), ("val", 4), ("test", 4))) -> Path:
+    for split, n in per_split:
+        for c in CLASSES:
+            out = dst / split / c
+            out.mkdir(parents=True, exist_ok=True)
+            for f in sorted((src / split / c).glob("*.jpg"))[:n]:
+                shutil.copy(f, out / f.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pbc_small(bloodmnist128, tmp_path_factory):
+    if "tree" not in _CACHE:
+        _CACHE["tree"] = small_tree(bloodmnist128, tmp_path_factory.mktemp("pbc_small"))
+    return _CACHE["tree"]
+
+
+@pytest.fixture(scope="module")
+def base_model(pbc_small, tmp_path_factory):
+    """A real 8-class Keras classifier (small CNN, 32 px, CLAHE contract), trained for one epoch."""
+    from hemaedge.train.finetune import finetune
+
+    if "base" not in _CACHE:
+        out = tmp_path_factory.mktemp("base")
+        finetune(tiny_config(pbc_small, out, epochs=1), log=lambda *_: None)
+        _CACHE["base"] = out / "model.keras"
+    return _CACHE["base"]
+
+
+@pytest.fixture(scope="module")
+def new_microscope(bloodmnist128, tmp_path_factory) -> Path:
+    """'Another microscope': PBC test cells of four classes with a warmer stain and less light."""
+    dst = tmp_path_factory.mktemp("new_scope")
+    for c in ("eosinophil", "lymphocyte", "monocyte", "neutrophil"):
+        (dst / c).mkdir()
+        for f in sorted((bloodmnist128 / "test" / c).glob("*.jpg"))[:8]:
+            img = cv2.imread(str(f)).astype(np.float32)
+            img = np.clip(img * np.array([0.8, 0.9, 1.15]) - 10, 0, 255).astype(np.uint8)
+            cv2.imwrite(str(dst / c / (f.stem + ".png")), img)
+    return dst
+
+
+def adapt(*args):
+    return CliRunner().invoke(main, ["train", "adapt", *map(str, args)], catch_exceptions=False)
+
+
+def test_adapt_from_a_tree_exports_a_bundle_with_provenance(base_model, pbc_small, new_microscope, tmp_path):
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.bundle import load_bundle, sha256_file
+    from hemaedge.edge.preprocess import prepare_batch
+
+    out = tmp_path / "adapted"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--epochs", "2", "--replay-min", "16", "--seed", "1")
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "adapt.json").read_text())
+    p = result["provenance"]
+    assert p["base"]["sha256"] == sha256_file(base_model)
+    assert p["counts"]["new_cells"] == 32 and p["counts"]["new_train"] + p["counts"]["held_out"] == 32
+    assert p["counts"]["replay"] >= 16 and p["data"][0]["per_class"]["monocyte"] == 8
+    for when in ("accuracy_before", "accuracy_after"):
+        assert set(p[when]) == {"held_out", "pbc_val"}
+        assert p[when]["pbc_val"]["n"] == 32 and 0 <= p[when]["held_out"]["accuracy"] <= 1
+    # the chosen epoch is the best held-out one (epoch 0 = the base model itself)
+    hist = p["training"]["history"]
+    assert p["training"]["chosen_epoch"] == max(hist, key=lambda h: (h["held_out_accuracy"], -h["held_out_loss"]))["epoch"]
+    assert p["accuracy_after"]["held_out"]["accuracy"] == hist[p["training"]["chosen_epoch"]]["held_out_accuracy"]
+    # the bundle: verified, int8, manifest records the provenance, runs in the device back end
+    b = load_bundle(out / "bundle")
+    assert b.manifest["model"]["format"] == "tflite-int8-mixed"
+    assert b.manifest["adaptation"]["base"]["sha256"] == sha256_file(base_model)
+    assert b.manifest["adaptation"]["accuracy_after"]["pbc_val"]["n"] == 32
+    assert b.manifest["validation"]["status"] in ("passed", "failed-validation")
+    crops = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in sorted(new_microscope.rglob("*.png"))[:4]]
+    probs = load_backend(b, threads=1).predict(prepare_batch(crops, b.contract))
+    assert probs.shape == (4, 8) and np.allclose(probs.sum(1), 1, atol=1e-3)
+    # the held-out cells were never trained on: only the trainable tail changed
+    assert p["training"]["trainable_parameters"] < p["training"]["parameters"]
+    # `hemaedge edge install` takes it like any bundle
+    res = CliRunner().invoke(main, ["edge", "install", str(out / "bundle"), "--store", str(tmp_path / "store")])
+    assert res.exit_code == 0, res.output
+
+
+def test_adapt_from_a_reviewed_run_uses_only_reviewed_cells(base_model, sample_run, tmp_path):
+    """The base here is 32 px: the run's 128 px crops are resized like any input."""
+    from hemaedge.review.rundata import NOT_A_CELL, RunReview
+
+    run = RunReview.open(sample_run)
+    wbc = [c for c in run.cells if c.kind == "wbc"]
+    for i, c in enumerate(wbc[:6]):
+        run.correct(c.key, "lymphocyte" if i % 2 else "neutrophil")
+    run.correct(run.cells[-1].key, NOT_A_CELL)
+    out = tmp_path / "adapted"
+    res = adapt("--base", base_model, "--data", sample_run, "--out", out, "--epochs", "1", "--no-export",
+                "--holdout", "0.34")
+    assert res.exit_code == 0, res.output
+    p = json.loads((out / "adapt.json").read_text())["provenance"]
+    assert p["counts"]["new_cells"] == 6 and p["counts"]["new_per_class"] == {"lymphocyte": 3, "neutrophil": 3}
+    assert p["data"][0]["kind"] == "run" and p["data"][0]["corrections_sha256"]
+    assert "no --replay" in res.output and not (out / "bundle").exists()
+
+
+def test_adapt_refuses_what_it_cannot_do(base_model, new_microscope, tmp_path):
+    from hemaedge.edge.defaults import packaged_default_bundle
+
+    res = CliRunner().invoke(main, ["train", "adapt", "--base", str(packaged_default_bundle()), "--data",
+                                    str(new_microscope), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "Keras source" in res.output and "Traceback" not in res.output
+    odd = tmp_path / "odd"
+    shutil.copytree(new_microscope, odd)
+    (odd / "lymphocyte").rename(odd / "smudge")
+    res = CliRunner().invoke(main, ["train", "adapt", "--base", str(base_model), "--data", str(odd),
+                                    "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "smudge" in res.output
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("mine")
+    res = CliRunner().invoke(main, ["train", "adapt", "--base", str(base_model), "--data", str(new_microscope),
+                                    "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "not empty" in res.output and (tmp_path / "c" / "keep.txt").read_text() == "mine"

@@ -1,0 +1,457 @@
+"""Adapt a classifier to a new microscope from a few hundred corrected cells, on the CPU, in minutes.
+
+    new cells (ImageFolder trees, or the reviewed cells of runs with saved crops)
+      -> stratified held-out part (chooses the epoch, reports the new-microscope accuracy)
+    + a replay sample of the original training data (so the old microscope is not forgotten)
+    -> train the classifier head and the last blocks of the backbone (BatchNorm frozen;
+       flips/right-angle rotations, since a cell has no up or down), equal loss weight for the
+       new cells and the replay sample
+    -> the epoch with the best held-out accuracy -> model.keras + model.json
+    -> an int8 bundle ("tflite-int8-mixed", like the default) whose manifest records where it
+       came from (base digest, data, counts) and the before/after accuracy on the held-out new
+       cells, on PBC val and on any extra test set.
+
+Pixels: every image goes through `prepare_batch` with the base model's input contract, the
+code the device runs. Crops saved by `hemaedge edge run --save-crops` are already at the
+model's input side, before preprocessing, exactly as the device saw them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hemaedge.edge.bundle import sha256_file
+from hemaedge.edge.errors import DataError, UsageError
+from hemaedge.edge.preprocess import prepare_batch, read_image_rgb, resize
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "tflite-int8-mixed"
+
+
+@dataclass
+class AdaptConfig:
+    base: str
+    data: list[str]
+    out: str
+    replay: str | None = None          # original training data (a tree/npz with a train split)
+    pbc_val: str | None = None         # a data set whose val split is PBC val (default: replay's)
+    test: list[str] = field(default_factory=list)  # extra labelled trees to report on (e.g. BCCD test)
+    limit: int | None = None           # use at most this many new cells (seeded random subset)
+    holdout: float = 0.2               # share of the new cells held out to choose and report on
+    replay_ratio: float = 2.0          # replay images per new training cell (at least `replay_min`)
+    replay_min: int = 128
+    blocks: int = 2                    # trailing backbone blocks trained with the head
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 3e-4
+    seed: int = 0
+    eval_limit: int | None = None      # at most this many images per class of PBC val (quick runs)
+    calib_count: int = 128
+    export: bool = True
+    run_cells: str = "reviewed"        # from runs: "reviewed" cells only, or "all" (model labels kept)
+
+    def validate(self):
+        if not self.data:
+            raise UsageError("give at least one --data folder (a class-folder tree or a run folder)")
+        if not 0 < self.holdout < 0.9:
+            raise UsageError(f"--holdout {self.holdout}: expected a fraction between 0 and 0.9")
+        if self.epochs < 1 or self.batch_size < 1 or self.blocks < 0:
+            raise UsageError("--epochs and --batch-size must be at least 1, --blocks at least 0")
+        if self.run_cells not in ("reviewed", "all"):
+            raise UsageError(f"--run-cells {self.run_cells!r}: expected reviewed or all")
+
+
+# ----------------------------------------------------------------------------- base model
+
+
+def resolve_base(base) -> tuple[Path, dict]:
+    """The Keras file to adapt, and what is known of its origin (a bundle gives its digest)."""
+    from hemaedge.edge.store import manifest_digest
+
+    base = Path(base)
+    if base.is_dir() and (base / "manifest.json").is_file():
+        manifest = json.loads((base / "manifest.json").read_text(encoding="utf-8"))
+        src = manifest.get("source") or {}
+        name = src.get("file")
+        for cand in ([base / name, base.parent / name] if name else []):
+            if cand.is_file() and (not src.get("sha256") or sha256_file(cand) == src["sha256"]):
+                return cand, {"bundle": str(base), "bundle_manifest_sha256": manifest_digest(base)}
+        raise UsageError(f"{base}: adapting needs the bundle's Keras source ({name or 'not named'}, sha256 "
+                         f"{str(src.get('sha256'))[:12]}...), which is not in or next to the bundle; "
+                         "pass the .keras file (with its .json sidecar) as --base")
+    if not base.is_file():
+        raise UsageError(f"{base}: no such model file or bundle folder")
+    return base, {}
+
+
+def trainable_groups(backbone) -> list[tuple[str, list]]:
+    """The backbone's layers grouped into blocks, in order: 'block7_*' -> block7, 'conv2'/'bn2' -> stage 2,
+    every other weighted layer (stem, head conv) its own group. Only groups with weights are listed."""
+    import re
+
+    groups: list[tuple[str, list]] = []
+    for layer in backbone.layers:
+        m = re.match(r"^(block\d+)_", layer.name) or re.match(r"^[a-z]+?(\d+)$", layer.name)
+        key = m.group(1) if m else (layer.name.split("_")[0] if layer.weights else None)
+        if key is None:
+            continue
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(layer)
+        else:
+            groups.append((key, [layer]))
+    return [(k, ls) for k, ls in groups if any(layer.weights for layer in ls)]
+
+
+def set_trainable(model, blocks: int) -> dict:
+    """Head + the last `blocks` weighted blocks of the backbone train; BatchNorm stays frozen."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    for layer in model.layers:
+        layer.trainable = not isinstance(layer, keras.Model) and bool(layer.weights)
+    trained = [layer.name for layer in model.layers if layer.trainable]
+    for backbone in nested:
+        backbone.trainable = True
+        groups = trainable_groups(backbone)
+        keep = {id(layer) for _, ls in groups[len(groups) - blocks:] for layer in ls} if blocks else set()
+        for layer in backbone.layers:
+            layer.trainable = id(layer) in keep and not isinstance(layer, keras.layers.BatchNormalization)
+            if layer.trainable and layer.weights:
+                trained.append(f"{backbone.name}/{layer.name}")
+    if not nested and blocks:
+        # A flat model: the last `blocks` weighted non-BN layers before the head train too.
+        weighted = [layer for layer in model.layers[:-1] if layer.weights
+                    and not isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in weighted[-blocks:]:
+            layer.trainable = True
+            trained.append(layer.name)
+    n_train = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    return {"trained_layers": trained, "trainable_parameters": n_train, "parameters": int(model.count_params())}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Cells:
+    images: np.ndarray  # uint8 RGB (N, S, S, 3) at the model's input side
+    labels: np.ndarray  # int64 (N,) in the base model's class order
+    sources: list[dict]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, idx) -> "Cells":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Cells(self.images[idx], self.labels[idx], self.sources)
+
+
+def _tree_cells(root: Path, classes: list[str], size: int) -> tuple[list, list, dict]:
+    from hemaedge.train.data.readers import _read_files, _scan_flat_tree
+
+    if (root / "train").is_dir():
+        root = root / "train"  # a split tree: only its train split is for adapting
+    present = tuple(c for c in classes if (root / c).is_dir())  # a lab need not see every class
+    order, paths, labels, problems, _ = _scan_flat_tree(root, present or tuple(classes))
+    if problems:
+        raise DataError(problems[0] + f" (the base model's classes are {classes}; rename or remove the folder)")
+    if not paths:
+        raise DataError(f"{root}: no images in class folders ({{class}}/*.png)")
+    images = _read_files(list(paths), size, None, False, "new cells")
+    labels = [classes.index(order[k]) for k in labels]
+    return list(images), labels, {"path": str(root), "kind": "image-folder", "cells": len(paths)}
+
+
+def _run_cells(root: Path, classes: list[str], size: int, which: str) -> tuple[list, list, dict]:
+    from hemaedge.edge.crops import CROPS_DIR
+    from hemaedge.review.rundata import RunReview
+
+    run = RunReview.open(root)
+    images, labels, skipped = [], [], 0
+    for c in run.cells:
+        if c.current not in classes or c.crop is None or (which == "reviewed" and not c.reviewed):
+            skipped += 1
+            continue
+        images.append(resize(read_image_rgb(root / CROPS_DIR / c.crop), size))
+        labels.append(classes.index(c.current))
+    if not images:
+        raise DataError(f"{root}: no {'reviewed ' if which == 'reviewed' else ''}cells with saved crops "
+                        "(run `hemaedge edge run --save-crops all`, then correct or confirm cells in `hemaedge review`)")
+    return images, labels, {"path": str(root), "kind": "run", "cells": len(images), "cells_left_out": skipped,
+                            "corrections_sha256": sha256_file(root / "corrections.csv")
+                            if (root / "corrections.csv").is_file() else None}
+
+
+def load_new_cells(paths, classes: list[str], size: int, run_cells: str = "reviewed") -> Cells:
+    images, labels, sources = [], [], []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise DataError(f"{p}: no such folder (expected a class-folder tree or a run folder)")
+        im, lb, src = _run_cells(p, classes, size, run_cells) if (p / "cells.csv").is_file() \
+            else _tree_cells(p, classes, size)
+        src["per_class"] = {classes[k]: int(v) for k, v in zip(*np.unique(lb, return_counts=True))}
+        images += im
+        labels += lb
+        sources.append(src)
+    return Cells(np.stack(images), np.asarray(labels, np.int64), sources)
+
+
+def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices, stratified; a class with one cell goes to training."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        n_held = int(round(fraction * len(idx))) if len(idx) > 1 else 0
+        n_held = min(max(n_held, 1 if len(idx) > 2 else 0), len(idx) - 1)
+        held += idx[:n_held].tolist()
+        train += idx[n_held:].tolist()
+    if not held:
+        raise DataError(f"too few new cells ({len(labels)}) to hold any out; label more cells")
+    return np.sort(train), np.sort(held)
+
+
+def open_reference(path, classes: list[str]):
+    """The original training data (replay, PBC val): its classes must be the base model's."""
+    from hemaedge.train.data import open_dataset
+
+    ds = open_dataset(path)
+    missing = [c for c in ds.classes if c not in classes]
+    if missing:
+        raise DataError(f"{path}: classes {missing} are not among the base model's {classes}")
+    return ds
+
+
+def reference_split(ds, split: str, classes: list[str], size: int, per_class: int | None, seed: int) -> Cells:
+    labels = ds.split(split).labels
+    rng = np.random.default_rng(seed)
+    if per_class is None:
+        idx = np.arange(len(labels))
+    else:
+        idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class]
+                                      for k in np.unique(labels)]))
+    x, y = ds.load_images(split, size=size, indices=idx, progress=False)
+    remap = np.asarray([classes.index(c) for c in ds.classes], np.int64)
+    return Cells(x, remap[y], [{"path": str(ds.root), "split": split, "cells": int(len(idx))}])
+
+
+def replay_sample(ds, classes, size, n: int, seed: int) -> Cells:
+    """n images of the train split, every class equally represented where it can be."""
+    labels = ds.split("train").labels
+    per = max(1, int(np.ceil(n / len(np.unique(labels)))))
+    cells = reference_split(ds, "train", classes, size, per, seed)
+    if len(cells) > n:
+        cells = cells.subset(np.sort(np.random.default_rng(seed + 1).permutation(len(cells))[:n]))
+    return cells
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random flip / right-angle rotation per image (cells have no orientation)."""
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        k = int(rng.integers(8))
+        img = np.rot90(img, k % 4)
+        out[i] = img[:, ::-1] if k >= 4 else img
+    return out
+
+
+def predict(model, cells: Cells, contract, batch_size: int = 64) -> np.ndarray:
+    chunks = [np.asarray(model.predict(prepare_batch(cells.images[s:s + batch_size], contract), verbose=0))
+              for s in range(0, len(cells), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def accuracy(model, cells: Cells, contract) -> dict:
+    if not len(cells):
+        return {"accuracy": None, "n": 0}
+    p = predict(model, cells, contract)
+    pred = p.argmax(1)
+    per_class = {}
+    for k in np.unique(cells.labels):
+        m = cells.labels == k
+        per_class[int(k)] = round(float((pred[m] == k).mean()), 4)
+    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(p)), cells.labels], 1e-7, 1))))
+    return {"accuracy": round(float((pred == cells.labels).mean()), 4), "n": int(len(cells)),
+            "loss": round(loss, 4), "per_class_recall": per_class}
+
+
+def _named(metrics: dict, classes) -> dict:
+    m = dict(metrics)
+    if "per_class_recall" in m:
+        m["per_class_recall"] = {classes[k]: v for k, v in m["per_class_recall"].items()}
+    return m
+
+
+def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf) -> dict:
+    """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss)."""
+    import keras
+
+    n_classes = int(model.outputs[0].shape[-1])
+    eye = np.eye(n_classes, dtype=np.float32)
+    # Equal total loss weight for the new cells and the replay sample, whatever their sizes.
+    w_new = 0.5 * (len(new) + len(replay)) / max(1, len(new))
+    w_rep = 0.5 * (len(new) + len(replay)) / max(1, len(replay))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr),
+                  loss=keras.losses.CategoricalCrossentropy())
+    best = {"epoch": 0, **accuracy(model, held, contract)}
+    best_weights = model.get_weights()
+    history = [{"epoch": 0, "held_out_accuracy": best["accuracy"], "held_out_loss": best["loss"], "seconds": 0.0}]
+    logf(f"epoch 0 (base): held-out accuracy {best['accuracy']:.4f}")
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        images = dihedral(np.concatenate([new.images, replay.images]), rng)
+        labels = np.concatenate([new.labels, replay.labels])
+        weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(len(replay), w_rep, np.float32)])
+        order = rng.permutation(len(labels))
+        losses = []
+        for s in range(0, len(order), cfg.batch_size):
+            b = order[s:s + cfg.batch_size]
+            losses.append(float(model.train_on_batch(prepare_batch(images[b], contract), eye[labels[b]],
+                                                     sample_weight=weights[b])))
+        m = accuracy(model, held, contract)
+        secs = time.perf_counter() - t0
+        history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4),
+                        "held_out_accuracy": m["accuracy"], "held_out_loss": m["loss"], "seconds": round(secs, 1)})
+        logf(f"epoch {epoch}: loss {np.mean(losses):.4f}, held-out accuracy {m['accuracy']:.4f} "
+             f"(loss {m['loss']:.4f}), {secs:.0f} s")
+        if (m["accuracy"], -m["loss"]) > (best["accuracy"], -best["loss"]):
+            best = {"epoch": epoch, **m}
+            best_weights = model.get_weights()
+    model.set_weights(best_weights)
+    return {"chosen_epoch": best["epoch"], "history": history}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_cache: dict | None = None) -> dict:
+    """Run one adaptation; writes OUT/model.keras, model.json, adapt.json and OUT/bundle (int8).
+
+    `before_cache` (a dict kept by the caller) remembers the base model's accuracy on PBC val and
+    the test sets between adaptations of the same base, which a series of runs need only once.
+    """
+    import keras
+
+    from hemaedge.edge.atomic import atomic_write_json
+    from hemaedge.export.source import load_source
+    from hemaedge.train.finetune import machine, save_keras_atomic
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty: choose a new --out folder (nothing is overwritten)")
+    base_path, base_origin = resolve_base(cfg.base)
+    source = load_source(base_path)
+    classes, contract, size = list(source.classes), source.contract, source.contract.size
+    if source.output_kind != "probabilities":
+        raise UsageError(f"{base_path}: the base model outputs logits; adapting expects a softmax classifier")
+
+    cells = load_new_cells(cfg.data, classes, size, cfg.run_cells)
+    if cfg.limit and cfg.limit < len(cells):
+        cells = cells.subset(np.sort(np.random.default_rng(cfg.seed).permutation(len(cells))[:cfg.limit]))
+    tr_idx, ho_idx = split_holdout(cells.labels, cfg.holdout, cfg.seed)
+    new, held = cells.subset(tr_idx), cells.subset(ho_idx)
+    logf(f"new cells: {len(cells)} ({len(new)} to train, {len(held)} held out) from {len(cells.sources)} source(s)")
+
+    replay_ds = open_reference(cfg.replay, classes) if cfg.replay else None
+    n_replay = max(cfg.replay_min, int(round(cfg.replay_ratio * len(new)))) if replay_ds else 0
+    replay = replay_sample(replay_ds, classes, size, n_replay, cfg.seed) if replay_ds else \
+        Cells(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64), [])
+    if not replay_ds:
+        logf("note: no --replay data: the model may forget the original microscope")
+    pbc_src = cfg.pbc_val or cfg.replay
+    pbc_val = reference_split(open_reference(pbc_src, classes), "val", classes, size, cfg.eval_limit, cfg.seed) \
+        if pbc_src else None
+    tests = {Path(t).name: load_new_cells([t], classes, size, "reviewed") for t in cfg.test}
+
+    model = source.model
+    cache = before_cache if before_cache is not None else {}
+
+    def base_accuracy(name, cells_):
+        key = (source.sha256, name, cfg.eval_limit, cfg.seed, len(cells_))
+        if key not in cache:
+            cache[key] = _named(accuracy(model, cells_, contract), classes)
+        return cache[key]
+
+    before = {"held_out": _named(accuracy(model, held, contract), classes)}
+    if pbc_val is not None:
+        before["pbc_val"] = base_accuracy(f"pbc_val:{pbc_src}", pbc_val)
+    for k, v in tests.items():
+        before[f"test:{k}"] = base_accuracy(f"test:{k}", v)
+    logf("before: " + ", ".join(f"{k} {v['accuracy']}" for k, v in before.items()))
+
+    trainable = set_trainable(model, cfg.blocks)
+    logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
+         f"({len(trainable['trained_layers'])} layers)")
+    t_train = time.perf_counter()
+    fit = train_tail(model, contract, new, replay, held, cfg, logf)
+    train_s = time.perf_counter() - t_train
+    after = {"held_out": _named(accuracy(model, held, contract), classes)}
+    if pbc_val is not None:
+        after["pbc_val"] = _named(accuracy(model, pbc_val, contract), classes)
+    for k, v in tests.items():
+        after[f"test:{k}"] = _named(accuracy(model, v, contract), classes)
+    logf("after: " + ", ".join(f"{k} {v['accuracy']}" for k, v in after.items()))
+
+    out.mkdir(parents=True, exist_ok=True)
+    for layer in model.layers:
+        layer.trainable = True
+    save_keras_atomic(model, out / "model.keras")
+    provenance = {
+        "base": {"file": str(base_path), "sha256": source.sha256, **base_origin},
+        "data": cells.sources,
+        "counts": {"new_cells": len(cells), "new_train": len(new), "held_out": len(held),
+                   "replay": len(replay), "replay_data": cfg.replay,
+                   "new_per_class": {classes[k]: int(v) for k, v in zip(*np.unique(cells.labels, return_counts=True))}},
+        "training": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("base", "data", "out")},
+                     **trainable, **fit, "train_seconds": round(train_s, 1)},
+        "accuracy_before": before, "accuracy_after": after,
+        "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,
+    }
+    side = dict(source.sidecar)
+    side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
+                metrics={"held_out_accuracy": after["held_out"]["accuracy"],
+                         **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})
+    atomic_write_json(out / "model.json", side)
+    result = {"provenance": provenance, "model": str(out / "model.keras")}
+    if cfg.export:
+        result["bundle"] = export_bundle(out, classes, new, replay, pbc_src, cfg, provenance, logf)
+    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    provenance["wall_seconds"] = result["wall_seconds"]
+    atomic_write_json(out / "adapt.json", result)
+    keras.backend.clear_session()
+    return result
+
+
+def export_bundle(out: Path, classes, new: Cells, replay: Cells, pbc_src, cfg: AdaptConfig, provenance: dict, logf):
+    """The adapted model as an int8 bundle (the default's format), provenance in its manifest."""
+    from hemaedge.export.pipeline import ParityData, export_one
+    from hemaedge.export.source import load_source
+
+    source = load_source(out / "model.keras")
+    rng = np.random.default_rng(cfg.seed + 7)
+    pool = np.concatenate([new.images, replay.images]) if len(replay) else new.images
+    calib = [pool[i] for i in np.sort(rng.permutation(len(pool))[:cfg.calib_count])]
+    # eval_limit is per class elsewhere; the export's parity reader takes a total
+    limit = cfg.eval_limit * len(classes) if cfg.eval_limit else None
+    parity = ParityData(pbc_src, classes, splits=("val",), limit=limit, seed=cfg.seed) if pbc_src else None
+    row = export_one(BUNDLE_FORMAT, source, out / "bundle", parity_data=parity, calib_images=calib,
+                     calib_info={"images": len(calib), "from": "new training cells + replay sample"},
+                     manifest_extra={"adaptation": provenance}, log=logf)
+    provenance["bundle"] = {"format": BUNDLE_FORMAT, "status": row.get("status"),
+                            "pbc_val_accuracy_int8": row.get("val_accuracy"),
+                            "pbc_val_n_int8": int(len(parity.data("val")[1])) if parity else 0,
+                            "size_mb": row.get("size_mb")}
+    return {"path": str(out / "bundle"), **provenance["bundle"]}

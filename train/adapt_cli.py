@@ -1,0 +1,67 @@
+"""`hemaedge train adapt`: argument parsing only; the work is in `hemaedge.train.adapt`."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hemaedge.edge.cli_support import FiniteFloat, user_errors
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--base", required=True, help="Keras model to adapt (.keras with its .json sidecar), or a bundle "
+                                            "whose Keras source lies in or next to it.")
+@click.option("--data", "data", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="New microscope's cells: a {class}/*.png tree, or a run folder of `hemaedge edge run "
+                   "--save-crops` reviewed in `hemaedge review` (repeat for several).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New, empty output folder: model.keras, model.json, adapt.json, bundle/.")
+@click.option("--replay", type=click.Path(exists=True),
+              help="The original training data (e.g. ../shared/data/bloodmnist128): a sample of its train "
+                   "split is mixed in so the old microscope is not forgotten.")
+@click.option("--pbc-val", type=click.Path(exists=True),
+              help="Data set whose val split measures the old microscope [default: --replay].")
+@click.option("--test", "test", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Extra labelled {class}/*.png tree(s) to report before/after accuracy on (never used to choose).")
+@click.option("--limit", type=click.IntRange(1), help="Use at most N of the new cells (seeded random subset).")
+@click.option("--holdout", type=FiniteFloat(0.05, 0.8), default=0.2,
+              help="Share of the new cells held out to choose the epoch and report on.")
+@click.option("--replay-ratio", type=FiniteFloat(0), default=2.0, help="Replay images per new training cell.")
+@click.option("--replay-min", type=click.IntRange(0), default=128, help="At least this many replay images.")
+@click.option("--blocks", type=click.IntRange(0), default=2, help="Trailing backbone blocks trained with the head.")
+@click.option("--epochs", type=click.IntRange(1), default=8)
+@click.option("--batch-size", type=click.IntRange(1), default=32)
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3e-4, help="Adam learning rate.")
+@click.option("--seed", type=int, default=0)
+@click.option("--eval-limit", type=click.IntRange(1), help="At most N images per class of PBC val (quick runs).")
+@click.option("--run-cells", type=click.Choice(["reviewed", "all"]), default="reviewed",
+              help="From run folders: only cells the reviewer corrected or confirmed, or all (model's labels).")
+@click.option("--no-export", is_flag=True, help="Skip the int8 bundle (model.keras only).")
+@user_errors
+def adapt(no_export, **opts):
+    """Fine-tune a classifier on a new microscope's corrected cells, on the CPU, in minutes.
+
+    \b
+    Example:
+      hemaedge edge run --source frames/ --out runs/lab1 --save-crops all
+      hemaedge review runs/lab1                  # correct / confirm cells
+      hemaedge train adapt --base runs/finetune-lite0/model.keras --data runs/lab1 \\
+          --replay ../shared/data/bloodmnist128 --out runs/adapt-lab1
+      hemaedge edge install runs/adapt-lab1/bundle
+    """
+    import logging
+
+    from hemaedge.train.adapt import AdaptConfig, adapt as run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opts["data"], opts["test"] = list(opts["data"]), list(opts["test"])
+    cfg = AdaptConfig(**opts, export=not no_export)
+    result = run(cfg, logf=click.echo, command=" ".join(["hemaedge", *sys.argv[1:]]))
+    p = result["provenance"]
+    for split in p["accuracy_after"]:
+        b, a = p["accuracy_before"][split]["accuracy"], p["accuracy_after"][split]["accuracy"]
+        click.echo(f"{split}: accuracy {b} -> {a} (n={p['accuracy_after'][split]['n']})")
+    if "bundle" in result:
+        click.echo(f"bundle: {result['bundle']['path']} ({result['bundle']['status']}); "
+                   f"int8 PBC val accuracy {result['bundle']['pbc_val_accuracy_int8']}")
+    click.echo(f"wall time {result['wall_seconds']} s; details in {cfg.out}/adapt.json")
