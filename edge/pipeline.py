@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hemaedge.edge.domain import DomainMonitor
 from hemaedge.edge.focus import blank_reason
 from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, decide, is_platelet_clump
 from hemaedge.edge.preprocess import prepare_batch
@@ -72,6 +73,9 @@ class CellClassifier:
         if self.crop_mode == "fixed" and not crop_side:
             raise ValueError("crop mode 'fixed' needs a crop side in pixels")
         self.rbc_factor = rbc_factor
+        # per-run domain check against the bundle's `domain` section (edge/domain.py)
+        manifest = getattr(model, "manifest", None) or {}
+        self.domain = DomainMonitor(manifest.get("domain") if isinstance(manifest, dict) else None)
         self.review_threshold = review_threshold
         self.unidentified_below = unidentified_below
         self.mask_neighbours = mask_neighbours
@@ -133,6 +137,8 @@ class CellClassifier:
         crops = self.crops_for(image, dets)
         t1 = time.perf_counter()
         probs, pre_ms, inf_ms = self.classify_crops(crops)
+        self.domain.add_frame(image)
+        self.domain.add_cells(probs)
         for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
             side_rbc = d.size / reading.diameter if reading.diameter else None
             if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc):

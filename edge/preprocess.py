@@ -25,7 +25,8 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
-
+# Colour normalisation of a smear image to the training set's look (see `normalize_colour`).
+NORMALIZE_METHODS = ("lab-anchors",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class InputContract:
     quant_zero_point: int | None = None
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
+    # colour normalisation applied after resizing, before `preprocess` (None: none). A dict
+    # {"method": "lab-anchors", "background": [L, a, b], "cells": [L, a, b]}: the training
+    # set's reference background and red-cell colours in OpenCV 8-bit Lab (see `normalize_colour`).
+    normalize: dict | None = None
 
     def __post_init__(self):
         if self.preprocess not in PREPROCESS_MODES:
@@ -53,9 +58,14 @@ class InputContract:
             raise ValueError(f"unknown input dtype {self.dtype!r}; expected float32, uint8 or int8")
         if not 8 <= int(self.size) <= 1024:
             raise ValueError(f"input size {self.size} is out of range 8..1024")
+        if self.normalize is not None:
+            object.__setattr__(self, "normalize", check_normalize(self.normalize))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["normalize"] is None:  # manifests without normalisation stay as they were
+            del d["normalize"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict) -> "InputContract":
@@ -155,9 +165,105 @@ def masked_rgb(image: np.ndarray) -> np.ndarray:
     return image * (otsu_binary(image)[..., None] > 0)
 
 
+# ----------------------------------------------------------------------------- colour
+
+
+def check_normalize(spec: dict) -> dict:
+    """A validated, canonical copy of an input contract's `normalize` field."""
+    if not isinstance(spec, dict) or spec.get("method") not in NORMALIZE_METHODS:
+        raise ValueError(f"input normalisation {spec!r}: expected a dict with method one of {NORMALIZE_METHODS}")
+    out = {"method": spec["method"]}
+    for key in ("background", "cells"):
+        v = spec.get(key)
+        if v is None or len(v) != 3 or not all(0 <= float(c) <= 255 for c in v):
+            raise ValueError(f"input normalisation: {key!r} must be three Lab values within 0..255, got {v!r}")
+        out[key] = [round(float(c), 3) for c in v]
+    return out
+
+
+# A pixel whose blue-minus-green exceeds the image median by this much is stained (nuclei,
+# platelets): left out of the anchors, whose job is to describe background and red cells.
+_STAINED_CONTRAST = 30.0
+
+
+def _median_u8(values: np.ndarray) -> np.ndarray:
+    """Per-column median of an (N, 3) uint8 array, equal to np.median(values, axis=0) but
+    from 256-bin histograms (several times faster on the few thousand pixels used here)."""
+    n = len(values)
+    lo, hi = (n - 1) // 2, n // 2
+    out = np.empty(values.shape[1], dtype=np.float32)
+    for c in range(values.shape[1]):
+        cum = np.cumsum(np.bincount(values[:, c], minlength=256))
+        out[c] = (np.searchsorted(cum, lo, side="right") + np.searchsorted(cum, hi, side="right")) / 2.0
+    return out
+
+
+def colour_anchors(image: np.ndarray, max_side: int = 64) -> np.ndarray:
+    """The image's background and red-cell colour, (2, 3) float32 in OpenCV 8-bit Lab.
+
+    Stained pixels (nuclei, platelets: blue minus green well above the median, as the
+    segmenter finds them) are left out; the rest split by Otsu on the green channel, which
+    haemoglobin absorbs: bright = background, dark = red cells. Estimated on a subsample
+    (every k-th pixel, at most `max_side` per side): enough for a smear's colours, and cheap.
+    """
+    step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
+    small = np.ascontiguousarray(image[::step, ::step])
+    px = small.reshape(-1, 3)
+    stain = px[:, 2].astype(np.int16) - px[:, 1].astype(np.int16)
+    keep = stain <= np.median(stain) + _STAINED_CONTRAST
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3)[keep]
+    green = px[keep, 1]
+    if len(green) < 16:  # (almost) all stained: nothing to anchor on
+        mean = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(axis=0).astype(np.float32)
+        return np.stack([mean, mean])
+    t, _ = cv2.threshold(green.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    bright = green > t
+    if bright.all() or not bright.any():  # one tone: background only, or red cells only
+        mean = lab.mean(axis=0).astype(np.float32)
+        return np.stack([mean, mean])
+    return np.stack([_median_u8(lab[bright]), _median_u8(lab[~bright])])
+
+
+def reference_anchors(images: Iterable[np.ndarray]) -> dict:
+    """The `normalize` field of a training set: the median background and red-cell colour over its images."""
+    a = np.stack([colour_anchors(img) for img in images])
+    med = np.median(a, axis=0)
+    return check_normalize({"method": "lab-anchors", "background": med[0].tolist(), "cells": med[1].tolist()})
+
+
+# Per-channel stretch limits: a stain can be paler or stronger than the training set's, but a
+# factor beyond these means the estimate is unreliable (e.g. a crop with no background).
+_STRETCH = (0.5, 2.0)
+
+
+def normalize_colour(image: np.ndarray, spec: dict, anchors: np.ndarray | None = None) -> np.ndarray:
+    """Map a uint8 RGB smear image to the training set's colours (Reinhard-style, in Lab).
+
+    Per Lab channel an affine map sends the image's background colour to the reference
+    background and stretches the distance background -> red-cell colour to the reference
+    one (limited to 0.5..2x; a channel where the image has no contrast is only shifted).
+    This removes white balance, illumination and stain-strength differences between
+    microscopes while keeping each cell's own colour pattern. `anchors` (from
+    `colour_anchors`) may be given to reuse a whole frame's estimate; by default the image
+    estimates its own, as training did.
+    """
+    ref = np.array([spec["background"], spec["cells"]], dtype=np.float32)
+    src = colour_anchors(image) if anchors is None else np.asarray(anchors, dtype=np.float32)
+    d_src, d_ref = src[1] - src[0], ref[1] - ref[0]
+    ok = (np.abs(d_src) >= 2.0) & (np.sign(d_src) == np.sign(d_ref))
+    gain = np.where(ok, np.clip(d_ref / np.where(ok, d_src, 1.0), *_STRETCH), 1.0)
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    lut = np.clip(np.round(ref[0] + (levels - src[0]) * gain), 0, 255).astype(np.uint8)
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
+    lab = cv2.LUT(lab, lut.reshape(256, 1, 3))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
 def apply_preprocess(image: np.ndarray, contract: InputContract) -> np.ndarray:
     """uint8 RGB image of any size -> uint8 RGB image of the contract's size and mode."""
     img = resize(image, contract.size)
+    if contract.normalize is not None:
+        img = normalize_colour(img, contract.normalize)
     mode = contract.preprocess
     if mode == "clahe":
         img = clahe(img, contract.clahe_clip, contract.clahe_tiles)
@@ -220,15 +326,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def output_probabilities(out: np.ndarray, output: dict) -> np.ndarray:
     """Dequantized float model output -> class probabilities, as the manifest's `output` says:
     kind "logits" gets softmax(logit_scale * out) (logit_scale 1 unless given: bounded int8 logits
-    carry theirs, see export/bounded_logits.py); "probabilities" pass through."""
+    carry theirs, see export/bounded_logits.py); "probabilities" pass through. A `temperature`
+    T (fitted on the validation split, see train/evaluate.fit_temperature) divides the logits
+    (for probabilities: their logarithm), so confidences mean what they say."""
     out = np.asarray(out, dtype=np.float32)
+    t = float(output.get("temperature") or 1.0)
     if output.get("kind", "probabilities") == "logits":
-        return softmax(out * np.float32(output.get("logit_scale") or 1.0))
+        return softmax(out * np.float32((output.get("logit_scale") or 1.0) / t))
+    if t != 1.0:
+        return softmax(np.log(np.clip(out, 1e-30, None)) / np.float32(t))
     return out
 
 
 __all__: Sequence[str] = [
-    "InputContract", "FrameFormatError", "PREPROCESS_MODES", "SCALINGS", "to_rgb_uint8",
+    "InputContract", "FrameFormatError", "PREPROCESS_MODES", "SCALINGS", "NORMALIZE_METHODS", "to_rgb_uint8",
+    "check_normalize", "colour_anchors", "reference_anchors", "normalize_colour",
     "read_image_rgb", "resize", "clahe", "otsu_binary", "otsu_mask", "masked_rgb",
     "apply_preprocess", "scale_pixels", "quantize", "dequantize", "prepare_batch", "softmax",
     "output_probabilities",

@@ -220,6 +220,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         stop.restore()
     out = folder.path
     click.echo(format_summary(summary))
+    if (summary.get("domain") or {}).get("warning"):
+        click.secho(f"\nWARNING: {summary['domain']['warning']}", fg="yellow", err=True)
     click.echo(f"\nlogs: {out}/frames.jsonl, frames.csv, cells.csv, run.log; summary: {out}/summary.json; "
                f"counts: {out}/counts.csv")
 

@@ -373,8 +373,12 @@ class RunLoop:
             first_result_s=self.first_result_s, end_reason=end_reason, complete=complete,
             segmentation=segmentation_part(self.classifier),
             memory_mb={"peak": round(self.memory.peak_mb(), 1), "current": round(self.memory.current_mb(), 1)})
-        return build_summary(self.recorder, self.info, progress, self.source, self.skips,
-                             [*self.observers, self.counting])
+        summary = build_summary(self.recorder, self.info, progress, self.source, self.skips,
+                                [*self.observers, self.counting])
+        domain = getattr(self.classifier, "domain", None)  # per-run domain check (edge/domain.py)
+        if domain is not None:
+            summary["domain"] = domain.report()
+        return summary
 
     def _close_all(self, recorder_errors_ignored: bool = False) -> None:
         if hasattr(self.frames, "close"):

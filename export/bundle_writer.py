@@ -17,6 +17,20 @@ from hemaedge.edge.backends import REGISTRY, backend_for_file
 MODEL_FILES = {name: info.model_file for name, info in REGISTRY.items()}
 
 
+# Sections a training run's sidecar may carry into the manifest (train/finetune.confidence_sections):
+# `output.temperature` is merged into the manifest's `output`, the others are copied as they are.
+SIDECAR_SECTIONS = ("ood", "domain")
+
+
+def confidence_sections(sidecar: dict, output: dict) -> tuple[dict, dict]:
+    """(output with the sidecar's temperature, {section: ...}) for write_export_bundle(manifest_extra=...)."""
+    out = dict(output)
+    t = (sidecar.get("output") or {}).get("temperature")
+    if t:
+        out["temperature"] = float(t)
+    return out, {k: sidecar[k] for k in SIDECAR_SECTIONS if sidecar.get(k)}
+
+
 def backend_for(path) -> str:
     """The back end of a model file, from the registry's suffixes (BackendError is a BundleError)."""
     return backend_for_file(path)

@@ -18,7 +18,7 @@ from hemaedge.edge.cli_support import UserError
 from hemaedge.edge.preprocess import prepare_batch
 
 from hemaedge.export import parity as par
-from hemaedge.export.bundle_writer import write_export_bundle
+from hemaedge.export.bundle_writer import confidence_sections, write_export_bundle
 from hemaedge.export.evaldata import load_split
 
 @dataclass(frozen=True)
@@ -208,11 +208,13 @@ def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = No
         splits, verdict = measure_parity(source, path, contract, output, parity_data, max_drop)
         if parity_data is not None:
             verdict["data"] = parity_data.describe()
+        # parity compares raw outputs; the temperature (argmax-neutral) goes into the manifest after it
+        output, sections = confidence_sections(getattr(source, "sidecar", {}) or {}, output)
         bundle = write_export_bundle(out_dir, path, model_format=fmt, classes=source.classes, contract=contract,
                                      output=output, source=source.source_info(), settings=settings,
                                      metrics=par.manifest_metrics(splits, verdict) if splits else {},
                                      validation=verdict, name=f"{source.name}-{fmt}", overwrite=overwrite,
-                                     manifest_extra=manifest_extra)
+                                     manifest_extra={**sections, **(manifest_extra or {})})
         size = path.stat().st_size
     if splits:
         log(f"[{fmt}] " + par.format_summary(splits, verdict).replace("\n", f"\n[{fmt}] "))

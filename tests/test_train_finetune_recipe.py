@@ -38,7 +38,7 @@ def small_batch(ds):
 def test_training_images_get_the_edge_clahe(ds):
     from hemaedge.train.finetune import FinetuneConfig, limit_per_class, load_split
 
-    cfg = FinetuneConfig(data="", out="", size=64, clahe_clip=2.0, clahe_tiles=8)
+    cfg = FinetuneConfig(data="", out="", size=64, clahe_clip=2.0, clahe_tiles=8, normalize="none")
     assert cfg.contract() == InputContract(size=64, preprocess="clahe", scaling="raw")
     x, y = load_split(ds, "val", cfg.contract(), limit=1)
     raw, y2 = ds.load_images("val", indices=limit_per_class(ds.split("val").labels, 1))
@@ -145,3 +145,63 @@ def test_cosine_annealing():
     assert lrs[0] == pytest.approx(1e-4) and lrs[5] == pytest.approx(5e-5)
     assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0
     assert cosine_lr(4, FinetuneConfig(data="", out="", epochs=10, lr=1e-4, t_max=4)) == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def test_robust_preset_runs_camera_stage_before_the_device_preprocessing(small_batch):
+    from hemaedge.train.finetune_augment import ROBUST_PIECES
+
+    x, _ = small_batch
+    seen = []
+
+    def spy(img):
+        seen.append(img.copy())
+        return img
+
+    a = BatchAugmenter("robust", seed=3, preprocess=spy)(x, epoch=1, batch=2)
+    assert a.shape == x.shape and a.dtype == np.uint8
+    # the preprocessing saw camera-augmented images (not the originals) ...
+    assert len(seen) == len(x) and any(not np.array_equal(s, o) for s, o in zip(seen, x))
+    # ... and the result is reproducible per (seed, epoch, batch), as for resume
+    assert np.array_equal(a, BatchAugmenter("robust", seed=3, preprocess=spy)(x, epoch=1, batch=2))
+    # pieces can be switched off one by one (ablations) and unknown pieces are refused
+    only = BatchAugmenter("robust", seed=3, pieces=("jpeg",))
+    assert len(only.camera.transforms) == 1
+    assert len(BatchAugmenter("robust", seed=3).camera.transforms) == len(ROBUST_PIECES)
+    with pytest.raises(ValueError, match="robustness pieces"):
+        BatchAugmenter("robust", pieces=("h&e",))
+
+
+def test_stain_strength_keeps_background_and_changes_stained_parts():
+    import albumentations as A
+
+    from hemaedge.train.finetune_augment import StainStrength
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:2] = 250          # background
+    img[2:] = (90, 40, 120)  # a stained nucleus
+    t = A.Compose([StainStrength(scale_range=(0.5, 0.5), p=1.0)])
+    out = t(image=img)["image"]
+    assert np.abs(out[:2].astype(int) - 250).max() <= 3
+    assert (out[2:].astype(int) > img[2:]).all()  # half the optical density: paler
+
+
+def test_the_double_imbalance_correction_over_weights_rare_classes(train_labels):
+    """Why weighted loss is off by default: with inverse-frequency SAMPLING every class already
+    contributes equally to the loss; weighting the loss as well multiplies each class's share by
+    its weight again, so the rarest class counts (w_max / w_min) times the commonest."""
+    w = sampling.class_weights(train_labels, 8)
+    n = len(train_labels)
+    rng = np.random.default_rng(0)
+    order = sampling.epoch_order(train_labels, 8, rng, weighted=True)
+    drawn = np.bincount(train_labels[order], minlength=8) / n
+    share_single = drawn / drawn.sum()
+    share_double = drawn * w / (drawn * w).sum()
+    np.testing.assert_allclose(share_single, 1 / 8, atol=0.015)
+    ratio = share_double.max() / share_double.min()
+    assert ratio == pytest.approx(w.max() / w.min(), rel=0.1) and ratio > 2.5
+    # and weighted targets no longer sum to 1: the logged loss is scaled by the batch's mean weight
+    y = sampling.weight_targets(sampling.one_hot(train_labels[order][:256], 8), w)
+    assert abs(y.sum(axis=1).mean() - w.mean()) < 0.1 and w.mean() > 1.1

@@ -35,6 +35,11 @@ def test_run_on_a_tree_with_its_own_classes(tiny_runs, tree3):
     assert side["classes"] == sorted(TREE_CLASSES.values())
     contract = InputContract.from_dict(side["input"])
     assert (contract.size, contract.preprocess, contract.scaling) == (32, "clahe", "raw")
+    # the training set's colour reference travels in the contract (and in state.json for resume)
+    assert contract.normalize["method"] == "lab-anchors"
+    assert json.loads((out / "state.json").read_text())["normalize"] == contract.normalize
+    # the loss probes are logged every epoch (see docs/finetune.md: the rising-loss question)
+    assert all(float(r["train_eval_loss"]) > 0 and r["loss_mixed"] and r["loss_clean"] for r in _history(out))
     assert side["weights"] == "random init (from scratch)"
     assert set(side["metrics"]) == {"val", "test"}
     assert len(_history(out)) == 2

@@ -8,6 +8,7 @@ from hemaedge.edge.cli_support import LazyGroup
     "hybrid": "hemaedge.train.hybrid_cli:hybrid",
     "finetune": "hemaedge.train.finetune_cli:finetune",
     "ensemble": "hemaedge.train.finetune_cli:ensemble",
+    "snapshot": "hemaedge.train.finetune_cli:snapshot",
     "adapt": "hemaedge.train.adapt_cli:adapt",
 })
 def train():

@@ -51,8 +51,52 @@ def compute_metrics(y_true, proba, class_names: Sequence[str], *, bootstrap: int
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "ece": expected_calibration_error(y_true, proba),
+        "balanced_accuracy": float(np.mean(r)),
     }
     return out
+
+
+def expected_calibration_error(y_true, proba, bins: int = 15) -> float:
+    """Expected calibration error of the top-class confidence (Guo et al. 2017): the
+    sample-weighted mean |accuracy - confidence| over `bins` equal-width confidence bins."""
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    proba = np.asarray(proba, dtype=np.float64)
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def apply_temperature(proba, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities: softmax(log p / T), as the device applies
+    `output.temperature` (`hemaedge.edge.preprocess.output_probabilities`)."""
+    from hemaedge.edge.preprocess import output_probabilities
+
+    return output_probabilities(np.asarray(proba, dtype=np.float32),
+                                {"kind": "probabilities", "temperature": float(temperature)})
+
+
+def fit_temperature(y_true, proba, bounds=(0.05, 20.0)) -> float:
+    """The temperature minimising the negative log-likelihood of `proba` (validation split)."""
+    from scipy.optimize import minimize_scalar
+
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), 1e-30, None))
+
+    def nll(log_t):
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[np.arange(len(z)), y_true] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
+    return float(np.exp(res.x))
 
 
 def _finite(x) -> float | None:

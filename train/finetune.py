@@ -1,9 +1,11 @@
 """End-to-end fine-tuning of an ImageNet backbone (Hameed 2025's recipe as the defaults).
 
-    CLAHE (clip 2.0, tiles 8x8; `hemaedge.edge.preprocess`, the same code the device runs)
-    -> online augmentation (finetune_augment) -> mixup p=0.5 -> inverse-frequency weighted
-    sampling + weighted cross-entropy -> AdamW lr 1e-4, wd 1e-4, cosine annealing per epoch
-    (T_max = epochs) -> batch 32 -> checkpoint on best validation accuracy.
+    camera/stain augmentation (finetune_augment, `--augment robust`) -> colour normalisation
+    to the training set's reference + CLAHE (clip 2.0, tiles 8x8; `hemaedge.edge.preprocess`,
+    the same code the device runs) -> the recipe's augmentation -> mixup p=0.5 ->
+    inverse-frequency weighted sampling (the published recipe also weights the loss: see
+    docs/finetune.md for why that is now off by default) -> AdamW lr 1e-4, wd 1e-4, cosine
+    annealing per epoch (T_max = epochs) -> batch 32 -> checkpoint on best validation accuracy.
 
 Keras 3 only (keras.ops / keras.utils.PyDataset / model.fit), so it runs with the
 TensorFlow, JAX or torch backend; the saved `.keras` uses built-in layers only and loads with
@@ -35,14 +37,20 @@ import numpy as np
 from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.errors import HemaedgeError
 from hemaedge.edge.machine import cpu_model
-from hemaedge.edge.preprocess import InputContract, apply_preprocess
+from hemaedge.edge.preprocess import NORMALIZE_METHODS, InputContract, apply_preprocess, reference_anchors
 from hemaedge.train import sampling
 from hemaedge.train.data.subsets import first_per_class
-from hemaedge.train.finetune_augment import AUGMENT_PRESETS, BatchAugmenter
+from hemaedge.train.finetune_augment import AUGMENT_PRESETS, ROBUST_PIECES, BatchAugmenter
 
 logger = logging.getLogger(__name__)
 
-HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+# loss_mixed / loss_clean: the training loss (same targets: weighted if --weighted-loss, mixed)
+# of a fixed set of recipe batches, mixed-up and untouched ones, in INFERENCE mode; compared with
+# the logged (training-mode) loss they show what batch statistics/dropout add.
+# train_eval_loss: plain cross-entropy of a fixed set of un-augmented training images.
+HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
+                  "loss_mixed", "loss_clean", "train_eval_loss")
+NORMALIZE_CHOICES = ("none", *NORMALIZE_METHODS)
 
 
 class FinetuneError(HemaedgeError):
@@ -67,9 +75,12 @@ class FinetuneConfig:
     preprocess: str = "clahe"
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
-    augment: str = "full"
+    augment: str = "robust"
+    robust_pieces: tuple = ROBUST_PIECES   # camera-stage pieces of --augment robust
+    scale_jitter: float | None = None      # ± scale of the main affine; None = the preset's
+    normalize: str = "lab-anchors"         # colour normalisation to the training set's reference
     weighted_sampling: bool = True
-    weighted_loss: bool = True
+    weighted_loss: bool = False            # True = the published double correction
     dropout: float = 0.2
     seed: int = 42
     limit: int | None = None          # at most this many images per class and split (quick runs)
@@ -86,6 +97,14 @@ class FinetuneConfig:
             raise FinetuneError(f"--preprocess {self.preprocess!r}: expected clahe, rgb, masked-rgb or otsu-mask")
         if not 0.0 <= self.mixup_p <= 1.0:
             raise FinetuneError("--mixup-p must be within 0..1")
+        if self.normalize not in NORMALIZE_CHOICES:
+            raise FinetuneError(f"--normalize {self.normalize!r}: expected one of {NORMALIZE_CHOICES}")
+        self.robust_pieces = tuple(self.robust_pieces)
+        unknown = set(self.robust_pieces) - set(ROBUST_PIECES)
+        if unknown:
+            raise FinetuneError(f"--robust-pieces {','.join(sorted(unknown))}: expected some of {','.join(ROBUST_PIECES)}")
+        if self.scale_jitter is not None and not 0.0 <= self.scale_jitter < 0.6:
+            raise FinetuneError("--scale-jitter must be within 0..0.6")
         # NaN passes every comparison, so each check says what is allowed, not what is refused
         for name, value, allowed, ok in (
                 ("learning rate", self.lr, "above 0", lambda v: v > 0),
@@ -98,9 +117,14 @@ class FinetuneConfig:
             if not (math.isfinite(float(value)) and ok(float(value))):
                 raise FinetuneError(f"{name} {value}: must be a finite number {allowed}")
 
-    def contract(self) -> InputContract:
+    def contract(self, reference: dict | None = None) -> InputContract:
+        """The model's input contract; `reference` = the training set's colour reference
+        (`edge.preprocess.reference_anchors`), required when normalisation is on."""
+        if self.normalize != "none" and reference is None:
+            raise FinetuneError("colour normalisation needs the training set's reference colours")
         return InputContract(size=int(self.size), preprocess=self.preprocess, scaling="raw",
-                             clahe_clip=float(self.clahe_clip), clahe_tiles=int(self.clahe_tiles))
+                             clahe_clip=float(self.clahe_clip), clahe_tiles=int(self.clahe_tiles),
+                             normalize=reference if self.normalize != "none" else None)
 
 
 # ----------------------------------------------------------------------------- data
@@ -111,13 +135,21 @@ def limit_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
     return first_per_class(labels, limit)
 
 
-def load_split(ds, split: str, contract: InputContract, limit: int | None = None):
-    """uint8 images of one split with the contract's resize + preprocessing applied once."""
+def load_split(ds, split: str, contract: InputContract, limit: int | None = None, raw: bool = False):
+    """uint8 images of one split resized to the contract's size, with its preprocessing
+    (normalisation, CLAHE, ...) applied once, or left raw (`raw=True`: training images, which
+    are augmented before they are preprocessed)."""
     labels = ds.split(split).labels
     idx = limit_per_class(labels, limit)
     x, y = ds.load_images(split, size=contract.size, indices=idx)
-    x = np.stack([apply_preprocess(img, contract) for img in x]) if len(x) else x
+    if not raw and len(x):
+        x = np.stack([apply_preprocess(img, contract) for img in x])
     return x, y
+
+
+def colour_reference(x_train_raw: np.ndarray, cfg: "FinetuneConfig") -> dict | None:
+    """The training set's reference colours for the input contract (None when normalisation is off)."""
+    return reference_anchors(x_train_raw) if cfg.normalize != "none" else None
 
 
 def open_data(path):
@@ -133,8 +165,14 @@ def _batch_rng(seed, epoch, batch, stream):
     return np.random.default_rng([int(seed), int(epoch), int(batch), stream])
 
 
-def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_epoch: int):
+def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_epoch: int,
+                         contract: InputContract | None = None):
+    """Training batches from RAW resized images `x`; `contract` (default: no normalisation)
+    is applied to every augmented image between the camera and the recipe stage."""
     import keras
+
+    if contract is None:
+        contract = cfg.contract()  # raises when normalisation is on: its reference is needed
 
     class TrainBatches(keras.utils.PyDataset):
         """Training batches: weighted sampling, augmentation, mixup, weighted targets."""
@@ -142,8 +180,19 @@ def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_ep
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
             self.epoch = start_epoch
-            self.aug = BatchAugmenter(cfg.augment, cfg.seed)
+            self.aug = BatchAugmenter(cfg.augment, cfg.seed, preprocess=lambda im: apply_preprocess(im, contract),
+                                      pieces=cfg.robust_pieces, scale_jitter=cfg.scale_jitter)
+            self.mixed = {}  # batch index -> whether it was mixed up (current epoch)
             self._set_order()
+
+        def set_epoch(self, epoch):
+            """Called by the training loop at the start of every epoch. Keras' own
+            on_epoch_end hooks are not used for this: Keras calls them at other times too
+            (e.g. when it resets its iterator), which would skip epochs."""
+            if epoch != self.epoch:
+                self.epoch = epoch
+                self.mixed = {}
+                self._set_order()
 
         def _set_order(self):
             rng = np.random.default_rng([cfg.seed, self.epoch, 0, 0])
@@ -156,15 +205,15 @@ def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_ep
             idx = self.order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             xb = self.aug(x[idx], self.epoch, i).astype(np.float32)
             yb = sampling.one_hot(y[idx], n_classes)
-            xb, yb, _ = sampling.mixup(xb, yb, _batch_rng(cfg.seed, self.epoch, i, 1),
-                                       cfg.mixup_p, cfg.mixup_alpha)
+            xb, yb, lam = sampling.mixup(xb, yb, _batch_rng(cfg.seed, self.epoch, i, 1),
+                                         cfg.mixup_p, cfg.mixup_alpha)
+            self.mixed[i] = lam < 1.0
             if cfg.weighted_loss:
                 yb = sampling.weight_targets(yb, class_w)
             return xb, yb
 
-        def on_epoch_end(self):
-            self.epoch += 1
-            self._set_order()
+        def on_epoch_end(self):  # see set_epoch
+            pass
 
     return TrainBatches()
 
@@ -221,7 +270,8 @@ def write_history(out: Path, rows: list[dict]):
     from hemaedge.train.evaluate import write_text
 
     lines = [",".join(HISTORY_FIELDS)]
-    lines += [",".join(f"{r[k]:.6g}" if k != "epoch" else str(r[k]) for k in HISTORY_FIELDS) for r in rows]
+    lines += [",".join(f"{r.get(k, float('nan')):.6g}" if k != "epoch" else str(r[k]) for k in HISTORY_FIELDS)
+              for r in rows]
     write_text(out / "history.csv", "\n".join(lines) + "\n")
 
 
@@ -247,7 +297,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = ""):
 
 
 def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | None = None, **extra) -> dict:
-    out = {"classes": list(classes), "input": cfg.contract().to_dict(), "weights": weights_desc,
+    out = {"classes": list(classes), "input": extra.pop("contract").to_dict(), "weights": weights_desc,
            "backbone": cfg.backbone, "metrics": metrics or {}}
     out.update(extra)
     return out
@@ -292,7 +342,11 @@ def _check_resume(out: Path, cfg: FinetuneConfig):
     old = state.get("config", {})
     # Only these may change on resume: more epochs, bootstrap count.
     fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "bootstrap", "out", "data")}
-    diff = [k for k, v in fixed.items() if old.get(k) != v]
+    # settings added after a run started were at their then-behaviour; json turns tuples into lists
+    then = {"normalize": "none", "augment": "full", "weighted_loss": True, "robust_pieces": list(ROBUST_PIECES),
+            "scale_jitter": None}
+    norm = lambda v: list(v) if isinstance(v, tuple) else v
+    diff = [k for k, v in fixed.items() if norm(old.get(k, then.get(k))) != norm(v)]
     if diff:
         raise FinetuneError(f"{state_path}: cannot resume with different settings ({', '.join(diff)}); "
                             "use the same options or a new --out folder")
@@ -314,7 +368,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                             "or choose a new --out folder")
     state = _check_resume(out, cfg) if resume and (out / "state.json").exists() else None
 
-    contract = cfg.contract()
     ds = open_data(cfg.data)
     classes = list(ds.classes)
     n_classes = len(classes)
@@ -322,15 +375,22 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
         raise FinetuneError(f"{cfg.data}: holds {n_classes} class ({', '.join(classes) or 'none'}); "
                             "a classifier needs images of at least two classes")
     t0 = time.time()
-    x_train, y_train = load_split(ds, "train", contract, cfg.limit)
+    x_train, y_train = load_split(ds, "train", InputContract(size=int(cfg.size)), cfg.limit, raw=True)
+    # the colour reference is part of the run: a resumed run keeps the one it started with
+    reference = state.get("normalize") if state else colour_reference(x_train, cfg)
+    contract = cfg.contract(reference)
     x_val, y_val = load_split(ds, "val", contract, cfg.limit)
     present = sorted({classes[i] for i in np.unique(y_train)}) if len(y_train) else []
     if len(present) < 2:
         raise FinetuneError(f"{cfg.data}: the train split holds images of {len(present)} class "
                             f"({', '.join(present) or 'none'}); a classifier needs at least two")
     log(f"data: {cfg.data} classes={n_classes} train={len(y_train)} val={len(y_val)} "
-        f"({contract.preprocess}, {contract.size}px) in {time.time() - t0:.0f}s")
+        f"({contract.preprocess}, normalize {cfg.normalize}, {contract.size}px) in {time.time() - t0:.0f}s")
     class_w = sampling.class_weights(y_train, n_classes)
+    # fixed un-augmented training images for the per-epoch plain loss (train_eval_loss)
+    probe_idx = np.random.default_rng([cfg.seed, 99]).choice(len(y_train), min(512, len(y_train)), replace=False)
+    x_probe = np.stack([apply_preprocess(img, contract) for img in x_train[probe_idx]]).astype(np.float32)
+    y_probe = y_train[probe_idx]
 
     if state:
         model = keras.models.load_model(out / "last.keras")
@@ -348,7 +408,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
     if start_epoch >= cfg.epochs:
         log(f"nothing to train: {start_epoch} epochs done (--epochs {cfg.epochs})")
     else:
-        train_seq = _make_train_sequence(x_train, y_train, n_classes, cfg, class_w, start_epoch)
+        train_seq = _make_train_sequence(x_train, y_train, n_classes, cfg, class_w, start_epoch, contract)
+        probe_batches = make_probe_batches(x_train, y_train, n_classes, cfg, class_w, contract)
         y_val_1h = sampling.one_hot(y_val, n_classes)
         ctx = {"best": best_acc, "t": time.time()}
 
@@ -357,6 +418,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                 keras.utils.set_random_seed(cfg.seed + 1000 * (epoch + 1))  # dropout etc.
                 self.model.optimizer.learning_rate.assign(cosine_lr(epoch, cfg))
                 ctx["t"] = time.time()
+                train_seq.set_epoch(epoch)
 
             def on_train_batch_end(self, batch, logs=None):
                 if (batch + 1) % 50 == 0:  # a sign of life on slow CPUs
@@ -371,21 +433,26 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                        "val_loss": float(logs.get("val_loss", float("nan"))),
                        "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
                        "seconds": time.time() - ctx["t"]}
+                row.update(probe_losses(self.model, probe_batches))
+                p = predict_proba(self.model, x_probe)
+                row["train_eval_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(p)), y_probe], 1e-12, 1.0))))
                 rows.append(row)
                 if row["val_accuracy"] > ctx["best"]:
                     ctx["best"] = row["val_accuracy"]
                     save_keras_atomic(self.model, out / "best.keras")
                     write_json(out / "best.json", sidecar(classes, cfg, weights_desc,
                                                           {"val_accuracy": row["val_accuracy"]},
-                                                          epoch=epoch + 1))
+                                                          epoch=epoch + 1, contract=contract))
                 save_keras_atomic(self.model, out / "last.keras")
                 write_history(out, rows)
                 write_json(out / "state.json", {"epoch": epoch + 1, "best_val_accuracy": ctx["best"],
                                                 "weights": weights_desc, "classes": classes,
+                                                "normalize": contract.normalize,
                                                 "config": dataclasses.asdict(cfg)})
                 plot_curves(rows, out / "curves.png", f"{cfg.backbone} {cfg.size}px")
-                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-                    f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} (mixed {row['loss_mixed']:.4f}, "
+                    f"clean {row['loss_clean']:.4f}, plain on train {row['train_eval_loss']:.4f}) "
+                    f"acc {row['accuracy']:.4f} val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
                     f"lr {row['lr']:.2e} ({row['seconds']:.0f}s)")
 
         model.fit(train_seq, validation_data=(x_val.astype(np.float32), y_val_1h),
@@ -393,6 +460,32 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                   callbacks=[Checkpoint()], verbose=0)
 
     return evaluate_best(cfg, ds, classes, contract, log, command)
+
+
+PROBE_EPOCH = 10 ** 6  # the recipe batches of this (never trained) epoch are the loss probe
+
+
+def make_probe_batches(x, y, n_classes, cfg, class_w, contract, n: int = 12) -> list:
+    """(images, targets, mixed?) of `n` recipe batches: augmented, mixed, weighted as in training."""
+    seq = _make_train_sequence(x, y, n_classes, cfg, class_w, PROBE_EPOCH, contract)
+    out = []
+    for i in range(min(n, len(seq))):
+        xb, yb = seq[i]
+        out.append((xb, yb, seq.mixed[i]))
+    return out
+
+
+def probe_losses(model, batches) -> dict:
+    """Mean recipe loss (categorical cross-entropy on the batches' own targets) of the mixed
+    and the untouched probe batches, in inference mode."""
+    import keras
+
+    cce = keras.losses.CategoricalCrossentropy()
+    res = {True: [], False: []}
+    for xb, yb, mixed in batches:
+        res[mixed].append(float(cce(yb, predict_proba(model, xb))))
+    return {"loss_mixed": float(np.mean(res[True])) if res[True] else float("nan"),
+            "loss_clean": float(np.mean(res[False])) if res[False] else float("nan")}
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -405,13 +498,14 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
     log = log or logger.info  # messages go through logging (levels, -v/-q, run logs)
     import keras
 
-    from hemaedge.train.evaluate import (compute_metrics, plot_confusion_matrix, write_json,
-                                         write_text)
+    from hemaedge.train.evaluate import (apply_temperature, compute_metrics, expected_calibration_error,
+                                         fit_temperature, plot_confusion_matrix, write_json, write_text)
 
     out = Path(cfg.out)
     model = keras.models.load_model(out / "best.keras", compile=False)
     save_keras_atomic(model, out / "model.keras")  # uncompiled: no optimizer slots, a third the size
     side = json.loads((out / "best.json").read_text())
+    contract = InputContract.from_dict(side["input"])  # the contract the checkpoint was trained with
     history = read_history(out)
     result = {"backbone": cfg.backbone, "weights": side["weights"], "input_size": cfg.size,
               "epochs_trained": len(history), "best_epoch": side.get("epoch"),
@@ -424,16 +518,28 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
         result["commands"] = list(json.loads((out / "metrics.json").read_text()).get("commands", []))
     if command:
         result["commands"].append(command)
+    temperature = None
     for split in ("val", "test"):
         if split not in ds.splits:
             continue
         x, y = load_split(ds, split, contract, cfg.limit)
-        m = compute_metrics(y, predict_proba(model, x), classes, bootstrap=cfg.bootstrap, seed=42)
+        proba = predict_proba(model, x)
+        m = compute_metrics(y, proba, classes, bootstrap=cfg.bootstrap, seed=42)
+        if split == "val":  # temperature, OOD statistics and domain reference: chosen on val only
+            temperature = fit_temperature(y, proba)
+            side.update(confidence_sections(ds, contract, cfg, y, apply_temperature(proba, temperature),
+                                            temperature))
+        if temperature is not None:
+            m["ece_calibrated"] = expected_calibration_error(y, apply_temperature(proba, temperature))
+            m["temperature"] = temperature
         result[split] = m
         if split == "test":
             plot_confusion_matrix(np.asarray(m["confusion_matrix"]), classes, out / "confusion_test.png",
                                   title=f"{cfg.backbone} {cfg.size}px, test")
-        log(f"{split}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f}")
+        log(f"{split}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f} "
+            f"ECE {m['ece']:.4f} -> {m.get('ece_calibrated', float('nan')):.4f} at T={temperature or float('nan'):.3f}")
+    for k in ("output", "ood", "domain"):
+        result[k] = side.get(k)
     write_json(out / "metrics.json", result)
     side["metrics"] = {k: {kk: result[k][kk] for kk in ("accuracy", "macro_f1", "kappa", "roc_auc_ovr",
                                                         "accuracy_ci95", "n")}
@@ -442,6 +548,48 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
     write_json(out / "model.json", side)
     write_text(out / "summary.md", summary_markdown(result))
     return result
+
+
+def confidence_sections(ds, contract, cfg: FinetuneConfig, y_val, p_val_calibrated, temperature: float) -> dict:
+    """The sidecar's (and so the bundle manifest's) `output.temperature`, `ood` and `domain`
+    sections, from the validation split (and training colours)."""
+    from hemaedge.edge.confidence import ood_section
+    from hemaedge.edge.domain import domain_section
+
+    labels = ds.split("train").labels
+    idx = limit_per_class(labels, cfg.limit)[::10]  # every 10th training image: the colour reference
+    x_train, _ = ds.load_images("train", size=contract.size, indices=idx)
+    return {"output": {"temperature": round(float(temperature), 6), "temperature_fitted_on": "val"},
+            "ood": ood_section(p_val_calibrated, y_val),
+            "domain": domain_section(x_train, p_val_calibrated)}
+
+
+def snapshot(run_dir, out_dir, log=print, bootstrap: int | None = None) -> dict:
+    """Evaluate a run's current best checkpoint while it keeps training: copies best.keras,
+    best.json, history.csv and state.json into `out_dir` (a frozen snapshot) and evaluates it
+    there like a finished run (model.keras + model.json with the confidence sections,
+    metrics.json, summary.md). The running training is not touched."""
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    state = json.loads((run_dir / "state.json").read_text())
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FinetuneError(f"{out_dir}: not empty; choose a new folder for the snapshot")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("best.keras", "best.json", "history.csv", "state.json", "curves.png"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    conf = dict(state["config"])
+    conf["out"] = str(out_dir)
+    if bootstrap is not None:
+        conf["bootstrap"] = bootstrap
+    cfg = FinetuneConfig(**conf)
+    cfg.validate()
+    ds = open_data(cfg.data)
+    side = json.loads((out_dir / "best.json").read_text())
+    log(f"snapshot of {run_dir} after epoch {state['epoch']} (best epoch {side.get('epoch')})")
+    return evaluate_best(cfg, ds, list(ds.classes), InputContract.from_dict(side["input"]), log,
+                         command=f"hemaedge train snapshot {run_dir} --out {out_dir}")
 
 
 def summary_markdown(r: dict) -> str:
@@ -496,6 +644,8 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
            "kappa": t.get("kappa"), "roc_auc_ovr": t.get("roc_auc_ovr"),
            "val_accuracy": r.get("val", {}).get("accuracy"),
            "size_mb": round(r["model_bytes"] / 1e6, 2), "parameters": r.get("parameters"),
+           "ece_test": t.get("ece"), "ece_test_calibrated": t.get("ece_calibrated"),
+           "temperature": t.get("temperature"),
            "date": date, "commands": r.get("commands", [])}
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_json(prefix.with_suffix(".json"), {"rows": [row], "per_class_test": t.get("per_class"),
@@ -520,6 +670,9 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
           f"* test set: n = {row['test_n']}; validation accuracy of the chosen checkpoint "
           f"{(row['val_accuracy'] or 0) * 100:.2f} %; macro ROC AUC {row['roc_auc_ovr']}",
           f"* size: float32 `.keras` without optimizer state, {row['parameters']:,} parameters",
+          *([f"* calibration: expected calibration error on test {row['ece_test'] * 100:.2f} % raw, "
+             f"{row['ece_test_calibrated'] * 100:.2f} % with the temperature T = {row['temperature']:.3f} "
+             "fitted on val"] if row.get("ece_test_calibrated") is not None else []),
           *[f"* command: `{c}`" for c in row["commands"]], ""]
     md += ["| epoch | lr | train loss | train acc | val loss | val acc | seconds |", "|---|---|---|---|---|---|---|"]
     for h in r.get("history", []):

@@ -8,6 +8,7 @@ import click
 
 from hemaedge.edge.cli_support import POSITIVE_FLOAT, FiniteFloat, UserError, user_errors
 
+NORMALIZE_CHOICES = ("none", "lab-anchors")
 BACKBONE_CHOICES = ("efficientnetv2b0", "efficientnetb0", "efficientnetb3", "resnet50", "resnet50v2",
                     "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "smallcnn")
 
@@ -35,10 +36,22 @@ def _weights(value: str):
               help="Input preprocessing (part of the model's input contract; the device applies the same).")
 @click.option("--clahe-clip", type=POSITIVE_FLOAT, default=2.0)
 @click.option("--clahe-tiles", type=click.IntRange(1), default=8)
-@click.option("--augment", type=click.Choice(["full", "light", "none"]), default="full",
-              help="full = the recipe's list; light = flips + rotation/scale (cheaper on a CPU).")
+@click.option("--augment", type=click.Choice(["robust", "full", "light", "none"]), default="robust",
+              help="robust = the recipe's list + the camera/stain pieces (--robust-pieces) and ±25% scale; "
+                   "full = the recipe's list; light = flips + rotation/scale (cheaper on a CPU).")
+@click.option("--robust-pieces", default="all",
+              help="Camera/stain pieces of --augment robust, comma-separated, for ablations: stain, hsv, gamma, "
+                   "white-balance, tint, blur, jpeg, noise; 'all' = every one.")
+@click.option("--scale-jitter", type=FiniteFloat(0, 0.6), default=None,
+              help="± scale of the main affine [default: 0.25 for robust, 0.15 otherwise]; covers the "
+                   "red-cell ruler's error on the device.")
+@click.option("--normalize", type=click.Choice(NORMALIZE_CHOICES), default="lab-anchors",
+              help="Colour normalisation to the training set's background/red-cell colours (edge.preprocess; "
+                   "recorded in the input contract, so the device does the same).")
 @click.option("--weighted-sampling/--no-weighted-sampling", default=True, help="Inverse-frequency sampling.")
-@click.option("--weighted-loss/--no-weighted-loss", default=True, help="Inverse-frequency weighted cross-entropy.")
+@click.option("--weighted-loss/--no-weighted-loss", default=False,
+              help="Inverse-frequency weighted cross-entropy on top of the sampling (the published double "
+                   "correction; see docs/finetune.md).")
 @click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
 @click.option("--seed", type=int, default=42)
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split (quick runs).")
@@ -63,7 +76,12 @@ def finetune(resume, publish_prefix, **opts):
     from hemaedge.train.finetune import publish
 
     opts["weights"] = _weights(opts["weights"])
-    cfg = FinetuneConfig(**opts)
+    from hemaedge.train.finetune_augment import ROBUST_PIECES
+
+    given = opts.pop("robust_pieces")
+    pieces = ROBUST_PIECES if given.strip() == "all" else tuple(p.strip() for p in given.split(",") if p.strip())
+    cfg = FinetuneConfig(robust_pieces=pieces, **opts)
+    opts["robust_pieces"] = given
     command = "hemaedge train finetune " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in opts.items() if v is not None and not isinstance(v, bool)) + \
         "".join(f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in opts.items() if isinstance(v, bool)) + \
@@ -103,3 +121,29 @@ def ensemble(members, data, out, grid, step, limit, bootstrap):
     except EnsembleError as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {out}/ensemble.keras, ensemble.json, metrics.json, summary.md")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the frozen snapshot.")
+@click.option("--bootstrap", type=click.IntRange(0), default=None, help="Bootstrap resamples [default: the run's].")
+@click.option("--publish", "publish_prefix", default=None, type=click.Path(dir_okay=False),
+              help="Also write a results table PREFIX.md/.json (marked with the snapshot's epoch).")
+@user_errors
+def snapshot(run_dir, out, bootstrap, publish_prefix):
+    """Evaluate a fine-tuning run's current best checkpoint while it keeps training.
+
+    \b
+    Copies best.keras (+ json, history) of RUN_DIR into --out and evaluates it there: val/test
+    metrics, temperature on val, ECE, OOD and domain sections in model.json (ready for export).
+    """
+    from hemaedge.train.finetune import FinetuneError, publish, snapshot as run
+
+    try:
+        run(run_dir, out, log=click.echo, bootstrap=bootstrap)
+    except (FinetuneError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"wrote {out}/model.keras (+ model.json), metrics.json, summary.md")
+    if publish_prefix:
+        for path in publish(out, publish_prefix):
+            click.echo(f"wrote {path}")

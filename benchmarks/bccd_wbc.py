@@ -1,0 +1,173 @@
+"""White cells of BCCD frames end to end: segment -> crop -> classify, against the white-cell type.
+
+    python -m hemaedge.benchmarks.bccd_wbc --bundle src/hemaedge/models/default --split val \\
+        --normalize none --normalize reference --name default
+
+BCCD is a different microscope, stain and camera from PBC/BloodMNIST, so this is the measure of
+how a model holds up on a microscope it was not trained on. Frames: the rows of
+`bccd/wbc_subtypes.csv` with one white-cell label and one WBC box, of the chosen split. Each frame
+runs through the device pipeline (`edge.pipeline.CellClassifier`: segmentation, red-cell-scaled
+crops, `prepare_batch` with the bundle's input contract); the white-cell detection that overlaps
+the annotated WBC box most (IoU >= 0.3, or its centre inside the box) is the answer, and a frame
+where no detection matches counts as wrong ("not found").
+
+`--normalize` (repeatable) compares input contracts for the same bundle:
+  bundle     the bundle's own contract (with or without its colour normalisation)
+  none       the bundle's contract without colour normalisation
+  reference  the bundle's contract with `lab-anchors` normalisation to the reference colours of
+             BloodMNIST-128 train (every 6th image; `edge.preprocess.reference_anchors`); this is
+             how an existing bundle is measured with the device-side normalisation
+Choose with `val` (or `train`); `test` is for reporting only, never for choosing.
+
+Writes benchmarks/results/bccd_wbc_NAME.{json,md}; the JSON keeps every frame's probabilities
+(for calibration / OOD analysis on val).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc, write_atomic
+from hemaedge.edge.preprocess import read_image_rgb, reference_anchors
+from hemaedge.edge.segment import centre_in, iou
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REVIEW_THRESHOLD = 0.6  # the recorder's default: a cell below this confidence is flagged for review
+
+
+def frames(data: Path, split: str) -> list[dict]:
+    rows = list(csv.DictReader(open(data / "wbc_subtypes.csv", encoding="utf-8")))
+    return [r for r in rows if r["split"] == split and r["n_labels"] == "1" and r["n_wbc_boxes"] == "1"]
+
+
+def bloodmnist_reference(bloodmnist128: Path, every: int = 6) -> dict:
+    files = sorted((bloodmnist128 / "train").glob("*/*.jpg"))[::every]
+    return reference_anchors(read_image_rgb(f) for f in files)
+
+
+@dataclasses.dataclass
+class _Model:  # what CellClassifier needs: classes + contract
+    classes: list
+    contract: object
+
+
+def evaluate(data: Path, rows: list[dict], bundle, contract, threads: int = 2) -> dict:
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.pipeline import CellClassifier
+
+    clf = CellClassifier(_Model(list(bundle.classes), contract), load_backend(bundle, threads=threads))
+    per_frame = []
+    for r in tqdm(rows, desc="frames", unit="frame"):
+        img = read_image_rgb(data / "JPEGImages" / f"{r['frame']}.jpg")
+        gt = read_voc(data / "Annotations" / f"{r['frame']}.xml")["WBC"][0]
+        res = clf.process(img)
+        best, best_iou = None, 0.0
+        for k, d in enumerate(res.detections):
+            if d.kind != "wbc":
+                continue
+            v = iou(d.box, gt)
+            if (v >= 0.3 or centre_in(gt, d.centre)) and v >= best_iou:
+                best, best_iou = k, v
+        row = {"frame": r["frame"], "label": r["categories"], "found": best is not None}
+        if best is not None:
+            row.update(predicted=res.labels[best], confidence=float(res.confidences[best]),
+                       probabilities=[round(float(p), 6) for p in res.probabilities[best]], iou=round(best_iou, 3))
+        per_frame.append(row)
+    return summarise(per_frame)
+
+
+def summarise(per_frame: list[dict]) -> dict:
+    n = len(per_frame)
+    right = [f for f in per_frame if f.get("predicted") == f["label"]]
+    wrong = [f for f in per_frame if f.get("predicted") != f["label"]]
+    flagged = lambda fs: sum(1 for f in fs if not f["found"] or f["confidence"] < REVIEW_THRESHOLD)
+    per_class = {}
+    for c in sorted({f["label"] for f in per_frame}):
+        fs = [f for f in per_frame if f["label"] == c]
+        per_class[c] = {"frames": len(fs), "right": sum(f.get("predicted") == c for f in fs),
+                        "predicted_as": dict(Counter(f.get("predicted", "not found") for f in fs).most_common())}
+    return {"frames": n, "found": sum(f["found"] for f in per_frame),
+            "right": len(right), "accuracy": round(len(right) / n, 4) if n else None,
+            "right_flagged": round(flagged(right) / len(right), 4) if right else None,
+            "wrong_flagged": round(flagged(wrong) / len(wrong), 4) if wrong else None,
+            "predicted_as": dict(Counter(f.get("predicted", "not found") for f in per_frame).most_common()),
+            "per_class": per_class, "per_frame": per_frame}
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"# BCCD white cells end to end ({r['date']})", "",
+             f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
+             f"Bundle: `{r['bundle']}`; split `{r['split']}` ({r['frames']} frames with one white-cell label "
+             "and one WBC box; a frame whose WBC is not found counts as wrong). "
+             f"Flagged = confidence < {REVIEW_THRESHOLD} (the recorder's review threshold) or not found.", "",
+             "| input contract | frames | WBC found | right | accuracy | right answers flagged | wrong answers flagged | predicted as |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, v in r["variants"].items():
+        pa = ", ".join(f"{k} {c}" for k, c in v["predicted_as"].items())
+        pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"
+        lines.append(f"| {name} | {v['frames']} | {v['found']} | {v['right']} | {pct(v['accuracy'])} | "
+                     f"{pct(v['right_flagged'])} | {pct(v['wrong_flagged'])} | {pa} |")
+    lines += ["", "Per class (right / frames):", "", "| class | " + " | ".join(r["variants"]) + " |",
+              "|---|" + "---|" * len(r["variants"])]
+    classes = sorted({c for v in r["variants"].values() for c in v["per_class"]})
+    for c in classes:
+        cells = [f"{v['per_class'][c]['right']} / {v['per_class'][c]['frames']}" if c in v["per_class"] else "–"
+                 for v in r["variants"].values()]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if r.get("reference"):
+        lines += ["", f"Reference colours (BloodMNIST-128 train, every 6th image; OpenCV 8-bit Lab): "
+                      f"background {r['reference']['background']}, red cells {r['reference']['cells']}"]
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=lambda: os.environ.get("HEMAEDGE_BCCD", "../shared/data/bccd"), show_default="../shared/data/bccd")
+@click.option("--bloodmnist128", type=click.Path(path_type=Path), default="../shared/data/bloodmnist128", show_default=True,
+              help="For --normalize reference: the training set whose colours are the reference.")
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
+@click.option("--normalize", "variants", multiple=True, type=click.Choice(["bundle", "none", "reference"]),
+              default=("bundle",), show_default=True)
+@click.option("--name", required=True, help="Results go to benchmarks/results/bccd_wbc_NAME.{json,md}.")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
+def main(data, bloodmnist128, bundle, split, variants, name, threads, out):
+    """Fraction of BCCD white cells classified right end to end (one bundle, one or more contracts)."""
+    from hemaedge.edge.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    rows = frames(data, split)
+    ref = bloodmnist_reference(bloodmnist128) if "reference" in variants else None
+    report = {"date": dt.date.today().isoformat(), "machine": machine(), "bundle": str(bundle), "split": split,
+              "frames": len(rows), "reference": ref,
+              "command": "python -m hemaedge.benchmarks.bccd_wbc " + " ".join(
+                  [f"--bundle {bundle}", f"--split {split}", *[f"--normalize {v}" for v in variants], f"--name {name}"]),
+              "variants": {}}
+    for v in variants:
+        contract = b.contract
+        if v == "none":
+            contract = dataclasses.replace(contract, normalize=None)
+        elif v == "reference":
+            contract = dataclasses.replace(contract, normalize=ref)
+        label = {"bundle": "bundle's own", "none": "no colour normalisation",
+                 "reference": "lab-anchors normalisation to BloodMNIST train"}[v]
+        report["variants"][label] = evaluate(data, rows, b, contract, threads)
+        click.echo(f"{label}: {report['variants'][label]['right']}/{len(rows)} right")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / f"bccd_wbc_{name}.json", json.dumps(report, indent=1))
+    write_atomic(out / f"bccd_wbc_{name}.md", to_markdown(report))
+    click.echo(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The goals table of the default-model issue (#13), from committed result files only.
+
+    python -m hemaedge.benchmarks.default_model_goals [--candidate benchmarks/results/default-v2-epochN --label NAME]
+
+"now" = the packaged default bundle (src/hemaedge/models/default) and the tables measured with
+it; "candidate" = the files `benchmarks/default_v2_check.sh` wrote for a new model (an
+intermediate checkpoint is labelled with its epoch). A figure that was not measured says so.
+Writes benchmarks/results/default_model_goals.{md,json}.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import click
+
+from hemaedge.benchmarks.tools.segmentation_bccd import write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_MANIFEST = ROOT / "src" / "hemaedge" / "models" / "default" / "manifest.json"
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(x, digits=2):
+    return "not measured" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _bccd(path: Path, variant: str | None = None):
+    r = _load(path)
+    if not r:
+        return None
+    v = r["variants"].get(variant) if variant else next(iter(r["variants"].values()))
+    return v and {"accuracy": v["accuracy"], "wrong_flagged": v["wrong_flagged"], "right_flagged": v["right_flagged"],
+                  "frames": v["frames"], "split": r["split"]}
+
+
+def collect(candidate: Path | None) -> dict:
+    man = _load(DEFAULT_MANIFEST)
+    pbc = _load(RESULTS / "pbc_end_to_end.json")
+    cost = _load(RESULTS / "normalize_cost.json")
+    now_bccd = _bccd(RESULTS / "bccd_wbc_default_val.json", "no colour normalisation")
+    now_cal = _load(RESULTS / "calibration_default.json")
+    now_bccd_norm = _bccd(RESULTS / "bccd_wbc_default_val.json", "lab-anchors normalisation to BloodMNIST train")
+    cand = {}
+    if candidate:
+        cm = _load(candidate / "bundle-int8-manifest.json") or {}
+        ft = _load(candidate / "finetune_bloodmnist128.json") or {}
+        snap = (ft.get("rows") or [{}])[0]
+        cal = next((_load(p) for p in sorted(candidate.glob("calibration_*.json"))), None) or {}
+        cand = {"test_int8": (cal.get("test") or {}).get("accuracy") or (cm.get("metrics", {}).get("test") or {}).get("accuracy"),
+                "pbc": (_load(candidate / "pbc_end_to_end.json") or {}).get("end_to_end_accuracy_rbc"),
+                "bccd": next((_bccd(p) for p in sorted(candidate.glob("bccd_wbc_*_val.json"))), None),
+                "ece_test": (cal.get("test") or {}).get("ece"), "temperature": cal.get("manifest_temperature"),
+                "ece_fp32": snap.get("ece_test"), "ece_fp32_calibrated": snap.get("ece_test_calibrated"),
+                "fp32_temperature": snap.get("temperature"), "test_fp32": snap.get("test_accuracy"),
+                "epochs": snap.get("epochs")}
+        mt = (cm.get("metrics", {}).get("test") or {})
+        if not (cal.get("test") or {}).get("accuracy") and mt.get("accuracy") is not None:
+            cand["int8_note"] = (f" on a {mt.get('n')}-image parity subset; export status "
+                                 f"{(cm.get('validation') or {}).get('status', '?')} (float32 Keras on the full test "
+                                 f"split: {_pct(snap.get('test_accuracy'))})")
+    rows = [
+        {"measure": "BloodMNIST-128 test accuracy, int8 bundle", "goal": ">= 98.5%",
+         "now": _pct(man["metrics"]["test"]["accuracy"]),
+         "candidate": (_pct(cand.get("test_int8")) + cand.get("int8_note", "")) if cand.get("test_int8") is not None else
+                      (f"not measured as int8 yet (float32 Keras: {_pct(cand['test_fp32'])})"
+                       if cand.get("test_fp32") is not None else "not measured")},
+        {"measure": "PBC fields end to end (pbc_raw_val, red-cell crops)", "goal": ">= 98.5%",
+         "now": _pct(pbc.get("end_to_end_accuracy_rbc") if pbc else None), "candidate": _pct(cand.get("pbc"))},
+        {"measure": "BCCD white cells right end to end, never trained on BCCD (val split)", "goal": ">= 85%",
+         "now": (f"{_pct(now_bccd['accuracy'], 1)} ({now_bccd['frames']} frames; issue: 5.9% on all 341); "
+                 f"with device normalisation {_pct(now_bccd_norm['accuracy'], 1)}") if now_bccd else "not measured",
+         "candidate": _pct(cand["bccd"]["accuracy"], 1) if cand.get("bccd") else "not measured"},
+        {"measure": "the same, multi-domain model, BCCD test split", "goal": ">= 95%",
+         "now": "—", "candidate": "not attempted (no multi-domain model trained)"},
+        {"measure": "expected calibration error, BloodMNIST test", "goal": "<= 2%",
+         "now": (f"{_pct(now_cal['test']['ece'])} (no temperature in the bundle; "
+                 f"{_pct(now_cal['test']['ece_with_val_temperature'])} with T = {now_cal['temperature_fitted_on_val']} "
+                 "fitted on val)") if now_cal else "not measured",
+         "candidate": (f"{_pct(cand.get('ece_test'))} (int8 bundle with its manifest temperature "
+                       f"T = {cand.get('temperature')})") if cand.get("ece_test") is not None else
+                      (f"{_pct(cand['ece_fp32'])} raw, {_pct(cand['ece_fp32_calibrated'])} with T = "
+                       f"{cand['fp32_temperature']:.3f} fitted on val (float32 Keras; int8 bundle not measured yet)")
+                      if cand.get("ece_fp32_calibrated") is not None else "not measured"},
+        {"measure": "BCCD wrong answers flagged or unidentified (val)", "goal": ">= 90%, with <= 15% of right answers flagged",
+         "now": (f"{_pct(now_bccd['wrong_flagged'], 1)} of wrong, {_pct(now_bccd['right_flagged'], 1)} of right "
+                 "(confidence < 0.6)") if now_bccd else "not measured",
+         "candidate": (f"{_pct(cand['bccd']['wrong_flagged'], 1)} of wrong, {_pct(cand['bccd']['right_flagged'], 1)} "
+                       "of right (confidence < 0.6, after temperature)") if cand.get("bccd") else "not measured"},
+        {"measure": "cost of normalisation per 640x480 frame", "goal": "<= 1 ms p50",
+         "now": "—", "candidate": (f"{cost['ms_per_frame']['normalisation_only_p50']} ms p50 (load average "
+                                   f"{cost['load_average'][0]} on 2 cores)") if cost else "not measured"},
+    ]
+    return {"date": dt.date.today().isoformat(), "candidate": str(candidate) if candidate else None, "rows": rows,
+            "candidate_epochs": cand.get("epochs")}
+
+
+@click.command()
+@click.option("--candidate", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Result folder of a candidate (benchmarks/default_v2_check.sh output).")
+@click.option("--label", default="candidate", help="Column title for the candidate.")
+@click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
+def main(candidate, label, out):
+    """Write the issue's goals table from the committed result files."""
+    r = collect(candidate)
+    lines = [f"# Default model goals (issue #13), collected {r['date']}", "",
+             "Command: `python -m hemaedge.benchmarks.default_model_goals"
+             + (f" --candidate {candidate} --label {label}`" if candidate else "`"), "",
+             "\"now\" = the packaged default bundle (Lite0, 5 CPU epochs, 2026-11-22). "
+             + (f"\"{label}\" = an INTERMEDIATE checkpoint of the new default's training "
+                f"({r['candidate_epochs']} epochs done), not the final model. " if candidate else
+                "No candidate measured yet: the new default's training (docs/finetune.md) had not finished an "
+                "epoch when this was collected. ")
+             + "Each figure's command, machine and date are in the linked result files.", "",
+             f"| measure | now | {label} | goal |", "|---|---|---|---|"]
+    lines += [f"| {x['measure']} | {x['now']} | {x['candidate']} | {x['goal']} |" for x in r["rows"]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "default_model_goals.json", json.dumps(r, indent=1))
+    write_atomic(out / "default_model_goals.md", "\n".join(lines) + "\n")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

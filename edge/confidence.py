@@ -1,0 +1,64 @@
+"""Confidence that means what it says: per-cell out-of-distribution scores and the
+"unidentified" test, from the manifest's `ood` section. numpy only (runs on the device).
+
+The probabilities reaching here are already temperature-scaled (`output.temperature`, applied
+by `preprocess.output_probabilities` in every backend). The OOD score of a cell is the negative
+log of its largest probability (max-softmax, Hendrycks & Gimpel 2017, after temperature
+scaling): 0 for a certain answer, growing as the model hesitates. Our bundles output
+probabilities, not logits, so logit-based scores (energy, max logit) are not available from
+every bundle; this one is.
+
+The manifest's `ood` section (written at export from the validation split, see
+`ood_section`) holds the score's statistics on the training classes and a threshold: the
+score that `quantile` (default 95 %) of in-distribution validation cells stay below. A cell
+above it is "unidentified": the pipeline's rule can call `unidentified(...)`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+OOD_SCORE = "neg-log-max-prob"
+DEFAULT_QUANTILE = 0.95
+
+
+def ood_scores(probabilities: np.ndarray) -> np.ndarray:
+    """Per-cell OOD score (higher = less like the training classes); (N, C) -> (N,)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.size == 0:
+        return np.zeros(len(p), dtype=np.float32)
+    return (-np.log(np.clip(p.max(axis=1), 1e-12, 1.0))).astype(np.float32)
+
+
+def ood_section(val_probabilities: np.ndarray, val_labels=None, quantile: float = DEFAULT_QUANTILE) -> dict:
+    """The manifest's `ood` section from in-distribution validation probabilities.
+
+    With labels, the statistics use the correctly classified cells only (what a confident,
+    in-distribution answer looks like) and the share of wrong answers above the threshold is
+    recorded too."""
+    s = ood_scores(val_probabilities)
+    ref = s
+    out = {"score": OOD_SCORE, "quantile": float(quantile), "n": int(len(s))}
+    if val_labels is not None:
+        y = np.asarray(val_labels)
+        right = np.asarray(val_probabilities).argmax(axis=1) == y
+        ref = s[right] if right.any() else s
+    thr = float(np.quantile(ref, quantile)) if len(ref) else float("inf")
+    out.update(mean=round(float(ref.mean()), 6) if len(ref) else None,
+               std=round(float(ref.std()), 6) if len(ref) else None,
+               threshold=round(thr, 6))
+    if val_labels is not None and (~right).any():
+        out["wrong_above_threshold"] = round(float(np.mean(s[~right] > thr)), 4)
+    return out
+
+
+def unidentified(probabilities: np.ndarray, ood: dict | None) -> np.ndarray:
+    """Boolean per cell: its OOD score is above the bundle's threshold (all False without an `ood` section)."""
+    n = len(probabilities)
+    if not ood or ood.get("threshold") is None:
+        return np.zeros(n, dtype=bool)
+    if ood.get("score", OOD_SCORE) != OOD_SCORE:
+        raise ValueError(f"unknown OOD score {ood.get('score')!r} in the bundle; this version knows {OOD_SCORE!r}")
+    return ood_scores(probabilities) > float(ood["threshold"])
+
+
+__all__ = ["OOD_SCORE", "DEFAULT_QUANTILE", "ood_scores", "ood_section", "unidentified"]
