@@ -33,7 +33,6 @@ from collections import Counter
 from pathlib import Path
 
 import click
-import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc, write_atomic

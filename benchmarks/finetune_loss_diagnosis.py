@@ -105,10 +105,9 @@ def run_setting(name, overrides, args, x_tr, y_tr, x_val, y_val, n_classes, log)
 @click.option("--only", multiple=True, help="Run only these setting names (substring match).")
 @click.option("--out", required=True, help="Prefix for OUT.json / OUT.md")
 def main(data, size, limit, epochs, only, out):
-    import platform
 
     from hemaedge.train import finetune as ft
-    from hemaedge.train.evaluate import write_json, write_text
+    from hemaedge.train.evaluate import write_json
 
     args = {"data": data, "size": size, "limit": limit, "epochs": epochs}
     from hemaedge.edge.preprocess import InputContract
