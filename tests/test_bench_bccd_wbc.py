@@ -1,7 +1,7 @@
 """The BCCD white-cell end-to-end benchmark's frame list and scoring (no model needed)."""
 from __future__ import annotations
 
-from hemaedge.benchmarks.bccd_wbc import REVIEW_THRESHOLD, frames, summarise
+from hemaedge.benchmarks.tools.bccd_wbc import REVIEW_THRESHOLD, frames, summarise
 
 
 def test_frames_are_single_label_single_box_of_one_split(bccd):

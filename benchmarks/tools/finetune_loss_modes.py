@@ -1,7 +1,7 @@
 """Where a fine-tuning run's logged loss comes from: the same recipe batches scored in inference
 mode, in training mode without dropout (BN batch statistics only) and in full training mode.
 
-    python -m hemaedge.benchmarks.finetune_loss_modes RUN_DIR [RUN_DIR ...] --out benchmarks/results/finetune_loss_modes
+    python -m hemaedge.benchmarks.tools.finetune_loss_modes RUN_DIR [RUN_DIR ...] --out benchmarks/results/finetune_loss_modes
 
 Uses the run's own recipe (state.json: augmentation, normalisation reference, mixup, target
 weighting) to build 24 fixed probe batches (`finetune.make_probe_batches`) and scores
@@ -65,7 +65,7 @@ def main(runs, out):
 
     rows = [decompose(r) for r in runs]
     rep = {"date": dt.date.today().isoformat(), "machine": machine(),
-           "command": "python -m hemaedge.benchmarks.finetune_loss_modes " + " ".join(map(str, runs)) + f" --out {out}",
+           "command": "python -m hemaedge.benchmarks.tools.finetune_loss_modes " + " ".join(map(str, runs)) + f" --out {out}",
            "rows": rows}
     md = [f"# Logged training loss, decomposed ({rep['date']})", "", f"Command: `{rep['command']}`  ",
           f"Machine: {rep['machine']}", "",

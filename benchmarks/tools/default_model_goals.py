@@ -1,9 +1,9 @@
 """The goals table of the default-model issue (#13), from committed result files only.
 
-    python -m hemaedge.benchmarks.default_model_goals [--candidate benchmarks/results/default-v2-epochN --label NAME]
+    python -m hemaedge.benchmarks.tools.default_model_goals [--candidate benchmarks/results/default-v2-epochN --label NAME]
 
 "now" = the packaged default bundle (src/hemaedge/models/default) and the tables measured with
-it; "candidate" = the files `benchmarks/default_v2_check.sh` wrote for a new model (an
+it; "candidate" = the files `benchmarks/tools/default_v2_check.sh` wrote for a new model (an
 intermediate checkpoint is labelled with its epoch). A figure that was not measured says so.
 Writes benchmarks/results/default_model_goals.{md,json}.
 """
@@ -102,14 +102,14 @@ def collect(candidate: Path | None) -> dict:
 
 @click.command()
 @click.option("--candidate", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Result folder of a candidate (benchmarks/default_v2_check.sh output).")
+              help="Result folder of a candidate (benchmarks/tools/default_v2_check.sh output).")
 @click.option("--label", default="candidate", help="Column title for the candidate.")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 def main(candidate, label, out):
     """Write the issue's goals table from the committed result files."""
     r = collect(candidate)
     lines = [f"# Default model goals (issue #13), collected {r['date']}", "",
-             "Command: `python -m hemaedge.benchmarks.default_model_goals"
+             "Command: `python -m hemaedge.benchmarks.tools.default_model_goals"
              + (f" --candidate {candidate} --label {label}`" if candidate else "`"), "",
              "\"now\" = the packaged default bundle (Lite0, 5 CPU epochs, 2026-11-22). "
              + (f"\"{label}\" = an INTERMEDIATE checkpoint of the new default's training "

@@ -1,6 +1,6 @@
 """White cells of BCCD frames end to end: segment -> crop -> classify, against the white-cell type.
 
-    python -m hemaedge.benchmarks.bccd_wbc --bundle src/hemaedge/models/default --split val \\
+    python -m hemaedge.benchmarks.tools.bccd_wbc --bundle src/hemaedge/models/default --split val \\
         --normalize none --normalize reference --name default
 
 BCCD is a different microscope, stain and camera from PBC/BloodMNIST, so this is the measure of
@@ -149,7 +149,7 @@ def main(data, bloodmnist128, bundle, split, variants, name, threads, out):
     ref = bloodmnist_reference(bloodmnist128) if "reference" in variants else None
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "bundle": str(bundle), "split": split,
               "frames": len(rows), "reference": ref,
-              "command": "python -m hemaedge.benchmarks.bccd_wbc " + " ".join(
+              "command": "python -m hemaedge.benchmarks.tools.bccd_wbc " + " ".join(
                   [f"--bundle {bundle}", f"--split {split}", *[f"--normalize {v}" for v in variants], f"--name {name}"]),
               "variants": {}}
     for v in variants:

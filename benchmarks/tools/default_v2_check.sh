@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure the new default-model candidate (issue #13) from its running training, end to end:
 #
-#   benchmarks/default_v2_check.sh [RUN_DIR] [NAME]
+#   benchmarks/tools/default_v2_check.sh [RUN_DIR] [NAME]
 #
 # RUN_DIR  the `train finetune` run (default ~/hemaedge-runs/default-v2); its CURRENT best
 #          checkpoint is snapshotted (the training keeps going) into ~/hemaedge-runs/NAME
@@ -15,7 +15,7 @@
 # (benchmarks/results/default_model_goals.md). Results of an intermediate checkpoint are
 # labelled with its epoch. Never touches BCCD test and never replaces the packaged default.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUN=${1:-$HOME/hemaedge-runs/default-v2}
 DATA=${HEMAEDGE_SHARED_DATA:-../shared/data}
 PY=${PY:-.venv/bin/python}
@@ -33,16 +33,16 @@ nice -n 10 "$PY" -m hemaedge.cli export tflite "$SNAP/model.keras" --quant int8 
     --data "$DATA/bloodmnist128" --limit 500 --out "$SNAP/bundle-int8"
 cp "$SNAP/bundle-int8/manifest.json" "$RES/bundle-int8-manifest.json"
 # the three bundle measurements are independent: run them side by side
-nice -n 10 "$PY" -m hemaedge.benchmarks.bundle_calibration --bundle "$SNAP/bundle-int8" \
+nice -n 10 "$PY" -m hemaedge.benchmarks.tools.bundle_calibration --bundle "$SNAP/bundle-int8" \
     --data "$DATA/bloodmnist128" --name "${NAME//-/_}" --out "$RES" > "$SNAP/calibration.log" 2>&1 &
 P1=$!
 nice -n 10 "$PY" -m hemaedge.benchmarks.tools.pbc_end_to_end --data "$DATA/pbc_raw_val" \
     --bloodmnist-val "$DATA/bloodmnist128/val" --bundle "$SNAP/bundle-int8" --out "$RES" > "$SNAP/pbc.log" 2>&1 &
 P2=$!
-nice -n 10 "$PY" -m hemaedge.benchmarks.bccd_wbc --data "$DATA/bccd" --bloodmnist128 "$DATA/bloodmnist128" \
+nice -n 10 "$PY" -m hemaedge.benchmarks.tools.bccd_wbc --data "$DATA/bccd" --bloodmnist128 "$DATA/bloodmnist128" \
     --bundle "$SNAP/bundle-int8" --split val --normalize bundle --name "${NAME//-/_}_val" --out "$RES" \
     > "$SNAP/bccd.log" 2>&1 &
 P3=$!
 wait $P1 && wait $P2 && wait $P3
-"$PY" -m hemaedge.benchmarks.default_model_goals --candidate "$RES" --label "$NAME" \
+"$PY" -m hemaedge.benchmarks.tools.default_model_goals --candidate "$RES" --label "$NAME" \
     --out "${HEMAEDGE_GOALS_OUT:-benchmarks/results}"

@@ -1,6 +1,6 @@
 """Calibration of a bundle on BloodMNIST-128: ECE raw, the temperature fitted on val, ECE with it.
 
-    python -m hemaedge.benchmarks.bundle_calibration --bundle src/hemaedge/models/default --name default
+    python -m hemaedge.benchmarks.tools.bundle_calibration --bundle src/hemaedge/models/default --name default
 
 The bundle runs as on the device (`prepare_batch` + its backend, with the manifest's own
 temperature if it has one). T is fitted on the validation split only; the test split is scored
@@ -54,7 +54,7 @@ def main(bundle, data, name, threads, out):
     b = load_bundle(bundle)
     be = load_backend(b, threads=threads)
     res = {"date": dt.date.today().isoformat(), "machine": machine(), "bundle": str(bundle),
-           "command": f"python -m hemaedge.benchmarks.bundle_calibration --bundle {bundle} --name {name}",
+           "command": f"python -m hemaedge.benchmarks.tools.bundle_calibration --bundle {bundle} --name {name}",
            "manifest_temperature": b.manifest.get("output", {}).get("temperature")}
     p_val, y_val = split_probs(b, be, data, "val")
     t = fit_temperature(y_val, p_val)

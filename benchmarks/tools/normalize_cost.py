@@ -1,6 +1,6 @@
 """Cost of the device-side colour normalisation per 640x480 frame, against its baseline.
 
-    python -m hemaedge.benchmarks.normalize_cost --data ../shared/data/bccd --split val
+    python -m hemaedge.benchmarks.tools.normalize_cost --data ../shared/data/bccd --split val
 
 For every frame of the split (BCCD val: real 640x480 smears from another microscope) the
 device pipeline's segmentation and crops are computed once (not timed); then, repeated
@@ -76,7 +76,7 @@ def main(data, split, size, repeat, limit, out):
     q = lambda a, p: round(float(np.percentile(a, p)), 3)
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"), "machine": machine(),
               "load_average": [round(v, 2) for v in load],
-              "command": f"python -m hemaedge.benchmarks.normalize_cost --split {split} --size {size} --repeat {repeat}"
+              "command": f"python -m hemaedge.benchmarks.tools.normalize_cost --split {split} --size {size} --repeat {repeat}"
                          + (f" --limit {limit}" if limit else ""),
               "frames": len(frames), "frame_shape": list(frames[0][0]) if frames else None,
               "crops_per_frame": {"p50": q(crops, 50), "max": int(crops.max()) if len(crops) else 0},

@@ -1,6 +1,6 @@
 """Why the logged fine-tuning loss rises while accuracy rises: a cheap, committed experiment.
 
-    python -m hemaedge.benchmarks.finetune_loss_diagnosis --data /work/shared/data/bloodmnist128 \\
+    python -m hemaedge.benchmarks.tools.finetune_loss_diagnosis --data /work/shared/data/bloodmnist128 \\
         --size 64 --limit 200 --epochs 6 --out benchmarks/results/finetune_loss_diagnosis
 
 Trains EfficientNet-Lite0 (ImageNet) on a class-limited subset with the real recipe code
