@@ -43,7 +43,8 @@ def bench():
               help="Keras fp32 source model(s) for the baseline rows (matched to bundles by sha256).")
 @click.option("--data", type=click.Path(path_type=Path), envvar="HEMAEDGE_BENCH_DATA",
               help="Labelled test images: an ImageFolder tree (ROOT/test/<class>/*.jpg) or a MedMNIST .npz.")
-@click.option("--limit", type=click.IntRange(min=1), help="Score accuracy on N evenly spread test images only.")
+@click.option("--spread", "limit", type=click.IntRange(min=1), metavar="N",
+              help="Score accuracy on N test images spread evenly over the split only.")
 @click.option("--preset", type=click.Choice(["desktop", "pi", "jetson"]), default="desktop", show_default=True,
               help="Device preset: back ends and thread counts.")
 @click.option("--threads", callback=_ints, help="Thread counts to sweep, e.g. 1,2 (default: the preset's).")

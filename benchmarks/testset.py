@@ -2,7 +2,7 @@
 
 Read by the data package (`hemaedge.train.data.open_dataset`: ImageFolder trees with a test/
 folder, MedMNIST `.npz`, classes.txt, the same class order and file types as training) and
-streamed in chunks so a device with little memory can score the whole split. `--limit N` picks
+streamed in chunks so a device with little memory can score the whole split. `--spread N` picks
 N images spread evenly over the split, with the files interleaved by name first, so every class
 is represented in quick runs. Class names are matched to the model's by name; names that differ
 are an error, never a silent match by position.
@@ -70,7 +70,7 @@ def open_test_set(path, split: str = "test", limit: int | None = None) -> TestSe
         idx = spread(len(s), limit)
         return TestSet(str(s.npz), classes, s.labels[idx], _array=s.array()[idx])
     files = list(s.paths)
-    # Interleave by file name so an evenly spread --limit sample covers every class.
+    # Interleave by file name so an evenly spread --spread sample covers every class.
     order = sorted(range(len(files)), key=lambda i: (files[i].name, int(s.labels[i])))
     files = [files[i] for i in order]
     labels = s.labels[order].astype(np.int64)

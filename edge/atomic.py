@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the target's folder, then os.replace.
+"""Atomic file writes: a temporary file in the target's folder, then os.replace; and the same for
+folders (replace_dir: a finished sibling folder swapped into place).
 
 A reader never sees a half-written file under the real name: it sees either the old file or the
 new one. The temporary file is removed on any exception (including a serializer that raises).
@@ -9,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path", "replace_dir", "fsync_dir"]
 
 DEFAULT_MODE = 0o644
 
@@ -91,3 +93,36 @@ def atomic_path(path, mode: int | None = DEFAULT_MODE):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(path) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where the file system refuses."""
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_dir(tmp, final, fsync: bool = False) -> Path:
+    """Move the finished folder `tmp` to `final` (same file system), replacing a folder already there.
+
+    The old `final` is renamed aside to the hidden sibling `.NAME.old` and removed only after the
+    new folder is in place, so nobody ever sees a half-written or half-deleted folder under the
+    real name. A crash between the two renames leaves `final` missing and the old folder whole at
+    `.NAME.old` (cleared by the next replace). With `fsync` the parent folder is flushed after
+    the rename. The caller builds `tmp` and removes it if anything fails before this call.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)  # the new folder is in place: a leftover is only litter
+    else:
+        os.replace(tmp, final)
+    if fsync:
+        fsync_dir(final.parent)
+    return final

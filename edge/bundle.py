@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from hemaedge.edge.atomic import replace_dir
 from hemaedge.edge.errors import BundleError
 from hemaedge.edge.manifest import (BACKENDS, MANIFEST_FORMAT, MANIFEST_VERSION,  # noqa: F401 (re-exported)
                                     SUPPORTED_VERSIONS, Manifest, safe_relpath)
@@ -234,14 +235,7 @@ def write_bundle(out_dir, files: dict, *, model_file: str, backend: str, model_f
                 check(Bundle(tmp, manifest))
             except BundleError as exc:  # name the bundle the user asked for, not the temporary folder
                 raise BundleError(str(exc).replace(str(tmp), str(out_dir))) from None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

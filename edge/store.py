@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hemaedge.edge.atomic import fsync_dir, replace_dir
 from hemaedge.edge.bundle import (MANIFEST_NAME, Bundle, BundleError, _safe_relpath, load_bundle,
                                   load_manifest, read_manifest, verify_bundle)
 from hemaedge.edge.bundle_check import check_runnable
@@ -160,15 +161,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _copy_synced(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as fin, open(dst, "wb") as fout:
@@ -282,7 +274,7 @@ class ModelStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     # ------------------------------------------------------------------ lock
 
@@ -538,10 +530,7 @@ class ModelStore:
                     check_runnable(Bundle(staging, bundle.manifest))
                 _pause("staged")
                 final = self.version_path(version)
-                if final.exists():  # an orphan of a crashed install with the same number
-                    shutil.rmtree(final)
-                os.replace(staging, final)
-                _fsync_dir(self.versions_dir)
+                replace_dir(staging, final, fsync=True)  # a folder already there: an orphan of a crashed install
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -574,8 +563,8 @@ class ModelStore:
             raise BundleError(f"{bundle_dir} changed while it was being copied (or the disk is failing):\n  - "
                               + "\n  - ".join(problems))
         for sub in sorted({p for p in staging.rglob("*") if p.is_dir()}, reverse=True):
-            _fsync_dir(sub)
-        _fsync_dir(staging)
+            fsync_dir(sub)
+        fsync_dir(staging)
 
     def _activate(self, state: dict, version: str) -> None:
         previous = state["active"]

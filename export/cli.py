@@ -28,8 +28,10 @@ def _source_options(f):
 def _parity_options(f):
     f = click.option("--max-drop", type=FINITE_FLOAT, default=1.0, show_default=True,
                      help="Accuracy drop (points) beyond which an export is marked failed-validation.")(f)
-    f = click.option("--limit", type=click.IntRange(min=1), default=None,
-                     help="Use a seeded random subset of N images per split (quick runs).")(f)
+    f = click.option("--sample-seed", type=int, default=0, show_default=True,
+                     help="Seed of the --sample draw.")(f)
+    f = click.option("--sample", "limit", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Quick runs: a random sample of N images per split, drawn with --sample-seed.")(f)
     f = click.option("--splits", default="val,test", show_default=True, help="Splits used for the parity check.")(f)
     f = click.option("--data", type=click.Path(path_type=Path), default=None,
                      help=f"Data set for the parity check (ImageFolder with val/ and test/, e.g. {DEFAULT_DATA}). "
@@ -58,12 +60,13 @@ def _load_source(model, classes, preprocess, size):
     return load_source(model, classes=names, preprocess=preprocess, size=size)
 
 
-def _parity_data(data, source_classes, splits, limit):
+def _parity_data(data, source_classes, splits, limit, sample_seed=0):
     if data is None:
         return None
     from hemaedge.export.pipeline import ParityData
 
-    return ParityData(data, source_classes, splits=tuple(s.strip() for s in splits.split(",") if s.strip()), limit=limit)
+    return ParityData(data, source_classes, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+                      limit=limit, seed=sample_seed)
 
 
 def _calib(calib_dir, calib_count, needed: bool):
@@ -150,7 +153,7 @@ def export():
 @_sign_option
 @user_errors
 def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, bound_logits, calib_dir, calib_count,
-           data, splits, limit, max_drop, classes, preprocess, size, out, force, sign_key):
+           data, splits, limit, sample_seed, max_drop, classes, preprocess, size, out, force, sign_key):
     """Keras MODEL -> TFLite bundle (fp32, fp16, dynamic-range or full-integer int8)."""
     from hemaedge.export.pipeline import export_one
     from hemaedge.export.tflite import convert_tflite  # noqa: F401  (fail early if TF is missing)
@@ -164,14 +167,14 @@ def tflite(model, quant, int8_io, int8_output, float_fallback_ops, per_tensor, b
         fmt = "tflite-int8-floatio"
     else:
         fmt = f"tflite-{quant}"
-    row = _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force,
+    row = _run_one(export_one, fmt, source, out, data, splits, limit, sample_seed, max_drop, images, info, force,
                    int8_io=int8_io, float_fallback_ops=ops, int8_output=int8_output, per_tensor=per_tensor,
                    bound_logits=bound_logits)
     _finish(row, sign_key)
 
 
-def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images, info, force, **kw):
-    return export_one(fmt, source, out, parity_data=_parity_data(data, source.classes, splits, limit),
+def _run_one(export_one, fmt, source, out, data, splits, limit, sample_seed, max_drop, images, info, force, **kw):
+    return export_one(fmt, source, out, parity_data=_parity_data(data, source.classes, splits, limit, sample_seed),
                       max_drop=max_drop, calib_images=images, calib_info=info, overwrite=force, **kw)
 
 
@@ -188,14 +191,14 @@ def _run_one(export_one, fmt, source, out, data, splits, limit, max_drop, images
 @_bundle_out_options
 @_sign_option
 @user_errors
-def onnx(model, opset, quantize_int8, calib_method, bound_logits, calib_dir, calib_count, data, splits, limit,
+def onnx(model, opset, quantize_int8, calib_method, bound_logits, calib_dir, calib_count, data, splits, limit, sample_seed,
          max_drop, classes, preprocess, size, out, force, sign_key):
     """Keras MODEL -> ONNX bundle (tf2onnx), optionally int8 QDQ."""
     from hemaedge.export.pipeline import export_one
 
     source = _load_source(model, classes, preprocess, size)
     images, info = _calib(calib_dir, calib_count, quantize_int8)
-    row = _run_one(export_one, "onnx-int8" if quantize_int8 else "onnx-fp32", source, out, data, splits, limit,
+    row = _run_one(export_one, "onnx-int8" if quantize_int8 else "onnx-fp32", source, out, data, splits, limit, sample_seed,
                    max_drop, images, info, force, opset=opset, onnx_calib_method=calib_method,
                    bound_logits=bound_logits)
     _finish(row, sign_key)
@@ -213,7 +216,7 @@ def onnx(model, opset, quantize_int8, calib_method, bound_logits, calib_dir, cal
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @_sign_option
 @user_errors
-def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, preprocess, size, out, force, sign_key):
+def onnx_head(head, backbone, opset, data, splits, limit, sample_seed, max_drop, classes, preprocess, size, out, force, sign_key):
     """scikit-learn HEAD (.skops: SVM, KNN, RF, pipelines) -> ONNX (skl2onnx; a distance-weighted KNN
     gets hemaedge's own graph); no pickle on the device.
 
@@ -230,7 +233,7 @@ def onnx_head(head, backbone, opset, data, splits, limit, max_drop, classes, pre
         click.echo(f"wrote {path}")
         return
     source = oh.load_hybrid_source(backbone, head, classes=names, preprocess=preprocess, size=size)
-    row = oh.export_hybrid_bundle(source, out, opset=opset, parity_data=_parity_data(data, source.classes, splits, limit),
+    row = oh.export_hybrid_bundle(source, out, opset=opset, parity_data=_parity_data(data, source.classes, splits, limit, sample_seed),
                                   max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)
 
@@ -275,7 +278,7 @@ def tensorrt(onnx_model, precision, calib_dir, calib_count, batch, max_batch, ca
 @click.option("--force", is_flag=True, help="Replace existing bundle folders.")
 @_sign_option
 @user_errors
-def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, data, splits, limit, max_drop, classes,
+def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, data, splits, limit, sample_seed, max_drop, classes,
                 preprocess, size, out, table, force, sign_key):
     """Every format with parity for each, and the export table (format, status, size, accuracy, delta, agreement)."""
     from hemaedge.export import report
@@ -293,7 +296,7 @@ def all_formats(model, formats, opset, bound_logits, calib_dir, calib_count, dat
     except HemaedgeError as exc:  # int8 rows will say failed-to-export; the others still run
         click.echo(f"warning: {exc}", err=True)
         images, info = None, None
-    pdata = _parity_data(data, source.classes, splits, limit)
+    pdata = _parity_data(data, source.classes, splits, limit, sample_seed)
     stem = table or Path("benchmarks/results") / f"export_{source.name}"
     meta = report.base_meta(source.name, command_line())
     meta.update(source_sha256=source.sha256, data=pdata.describe() if pdata else None, calibration=info,
@@ -347,11 +350,11 @@ def _versions() -> str:
 @_bundle_out_options
 @_sign_option
 @user_errors
-def bundle(artifact, source_model, data, splits, limit, max_drop, classes, preprocess, size, out, force, sign_key):
+def bundle(artifact, source_model, data, splits, limit, sample_seed, max_drop, classes, preprocess, size, out, force, sign_key):
     """Wrap an existing ARTIFACT (.tflite, .onnx, .engine) into a verified bundle."""
     from hemaedge.export.wrap import wrap_artifact
 
     row = wrap_artifact(artifact, out, source_model=source_model, classes=classes, preprocess=preprocess, size=size,
-                        parity_data_factory=lambda names: _parity_data(data, names, splits, limit),
+                        parity_data_factory=lambda names: _parity_data(data, names, splits, limit, sample_seed),
                         max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)

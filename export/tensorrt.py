@@ -18,12 +18,11 @@ no GPU): see docs/export.md.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import atomic_write_bytes
 from hemaedge.edge.cli_support import UserError
 from hemaedge.edge.preprocess import InputContract, prepare_batch
 
@@ -79,11 +78,7 @@ class CalibrationStream:
     def write_cache(self, data) -> None:
         if not self.cache_path:
             return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.cache_path.name}.", dir=self.cache_path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(bytes(data))
-        os.replace(tmp, self.cache_path)
+        atomic_write_bytes(self.cache_path, bytes(data), mode=None)  # mode None: mkstemp's 0600, as before
 
 
 def require_tensorrt():

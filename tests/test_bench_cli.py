@@ -59,7 +59,7 @@ def test_edge_only_install_skips_keras_rows(tmp_path, tmp_path_factory, bloodmni
     keras_file = m["keras"] or (tmp_path / "fake.keras")
     keras_file.touch()
     args = ["bench", "run", str(tmp_path / "export"), "--keras", str(keras_file), "--keras-predict-only",
-            "--data", str(bloodmnist128), "--limit", "8", "--out", str(tmp_path / "res"), "--name", "edge"] + \
+            "--data", str(bloodmnist128), "--spread", "8", "--out", str(tmp_path / "res"), "--name", "edge"] + \
         [a for a in FAST_ARGS if a != "--no-plots"]
     p = subprocess.run([sys.executable, "-c", BLOCKED_RUN, *args], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]

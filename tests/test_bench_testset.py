@@ -1,5 +1,5 @@
 """The benchmark's test-set reader (the data package, no TensorFlow): ImageFolder trees and
-MedMNIST .npz, evenly spread --limit samples, and class lists matched to the model's by name."""
+MedMNIST .npz, evenly spread --spread samples, and class lists matched to the model's by name."""
 import numpy as np
 import pytest
 

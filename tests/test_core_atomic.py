@@ -125,3 +125,43 @@ def test_atomic_path_for_writers_that_need_a_file_name(tmp_path):
             raise RuntimeError("serializer crashed")
     assert np.load(target)["a"].tolist() == [0, 1, 2]
     assert sorted(p.name for p in target.parent.iterdir()) == ["features-x.npz"]
+
+
+def test_replace_dir_swaps_a_finished_folder_into_place(tmp_path):
+    from hemaedge.edge.atomic import replace_dir
+
+    final = tmp_path / "bundle"
+    first = tmp_path / ".bundle.a"
+    first.mkdir()
+    (first / "model.tflite").write_text("v1")
+    assert replace_dir(first, final) == final and (final / "model.tflite").read_text() == "v1"
+    second = tmp_path / ".bundle.b"
+    second.mkdir()
+    (second / "model.tflite").write_text("v2")
+    (tmp_path / ".bundle.old").mkdir()  # litter of a crash between the two renames
+    replace_dir(second, final, fsync=True)
+    assert (final / "model.tflite").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # nothing left beside it
+
+
+def test_replace_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch):
+    from hemaedge.edge import atomic
+
+    final = tmp_path / "crops"
+    final.mkdir()
+    (final / "a.png").write_text("old")
+    calls = []
+    real = os.replace
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder's rename fails (a crash at this point)
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", flaky)
+    new = tmp_path / ".crops.new"
+    new.mkdir()
+    with pytest.raises(OSError):
+        atomic.replace_dir(new, final)
+    assert (tmp_path / ".crops.old" / "a.png").read_text() == "old"  # whole, recoverable

@@ -14,7 +14,7 @@ BLOODMNIST = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", 
 
 
 def test_segmentation_bccd_command(bccd, tmp_path):
-    res = CliRunner().invoke(segmentation_bccd.main, ["--data", str(bccd), "--split", "test", "--limit", "6",
+    res = CliRunner().invoke(segmentation_bccd.main, ["--data", str(bccd), "--split", "test", "--first", "6",
                                                       "--method", "stain", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "segmentation_bccd.json").read_text())
@@ -32,7 +32,7 @@ def test_pbc_end_to_end_with_a_bundle(pbc_raw_val, bloodmnist128, tmp_path):
     bundle = make_bundle(tmp_path, model, "onnx", 128, classes=BLOODMNIST, name="b8")
     res = CliRunner().invoke(pbc_end_to_end.main, ["--data", str(pbc_raw_val), "--bloodmnist-val",
                                                    str(bloodmnist128 / "val"), "--bundle", str(bundle),
-                                                   "--limit", "16", "--out", str(tmp_path)])
+                                                   "--spread", "16", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "pbc_end_to_end.json").read_text())
     assert r["fields"] == 16 and r["found"] >= 15

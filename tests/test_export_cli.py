@@ -48,7 +48,7 @@ def test_export_all_writes_a_row_per_format(setup, tmp_path):
 def test_single_export_marks_failed_validation(setup, tmp_path):
     model, calib, data = setup
     # --max-drop -100 demands a 100-point gain: any real export fails validation.
-    r = run("tflite", model, "--quant", "fp16", "--data", data, "--limit", 8, "--max-drop", -100,
+    r = run("tflite", model, "--quant", "fp16", "--data", data, "--sample", 8, "--max-drop", -100,
             "--out", tmp_path / "b")
     assert r.exit_code == 1
     assert "failed-validation" in r.output

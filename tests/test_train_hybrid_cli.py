@@ -16,7 +16,7 @@ def run_dir(bloodmnist128, tmp_path_factory):
     out = tmp_path_factory.mktemp("hybrid") / "run"
     cache = out.parent / "cache"
     args = ["--data", str(bloodmnist128), "--backbone", "efficientnet-lite0", "--weights", "none",
-            "--size", "32", "--preprocess", "masked-rgb", "--augment", "paper", "--limit-per-class", "4",
+            "--size", "32", "--preprocess", "masked-rgb", "--augment", "paper", "--per-class", "4",
             "--heads", "svm,knn,rf,ann", "--ann-epochs", "2", "--bootstrap", "50", "--jobs", "1",
             "--cache-dir", str(cache), "--out", str(out), "--quiet"]
     res = _run(args)

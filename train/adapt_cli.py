@@ -23,7 +23,8 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
               help="Data set whose val split measures the old microscope [default: --replay].")
 @click.option("--test", "test", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Extra labelled {class}/*.png tree(s) to report before/after accuracy on (never used to choose).")
-@click.option("--limit", type=click.IntRange(1), help="Use at most N of the new cells (seeded random subset).")
+@click.option("--sample", "limit", type=click.IntRange(1), metavar="N",
+              help="Use N of the new cells, a random sample drawn with --seed.")
 @click.option("--holdout", type=FiniteFloat(0.05, 0.8), default=0.2,
               help="Share of the new cells held out to choose the epoch and report on.")
 @click.option("--replay-ratio", type=FiniteFloat(0), default=2.0, help="Replay images per new training cell.")

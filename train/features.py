@@ -3,7 +3,7 @@
 A cached feature file is reused only when everything that changes the features is identical:
 the data (path and a fingerprint of the file list), the split, the backbone and the exact
 weights that ran, the input size, the preprocessing mode, the augmentation and its seed, the
-subset (--limit-per-class) and the source code of the preprocessing and augmentation modules
+subset (--per-class) and the source code of the preprocessing and augmentation modules
 (plus the OpenCV / albumentations versions that run them). All of it goes into one sha256 key.
 """
 from __future__ import annotations

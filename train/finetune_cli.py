@@ -54,7 +54,8 @@ def _weights(value: str):
                    "correction; see docs/finetune.md).")
 @click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
 @click.option("--seed", type=int, default=42)
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split (quick runs).")
+@click.option("--per-class", "limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Quick runs: only the first N images of every class in each split.")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000, help="Bootstrap resamples for the accuracy interval.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
 @click.option("--publish", "publish_prefix", default=None, type=click.Path(dir_okay=False),
@@ -103,7 +104,8 @@ def finetune(resume, publish_prefix, **opts):
 @click.option("--grid", type=click.Choice(["paper", "simplex"]), default="paper",
               help="paper = (0.3,0.7),(0.4,0.6) in both orders (2 members); simplex = all weights on a lattice.")
 @click.option("--step", type=FiniteFloat(0, 1, min_open=True), default=0.1, help="Lattice step of the simplex grid.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most N images per class and split.")
+@click.option("--per-class", "limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Only the first N images of every class in each split.")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000)
 @user_errors
 def ensemble(members, data, out, grid, step, limit, bootstrap):

@@ -27,7 +27,8 @@ def _heads(ctx, param, value):
 @click.option("--augment", type=click.Choice(["paper", "none"]), default="paper", show_default=True, help="'paper': the training split becomes three augmented copies (Type 0/1/2); 'none': as is.")
 @click.option("--heads", callback=_heads, default="svm,knn,rf,ann", show_default=True, help="Comma-separated heads to train.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (models, metrics.json, confusion PNGs, summary.md).")
-@click.option("--limit-per-class", type=click.IntRange(1, None), default=None, help="Quick runs: only the first N images per class of every split.")
+@click.option("--per-class", "--limit-per-class", "limit_per_class", type=click.IntRange(1, None), default=None, metavar="N",
+              help="Quick runs: only the first N images of every class in each split.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for augmentation, CV folds, forests and the ANN.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Feature cache (default: $HEMAEDGE_CACHE/features or the user cache dir).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True, help="Feature extraction batch size.")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hemaedge.edge.atomic import replace_dir
 from hemaedge.edge.errors import DataError, UsageError
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb
 from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR
@@ -169,9 +169,7 @@ def make_rbc_crops(root, out, *, size: int = DEFAULT_CROP_SIZE, side_factor: flo
         frames_per_split = {s: sum(1 for f in frames if splits[f.name] == s) for s in SPLIT_FRACTIONS}
         (tmp / "README.md").write_text(_readme(root, classes, counts, frames_per_split, diameter, side, size,
                                                seed, exclude, command))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)  # the old crops stay whole until the new ones are in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,7 +30,7 @@ nice -n 10 "$PY" -m hemaedge.cli train snapshot "$RUN" --out "$SNAP" --bootstrap
 # calibration step below, which scores every val and test image with the bundle)
 nice -n 10 "$PY" -m hemaedge.cli export tflite "$SNAP/model.keras" --quant int8 --int8-io float32 \
     --float-fallback-ops MEAN,FULLY_CONNECTED,SOFTMAX --calib-dir calibration_data --calib-count 512 \
-    --data "$DATA/bloodmnist128" --limit 500 --out "$SNAP/bundle-int8"
+    --data "$DATA/bloodmnist128" --sample 500 --out "$SNAP/bundle-int8"
 cp "$SNAP/bundle-int8/manifest.json" "$RES/bundle-int8-manifest.json"
 # the three bundle measurements are independent: run them side by side
 nice -n 10 "$PY" -m hemaedge.benchmarks.tools.bundle_calibration --bundle "$SNAP/bundle-int8" \

@@ -1,7 +1,7 @@
 """Why the logged fine-tuning loss rises while accuracy rises: a cheap, committed experiment.
 
     python -m hemaedge.benchmarks.tools.finetune_loss_diagnosis --data /work/shared/data/bloodmnist128 \\
-        --size 64 --limit 200 --epochs 6 --out benchmarks/results/finetune_loss_diagnosis
+        --size 64 --per-class 200 --epochs 6 --out benchmarks/results/finetune_loss_diagnosis
 
 Trains EfficientNet-Lite0 (ImageNet) on a class-limited subset with the real recipe code
 (`hemaedge.train.finetune`: the same batches, augmentation, mixup and target weighting) under
@@ -100,7 +100,7 @@ def run_setting(name, overrides, args, x_tr, y_tr, x_val, y_val, n_classes, log)
 @click.command()
 @click.option("--data", required=True)
 @click.option("--size", type=int, default=64)
-@click.option("--limit", type=int, default=200, help="Images per class and split.")
+@click.option("--per-class", "limit", type=int, default=200, show_default=True, help="The first N images of every class in each split.")
 @click.option("--epochs", type=int, default=6)
 @click.option("--only", multiple=True, help="Run only these setting names (substring match).")
 @click.option("--out", required=True, help="Prefix for OUT.json / OUT.md")

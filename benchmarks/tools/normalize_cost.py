@@ -61,7 +61,8 @@ def time_frames(frames, contract, repeat: int) -> np.ndarray:
 @click.option("--split", default="val", show_default=True)
 @click.option("--size", default=128, show_default=True, help="Model input size the crops are resized to.")
 @click.option("--repeat", default=5, show_default=True)
-@click.option("--limit", type=int, default=None)
+@click.option("--first", "limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Only the first N frames of the split (quick check).")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 def main(data, split, size, repeat, limit, out):
     """Per-frame cost of colour normalisation on the device (p50 over BCCD frames)."""
@@ -77,7 +78,7 @@ def main(data, split, size, repeat, limit, out):
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"), "machine": machine(),
               "load_average": [round(v, 2) for v in load],
               "command": f"python -m hemaedge.benchmarks.tools.normalize_cost --split {split} --size {size} --repeat {repeat}"
-                         + (f" --limit {limit}" if limit else ""),
+                         + (f" --first {limit}" if limit else ""),
               "frames": len(frames), "frame_shape": list(frames[0][0]) if frames else None,
               "crops_per_frame": {"p50": q(crops, 50), "max": int(crops.max()) if len(crops) else 0},
               "ms_per_frame": {"baseline_p50": q(t_base, 50), "baseline_p90": q(t_base, 90),

@@ -274,7 +274,8 @@ def to_markdown(r: dict) -> str:
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A trained 8-class BloodMNIST bundle; without it only segmentation is measured.")
 @click.option("--threads", default=2, show_default=True)
-@click.option("--limit", type=int, help="Evaluate an evenly spaced subset of this many fields (quick check).")
+@click.option("--spread", "limit", type=click.IntRange(min=1), metavar="N",
+              help="Evaluate N fields spread evenly over the set (quick check).")
 @click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=FiniteFloat(0.05, 1.0))
 @click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=FiniteFloat(0.5, 20),
               help="Crop side in red-cell diameters (the runtime's default crop mode).")
@@ -284,7 +285,7 @@ def main(data, bloodmnist_val, bundle, threads, limit, cell_fraction, rbc_factor
     """Fraction of PBC fields whose labelled cell is found, and end-to-end accuracy with a bundle."""
     report = run(data, bloodmnist_val, bundle, threads, limit, cell_fraction, method, rbc_factor)
     args = [f"--bundle {bundle}"] if bundle else []
-    args += [f"--limit {limit}"] if limit else []
+    args += [f"--spread {limit}"] if limit else []
     args += [f"--method {method}"] if method != "stain" else []
     args += [f"--cell-fraction {cell_fraction}"] if cell_fraction != DEFAULT_CELL_FRACTION else []
     args += [f"--rbc-factor {rbc_factor}"] if rbc_factor != DEFAULT_RBC_FACTOR else []

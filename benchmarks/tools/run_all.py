@@ -21,7 +21,8 @@ Environment (all optional): HEMAEDGE_SHARED_DATA (../shared/data), HEMAEDGE_BENC
 (benchmarks/results), HEMAEDGE_BENCH_NAME (bench_desktop), HEMAEDGE_BENCH_EXPORT_TABLE (the
 `export all` table JSON; default OUT/export_<EXPORT_DIR name>.json when it exists),
 HEMAEDGE_BENCH_ACCURACY (measure | manifest), HEMAEDGE_BENCH_PRESET (desktop), HEMAEDGE_BENCH_LIMIT
-(quick check only: at most N test images / frames / fields), HEMAEDGE_BENCH_TRAINING_RUNS (folders
+(quick check only: N test images spread evenly (bench --spread), the first N BCCD frames of
+each split (--first), N PBC fields spread evenly (--spread)), HEMAEDGE_BENCH_TRAINING_RUNS (folders
 of training runs, space-separated; default runs/ when it exists), HEMAEDGE_PBC_BUNDLE (default the
 packaged default bundle), HEMAEDGE_HYBRID_RUNS (runs/hybrid), HEMAEDGE_HYBRID_TRAIN (1: train the
 missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
@@ -142,7 +143,8 @@ FP32_LABEL = "lite0_fp32"  # the tflite-fp32 bundle of EXPORT_DIR (the project's
 def steps(s: Settings) -> list[Step]:
     """The STEPS table, cheapest first. One line per result; `--list` prints it."""
     data, out, py, he, limit = s.data, s.out, s.py, s.he, s.limit
-    lim = ["--limit", limit] if limit else []
+    first = ["--first", limit] if limit else []  # BCCD frames: the first N of each split
+    spread = ["--spread", limit] if limit else []  # PBC fields: N spread evenly
     finetune_run = s.get("HEMAEDGE_FINETUNE_RUN", "runs/finetune-lite0")
     hybrid_runs = s.get("HEMAEDGE_HYBRID_RUNS", "runs/hybrid")
     hybrid_train = s.get("HEMAEDGE_HYBRID_TRAIN", "0") == "1"
@@ -182,11 +184,11 @@ def steps(s: Settings) -> list[Step]:
              "~5 min with HEMAEDGE_BENCH_ACCURACY=manifest; ~20 min scoring every format on the test split"),
         Step("segmentation", [], [*tool("segmentation_bccd"), "--data", f"{data}/bccd", "--method", "stain",
                                   "--method", "otsu", "--split", "train", "--split", "test", "--split", "all",
-                                  "--out", out, *lim],
+                                  "--out", out, *first],
              [f"{out}/segmentation_bccd.md", f"{out}/segmentation_bccd.json"],
              "white-cell and platelet recall/precision of the segmenter on BCCD frames", "~1-2 min"),
         Step("pbc", [], [*tool("pbc_end_to_end"), "--data", f"{data}/pbc_raw_val",
-                         "--bloodmnist-val", f"{data}/bloodmnist128/val", "--bundle", pbc_bundle, "--out", out, *lim],
+                         "--bloodmnist-val", f"{data}/bloodmnist128/val", "--bundle", pbc_bundle, "--out", out, *spread],
              [f"{out}/pbc_end_to_end.md", f"{out}/pbc_end_to_end.json"],
              f"end to end (segment -> crop -> classify) on PBC fields, with bundle {pbc_bundle}", "~5 min"),
         Step("edge", [], [he, "edge", "run", "-q", "--bundle", "BUNDLE", "--source", f"{data}/bccd/JPEGImages",
@@ -322,7 +324,7 @@ def _bench_command(s: Settings) -> list[str]:
     cmd += ["--keras", s.keras] if s.keras else []
     cmd += ["--export-table", table] if table else []
     cmd += ["--accuracy", s.get("HEMAEDGE_BENCH_ACCURACY")] if s.get("HEMAEDGE_BENCH_ACCURACY") else []
-    cmd += ["--limit", s.limit] if s.limit else []
+    cmd += ["--spread", s.limit] if s.limit else []
     training = s.get("HEMAEDGE_BENCH_TRAINING_RUNS", "runs" if Path("runs").is_dir() else "")
     for t in training.split():
         cmd += ["--training-runs", t]

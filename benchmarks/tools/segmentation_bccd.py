@@ -139,7 +139,7 @@ def write_atomic(path: Path, text: str) -> None:
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHODS), default=METHODS, show_default=True)
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test", "all"]),
               default=("train", "test", "all"), show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N frames of each split (quick check).")
+@click.option("--first", "limit", type=click.IntRange(min=1), metavar="N", help="Only the first N frames of each split (quick check).")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 def main(data, methods, splits, limit, out):
     """White-cell and platelet recall/precision of the segmenter on BCCD frames."""
@@ -147,7 +147,7 @@ def main(data, methods, splits, limit, out):
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
               "command": "python -m hemaedge.benchmarks.tools.segmentation_bccd " +
                          " ".join([f"--method {m}" for m in methods] + [f"--split {s}" for s in splits]
-                                  + ([f"--limit {limit}"] if limit else [])),
+                                  + ([f"--first {limit}"] if limit else [])),
               "data": str(data), "runs": []}
     for method in methods:
         params = SegmentParams(method=method)

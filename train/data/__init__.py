@@ -6,7 +6,7 @@ calibration, benchmarks) goes through it, so a split, a class order, a decoded p
   medmnist     MedMNIST names, class lists, published md5s, verified downloads
   verify       `hemaedge data info` / `verify`
   calibration  calibration sets: make, read (checksums verified), verify
-  subsets      the subsetting policies of quick runs and calibration (--per-class, --limit)
+  subsets      the subsetting policies of quick runs and calibration (--per-class, --sample, --spread)
   names        matching a data set's class names to a model's
 
 numpy, OpenCV and hemaedge.edge only at import time (scikit-learn is imported when a flat tree

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaedge.edge.atomic import replace_dir
 from hemaedge.edge.bundle import sha256_file
 from hemaedge.edge.errors import DataError
 from hemaedge.train.data.medmnist import CLASS_NAMES_BLOODMNIST
@@ -105,12 +106,7 @@ def _replace_dir(tmp: Path, out: Path, force: bool) -> None:
                             "choose another --out")
         if entries and not force:
             raise DataError(f"{out}: a calibration set is already there; pass --force to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
 
 
 def make_calibration_set(ds: Dataset, out, per_class: int = DEFAULT_PER_CLASS, split: str = "train",
