@@ -75,15 +75,15 @@ def test_bad_npz_is_a_user_error_naming_the_file(tmp_path):
 def test_calibration_command_is_deterministic_and_guarded(tmp_path, bloodmnist128):
     src = make_split_tree(tmp_path / "src", bloodmnist128, per_class=5)
     out = tmp_path / "calib"
-    res = run("calibration", "--data", src, "--out", out, "--per-class", 2)
+    res = run("calibration", "--data", src, "--out", out, "--sample-per-class", 2)
     assert res.exit_code == 0, res.output
     first = (out / "manifest.csv").read_text()
-    assert len(first.splitlines()) == 1 + 3 * 2 and "--per-class 2" in (out / "README.md").read_text()
-    again = run("calibration", "--data", src, "--out", out, "--per-class", 2)
+    assert len(first.splitlines()) == 1 + 3 * 2 and "--sample-per-class 2" in (out / "README.md").read_text()
+    again = run("calibration", "--data", src, "--out", out, "--sample-per-class", 2)
     assert again.exit_code == 2 and "--force" in again.output
-    forced = run("calibration", "--data", src, "--out", out, "--per-class", 2, "--force")
+    forced = run("calibration", "--data", src, "--out", out, "--sample-per-class", 2, "--force")
     assert forced.exit_code == 0 and (out / "manifest.csv").read_text() == first
-    other_seed = run("calibration", "--data", src, "--out", tmp_path / "c2", "--per-class", 2, "--seed", 7)
+    other_seed = run("calibration", "--data", src, "--out", tmp_path / "c2", "--sample-per-class", 2, "--seed", 7)
     assert other_seed.exit_code == 0 and (tmp_path / "c2" / "manifest.csv").read_text() != first
 
 

@@ -129,8 +129,8 @@ def verify(path, classes, workers, as_json):
 @click.option("--data", "data_path", required=True, help="Source data set: " + PATH_HELP + ".")
 @click.option("--out", type=click.Path(file_okay=False), default="calibration_data", show_default=True,
               help="Folder to write (replaced atomically with --force).")
-@click.option("--per-class", type=click.IntRange(1, None), default=64, show_default=True,
-              help="Images per class (all of a class when it has fewer).")
+@click.option("--sample-per-class", "per_class", type=click.IntRange(1, None), default=64, show_default=True,
+              help="Images drawn at random (--seed) from every class (all of a class when it has fewer).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
               help="Split to sample from; calibration should come from train.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed.")
@@ -148,7 +148,7 @@ def calibration(data_path, out, per_class, split, seed, classes, force):
 
     ds = open_dataset(data_path, classes=classes)
     command = " ".join(["hemaedge data calibration", "--data", shlex.quote(data_path), "--out", shlex.quote(out),
-                        "--per-class", str(per_class), "--split", split, "--seed", str(seed), "--force"]
+                        "--sample-per-class", str(per_class), "--split", split, "--seed", str(seed), "--force"]
                        + (["--classes", shlex.quote(classes)] if classes else []))
     folder = make_calibration_set(ds, out, per_class=per_class, split=split, seed=seed, force=force,
                                   command=command)

@@ -156,7 +156,7 @@ def make_calibration_set(ds: Dataset, out, per_class: int = DEFAULT_PER_CLASS, s
             writer.writerows(rows)
         counts = np.bincount([r["label"] for r in rows], minlength=ds.num_classes)
         cmd = command or (f"hemaedge data calibration --data {ds.root} --out {out} "
-                          f"--per-class {per_class} --split {split} --seed {seed} --force")
+                          f"--sample-per-class {per_class} --split {split} --seed {seed} --force")
         (tmp / "README.md").write_text(_readme(ds, split, per_class, seed, counts, cmd), encoding="utf-8")
         _replace_dir(tmp, out, force)
     finally:

@@ -2,7 +2,7 @@
 
 Each policy has one name and one command-line flag wherever it is offered:
   first_per_class(labels, n)      the first n images of every class      (--per-class N, --limit-per-class N)
-  sample_per_class(labels, k, n)  n seeded random images of every class  (hemaedge data calibration --per-class N --seed S)
+  sample_per_class(labels, k, n)  n seeded random images of every class  (hemaedge data calibration --sample-per-class N --seed S)
   sample(n_total, n, seed)        n seeded random images of the split    (hemaedge export ... --sample N)
   spread(n_total, n)              n images spread evenly over the split  (hemaedge bench run --spread N)
 All return sorted index arrays (int64), so images keep the data set's order.
