@@ -258,13 +258,13 @@ def steps(s: Settings) -> list[Step]:
         Step("default-v2", [Need(os.path.expanduser("~/hemaedge-runs/default-v2/state.json"),
                                  f"no default-v2 training run; kept {out}/default-v2-epoch*")],
              ["benchmarks/tools/default_v2_check.sh", os.path.expanduser("~/hemaedge-runs/default-v2")],
-             [f"{out}/default-v2-epoch1/{f}" for f in ("NOTE.md", "finetune_bloodmnist128.md", "finetune_bloodmnist128.json",
-                                                      "finetune_bloodmnist128_curves.png",
-                                                      "finetune_bloodmnist128_confusion.png", "bundle-int8-manifest.json",
-                                                      "calibration_default_v2_epoch1.md", "calibration_default_v2_epoch1.json",
-                                                      "pbc_end_to_end.md", "pbc_end_to_end.json",
-                                                      "bccd_wbc_default_v2_epoch1_val.md",
-                                                      "bccd_wbc_default_v2_epoch1_val.json")]
+             # one folder per checked checkpoint (the script names it after the epochs done)
+             [f"{out}/default-v2-epoch{e}/{f}" for e in ("1", "4")
+              for f in ("NOTE.md", "finetune_bloodmnist128.md", "finetune_bloodmnist128.json",
+                        "finetune_bloodmnist128_curves.png", "finetune_bloodmnist128_confusion.png",
+                        "bundle-int8-manifest.json", f"calibration_default_v2_epoch{e}.md",
+                        f"calibration_default_v2_epoch{e}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
+                        f"bccd_wbc_default_v2_epoch{e}_val.md", f"bccd_wbc_default_v2_epoch{e}_val.json")]
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
              "the new default's current checkpoint end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
