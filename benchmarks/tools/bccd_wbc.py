@@ -39,7 +39,7 @@ from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc, write
 from hemaedge.edge.preprocess import read_image_rgb, reference_anchors
 from hemaedge.edge.segment import centre_in, iou
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 REVIEW_THRESHOLD = 0.6  # the recorder's default: a cell below this confidence is flagged for review
 
 

@@ -22,7 +22,7 @@ from hemaedge.benchmarks.tools.pbc_end_to_end import class_index
 from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def split_probs(bundle, backend, root: Path, split: str):

@@ -17,7 +17,7 @@ import click
 
 from hemaedge.benchmarks.tools.segmentation_bccd import write_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repo: this file is benchmarks/tools/
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_MANIFEST = ROOT / "src" / "hemaedge" / "models" / "default" / "manifest.json"
 

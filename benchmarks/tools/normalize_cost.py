@@ -28,7 +28,7 @@ from hemaedge.edge.preprocess import InputContract, apply_preprocess, read_image
 from hemaedge.edge.segment import (DEFAULT_RBC_FACTOR, MagnificationTracker, SegmentParams, extract_crops,
                                    segment)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 REFERENCE = {"method": "lab-anchors", "background": [234.0, 133.0, 143.0], "cells": [183.0, 142.0, 132.0]}
 
 
