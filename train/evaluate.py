@@ -153,9 +153,16 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path, title: str | Non
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure atomically (never a half-written PNG beside the tables) and release it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp)
+        fig.savefig(tmp, **savefig_kwargs)
     plt.close(fig)
     return path
 

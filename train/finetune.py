@@ -291,9 +291,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = ""):
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy"), a2.legend(), a2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    from hemaedge.train.evaluate import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
 def sidecar(classes, cfg: FinetuneConfig, weights_desc: str, metrics: dict | None = None, **extra) -> dict:

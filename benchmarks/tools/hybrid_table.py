@@ -20,7 +20,6 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.atomic import atomic_path
 from hemaedge.edge.cli_support import command_line
 
 logger = logging.getLogger(__name__)
@@ -216,11 +215,9 @@ def plot(entries, path):
     e0 = next(e for e in entries if e["status"] == "ok")
     fig.suptitle(f"Hybrid frozen features on BloodMNIST-128 — {e0['machine']}", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
-    return path
+    from hemaedge.train.evaluate import save_figure
+
+    return save_figure(fig, path)
 
 
 @click.command()
