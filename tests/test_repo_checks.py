@@ -85,3 +85,20 @@ def test_every_edge_module_imports_without_the_training_stack():
             f"for m in {modules!r}: importlib.import_module(m)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_every_result_tool_imports():
+    """The result scripts in benchmarks/tools/ run only when a table is regenerated; an import that
+    a refactor broke (a moved or renamed function) must fail here, not months later."""
+    import importlib
+    import pkgutil
+
+    import hemaedge.benchmarks.tools as tools
+
+    broken = {}
+    for mod in pkgutil.iter_modules(tools.__path__):
+        try:
+            importlib.import_module(f"hemaedge.benchmarks.tools.{mod.name}")
+        except ImportError as exc:
+            broken[mod.name] = str(exc)
+    assert not broken, broken

@@ -23,10 +23,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, write_atomic
+from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine
 from hemaedge.edge.preprocess import InputContract, apply_preprocess, read_image_rgb
-from hemaedge.edge.segment import (DEFAULT_RBC_FACTOR, MagnificationTracker, SegmentParams, extract_crops,
-                                   segment)
+from hemaedge.edge.ruler import Ruler
+from hemaedge.edge.segment import DEFAULT_RBC_FACTOR, SegmentParams, extract_crops, segment
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 REFERENCE = {"method": "lab-anchors", "background": [234.0, 133.0, 143.0], "cells": [183.0, 142.0, 132.0]}
@@ -34,12 +35,12 @@ REFERENCE = {"method": "lab-anchors", "background": [234.0, 133.0, 143.0], "cell
 
 def frame_crops(data: Path, split: str, limit: int | None):
     params = SegmentParams()
-    tracker = MagnificationTracker()
+    ruler = Ruler(same_slide=False)  # independent fields, as `edge run` reads an image folder
     out = []
     for fid in frame_ids(data, split)[:limit]:
         img = read_image_rgb(data / "JPEGImages" / f"{fid}.jpg")
-        d = tracker.update(img, params)
-        dets = segment(img, params, crop_side=int(round(DEFAULT_RBC_FACTOR * d)) if d else None)
+        d = ruler.read(img, params).diameter
+        dets = segment(img, params, crop_side=int(round(DEFAULT_RBC_FACTOR * d)) if d else None, rbc_diameter=d)
         out.append((img.shape, extract_crops(img, dets)))
     return out
 
@@ -98,8 +99,8 @@ def main(data, split, size, repeat, limit, out):
           f"| **normalisation alone** | **{m['normalisation_only_p50']}** | {m['normalisation_only_p90']} |", "",
           f"Ratio (with / baseline, p50): {report['ratio_p50']}. Goal: normalisation <= 1 ms p50 per 640x480 frame.", ""]
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "normalize_cost.json", json.dumps(report, indent=1))
-    write_atomic(out / "normalize_cost.md", "\n".join(md))
+    atomic_write_text(out / "normalize_cost.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "normalize_cost.md", "\n".join(md))
     click.echo("\n".join(md))
 
 
