@@ -35,7 +35,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc, write_atomic
+from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc
 from hemaedge.edge.preprocess import read_image_rgb, reference_anchors
 from hemaedge.edge.segment import centre_in, iou
 
@@ -163,8 +164,8 @@ def main(data, bloodmnist128, bundle, split, variants, name, threads, out):
         report["variants"][label] = evaluate(data, rows, b, contract, threads)
         click.echo(f"{label}: {report['variants'][label]['right']}/{len(rows)} right")
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / f"bccd_wbc_{name}.json", json.dumps(report, indent=1))
-    write_atomic(out / f"bccd_wbc_{name}.md", to_markdown(report))
+    atomic_write_text(out / f"bccd_wbc_{name}.json", json.dumps(report, indent=1))
+    atomic_write_text(out / f"bccd_wbc_{name}.md", to_markdown(report))
     click.echo(to_markdown(report))
 
 

@@ -19,7 +19,8 @@ import click
 import numpy as np
 
 from hemaedge.benchmarks.tools.pbc_end_to_end import class_index
-from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
+from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -77,8 +78,8 @@ def main(bundle, data, name, threads, out):
                   f"{100 * v['ece_with_val_temperature']:.2f}% | {v['median_top_probability']} | "
                   f"{100 * v['share_above_0.999999']:.1f}% |")
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / f"calibration_{name}.json", json.dumps(res, indent=1))
-    write_atomic(out / f"calibration_{name}.md", "\n".join(md) + "\n")
+    atomic_write_text(out / f"calibration_{name}.json", json.dumps(res, indent=1))
+    atomic_write_text(out / f"calibration_{name}.md", "\n".join(md) + "\n")
     click.echo("\n".join(md))
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
+from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.segmentation_bccd import machine
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUN = "import sys; sys.argv[0] = 'hemaedge'; from hemaedge.cli import main; main()"
@@ -122,8 +123,8 @@ def main(baseline_src, source, frames, repeats, out):
                          f"--source {source} --frames {frames} --repeats {repeats}",
               "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res}
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "counting_speed.json", json.dumps(report, indent=2))
-    write_atomic(out / "counting_speed.md", to_markdown(report))
+    atomic_write_text(out / "counting_speed.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "counting_speed.md", to_markdown(report))
     click.echo(to_markdown(report))
 
 

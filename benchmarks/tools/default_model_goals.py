@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.benchmarks.tools.segmentation_bccd import write_atomic
+from hemaedge.edge.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]  # the repo: this file is benchmarks/tools/
 RESULTS = ROOT / "benchmarks" / "results"
@@ -120,8 +120,8 @@ def main(candidate, label, out):
              f"| measure | now | {label} | goal |", "|---|---|---|---|"]
     lines += [f"| {x['measure']} | {x['now']} | {x['candidate']} | {x['goal']} |" for x in r["rows"]]
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "default_model_goals.json", json.dumps(r, indent=1))
-    write_atomic(out / "default_model_goals.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "default_model_goals.json", json.dumps(r, indent=1))
+    atomic_write_text(out / "default_model_goals.md", "\n".join(lines) + "\n")
     click.echo("\n".join(lines))
 
 

@@ -61,7 +61,8 @@ def decompose(run: Path, n_batches: int = 24) -> dict:
 @click.option("--out", required=True, help="Prefix: OUT.json and OUT.md")
 def main(runs, out):
     """Split the logged training loss of fine-tuning runs into inference / BN / dropout parts."""
-    from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
+    from hemaedge.edge.atomic import atomic_write_text
+    from hemaedge.benchmarks.tools.segmentation_bccd import machine
 
     rows = [decompose(r) for r in runs]
     rep = {"date": dt.date.today().isoformat(), "machine": machine(),
@@ -79,8 +80,8 @@ def main(runs, out):
                   f"{' → '.join(f'{v:.2f}' for v in r['logged_loss_by_epoch'])} | {f(r['inference'])} | "
                   f"{f(r['bn_batch_stats'])} | {f(r['training_mode'])} |")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(out + ".json"), json.dumps(rep, indent=1))
-    write_atomic(Path(out + ".md"), "\n".join(md) + "\n")
+    atomic_write_text(Path(out + ".json"), json.dumps(rep, indent=1))
+    atomic_write_text(Path(out + ".md"), "\n".join(md) + "\n")
     click.echo("\n".join(md))
 
 

@@ -25,7 +25,8 @@ import click
 import cv2
 import numpy as np
 
-from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, read_voc, write_atomic
+from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, read_voc
 from hemaedge.edge.preprocess import read_image_rgb
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -203,8 +204,8 @@ def main(data, videos, split, bundle, threads, keep, out):
               "total": {"true": true_n, "counted": counted, "ratio": round(counted / true_n, 4) if true_n else None,
                         "max_abs_error": max(abs(v["counted_wbc"] - v["true_wbc"]) for v in rows)}}
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "live_feed.json", json.dumps(report, indent=2))
-    write_atomic(out / "live_feed.md", to_markdown(report))
+    atomic_write_text(out / "live_feed.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "live_feed.md", to_markdown(report))
     click.echo(to_markdown(report))
 
 

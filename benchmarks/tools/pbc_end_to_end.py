@@ -27,7 +27,8 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from hemaedge.benchmarks.tools.segmentation_bccd import machine, write_atomic
+from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.cli_support import FiniteFloat
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.ruler import Ruler
@@ -292,8 +293,8 @@ def main(data, bloodmnist_val, bundle, threads, limit, cell_fraction, rbc_factor
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
               "command": " ".join(["python -m hemaedge.benchmarks.tools.pbc_end_to_end", *args]), **report}
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "pbc_end_to_end.json", json.dumps(report, indent=2))
-    write_atomic(out / "pbc_end_to_end.md", to_markdown(report))
+    atomic_write_text(out / "pbc_end_to_end.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "pbc_end_to_end.md", to_markdown(report))
     click.echo(to_markdown(report))
 
 

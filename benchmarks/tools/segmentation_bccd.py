@@ -128,10 +128,6 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 @click.command()
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=lambda: os.environ.get("HEMAEDGE_BCCD", "../shared/data/bccd"), show_default="../shared/data/bccd",
@@ -158,8 +154,8 @@ def main(data, methods, splits, limit, out):
             w = r["wbc"]
             click.echo(f"{method:5s} {split:5s}: WBC recall {w['recall_iou']} precision {w['precision_iou']} (IoU>=0.5); "
                        f"centre-in-box recall {w['recall_centre']} precision {w['precision_centre']}")
-            write_atomic(out / "segmentation_bccd.json", json.dumps(report, indent=2))
-            write_atomic(out / "segmentation_bccd.md", to_markdown(report))
+            atomic_write_text(out / "segmentation_bccd.json", json.dumps(report, indent=2))
+            atomic_write_text(out / "segmentation_bccd.md", to_markdown(report))
     click.echo(f"wrote {out / 'segmentation_bccd.md'}")
 
 
