@@ -18,7 +18,8 @@ def finetune(*args):
 
 @pytest.mark.parametrize("opt, value", [("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--weight-decay", "-1"),
                                         ("--eta-min", "inf"), ("--clahe-clip", "0"), ("--mixup-alpha", "nan"),
-                                        ("--dropout", "nan")])
+                                        ("--dropout", "nan"), ("--focal-gamma", "-1"), ("--focal-gamma", "nan"),
+                                        ("--loss", "hinge")])
 def test_non_positive_or_non_finite_hyper_parameters_are_refused(tmp_path, opt, value):
     res = finetune("--data", tmp_path, "--out", tmp_path / "o", opt, value)
     assert res.exit_code == 2 and "Invalid value" in res.output and "Traceback" not in res.output

@@ -205,3 +205,35 @@ def test_the_double_imbalance_correction_over_weights_rare_classes(train_labels)
     # and weighted targets no longer sum to 1: the logged loss is scaled by the batch's mean weight
     y = sampling.weight_targets(sampling.one_hot(train_labels[order][:256], 8), w)
     assert abs(y.sum(axis=1).mean() - w.mean()) < 0.1 and w.mean() > 1.1
+
+
+# ----------------------------------------------------------------------------- focal loss
+
+
+def test_focal_loss_is_the_focal_formula_and_cross_entropy_at_gamma_0():
+    """`--loss focal`: -sum y (1-p)^gamma log p, for hard, soft (mixed) and class-weighted targets."""
+    from hemaedge.train.finetune import FinetuneConfig, training_loss
+
+    p = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]], np.float32)
+    y = sampling.one_hot([0, 1, 2, 1], 3)
+    y_soft = sampling.weight_targets(0.7 * y + 0.3 * y[[1, 2, 3, 0]], np.array([0.5, 1.0, 3.0], np.float32))
+    for targets in (y, y_soft):
+        for gamma in (0.0, 2.0):
+            cfg = FinetuneConfig(data="d", out="o", loss="focal", focal_gamma=gamma)
+            got = np.asarray(training_loss(cfg, reduction=None)(targets, p))
+            np.testing.assert_allclose(got, -(targets * (1 - p) ** gamma * np.log(p)).sum(axis=1), rtol=1e-4)
+    ce = np.asarray(training_loss(FinetuneConfig(data="d", out="o"), reduction=None)(y, p))
+    focal0 = np.asarray(training_loss(FinetuneConfig(data="d", out="o", loss="focal", focal_gamma=0), reduction=None)(y, p))
+    np.testing.assert_allclose(focal0, ce, rtol=1e-5)
+    # gamma 2 shrinks a well-classified example's loss far more than a hard one's
+    focal2 = np.asarray(training_loss(FinetuneConfig(data="d", out="o", loss="focal"), reduction=None)(y, p))
+    assert focal2[0] / ce[0] < 0.02 < 0.25 < focal2[3] / ce[3]
+
+
+def test_focal_loss_options_are_checked():
+    from hemaedge.train.finetune import FinetuneConfig, FinetuneError
+
+    with pytest.raises(FinetuneError, match="--loss"):
+        FinetuneConfig(data="d", out="o", loss="hinge").validate()
+    with pytest.raises(FinetuneError, match="focal gamma"):
+        FinetuneConfig(data="d", out="o", loss="focal", focal_gamma=float("nan")).validate()

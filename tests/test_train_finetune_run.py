@@ -99,6 +99,23 @@ def test_resume_continues_where_it_stopped(tree3, tiny_runs, tmp_path):
     assert float(rows[1]["val_accuracy"]) == pytest.approx(float(_history(whole.out)[1]["val_accuracy"]))
 
 
+def test_a_focal_loss_run_trains_with_it_and_resumes_only_with_it(tree3, tmp_path):
+    """`--loss focal`: the run records it, its logged loss is the focal loss (smaller than the
+    cross-entropy of the same predictions), and a resume with another loss is refused."""
+    from hemaedge.train.finetune import FinetuneError, finetune
+
+    quiet = dict(log=lambda *_: None)
+    cfg = tiny_config(tree3, tmp_path / "focal", epochs=1, bootstrap=0, loss="focal", focal_gamma=2.0, mixup_p=0.0)
+    finetune(cfg, **quiet)
+    state = json.loads((Path(cfg.out) / "state.json").read_text())
+    assert state["config"]["loss"] == "focal" and state["config"]["focal_gamma"] == 2.0
+    row = _history(cfg.out)[0]
+    # probe batches without mixup: focal loss < plain cross-entropy on the training images
+    assert 0 < float(row["loss_clean"]) < float(row["train_eval_loss"])
+    with pytest.raises(FinetuneError, match="different settings.*loss"):
+        finetune(tiny_config(tree3, tmp_path / "focal", epochs=2, bootstrap=0, mixup_p=0.0), resume=True, **quiet)
+
+
 def _cli(*args):
     from click.testing import CliRunner
 

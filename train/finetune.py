@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
                   "loss_mixed", "loss_clean", "train_eval_loss")
 NORMALIZE_CHOICES = ("none", *NORMALIZE_METHODS)
+LOSSES = ("cross-entropy", "focal")
 
 
 class FinetuneError(HemaedgeError):
@@ -81,6 +82,8 @@ class FinetuneConfig:
     normalize: str = "lab-anchors"         # colour normalisation to the training set's reference
     weighted_sampling: bool = True
     weighted_loss: bool = False            # True = the published double correction
+    loss: str = "cross-entropy"            # or "focal" (Lin et al. 2017): hard examples weigh more
+    focal_gamma: float = 2.0               # focal loss' focusing parameter (0 = cross-entropy)
     dropout: float = 0.2
     seed: int = 42
     limit: int | None = None          # at most this many images per class and split (quick runs)
@@ -97,6 +100,8 @@ class FinetuneConfig:
             raise FinetuneError(f"--preprocess {self.preprocess!r}: expected clahe, rgb, masked-rgb or otsu-mask")
         if not 0.0 <= self.mixup_p <= 1.0:
             raise FinetuneError("--mixup-p must be within 0..1")
+        if self.loss not in LOSSES:
+            raise FinetuneError(f"--loss {self.loss!r}: expected one of {LOSSES}")
         if self.normalize not in NORMALIZE_CHOICES:
             raise FinetuneError(f"--normalize {self.normalize!r}: expected one of {NORMALIZE_CHOICES}")
         self.robust_pieces = tuple(self.robust_pieces)
@@ -113,7 +118,8 @@ class FinetuneConfig:
                  lambda v: 0 <= v < self.lr),
                 ("mixup alpha", self.mixup_alpha, "above 0", lambda v: v > 0),
                 ("CLAHE clip limit", self.clahe_clip, "above 0", lambda v: v > 0),
-                ("dropout", self.dropout, "in 0..1 (1 excluded)", lambda v: 0 <= v < 1)):
+                ("dropout", self.dropout, "in 0..1 (1 excluded)", lambda v: 0 <= v < 1),
+                ("focal gamma", self.focal_gamma, "0 or more", lambda v: v >= 0)):
             if not (math.isfinite(float(value)) and ok(float(value))):
                 raise FinetuneError(f"{name} {value}: must be a finite number {allowed}")
 
@@ -235,11 +241,24 @@ def build_classifier(backbone: str, weights, size: int, n_classes: int, dropout:
     return keras.Model(inp, out, name=f"finetune_{backbone.replace('-', '_')}"), info
 
 
+def training_loss(cfg: FinetuneConfig, reduction: str | None = "sum_over_batch_size"):
+    """The loss the model is trained with: categorical cross-entropy, or the focal loss
+    -sum_c y_c (1 - p_c)^gamma log p_c (Lin et al. 2017, Keras' CategoricalFocalCrossentropy with
+    alpha 1: no extra scale), which lets well-classified cells count less and the hard, often
+    rare, ones more: an imbalance remedy that changes neither sampling nor class weights. Both
+    take soft (mixed-up) and class-weighted targets (`sampling.weight_targets`)."""
+    import keras
+
+    if cfg.loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=float(cfg.focal_gamma), reduction=reduction)
+    return keras.losses.CategoricalCrossentropy(reduction=reduction)
+
+
 def compile_model(model, cfg: FinetuneConfig):
     import keras
 
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay),
-                  loss=keras.losses.CategoricalCrossentropy(),
+                  loss=training_loss(cfg),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
@@ -344,7 +363,7 @@ def _check_resume(out: Path, cfg: FinetuneConfig):
     fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "bootstrap", "out", "data")}
     # settings added after a run started were at their then-behaviour; json turns tuples into lists
     then = {"normalize": "none", "augment": "full", "weighted_loss": True, "robust_pieces": list(ROBUST_PIECES),
-            "scale_jitter": None}
+            "scale_jitter": None, "loss": "cross-entropy", "focal_gamma": 2.0}
     norm = lambda v: list(v) if isinstance(v, tuple) else v
     diff = [k for k, v in fixed.items() if norm(old.get(k, then.get(k))) != norm(v)]
     if diff:
@@ -433,7 +452,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                        "val_loss": float(logs.get("val_loss", float("nan"))),
                        "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
                        "seconds": time.time() - ctx["t"]}
-                row.update(probe_losses(self.model, probe_batches))
+                row.update(probe_losses(self.model, probe_batches, cfg))
                 p = predict_proba(self.model, x_probe)
                 row["train_eval_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(p)), y_probe], 1e-12, 1.0))))
                 rows.append(row)
@@ -475,12 +494,10 @@ def make_probe_batches(x, y, n_classes, cfg, class_w, contract, n: int = 12) -> 
     return out
 
 
-def probe_losses(model, batches) -> dict:
-    """Mean recipe loss (categorical cross-entropy on the batches' own targets) of the mixed
-    and the untouched probe batches, in inference mode."""
-    import keras
-
-    cce = keras.losses.CategoricalCrossentropy()
+def probe_losses(model, batches, cfg: FinetuneConfig) -> dict:
+    """Mean recipe loss (the training loss, `training_loss`, on the batches' own targets) of the
+    mixed and the untouched probe batches, in inference mode."""
+    cce = training_loss(cfg)
     res = {True: [], False: []}
     for xb, yb, mixed in batches:
         res[mixed].append(float(cce(yb, predict_proba(model, xb))))

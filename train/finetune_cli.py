@@ -52,6 +52,11 @@ def _weights(value: str):
 @click.option("--weighted-loss/--no-weighted-loss", default=False,
               help="Inverse-frequency weighted cross-entropy on top of the sampling (the published double "
                    "correction; see docs/finetune.md).")
+@click.option("--loss", type=click.Choice(["cross-entropy", "focal"]), default="cross-entropy",
+              help="Training loss; focal (Lin et al. 2017) weighs hard, often rare, examples more: an imbalance "
+                   "remedy on its own (with --no-weighted-sampling) or beside the others.")
+@click.option("--focal-gamma", type=FiniteFloat(min=0), default=2.0,
+              help="Focusing parameter of --loss focal (0 = cross-entropy; 2 = the paper's).")
 @click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=0.2, help="Dropout before the classifier.")
 @click.option("--seed", type=int, default=42)
 @click.option("--per-class", "limit", type=click.IntRange(1), default=None, metavar="N",
