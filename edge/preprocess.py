@@ -309,6 +309,9 @@ def prepare_batch(images: Iterable[np.ndarray], contract: InputContract) -> np.n
     batch = np.stack(pre)
     if contract.color_order == "BGR":
         batch = batch[..., ::-1]
+    if (contract.dtype == "uint8" and contract.scaling == "raw" and contract.quant_scale == 1.0
+            and contract.quant_zero_point == 0):
+        return np.ascontiguousarray(batch)  # quantize(raw 0..255, scale 1, zero point 0) is the identity
     x = scale_pixels(batch, contract.scaling)
     if contract.dtype == "float32":
         return np.ascontiguousarray(x, dtype=np.float32)

@@ -184,8 +184,41 @@ def detect_red_cells(image: np.ndarray, diameter: float | None = None,
     return cells, float(d_full)
 
 
+def crop_side(diameter: float, side_factor: float = DEFAULT_SIDE_FACTOR) -> int:
+    """Side in frame pixels of a morphology crop: `side_factor` red-cell diameters of the RULER,
+    not of the cell, so a macrocyte stays larger than a microcyte."""
+    return max(8, int(round(side_factor * diameter)))
+
+
 def rbc_crop(cell: RedCell, diameter: float, side_factor: float = DEFAULT_SIDE_FACTOR) -> tuple[int, int, int]:
-    """Crop square (centre x, centre y, side) for the morphology classifier: `side_factor` red-cell
-    diameters of the RULER, not of this cell, so a macrocyte stays larger than a microcyte
-    (the training crops of `hemaedge data rbc-crops` are cut the same way)."""
-    return int(round(cell.centre[0])), int(round(cell.centre[1])), max(8, int(round(side_factor * diameter)))
+    """Crop square (centre x, centre y, side) of a red cell in frame pixels (what cells.csv records)."""
+    return int(round(cell.centre[0])), int(round(cell.centre[1])), crop_side(diameter, side_factor)
+
+
+def rbc_crops(image: np.ndarray, centres, diameter: float, size: int,
+              side_factor: float = DEFAULT_SIDE_FACTOR) -> np.ndarray:
+    """(N, size, size, 3) uint8: the morphology classifier's input crops, one per centre (x, y),
+    each `crop_side` frame pixels wide, at the classifier's input size.
+
+    The frame is resized ONCE by size / side (area interpolation) and the crops are cut from
+    that copy at exactly `size` px, instead of N crops each resized on its own; where a crop
+    runs off the frame, the border is replicated. The training crops of `hemaedge data
+    rbc-crops` are cut by this same function, so training and device see the same pixels.
+    """
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    out = np.empty((len(centres), size, size, 3), dtype=np.uint8)
+    if not len(centres):
+        return out
+    h, w = image.shape[:2]
+    scale = size / crop_side(diameter, side_factor)
+    small = image
+    if scale != 1.0:
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    sx, sy = small.shape[1] / w, small.shape[0] / h
+    padded = cv2.copyMakeBorder(small, size, size, size, size, cv2.BORDER_REPLICATE)
+    # pixel centres map as (c + 0.5) * s - 0.5; a crop's top-left corner is size // 2 before it
+    x0 = np.clip(np.round((centres[:, 0] + 0.5) * sx - 0.5).astype(int) - size // 2 + size, 0, padded.shape[1] - size)
+    y0 = np.clip(np.round((centres[:, 1] + 0.5) * sy - 0.5).astype(int) - size // 2 + size, 0, padded.shape[0] - size)
+    for i, (x, y) in enumerate(zip(x0, y0)):
+        out[i] = padded[y:y + size, x:x + size]
+    return out

@@ -4,7 +4,7 @@ the run as labs report it (red cells per field, % of each morphology with a 95% 
 The morphology model is an ordinary verified bundle (`hemaedge edge run --rbc BUNDLE`), run by the
 same back ends and `prepare_batch` as the white-cell model. Its crops are cut like the training
 crops of `hemaedge data rbc-crops`: centred on the cell, `side_factor` red-cell diameters of the
-ruler wide (edge/rbc.py `rbc_crop`).
+ruler wide, from one resized copy of the frame (edge/rbc.py `rbc_crops`).
 """
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hemaedge.edge.differential import clopper_pearson
 from hemaedge.edge.preprocess import prepare_batch
-from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_red_cells, rbc_crop
+from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_red_cells, rbc_crops
 
 # Flags a lab raises on a smear review, as % of red cells above which the finding is reported.
 # Schistocytes: ICSH 2012 recommendation (Zini et al., Int J Lab Hematol 34:107-116, 2012):
@@ -55,20 +54,6 @@ class RedCellResult:
     probabilities: np.ndarray | None = None  # (cells, classes) when a model classified them
 
 
-def cut_crops(image: np.ndarray, squares) -> list[np.ndarray]:
-    """Square crops (cx, cy, side), the frame's border replicated where they run off it: the
-    frame is padded once for all of them (`segment.extract_crop` pads it once per crop)."""
-    if not squares:
-        return []
-    pad = max(side for _, _, side in squares)
-    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    out = []
-    for cx, cy, side in squares:
-        x0, y0 = cx - side // 2 + pad, cy - side // 2 + pad
-        out.append(padded[y0:y0 + side, x0:x0 + side])
-    return out
-
-
 class RedCellClassifier:
     """Detect red cells and classify their morphology (the model is optional: count only)."""
 
@@ -89,7 +74,7 @@ class RedCellClassifier:
         pre_ms = inf_ms = 0.0
         probs = None
         if self.backend is not None and cells:
-            crops = cut_crops(image, [rbc_crop(c, d, self.side_factor) for c in cells])
+            crops = rbc_crops(image, [c.centre for c in cells], d, self.model.contract.size, self.side_factor)
             pre_ms = (time.perf_counter() - t1) * 1e3  # cutting the crops counts as preprocessing
             probs = []
             for i in range(0, len(crops), self.max_batch):

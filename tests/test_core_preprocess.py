@@ -55,6 +55,10 @@ def test_prepare_batch_resizes_and_quantizes_exactly():
     assert batch.shape == (3, 32, 32, 3) and batch.dtype == np.uint8
     as_float = pp.prepare_batch(imgs, pp.InputContract(size=32))
     assert np.array_equal(batch.astype(np.float32), as_float)  # raw pixels: uint8 input is exact
+    # the uint8 shortcut (no float round trip) gives what the general quantisation gives, in both orders
+    bgr = pp.InputContract(size=32, dtype="uint8", quant_scale=1.0, quant_zero_point=0, color_order="BGR")
+    got = pp.prepare_batch(imgs, bgr)
+    assert got.flags.c_contiguous and np.array_equal(got, pp.quantize(as_float[..., ::-1], 1.0, 0, "uint8"))
 
 
 def test_contract_round_trip_and_validation():

@@ -177,14 +177,38 @@ def test_count_only_run_has_red_cells_without_classes(tmp_path):
     assert {r["class"] for r in red} == {"rbc"} and all(r["confidence"] == "" for r in red)
 
 
-def test_cut_crops_match_extract_crop_inside_and_at_the_border():
-    from hemaedge.edge.rbc_morphology import cut_crops
+def test_rbc_crops_match_extract_crop_inside_and_at_the_border():
+    """At the classifier's own size (no resize) each crop is the frame's square around the centre,
+    border replicated where it runs off the frame."""
+    from hemaedge.edge.rbc import rbc_crops
     from hemaedge.edge.segment import extract_crop
 
     img = read_image_rgb(REPO / "samples" / "bccd" / "BloodImage_00007.jpg")
-    squares = [(320, 240, 64), (5, 7, 64), (636, 478, 65), (100, 470, 33)]
-    for got, sq in zip(cut_crops(img, squares), squares):
-        assert np.array_equal(got, extract_crop(img, sq))
+    centres = [(320, 240), (5, 7), (636, 478), (100, 470)]
+    got = rbc_crops(img, centres, diameter=64 / 1.5, size=64)
+    assert got.shape == (4, 64, 64, 3) and got.dtype == np.uint8
+    for crop, (x, y) in zip(got, centres):
+        assert np.array_equal(crop, extract_crop(img, (x, y, 64)))
+    assert rbc_crops(img, [], 40.0, 64).shape == (0, 64, 64, 3)
+
+
+@pytest.mark.parametrize("diameter", [20.0, 35.1, 100.0])  # enlarged, Chula-like, BCCD-like (shrunk)
+def test_rbc_crops_from_one_resize_keep_the_cell_centred_and_sized(diameter):
+    """The frame is resized once (size / side) and the crops cut from it: a disc of one ruler
+    diameter at the centre lands at the crop's centre, 64 / 1.5 px across."""
+    from hemaedge.edge.rbc import rbc_crops
+
+    img = np.full((480, 640, 3), 230, np.uint8)
+    centres = [(200.0, 150.0), (430.0, 333.0), (3.0, 470.0)]
+    for x, y in centres:
+        cv2.circle(img, (int(x), int(y)), int(round(diameter / 2)), (150, 60, 60), -1)
+    crops = rbc_crops(img, centres, diameter, size=64)
+    for crop in crops[:2]:
+        dark = np.argwhere(crop[..., 1] < 140)
+        centre = dark.mean(axis=0)
+        assert np.all(np.abs(centre - 31.5) <= 1.0), centre
+        width = dark[:, 1].max() - dark[:, 1].min() + 1
+        assert abs(width - 64 / 1.5) <= 2.5, width
 
 
 def test_packaged_red_cell_bundle_classifies_real_frames(tmp_path):

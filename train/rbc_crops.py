@@ -28,9 +28,8 @@ import numpy as np
 from hemaedge.edge.atomic import replace_dir
 from hemaedge.edge.errors import DataError, UsageError
 from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb
-from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR
+from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, crop_side, rbc_crops
 from hemaedge.edge.ruler import red_cell_diameter
-from hemaedge.edge.segment import extract_crop
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def make_rbc_crops(root, out, *, size: int = DEFAULT_CROP_SIZE, side_factor: flo
         raise UsageError(f"--exclude {', '.join(unknown)}: not a Chula RBC-12 type; types are {', '.join(CHULA_TYPES)}")
     frames = read_chula(root)
     diameter = float(diameter) if diameter else dataset_diameter(frames)
-    side = max(8, int(round(side_factor * diameter)))
+    side = crop_side(diameter, side_factor)
     splits = split_frames([f.name for f in frames], seed)
     present = sorted({t for f in frames for *_, t in f.points})
     classes = [CHULA_TYPES[t] for t in present if CHULA_TYPES[t] not in exclude]
@@ -151,11 +150,12 @@ def make_rbc_crops(root, out, *, size: int = DEFAULT_CROP_SIZE, side_factor: flo
                     skipped.append(f"{f.image}: {exc}")
                     continue
                 split = splits[f.name]
-                for i, (x, y, t) in enumerate(f.points):
+                # the device's own crop function (one resize of the frame), so training pixels == device pixels
+                crops = rbc_crops(image, [(x, y) for x, y, _ in f.points], diameter, size, side_factor)
+                for i, ((x, y, t), crop) in enumerate(zip(f.points, crops)):
                     cls = CHULA_TYPES[t]
                     if cls not in counts[split]:
                         continue
-                    crop = cv2.resize(extract_crop(image, (x, y, side)), (size, size), interpolation=cv2.INTER_AREA)
                     rel = Path(split) / cls / f"{f.name}_{i:03d}.png"
                     (tmp / rel.parent).mkdir(parents=True, exist_ok=True)
                     cv2.imwrite(str(tmp / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
@@ -183,7 +183,8 @@ def _readme(root, classes, counts, frames, diameter, side, size, seed, exclude, 
     return (f"# Red-cell crops from {root}\n\n"
             f"Made by `{command or 'hemaedge data rbc-crops'}`.\n\n"
             f"- One crop per labelled point, centred on it; side {side} px = {side / diameter:.2f} x the data set's "
-            f"median red-cell diameter ({diameter:.1f} px), resized to {size}x{size} (INTER_AREA), PNG.\n"
+            f"median red-cell diameter ({diameter:.1f} px), at {size}x{size} px (the frame resized once by "
+            f"{size}/{side}, INTER_AREA, then cut: edge.rbc.rbc_crops, as on the device), PNG.\n"
             f"- Split by frame (seed {seed}): train {frames['train']}, val {frames['val']}, test {frames['test']} "
             f"frames; no frame has crops in two splits (manifest.csv lists split and frame of every crop).\n"
             f"- Classes (classes.txt, label order): {', '.join(classes)}"

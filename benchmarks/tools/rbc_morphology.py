@@ -53,17 +53,18 @@ def end_to_end(bundle, backend, chula: Path, split="test"):
     device's own red-cell code (RedCellClassifier: detect, cut, one batch) with a run's ruler."""
     from hemaedge.benchmarks.tools.rbc_detection import chula_frames
     from hemaedge.edge.rbc_morphology import RedCellClassifier
-    from hemaedge.edge.segment import MagnificationTracker, centre_in
+    from hemaedge.edge.ruler import Ruler
+    from hemaedge.edge.segment import centre_in
     from hemaedge.train.rbc_crops import CHULA_TYPES
 
     index = {c: i for i, c in enumerate(bundle.classes)}
     device = RedCellClassifier(bundle, backend)
-    ruler = MagnificationTracker()
+    ruler = Ruler(same_slide=False)  # as `edge run` on an image folder: every frame its own field
     y, probs, found = [], [], 0
     n_classes = len(bundle.classes)
     for f in chula_frames(chula, split):
         img = read_image_rgb(f.image)
-        res = device.process(img, ruler.update(img))
+        res = device.process(img, ruler.read(img).diameter)
         for x, yy, t in f.points:
             if CHULA_TYPES[t] not in index:
                 continue
@@ -83,10 +84,12 @@ def end_to_end(bundle, backend, chula: Path, split="test"):
 def run_row(run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     cfg = m.get("config", {})
-    handling = ("weighted sampling + weighted loss" if cfg.get("weighted_sampling") and cfg.get("weighted_loss")
-                else "weighted sampling" if cfg.get("weighted_sampling") else "weighted loss" if cfg.get("weighted_loss")
-                else "none")
-    return {"run": run.name, "imbalance": handling, "backbone": m["backbone"], "input": m["input_size"],
+    parts = [name for key, name in (("weighted_sampling", "weighted sampling"), ("weighted_loss", "weighted loss"))
+             if cfg.get(key)]
+    if cfg.get("loss") == "focal":
+        parts.append(f"focal loss (gamma {cfg.get('focal_gamma')})")
+    handling = " + ".join(parts) or "none"
+    return {"run": run.name, "imbalance": handling, "mixup_p": cfg.get("mixup_p"), "backbone": m["backbone"], "input": m["input_size"],
             "epochs": m["epochs_trained"], "best_epoch": m.get("best_epoch"), "train_min": round(m["train_seconds"] / 60, 1),
             "machine": m.get("machine"), "date": m.get("date"), "commands": m.get("commands", []),
             **{f"{s}_{k}": m[s][k] for s in ("val", "test") if s in m for k in ("accuracy", "macro_f1", "kappa")}}
@@ -109,16 +112,16 @@ def markdown(rep) -> str:
              f"Machine (evaluation): {rep['machine']}  ", f"Bundle: {rep['bundle']}  ",
              f"Crops: {rep['crops_readme']}", "",
              "## Training runs: class-imbalance handling (chosen on val macro-F1)", "",
-             "| run | imbalance | backbone | input | epochs (best) | train min | val acc | val macro-F1 | test acc | test macro-F1 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | imbalance | mixup p | backbone | input | epochs (best) | train min | val acc | val macro-F1 | test acc | test macro-F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["runs"]:
-        lines.append(f"| {r['run']} | {r['imbalance']} | {r['backbone']} | {r['input']} | {r['epochs']} ({r['best_epoch']}) | "
+        lines.append(f"| {r['run']} | {r['imbalance']} | {r.get('mixup_p')} | {r['backbone']} | {r['input']} | {r['epochs']} ({r['best_epoch']}) | "
                      f"{r['train_min']} | {r.get('val_accuracy', float('nan')):.4f} | {r.get('val_macro_f1', float('nan')):.4f} | "
                      f"{r.get('test_accuracy', float('nan')):.4f} | {r.get('test_macro_f1', float('nan')):.4f} |")
     lines += ["", "Training machine/date per run: " + "; ".join(f"{r['run']}: {r['machine']}, {r['date']}" for r in rep["runs"]),
               "", "Commands per run (training, then evaluation of a stopped run):", ""] + [
         f"- {r['run']}: `{c}`" for r in rep["runs"] for c in r["commands"]]
-    lines += ["", "## The int8 bundle on the device path (test frames)", "",
+    lines += ["", f"## The int8 bundle on the device path ({rep.get('split', 'test')} frames)", "",
               f"Paper for comparison: {PAPER['model']}: accuracy {PAPER['accuracy']}, macro-F1 {PAPER['macro_f1']} "
               "(their own split and 12 classes; ours is a frame-level split of the 500 public frames, so the "
               "comparison is indicative, not like for like).", ""]
@@ -134,24 +137,27 @@ def markdown(rep) -> str:
               help="The `hemaedge data rbc-crops` tree the runs trained on.")
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--runs", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
+              help="Frames the bundle is measured on (val: to choose a bundle; test: to report it, once).")
 @click.option("--threads", type=int, default=None)
 @click.option("--out", "prefix", type=click.Path(path_type=Path), default=RESULTS / "rbc_morphology", show_default=True)
-def main(chula, crops, bundle, runs, threads, prefix):
+def main(chula, crops, bundle, runs, split, threads, prefix):
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
     from hemaedge.train.evaluate import compute_metrics
 
     b = load_bundle(bundle)
     backend = load_backend(b, threads=threads)
-    y, p = labelled_crops(b, backend, crops)
+    y, p = labelled_crops(b, backend, crops, split)
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_average": [round(v, 2) for v in os.getloadavg()],
            "command": f"python -m hemaedge.benchmarks.tools.rbc_morphology --chula CHULA --crops {crops.name} --bundle {bundle}"
-                      + "".join(f" --runs {r.name}" for r in runs),
+                      + "".join(f" --runs {r.name}" for r in runs) + f" --split {split}",
+           "split": split,
            "bundle": b.describe(), "crops_readme": (crops / "README.md").read_text().splitlines()[2] if (crops / "README.md").is_file() else "",
            "paper": PAPER, "runs": [run_row(r) for r in runs if (r / "metrics.json").is_file()],
            "labelled_crops": compute_metrics(y, p, b.classes, bootstrap=1000)}
-    y2, p2, cov = end_to_end(b, backend, chula)
+    y2, p2, cov = end_to_end(b, backend, chula, split)
     rep["end_to_end"], rep["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
     prefix.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(prefix.with_suffix(".json"), json.dumps(rep, indent=2) + "\n")
