@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaedge.edge.differential import clopper_pearson
-from hemaedge.edge.preprocess import prepare_batch
+from hemaedge.edge.preprocess import normalize_colour, prepare_batch
 from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_red_cells, rbc_crops
 
 # Flags a lab raises on a smear review, as % of red cells above which the finding is reported.
@@ -54,16 +54,44 @@ class RedCellResult:
     probabilities: np.ndarray | None = None  # (cells, classes) when a model classified them
 
 
+def frame_reference(model) -> dict | None:
+    """The training slides' background and red-cell colour (the bundle's `domain.colour`) as a
+    `normalize_colour` spec, or None when the bundle has no domain section."""
+    manifest = getattr(model, "manifest", None) or {}
+    col = ((manifest.get("domain") or {}).get("colour") or {}) if isinstance(manifest, dict) else {}
+    if not col.get("background") or not col.get("cells"):
+        return None
+    return {"method": "lab-anchors", "background": col["background"], "cells": col["cells"]}
+
+
 class RedCellClassifier:
-    """Detect red cells and classify their morphology (the model is optional: count only)."""
+    """Detect red cells and classify their morphology (the model is optional: count only).
+
+    Domain check: the bundle's `domain` section (training colours, OOD limit) is compared with
+    the run's frames and red cells (edge/domain.py), so a summary from a microscope unlike the
+    training one says its morphology is not validated. `normalize_frames`: map each frame's
+    background and red-cell colour to the training slides' (edge.preprocess.normalize_colour,
+    anchors of the whole frame, not of each crop: a pale cell must stay pale) before cutting.
+    """
 
     def __init__(self, model=None, backend=None, params: RbcParams | None = None,
-                 side_factor: float = DEFAULT_SIDE_FACTOR, max_batch: int = 256):
+                 side_factor: float = DEFAULT_SIDE_FACTOR, max_batch: int = 256, normalize_frames: bool = False):
+        from hemaedge.edge.domain import DomainMonitor
+
         self.model, self.backend = model, backend
         self.classes = list(model.classes) if model is not None else []
         self.params = params or RbcParams()
         self.side_factor = side_factor
         self.max_batch = max_batch
+        manifest = getattr(model, "manifest", None) if model is not None else None
+        self.domain = DomainMonitor(manifest.get("domain") if isinstance(manifest, dict) else None) \
+            if model is not None else None
+        self.reference = frame_reference(model) if normalize_frames and model is not None else None
+        if normalize_frames and model is not None and self.reference is None:
+            from hemaedge.edge.errors import BundleError
+
+            raise BundleError("frame normalisation needs the red-cell bundle's training colours (its manifest "
+                              "has no domain section); export the model again with this version of hemaedge")
 
     def process(self, image: np.ndarray, diameter: float | None = None) -> RedCellResult:
         """`diameter`: the run's ruler (running median); None measures it on this frame."""
@@ -74,6 +102,9 @@ class RedCellClassifier:
         pre_ms = inf_ms = 0.0
         probs = None
         if self.backend is not None and cells:
+            self.domain.add_frame(image)
+            if self.reference is not None:
+                image = normalize_colour(image, self.reference)
             crops = rbc_crops(image, [c.centre for c in cells], d, self.model.contract.size, self.side_factor)
             pre_ms = (time.perf_counter() - t1) * 1e3  # cutting the crops counts as preprocessing
             probs = []
@@ -85,12 +116,38 @@ class RedCellClassifier:
                 pre_ms += (tb - ta) * 1e3
                 inf_ms += (time.perf_counter() - tb) * 1e3
             probs = np.concatenate(probs)
+            self.domain.add_cells(probs)
             idx = probs.argmax(axis=1)
             labels = [self.classes[i] for i in idx]
             conf = probs[np.arange(len(idx)), idx]
         return RedCellResult(cells, labels, conf, d, {"rbc_detect": (t1 - t0) * 1e3, "rbc_preprocess": pre_ms,
                                                       "rbc_inference": inf_ms,
                                                       "rbc_total": (time.perf_counter() - t0) * 1e3}, probs)
+
+
+NOT_VALIDATED = "morphology not validated for this microscope"
+
+
+def qualify(summary: dict, domain_report: dict | None) -> dict:
+    """Say in the red-cell summary whether its morphology can be trusted on this microscope:
+    `domain` (the red-cell model's own check), `morphology_validated`, and on every flag
+    `validated` (a flag from a microscope unlike the training one is not a finding)."""
+    if not summary.get("classified"):
+        return summary
+    report = domain_report or {"checked": False, "reasons": []}
+    summary["domain"] = report
+    if not report.get("checked"):
+        why = report.get("note") or "the red-cell model carries no domain section"
+        summary["morphology_validated"] = None
+        summary["validation_note"] = f"{NOT_VALIDATED} (not checked: {why})"
+    elif report.get("unlike_training"):
+        summary["morphology_validated"] = False
+        summary["validation_note"] = f"{NOT_VALIDATED}: " + "; ".join(report.get("reasons") or [])
+    else:
+        summary["morphology_validated"] = True
+    for f in summary.get("flags", []):
+        f["validated"] = summary["morphology_validated"] is True
+    return summary
 
 
 class RedCellTally:
@@ -146,8 +203,10 @@ def format_red_cells(s: dict) -> str:
         lines.append(f"  {'morphology':<16}{'count':>7}{'%':>8}   95% interval")
         for r in s["morphology"]:
             lines.append(f"  {r['class']:<16}{r['count']:>7}{r['percent']:>8.2f}   {r['ci95_low']:.2f}-{r['ci95_high']:.2f}")
+    if s.get("validation_note"):
+        lines.append(f"NOTE: {s['validation_note']}")
     for f in s["flags"]:
         lines.append(f"FLAG {f['class']}: {f['percent']:.2f}% > {f['threshold_percent']}% "
                      f"({'interval above the threshold' if f['confident'] else 'interval reaches below the threshold'}; "
-                     f"{f['source']})")
+                     f"{f['source']})" + ("" if f.get("validated", True) else f" - {NOT_VALIDATED}, not a finding"))
     return "\n".join(lines)

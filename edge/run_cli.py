@@ -85,6 +85,9 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
                    "classify every red cell (kind 'rbc' in cells.csv; red cells per field, % per morphology with 95% "
                    "intervals and flags in the summary; rbc_counts.csv).")
 @click.option("--count-red-cells", is_flag=True, help="Detect and count red cells without a morphology model.")
+@click.option("--rbc-normalize/--no-rbc-normalize", default=False, show_default=True,
+              help="Map each frame's background and red-cell colour to the red-cell model's training slides "
+                   "before classifying red cells (needs a bundle with a domain section; docs/redcells.md).")
 @click.option("--review-threshold", default=0.6, show_default=True, type=FiniteFloat(0, 1),
               help="Cells classified with lower confidence are flagged for review; a nucleated one below "
                    "--unidentified-below becomes 'unidentified'.")
@@ -118,7 +121,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
-        rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, review_threshold,
+        rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, rbc_normalize, review_threshold,
         unidentified_below, same_slide, target_wbc, count_edge_cells, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
         status_file):
@@ -163,7 +166,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         contract = _contract(input_size, preprocess, scaling, input_dtype, input_quant) if model else None
         mdl = load_model(bundle, model, classes, contract, output_kind)
         backend = load_backend(mdl, threads=threads)
-        red_cells = _red_cells(rbc_bundle, count_red_cells, threads)
+        red_cells = _red_cells(rbc_bundle, count_red_cells, threads, rbc_normalize)
         load_s = time.perf_counter() - t0
         src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff,
                           width=width, height=height, max_frames=max_frames)
@@ -248,7 +251,7 @@ def _open_preview(review_threshold: float):
     return window
 
 
-def _red_cells(rbc_bundle, count_only: bool, threads):
+def _red_cells(rbc_bundle, count_only: bool, threads, normalize_frames: bool = False):
     """The red-cell stage of a run (None without --rbc / --count-red-cells); its bundle is loaded
     and verified like the main one (checksums, the store's signature policy)."""
     if not (rbc_bundle or count_only):
@@ -260,7 +263,7 @@ def _red_cells(rbc_bundle, count_only: bool, threads):
     if not rbc_bundle:
         return RedCellClassifier()
     model = load_model(rbc_bundle_path(rbc_bundle))
-    return RedCellClassifier(model, load_backend(model, threads=threads))
+    return RedCellClassifier(model, load_backend(model, threads=threads), normalize_frames=normalize_frames)
 
 
 @click.command()

@@ -378,6 +378,11 @@ class RunLoop:
         domain = getattr(self.classifier, "domain", None)  # per-run domain check (edge/domain.py)
         if domain is not None:
             summary["domain"] = domain.report()
+        red = getattr(self.classifier, "red_cells", None)  # the red-cell model's own domain check
+        if summary.get("red_cells") and getattr(red, "domain", None) is not None:
+            from hemaedge.edge.rbc_morphology import qualify
+
+            qualify(summary["red_cells"], red.domain.report())
         return summary
 
     def _close_all(self, recorder_errors_ignored: bool = False) -> None:

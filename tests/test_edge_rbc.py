@@ -223,3 +223,73 @@ def test_packaged_red_cell_bundle_classifies_real_frames(tmp_path):
     assert [m["class"] for m in s["morphology"]] == [c for c in CHULA_TYPES if c != "uncategorised"]
     assert s["classified"] == s["red_cells"] > 20
     assert sum(m["percent"] for m in s["morphology"]) == pytest.approx(100, abs=0.1)
+
+
+def test_qualify_marks_flags_of_an_unchecked_or_unlike_microscope_as_not_validated():
+    from hemaedge.edge.rbc_morphology import NOT_VALIDATED, qualify
+
+    def flagged():
+        tally = RedCellTally(["normal", "schistocyte"])
+        tally.add(RedCellResult([object()] * 100, ["normal"] * 90 + ["schistocyte"] * 10, np.ones(100), 40.0, {}))
+        return tally.summary()
+
+    unchecked = qualify(flagged(), {"checked": False, "reasons": [], "note": "no domain section"})
+    assert unchecked["morphology_validated"] is None and "not checked" in unchecked["validation_note"]
+    unlike = qualify(flagged(), {"checked": True, "unlike_training": True, "reasons": ["colour is 9 spreads away"]})
+    assert unlike["morphology_validated"] is False and "9 spreads" in unlike["validation_note"]
+    like = qualify(flagged(), {"checked": True, "unlike_training": False, "reasons": []})
+    assert like["morphology_validated"] is True and "validation_note" not in like
+    assert [f["validated"] for s in (unchecked, unlike, like) for f in s["flags"]] == [False, False, True]
+    from hemaedge.edge.rbc_morphology import format_red_cells
+
+    assert NOT_VALIDATED in format_red_cells(unlike) and NOT_VALIDATED not in format_red_cells(like)
+
+
+def _domain_of(images):
+    """A bundle `domain` section whose training colours are those of `images` (no OOD limit)."""
+    from hemaedge.edge.preprocess import colour_anchors
+
+    a = np.stack([colour_anchors(img) for img in images])
+    r = lambda v: [round(float(x), 3) for x in v]
+    return {"colour": {"space": "opencv-lab8", "background": r(np.median(a[:, 0], 0)), "cells": r(np.median(a[:, 1], 0)),
+                       "background_spread": [2.0] * 3, "cells_spread": [2.0] * 3, "images": len(a), "z_limit": 4.0},
+            "ood": {}}
+
+
+def test_red_cell_summary_says_whether_this_microscope_is_the_training_one(tmp_path):
+    """Issue 15: the red-cell model's own domain check decides whether its morphology (and so its
+    schistocyte flag) is validated on the run's microscope; --rbc-normalize needs that section."""
+    from hemaedge.edge.bundle import write_bundle
+    from hemaedge.edge.preprocess import InputContract
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for img in sorted((REPO / "samples" / "bccd").glob("*.jpg"))[:2]:
+        shutil.copy(img, frames / img.name)
+    bccd = [read_image_rgb(p) for p in sorted(frames.glob("*.jpg"))]
+    wbc = make_bundle(tmp_path, make_onnx(tmp_path / "wbc.onnx", 32), "onnx", 32)
+    onnx = make_onnx(tmp_path / "rbc.onnx", 32)
+    other = (np.clip(bccd[0].astype(int) * [1, 0.6, 1.3], 0, 255)).astype(np.uint8)  # another stain
+    results = {}
+    for name, domain in (("none", None), ("same", _domain_of(bccd)), ("other", _domain_of([other]))):
+        b = write_bundle(tmp_path / f"rbc-{name}", {onnx.name: onnx}, model_file=onnx.name, backend="onnx",
+                         model_format="onnx", classes=["normal", "schistocyte", "spherocyte"],
+                         contract=InputContract(size=32), output={"kind": "probabilities", "dtype": "float32"},
+                         extra={"domain": domain} if domain else None)
+        for norm in (["--no-rbc-normalize"], ["--rbc-normalize"]):
+            res = CliRunner().invoke(main, ["edge", "run", "-q", "--bundle", str(wbc), "--rbc", str(b), *norm,
+                                            "--source", str(frames), "--out", str(tmp_path / f"run-{name}{norm[0]}")])
+            results[name, norm[0]] = res
+    assert results["none", "--rbc-normalize"].exit_code == 2
+    assert "domain section" in results["none", "--rbc-normalize"].output
+    validated = {}
+    for (name, norm), res in results.items():
+        if (name, norm) == ("none", "--rbc-normalize"):
+            continue
+        assert res.exit_code == 0, res.output
+        s = json.loads((tmp_path / f"run-{name}{norm}" / "summary.json").read_text())["red_cells"]
+        validated[name, norm] = s["morphology_validated"]
+    assert validated == {("none", "--no-rbc-normalize"): None, ("same", "--no-rbc-normalize"): True,
+                         ("same", "--rbc-normalize"): True, ("other", "--no-rbc-normalize"): False,
+                         ("other", "--rbc-normalize"): False}
+    assert "not validated for this microscope" in results["other", "--no-rbc-normalize"].output

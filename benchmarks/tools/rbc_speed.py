@@ -46,26 +46,30 @@ def _p(values, q):
     return round(float(np.percentile(values, q)), 2) if len(values) else None
 
 
-def measure(frames, wbc_model, wbc_backend, rbc_model, rbc_backend, warmup: int = 3) -> list[dict]:
+def measure(frames, wbc_model, rbc_model, backends: dict, warmup: int = 3) -> list[dict]:
+    """`backends`: threads -> (white-cell back end, red-cell back end). Every frame runs through
+    every setting, white-only and with red cells, one right after the other (same load)."""
     from hemaedge.edge.pipeline import CellClassifier
     from hemaedge.edge.rbc_morphology import RedCellClassifier
 
-    plain = CellClassifier(wbc_model, wbc_backend)
-    with_rbc = CellClassifier(wbc_model, wbc_backend, red_cells=RedCellClassifier(rbc_model, rbc_backend))
+    pipes = {t: (CellClassifier(wbc_model, wb), CellClassifier(wbc_model, wb, red_cells=RedCellClassifier(rbc_model, rb)))
+             for t, (wb, rb) in backends.items()}
     rows = []
     images = [(src, path, read_image_rgb(path)) for src, path in frames]
     for src, path, img in images[:warmup]:
-        plain.process(img), with_rbc.process(img)
+        for plain, with_rbc in pipes.values():
+            plain.process(img), with_rbc.process(img)
     for src, path, img in images:
-        t0, c0 = time.perf_counter(), time.process_time()
-        plain.process(img)
-        t1, c1 = time.perf_counter(), time.process_time()
-        res = with_rbc.process(img)
-        t2, c2 = time.perf_counter(), time.process_time()
-        rows.append({"source": src, "frame": path.name, "width": img.shape[1], "height": img.shape[0],
-                     "red_cells": len(res.red.cells), "white_ms": (t1 - t0) * 1e3, "with_rbc_ms": (t2 - t1) * 1e3,
-                     "white_cpu_ms": (c1 - c0) * 1e3, "with_rbc_cpu_ms": (c2 - c1) * 1e3,
-                     **{k: v for k, v in res.red.timings_ms.items()}})
+        for threads, (plain, with_rbc) in pipes.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            plain.process(img)
+            t1, c1 = time.perf_counter(), time.process_time()
+            res = with_rbc.process(img)
+            t2, c2 = time.perf_counter(), time.process_time()
+            rows.append({"source": src, "frame": path.name, "threads": threads, "width": img.shape[1],
+                         "height": img.shape[0], "red_cells": len(res.red.cells), "white_ms": (t1 - t0) * 1e3,
+                         "with_rbc_ms": (t2 - t1) * 1e3, "white_cpu_ms": (c1 - c0) * 1e3,
+                         "with_rbc_cpu_ms": (c2 - c1) * 1e3, **{k: v for k, v in res.red.timings_ms.items()}})
     return rows
 
 
@@ -89,18 +93,18 @@ def markdown(rep) -> str:
     lines = [f"# Red-cell analysis speed ({rep['date']})", "", f"Command: `{rep['command']}`  ",
              f"Machine: {rep['machine']}  ", f"Load average at start / end: {rep['load_start']} / {rep['load_end']}  ",
              f"White-cell model: {rep['wbc_model']}  ", f"Red-cell model: {rep['rbc_model']}  ",
-             f"Threads: {rep['threads']}. Wall clock on a shared 2-core machine: absolute numbers are noisy; "
+             f"Threads: {', '.join(map(str, rep['threads']))}. Wall clock on a shared 2-core machine: absolute numbers are noisy; "
              "the white-only and with-red-cells timings are interleaved frame by frame, so their difference is fair.", "",
              "CPU ms = process CPU time (all threads), far less sensitive to other processes than wall clock: with "
              "--threads 1 it is what the stage would take alone on one core.", "",
-             "| frames | n | red cells/frame (median) | white pipeline p50 ms | red-cell detect p50 | red-cell crop+preprocess p50 | "
+             "| frames | threads | n | red cells/frame (median) | white pipeline p50 ms | red-cell detect p50 | red-cell crop+preprocess p50 | "
              "red-cell inference p50 | red-cell total p50 (p90) | added to the frame p50 (p90) | classify ms per red cell | "
              "white pipeline CPU ms p50 | added CPU ms p50 (p90) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in rep["tables"].items():
         if not t["frames"]:
             continue
-        lines.append(f"| {name} | {t['frames']} | {t['red_cells_median']:.0f} | {t['white_ms']['p50']} | "
+        lines.append(f"| {t['name']} | {t['threads']} | {t['frames']} | {t['red_cells_median']:.0f} | {t['white_ms']['p50']} | "
                      f"{t['rbc_detect']['p50']} | {t['rbc_preprocess']['p50']} | {t['rbc_inference']['p50']} | "
                      f"{t['rbc_total']['p50']} ({t['rbc_total']['p90']}) | {t['added_ms']['p50']} ({t['added_ms']['p90']}) | "
                      f"{t['classify_ms_per_red_cell_p50']} | {t['white_cpu_ms']['p50']} | "
@@ -116,7 +120,9 @@ def markdown(rep) -> str:
 @click.option("--chula", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--bccd", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--frames", "n", default=40, show_default=True, help="Frames per data set (test split).")
-@click.option("--threads", type=int, default=None, help="Inference threads (default: all cores).")
+@click.option("--threads", "threads", type=click.IntRange(1), multiple=True,
+              help="Inference threads; repeat to compare (each frame runs through every setting) "
+                   "[default: all cores].")
 @click.option("--out", "prefix", type=click.Path(path_type=Path), default=RESULTS / "rbc_speed", show_default=True)
 def main(rbc_bundle, bundle, chula, bccd, n, threads, prefix):
     from hemaedge.edge.backends import load_backend
@@ -127,18 +133,22 @@ def main(rbc_bundle, bundle, chula, bccd, n, threads, prefix):
         raise click.UsageError("pass --chula and/or --bccd")
     wbc = load_model(bundle)
     rbc = load_bundle(rbc_bundle)
+    threads = tuple(threads) or (os.cpu_count() or 1,)
     load_start = [round(v, 2) for v in os.getloadavg()]
-    rows = measure(_frames(chula, bccd, n), wbc, load_backend(wbc, threads=threads), rbc,
-                   load_backend(rbc, threads=threads))
+    rows = measure(_frames(chula, bccd, n), wbc, rbc,
+                   {t: (load_backend(wbc, threads=t), load_backend(rbc, threads=t)) for t in threads})
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()],
            "command": f"python -m hemaedge.benchmarks.tools.rbc_speed --rbc {rbc_bundle.name}" + (" --chula CHULA" if chula else "")
-                      + (" --bccd BCCD" if bccd else "") + f" --frames {n}" + (f" --threads {threads}" if threads else ""),
-           "threads": threads or os.cpu_count(), "wbc_model": wbc.describe(), "rbc_model": rbc.describe(),
+                      + (" --bccd BCCD" if bccd else "") + f" --frames {n}" + "".join(f" --threads {t}" for t in threads),
+           "threads": list(threads), "wbc_model": wbc.describe(), "rbc_model": rbc.describe(),
            "tables": {}, "rows": rows}
-    for src in ("chula", "bccd"):
-        rep["tables"][src] = table([r for r in rows if r["source"] == src])
-    rep["tables"]["30-60 red cells"] = table([r for r in rows if 30 <= r["red_cells"] <= 60])
+    for t in threads:
+        mine = [r for r in rows if r["threads"] == t]
+        for name, sel in (("chula", [r for r in mine if r["source"] == "chula"]),
+                          ("bccd", [r for r in mine if r["source"] == "bccd"]),
+                          ("30-60 red cells", [r for r in mine if 30 <= r["red_cells"] <= 60])):
+            rep["tables"][f"{name}, {t} threads"] = {"name": name, "threads": t, **table(sel)}
     prefix.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(prefix.with_suffix(".json"), json.dumps(rep, indent=2) + "\n")
     atomic_write_text(prefix.with_suffix(".md"), markdown(rep))

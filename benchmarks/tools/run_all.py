@@ -297,7 +297,7 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
         Step("rbcspeed", [need_chula, need_bundle],
              [*tool("rbc_speed"), "--rbc", bundle, "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
-              "--threads", "2", "--out", f"{out}/rbc_speed"],
+              "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],
              [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
              f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
     ]
