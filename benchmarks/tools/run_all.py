@@ -27,7 +27,8 @@ of training runs, space-separated; default runs/ when it exists), HEMAEDGE_PBC_B
 packaged default bundle), HEMAEDGE_HYBRID_RUNS (runs/hybrid), HEMAEDGE_HYBRID_TRAIN (1: train the
 missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
 HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_RBC_BUNDLE (src/hemaedge/models/rbc),
-HEMAEDGE_RBC_RUNS (the red-cell fine-tuning runs of the morphology table; default runs/rbc/*), HEMAEDGE_STEP_TIMEOUT (seconds
+HEMAEDGE_RBC_RUNS (the red-cell fine-tuning runs of the morphology table; default runs/rbc/*),
+HEMAEDGE_RBC_BASELINE (earlier red-cell bundle(s) measured beside it in rbc_domain), HEMAEDGE_STEP_TIMEOUT (seconds
 any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
 """
 from __future__ import annotations
@@ -280,6 +281,7 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
     chula = f"{data}/chula_rbc12"
     bundle = s.get("HEMAEDGE_RBC_BUNDLE", RBC_BUNDLE)
     runs = s.get("HEMAEDGE_RBC_RUNS", " ".join(sorted(str(Path(p).parent) for p in glob.glob("runs/rbc/*/metrics.json"))))
+    baseline = s.get("HEMAEDGE_RBC_BASELINE", "")  # earlier red-cell bundle(s) for the before/after rows
     need_chula = Need(chula, f"no {chula}; kept the committed red-cell tables")
     need_bundle = Need(f"{bundle}/manifest.json", f"no red-cell bundle at {bundle}; kept the committed table")
     return [
@@ -300,6 +302,13 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
               "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],
              [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
              f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
+        Step("rbcdomain", [need_chula, need_bundle],
+             [*tool("rbc_domain"), *[a for b in baseline.split() for a in ("--bundle", b)], "--bundle", bundle,
+              "--chula", chula, "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val", "--frames", "40", "--quiet",
+              "--out", f"{out}/rbc_domain"],
+             [f"{out}/rbc_domain.md", f"{out}/rbc_domain.json"],
+             f"red-cell morphology on BCCD/PBC frames (share called schistocyte, domain check, frame normalisation) "
+             f"with {bundle}", "~3 min"),
     ]
 
 
