@@ -44,7 +44,7 @@ OPTIONAL_SECTIONS = {
     "name": (str,), "created": (str,), "hemaedge_version": (str,),
     "source": (dict,), "export": (dict,), "metrics": (dict,), "validation": (dict,),
     "ood": (dict, type(None)), "domain": (dict, type(None)), "provenance": (dict, type(None)),
-    "rbc_model": (dict, type(None)), "models": (dict, type(None)), "signature": (dict, type(None)),
+    "rbc_model": (dict, type(None)), "red_cells": (dict, type(None)), "models": (dict, type(None)), "signature": (dict, type(None)),
 }
 
 

@@ -190,11 +190,6 @@ def crop_side(diameter: float, side_factor: float = DEFAULT_SIDE_FACTOR) -> int:
     return max(8, int(round(side_factor * diameter)))
 
 
-def rbc_crop(cell: RedCell, diameter: float, side_factor: float = DEFAULT_SIDE_FACTOR) -> tuple[int, int, int]:
-    """Crop square (centre x, centre y, side) of a red cell in frame pixels (what cells.csv records)."""
-    return int(round(cell.centre[0])), int(round(cell.centre[1])), crop_side(diameter, side_factor)
-
-
 def rbc_crops(image: np.ndarray, centres, diameter: float, size: int,
               side_factor: float = DEFAULT_SIDE_FACTOR) -> np.ndarray:
     """(N, size, size, 3) uint8: the morphology classifier's input crops, one per centre (x, y),

@@ -16,7 +16,7 @@ import numpy as np
 
 from hemaedge.edge.differential import clopper_pearson
 from hemaedge.edge.preprocess import normalize_colour, prepare_batch
-from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, detect_red_cells, rbc_crops
+from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, crop_side, detect_red_cells, rbc_crops
 
 # Flags a lab raises on a smear review, as % of red cells above which the finding is reported.
 # Schistocytes: ICSH 2012 recommendation (Zini et al., Int J Lab Hematol 34:107-116, 2012):
@@ -52,6 +52,7 @@ class RedCellResult:
     diameter: float | None
     timings_ms: dict = field(default_factory=dict)
     probabilities: np.ndarray | None = None  # (cells, classes) when a model classified them
+    crop_side: int | None = None  # frame pixels of each red cell's classifier crop (None: not measured)
 
 
 def frame_reference(model) -> dict | None:
@@ -62,6 +63,25 @@ def frame_reference(model) -> dict | None:
     if not col.get("background") or not col.get("cells"):
         return None
     return {"method": "lab-anchors", "background": col["background"], "cells": col["cells"]}
+
+
+def manifest_side_factor(model) -> float | None:
+    """The crop side (in ruler diameters) the bundle's training crops had (`red_cells` section,
+    written at export from the crops tree), or None for an older bundle."""
+    manifest = getattr(model, "manifest", None) or {}
+    value = ((manifest.get("red_cells") or {}).get("crop_side_factor")) if isinstance(manifest, dict) else None
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.5 <= value <= 5.0:  # NaN fails too
+        from hemaedge.edge.errors import BundleError
+
+        raise BundleError(f"{getattr(model, 'root', 'the red-cell bundle')}: red_cells.crop_side_factor {value!r} "
+                          "must be a number of red-cell diameters within 0.5..5; export the bundle again")
+    return value
 
 
 class RedCellClassifier:
@@ -75,13 +95,15 @@ class RedCellClassifier:
     """
 
     def __init__(self, model=None, backend=None, params: RbcParams | None = None,
-                 side_factor: float = DEFAULT_SIDE_FACTOR, max_batch: int = 256, normalize_frames: bool = False):
+                 side_factor: float | None = None, max_batch: int = 256, normalize_frames: bool = False):
         from hemaedge.edge.domain import DomainMonitor
 
         self.model, self.backend = model, backend
         self.classes = list(model.classes) if model is not None else []
         self.params = params or RbcParams()
-        self.side_factor = side_factor
+        # crops as wide as the bundle's training crops (its manifest says; older bundles: the default)
+        self.side_factor = side_factor or (manifest_side_factor(model) if model is not None else None) \
+            or DEFAULT_SIDE_FACTOR
         self.max_batch = max_batch
         manifest = getattr(model, "manifest", None) if model is not None else None
         self.domain = DomainMonitor(manifest.get("domain") if isinstance(manifest, dict) else None) \
@@ -122,7 +144,8 @@ class RedCellClassifier:
             conf = probs[np.arange(len(idx)), idx]
         return RedCellResult(cells, labels, conf, d, {"rbc_detect": (t1 - t0) * 1e3, "rbc_preprocess": pre_ms,
                                                       "rbc_inference": inf_ms,
-                                                      "rbc_total": (time.perf_counter() - t0) * 1e3}, probs)
+                                                      "rbc_total": (time.perf_counter() - t0) * 1e3}, probs,
+                             crop_side(d, self.side_factor) if d else None)
 
 
 NOT_VALIDATED = "morphology not validated for this microscope"

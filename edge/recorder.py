@@ -159,15 +159,13 @@ class Recorder:
 
     def _record_red(self, frame, red, first: int) -> None:
         """Red cells go to cells.csv after the frame's white cells (kind rbc; crop side from the ruler)."""
-        from hemaedge.edge.rbc import rbc_crop
-
         classified = self.red_tally is not None and bool(self.red_tally.classes)
         for i, (cell, label, conf) in enumerate(zip(red.cells, red.labels, red.confidences)):
             x0, y0, x1, y1 = cell.box
             review = bool(classified and conf < self.review_threshold)
             self._ccsv.writerow({"frame": frame.index, "name": frame.name, "cell": first + i, "kind": "rbc",
                                  "x0": x0, "y0": y0, "x1": x1, "y1": y1,
-                                 "crop_side": rbc_crop(cell, red.diameter)[2] if red.diameter else "",
+                                 "crop_side": red.crop_side or "",
                                  "class": label, "confidence": round(float(conf), 4) if classified else "",
                                  "review": int(review)})
         if self.red_tally is not None:

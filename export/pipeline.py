@@ -4,6 +4,8 @@ one table row per format, whatever happened (passed / failed-validation / failed
 """
 from __future__ import annotations
 
+import json
+
 import logging
 import tempfile
 import time
@@ -210,6 +212,9 @@ def export_one(fmt: str, source, out_dir, *, parity_data: ParityData | None = No
             verdict["data"] = parity_data.describe()
         # parity compares raw outputs; the temperature (argmax-neutral) goes into the manifest after it
         output, sections = confidence_sections(getattr(source, "sidecar", {}) or {}, output)
+        if parity_data is not None and (parity_data.root / "rbc_crops.json").is_file():
+            # red-cell crops (`hemaedge data rbc-crops`): the device must cut its crops the same way
+            sections["red_cells"] = json.loads((parity_data.root / "rbc_crops.json").read_text())
         bundle = write_export_bundle(out_dir, path, model_format=fmt, classes=source.classes, contract=contract,
                                      output=output, source=source.source_info(), settings=settings,
                                      metrics=par.manifest_metrics(splits, verdict) if splits else {},

@@ -127,6 +127,15 @@ def test_rbc_crops_split_by_frame(chula_small, tmp_path):
     assert sorted({r["class"] for r in rows}) == sorted(classes)
     again = runner.invoke(main, ["data", "rbc-crops", str(chula_small), "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
+    # the geometry in the device ruler's units, for the export to put into the bundle
+    geo = json.loads((out / "rbc_crops.json").read_text())
+    assert geo["size"] == 32 and geo["crop_side_factor"] == pytest.approx(geo["crop_side_px"] / geo["ruler_diameter_px"], abs=1e-3)
+    assert 1.45 <= geo["crop_side_factor"] <= 1.55
+    wide = tmp_path / "wide"
+    res = runner.invoke(main, ["data", "rbc-crops", str(chula_small), "--out", str(wide), "--size", "32",
+                               "--diameter", str(1.2 * geo["ruler_diameter_px"])], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert json.loads((wide / "rbc_crops.json").read_text())["crop_side_factor"] == pytest.approx(1.8, abs=0.03)
     bad = runner.invoke(main, ["data", "rbc-crops", str(chula_small), "--out", str(tmp_path / "x"), "--exclude", "nope"])
     assert bad.exit_code == 2 and "not a Chula RBC-12 type" in bad.output
 
@@ -293,3 +302,33 @@ def test_red_cell_summary_says_whether_this_microscope_is_the_training_one(tmp_p
                          ("same", "--rbc-normalize"): True, ("other", "--no-rbc-normalize"): False,
                          ("other", "--rbc-normalize"): False}
     assert "not validated for this microscope" in results["other", "--no-rbc-normalize"].output
+
+
+def test_the_device_cuts_red_cells_as_wide_as_the_bundle_s_training_crops(tmp_path):
+    """A bundle whose training crops were 2 ruler diameters wide (manifest `red_cells`) gets
+    2-diameter crops on the device; an older bundle the default 1.5; a bad value is refused."""
+    from hemaedge.edge.bundle import load_bundle, write_bundle
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.errors import BundleError
+    from hemaedge.edge.preprocess import InputContract
+    from hemaedge.edge.rbc_morphology import RedCellClassifier
+
+    onnx = make_onnx(tmp_path / "rbc.onnx", 32)
+    img = read_image_rgb(REPO / "samples" / "bccd" / "BloodImage_00007.jpg")
+
+    def bundle(name, section):
+        return load_bundle(write_bundle(tmp_path / name, {onnx.name: onnx}, model_file=onnx.name, backend="onnx",
+                                        model_format="onnx", classes=["normal", "schistocyte", "spherocyte"],
+                                        contract=InputContract(size=32),
+                                        output={"kind": "probabilities", "dtype": "float32"},
+                                        extra={"red_cells": section} if section is not None else None))
+
+    for name, section, factor in (("old", None, 1.5), ("wide", {"crop_side_factor": 2.0}, 2.0)):
+        b = bundle(name, section)
+        clf = RedCellClassifier(b, load_backend(b, threads=1))
+        res = clf.process(img, 100.0)
+        assert clf.side_factor == factor and res.crop_side == round(factor * 100) and len(res.labels) >= 8
+    for bad in (0.1, "wide", float("nan")):
+        b = bundle(f"bad-{bad}", {"crop_side_factor": bad})
+        with pytest.raises(BundleError, match="crop_side_factor"):
+            RedCellClassifier(b, load_backend(b, threads=1))

@@ -16,6 +16,7 @@ checked and reused.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
 import tempfile
@@ -40,6 +41,16 @@ CHULA_TYPES = ("normal", "macrocyte", "microcyte", "spherocyte", "target_cell", 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.10, "test": 0.20}
 DEFAULT_CROP_SIZE = 64
 MANIFEST_FIELDS = ("split", "frame", "x", "y", "type", "class", "file")
+# The crops' geometry in the device ruler's units, read by the export into the bundle manifest's
+# `red_cells` section, so the device cuts its crops like the training crops even if the ruler or
+# the crop side changes later (edge.rbc_morphology reads `crop_side_factor`).
+GEOMETRY_FILE = "rbc_crops.json"
+
+
+def crop_geometry(side_px: int, ruler_diameter_px: float, size: int) -> dict:
+    return {"crop_side_factor": round(side_px / ruler_diameter_px, 4), "crop_side_px": int(side_px),
+            "ruler_diameter_px": round(float(ruler_diameter_px), 2), "size": int(size),
+            "ruler": "hemaedge.edge.ruler.red_cell_diameter (median over the data set's frames)"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,8 @@ def make_rbc_crops(root, out, *, size: int = DEFAULT_CROP_SIZE, side_factor: flo
     if unknown:
         raise UsageError(f"--exclude {', '.join(unknown)}: not a Chula RBC-12 type; types are {', '.join(CHULA_TYPES)}")
     frames = read_chula(root)
-    diameter = float(diameter) if diameter else dataset_diameter(frames)
+    ruler_diameter = dataset_diameter(frames)  # what the device's ruler reads on these frames
+    diameter = float(diameter) if diameter else ruler_diameter
     side = crop_side(diameter, side_factor)
     splits = split_frames([f.name for f in frames], seed)
     present = sorted({t for f in frames for *_, t in f.points})
@@ -166,6 +178,7 @@ def make_rbc_crops(root, out, *, size: int = DEFAULT_CROP_SIZE, side_factor: flo
             if empty:
                 skipped.append(f"{s} split: no crops of {', '.join(empty)} (too few frames for a frame-level split)")
         (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
+        (tmp / GEOMETRY_FILE).write_text(json.dumps(crop_geometry(side, ruler_diameter, size), indent=2) + "\n")
         frames_per_split = {s: sum(1 for f in frames if splits[f.name] == s) for s in SPLIT_FRACTIONS}
         (tmp / "README.md").write_text(_readme(root, classes, counts, frames_per_split, diameter, side, size,
                                                seed, exclude, command))
