@@ -28,7 +28,8 @@ packaged default bundle), HEMAEDGE_HYBRID_RUNS (runs/hybrid), HEMAEDGE_HYBRID_TR
 missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
 HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_RBC_BUNDLE (src/hemaedge/models/rbc),
 HEMAEDGE_RBC_RUNS (the red-cell fine-tuning runs of the morphology table; default runs/rbc/*),
-HEMAEDGE_RBC_BASELINE (earlier red-cell bundle(s) measured beside it in rbc_domain), HEMAEDGE_STEP_TIMEOUT (seconds
+HEMAEDGE_RBC_BASELINE (earlier red-cell bundle(s) measured beside it in rbc_domain), HEMAEDGE_RBC_SOURCE_RUN
+(the packaged red-cell model's training run, default runs/rbc/ft-lite0-64-none), HEMAEDGE_STEP_TIMEOUT (seconds
 any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
 """
 from __future__ import annotations
@@ -290,6 +291,8 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
     chula = f"{data}/chula_rbc12"
     bundle = s.get("HEMAEDGE_RBC_BUNDLE", RBC_BUNDLE)
     runs = s.get("HEMAEDGE_RBC_RUNS", " ".join(sorted(str(Path(p).parent) for p in glob.glob("runs/rbc/*/metrics.json"))))
+    # the packaged red-cell model's Keras source (trained on crops cut at 1.5 x 42.8 px, the ruler of the time)
+    source_run = s.get("HEMAEDGE_RBC_SOURCE_RUN", "runs/rbc/ft-lite0-64-none")
     baseline = s.get("HEMAEDGE_RBC_BASELINE", "")  # earlier red-cell bundle(s) for the before/after rows
     need_chula = Need(chula, f"no {chula}; kept the committed red-cell tables")
     need_bundle = Need(f"{bundle}/manifest.json", f"no red-cell bundle at {bundle}; kept the committed table")
@@ -311,6 +314,13 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
               "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],
              [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
              f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
+        Step("rbchead", [need_chula, Need(f"{source_run}/model.keras", f"no red-cell source run at {source_run} "
+                                                                        "(HEMAEDGE_RBC_SOURCE_RUN)")],
+             [*tool("rbc_head_imbalance"), source_run, "--crops", "TMP/crops", "--out-run", "TMP/head-run",
+              "--epochs", "30", "--out", f"{out}/rbc_head_imbalance"],
+             [f"{out}/rbc_head_imbalance.md", f"{out}/rbc_head_imbalance.json"],
+             "red-cell class imbalance on the classifier head (none / weighted sampling / focal, mixup off), "
+             f"backbone of {source_run}", "~15 min (crops remade at the run's 42.8 px ruler)", run=_run_rbchead),
         Step("rbcdomain", [need_chula, need_bundle],
              [*tool("rbc_domain"), *[a for b in baseline.split() for a in ("--bundle", b)], "--bundle", bundle,
               "--chula", chula, "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val", "--frames", "40", "--quiet",
@@ -319,6 +329,14 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              f"red-cell morphology on BCCD/PBC frames (share called schistocyte, domain check, frame normalisation) "
              f"with {bundle}", "~3 min"),
     ]
+
+
+def _run_rbchead(s: Settings, step: Step) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        bounded(s, [s.he, "data", "rbc-crops", f"{s.data}/chula_rbc12", "--out", f"{tmp}/crops", "--diameter", "42.8",
+                    "--exclude", "uncategorised"])
+        bounded(s, [w.replace("TMP", tmp) if w.startswith("TMP/") else w for w in step.command])
+    return []
 
 
 def _run_rbcmodel(s: Settings, step: Step) -> list[str]:
