@@ -29,7 +29,8 @@ missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
 HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_RBC_BUNDLE (src/hemaedge/models/rbc),
 HEMAEDGE_RBC_RUNS (the red-cell fine-tuning runs of the morphology table; default runs/rbc/*),
 HEMAEDGE_RBC_BASELINE (earlier red-cell bundle(s) measured beside it in rbc_domain), HEMAEDGE_RBC_SOURCE_RUN
-(the packaged red-cell model's training run, default runs/rbc/ft-lite0-64-none), HEMAEDGE_STEP_TIMEOUT (seconds
+(the packaged red-cell model's training run, default runs/rbc/ft-lite0-64-none), HEMAEDGE_RBC_CROPS_ARGS (how
+rbcmodel cuts the labelled crops: the bundle's training geometry, default "--diameter 42.8"), HEMAEDGE_STEP_TIMEOUT (seconds
 any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
 """
 from __future__ import annotations
@@ -343,7 +344,10 @@ def _run_rbchead(s: Settings, step: Step) -> list[str]:
 
 def _run_rbcmodel(s: Settings, step: Step) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
-        bounded(s, [s.he, "data", "rbc-crops", f"{s.data}/chula_rbc12", "--out", f"{tmp}/rbc64", "--exclude", "uncategorised"])
+        # the labelled crops at the bundle's training geometry (the packaged model: 1.5 x 42.8 px, the ruler of the time)
+        extra = s.get("HEMAEDGE_RBC_CROPS_ARGS", "--diameter 42.8").split()
+        bounded(s, [s.he, "data", "rbc-crops", f"{s.data}/chula_rbc12", "--out", f"{tmp}/rbc64", "--exclude", "uncategorised",
+                    *extra])
         bounded(s, [f"{tmp}/rbc64" if w == "TMP/rbc64" else w for w in step.command])
     return []
 
