@@ -332,3 +332,15 @@ def test_the_device_cuts_red_cells_as_wide_as_the_bundle_s_training_crops(tmp_pa
         b = bundle(f"bad-{bad}", {"crop_side_factor": bad})
         with pytest.raises(BundleError, match="crop_side_factor"):
             RedCellClassifier(b, load_backend(b, threads=1))
+
+
+def test_the_ruler_still_reads_what_the_packaged_red_cell_bundle_was_cut_for(chula):
+    """The packaged red-cell bundle's crops are `crop_side_factor` ruler diameters wide, with the
+    ruler reading `ruler_diameter_px` on Chula. A change of the ruler (edge/ruler.py) moves every
+    device crop away from the training crops, as it once did silently (53 px crops for a model
+    trained on 64 px ones): if this fails, re-cut the crops and re-export the red-cell bundle."""
+    from hemaedge.edge.rbc_morphology import rbc_bundle_path
+    from hemaedge.train.rbc_crops import dataset_diameter, read_chula
+
+    geometry = json.loads((rbc_bundle_path("packaged") / "manifest.json").read_text())["red_cells"]
+    assert dataset_diameter(read_chula(chula)) == pytest.approx(geometry["ruler_diameter_px"], rel=0.02)
