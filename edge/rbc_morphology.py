@@ -138,7 +138,10 @@ class RedCellClassifier:
                 pre_ms += (tb - ta) * 1e3
                 inf_ms += (time.perf_counter() - tb) * 1e3
             probs = np.concatenate(probs)
-            self.domain.add_cells(probs)
+            # cells cut by the frame border are unlike any training crop (whole labelled cells): the
+            # domain check's confidence signal uses whole cells only
+            whole = np.array([not c.edge for c in cells], bool)
+            self.domain.add_cells(probs[whole])
             idx = probs.argmax(axis=1)
             labels = [self.classes[i] for i in idx]
             conf = probs[np.arange(len(idx)), idx]
