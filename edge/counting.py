@@ -95,7 +95,7 @@ class CountingSession:
             flag = dec.flag if whole else "cut by the frame edge: not counted"
             if not self.one_slide:
                 if whole:
-                    self.fields.add(dec.label, counted=dec.counted, flagged=bool(dec.flag))
+                    self.fields.add(dec.label, counted=dec.counted, flagged=bool(dec.flag), reason=dec.reason)
                 else:
                     self.fields.not_counted_at_edge += 1
             extras.append({"cell_id": self._next_cell, "track_id": tid, "flag": flag,
@@ -136,7 +136,7 @@ class CountingSession:
                 diff.not_counted_at_edge += 1
                 continue
             dec = self._track_decision(t)
-            diff.add(dec.label, counted=dec.counted, flagged=bool(dec.flag))
+            diff.add(dec.label, counted=dec.counted, flagged=bool(dec.flag), reason=dec.reason)
         return diff
 
     def summary(self) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 
 from hemaedge.edge.domain import DomainMonitor
 from hemaedge.edge.focus import blank_reason
-from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, decide, is_platelet_clump
+from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, OodRule, decide, is_platelet_clump
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
@@ -61,7 +61,8 @@ class CellClassifier:
                  cell_fraction: float = DEFAULT_CELL_FRACTION, crop_side: int | None = None,
                  crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR,
                  same_slide: bool = False, review_threshold: float = REVIEW_BELOW,
-                 unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None):
+                 unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None,
+                 ood_threshold=None):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -76,6 +77,9 @@ class CellClassifier:
         # per-run domain check against the bundle's `domain` section (edge/domain.py)
         manifest = getattr(model, "manifest", None) or {}
         self.domain = DomainMonitor(manifest.get("domain") if isinstance(manifest, dict) else None)
+        # the OOD part of the unidentified rule: the bundle's calibrated threshold unless
+        # `ood_threshold` (a number, "off", or None/"auto") says otherwise
+        self.ood_rule = OodRule.from_bundle(manifest if isinstance(manifest, dict) else None, ood_threshold)
         self.review_threshold = review_threshold
         self.unidentified_below = unidentified_below
         self.mask_neighbours = mask_neighbours
@@ -121,7 +125,13 @@ class CellClassifier:
         return out
 
     def decide(self, kind: str, prob_row) -> Decision:
-        return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold)
+        return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold,
+                      ood_threshold=self.ood_rule.threshold)
+
+    def identify_rule(self) -> dict:
+        """The unidentified/review rule this run applies (summary.json -> `identify`)."""
+        return {"unidentified_below": self.unidentified_below, "review_below": self.review_threshold,
+                "ood": self.ood_rule.to_dict()}
 
     def process(self, image: np.ndarray, grey: np.ndarray | None = None) -> FrameResult:
         """`grey`: the frame's `focus.grey_small` copy when the caller already made it."""

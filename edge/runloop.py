@@ -378,6 +378,9 @@ class RunLoop:
         domain = getattr(self.classifier, "domain", None)  # per-run domain check (edge/domain.py)
         if domain is not None:
             summary["domain"] = domain.report()
+        rule = getattr(self.classifier, "identify_rule", None)  # which unidentified rule ran (edge/identify.py)
+        if callable(rule):
+            summary["identify"] = rule()
         return summary
 
     def _close_all(self, recorder_errors_ignored: bool = False) -> None:
