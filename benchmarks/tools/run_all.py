@@ -153,6 +153,8 @@ def steps(s: Settings) -> list[Step]:
     baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
+    # the default-v2 checkpoint the OOD tables were measured with (docs/edge.md)
+    ood_snap = s.get("HEMAEDGE_OOD_CHECKPOINT", os.path.expanduser("~/hemaedge-runs/check-epoch4/snap"))
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -268,6 +270,30 @@ def steps(s: Settings) -> list[Step]:
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
              "the new default's current checkpoint end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
+        # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
+        Step("ood-rule", [Need(f"{ood_snap}/bundle-int8/manifest.json", f"no checkpoint bundle at {ood_snap}/bundle-int8; "
+                               f"kept {out}/default-v2-epoch4/ood_rule_*")],
+             tool("ood_rule") + ["--bundle", f"{ood_snap}/bundle-int8", "--name", "default_v2_epoch4",
+                                 "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
+                                 "--bloodmnist128", f"{data}/bloodmnist128", "--out", f"{out}/default-v2-epoch4"],
+             [f"{out}/default-v2-epoch4/ood_rule_default_v2_epoch4{x}" for x in (".md", ".json")],
+             "wrong/right answers flagged by confidence only, OOD only and both: BloodMNIST val, BCCD val, PBC fields",
+             "~3 min"),
+        Step("ood-candidates", [Need(f"{ood_snap}/model.keras", f"no checkpoint at {ood_snap}; "
+                                     f"kept {out}/default-v2-epoch4/ood_candidates_*")],
+             tool("ood_candidates") + ["--run", ood_snap, "--name", "default_v2_epoch4", "--data", f"{data}/bloodmnist128",
+                                       "--bccd", f"{data}/bccd", "--out", f"{out}/default-v2-epoch4"],
+             [f"{out}/default-v2-epoch4/ood_candidates_default_v2_epoch4{x}" for x in (".md", ".json")],
+             "OOD score candidates (max-softmax, energy, max-logit, Mahalanobis) on the float model, BCCD val",
+             "~10 min"),
+        Step("robust-ablation", [],
+             tool("robust_ablation") + ["--data", f"{data}/bloodmnist128", "--bccd", f"{data}/bccd",
+                                        "--work", os.path.expanduser("~/hemaedge-runs/ood/ablation"),
+                                        "--per-class", "150", "--val-per-class", "25", "--size", "64", "--epochs", "2",
+                                        "--batch-size", "16", "--lr", "1e-3", "--out", f"{out}/robust_ablation"],
+             [f"{out}/robust_ablation{x}" for x in (".md", ".json")],
+             "SMALL-SCALE PROXY ablation of the robustness pieces: BloodMNIST val and BCCD val per arm (resumable)",
+             "~1-2 h on 2 shared cores"),
     ]
 
 
