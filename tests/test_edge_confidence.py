@@ -237,3 +237,16 @@ def test_edge_run_with_an_ood_threshold_says_why_cells_are_unidentified(tmp_path
     assert saved["identify"]["ood"]["source"] == "user" and saved["identify"]["ood"]["threshold"] == 0.05
     assert saved["differential"]["unidentified_reasons"].get("out of distribution", 0) >= 1
     assert "OOD score > 0.05 (user)" in res.output
+
+
+def test_edge_run_with_a_bundle_without_ood_statistics_says_it_is_confidence_only(tmp_path):
+    from click.testing import CliRunner
+
+    from hemaedge.cli import main
+
+    res = CliRunner().invoke(main, ["edge", "run", "--source", str(SAMPLES / "bccd" / "BloodImage_00011.jpg"),
+                                    "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 0, res.output
+    rule = json.loads((tmp_path / "r" / "summary.json").read_text())["identify"]
+    assert rule["ood"]["threshold"] is None and rule["ood"]["source"] == "none"
+    assert "no OOD rule (the bundle has no OOD statistics" in res.output
