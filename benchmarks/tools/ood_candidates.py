@@ -98,7 +98,9 @@ def to_markdown(r: dict) -> str:
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
              f"Model: `{r['run']}/model.keras` ({r['weights']}), temperature {r['temperature']}. Thresholds: the "
              f"{100 * r['quantile']:g}% quantile of each score on the {r['val_right']} correctly classified "
-             f"BloodMNIST-128 val cells (nucleated classes, {r['val_cells']} cells); Mahalanobis class means/"
+             f"BloodMNIST-128 val cells (nucleated classes, {r['val_cells']} cells"
+             + (f", a seeded subset of {r['val_per_class']} per class" if r.get("val_per_class") else "")
+             + "); Mahalanobis class means/"
              f"covariance from {r['train_images']} training images ({r['train_per_class']} per class, seed 0). "
              f"BCCD val: {r['bccd_frames']} frames through the device pipeline with the float model; right = top "
              f"class = label ({r['bccd_right']} right, {r['bccd_wrong']} wrong; a WBC not found = wrong, flagged).",
@@ -130,11 +132,17 @@ def to_markdown(r: dict) -> str:
 @click.option("--bccd", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default="../shared/data/bccd", show_default=True)
 @click.option("--train-per-class", type=click.IntRange(5), default=100, show_default=True)
+@click.option("--val-per-class", type=click.IntRange(5), default=None,
+              help="Seeded stratified subset of BloodMNIST val for the thresholds [default: all nucleated val cells].")
 @click.option("--quantile", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
-def main(run_dir, name, data, bccd, train_per_class, quantile, out):
+def main(run_dir, name, data, bccd, train_per_class, val_per_class, quantile, out):
     """Candidate OOD scores calibrated on BloodMNIST val, reported on BCCD val end to end."""
+    import warnings
+
     import keras
+
+    warnings.filterwarnings("ignore", message="The structure of `inputs`")  # one per batch shape otherwise
 
     from hemaedge.benchmarks.tools.bccd_wbc import _Model, frames
     from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc
@@ -159,7 +167,8 @@ def main(run_dir, name, data, bccd, train_per_class, quantile, out):
     xtr, ytr_s = load("train", sample_per_class(ytr, len(classes), train_per_class, 0))
     scorer = Scorer(fm.run(xtr)[0].astype(np.float64), ytr_s, len(classes), t)
     yv = ds.split("val").labels
-    xv, yv_s = load("val", np.flatnonzero(np.isin(yv, nucleated)))
+    vidx = sample_per_class(yv, len(classes), val_per_class, 0) if val_per_class else np.arange(len(yv))
+    xv, yv_s = load("val", vidx[np.isin(yv[vidx], nucleated)])
     fv, zv = fm.run(xv)
     sv = scorer.scores(fv.astype(np.float64), zv)
     right_v = zv.argmax(1) == yv_s
@@ -193,12 +202,13 @@ def main(run_dir, name, data, bccd, train_per_class, quantile, out):
     n_right, n_wrong = int(right_b.sum()), int((~right_b).sum()) + missed
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "run": str(run_dir),
               "weights": side.get("weights"), "temperature": t, "quantile": quantile,
-              "train_per_class": train_per_class, "train_images": int(len(ytr_s)),
+              "train_per_class": train_per_class, "train_images": int(len(ytr_s)), "val_per_class": val_per_class,
               "val_cells": int(len(yv_s)), "val_right": int(right_v.sum()),
               "bccd_frames": len(rows), "bccd_right": n_right, "bccd_wrong": n_wrong,
               "load_average_at_end": round(os.getloadavg()[0], 2),
               "command": f"python -m hemaedge.benchmarks.tools.ood_candidates --run {run_dir} --name {name} "
-                         f"--train-per-class {train_per_class} --quantile {quantile}",
+                         f"--train-per-class {train_per_class} --quantile {quantile}"
+                         + (f" --val-per-class {val_per_class}" if val_per_class else ""),
               "confidence_only": {"wrong": (int(conf_b[~right_b].sum()) + missed) / n_wrong,
                                   "right": float(conf_b[right_b].mean())},
               "scores": {}}
