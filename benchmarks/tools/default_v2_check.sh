@@ -53,5 +53,7 @@ wait $P1 && wait $P2 && wait $P3
 nice -n 10 "$PY" -m hemaedge.benchmarks.tools.ood_rule --bundle "$SNAP/bundle-int8" --name "${NAME//-/_}" \
     --bccd "$DATA/bccd" --pbc "$DATA/pbc_raw_val" --bloodmnist128 "$DATA/bloodmnist128" --out "$RES" \
     > "$SNAP/ood_rule.log" 2>&1
-"$PY" -m hemaedge.benchmarks.tools.default_model_goals --candidate "$RES" --label "$NAME" \
+FINAL=()
+[[ "$NAME" == *-final ]] && FINAL=(--final)  # the candidate that was packaged as the default
+"$PY" -m hemaedge.benchmarks.tools.default_model_goals --candidate "$RES" --label "$NAME" "${FINAL[@]}" \
     --out "${HEMAEDGE_GOALS_OUT:-benchmarks/results}"
