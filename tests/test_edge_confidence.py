@@ -127,10 +127,13 @@ def test_the_run_summary_carries_the_domain_check(default_val, bccd, tmp_path):
     assert sum(reasons.values()) == saved["differential"]["unidentified"]
     with open(tmp_path / "run" / "cells.csv", newline="") as fh:
         wbc = [r for r in csv.DictReader(fh) if r["kind"] == "wbc" and r["counted"] == "1"]
+    thr = sidecar["ood"]["threshold"]
     kept = [r for r in wbc if r["class"] != "unidentified"]
-    assert kept and all(-np.log(float(r["confidence"])) <= sidecar["ood"]["threshold"] + 1e-4 for r in kept)
     ood_rows = [r for r in wbc if r["class"] == "unidentified" and "out of distribution" in r["flag"]]
-    assert len(ood_rows) == reasons.get("out of distribution", 0) and all("OOD score" in r["flag"] for r in ood_rows)
+    assert wbc and kept + ood_rows  # nucleated cells were judged
+    assert all(-np.log(float(r["confidence"])) <= thr + 1e-4 for r in kept)  # none above the threshold kept its class
+    assert all(-np.log(float(r["confidence"])) > thr - 1e-4 and "OOD score" in r["flag"] for r in ood_rows)
+    assert len(ood_rows) == reasons.get("out of distribution", 0)
 
 
 # ----------------------------------------------------------------------------- the OOD rule (edge/identify.py)
@@ -153,22 +156,48 @@ def test_ood_score_of_a_real_bundle_is_higher_on_bccd_cells_than_on_training_val
     assert np.mean(bccd_scores) > np.mean(val_scores) and np.median(bccd_scores) > 2 * np.median(val_scores)
 
 
-def test_a_bundle_without_an_ood_section_keeps_the_confidence_only_rule(default_val):
-    from hemaedge.edge.identify import OodRule
+@pytest.fixture(scope="module")
+def bundle_without_ood(tmp_path_factory):
+    """The packaged default as a bundle exported before OOD statistics existed (no `ood` section)."""
+    root = tmp_path_factory.mktemp("no-ood") / "bundle"
+    shutil.copytree(DEFAULT, root)
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("ood", None)
+    (root / "manifest.json").write_text(json.dumps(m, indent=2))
+    return root
+
+
+def test_a_bundle_without_an_ood_section_keeps_the_confidence_only_rule(bundle_without_ood):
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.bundle import load_bundle
     from hemaedge.edge.pipeline import CellClassifier
 
-    b, be, _, _, _ = default_val
-    assert "ood" not in b.manifest  # the packaged default predates OOD statistics
+    b = load_bundle(bundle_without_ood)
+    assert "ood" not in b.manifest
+    be = load_backend(b, threads=1)
     clf = CellClassifier(b, be)
     assert clf.ood_rule.threshold is None and clf.ood_rule.source == "none"
     assert "confidence-only" in clf.identify_rule()["ood"]["note"]
     sure_but_odd = np.array([0.05, 0, 0, 0, 0.8, 0.15, 0, 0], np.float32)  # 0.8: OOD score 0.22
     assert clf.decide("wbc", sure_but_odd).label == "lymphocyte"
-    assert OodRule.from_bundle({"ood": {"score": "neg-log-max-prob", "threshold": None}}).threshold is None
+    res = clf.process(read_image_rgb(SAMPLES / "bccd" / "BloodImage_00011.jpg"))  # a real frame runs
+    assert res.detections and all(d.reason != "out of distribution" for d in res.decisions)
     with_rule = CellClassifier(b, be, ood_threshold=0.15)  # the user's threshold
     d = with_rule.decide("wbc", sure_but_odd)
     assert (d.label, d.reason, with_rule.ood_rule.source) == ("unidentified", "out of distribution", "user")
     assert d.ood_score == pytest.approx(-np.log(0.8), rel=1e-5)
+
+
+def test_the_packaged_default_carries_a_calibrated_ood_threshold(default_val):
+    b = default_val[0]
+    from hemaedge.edge.pipeline import CellClassifier
+
+    clf = CellClassifier(b, default_val[1])
+    ood = b.manifest.get("ood")
+    if not ood:
+        pytest.skip("the packaged default predates OOD statistics")
+    assert clf.ood_rule.source == "bundle" and clf.ood_rule.threshold == ood["threshold"] > 0
+    assert ood["quantile"] == 0.95 and ood["n"] > 1000  # chosen on the whole BloodMNIST val split
 
 
 def test_the_bundle_threshold_is_used_and_can_be_overridden_or_switched_off():
@@ -239,13 +268,13 @@ def test_edge_run_with_an_ood_threshold_says_why_cells_are_unidentified(tmp_path
     assert "OOD score > 0.05 (user)" in res.output
 
 
-def test_edge_run_with_a_bundle_without_ood_statistics_says_it_is_confidence_only(tmp_path):
+def test_edge_run_with_a_bundle_without_ood_statistics_says_it_is_confidence_only(bundle_without_ood, tmp_path):
     from click.testing import CliRunner
 
     from hemaedge.cli import main
 
-    res = CliRunner().invoke(main, ["edge", "run", "--source", str(SAMPLES / "bccd" / "BloodImage_00011.jpg"),
-                                    "--out", str(tmp_path / "r"), "-q"])
+    res = CliRunner().invoke(main, ["edge", "run", "--bundle", str(bundle_without_ood), "--source",
+                                    str(SAMPLES / "bccd" / "BloodImage_00011.jpg"), "--out", str(tmp_path / "r"), "-q"])
     assert res.exit_code == 0, res.output
     rule = json.loads((tmp_path / "r" / "summary.json").read_text())["identify"]
     assert rule["ood"]["threshold"] is None and rule["ood"]["source"] == "none"
