@@ -282,7 +282,14 @@ def steps(s: Settings) -> list[Step]:
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
         # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
-        Step("ood-rule", [Need(f"{ood_snap}/bundle-int8/manifest.json", f"no checkpoint bundle at {ood_snap}/bundle-int8; "
+        Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
+                                                 "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
+                                                 "--bloodmnist128", f"{data}/bloodmnist128",
+                                                 "--val-spread", "800", "--pbc-spread", "700", "--out", out],
+             [f"{out}/ood_rule_default{x}" for x in (".md", ".json")],
+             "the default's unidentified rule: wrong/right flagged, confidence only vs with its OOD threshold, "
+             "on BloodMNIST val, BCCD val, PBC fields", "~3 min (25 min at load 30)"),
+        Step("ood-rule-epoch4", [Need(f"{ood_snap}/bundle-int8/manifest.json", f"no checkpoint bundle at {ood_snap}/bundle-int8; "
                                f"kept {out}/default-v2-epoch4/ood_rule_*")],
              tool("ood_rule") + ["--bundle", f"{ood_snap}/bundle-int8", "--name", "default_v2_epoch4",
                                  "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
@@ -293,7 +300,8 @@ def steps(s: Settings) -> list[Step]:
         Step("ood-candidates", [Need(f"{ood_snap}/model.keras", f"no checkpoint at {ood_snap}; "
                                      f"kept {out}/default-v2-epoch4/ood_candidates_*")],
              tool("ood_candidates") + ["--run", ood_snap, "--name", "default_v2_epoch4", "--data", f"{data}/bloodmnist128",
-                                       "--bccd", f"{data}/bccd", "--out", f"{out}/default-v2-epoch4"],
+                                       "--bccd", f"{data}/bccd", "--train-per-class", "50", "--val-per-class", "100",
+                                       "--out", f"{out}/default-v2-epoch4"],
              [f"{out}/default-v2-epoch4/ood_candidates_default_v2_epoch4{x}" for x in (".md", ".json")],
              "OOD score candidates (max-softmax, energy, max-logit, Mahalanobis) on the float model, BCCD val",
              "~10 min"),
@@ -304,7 +312,7 @@ def steps(s: Settings) -> list[Step]:
                                         "--batch-size", "16", "--lr", "1e-3", "--out", f"{out}/robust_ablation"],
              [f"{out}/robust_ablation{x}" for x in (".md", ".json")],
              "SMALL-SCALE PROXY ablation of the robustness pieces: BloodMNIST val and BCCD val per arm (resumable)",
-             "~1-2 h on 2 shared cores"),
+             "hours on 2 shared cores (not finished in the session that wrote it, docs/finetune.md)"),
     ]
 
 
