@@ -37,6 +37,9 @@ class FrameResult:
         return cls([], [], np.zeros(0, np.float32), np.zeros((0, n_classes), np.float32),
                    dict(timings_ms or {}), [], status, ruler)
     red: object = None  # rbc_morphology.RedCellResult when red cells are analysed
+    # each cell's review flag as cells.csv records it (the run loop sets it after counting:
+    # decision flags plus "cut by the frame edge"); empty = not known yet
+    cell_flags: list = field(default_factory=list)
 
 
 class CellClassifier:

@@ -340,6 +340,7 @@ class RunLoop:
             self.skips.add(frame, "processing", exc)
             return None
         res.timings_ms["capture"] = capture_ms
+        res.cell_flags = [e.get("flag", "") for e in cell_extras]  # what cells.csv marks for review
         res.timings_ms["total"] = (time.perf_counter() - t_cap) * 1e3
         try:
             row = self.recorder.record(frame, res.detections, res.labels, res.confidences, res.timings_ms,

@@ -55,7 +55,7 @@ def _ood_row(r: dict | None) -> str:
             f"{_pct(conf['wrong_flagged'], 1)} / {_pct(conf['right_flagged'], 1)}; ood_rule_*.md)")
 
 
-def collect(candidate: Path | None) -> dict:
+def collect(candidate: Path | None, final: bool = False) -> dict:
     man = _load(BEFORE / "bundle-manifest.json")
     pbc = _load(BEFORE / "pbc_end_to_end.json")
     cost = _load(RESULTS / "normalize_cost.json")
@@ -75,7 +75,9 @@ def collect(candidate: Path | None) -> dict:
                 "ece_fp32": snap.get("ece_test"), "ece_fp32_calibrated": snap.get("ece_test_calibrated"),
                 "fp32_temperature": snap.get("temperature"), "test_fp32": snap.get("test_accuracy"),
                 "epochs": snap.get("epochs"),
-                "ood_rule": next((_load(p) for p in sorted(candidate.glob("ood_rule_*.json"))), None)}
+                # the packaged default's table (benchmarks/results/ood_rule_default) when the candidate is it
+                "ood_rule": next((_load(p) for p in sorted(candidate.glob("ood_rule_*.json"))), None)
+                or (_load(RESULTS / "ood_rule_default.json") if final else None)}
         mt = (cm.get("metrics", {}).get("test") or {})
         if not (cal.get("test") or {}).get("accuracy") and mt.get("accuracy") is not None:
             cand["int8_note"] = (f" on a {mt.get('n')}-image parity subset; export status "
@@ -129,7 +131,7 @@ def collect(candidate: Path | None) -> dict:
 @click.option("--final", is_flag=True, help="The candidate is the model that was packaged as the default.")
 def main(candidate, label, out, final):
     """Write the issue's goals table from the committed result files."""
-    r = collect(candidate)
+    r = collect(candidate, final)
     lines = [f"# Default model goals (issue #13), collected {r['date']}", "",
              "Command: `python -m hemaedge.benchmarks.tools.default_model_goals"
              + (f" --candidate {candidate} --label {label}" + (" --final`" if final else "`") if candidate else "`"), "",
