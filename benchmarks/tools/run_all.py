@@ -153,8 +153,6 @@ def steps(s: Settings) -> list[Step]:
     baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
-    # the default-v2 checkpoint the OOD tables were measured with (docs/edge.md)
-    ood_snap = s.get("HEMAEDGE_OOD_CHECKPOINT", os.path.expanduser("~/hemaedge-runs/check-epoch4/snap"))
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -271,7 +269,7 @@ def steps(s: Settings) -> list[Step]:
              # the packaged default = the run's best checkpoint, checked with full-split parity
              ["env", "HEMAEDGE_CHECK_PARITY_SAMPLE=all", "benchmarks/tools/default_v2_check.sh",
               os.path.expanduser("~/hemaedge-runs/default-v2"), "default-v2-final"],
-             # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (their NOTE.md)
+             # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (benchmarks/history/, their NOTE.md)
              [f"{out}/default-v2-{e}/{f}" for e in ("final",)
               for f in ("NOTE.md", "finetune_bloodmnist128.md", "finetune_bloodmnist128.json",
                         "finetune_bloodmnist128_curves.png", "finetune_bloodmnist128_confusion.png",
@@ -289,22 +287,6 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/ood_rule_default{x}" for x in (".md", ".json")],
              "the default's unidentified rule: wrong/right flagged, confidence only vs with its OOD threshold, "
              "on BloodMNIST val, BCCD val, PBC fields", "~3 min (25 min at load 30)"),
-        Step("ood-rule-epoch4", [Need(f"{ood_snap}/bundle-int8/manifest.json", f"no checkpoint bundle at {ood_snap}/bundle-int8; "
-                               f"kept {out}/default-v2-epoch4/ood_rule_*")],
-             tool("ood_rule") + ["--bundle", f"{ood_snap}/bundle-int8", "--name", "default_v2_epoch4",
-                                 "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
-                                 "--bloodmnist128", f"{data}/bloodmnist128", "--out", f"{out}/default-v2-epoch4"],
-             [f"{out}/default-v2-epoch4/ood_rule_default_v2_epoch4{x}" for x in (".md", ".json")],
-             "wrong/right answers flagged by confidence only, OOD only and both: BloodMNIST val, BCCD val, PBC fields",
-             "~3 min"),
-        Step("ood-candidates", [Need(f"{ood_snap}/model.keras", f"no checkpoint at {ood_snap}; "
-                                     f"kept {out}/default-v2-epoch4/ood_candidates_*")],
-             tool("ood_candidates") + ["--run", ood_snap, "--name", "default_v2_epoch4", "--data", f"{data}/bloodmnist128",
-                                       "--bccd", f"{data}/bccd", "--train-per-class", "50", "--val-per-class", "100",
-                                       "--out", f"{out}/default-v2-epoch4"],
-             [f"{out}/default-v2-epoch4/ood_candidates_default_v2_epoch4{x}" for x in (".md", ".json")],
-             "OOD score candidates (max-softmax, energy, max-logit, Mahalanobis) on the float model, BCCD val",
-             "~10 min"),
         Step("robust-ablation", [],
              tool("robust_ablation") + ["--data", f"{data}/bloodmnist128", "--bccd", f"{data}/bccd",
                                         "--work", os.path.expanduser("~/hemaedge-runs/ood/ablation"),
