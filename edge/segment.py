@@ -289,7 +289,8 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     if p.detect_platelets:
         # without a ruler: the diameter implied by the frame-fraction white-cell limit
         d_work = rbc_diameter * scale if rbc_diameter else float(np.sqrt(min_wbc / p.min_wbc_rbc_area))
-        dets += find_platelets(image, s, [d.box for d in dets], d_work, p)
+        # their nuclei, not their whole boxes: a platelet lying at a white cell's rim keeps its shape
+        dets += find_platelets(image, s, [_shrink(d.box, p.cell_margin) for d in dets], d_work, p, core=work.mask)
     if scale < 1.0:
         sx, sy = full_w / w, full_h / h
         for d in dets:
@@ -308,14 +309,17 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
 
 
 def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: float,
-                   params: SegmentParams | None = None) -> list[Detection]:
+                   params: SegmentParams | None = None, core: np.ndarray | None = None) -> list[Detection]:
     """Platelets of a (work-copy) RGB frame: small blue-violet bodies outside the nucleated cells.
 
     `s`: the frame's stain channel (`stain_channel`), `nucleated_boxes`: the nucleated cells'
     boxes (their insides are not searched: lobes and granules are not platelets), `rbc_px`: the
     red-cell diameter on this image. Every threshold comes from the frame itself (the stain
     channel's robust spread, the background's colour) or is in red-cell diameters, so the same
-    rule holds under another microscope, stain or camera.
+    rule holds under another microscope, stain or camera. `core`: the strongly stained mask
+    (`stain_mask`); where the pale mask joins neighbouring platelets (a clump, a platelet on a
+    pale smear) into a body too large for one, the strongly stained cores inside it are the
+    candidates instead.
     """
     p = params or SegmentParams()
     sub = s[::2, ::2]
@@ -324,11 +328,18 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(3))
     for x0, y0, x1, y1 in nucleated_boxes:
         mask[y0:y1, x0:x1] = 0
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     d2 = rbc_px * rbc_px
-    keep = [k for k in range(1, n)
-            if p.min_platelet_rbc_area * d2 <= stats[k, cv2.CC_STAT_AREA] <= p.max_platelet_rbc_area * d2]
-    if not keep:
+    lo, hi = p.min_platelet_rbc_area * d2, p.max_platelet_rbc_area * d2
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    bodies = [(labels, stats, k) for k in range(1, n) if lo <= stats[k, cv2.CC_STAT_AREA] <= hi]
+    if core is not None and n > 1:
+        too_big = np.zeros(n, bool)
+        too_big[1:] = stats[1:, cv2.CC_STAT_AREA] > hi
+        if too_big.any():
+            cores = (core > 0) & too_big[labels]
+            cn, clabels, cstats, _ = cv2.connectedComponentsWithStats(cores.view(np.uint8), connectivity=8)
+            bodies += [(clabels, cstats, k) for k in range(1, cn) if lo <= cstats[k, cv2.CC_STAT_AREA] <= hi]
+    if not bodies:
         return []
     # blue minus red of the background: the brightest quarter of the unstained pixels
     blue_red = image[..., 2].astype(np.float32) - image[..., 0].astype(np.float32)
@@ -338,7 +349,7 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
     background_blue = float(np.median(bg))
     h, w = image.shape[:2]
     out = []
-    for k in keep:
+    for labels, stats, k in bodies:
         x, y, bw, bh = (int(v) for v in stats[k, :4])
         side = max(bw, bh)
         if side > 3 * max(1, min(bw, bh)) or side > p.max_platelet_side_rbc * rbc_px:
@@ -360,6 +371,13 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         out.append(Detection(box, "platelet", int(np.count_nonzero(inside)), score,
                              at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px)))
     return out
+
+
+def _shrink(box, margin: float) -> tuple[int, int, int, int]:
+    """The box `_grow(box, margin)` was grown from (the nucleus of a cell box)."""
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * margin / (1 + 2 * margin), (y1 - y0) * margin / (1 + 2 * margin)
+    return int(round(x0 + dx)), int(round(y0 + dy)), int(round(x1 - dx)), int(round(y1 - dy))
 
 
 def _touches_edge(box, shape, margin: int) -> bool:
