@@ -27,7 +27,7 @@ import numpy as np
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.differential import Differential
 from hemaedge.edge.focus import FocusGate, grey_small, is_grayscale
-from hemaedge.edge.identify import ERYTHROBLAST, PLATELET, is_platelet_clump
+from hemaedge.edge.identify import ERYTHROBLAST, PLATELET
 from hemaedge.edge.tracking import StageMotion, Tracker
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,11 @@ class CountingSession:
     # -------------------------------------------------------------- the count
 
     def _track_kind(self, t) -> str:
-        """A nucleated-cell track whose every view was size-ambiguous is a platelet clump when the
-        mean of its views says so (`identify.is_platelet_clump`), decided once for the track."""
-        if t.kind != "wbc" or t.ambiguous_views < t.views or t.mean_prob is None:
-            return t.kind
-        ruler = getattr(self.classifier, "ruler", None)
-        d = ruler.diameter if ruler is not None else None
-        return PLATELET if is_platelet_clump(t.mean_prob, self.classes, t.size / d if d else None) else t.kind
+        """A nucleated-cell track is a platelet clump only when every one of its views was called
+        one (`identify.is_platelet_clump`, view by view): one view that was not keeps it a white
+        cell (unidentified if its mean class is platelet), as losing a white cell from the count
+        silently is worse than flagging a clump for review."""
+        return PLATELET if t.kind == "wbc" and t.views and t.clump_views == t.views else t.kind
 
     def _track_decision(self, t):
         return self.classifier.decide(self._track_kind(t), t.mean_prob)

@@ -8,9 +8,10 @@
   half a cell of the track, a whole cell for a track not seen for a while: the summed stage
   moves drift; same kind as the segmenter found it), keeps each track's summed class
   probabilities and number of views, and reopens a track when the stage comes back to a cell
-  it has seen. A track is one physical cell: its class, and whether a detection whose size
-  leaves its kind open is a platelet clump, are decided once from the mean probability of all
-  its views (`counting`), not view by view.
+  it has seen. A track is one physical cell: its class is decided once from the mean
+  probability of all its views (`counting`); a detection whose size leaves its kind open is
+  tracked as a nucleated cell in every view and the track is a platelet clump only when every
+  one of its views was called one.
 
 Small and dependency-free on purpose: a smear moves rigidly (the cells do not move on the
 slide), so the motion model is the stage's translation, not per-object dynamics as in general
@@ -83,6 +84,7 @@ class Track:
     views: int = 0
     full_views: int = 0  # views in which the cell is not cut by the frame edge
     ambiguous_views: int = 0  # views whose size left the kind open (nucleated cell or platelet clump)
+    clump_views: int = 0  # ... and that the view's classifier called a platelet clump
     frames: list = field(default_factory=list)
 
     @property
@@ -147,7 +149,9 @@ class Tracker:
             t.last_frame = frame_index
             t.views += 1
             t.full_views += not det.at_edge
-            t.ambiguous_views += bool(getattr(det, "size_ambiguous", False))
+            ambiguous = bool(getattr(det, "size_ambiguous", False))
+            t.ambiguous_views += ambiguous
+            t.clump_views += ambiguous and det.kind == "platelet"
             if probs is not None and len(probs):
                 t.prob_sum = probs[i].astype(np.float64) if t.prob_sum is None else t.prob_sum + probs[i]
             ids.append(t.id)

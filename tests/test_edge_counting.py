@@ -301,12 +301,18 @@ def test_a_size_ambiguous_cell_keeps_one_track_when_one_view_calls_it_a_clump(de
     session = CountingSession(default_classifier, one_slide=True)
     classes = default_classifier.classes
     white = np.eye(len(classes), dtype=np.float32)[classes.index("neutrophil")]
-    clump = np.eye(len(classes), dtype=np.float32)[classes.index("platelet")]
+    clump_p = np.eye(len(classes), dtype=np.float32)[classes.index("platelet")]
     views = [replace(cell, kind="platelet" if k % 2 else "wbc") for k in range(6)]
-    ids = [session.tracker.update(k, [v], [v.centre], (clump if v.kind == "platelet" else white)[None])[0]
+    ids = [session.tracker.update(k, [v], [v.centre], (clump_p if v.kind == "platelet" else white)[None])[0]
            for k, v in enumerate(views)]
     assert len(set(ids)) == 1
     (track,) = session.tracker.all_tracks()
-    assert track.kind == "wbc" and track.views == 6 and track.ambiguous_views == 6
-    # the mean of its views is half neutrophil, half platelet: not a sure clump, stays nucleated
+    assert track.kind == "wbc" and track.views == 6 and track.ambiguous_views == 6 and track.clump_views == 3
+    # three views were not a clump: it stays a white cell, counted once
     assert session._track_kind(track) == "wbc"
+    assert session.differential().white_cells_counted == 1
+    clump = CountingSession(default_classifier, one_slide=True)
+    for k in range(4):
+        v = replace(cell, kind="platelet")
+        clump.tracker.update(k, [v], [v.centre], clump_p[None])
+    assert clump._track_kind(clump.tracker.all_tracks()[0]) == "platelet"
