@@ -159,6 +159,17 @@ def count_video(video: Path, out: Path, bundle: Path | None, threads: int) -> di
     return json.loads((out / "summary.json").read_text())
 
 
+def bundle_label(bundle: Path | None) -> str:
+    """Which weights counted: the bundle's manifest name and folder."""
+    root = Path(bundle) if bundle else Path(__file__).resolve().parents[2] / "src" / "hemaedge" / "models" / "default"
+    try:
+        name = json.loads((root / "manifest.json").read_text()).get("name")
+    except (OSError, ValueError):
+        name = None
+    where = str(bundle) if bundle else "packaged default, src/hemaedge/models/default"
+    return f"{name} ({where})" if name else where
+
+
 def to_markdown(r: dict) -> str:
     lines = [f"# Live-feed counting on generated videos ({r['date']})", "", f"Command: `{r['command']}`  ",
              f"Machine: {r['machine']}  ",
@@ -216,7 +227,7 @@ def main(data, videos, split, bundle, threads, keep, out):
         click.echo(f"{v['video']}: true {v['true_wbc']} counted {v['counted_wbc']}")
     true_n, counted = sum(v["true_wbc"] for v in rows), sum(v["counted_wbc"] for v in rows)
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
-              "bundle": str(bundle) if bundle else "packaged default (src/hemaedge/models/default)",
+              "bundle": bundle_label(bundle),
               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
               "command": f"python -m hemaedge.benchmarks.tools.live_feed --videos {videos} --split {split}"
                          + (f" --bundle {bundle}" if bundle else ""),
