@@ -27,7 +27,7 @@ import numpy as np
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.differential import Differential
 from hemaedge.edge.focus import FocusGate, grey_small, is_grayscale
-from hemaedge.edge.identify import ERYTHROBLAST
+from hemaedge.edge.identify import ERYTHROBLAST, PLATELET
 from hemaedge.edge.tracking import StageMotion, Tracker
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,15 @@ class CountingSession:
 
     # -------------------------------------------------------------- the count
 
+    def _track_kind(self, t) -> str:
+        """A nucleated-cell track is a platelet clump only when every one of its views was called
+        one (`identify.is_platelet_clump`, view by view): one view that was not keeps it a white
+        cell (unidentified if its mean class is platelet), as losing a white cell from the count
+        silently is worse than flagging a clump for review."""
+        return PLATELET if t.kind == "wbc" and t.views and t.clump_views == t.views else t.kind
+
     def _track_decision(self, t):
-        return self.classifier.decide(t.kind, t.mean_prob)
+        return self.classifier.decide(self._track_kind(t), t.mean_prob)
 
     def _countable(self, t) -> bool:
         return self.count_edge_cells or t.full_views > 0
@@ -118,7 +125,7 @@ class CountingSession:
             return self.fields.white_cells_counted
         n = 0
         for t in self.tracker.tracks + self.tracker.closed:
-            if t.kind == "wbc" and self._countable(t) and self._track_decision(t).label != ERYTHROBLAST:
+            if self._track_kind(t) == "wbc" and self._countable(t) and self._track_decision(t).label != ERYTHROBLAST:
                 n += 1
         return n
 
@@ -172,7 +179,7 @@ class CountingSession:
         for t in self.tracker.all_tracks():
             dec = self._track_decision(t)
             countable = self._countable(t)
-            w.writerow({"track_id": t.id, "kind": t.kind, "class": dec.label,
+            w.writerow({"track_id": t.id, "kind": self._track_kind(t), "class": dec.label,
                         "confidence": "" if np.isnan(dec.confidence) else round(dec.confidence, 4),
                         "views": t.views, "whole_views": t.full_views, "first_frame": t.first_frame,
                         "last_frame": t.last_frame, "slide_x": round(float(t.slide_xy[0]), 1),

@@ -5,9 +5,13 @@
   frame on the slide, so a detection's slide position is its frame position minus the
   accumulated move.
 * `Tracker`: associates detections to tracks by slide position (greedy, nearest first, within
-  half a cell of the track; same kind), keeps each track's summed class probabilities and number
-  of views, and reopens a track when the stage comes back to a cell it has seen. A track is one
-  physical cell: its class is decided once from the mean probability of all its views.
+  half a cell of the track, a whole cell for a track not seen for a while: the summed stage
+  moves drift; same kind as the segmenter found it), keeps each track's summed class
+  probabilities and number of views, and reopens a track when the stage comes back to a cell
+  it has seen. A track is one physical cell: its class is decided once from the mean
+  probability of all its views (`counting`); a detection whose size leaves its kind open is
+  tracked as a nucleated cell in every view and the track is a platelet clump only when every
+  one of its views was called one.
 
 Small and dependency-free on purpose: a smear moves rigidly (the cells do not move on the
 slide), so the motion model is the stage's translation, not per-object dynamics as in general
@@ -79,6 +83,8 @@ class Track:
     prob_sum: np.ndarray | None = None
     views: int = 0
     full_views: int = 0  # views in which the cell is not cut by the frame edge
+    ambiguous_views: int = 0  # views whose size left the kind open (nucleated cell or platelet clump)
+    clump_views: int = 0  # ... and that the view's classifier called a platelet clump
     frames: list = field(default_factory=list)
 
     @property
@@ -86,13 +92,23 @@ class Track:
         return None if self.prob_sum is None or not self.views else self.prob_sum / self.views
 
 
+def segment_kind(det) -> str:
+    """The kind the segmenter found: a size-ambiguous detection is a nucleated-cell candidate
+    in every view, whatever one view's classifier made of it (the track decides)."""
+    return "wbc" if getattr(det, "size_ambiguous", False) else det.kind
+
+
 class Tracker:
     """Tracks in slide coordinates; `gate` is the largest distance (as a fraction of the cell's
-    size) at which a detection is the same cell; tracks not seen for `keep_frames` frames are
-    closed (no longer matched) but stay counted."""
+    size) at which a detection is the same cell, `reacquire_gate` that for a track last seen
+    more than `recent_frames` frames ago (the slide position comes from summed frame-to-frame
+    moves, whose error grows with every frame, most through blurred ones); tracks not seen for
+    `keep_frames` frames are closed (no longer matched) but stay counted."""
 
-    def __init__(self, gate: float = 0.5, keep_frames: int = 300, min_gate_px: float = 6.0):
+    def __init__(self, gate: float = 0.5, keep_frames: int = 300, min_gate_px: float = 6.0,
+                 reacquire_gate: float = 1.0, recent_frames: int = 10):
         self.gate, self.keep_frames, self.min_gate_px = gate, keep_frames, min_gate_px
+        self.reacquire_gate, self.recent_frames = reacquire_gate, recent_frames
         self.tracks: list[Track] = []
         self.closed: list[Track] = []
         self._next_id = 1
@@ -103,11 +119,13 @@ class Tracker:
         self._close_old(frame_index)
         pairs = []
         for i, (det, xy) in enumerate(zip(detections, slide_xy)):
+            kind = segment_kind(det)
             for j, t in enumerate(self.tracks):
-                if t.kind != det.kind or t.last_frame == frame_index:
+                if t.kind != kind or t.last_frame == frame_index:
                     continue
                 dist = float(np.hypot(*(np.asarray(xy) - t.slide_xy)))
-                if dist <= max(self.min_gate_px, self.gate * max(det.size, t.size)):
+                gate = self.gate if frame_index - t.last_frame <= self.recent_frames else self.reacquire_gate
+                if dist <= max(self.min_gate_px, gate * max(det.size, t.size)):
                     pairs.append((dist, i, j))
         pairs.sort()
         owner: dict[int, int] = {}
@@ -124,12 +142,16 @@ class Tracker:
                 t.slide_xy = (t.slide_xy * t.views + np.asarray(xy)) / (t.views + 1)
                 t.size = max(t.size, det.size)
             else:
-                t = Track(self._next_id, det.kind, np.asarray(xy, np.float64), float(det.size), frame_index, frame_index)
+                t = Track(self._next_id, segment_kind(det), np.asarray(xy, np.float64), float(det.size), frame_index,
+                          frame_index)
                 self._next_id += 1
                 self.tracks.append(t)
             t.last_frame = frame_index
             t.views += 1
             t.full_views += not det.at_edge
+            ambiguous = bool(getattr(det, "size_ambiguous", False))
+            t.ambiguous_views += ambiguous
+            t.clump_views += ambiguous and det.kind == "platelet"
             if probs is not None and len(probs):
                 t.prob_sum = probs[i].astype(np.float64) if t.prob_sum is None else t.prob_sum + probs[i]
             ids.append(t.id)

@@ -183,7 +183,7 @@ def steps(s: Settings) -> list[Step]:
              "per-model / per-format / per-frame tables (+ training trade-off table)",
              "~5 min with HEMAEDGE_BENCH_ACCURACY=manifest; ~20 min scoring every format on the test split"),
         Step("segmentation", [], [*tool("segmentation_bccd"), "--data", f"{data}/bccd", "--method", "stain",
-                                  "--method", "otsu", "--split", "train", "--split", "test", "--split", "all",
+                                  "--method", "otsu", "--split", "train", "--split", "val", "--split", "test", "--split", "all",
                                   "--out", out, *first],
              [f"{out}/segmentation_bccd.md", f"{out}/segmentation_bccd.json"],
              "white-cell and platelet recall/precision of the segmenter on BCCD frames", "~1-2 min"),
