@@ -127,6 +127,16 @@ def test_same_cells_labels_and_probabilities_on_the_samples(monkeypatch):
     assert sum(len(r[1]) for r in fast) > 5  # the samples have cells, platelet crops painted included
 
 
+def test_sharpness_is_the_variance_of_the_laplacian():
+    from hemaedge.edge import focus
+
+    for f in SAMPLES:
+        img = read_image_rgb(f)
+        for g in (focus.grey_small(img), cv2.GaussianBlur(focus.grey_small(img), (0, 0), 3)):
+            ref = float(cv2.Laplacian(g, cv2.CV_32F).var())
+            assert focus.sharpness(img, g) == pytest.approx(ref, rel=1e-5), f.name
+
+
 # ----------------------------------------------------------------------------- tolerance: stage motion
 
 
