@@ -71,6 +71,58 @@ def cpu_per_frame(run: dict, startup_cpu_s: float) -> float | None:
     return round(1e3 * (run["cpu_s"] - startup_cpu_s) / n, 2) if n > 0 else None
 
 
+STAGES_TOOL = Path(__file__).resolve().parent / "counting_stages.py"
+
+
+def stage_cpu(base_path: str, source: str, frames: int, repeats: int, tmp: Path) -> dict:
+    """Single-thread CPU ms per frame of the pipeline before (image folder) and now (image folder,
+    one slide), from `counting_stages --threads 1`: the three run *at the same time*, so that a
+    shared machine's load, which inflates even CPU time, hits the three alike; `repeats` times."""
+    jobs = {"before": (base_path, "folder"), "fields": (None, "folder"), "tracking": (None, "slide")}
+    out = {name: [] for name in jobs}
+    for k in range(repeats):
+        procs = {}
+        for name, (pythonpath, mode) in jobs.items():
+            env = dict(os.environ)
+            if pythonpath:
+                env["PYTHONPATH"] = pythonpath
+            js = tmp / f"stages-{name}-{k}.json"
+            procs[name] = (js, subprocess.Popen(
+                [sys.executable, str(STAGES_TOOL), "--source", source, "--frames", str(frames), "--threads", "1",
+                 "--mode", mode, "--json", str(js)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for name, (js, proc) in procs.items():
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise click.ClickException(f"counting_stages ({name}) failed:\n{err[-2000:]}")
+            (mode_result,) = json.loads(js.read_text())["modes"].values()
+            out[name].append(mode_result)
+        click.echo("single-thread CPU round {}: ".format(k + 1)
+                   + ", ".join(f"{n} {v[-1]['total_ms']:.2f} ms/frame" for n, v in out.items()))
+    return out
+
+
+def stage_markdown(r: dict) -> list[str]:
+    st = r.get("stage_cpu")
+    if not st:
+        return []
+    before = np.median([x["total_ms"] for x in st["before"]])
+    lines = ["", f"## Single-thread CPU per frame (`counting_stages --threads 1`, {r['stage_frames']} frames, "
+             f"{len(st['before'])} rounds)", "",
+             "The three pipelines run at the same time in each round (one thread each: OpenCV and the model), so "
+             "the machine's load hits them alike; this is the work per frame, without the wait of worker threads. "
+             "Stages of the median round; `classify` = prepare_batch + model call.", "",
+             "| pipeline | CPU ms/frame (rounds) | median | vs before | stages (ms/frame) | cells/frame | fingerprint |",
+             "|---|---|---|---|---|---|---|"]
+    for name, runs in st.items():
+        totals = [x["total_ms"] for x in runs]
+        med = sorted(runs, key=lambda x: x["total_ms"])[len(runs) // 2]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in med["stages_ms"].items())
+        lines.append(f"| {name} | {' / '.join(f'{t:.2f}' for t in totals)} | {np.median(totals):.2f} | "
+                     f"{np.median(totals) / before:.2f}x | {stages} | {med['cells_per_frame']} | "
+                     f"{med['fingerprint'][:12]} |")
+    return lines
+
+
 def to_markdown(r: dict) -> str:
     lines = [f"# Whole `edge run` speed with the counting stages ({r['date']})", "", f"Command: `{r['command']}`  ",
              f"Machine: {r['machine']}; load average at start {r['load_average']}  ",
@@ -91,6 +143,7 @@ def to_markdown(r: dict) -> str:
                      f"{med('segment_p50')} | {med('preprocess_p50')} | {med('inference_p50')} | {med('fps')} | "
                      f"{cpu_med(runs)} | "
                      f"{max(x['peak_rss_mb'] for x in runs):.1f} | {runs[0]['cells_per_frame']} |")
+    lines += stage_markdown(r)
     return "\n".join(lines) + "\n"
 
 
@@ -100,8 +153,11 @@ def to_markdown(r: dict) -> str:
 @click.option("--source", default="../shared/data/bccd/JPEGImages", show_default=True)
 @click.option("--frames", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 20))
+@click.option("--stage-rounds", default=3, show_default=True, type=click.IntRange(0, 20),
+              help="Rounds of the single-thread CPU comparison (counting_stages; 0: none).")
+@click.option("--stage-frames", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
-def main(baseline_src, source, frames, repeats, out):
+def main(baseline_src, source, frames, repeats, stage_rounds, stage_frames, out):
     """Per-frame latency and peak memory: before the counting stages, with them, and with tracking."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = {"before": [], "fields": [], "tracking": []}
@@ -115,13 +171,16 @@ def main(baseline_src, source, frames, repeats, out):
                 r["cpu_ms_per_frame"] = cpu_per_frame(r, startup[name])
                 res[name].append(r)
                 click.echo(f"{name} run {k + 1}: total p50 {r['total_p50']} ms, peak {r['peak_rss_mb']} MB")
+        stages = stage_cpu(base_path, source, stage_frames, stage_rounds, Path(tmp)) if stage_rounds else None
     commit = subprocess.run(["git", "-C", str(baseline_src), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "baseline_commit": commit,
               "load_average": [round(v, 2) for v in load] if load else None,
               "command": f"python -m hemaedge.benchmarks.tools.counting_speed --baseline-src <checkout of {commit}> "
-                         f"--source {source} --frames {frames} --repeats {repeats}",
-              "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res}
+                         f"--source {source} --frames {frames} --repeats {repeats} --stage-rounds {stage_rounds} "
+                         f"--stage-frames {stage_frames}",
+              "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res,
+              "stage_frames": stage_frames, "stage_cpu": stages}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "counting_speed.json", json.dumps(report, indent=2))
     atomic_write_text(out / "counting_speed.md", to_markdown(report))
