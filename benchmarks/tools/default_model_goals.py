@@ -3,7 +3,7 @@
     python -m hemaedge.benchmarks.tools.default_model_goals [--candidate benchmarks/results/default-v2-epochN --label NAME]
 
 "before" = the default bundle the issue started from (5 CPU epochs, 2026-11-22), read from the
-frozen copy of its tables in benchmarks/results/default-v1/ (the live tables now measure the new
+frozen copy of its tables in benchmarks/history/default-v1/ (the live tables now measure the new
 default); "candidate" = the files `benchmarks/tools/default_v2_check.sh` wrote for a new model (an
 intermediate checkpoint is labelled with its epoch; `--final` for the model that was packaged).
 A figure that was not measured says so.
@@ -21,7 +21,7 @@ from hemaedge.edge.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]  # the repo: this file is benchmarks/tools/
 RESULTS = ROOT / "benchmarks" / "results"
-BEFORE = RESULTS / "default-v1"  # the issue's starting default: its manifest and tables, frozen
+BEFORE = ROOT / "benchmarks" / "history" / "default-v1"  # the issue's starting default: its manifest and tables, frozen
 
 
 def _load(path: Path):
@@ -115,7 +115,7 @@ def main(candidate, label, out, final):
              "Command: `python -m hemaedge.benchmarks.tools.default_model_goals"
              + (f" --candidate {candidate} --label {label}" + (" --final`" if final else "`") if candidate else "`"), "",
              "\"before\" = the default bundle the issue started from (Lite0, 5 CPU epochs, 2026-11-22; its tables are "
-             "frozen in benchmarks/results/default-v1/). "
+             "frozen in benchmarks/history/default-v1/). "
              + (f"\"{label}\" = the NEW PACKAGED DEFAULT (src/hemaedge/models/default): the best validation epoch of "
                 f"the new default's training ({r['candidate_epochs']} epochs done). " if candidate and final else
                 f"\"{label}\" = an INTERMEDIATE checkpoint of the new default's training "

@@ -277,7 +277,7 @@ def steps(s: Settings) -> list[Step]:
              # the packaged default = the run's best checkpoint, checked with full-split parity
              ["env", "HEMAEDGE_CHECK_PARITY_SAMPLE=all", "benchmarks/tools/default_v2_check.sh",
               os.path.expanduser("~/hemaedge-runs/default-v2"), "default-v2-final"],
-             # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (their NOTE.md)
+             # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (benchmarks/history/, their NOTE.md)
              [f"{out}/default-v2-{e}/{f}" for e in ("final",)
               for f in ("NOTE.md", "finetune_bloodmnist128.md", "finetune_bloodmnist128.json",
                         "finetune_bloodmnist128_curves.png", "finetune_bloodmnist128_confusion.png",
