@@ -21,7 +21,6 @@ import io
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hemaedge.edge.atomic import atomic_write_text
@@ -67,9 +66,8 @@ class CountingSession:
             self.grayscale_frames += 1
         grey = None
         if self.one_slide:
-            full_grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # once, for motion, focus and the blank check
-            registered = self.motion.update(image, full_grey)
-            grey = grey_small(full_grey)
+            grey = grey_small(image)  # once, for motion, focus and the blank check
+            registered = self.motion.update(image, grey)
             if not registered and self._stage_started:
                 self.tracker.close_all()  # the new frame's place on the slide is unknown
             self._stage_started = True

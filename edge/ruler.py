@@ -63,8 +63,33 @@ def _red_cell_foreground(image: np.ndarray, params: SegmentParams | None = None,
     if cells.all() or not cells.any():  # no background to measure from
         return None
     dist = cv2.distanceTransform(cells, cv2.DIST_L2, 5)
-    peaks = dist[(dist == cv2.dilate(dist, _ellipse(15))) & (dist > 3)]
-    return peaks, float(np.count_nonzero(cells)), scale
+    return disc_peaks(dist), float(np.count_nonzero(cells)), scale
+
+
+PEAK_DISC = _ellipse(15)  # one red cell's neighbourhood on the work copy
+# the largest centred square inside the disc: a maximum over the disc is one over this square too
+_r = PEAK_DISC.shape[0] // 2
+_INNER = next(np.ones((2 * k + 1, 2 * k + 1), np.uint8) for k in range(_r, -1, -1)
+              if PEAK_DISC[_r - k:_r + k + 1, _r - k:_r + k + 1].all())
+
+
+def disc_peaks(dist: np.ndarray, min_value: float = 3.0) -> np.ndarray:
+    """The values of `dist` (float32) at its local maxima over `PEAK_DISC` that exceed
+    `min_value`, in row-major order: `dist[(dist == cv2.dilate(dist, PEAK_DISC)) & (dist > min_value)]`.
+
+    Dilating by a disc is OpenCV's slow path (every kernel element); a square is separable and
+    fast. So the square inside the disc picks the candidates (every disc maximum is one) and only
+    those few are checked over the whole disc: the same values at about half the cost.
+    """
+    ys, xs = np.nonzero((dist > min_value) & (dist == cv2.dilate(dist, _INNER)))
+    if len(ys) == 0:
+        return dist[ys, xs]
+    r = PEAK_DISC.shape[0] // 2
+    padded = cv2.copyMakeBorder(dist, r, r, r, r, cv2.BORDER_CONSTANT, value=0)  # 0 <= every candidate
+    windows = np.lib.stride_tricks.sliding_window_view(padded, PEAK_DISC.shape)[ys, xs]
+    values = dist[ys, xs]
+    keep = values >= windows[:, PEAK_DISC > 0].max(axis=1)
+    return values[keep]
 
 
 def red_cell_diameters(image: np.ndarray, params: SegmentParams | None = None) -> np.ndarray:

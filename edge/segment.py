@@ -441,13 +441,13 @@ def _merge_pairs(dets: list[Detection], same_cell) -> list[Detection]:
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill the pale centres of red cells: background not connected to the frame border."""
-    inv = (mask == 0).astype(np.uint8)
-    n, lab = cv2.connectedComponents(inv)
-    touches_border = np.zeros(n, bool)  # label -> reaches the frame border (a lookup, not np.isin)
-    touches_border[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    """Fill the pale centres of red cells: background (0) not 8-connected to the frame border.
+    One flood fill from a one-pixel frame of background around the mask (the frame joins every
+    border pixel): a third of the cost of labelling every background component."""
+    reached = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(reached, None, (0, 0), 255, flags=8)
     out = mask.copy()
-    out[(inv > 0) & ~touches_border[lab]] = 255
+    out[reached[1:-1, 1:-1] == 0] = 255
     return out
 
 

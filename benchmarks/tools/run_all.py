@@ -151,6 +151,7 @@ def steps(s: Settings) -> list[Step]:
     pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
     frames = limit or "200"
     baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
+    peer_python = s.get("HEMAEDGE_PEER_PYTHON", "HEMAEDGE_PEER_PYTHON")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
 
@@ -216,6 +217,13 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
              "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
              "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
+        Step("peer_speed", [Need(peer_python, "no HEMAEDGE_PEER_PYTHON (python of a separate virtualenv with the "
+                                              f"`peer` extra); kept {out}/peer_speed.*")],
+             [*tool("peer_speed"), "--peer-python", peer_python, "--source", f"{data}/bccd/JPEGImages",
+              "--frames", limit or "50", "--repeats", "3", "--out", out],
+             [f"{out}/peer_speed.md", f"{out}/peer_speed.json"],
+             "per-cell classification and segmentation stage beside YOLO11n-cls (128 px) and YOLO11n (640 px), "
+             "ONNX fp32 with random weights, same frames and crops, 2 threads", "~3 min"),
         *_red_cell_steps(s, tool),
         Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
              [f"{out}/fleet_rollout.md"],
