@@ -340,6 +340,7 @@ class RunLoop:
             self.skips.add(frame, "processing", exc)
             return None
         res.timings_ms["capture"] = capture_ms
+        res.cell_flags = [e.get("flag", "") for e in cell_extras]  # what cells.csv marks for review
         res.timings_ms["total"] = (time.perf_counter() - t_cap) * 1e3
         try:
             row = self.recorder.record(frame, res.detections, res.labels, res.confidences, res.timings_ms,
@@ -383,6 +384,9 @@ class RunLoop:
             from hemaedge.edge.rbc_morphology import qualify
 
             qualify(summary["red_cells"], red.domain.report())
+        rule = getattr(self.classifier, "identify_rule", None)  # which unidentified rule ran (edge/identify.py)
+        if callable(rule):
+            summary["identify"] = rule()
         return summary
 
     def _close_all(self, recorder_errors_ignored: bool = False) -> None:
