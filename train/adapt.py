@@ -28,11 +28,14 @@ import numpy as np
 
 from hemaedge.edge.bundle import sha256_file
 from hemaedge.edge.errors import DataError, UsageError
-from hemaedge.edge.preprocess import prepare_batch, read_image_rgb, resize
+from hemaedge.edge.preprocess import apply_preprocess, batch_tensor, prepare_batch, read_image_rgb, resize
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "tflite-int8-mixed"
+# "dihedral": random flips / right-angle rotations only; the others are the fine-tuning recipe's
+# presets (train/finetune_augment.py: "robust" adds another microscope's stain, white balance, blur...).
+AUGMENTS = ("dihedral", "light", "full", "robust")
 
 
 @dataclass
@@ -47,6 +50,8 @@ class AdaptConfig:
     holdout: float = 0.2               # share of the new cells held out to choose and report on
     replay_ratio: float = 2.0          # replay images per new training cell (at least `replay_min`)
     replay_min: int = 128
+    new_weight: float = 0.5            # share of the loss carried by the new cells (the rest: the replay sample)
+    augment: str = "dihedral"          # one of AUGMENTS, for new and replay images alike
     blocks: int = 2                    # trailing backbone blocks trained with the head
     epochs: int = 8
     batch_size: int = 32
@@ -64,6 +69,10 @@ class AdaptConfig:
             raise UsageError(f"--holdout {self.holdout}: expected a fraction between 0 and 0.9")
         if self.epochs < 1 or self.batch_size < 1 or self.blocks < 0:
             raise UsageError("--epochs and --batch-size must be at least 1, --blocks at least 0")
+        if self.augment not in AUGMENTS:
+            raise UsageError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}")
+        if not 0 < self.new_weight < 1:
+            raise UsageError(f"--new-weight {self.new_weight}: expected a share between 0 and 1")
         if self.run_cells not in ("reviewed", "all"):
             raise UsageError(f"--run-cells {self.run_cells!r}: expected reviewed or all")
 
@@ -298,9 +307,16 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
 
     n_classes = int(model.outputs[0].shape[-1])
     eye = np.eye(n_classes, dtype=np.float32)
-    # Equal total loss weight for the new cells and the replay sample, whatever their sizes.
-    w_new = 0.5 * (len(new) + len(replay)) / max(1, len(new))
-    w_rep = 0.5 * (len(new) + len(replay)) / max(1, len(replay))
+    from hemaedge.train.finetune_augment import BatchAugmenter
+
+    # The new cells carry `new_weight` of the total loss, the replay sample the rest, whatever their sizes.
+    total = len(new) + len(replay)
+    w_new = cfg.new_weight * total / max(1, len(new)) if len(replay) else 1.0
+    w_rep = (1.0 - cfg.new_weight) * total / max(1, len(replay))
+    # The recipe presets augment around the contract's preprocessing (camera stage, then
+    # normalisation + CLAHE, then geometry), as the base model was trained.
+    aug = None if cfg.augment == "dihedral" else \
+        BatchAugmenter(cfg.augment, cfg.seed, preprocess=lambda im: apply_preprocess(im, contract))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr),
                   loss=keras.losses.CategoricalCrossentropy())
     best = {"epoch": 0, **accuracy(model, held, contract)}
@@ -310,15 +326,17 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        images = dihedral(np.concatenate([new.images, replay.images]), rng)
+        images = np.concatenate([new.images, replay.images])
+        if aug is None:
+            images = dihedral(images, rng)
         labels = np.concatenate([new.labels, replay.labels])
         weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(len(replay), w_rep, np.float32)])
         order = rng.permutation(len(labels))
         losses = []
-        for s in range(0, len(order), cfg.batch_size):
+        for i, s in enumerate(range(0, len(order), cfg.batch_size)):
             b = order[s:s + cfg.batch_size]
-            losses.append(float(model.train_on_batch(prepare_batch(images[b], contract), eye[labels[b]],
-                                                     sample_weight=weights[b])))
+            x = prepare_batch(images[b], contract) if aug is None else batch_tensor(aug(images[b], epoch, i), contract)
+            losses.append(float(model.train_on_batch(x, eye[labels[b]], sample_weight=weights[b])))
         m = accuracy(model, held, contract)
         secs = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4),
