@@ -50,6 +50,7 @@ class AdaptConfig:
     holdout: float = 0.2               # share of the new cells held out to choose and report on
     replay_ratio: float = 2.0          # replay images per new training cell (at least `replay_min`)
     replay_min: int = 128
+    replay_pool: int = 0               # draw each epoch's replay images afresh from this many (0: one fixed sample)
     new_weight: float = 0.5            # share of the loss carried by the new cells (the rest: the replay sample)
     augment: str = "dihedral"          # one of AUGMENTS, for new and replay images alike
     blocks: int = 2                    # trailing backbone blocks trained with the head
@@ -301,8 +302,12 @@ def _named(metrics: dict, classes) -> dict:
     return m
 
 
-def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf) -> dict:
-    """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss)."""
+def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf,
+               n_replay: int | None = None) -> dict:
+    """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss).
+
+    `replay` is the replay pool: each epoch trains on `n_replay` of it (default: all of it), drawn
+    afresh, so a large pool shows the model many more of its old images at the same cost."""
     import keras
 
     n_classes = int(model.outputs[0].shape[-1])
@@ -310,9 +315,10 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     from hemaedge.train.finetune_augment import BatchAugmenter
 
     # The new cells carry `new_weight` of the total loss, the replay sample the rest, whatever their sizes.
-    total = len(new) + len(replay)
-    w_new = cfg.new_weight * total / max(1, len(new)) if len(replay) else 1.0
-    w_rep = (1.0 - cfg.new_weight) * total / max(1, len(replay))
+    n_replay = len(replay) if n_replay is None else min(n_replay, len(replay))
+    total = len(new) + n_replay
+    w_new = cfg.new_weight * total / max(1, len(new)) if n_replay else 1.0
+    w_rep = (1.0 - cfg.new_weight) * total / max(1, n_replay)
     # The recipe presets augment around the contract's preprocessing (camera stage, then
     # normalisation + CLAHE, then geometry), as the base model was trained.
     aug = None if cfg.augment == "dihedral" else \
@@ -326,11 +332,12 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        images = np.concatenate([new.images, replay.images])
+        rep = replay if n_replay == len(replay) else replay.subset(np.sort(rng.permutation(len(replay))[:n_replay]))
+        images = np.concatenate([new.images, rep.images])
         if aug is None:
             images = dihedral(images, rng)
-        labels = np.concatenate([new.labels, replay.labels])
-        weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(len(replay), w_rep, np.float32)])
+        labels = np.concatenate([new.labels, rep.labels])
+        weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(n_replay, w_rep, np.float32)])
         order = rng.permutation(len(labels))
         losses = []
         for i, s in enumerate(range(0, len(order), cfg.batch_size)):
@@ -385,7 +392,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
 
     replay_ds = open_reference(cfg.replay, classes) if cfg.replay else None
     n_replay = max(cfg.replay_min, int(round(cfg.replay_ratio * len(new)))) if replay_ds else 0
-    replay = replay_sample(replay_ds, classes, size, n_replay, cfg.seed) if replay_ds else \
+    replay = replay_sample(replay_ds, classes, size, max(n_replay, cfg.replay_pool), cfg.seed) if replay_ds else \
         Cells(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64), [])
     if not replay_ds:
         logf("note: no --replay data: the model may forget the original microscope")
@@ -414,7 +421,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
          f"({len(trainable['trained_layers'])} layers)")
     t_train = time.perf_counter()
-    fit = train_tail(model, contract, new, replay, held, cfg, logf)
+    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay)
     train_s = time.perf_counter() - t_train
     after = {"held_out": _named(accuracy(model, held, contract), classes)}
     if pbc_val is not None:
@@ -431,7 +438,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         "base": {"file": str(base_path), "sha256": source.sha256, **base_origin},
         "data": cells.sources,
         "counts": {"new_cells": len(cells), "new_train": len(new), "held_out": len(held),
-                   "replay": len(replay), "replay_data": cfg.replay,
+                   "replay": n_replay, "replay_pool": len(replay), "replay_data": cfg.replay,
                    "new_per_class": {classes[k]: int(v) for k, v in zip(*np.unique(cells.labels, return_counts=True))}},
         "training": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("base", "data", "out")},
                      **trainable, **fit, "train_seconds": round(train_s, 1)},
