@@ -35,6 +35,22 @@ def single_label_frames(bccd: Path, split: str) -> dict[str, str]:
                 if r["split"] == split and r["n_labels"] == "1" and r["n_wbc_boxes"] == "1"}
 
 
+RECIPE_KEYS = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "export")
+
+
+def cached_result(out: Path, cfg) -> dict | None:
+    """A finished adaptation in `out` (a series resumes where it stopped), if it ran with `cfg`'s recipe."""
+    if not (out / "adapt.json").is_file():
+        return None
+    result = json.loads((out / "adapt.json").read_text())
+    done = result["provenance"]["training"]
+    differ = [k for k in RECIPE_KEYS if k in done and done[k] != getattr(cfg, k)]
+    if differ:
+        raise SystemExit(f"{out} holds an adaptation made with other settings ({', '.join(differ)}); "
+                         "remove it or choose another --work folder")
+    return result
+
+
 def edge_run(frames_of: dict[str, str], bccd: Path, work: Path, name: str, bundle=None) -> Path:
     """`hemaedge edge run --save-crops all` on the listed BCCD frames (once; a finished run is kept)."""
     from click.testing import CliRunner
@@ -149,13 +165,10 @@ def main(argv=None) -> int:
     for step in [s.strip() for s in args.steps.split(",")]:
         n = None if step == "all" else int(step)  # "all": every labelled train cell (the multi-domain model)
         out = args.work / f"adapt-{step}-seed{args.seed}"
-        if (out / "adapt.json").is_file():
-            result = json.loads((out / "adapt.json").read_text())
-        else:
-            cfg = AdaptConfig(base=args.base, data=[str(train_run)], out=str(out), replay=args.replay,
-                              test=[str(test_run)], limit=n, epochs=args.epochs, seed=args.seed,
-                              eval_limit=args.eval_limit, export=step in export_steps, **recipe)
-            result = adapt(cfg, logf=print, command=command, before_cache=cache)
+        cfg = AdaptConfig(base=args.base, data=[str(train_run)], out=str(out), replay=args.replay,
+                          test=[str(test_run)], limit=n, epochs=args.epochs, seed=args.seed,
+                          eval_limit=args.eval_limit, export=step in export_steps, **recipe)
+        result = cached_result(out, cfg) or adapt(cfg, logf=print, command=command, before_cache=cache)
         after_e2e = None
         if result.get("bundle") and result["bundle"].get("status") != "failed":
             after_e2e = end_to_end(result["bundle"]["path"], args.bccd, args.work, f"adapt-{step}-seed{args.seed}")

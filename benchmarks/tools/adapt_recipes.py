@@ -15,7 +15,6 @@ development-set accuracy and the change on PBC val (the old microscope), and the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
 
     from hemaedge.export.source import read_sidecar
     from hemaedge.train.adapt import AdaptConfig, adapt, resolve_base
-    from hemaedge.train.adapt_bccd import labelled_run
+    from hemaedge.train.adapt_bccd import cached_result, labelled_run
 
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = args.base if (Path(args.base) / "manifest.json").is_file() else None
@@ -84,12 +83,9 @@ def main(argv=None) -> int:
     for text in args.recipe:
         name, opts = parse_recipe(text)
         out = args.work / f"recipe-{name}"
-        if (out / "adapt.json").is_file():
-            result = json.loads((out / "adapt.json").read_text())
-        else:
-            cfg = AdaptConfig(base=args.base, data=[str(adapt_tree)], out=str(out), replay=args.replay,
-                              test=[str(dev_tree)], seed=args.seed, export=False, **opts)
-            result = adapt(cfg, logf=print, command=command, before_cache=cache)
+        cfg = AdaptConfig(base=args.base, data=[str(adapt_tree)], out=str(out), replay=args.replay,
+                          test=[str(dev_tree)], seed=args.seed, export=False, **opts)
+        result = cached_result(out, cfg) or adapt(cfg, logf=print, command=command, before_cache=cache)
         p = result["provenance"]
         b, a = p["accuracy_before"], p["accuracy_after"]
         rows.append({"recipe": name, "settings": opts, "chosen_epoch": p["training"]["chosen_epoch"],
