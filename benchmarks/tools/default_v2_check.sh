@@ -27,10 +27,14 @@ mkdir -p "$RES"
 nice -n 10 "$PY" -m hemaedge.cli train snapshot "$RUN" --out "$SNAP" --bootstrap 1000 \
     --publish "$RES/finetune_bloodmnist128"
 # parity on a seeded subset of 500 images per split (the full-split int8 accuracy comes from the
-# calibration step below, which scores every val and test image with the bundle)
+# calibration step below, which scores every val and test image with the bundle);
+# HEMAEDGE_CHECK_PARITY_SAMPLE=all checks parity on every val and test image (the final candidate)
+SAMPLE=${HEMAEDGE_CHECK_PARITY_SAMPLE:-500}
+SAMPLE_ARGS=(--sample "$SAMPLE")
+[ "$SAMPLE" = all ] && SAMPLE_ARGS=()
 nice -n 10 "$PY" -m hemaedge.cli export tflite "$SNAP/model.keras" --quant int8 --int8-io float32 \
     --float-fallback-ops MEAN,FULLY_CONNECTED,SOFTMAX --calib-dir calibration_data --calib-count 512 \
-    --data "$DATA/bloodmnist128" --sample 500 --out "$SNAP/bundle-int8"
+    --data "$DATA/bloodmnist128" "${SAMPLE_ARGS[@]}" --out "$SNAP/bundle-int8"
 cp "$SNAP/bundle-int8/manifest.json" "$RES/bundle-int8-manifest.json"
 # the three bundle measurements are independent: run them side by side
 nice -n 10 "$PY" -m hemaedge.benchmarks.tools.bundle_calibration --bundle "$SNAP/bundle-int8" \

@@ -277,6 +277,15 @@ def steps(s: Settings) -> list[Step]:
               os.path.expanduser("~/hemaedge-runs/model/imbalance/sampling+loss"), "--out", f"{out}/finetune_loss_modes"],
              [f"{out}/finetune_loss_modes{x}" for x in (".md", ".json")],
              "logged training loss split into inference / BN / dropout parts (docs/finetune.md)", "~2 min"),
+        Step("imbalance", [Need(os.path.expanduser(f"~/hemaedge-runs/model/imbalance/{r}/metrics.json"),
+                                f"no finished proxy run {r}; kept {out}/imbalance_modes.*")
+                           for r in ("sampling+loss", "sampling", "neither")],
+             [*tool("imbalance_compare"), *(os.path.expanduser(f"~/hemaedge-runs/model/imbalance/{r}")
+                                            for r in ("sampling+loss", "sampling", "neither")),
+              "--out", f"{out}/imbalance_modes"],
+             [f"{out}/imbalance_modes{x}" for x in (".md", ".json")],
+             "double vs single vs no imbalance correction on the small-CNN proxy (commands in "
+             "~/hemaedge-runs/model/imbalance/run.sh, run2.sh; docs/finetune.md)", "seconds (~1 h of training before it)"),
         Step("default-v2", [Need(os.path.expanduser("~/hemaedge-runs/default-v2/state.json"),
                                  f"no default-v2 training run; kept {out}/default-v2-epoch*")],
              ["benchmarks/tools/default_v2_check.sh", os.path.expanduser("~/hemaedge-runs/default-v2")],
