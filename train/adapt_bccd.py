@@ -187,6 +187,7 @@ def main(argv=None) -> int:
                      "pbc_val_int8": (result.get("bundle") or {}).get("pbc_val_accuracy_int8"),
                      "pbc_val_int8_n": (result.get("bundle") or {}).get("pbc_val_n_int8"),
                      "chosen_epoch": p["training"]["chosen_epoch"], "wall_s": result["wall_seconds"],
+                     "cpu_s": result.get("cpu_seconds"),
                      "train_s": p["training"]["train_seconds"]})
         write_tables(args, rows, train_stats, test_stats, command)  # after every step: partial results count
     return 0
@@ -212,7 +213,7 @@ def write_tables(args, rows, train_stats, test_stats, command):
              "found (the test set).", "",
              "| labelled cells | train / held out | replay | BCCD test before -> after (Keras, device crops) "
              "| BCCD test end to end, int8 bundle (`edge run`) | PBC val before -> after (Keras) "
-             "| PBC val int8 bundle | chosen epoch | train s / wall s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| PBC val int8 bundle | chosen epoch | train s / wall s / CPU s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         int8 = "-" if r["pbc_val_int8"] is None else f"{r['pbc_val_int8']:.4f} (n={r['pbc_val_int8_n']})"
         eb, ea = r.get("end_to_end_before"), r.get("end_to_end_after")
@@ -224,7 +225,8 @@ def write_tables(args, rows, train_stats, test_stats, command):
                      f"{r['pbc_val_before']:.4f} -> {r['pbc_val_after']:.4f} "
                      f"({100 * (r['pbc_val_after'] - r['pbc_val_before']):+.2f} pt, n={r['pbc_val_n']}) | {int8} | "
                      f"{r['chosen_epoch']} of {r['recipe'].get('epochs') or args.epochs} | "
-                     f"{r['train_s']:.0f} / {r['wall_s']:.0f} |")
+                     f"{r['train_s']:.0f} / {r['wall_s']:.0f} / "
+                     f"{'-' if r.get('cpu_s') is None else format(r['cpu_s'], '.0f')} |")
     lines += ["", "Goals (issue #14): >= 95% on BCCD test after 100 cells, PBC val drop <= 0.5 pt, <= 10 min wall per "
               "adaptation. BCCD test: the device's crop of every annotated white cell of the test split's single-label "
               "frames (whatever kind the device gave it; never used to choose anything). End to end: `hemaedge edge run` "
@@ -233,7 +235,8 @@ def write_tables(args, rows, train_stats, test_stats, command):
               + (f"{args.eval_limit} images per class (seeded), " if args.eval_limit else "the whole split, ")
               + "Keras model before and after; the int8 column is the exported bundle on PBC val as the export's "
               "parity check draws it. Wall time covers loading, training, evaluation and (where exported) the int8 "
-              "export, not the end-to-end run; train s is the fitting alone.", ""]
+              "export, not the end-to-end run; train s is the fitting alone; CPU s: processor seconds of all the "
+              "adaptation's threads (on an idle 2-core machine the wall time would be at least half of it).", ""]
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))
 
