@@ -2,9 +2,11 @@
 
     python -m hemaedge.benchmarks.tools.default_model_goals [--candidate benchmarks/results/default-v2-epochN --label NAME]
 
-"now" = the packaged default bundle (src/hemaedge/models/default) and the tables measured with
-it; "candidate" = the files `benchmarks/tools/default_v2_check.sh` wrote for a new model (an
-intermediate checkpoint is labelled with its epoch). A figure that was not measured says so.
+"before" = the default bundle the issue started from (5 CPU epochs, 2026-11-22), read from the
+frozen copy of its tables in benchmarks/results/default-v1/ (the live tables now measure the new
+default); "candidate" = the files `benchmarks/tools/default_v2_check.sh` wrote for a new model (an
+intermediate checkpoint is labelled with its epoch; `--final` for the model that was packaged).
+A figure that was not measured says so.
 Writes benchmarks/results/default_model_goals.{md,json}.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from hemaedge.edge.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]  # the repo: this file is benchmarks/tools/
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_MANIFEST = ROOT / "src" / "hemaedge" / "models" / "default" / "manifest.json"
+BEFORE = RESULTS / "default-v1"  # the issue's starting default: its manifest and tables, frozen
 
 
 def _load(path: Path):
@@ -62,12 +64,12 @@ def default_multi_domain() -> Path | None:
 
 
 def collect(candidate: Path | None, multi_domain: Path | None = None) -> dict:
-    man = _load(DEFAULT_MANIFEST)
-    pbc = _load(RESULTS / "pbc_end_to_end.json")
+    man = _load(BEFORE / "bundle-manifest.json")
+    pbc = _load(BEFORE / "pbc_end_to_end.json")
     cost = _load(RESULTS / "normalize_cost.json")
-    now_bccd = _bccd(RESULTS / "bccd_wbc_default_val.json", "no colour normalisation")
-    now_cal = _load(RESULTS / "calibration_default.json")
-    now_bccd_norm = _bccd(RESULTS / "bccd_wbc_default_val.json", "lab-anchors normalisation to BloodMNIST train")
+    now_bccd = _bccd(BEFORE / "bccd_wbc_default_val.json", "no colour normalisation")
+    now_cal = _load(BEFORE / "calibration_default.json")
+    now_bccd_norm = _bccd(BEFORE / "bccd_wbc_default_val.json", "lab-anchors normalisation to BloodMNIST train")
     cand = {}
     if candidate:
         cm = _load(candidate / "bundle-int8-manifest.json") or {}
@@ -130,19 +132,23 @@ def collect(candidate: Path | None, multi_domain: Path | None = None) -> dict:
               help="adapt_bccd table (JSON) whose 'all' step is the multi-domain model "
                    "[default: benchmarks/results/adapt_bccd_default_v2.json, else ..._epoch4.json]")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
-def main(candidate, label, multi_domain, out):
+@click.option("--final", is_flag=True, help="The candidate is the model that was packaged as the default.")
+def main(candidate, label, multi_domain, out, final):
     """Write the issue's goals table from the committed result files."""
     r = collect(candidate, multi_domain or default_multi_domain())
     lines = [f"# Default model goals (issue #13), collected {r['date']}", "",
              "Command: `python -m hemaedge.benchmarks.tools.default_model_goals"
-             + (f" --candidate {candidate} --label {label}`" if candidate else "`"), "",
-             "\"now\" = the packaged default bundle (Lite0, 5 CPU epochs, 2026-11-22). "
-             + (f"\"{label}\" = an INTERMEDIATE checkpoint of the new default's training "
+             + (f" --candidate {candidate} --label {label}" + (" --final`" if final else "`") if candidate else "`"), "",
+             "\"before\" = the default bundle the issue started from (Lite0, 5 CPU epochs, 2026-11-22; its tables are "
+             "frozen in benchmarks/results/default-v1/). "
+             + (f"\"{label}\" = the NEW PACKAGED DEFAULT (src/hemaedge/models/default): the best validation epoch of "
+                f"the new default's training ({r['candidate_epochs']} epochs done). " if candidate and final else
+                f"\"{label}\" = an INTERMEDIATE checkpoint of the new default's training "
                 f"({r['candidate_epochs']} epochs done), not the final model. " if candidate else
                 "No candidate measured yet: the new default's training (docs/finetune.md) had not finished an "
                 "epoch when this was collected. ")
              + "Each figure's command, machine and date are in the linked result files.", "",
-             f"| measure | now | {label} | goal |", "|---|---|---|---|"]
+             f"| measure | before | {label} | goal |", "|---|---|---|---|"]
     lines += [f"| {x['measure']} | {x['now']} | {x['candidate']} | {x['goal']} |" for x in r["rows"]]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "default_model_goals.json", json.dumps(r, indent=1))

@@ -48,5 +48,7 @@ nice -n 10 "$PY" -m hemaedge.benchmarks.tools.bccd_wbc --data "$DATA/bccd" --blo
     > "$SNAP/bccd.log" 2>&1 &
 P3=$!
 wait $P1 && wait $P2 && wait $P3
-"$PY" -m hemaedge.benchmarks.tools.default_model_goals --candidate "$RES" --label "$NAME" \
+FINAL=()
+[[ "$NAME" == *-final ]] && FINAL=(--final)  # the candidate that was packaged as the default
+"$PY" -m hemaedge.benchmarks.tools.default_model_goals --candidate "$RES" --label "$NAME" "${FINAL[@]}" \
     --out "${HEMAEDGE_GOALS_OUT:-benchmarks/results}"

@@ -259,10 +259,10 @@ def steps(s: Settings) -> list[Step]:
              "~5-8 min per step"),
         # the default-model issue (#13): other microscopes, calibration, normalisation, the new default's checks
         Step("bccd-wbc", [], [py, "-m", "hemaedge.benchmarks.tools.bccd_wbc", "--data", f"{data}/bccd", "--bloodmnist128",
-                              f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split", "val", "--normalize", "none",
-                              "--normalize", "reference", "--name", "default_val", "--out", out],
+                              f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split", "val", "--normalize", "bundle",
+                              "--name", "default_val", "--out", out],
              [f"{out}/bccd_wbc_default_val{x}" for x in (".md", ".json")],
-             "BCCD white cells end to end with the default bundle, with and without device normalisation (val)", "~2 min"),
+             "BCCD white cells end to end with the default bundle and its own input contract (val)", "~2 min"),
         Step("calibration", [], [py, "-m", "hemaedge.benchmarks.tools.bundle_calibration", "--bundle", DEFAULT_BUNDLE,
                                  "--data", f"{data}/bloodmnist128", "--name", "default", "--out", out],
              [f"{out}/calibration_default{x}" for x in (".md", ".json")],
@@ -288,16 +288,18 @@ def steps(s: Settings) -> list[Step]:
              "~/hemaedge-runs/model/imbalance/run.sh, run2.sh; docs/finetune.md)", "seconds (~1 h of training before it)"),
         Step("default-v2", [Need(os.path.expanduser("~/hemaedge-runs/default-v2/state.json"),
                                  f"no default-v2 training run; kept {out}/default-v2-epoch*")],
-             ["benchmarks/tools/default_v2_check.sh", os.path.expanduser("~/hemaedge-runs/default-v2")],
-             # one folder per checked checkpoint (the script names it after the epochs done)
-             [f"{out}/default-v2-epoch{e}/{f}" for e in ("1", "4")
+             # the packaged default = the run's best checkpoint, checked with full-split parity
+             ["env", "HEMAEDGE_CHECK_PARITY_SAMPLE=all", "benchmarks/tools/default_v2_check.sh",
+              os.path.expanduser("~/hemaedge-runs/default-v2"), "default-v2-final"],
+             # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (their NOTE.md)
+             [f"{out}/default-v2-{e}/{f}" for e in ("final",)
               for f in ("NOTE.md", "finetune_bloodmnist128.md", "finetune_bloodmnist128.json",
                         "finetune_bloodmnist128_curves.png", "finetune_bloodmnist128_confusion.png",
-                        "bundle-int8-manifest.json", f"calibration_default_v2_epoch{e}.md",
-                        f"calibration_default_v2_epoch{e}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
-                        f"bccd_wbc_default_v2_epoch{e}_val.md", f"bccd_wbc_default_v2_epoch{e}_val.json")]
+                        "bundle-int8-manifest.json", f"calibration_default_v2_{e}.md",
+                        f"calibration_default_v2_{e}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
+                        f"bccd_wbc_default_v2_{e}_val.md", f"bccd_wbc_default_v2_{e}_val.json")]
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
-             "the new default's current checkpoint end to end (snapshot, int8, PBC, BCCD val) and the goals table",
+             "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
     ]
 
