@@ -89,20 +89,26 @@ class CropSaver(FrameObserver):
         if context:
             (self.out / CONTEXT_DIR).mkdir(parents=True, exist_ok=True)
 
-    def wanted(self, confidence: float) -> bool:
-        return self.mode == "all" or float(confidence) < self.review_threshold
+    def wanted(self, confidence: float, flag=None) -> bool:
+        """`flag`: the run's review flag of the cell when known (cells.csv's rule: a counting flag
+        such as unidentified, out of distribution or cut by the frame edge), else the confidence rule."""
+        if self.mode == "all":
+            return True
+        return bool(flag) if flag is not None else float(confidence) < self.review_threshold
 
-    def save(self, frame, detections, confidences, cell_ids=None) -> int:
+    def save(self, frame, detections, confidences, cell_ids=None, flags=None) -> int:
         """Save the crops of one frame's cells; returns how many were written.
 
-        `cell_ids` (default: the cell's index within the frame) name the files, as cells.csv does.
+        `cell_ids` (default: the cell's index within the frame) name the files, as cells.csv does;
+        `flags` (one per cell, optional) are the run's review flags, which `flagged` mode follows.
         """
         ids = list(cell_ids) if cell_ids is not None else list(range(len(detections)))
+        flags = list(flags) if flags is not None else [None] * len(detections)
         written = 0
         cut = self.crops_for(frame.image, detections) if self.crops_for is not None and len(detections) \
             else [extract_crop(frame.image, d.crop) for d in detections]
-        for cid, det, conf, raw in zip(ids, detections, confidences, cut):
-            if not self.wanted(conf):
+        for cid, det, conf, raw, flag in zip(ids, detections, confidences, cut, flags):
+            if not self.wanted(conf, flag):
                 continue
             name = crop_name(frame.index, cid)
             if (self.out / CROPS_DIR / name).exists():
@@ -129,7 +135,11 @@ class CropSaver(FrameObserver):
 
     # run-loop observer
     def on_frame(self, frame, result, row):
-        self.save(frame, result.detections, result.confidences)
+        # the review flags cells.csv records (recorder: a cell's counting flag, else the confidence rule)
+        extras = getattr(result, "cell_extras", None) or []
+        flags = [e.get("flag") if "flag" in e else None for e in extras] if len(extras) == len(result.detections) \
+            else None
+        self.save(frame, result.detections, result.confidences, flags=flags)
 
     def summary_part(self) -> dict:
         return {"crops": self.summary()}

@@ -351,6 +351,7 @@ class RunLoop:
         except Exception as exc:  # noqa: BLE001 - e.g. a result the recorder cannot file
             self.skips.add(frame, "recording", exc)
             return None
+        res.cell_extras = cell_extras  # per cell as cells.csv files it (flag, counted...), for observers
         if self.first_result_s is None:
             self.first_result_s = seconds_since_process_start()
         for obs in self.observers:
