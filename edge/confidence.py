@@ -8,10 +8,18 @@ scaling): 0 for a certain answer, growing as the model hesitates. Our bundles ou
 probabilities, not logits, so logit-based scores (energy, max logit) are not available from
 every bundle; this one is.
 
-The manifest's `ood` section (written at export from the validation split, see
-`ood_section`) holds the score's statistics on the training classes and a threshold: the
-score that `quantile` (default 95 %) of in-distribution validation cells stay below. A cell
-above it is "unidentified": the pipeline's rule can call `unidentified(...)`.
+The manifest's `ood` section (written at training/snapshot time from the validation split of
+the training domain, see `ood_section`; copied into the bundle at export) holds the score's
+statistics on the training classes and a threshold: the score that `quantile` (default 95 %)
+of correctly classified in-distribution validation cells stay below. A nucleated cell above it
+is "unidentified" (reason "out of distribution"): the rule is `identify.OodRule` /
+`identify.decide`, the one implementation the pipeline, the benchmark tools and the run
+folders (and so the review page) share.
+
+Because the score is a function of the top probability, on these bundles the OOD rule is a
+second, calibrated confidence threshold: exp(-threshold) is the confidence below which a cell is
+out of distribution (0.136 -> 0.873 for the epoch-4 checkpoint). Energy / max-logit / feature
+distance scores need a model output the bundles do not have yet (docs/edge.md).
 """
 from __future__ import annotations
 
@@ -51,14 +59,4 @@ def ood_section(val_probabilities: np.ndarray, val_labels=None, quantile: float 
     return out
 
 
-def unidentified(probabilities: np.ndarray, ood: dict | None) -> np.ndarray:
-    """Boolean per cell: its OOD score is above the bundle's threshold (all False without an `ood` section)."""
-    n = len(probabilities)
-    if not ood or ood.get("threshold") is None:
-        return np.zeros(n, dtype=bool)
-    if ood.get("score", OOD_SCORE) != OOD_SCORE:
-        raise ValueError(f"unknown OOD score {ood.get('score')!r} in the bundle; this version knows {OOD_SCORE!r}")
-    return ood_scores(probabilities) > float(ood["threshold"])
-
-
-__all__ = ["OOD_SCORE", "DEFAULT_QUANTILE", "ood_scores", "ood_section", "unidentified"]
+__all__ = ["OOD_SCORE", "DEFAULT_QUANTILE", "ood_scores", "ood_section"]

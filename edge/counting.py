@@ -21,13 +21,12 @@ import io
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.differential import Differential
 from hemaedge.edge.focus import FocusGate, grey_small, is_grayscale
-from hemaedge.edge.identify import ERYTHROBLAST
+from hemaedge.edge.identify import ERYTHROBLAST, PLATELET
 from hemaedge.edge.tracking import StageMotion, Tracker
 
 log = logging.getLogger(__name__)
@@ -67,9 +66,8 @@ class CountingSession:
             self.grayscale_frames += 1
         grey = None
         if self.one_slide:
-            full_grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # once, for motion, focus and the blank check
-            registered = self.motion.update(image, full_grey)
-            grey = grey_small(full_grey)
+            grey = grey_small(image)  # once, for motion, focus and the blank check
+            registered = self.motion.update(image, grey)
             if not registered and self._stage_started:
                 self.tracker.close_all()  # the new frame's place on the slide is unknown
             self._stage_started = True
@@ -95,7 +93,7 @@ class CountingSession:
             flag = dec.flag if whole else "cut by the frame edge: not counted"
             if not self.one_slide:
                 if whole:
-                    self.fields.add(dec.label, counted=dec.counted, flagged=bool(dec.flag))
+                    self.fields.add(dec.label, counted=dec.counted, flagged=bool(dec.flag), reason=dec.reason)
                 else:
                     self.fields.not_counted_at_edge += 1
             extras.append({"cell_id": self._next_cell, "track_id": tid, "flag": flag,
@@ -106,8 +104,15 @@ class CountingSession:
 
     # -------------------------------------------------------------- the count
 
+    def _track_kind(self, t) -> str:
+        """A nucleated-cell track is a platelet clump only when every one of its views was called
+        one (`identify.is_platelet_clump`, view by view): one view that was not keeps it a white
+        cell (unidentified if its mean class is platelet), as losing a white cell from the count
+        silently is worse than flagging a clump for review."""
+        return PLATELET if t.kind == "wbc" and t.views and t.clump_views == t.views else t.kind
+
     def _track_decision(self, t):
-        return self.classifier.decide(t.kind, t.mean_prob)
+        return self.classifier.decide(self._track_kind(t), t.mean_prob)
 
     def _countable(self, t) -> bool:
         return self.count_edge_cells or t.full_views > 0
@@ -118,7 +123,7 @@ class CountingSession:
             return self.fields.white_cells_counted
         n = 0
         for t in self.tracker.tracks + self.tracker.closed:
-            if t.kind == "wbc" and self._countable(t) and self._track_decision(t).label != ERYTHROBLAST:
+            if self._track_kind(t) == "wbc" and self._countable(t) and self._track_decision(t).label != ERYTHROBLAST:
                 n += 1
         return n
 
@@ -136,7 +141,7 @@ class CountingSession:
                 diff.not_counted_at_edge += 1
                 continue
             dec = self._track_decision(t)
-            diff.add(dec.label, counted=dec.counted, flagged=bool(dec.flag))
+            diff.add(dec.label, counted=dec.counted, flagged=bool(dec.flag), reason=dec.reason)
         return diff
 
     def summary(self) -> dict:
@@ -172,7 +177,7 @@ class CountingSession:
         for t in self.tracker.all_tracks():
             dec = self._track_decision(t)
             countable = self._countable(t)
-            w.writerow({"track_id": t.id, "kind": t.kind, "class": dec.label,
+            w.writerow({"track_id": t.id, "kind": self._track_kind(t), "class": dec.label,
                         "confidence": "" if np.isnan(dec.confidence) else round(dec.confidence, 4),
                         "views": t.views, "whole_views": t.full_views, "first_frame": t.first_frame,
                         "last_frame": t.last_frame, "slide_x": round(float(t.slide_xy[0]), 1),

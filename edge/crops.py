@@ -62,8 +62,9 @@ def context_view(image: np.ndarray, crop: tuple[int, int, int], factor: float = 
 class CropSaver(FrameObserver):
     """Writes crops (and context views) of the cells of each frame: all of them, or the flagged ones.
 
-    `size` is the model's input side (the crop as the model saw it); `review_threshold` is the
-    run's: a cell below it is flagged, exactly as cells.csv marks it. As a run-loop observer it
+    `size` is the model's input side (the crop as the model saw it); a cell is flagged exactly as
+    cells.csv marks it: its review flag (unidentified, low confidence, out of distribution, cut by
+    the frame edge, ...) when the run gives one, else a confidence below the run's `review_threshold`. As a run-loop observer it
     adds a "crops" part to summary.json. An existing file is never replaced (it is counted).
     """
 
@@ -89,9 +90,7 @@ class CropSaver(FrameObserver):
         if context:
             (self.out / CONTEXT_DIR).mkdir(parents=True, exist_ok=True)
 
-    def wanted(self, confidence: float, flag=None) -> bool:
-        """`flag`: the run's review flag of the cell when known (cells.csv's rule: a counting flag
-        such as unidentified, out of distribution or cut by the frame edge), else the confidence rule."""
+    def wanted(self, confidence: float, flag: str | None = None) -> bool:
         if self.mode == "all":
             return True
         return bool(flag) if flag is not None else float(confidence) < self.review_threshold
@@ -100,10 +99,10 @@ class CropSaver(FrameObserver):
         """Save the crops of one frame's cells; returns how many were written.
 
         `cell_ids` (default: the cell's index within the frame) name the files, as cells.csv does;
-        `flags` (one per cell, optional) are the run's review flags, which `flagged` mode follows.
+        `flags` (one per cell, "" = not flagged) decide which are flagged, else the confidence does.
         """
         ids = list(cell_ids) if cell_ids is not None else list(range(len(detections)))
-        flags = list(flags) if flags is not None else [None] * len(detections)
+        flags = list(flags) if flags is not None and len(flags) == len(detections) else [None] * len(detections)
         written = 0
         cut = self.crops_for(frame.image, detections) if self.crops_for is not None and len(detections) \
             else [extract_crop(frame.image, d.crop) for d in detections]
@@ -135,11 +134,7 @@ class CropSaver(FrameObserver):
 
     # run-loop observer
     def on_frame(self, frame, result, row):
-        # the review flags cells.csv records (recorder: a cell's counting flag, else the confidence rule)
-        extras = getattr(result, "cell_extras", None) or []
-        flags = [e.get("flag") if "flag" in e else None for e in extras] if len(extras) == len(result.detections) \
-            else None
-        self.save(frame, result.detections, result.confidences, flags=flags)
+        self.save(frame, result.detections, result.confidences, flags=getattr(result, "cell_flags", None) or None)
 
     def summary_part(self) -> dict:
         return {"crops": self.summary()}

@@ -105,13 +105,14 @@ class Differential:
         self.platelets = 0
         self.platelets_unconfirmed = 0
         self.unidentified = 0
+        self.unidentified_reasons: dict[str, int] = {}  # identify.REASONS -> cells
         self.flagged = 0
         self.flagged_by_label: dict[str, int] = {}
         self.fields = 0
         self.fields_not_classified: dict[str, int] = {}
         self.not_counted_at_edge = 0
 
-    def add(self, label: str, counted: bool = True, flagged: bool = False) -> None:
+    def add(self, label: str, counted: bool = True, flagged: bool = False, reason: str = "") -> None:
         if flagged:
             self.flagged += 1
             self.flagged_by_label[label] = self.flagged_by_label.get(label, 0) + 1
@@ -126,6 +127,8 @@ class Differential:
             self.nrbc += 1
         elif label == UNIDENTIFIED:
             self.unidentified += 1
+            why = reason or "not given"
+            self.unidentified_reasons[why] = self.unidentified_reasons.get(why, 0) + 1
         else:
             self.counts[label] = self.counts.get(label, 0) + 1
             if label not in self.wbc_classes:
@@ -203,6 +206,7 @@ class Differential:
             "platelets": {"count": self.platelets, "per_field": round(self.platelets / self.fields, 2) if self.fields else None,
                           "candidates_not_confirmed": self.platelets_unconfirmed},
             "unidentified": self.unidentified,
+            "unidentified_reasons": dict(self.unidentified_reasons),
             "flagged_for_review": self.flagged,
             "fields": self.fields,
             "fields_not_classified": dict(self.fields_not_classified),
@@ -229,7 +233,9 @@ def format_differential(d: dict) -> str:
     lines.append(f"  nucleated red cells {nr['count']} ({nr['per_100_wbc'] if nr['per_100_wbc'] is not None else '-'} per 100 WBC); "
                  f"platelets {d['platelets']['count']} ({d['platelets']['per_field'] if d['platelets']['per_field'] is not None else '-'}"
                  f" per field; {d['platelets']['candidates_not_confirmed']} candidates not confirmed)")
-    lines.append(f"  unidentified {d['unidentified']}; flagged for review {d['flagged_for_review']}; "
+    why = d.get("unidentified_reasons") or {}
+    why_txt = f" ({', '.join(f'{k} {v}' for k, v in why.items())})" if why else ""
+    lines.append(f"  unidentified {d['unidentified']}{why_txt}; flagged for review {d['flagged_for_review']}; "
                  f"cut by the frame edge, not counted {d['nucleated_cut_by_frame_edge_not_counted']}")
     if d["fields_not_classified"]:
         lines.append("  fields not classified: " + ", ".join(f"{k} {v}" for k, v in d["fields_not_classified"].items()))

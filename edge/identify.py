@@ -6,18 +6,27 @@ classifier's class agree. All thresholds live here.
   confidence is low) it is kept as an unconfirmed platelet candidate, flagged for review and
   not counted. It never becomes a white cell.
 * A **nucleated detection** takes its classifier class, except that it becomes
-  **unidentified** (as CellaVision reports it) and is flagged for review when the classifier
-  calls it a platelet, or its confidence is below `UNIDENTIFIED_BELOW`, or (when the bundle
-  provides one) its out-of-distribution score is above the OOD threshold. A cell classified
-  with a confidence between that and `REVIEW_BELOW` keeps its class and is flagged for review.
+  **unidentified** (as CellaVision reports it) and is flagged for review, with the reason, when
+  - the classifier calls it a platelet ("classified as platelet"), or
+  - its confidence is below `UNIDENTIFIED_BELOW` ("low confidence"), or
+  - its out-of-distribution score (`confidence.ood_scores`) is above the OOD threshold
+    ("out of distribution"): the bundle's `ood.threshold`, calibrated on the training
+    domain's validation split at export (`OodRule.from_bundle`); bundles without an `ood`
+    section keep the confidence-only rule and the run summary says so.
+  A cell classified with a confidence between `UNIDENTIFIED_BELOW` and `REVIEW_BELOW` keeps its
+  class and is flagged for review.
 * A model without a "platelet" class cannot confirm platelets: candidates are then counted by
   the segmenter alone (confidence left empty).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from hemaedge.edge.confidence import OOD_SCORE, ood_scores
+from hemaedge.edge.errors import BundleError, UsageError
 
 PLATELET = "platelet"
 ERYTHROBLAST = "erythroblast"
@@ -38,8 +47,12 @@ PLATELET_KIND_ABOVE = 0.5
 # clumps of that size band are 0.97-1.75 d (5th-95th percentile, median 1.16), BCCD white cells
 # 1.29-2.45 d (median 1.79): a larger detection is a white cell whatever the classifier says.
 PLATELET_CLUMP_MAX_SIDE_RBC = 1.75
-# Above this out-of-distribution score a nucleated cell is unidentified (None: no OOD score).
-OOD_ABOVE: float | None = None
+
+# Why a nucleated cell is unidentified (Decision.reason; summary.json counts each).
+AS_PLATELET = "classified as platelet"
+LOW_CONFIDENCE = "low confidence"
+OUT_OF_DISTRIBUTION = "out of distribution"
+REASONS = (AS_PLATELET, LOW_CONFIDENCE, OUT_OF_DISTRIBUTION)
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,61 @@ class Decision:
     confidence: float  # the classifier's probability for `label` (NaN: not classified)
     flag: str  # "" or why a human should look at the cell
     counted: bool  # False: recorded but not in the differential (unconfirmed platelet candidate)
+    reason: str = ""  # for "unidentified": one of REASONS
+    ood_score: float = float("nan")  # the cell's OOD score (NaN: not computed)
+
+
+@dataclass(frozen=True)
+class OodRule:
+    """The out-of-distribution part of the unidentified rule: a cell whose OOD score is above
+    `threshold` is unidentified (threshold None: confidence-only rule). `source` says where
+    the threshold came from, `note` what a user should know (both go into summary.json)."""
+    threshold: float | None = None
+    source: str = "none"
+    note: str = ""
+    score: str = OOD_SCORE
+
+    @classmethod
+    def from_bundle(cls, manifest: dict | None, override=None) -> "OodRule":
+        """The rule for a bundle: its `ood.threshold` (calibrated at export on the training
+        domain's validation split), unless `override` says otherwise: a number (a threshold
+        of your own), "off" (confidence only) or None/"auto" (the bundle's)."""
+        ood = (manifest or {}).get("ood") if isinstance(manifest, dict) else None
+        if isinstance(override, str) and override.strip().lower() == "off":
+            return cls(None, "off", "OOD rule switched off by the user (--ood-threshold off): confidence-only rule")
+        if override is not None and not (isinstance(override, str) and override.strip().lower() == "auto"):
+            t = parse_ood_threshold(override)
+            return cls(t, "user", f"OOD threshold {t:g} given by the user (--ood-threshold), not the bundle's")
+        if not ood or ood.get("threshold") is None:
+            return cls(None, "none", "the bundle has no OOD statistics (exported before they existed): "
+                                     "confidence-only rule; re-export the model to add them")
+        if ood.get("score", OOD_SCORE) != OOD_SCORE:
+            raise BundleError(f"the bundle's OOD score {ood.get('score')!r} is unknown to this version of hemaedge "
+                              f"(it knows {OOD_SCORE!r}); update hemaedge or re-export the bundle")
+        t = float(ood["threshold"])
+        if not (math.isfinite(t) and t >= 0):
+            raise BundleError(f"the bundle's OOD threshold {ood['threshold']!r} is not a finite number >= 0; "
+                              "re-export the bundle")
+        q = ood.get("quantile")
+        return cls(t, "bundle", f"OOD threshold from the bundle: the score {100 * float(q):g}% of correctly "
+                                f"classified training-domain validation cells stay below" if q is not None else
+                                "OOD threshold from the bundle")
+
+    def to_dict(self) -> dict:
+        return {"score": self.score, "threshold": self.threshold, "source": self.source, "note": self.note}
+
+
+def parse_ood_threshold(value) -> float:
+    """A user's OOD threshold: a finite number >= 0 (UsageError otherwise)."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"OOD threshold {value!r} is not a number; give a number >= 0, 'auto' (the bundle's) "
+                         "or 'off' (confidence only)") from None
+    if not (math.isfinite(t) and t >= 0):
+        raise UsageError(f"OOD threshold {value!r} must be a finite number >= 0 (the score is -log of the top "
+                         "probability: 0.105 = confidence 0.9); or 'auto' / 'off'")
+    return t
 
 
 def is_platelet_clump(prob_row: np.ndarray, classes: list[str], side_rbc: float | None,
@@ -58,17 +126,36 @@ def is_platelet_clump(prob_row: np.ndarray, classes: list[str], side_rbc: float 
     return float(prob_row[classes.index(PLATELET)]) >= above
 
 
-def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, threshold: float = UNIDENTIFIED_BELOW,
-                    ood_threshold: float | None = OOD_ABOVE) -> bool:
-    """The classifier is not sure enough (or the cell is unlike anything it was trained on)."""
+def cell_ood_score(prob_row: np.ndarray) -> float:
+    """One cell's OOD score (`confidence.ood_scores`)."""
+    return float(ood_scores(np.asarray(prob_row, dtype=np.float32).reshape(1, -1))[0])
+
+
+def unidentified_reason(prob_row: np.ndarray, threshold: float = UNIDENTIFIED_BELOW,
+                        ood_threshold: float | None = None, ood_score_value: float | None = None) -> str:
+    """Why a nucleated cell (not classified platelet) is unidentified: LOW_CONFIDENCE,
+    OUT_OF_DISTRIBUTION, or "" (it keeps its class)."""
     if float(np.max(prob_row)) < threshold:
-        return True
-    return ood_score is not None and ood_threshold is not None and ood_score > ood_threshold
+        return LOW_CONFIDENCE
+    if ood_threshold is not None:
+        s = cell_ood_score(prob_row) if ood_score_value is None else float(ood_score_value)
+        if s > ood_threshold:
+            return OUT_OF_DISTRIBUTION
+    return ""
+
+
+def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, threshold: float = UNIDENTIFIED_BELOW,
+                    ood_threshold: float | None = None) -> bool:
+    """The classifier is not sure enough (or the cell is unlike anything it was trained on)."""
+    return bool(unidentified_reason(prob_row, threshold, ood_threshold, ood_score))
 
 
 def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold: float = UNIDENTIFIED_BELOW,
-           ood_score: float | None = None, review_below: float = REVIEW_BELOW) -> Decision:
-    """The label a detection of `kind` ("wbc" = nucleated, "platelet") is counted as."""
+           ood_score: float | None = None, review_below: float = REVIEW_BELOW,
+           ood_threshold: float | None = None) -> Decision:
+    """The label a detection of `kind` ("wbc" = nucleated, "platelet") is counted as.
+
+    `ood_threshold` None = confidence-only rule; `ood_score` None = computed from `prob_row`."""
     if kind == PLATELET:
         if prob_row is None or PLATELET not in classes:
             return Decision(PLATELET, float("nan"), "", True)
@@ -78,9 +165,16 @@ def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold
         return Decision(PLATELET, p, "platelet candidate not confirmed by the classifier", False)
     top = int(np.argmax(prob_row))
     conf = float(prob_row[top])
+    score = cell_ood_score(prob_row) if ood_score is None else float(ood_score)
     if classes[top] == PLATELET:
-        return Decision(UNIDENTIFIED, conf, "nucleated cell classified as platelet", True)
-    if is_unidentified(prob_row, ood_score, threshold):
-        why = "low confidence" if conf < threshold else "unlike the training cells (OOD score)"
-        return Decision(UNIDENTIFIED, conf, f"{why} ({classes[top]} {conf:.2f})", True)
-    return Decision(classes[top], conf, f"confidence {conf:.2f} below {review_below}" if conf < review_below else "", True)
+        return Decision(UNIDENTIFIED, conf, "unidentified: nucleated cell classified as platelet", True,
+                        AS_PLATELET, score)
+    why = unidentified_reason(prob_row, threshold, ood_threshold, score)
+    if why == LOW_CONFIDENCE:
+        return Decision(UNIDENTIFIED, conf, f"unidentified: low confidence ({classes[top]} {conf:.2f} below "
+                                            f"{threshold:g})", True, why, score)
+    if why == OUT_OF_DISTRIBUTION:
+        return Decision(UNIDENTIFIED, conf, f"unidentified: out of distribution (OOD score {score:.3f} above "
+                                            f"{ood_threshold:g}; {classes[top]} {conf:.2f})", True, why, score)
+    return Decision(classes[top], conf, f"confidence {conf:.2f} below {review_below}" if conf < review_below else "",
+                    True, "", score)

@@ -8,6 +8,7 @@ version is read from package metadata, never imported).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import os
 import platform
@@ -48,14 +49,21 @@ def device_model() -> str | None:
     return None
 
 
-def library_versions(names=LIBRARIES) -> dict:
+@functools.lru_cache(maxsize=8)
+def _library_versions(names: tuple) -> tuple:
     out = {}
     for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    return out
+    return tuple(out.items())
+
+
+def library_versions(names=LIBRARIES) -> dict:
+    """Installed versions of `names` (absent ones left out). Looked up once per process: the
+    package metadata scan costs tens of ms, and a run rewrites its summary every few seconds."""
+    return dict(_library_versions(tuple(names)))
 
 
 def describe_machine(now: _dt.datetime | None = None) -> dict:

@@ -264,6 +264,12 @@ def format_summary(s: dict) -> str:
         from hemaedge.edge.differential import format_differential
 
         lines.append(format_differential(s["differential"]))
+    if s.get("identify"):
+        rule = s["identify"]
+        ood = rule.get("ood") or {}
+        lines.append(f"unidentified rule: confidence < {rule['unidentified_below']:g}" + (
+            f" or OOD score > {ood['threshold']:g} ({ood.get('source')})" if ood.get("threshold") is not None
+            else f"; no OOD rule ({ood.get('note', 'confidence only')})"))
     if s.get("red_cells"):
         from hemaedge.edge.rbc_morphology import format_red_cells
 

@@ -63,8 +63,33 @@ def _red_cell_foreground(image: np.ndarray, params: SegmentParams | None = None,
     if cells.all() or not cells.any():  # no background to measure from
         return None
     dist = cv2.distanceTransform(cells, cv2.DIST_L2, 5)
-    peaks = dist[(dist == cv2.dilate(dist, _ellipse(15))) & (dist > 3)]
-    return peaks, float(np.count_nonzero(cells)), scale
+    return disc_peaks(dist), float(np.count_nonzero(cells)), scale
+
+
+PEAK_DISC = _ellipse(15)  # one red cell's neighbourhood on the work copy
+# the largest centred square inside the disc: a maximum over the disc is one over this square too
+_r = PEAK_DISC.shape[0] // 2
+_INNER = next(np.ones((2 * k + 1, 2 * k + 1), np.uint8) for k in range(_r, -1, -1)
+              if PEAK_DISC[_r - k:_r + k + 1, _r - k:_r + k + 1].all())
+
+
+def disc_peaks(dist: np.ndarray, min_value: float = 3.0) -> np.ndarray:
+    """The values of `dist` (float32) at its local maxima over `PEAK_DISC` that exceed
+    `min_value`, in row-major order: `dist[(dist == cv2.dilate(dist, PEAK_DISC)) & (dist > min_value)]`.
+
+    Dilating by a disc is OpenCV's slow path (every kernel element); a square is separable and
+    fast. So the square inside the disc picks the candidates (every disc maximum is one) and only
+    those few are checked over the whole disc: the same values at about half the cost.
+    """
+    ys, xs = np.nonzero((dist > min_value) & (dist == cv2.dilate(dist, _INNER)))
+    if len(ys) == 0:
+        return dist[ys, xs]
+    r = PEAK_DISC.shape[0] // 2
+    padded = cv2.copyMakeBorder(dist, r, r, r, r, cv2.BORDER_CONSTANT, value=0)  # 0 <= every candidate
+    windows = np.lib.stride_tricks.sliding_window_view(padded, PEAK_DISC.shape)[ys, xs]
+    values = dist[ys, xs]
+    keep = values >= windows[:, PEAK_DISC > 0].max(axis=1)
+    return values[keep]
 
 
 def red_cell_diameters(image: np.ndarray, params: SegmentParams | None = None) -> np.ndarray:
@@ -115,10 +140,22 @@ class Reading:
     source: str  # "this field", "running median", "not measured"
 
 
+# Independent fields of one frame size: a field whose own reading is more than this factor
+# off the median of the stream's recent fields is taken as a mis-measurement (red cells with
+# open pale centres, a field of cut or overlapping cells: one field's reading then halves)
+# and the stream's median is used; `OUTLIERS_TO_RESET` outliers in a row that agree with each
+# other are a real change of magnification and start the stream over.
+OUTLIER_FACTOR = 1.4
+OUTLIERS_TO_RESET = 3
+MIN_FIELDS_FOR_MEDIAN = 5
+
+
 class Ruler:
     """Red-cell diameter per frame of one stream.
 
-    `same_slide=False` (image folders): every frame is its own field, measured on its own.
+    `same_slide=False` (image folders): every frame is its own field, measured on its own; a
+    field whose reading is an outlier against the recent fields of the same frame size (more
+    than `OUTLIER_FACTOR` off their median) gets that median instead (source "stream median").
     `same_slide=True` (video, camera, `--same-slide`): running median of the last `window`
     estimates; after `stable_after` estimates it re-measures every `every`-th frame only (the
     magnification does not change between frames). A new frame size resets it.
@@ -130,12 +167,33 @@ class Ruler:
         self.reset()
         self.resets = 0
         self.unmeasured_frames = 0
+        self.outlier_fields = 0
         self.measured = deque(maxlen=200)  # recent per-frame values, for the summary
 
     def reset(self, shape=None) -> None:
         self.values: deque = deque(maxlen=self.window)
+        self.outliers: list[float] = []
         self.frames = 0
         self.shape = shape
+
+    def _field(self, d: float | None) -> Reading:
+        """An independent field's reading, checked against the stream's recent fields."""
+        if not d:
+            return Reading(None, "not measured")
+        if len(self.values) >= MIN_FIELDS_FOR_MEDIAN:
+            median = float(np.median(self.values))
+            if not median / OUTLIER_FACTOR <= d <= median * OUTLIER_FACTOR:
+                self.outliers.append(d)
+                run = self.outliers[-OUTLIERS_TO_RESET:]
+                if len(run) < OUTLIERS_TO_RESET or max(run) > min(run) * OUTLIER_FACTOR:
+                    self.outlier_fields += 1
+                    return Reading(median, "stream median")
+                self.resets += 1  # the same new value field after field: a new magnification
+                self.reset(self.shape)
+                self.values.extend(run[:-1])
+        self.outliers = []
+        self.values.append(d)
+        return Reading(d, "this field")
 
     def read(self, image: np.ndarray, params: SegmentParams | None = None, work: WorkCopy | None = None) -> Reading:
         shape = image.shape[:2]
@@ -146,7 +204,7 @@ class Ruler:
         if not self.same_slide:
             d = red_cell_diameter(image, params, work)
             self._note(d)
-            return Reading(d, "this field" if d else "not measured")
+            return self._field(d)
         if len(self.values) < self.stable_after or self.frames % self.every == 0:
             d = red_cell_diameter(image, params, work)
             if d:
@@ -176,4 +234,5 @@ class Ruler:
                 "red_cell_diameter_px": round(d, 1) if d else None,
                 "measured": d is not None,
                 "frames_not_measured": self.unmeasured_frames, "resets": self.resets,
+                "fields_off_the_stream_median": self.outlier_fields,
                 "note": None if d else "red cells could not be measured: crops fell back to each cell's own box"}

@@ -12,6 +12,26 @@ import click
 from hemaedge.edge.cli_support import FiniteFloat, UserError, log_to_file, user_errors
 from hemaedge.edge.segment import CROP_MODES, DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, METHODS
 
+
+class OodThreshold(click.ParamType):
+    """--ood-threshold: 'auto' (the bundle's), 'off', or a finite number >= 0 (`identify.parse_ood_threshold`)."""
+
+    name = "auto|off|NUMBER"
+
+    def convert(self, value, param, ctx):
+        from hemaedge.edge.errors import UsageError
+        from hemaedge.edge.identify import parse_ood_threshold
+
+        if isinstance(value, float) or str(value).strip().lower() in ("auto", "off"):
+            return value if isinstance(value, float) else str(value).strip().lower()
+        try:
+            return parse_ood_threshold(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+OOD_THRESHOLD = OodThreshold()
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,6 +110,11 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
                    "--unidentified-below becomes 'unidentified'.")
 @click.option("--unidentified-below", default=0.4, show_default=True, type=FiniteFloat(0, 1),
               help="A nucleated cell classified with lower confidence is counted as 'unidentified' (for review).")
+@click.option("--ood-threshold", default="auto", show_default=True, type=OOD_THRESHOLD,
+              help="A nucleated cell whose out-of-distribution score (-log of its top probability after the "
+                   "bundle's temperature) is above this is 'unidentified' (reason 'out of distribution'). "
+                   "'auto' = the bundle's threshold, calibrated on the training data's validation split "
+                   "(bundles without one: confidence-only rule); 'off' = confidence only; or a number >= 0.")
 @click.option("--same-slide", is_flag=True,
               help="Image stills are overlapping views of one slide: one ruler, stage motion and tracking "
                    "(each cell counted once), as for a video or a camera.")
@@ -119,7 +144,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
         rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, review_threshold,
-        unidentified_below, same_slide, target_wbc, count_edge_cells, save_crops,
+        unidentified_below, ood_threshold, same_slide, target_wbc, count_edge_cells, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
         status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
@@ -171,7 +196,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         classifier = CellClassifier(mdl, backend, SegmentParams(method=method, detect_platelets=not no_platelets),
                                     cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
                                     rbc_factor=rbc_factor, same_slide=one_slide, review_threshold=review_threshold,
-                                    unidentified_below=unidentified_below, red_cells=red_cells)
+                                    unidentified_below=unidentified_below, red_cells=red_cells,
+                                    ood_threshold=ood_threshold)
         counting = CountingSession(classifier, one_slide=one_slide, target_wbc=target_wbc,
                                    count_edge_cells=count_edge_cells)
         if append and out is not None:

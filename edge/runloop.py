@@ -340,6 +340,7 @@ class RunLoop:
             self.skips.add(frame, "processing", exc)
             return None
         res.timings_ms["capture"] = capture_ms
+        res.cell_flags = [e.get("flag", "") for e in cell_extras]  # what cells.csv marks for review
         res.timings_ms["total"] = (time.perf_counter() - t_cap) * 1e3
         try:
             row = self.recorder.record(frame, res.detections, res.labels, res.confidences, res.timings_ms,
@@ -351,7 +352,6 @@ class RunLoop:
         except Exception as exc:  # noqa: BLE001 - e.g. a result the recorder cannot file
             self.skips.add(frame, "recording", exc)
             return None
-        res.cell_extras = cell_extras  # per cell as cells.csv files it (flag, counted...), for observers
         if self.first_result_s is None:
             self.first_result_s = seconds_since_process_start()
         for obs in self.observers:
@@ -379,6 +379,9 @@ class RunLoop:
         domain = getattr(self.classifier, "domain", None)  # per-run domain check (edge/domain.py)
         if domain is not None:
             summary["domain"] = domain.report()
+        rule = getattr(self.classifier, "identify_rule", None)  # which unidentified rule ran (edge/identify.py)
+        if callable(rule):
+            summary["identify"] = rule()
         return summary
 
     def _close_all(self, recorder_errors_ignored: bool = False) -> None:

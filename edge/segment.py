@@ -7,8 +7,11 @@ Two methods share one output (a list of `Detection`):
   blue-purple stain, red cells and background do not, so the blue-minus-green channel
   separates them far better than brightness does. Threshold it (Otsu, floored at a fixed
   contrast so a frame without any white cell does not invent one), close the gaps between the
-  lobes of one nucleus, keep components by their area relative to the frame, split touching
+  lobes of one nucleus, keep components by their area in red-cell diameters, split touching
   cells with a distance-transform watershed, and grow each nucleus box to the whole cell.
+  Platelets, far paler than nuclei, have their own mask (`find_platelets`): a threshold from
+  the frame's own stain spread, and a colour test (blue-violet, not the pink-magenta specks on
+  red cells).
 * ``otsu``: the papers' pipeline (grayscale -> blur -> Otsu -> closing x2 -> opening x1, the
   one implementation in `preprocess.otsu_binary`) followed by the same component filtering;
   it finds every dark object, red cells included, and is kept for comparison.
@@ -44,14 +47,28 @@ class SegmentParams:
     blur: int = 5
     # closing kernel as a fraction of the frame's short side: joins the lobes of one nucleus
     close_fraction: float = 0.03
-    # component areas as fractions of the frame area
+    # component areas as fractions of the frame area (used when the field has no ruler)
     min_wbc_area: float = 0.006
-    min_platelet_area: float = 0.0004
-    max_platelet_area: float = 0.004
-    # a platelet must be clearly stained on average (specks on red-cell rims are not)
-    platelet_min_score: float = 50.0
-    # platelet box -> the whole platelet with its pale rim, as annotators draw it
-    platelet_margin: float = 0.5
+    # Platelets (`find_platelets`), from the frame's own statistics: a pale platelet is far less
+    # stained than a nucleus, so it has its own mask, the stain channel above `platelet_pixel_z`
+    # robust standard deviations (1.4826 x MAD) of the frame (never below `platelet_pixel_floor`
+    # grey levels: a featureless frame has a tiny spread); a candidate's mean stain must reach
+    # `platelet_min_z` of them and `platelet_min_score` grey levels.
+    platelet_pixel_z: float = 2.0
+    platelet_pixel_floor: float = 5.0
+    platelet_min_z: float = 3.0
+    platelet_min_score: float = 10.0
+    # A platelet is blue-violet (it absorbs red light), the specks of stain on red cells and
+    # their rims are pink-magenta: the candidate's blue-minus-red, above the background's, must
+    # be at least this fraction of its stain contrast (a ratio: independent of exposure and stain
+    # strength). BCCD train: labelled platelets 0.60-1.30 (5th-95th pct), other specks -0.81-0.47.
+    platelet_min_blue: float = 0.6
+    # platelet box: the stained body grown on each side by the pale rim (in d) that annotators
+    # include, each side at least `min_platelet_box_rbc` d
+    platelet_margin: float = 0.07
+    min_platelet_box_rbc: float = 0.4
+    # a stained body wider than this (in d) is not one platelet (a smear of pale stain)
+    max_platelet_side_rbc: float = 0.8
     # nucleus box -> whole-cell box: each side grows by this fraction of the box size
     cell_margin: float = 0.12
     # split a component by watershed when it is this many times a single cell's area
@@ -64,8 +81,8 @@ class SegmentParams:
     work_side: int = 240
     # Sizes in red-cell diameters (d, `edge.ruler.red_cell_diameter`), used whenever the field's
     # red cells were measured: the same limits then hold at any magnification and frame shape.
-    # Component (stained) areas in d^2. The smallest platelet is 0.015 d^2 (the frame-fraction
-    # floor above, on BCCD and PBC). Measured with the per-field ruler: labelled PBC nuclei are
+    # Component (stained) areas in d^2. Platelets: 0.04-0.4 d^2 of their own mask (BCCD train:
+    # smaller specks are stain debris far more often than platelets). Measured with the per-field ruler: labelled PBC nuclei are
     # 1.34-5.6 d^2 (5th-95th percentile of 286 fields), labelled PBC platelet clumps 0.46-0.92;
     # BCCD white-cell nuclei (lower resolution) go down to ~0.5, BCCD platelets up to 0.16 (99th
     # percentile of 122 frames). Size alone cannot tell a platelet clump from a small nucleus
@@ -73,7 +90,7 @@ class SegmentParams:
     # its kind (pipeline.CellClassifier); below 0.4 it can only be a platelet, above 1.6 only a
     # nucleated cell.
     min_wbc_rbc_area: float = 0.4
-    min_platelet_rbc_area: float = 0.015
+    min_platelet_rbc_area: float = 0.04
     max_platelet_rbc_area: float = 0.4
     sure_nucleated_rbc_area: float = 1.6
     single_nucleus_rbc_area: float = 1.0
@@ -228,18 +245,16 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     short = min(h, w)
     if rbc_diameter:
         d2 = (rbc_diameter * scale) ** 2  # red-cell diameter on the work copy, squared
-        min_wbc, min_plt, max_plt = p.min_wbc_rbc_area * d2, p.min_platelet_rbc_area * d2, p.max_platelet_rbc_area * d2
+        min_wbc = p.min_wbc_rbc_area * d2
         sure_wbc = p.sure_nucleated_rbc_area * d2
     else:
-        min_wbc, min_plt, max_plt = (p.min_wbc_area * frame_area, p.min_platelet_area * frame_area,
-                                     p.max_platelet_area * frame_area)
+        min_wbc = p.min_wbc_area * frame_area
         sure_wbc = min_wbc
     if p.method == "otsu":
         mask = otsu_binary(image)
         s = stain_channel(image, p.blur)
     else:
         mask, s = work.mask, work.stain
-    raw = mask
     # join the lobes of one nucleus (neutrophils) without joining neighbouring cells
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(p.close_fraction * short))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(3))
@@ -250,40 +265,32 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     dets: list[Detection] = []
     for k in range(1, n):
         area = int(stats[k, cv2.CC_STAT_AREA])
-        if area < min_plt or (max_plt < area < min_wbc):
-            continue
-        if not p.detect_platelets and area < min_wbc:
+        if area < min_wbc:  # platelets have their own, more sensitive mask (find_platelets)
             continue
         # work inside the component's bounding box: cheap however many components there are
         x, y, bw, bh = (int(v) for v in stats[k, :4])
         roi = (slice(y, y + bh), slice(x, x + bw))
         comp = (labels[roi] == k).astype(np.uint8) * 255
         s_roi = s[roi]
-        if area >= min_wbc:
-            parts = _split_touching(comp, single) if area > p.split_factor * single else [comp]
-            for part in parts:
-                parea = int(np.count_nonzero(part))
-                if parea < min_wbc:
-                    continue
-                px0, py0, px1, py1 = _box_of(part)
-                nucleus = (px0 + x, py0 + y, px1 + x, py1 + y)
-                box = _grow(nucleus, p.cell_margin, image.shape)
-                dets.append(Detection(box, "wbc", parea, float(s_roi[part > 0].mean()),
-                                      at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
-                                      size_ambiguous=parea < sure_wbc))
-        else:
-            # platelets: small, compact, and really stained (not a dark speck of a red cell)
-            if np.count_nonzero(raw[roi][comp > 0]) < 0.3 * area:
+        parts = _split_touching(comp, single) if area > p.split_factor * single else [comp]
+        for part in parts:
+            parea = int(np.count_nonzero(part))
+            if parea < min_wbc:
                 continue
-            score = float(s_roi[comp > 0].mean())
-            if max(bw, bh) > 3 * max(1, min(bw, bh)) or score < p.platelet_min_score:
-                continue
-            box = _grow((x, y, x + bw, y + bh), p.platelet_margin, image.shape)
-            dets.append(Detection(box, "platelet", area, score,
-                                  at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px)))
+            px0, py0, px1, py1 = _box_of(part)
+            nucleus = (px0 + x, py0 + y, px1 + x, py1 + y)
+            box = _grow(nucleus, p.cell_margin, image.shape)
+            dets.append(Detection(box, "wbc", parea, float(s_roi[part > 0].mean()),
+                                  at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
+                                  size_ambiguous=parea < sure_wbc))
     dets = _merge_lobes(dets, image.shape, p.merge_overlap)
     if rbc_diameter:
         dets = _merge_close_lobes(dets, rbc_diameter * scale, p.lobe_gap_rbc, p.max_cell_rbc)
+    if p.detect_platelets:
+        # without a ruler: the diameter implied by the frame-fraction white-cell limit
+        d_work = rbc_diameter * scale if rbc_diameter else float(np.sqrt(min_wbc / p.min_wbc_rbc_area))
+        # their nuclei, not their whole boxes: a platelet lying at a white cell's rim keeps its shape
+        dets += find_platelets(image, s, [_shrink(d.box, p.cell_margin) for d in dets], d_work, p, core=work.mask)
     if scale < 1.0:
         sx, sy = full_w / w, full_h / h
         for d in dets:
@@ -299,6 +306,78 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
         if crop_side:
             d.crop = (d.crop[0], d.crop[1], int(crop_side))
     return dets
+
+
+def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: float,
+                   params: SegmentParams | None = None, core: np.ndarray | None = None) -> list[Detection]:
+    """Platelets of a (work-copy) RGB frame: small blue-violet bodies outside the nucleated cells.
+
+    `s`: the frame's stain channel (`stain_channel`), `nucleated_boxes`: the nucleated cells'
+    boxes (their insides are not searched: lobes and granules are not platelets), `rbc_px`: the
+    red-cell diameter on this image. Every threshold comes from the frame itself (the stain
+    channel's robust spread, the background's colour) or is in red-cell diameters, so the same
+    rule holds under another microscope, stain or camera. `core`: the strongly stained mask
+    (`stain_mask`); where the pale mask joins neighbouring platelets (a clump, a platelet on a
+    pale smear) into a body too large for one, the strongly stained cores inside it are the
+    candidates instead.
+    """
+    p = params or SegmentParams()
+    sub = s[::2, ::2]
+    spread = 1.4826 * float(np.median(np.abs(sub - np.median(sub))))  # robust SD of the stain channel
+    mask = (s > max(p.platelet_pixel_z * spread, p.platelet_pixel_floor)).view(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(3))
+    for x0, y0, x1, y1 in nucleated_boxes:
+        mask[y0:y1, x0:x1] = 0
+    d2 = rbc_px * rbc_px
+    lo, hi = p.min_platelet_rbc_area * d2, p.max_platelet_rbc_area * d2
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    bodies = [(labels, stats, k) for k in range(1, n) if lo <= stats[k, cv2.CC_STAT_AREA] <= hi]
+    if core is not None and n > 1:
+        too_big = np.zeros(n, bool)
+        too_big[1:] = stats[1:, cv2.CC_STAT_AREA] > hi
+        if too_big.any():
+            cores = (core > 0) & too_big[labels]
+            cn, clabels, cstats, _ = cv2.connectedComponentsWithStats(cores.view(np.uint8), connectivity=8)
+            bodies += [(clabels, cstats, k) for k in range(1, cn) if lo <= cstats[k, cv2.CC_STAT_AREA] <= hi]
+    if not bodies:
+        return []
+    # blue minus red of the background: the brightest quarter of the unstained pixels
+    blue_red = image[..., 2].astype(np.float32) - image[..., 0].astype(np.float32)
+    bright = image[::2, ::2].sum(axis=2, dtype=np.int32)
+    unstained = mask[::2, ::2] == 0
+    bg = blue_red[::2, ::2][unstained & (bright >= np.percentile(bright[unstained], 75))] if unstained.any() else blue_red
+    background_blue = float(np.median(bg))
+    h, w = image.shape[:2]
+    out = []
+    for labels, stats, k in bodies:
+        x, y, bw, bh = (int(v) for v in stats[k, :4])
+        side = max(bw, bh)
+        if side > 3 * max(1, min(bw, bh)) or side > p.max_platelet_side_rbc * rbc_px:
+            continue
+        roi = (slice(y, y + bh), slice(x, x + bw))
+        inside = labels[roi] == k
+        score = float(s[roi][inside].mean())
+        if score < max(p.platelet_min_z * spread, p.platelet_min_score):
+            continue
+        if (float(blue_red[roi][inside].mean()) - background_blue) < p.platelet_min_blue * score:
+            continue  # pink-magenta: a speck of stain on a red cell, not a platelet
+        # the stained body grown by the pale rim, each side at least the smallest platelet box
+        cx, cy = x + bw / 2.0, y + bh / 2.0
+        rim = p.platelet_margin * rbc_px
+        hx = max(bw / 2.0 + rim, p.min_platelet_box_rbc * rbc_px / 2)
+        hy = max(bh / 2.0 + rim, p.min_platelet_box_rbc * rbc_px / 2)
+        box = (max(0, int(round(cx - hx))), max(0, int(round(cy - hy))),
+               min(w, int(round(cx + hx))), min(h, int(round(cy + hy))))
+        out.append(Detection(box, "platelet", int(np.count_nonzero(inside)), score,
+                             at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px)))
+    return out
+
+
+def _shrink(box, margin: float) -> tuple[int, int, int, int]:
+    """The box `_grow(box, margin)` was grown from (the nucleus of a cell box)."""
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * margin / (1 + 2 * margin), (y1 - y0) * margin / (1 + 2 * margin)
+    return int(round(x0 + dx)), int(round(y0 + dy)), int(round(x1 - dx)), int(round(y1 - dy))
 
 
 def _touches_edge(box, shape, margin: int) -> bool:
@@ -362,13 +441,13 @@ def _merge_pairs(dets: list[Detection], same_cell) -> list[Detection]:
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill the pale centres of red cells: background not connected to the frame border."""
-    inv = (mask == 0).astype(np.uint8)
-    n, lab = cv2.connectedComponents(inv)
-    touches_border = np.zeros(n, bool)  # label -> reaches the frame border (a lookup, not np.isin)
-    touches_border[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    """Fill the pale centres of red cells: background (0) not 8-connected to the frame border.
+    One flood fill from a one-pixel frame of background around the mask (the frame joins every
+    border pixel): a third of the cost of labelling every background component."""
+    reached = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(reached, None, (0, 0), 255, flags=8)
     out = mask.copy()
-    out[(inv > 0) & ~touches_border[lab]] = 255
+    out[reached[1:-1, 1:-1] == 0] = 255
     return out
 
 

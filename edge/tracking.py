@@ -1,13 +1,19 @@
 """One count per physical cell on a live feed: stage motion, slide coordinates, tracks.
 
 * `StageMotion`: the stage's move between consecutive frames by phase correlation
-  (`cv2.phaseCorrelate` on a small grey copy, Hanning-windowed); the running sum places every
+  (`cv2.phaseCorrelate` on a 160-px-wide grey copy, Hanning-windowed: the move is a pure
+  translation, so a small copy measures it to about half a pixel of the frame on a slow pan
+  and costs a fraction of a larger one); the running sum places every
   frame on the slide, so a detection's slide position is its frame position minus the
   accumulated move.
 * `Tracker`: associates detections to tracks by slide position (greedy, nearest first, within
-  half a cell of the track; same kind), keeps each track's summed class probabilities and number
-  of views, and reopens a track when the stage comes back to a cell it has seen. A track is one
-  physical cell: its class is decided once from the mean probability of all its views.
+  half a cell of the track, a whole cell for a track not seen for a while: the summed stage
+  moves drift; same kind as the segmenter found it), keeps each track's summed class
+  probabilities and number of views, and reopens a track when the stage comes back to a cell
+  it has seen. A track is one physical cell: its class is decided once from the mean
+  probability of all its views (`counting`); a detection whose size leaves its kind open is
+  tracked as a nucleated cell in every view and the track is a platelet clump only when every
+  one of its views was called one.
 
 Small and dependency-free on purpose: a smear moves rigidly (the cells do not move on the
 slide), so the motion model is the stage's translation, not per-object dynamics as in general
@@ -20,7 +26,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-WORK_WIDTH = 256
+from hemaedge.edge.focus import grey_small
+
+# Phase correlation on a copy this wide: half of `focus.grey_small`'s (an exact 2:1 area
+# reduction, OpenCV's fast path). On generated BCCD pans (benchmarks/tools/live_feed.py) the
+# per-frame move error is 0.5 px median / 1.0 px 95th percentile on slow pans (0.4 / 0.9 at
+# 256 px from the full frame) and lower than at 256 px on blurred fast moves.
+WORK_WIDTH = 160
 
 
 class StageMotion:
@@ -36,16 +48,16 @@ class StageMotion:
         self.lost = 0  # frames where the move could not be measured (registration restarted)
 
     def _small(self, image: np.ndarray, grey: np.ndarray | None = None) -> np.ndarray:
-        h, w = image.shape[:2]
-        self._scale = min(1.0, WORK_WIDTH / w)
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if grey is None else grey
-        if self._scale < 1.0:
-            grey = cv2.resize(grey, (round(w * self._scale), round(h * self._scale)), interpolation=cv2.INTER_AREA)
+        grey = grey_small(image) if grey is None else grey
+        gh, gw = grey.shape[:2]
+        if gw > WORK_WIDTH:
+            grey = cv2.resize(grey, (WORK_WIDTH, max(1, round(gh * WORK_WIDTH / gw))), interpolation=cv2.INTER_AREA)
+        self._scale = grey.shape[1] / image.shape[1]  # copy / full frame
         return grey.astype(np.float32)
 
     def update(self, image: np.ndarray, grey: np.ndarray | None = None) -> bool:
         """Feed the next frame; False when its move could not be measured (a new field starts).
-        `grey`: the full-size grey frame when the caller has it (made once per frame)."""
+        `grey`: the frame's `focus.grey_small` copy when the caller has it (made once per frame)."""
         cur = self._small(image, grey)
         if self._prev is None or self._prev.shape != cur.shape:
             first = self._prev is None
@@ -79,6 +91,8 @@ class Track:
     prob_sum: np.ndarray | None = None
     views: int = 0
     full_views: int = 0  # views in which the cell is not cut by the frame edge
+    ambiguous_views: int = 0  # views whose size left the kind open (nucleated cell or platelet clump)
+    clump_views: int = 0  # ... and that the view's classifier called a platelet clump
     frames: list = field(default_factory=list)
 
     @property
@@ -86,13 +100,23 @@ class Track:
         return None if self.prob_sum is None or not self.views else self.prob_sum / self.views
 
 
+def segment_kind(det) -> str:
+    """The kind the segmenter found: a size-ambiguous detection is a nucleated-cell candidate
+    in every view, whatever one view's classifier made of it (the track decides)."""
+    return "wbc" if getattr(det, "size_ambiguous", False) else det.kind
+
+
 class Tracker:
     """Tracks in slide coordinates; `gate` is the largest distance (as a fraction of the cell's
-    size) at which a detection is the same cell; tracks not seen for `keep_frames` frames are
-    closed (no longer matched) but stay counted."""
+    size) at which a detection is the same cell, `reacquire_gate` that for a track last seen
+    more than `recent_frames` frames ago (the slide position comes from summed frame-to-frame
+    moves, whose error grows with every frame, most through blurred ones); tracks not seen for
+    `keep_frames` frames are closed (no longer matched) but stay counted."""
 
-    def __init__(self, gate: float = 0.5, keep_frames: int = 300, min_gate_px: float = 6.0):
+    def __init__(self, gate: float = 0.5, keep_frames: int = 300, min_gate_px: float = 6.0,
+                 reacquire_gate: float = 1.0, recent_frames: int = 10):
         self.gate, self.keep_frames, self.min_gate_px = gate, keep_frames, min_gate_px
+        self.reacquire_gate, self.recent_frames = reacquire_gate, recent_frames
         self.tracks: list[Track] = []
         self.closed: list[Track] = []
         self._next_id = 1
@@ -103,11 +127,13 @@ class Tracker:
         self._close_old(frame_index)
         pairs = []
         for i, (det, xy) in enumerate(zip(detections, slide_xy)):
+            kind = segment_kind(det)
             for j, t in enumerate(self.tracks):
-                if t.kind != det.kind or t.last_frame == frame_index:
+                if t.kind != kind or t.last_frame == frame_index:
                     continue
                 dist = float(np.hypot(*(np.asarray(xy) - t.slide_xy)))
-                if dist <= max(self.min_gate_px, self.gate * max(det.size, t.size)):
+                gate = self.gate if frame_index - t.last_frame <= self.recent_frames else self.reacquire_gate
+                if dist <= max(self.min_gate_px, gate * max(det.size, t.size)):
                     pairs.append((dist, i, j))
         pairs.sort()
         owner: dict[int, int] = {}
@@ -124,12 +150,16 @@ class Tracker:
                 t.slide_xy = (t.slide_xy * t.views + np.asarray(xy)) / (t.views + 1)
                 t.size = max(t.size, det.size)
             else:
-                t = Track(self._next_id, det.kind, np.asarray(xy, np.float64), float(det.size), frame_index, frame_index)
+                t = Track(self._next_id, segment_kind(det), np.asarray(xy, np.float64), float(det.size), frame_index,
+                          frame_index)
                 self._next_id += 1
                 self.tracks.append(t)
             t.last_frame = frame_index
             t.views += 1
             t.full_views += not det.at_edge
+            ambiguous = bool(getattr(det, "size_ambiguous", False))
+            t.ambiguous_views += ambiguous
+            t.clump_views += ambiguous and det.kind == "platelet"
             if probs is not None and len(probs):
                 t.prob_sum = probs[i].astype(np.float64) if t.prob_sum is None else t.prob_sum + probs[i]
             ids.append(t.id)

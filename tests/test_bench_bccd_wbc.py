@@ -1,7 +1,12 @@
 """The BCCD white-cell end-to-end benchmark's frame list and scoring (no model needed)."""
 from __future__ import annotations
 
-from hemaedge.benchmarks.tools.bccd_wbc import REVIEW_THRESHOLD, frames, summarise
+import numpy as np
+
+from hemaedge.benchmarks.tools.bccd_wbc import frames, summarise
+
+CLASSES = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte", "neutrophil",
+           "platelet"]
 
 
 def test_frames_are_single_label_single_box_of_one_split(bccd):
@@ -10,14 +15,28 @@ def test_frames_are_single_label_single_box_of_one_split(bccd):
     assert not {r["frame"] for r in val} & {r["frame"] for r in frames(bccd, "test")}
 
 
-def test_summary_counts_missed_cells_as_wrong_and_flags_low_confidence():
+def _row(frame, label, probs):
+    p = np.asarray(probs, np.float32)
+    top = CLASSES[int(p.argmax())]
+    return {"frame": frame, "label": label, "found": True, "probabilities": p.tolist(), "top": top,
+            "predicted": top if top != "platelet" and p.max() >= 0.4 else "unidentified", "confidence": float(p.max())}
+
+
+def test_summary_counts_missed_cells_as_wrong_and_compares_the_three_rules():
     per_frame = [
-        {"frame": "a", "label": "neutrophil", "found": True, "predicted": "neutrophil", "confidence": 0.9},
-        {"frame": "b", "label": "neutrophil", "found": True, "predicted": "neutrophil", "confidence": REVIEW_THRESHOLD - 0.1},
-        {"frame": "c", "label": "eosinophil", "found": True, "predicted": "platelet", "confidence": 0.95},
-        {"frame": "d", "label": "eosinophil", "found": False},
+        _row("a", "neutrophil", [0, 0, 0, 0, 0, 0, 0.99, 0.01]),       # right, sure
+        _row("b", "neutrophil", [0, 0, 0, 0, 0, 0.2, 0.8, 0]),        # right, OOD score 0.22
+        _row("c", "neutrophil", [0, 0, 0, 0, 0, 0.5, 0.5, 0]),        # a tie: argmax says monocyte, wrong
+        _row("d", "eosinophil", [0, 0, 0, 0, 0, 0, 0.05, 0.95]),      # wrong: platelet, unidentified
+        _row("e", "eosinophil", [0, 0.03, 0, 0, 0, 0, 0.97, 0]),      # wrong, sure: nothing flags it
+        {"frame": "f", "label": "eosinophil", "found": False},        # not found: wrong, flagged
     ]
-    s = summarise(per_frame)
-    assert (s["frames"], s["right"], s["accuracy"]) == (4, 2, 0.5)
-    assert s["right_flagged"] == 0.5 and s["wrong_flagged"] == 0.5  # the missed cell counts as flagged
-    assert s["per_class"]["eosinophil"]["predicted_as"] == {"platelet": 1, "not found": 1}
+    s = summarise(per_frame, CLASSES, ood_threshold=0.15)
+    assert (s["frames"], s["right"], s["top_right"]) == (6, 2, 2)
+    conf, ood, both = (s["rules"][r] for r in ("confidence only", "OOD only", "confidence + OOD"))
+    assert (conf["right"], conf["wrong"]) == (2, 4)
+    assert conf["right_flagged_n"] == 0 and conf["wrong_flagged_n"] == 3  # c (0.5 < 0.6), d, f
+    assert ood["right_flagged_n"] == 1 and ood["wrong_flagged_n"] == 3    # b; c (score 0.69), d, f
+    assert both["right_flagged_n"] == 1 and both["wrong_flagged_n"] == 3
+    assert s["per_class"]["eosinophil"]["predicted_as"] == {"unidentified": 1, "neutrophil": 1, "not found": 1}
+    assert summarise(per_frame, CLASSES)["rules"]["OOD only"] is None  # no threshold: no OOD rows

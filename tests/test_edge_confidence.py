@@ -2,6 +2,7 @@
 and the per-run domain check, on real data with the packaged default bundle."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hemaedge.edge.confidence import ood_scores, ood_section, unidentified
+from hemaedge.edge.confidence import ood_scores, ood_section
 from hemaedge.edge.domain import DomainMonitor, domain_section
 from hemaedge.edge.preprocess import output_probabilities, prepare_batch, read_image_rgb
 
 DEFAULT = Path(__file__).resolve().parents[1] / "src" / "hemaedge" / "models" / "default"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
 def test_temperature_in_the_output_section_rescales_but_keeps_the_answer():
@@ -65,10 +67,9 @@ def test_ood_threshold_and_unidentified_on_real_validation_cells(default_val):
     sec = ood_section(p, y)
     assert sec["score"] == "neg-log-max-prob" and 0 <= sec["mean"] <= sec["threshold"]
     right = p.argmax(1) == y
-    flagged = unidentified(p, sec)
+    flagged = ood_scores(p) > sec["threshold"]
     assert 0.0 < flagged[right].mean() <= 0.1  # ~5 % of confident in-distribution answers by construction
     assert flagged[~right].mean() > flagged[right].mean()  # wrong answers are flagged more often
-    assert not unidentified(p, None).any()
     np.testing.assert_allclose(ood_scores(p), -np.log(p.max(1)), rtol=1e-5)
 
 
@@ -119,3 +120,162 @@ def test_the_run_summary_carries_the_domain_check(default_val, bccd, tmp_path):
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["domain"]["unlike_training"] is True and "train adapt" in saved["domain"]["warning"]
     assert summary["domain"] == saved["domain"]
+    # the bundle's OOD threshold drives "unidentified", and the summary says which rule ran
+    assert saved["identify"]["ood"] == {"score": "neg-log-max-prob", "threshold": sidecar["ood"]["threshold"],
+                                        "source": "bundle", "note": saved["identify"]["ood"]["note"]}
+    reasons = saved["differential"]["unidentified_reasons"]
+    assert sum(reasons.values()) == saved["differential"]["unidentified"]
+    with open(tmp_path / "run" / "cells.csv", newline="") as fh:
+        wbc = [r for r in csv.DictReader(fh) if r["kind"] == "wbc" and r["counted"] == "1"]
+    thr = sidecar["ood"]["threshold"]
+    kept = [r for r in wbc if r["class"] != "unidentified"]
+    ood_rows = [r for r in wbc if r["class"] == "unidentified" and "out of distribution" in r["flag"]]
+    assert wbc and kept + ood_rows  # nucleated cells were judged
+    assert all(-np.log(float(r["confidence"])) <= thr + 1e-4 for r in kept)  # none above the threshold kept its class
+    assert all(-np.log(float(r["confidence"])) > thr - 1e-4 and "OOD score" in r["flag"] for r in ood_rows)
+    assert len(ood_rows) == reasons.get("out of distribution", 0)
+
+
+# ----------------------------------------------------------------------------- the OOD rule (edge/identify.py)
+
+
+def test_ood_score_of_a_real_bundle_is_higher_on_bccd_cells_than_on_training_val(default_val, bccd):
+    """The packaged default's score on the white cells of 12 BCCD val frames (another microscope)
+    against 96 BloodMNIST val crops (the training microscope)."""
+    from hemaedge.benchmarks.tools.bccd_wbc import frames as bccd_frames
+    from hemaedge.edge.pipeline import CellClassifier
+
+    b, be, _, p_val, _ = default_val
+    clf = CellClassifier(b, be)
+    bccd_scores = []
+    for r in bccd_frames(bccd, "val")[:12]:
+        res = clf.process(read_image_rgb(bccd / "JPEGImages" / f"{r['frame']}.jpg"))
+        bccd_scores += [d.ood_score for det, d in zip(res.detections, res.decisions) if det.kind == "wbc"]
+    assert len(bccd_scores) >= 10 and np.isfinite(bccd_scores).all()  # recorded with every decision
+    val_scores = ood_scores(p_val)
+    assert np.mean(bccd_scores) > np.mean(val_scores) and np.median(bccd_scores) > 2 * np.median(val_scores)
+
+
+@pytest.fixture(scope="module")
+def bundle_without_ood(tmp_path_factory):
+    """The packaged default as a bundle exported before OOD statistics existed (no `ood` section)."""
+    root = tmp_path_factory.mktemp("no-ood") / "bundle"
+    shutil.copytree(DEFAULT, root)
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("ood", None)
+    (root / "manifest.json").write_text(json.dumps(m, indent=2))
+    return root
+
+
+def test_a_bundle_without_an_ood_section_keeps_the_confidence_only_rule(bundle_without_ood):
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.pipeline import CellClassifier
+
+    b = load_bundle(bundle_without_ood)
+    assert "ood" not in b.manifest
+    be = load_backend(b, threads=1)
+    clf = CellClassifier(b, be)
+    assert clf.ood_rule.threshold is None and clf.ood_rule.source == "none"
+    assert "confidence-only" in clf.identify_rule()["ood"]["note"]
+    sure_but_odd = np.array([0.05, 0, 0, 0, 0.8, 0.15, 0, 0], np.float32)  # 0.8: OOD score 0.22
+    assert clf.decide("wbc", sure_but_odd).label == "lymphocyte"
+    res = clf.process(read_image_rgb(SAMPLES / "bccd" / "BloodImage_00011.jpg"))  # a real frame runs
+    assert res.detections and all(d.reason != "out of distribution" for d in res.decisions)
+    with_rule = CellClassifier(b, be, ood_threshold=0.15)  # the user's threshold
+    d = with_rule.decide("wbc", sure_but_odd)
+    assert (d.label, d.reason, with_rule.ood_rule.source) == ("unidentified", "out of distribution", "user")
+    assert d.ood_score == pytest.approx(-np.log(0.8), rel=1e-5)
+
+
+def test_the_packaged_default_carries_a_calibrated_ood_threshold(default_val):
+    b = default_val[0]
+    from hemaedge.edge.pipeline import CellClassifier
+
+    clf = CellClassifier(b, default_val[1])
+    ood = b.manifest.get("ood")
+    if not ood:
+        pytest.skip("the packaged default predates OOD statistics")
+    assert clf.ood_rule.source == "bundle" and clf.ood_rule.threshold == ood["threshold"] > 0
+    assert ood["quantile"] == 0.95 and ood["n"] > 1000  # chosen on the whole BloodMNIST val split
+
+
+def test_the_bundle_threshold_is_used_and_can_be_overridden_or_switched_off():
+    from hemaedge.edge.identify import OodRule, decide
+
+    manifest = {"ood": {"score": "neg-log-max-prob", "quantile": 0.95, "threshold": 0.136}}
+    rule = OodRule.from_bundle(manifest)
+    assert (rule.threshold, rule.source) == (0.136, "bundle") and "95%" in rule.note
+    assert OodRule.from_bundle(manifest, "auto").threshold == 0.136
+    assert OodRule.from_bundle(manifest, 0.5).threshold == 0.5
+    assert OodRule.from_bundle(manifest, "off").threshold is None
+    classes = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+               "neutrophil", "platelet"]
+    p = np.array([0, 0, 0, 0, 0.85, 0.15, 0, 0], np.float32)  # score 0.163
+    assert decide("wbc", p, classes, ood_threshold=rule.threshold).reason == "out of distribution"
+    assert decide("wbc", p, classes, ood_threshold=None).label == "lymphocyte"
+    low = np.array([0.3, 0.3, 0, 0, 0.35, 0.05, 0, 0], np.float32)
+    assert decide("wbc", low, classes, ood_threshold=rule.threshold).reason == "low confidence"
+    plt = np.array([0, 0, 0, 0, 0.1, 0, 0, 0.9], np.float32)
+    assert decide("wbc", plt, classes, ood_threshold=rule.threshold).reason == "classified as platelet"
+    # platelet candidates are not judged by the OOD rule: they can only be platelets anyway
+    assert decide("platelet", plt, classes, ood_threshold=0.0).label == "platelet"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.1", "abc", "", None])
+def test_ood_threshold_values_are_validated(value):
+    from hemaedge.edge.errors import UsageError
+    from hemaedge.edge.identify import parse_ood_threshold
+
+    with pytest.raises(UsageError, match="OOD threshold"):
+        parse_ood_threshold(value)
+
+
+@pytest.mark.parametrize("ood, needle", [({"score": "energy", "threshold": 3.0}, "unknown"),
+                                         ({"score": "neg-log-max-prob", "threshold": -1}, "finite number"),
+                                         ({"score": "neg-log-max-prob", "threshold": float("nan")}, "finite number")])
+def test_a_bundle_with_an_unusable_ood_section_is_refused(ood, needle):
+    from hemaedge.edge.errors import BundleError
+    from hemaedge.edge.identify import OodRule
+
+    with pytest.raises(BundleError, match=needle):
+        OodRule.from_bundle({"ood": ood})
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "high"])
+def test_edge_run_refuses_a_bad_ood_threshold_with_one_line(value, tmp_path):
+    from click.testing import CliRunner
+
+    from hemaedge.cli import main
+
+    res = CliRunner().invoke(main, ["edge", "run", "--source", str(SAMPLES / "bccd"), "--out", str(tmp_path / "r"),
+                                    "--ood-threshold", value, "-q"])
+    assert res.exit_code == 2 and "--ood-threshold" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_edge_run_with_an_ood_threshold_says_why_cells_are_unidentified(tmp_path):
+    from click.testing import CliRunner
+
+    from hemaedge.cli import main
+
+    res = CliRunner().invoke(main, ["edge", "run", "--source", str(SAMPLES / "bccd"), "--out", str(tmp_path / "r"),
+                                    "--ood-threshold", "0.05", "-q"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert saved["identify"]["ood"]["source"] == "user" and saved["identify"]["ood"]["threshold"] == 0.05
+    assert saved["differential"]["unidentified_reasons"].get("out of distribution", 0) >= 1
+    assert "OOD score > 0.05 (user)" in res.output
+
+
+def test_edge_run_with_a_bundle_without_ood_statistics_says_it_is_confidence_only(bundle_without_ood, tmp_path):
+    from click.testing import CliRunner
+
+    from hemaedge.cli import main
+
+    res = CliRunner().invoke(main, ["edge", "run", "--bundle", str(bundle_without_ood), "--source",
+                                    str(SAMPLES / "bccd" / "BloodImage_00011.jpg"), "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 0, res.output
+    rule = json.loads((tmp_path / "r" / "summary.json").read_text())["identify"]
+    assert rule["ood"]["threshold"] is None and rule["ood"]["source"] == "none"
+    assert "no OOD rule (the bundle has no OOD statistics" in res.output

@@ -235,3 +235,84 @@ def test_frame_names_are_relative_to_the_folder_and_grey_frames_warned(tmp_path,
     assert names == ["grey.png", "patient_a/field.jpg", "patient_b/field.jpg"]  # sub-folders are read too
     assert any("grayscale" in r.message for r in caplog.records)
     assert json.loads((out / "summary.json").read_text())["differential"]["grayscale_frames"] == 1
+
+
+def test_a_field_whose_ruler_misreads_gets_the_stream_median_and_a_real_change_resets(pbc_raw_val):
+    """pbc_raw_val/val_00754.jpg: red cells with open pale centres read ~30 px (the field's
+    neighbours ~65 px); its white cell then measured 15 d^2 and its granules became extra
+    nucleated cells. Against the recent fields of the same frame size the reading is an outlier
+    and the stream's median is used. Three fields in a row at 1.6x the magnification (same
+    frame size) are a real change: the ruler starts over with them."""
+    fields = [read_image_rgb(pbc_raw_val / f"val_{i:05d}.jpg") for i in (0, 3, 4, 9, 10, 20)]
+    ruler = Ruler(same_slide=False)
+    normal = [ruler.read(f).diameter for f in fields]
+    assert all(50 <= d <= 90 for d in normal)
+    odd = read_image_rgb(pbc_raw_val / "val_00754.jpg")
+    assert odd.shape == fields[0].shape
+    assert red_cell_diameter(odd) < 40  # the misreading itself
+    reading = ruler.read(odd)
+    assert reading.source == "stream median" and 50 <= reading.diameter <= 90
+    assert ruler.summary()["fields_off_the_stream_median"] == 1
+    h, w = fields[0].shape[:2]
+    zoomed = [cv2.resize(read_image_rgb(pbc_raw_val / f"val_{i:05d}.jpg")[:int(h / 1.6), :int(w / 1.6)], (w, h),
+                         interpolation=cv2.INTER_CUBIC) for i in (0, 20, 60)]  # 1.6x the magnification
+    readings = [ruler.read(z) for z in zoomed]
+    assert [r.source for r in readings[:2]] == ["stream median"] * 2
+    assert readings[2].source == "this field" and readings[2].diameter > 1.4 * np.median(normal)
+    assert ruler.resets == 1
+
+
+def _sample_cells():
+    from hemaedge.edge.ruler import red_cell_diameter
+    from hemaedge.edge.segment import segment
+
+    img = read_image_rgb(SAMPLES / "bccd" / "BloodImage_00007.jpg")
+    return [d for d in segment(img, rbc_diameter=red_cell_diameter(img)) if d.kind == "wbc"]
+
+
+def test_a_cell_seen_again_after_the_stage_drifted_keeps_its_track():
+    """pan_04 of the live-feed table: a white cell came back into view 105 frames later, 50 px
+    (half its size) off its slide position from the summed moves, and was counted twice."""
+    from hemaedge.edge.tracking import Tracker
+
+    cells = _sample_cells()
+    assert cells
+    tr = Tracker()
+    first = tr.update(0, cells, [c.centre for c in cells], None)
+    nearby = tr.update(1, cells, [(c.centre[0] + 0.3 * c.size, c.centre[1]) for c in cells], None)
+    assert nearby == first
+    later = tr.update(100, cells, [(c.centre[0] + 0.8 * c.size, c.centre[1]) for c in cells], None)
+    assert later == first and len(tr.all_tracks()) == len(cells)
+    soon = Tracker()
+    soon.update(0, cells, [c.centre for c in cells], None)
+    # the wide gate is for tracks not seen for a while only: the next frame keeps the narrow one
+    assert soon.update(1, cells, [(c.centre[0] + 0.8 * c.size, c.centre[1]) for c in cells], None) != first
+
+
+def test_a_size_ambiguous_cell_keeps_one_track_when_one_view_calls_it_a_clump(default_classifier):
+    """A detection whose size leaves its kind open was switched to "platelet" in the views where
+    the classifier said platelet clump: its views then made two tracks (one nucleated, one
+    platelet). The kind is now the segmenter's in every view and the track decides once."""
+    from dataclasses import replace
+
+    from hemaedge.edge.counting import CountingSession
+
+    cell = replace(_sample_cells()[0], size_ambiguous=True)
+    session = CountingSession(default_classifier, one_slide=True)
+    classes = default_classifier.classes
+    white = np.eye(len(classes), dtype=np.float32)[classes.index("neutrophil")]
+    clump_p = np.eye(len(classes), dtype=np.float32)[classes.index("platelet")]
+    views = [replace(cell, kind="platelet" if k % 2 else "wbc") for k in range(6)]
+    ids = [session.tracker.update(k, [v], [v.centre], (clump_p if v.kind == "platelet" else white)[None])[0]
+           for k, v in enumerate(views)]
+    assert len(set(ids)) == 1
+    (track,) = session.tracker.all_tracks()
+    assert track.kind == "wbc" and track.views == 6 and track.ambiguous_views == 6 and track.clump_views == 3
+    # three views were not a clump: it stays a white cell, counted once
+    assert session._track_kind(track) == "wbc"
+    assert session.differential().white_cells_counted == 1
+    clump = CountingSession(default_classifier, one_slide=True)
+    for k in range(4):
+        v = replace(cell, kind="platelet")
+        clump.tracker.update(k, [v], [v.centre], clump_p[None])
+    assert clump._track_kind(clump.tracker.all_tracks()[0]) == "platelet"

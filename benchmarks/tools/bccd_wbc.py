@@ -33,15 +33,17 @@ from collections import Counter
 from pathlib import Path
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc
+from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED, UNIDENTIFIED_BELOW, cell_ood_score, decide
 from hemaedge.edge.preprocess import read_image_rgb, reference_anchors
 from hemaedge.edge.segment import centre_in, iou
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-REVIEW_THRESHOLD = 0.6  # the recorder's default: a cell below this confidence is flagged for review
+REVIEW_THRESHOLD = REVIEW_BELOW  # the recorder's default: a cell below this confidence is flagged for review
 
 
 def frames(data: Path, split: str) -> list[dict]:
@@ -55,16 +57,37 @@ def bloodmnist_reference(bloodmnist128: Path, every: int = 6) -> dict:
 
 
 @dataclasses.dataclass
-class _Model:  # what CellClassifier needs: classes + contract
+class _Model:  # what CellClassifier needs: classes + contract (+ the manifest's ood section)
     classes: list
     contract: object
+    manifest: dict = dataclasses.field(default_factory=dict)
 
 
-def evaluate(data: Path, rows: list[dict], bundle, contract, threads: int = 2) -> dict:
+# The three unidentified/flag rules compared (edge.identify.decide with these settings).
+RULES = ("confidence only", "OOD only", "confidence + OOD")
+
+
+def rule_settings(rule: str, ood_threshold: float | None) -> dict:
+    """decide(...) keyword arguments of one rule (OOD rules need a threshold)."""
+    conf = {"threshold": UNIDENTIFIED_BELOW, "review_below": REVIEW_THRESHOLD}
+    if rule == "confidence only":
+        return {**conf, "ood_threshold": None}
+    if rule == "OOD only":
+        return {"threshold": 0.0, "review_below": 0.0, "ood_threshold": ood_threshold}
+    return {**conf, "ood_threshold": ood_threshold}
+
+
+def evaluate(data: Path, rows: list[dict], bundle, contract, threads: int = 2, ood_override=None) -> dict:
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.pipeline import CellClassifier
 
-    clf = CellClassifier(_Model(list(bundle.classes), contract), load_backend(bundle, threads=threads))
+    model = _Model(list(bundle.classes), contract, bundle.manifest)
+    clf = CellClassifier(model, load_backend(bundle, threads=threads), ood_threshold=ood_override)
+    return score_frames(data, rows, clf)
+
+
+def score_frames(data: Path, rows: list[dict], clf) -> dict:
+    """Every frame through `clf` (a CellClassifier); the WBC detection matching the label box is the answer."""
     per_frame = []
     for r in tqdm(rows, desc="frames", unit="frame"):
         img = read_image_rgb(data / "JPEGImages" / f"{r['frame']}.jpg")
@@ -79,26 +102,57 @@ def evaluate(data: Path, rows: list[dict], bundle, contract, threads: int = 2) -
                 best, best_iou = k, v
         row = {"frame": r["frame"], "label": r["categories"], "found": best is not None}
         if best is not None:
-            row.update(predicted=res.labels[best], confidence=float(res.confidences[best]),
-                       probabilities=[round(float(p), 6) for p in res.probabilities[best]], iou=round(best_iou, 3))
+            p = res.probabilities[best]
+            dec = res.decisions[best]
+            row.update(predicted=res.labels[best], top=clf.classes[int(np.argmax(p))], confidence=float(np.max(p)),
+                       probabilities=[round(float(v), 6) for v in p], iou=round(best_iou, 3),
+                       ood_score=round(float(cell_ood_score(p)), 6), flag=dec.flag, reason=dec.reason)
         per_frame.append(row)
-    return summarise(per_frame)
+    return summarise(per_frame, clf.classes, clf.ood_rule.threshold)
 
 
-def summarise(per_frame: list[dict]) -> dict:
+def flag_rates(per_frame: list[dict], classes: list[str], rule: str, ood_threshold: float | None) -> dict | None:
+    """Right / wrong answers (the classifier's top class against the label) flagged for review or
+    unidentified under one rule; a frame whose WBC is not found is a wrong answer, flagged."""
+    if rule != "confidence only" and ood_threshold is None:
+        return None
+    kw = rule_settings(rule, ood_threshold)
+    right = wrong = right_f = wrong_f = 0
+    for f in per_frame:
+        if not f["found"]:
+            wrong, wrong_f = wrong + 1, wrong_f + 1
+            continue
+        d = decide("wbc", np.asarray(f["probabilities"], np.float32), classes, **kw)
+        flagged = d.label == UNIDENTIFIED or bool(d.flag)
+        if f["top"] == f["label"]:
+            right, right_f = right + 1, right_f + flagged
+        else:
+            wrong, wrong_f = wrong + 1, wrong_f + flagged
+    return {"right": right, "wrong": wrong, "right_flagged": round(right_f / right, 4) if right else None,
+            "wrong_flagged": round(wrong_f / wrong, 4) if wrong else None,
+            "right_flagged_n": right_f, "wrong_flagged_n": wrong_f}
+
+
+def summarise(per_frame: list[dict], classes: list[str], ood_threshold: float | None = None) -> dict:
+    """Accuracy after the pipeline's rules (unidentified = not right), top-class accuracy, and the
+    flag rates of each rule in RULES."""
     n = len(per_frame)
     right = [f for f in per_frame if f.get("predicted") == f["label"]]
-    wrong = [f for f in per_frame if f.get("predicted") != f["label"]]
-    flagged = lambda fs: sum(1 for f in fs if not f["found"] or f["confidence"] < REVIEW_THRESHOLD)
     per_class = {}
     for c in sorted({f["label"] for f in per_frame}):
         fs = [f for f in per_frame if f["label"] == c]
         per_class[c] = {"frames": len(fs), "right": sum(f.get("predicted") == c for f in fs),
                         "predicted_as": dict(Counter(f.get("predicted", "not found") for f in fs).most_common())}
+    rules = {r: flag_rates(per_frame, classes, r, ood_threshold) for r in RULES}
+    top_right = sum(1 for f in per_frame if f.get("top") == f["label"])
+    conf_rule = rules["confidence only"]
     return {"frames": n, "found": sum(f["found"] for f in per_frame),
             "right": len(right), "accuracy": round(len(right) / n, 4) if n else None,
-            "right_flagged": round(flagged(right) / len(right), 4) if right else None,
-            "wrong_flagged": round(flagged(wrong) / len(wrong), 4) if wrong else None,
+            "top_right": top_right, "top_accuracy": round(top_right / n, 4) if n else None,
+            "ood_threshold": ood_threshold,
+            "right_flagged": conf_rule["right_flagged"], "wrong_flagged": conf_rule["wrong_flagged"],
+            "rules": rules,
+            "unidentified_reasons": dict(Counter(f["reason"] for f in per_frame if f.get("reason"))),
             "predicted_as": dict(Counter(f.get("predicted", "not found") for f in per_frame).most_common()),
             "per_class": per_class, "per_frame": per_frame}
 
@@ -108,7 +162,9 @@ def to_markdown(r: dict) -> str:
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
              f"Bundle: `{r['bundle']}`; split `{r['split']}` ({r['frames']} frames with one white-cell label "
              "and one WBC box; a frame whose WBC is not found counts as wrong). "
-             f"Flagged = confidence < {REVIEW_THRESHOLD} (the recorder's review threshold) or not found.", "",
+             "Right/wrong answers for the flag columns = the classifier's top class against the label; flagged = "
+             f"unidentified or confidence < {REVIEW_THRESHOLD} (the recorder's review threshold) under the "
+             "confidence-only rule, or not found (rules with the OOD score: the table below).", "",
              "| input contract | frames | WBC found | right | accuracy | right answers flagged | wrong answers flagged | predicted as |",
              "|---|---|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
@@ -123,6 +179,12 @@ def to_markdown(r: dict) -> str:
         cells = [f"{v['per_class'][c]['right']} / {v['per_class'][c]['frames']}" if c in v["per_class"] else "–"
                  for v in r["variants"].values()]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += ["", "Flag rules (`edge.identify.decide`; OOD threshold from the bundle's manifest):", "",
+              "| input contract | rule | wrong answers flagged | right answers flagged |", "|---|---|---|---|"]
+    for name, v in r["variants"].items():
+        for rule, f in (v.get("rules") or {}).items():
+            if f:
+                lines.append(f"| {name} | {rule} | {f['wrong_flagged_n']}/{f['wrong']} | {f['right_flagged_n']}/{f['right']} |")
     if r.get("reference"):
         lines += ["", f"Reference colours (BloodMNIST-128 train, every 6th image; OpenCV 8-bit Lab): "
                       f"background {r['reference']['background']}, red cells {r['reference']['cells']}"]

@@ -8,8 +8,11 @@ them, measured in one run on the same frames (interleaved, so machine load hits 
 Three pipelines: *before* (the baseline checkout), *fields* (this code on an image folder:
 per-field ruler, kind/class rules, differential) and *tracking* (this code with `--same-slide`:
 stage motion, focus gate and tracker as on a live feed). Each is run as its own process
-(`hemaedge edge run -q --threads 2`), so peak RSS is the whole process's. Results:
-benchmarks/results/counting_speed.{json,md}.
+(`hemaedge edge run -q --threads 2`), so peak RSS is the whole process's. Then
+`--stage-rounds` rounds of `counting_stages --threads 1` per pipeline (one thread, short runs,
+interleaved): CPU per frame and per stage, the figure that a machine shared by many jobs
+distorts least (two-thread runs there burn CPU in workers waiting for a descheduled partner).
+Results: benchmarks/results/counting_speed.{json,md}.
 """
 from __future__ import annotations
 
@@ -30,6 +33,14 @@ from hemaedge.benchmarks.tools.segmentation_bccd import machine
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUN = "import sys; sys.argv[0] = 'hemaedge'; from hemaedge.cli import main; main()"
+
+
+def bundle_name(checkout: Path) -> str:
+    """The name of a checkout's packaged default bundle (which weights a pipeline ran)."""
+    try:
+        return json.loads((checkout / "src" / "hemaedge" / "models" / "default" / "manifest.json").read_text())["name"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
 
 
 def baseline_package(src: Path, where: Path) -> Path:
@@ -71,10 +82,61 @@ def cpu_per_frame(run: dict, startup_cpu_s: float) -> float | None:
     return round(1e3 * (run["cpu_s"] - startup_cpu_s) / n, 2) if n > 0 else None
 
 
+STAGES_TOOL = Path(__file__).resolve().parent / "counting_stages.py"
+
+
+def stage_cpu(base_path: str, source: str, frames: int, repeats: int, tmp: Path) -> dict:
+    """Single-thread CPU ms per frame of the pipeline before (image folder) and now (image folder,
+    one slide), from `counting_stages --threads 1`: one thread (OpenCV and the model), so no worker
+    thread burns CPU waiting for a descheduled partner; short runs, interleaved, `repeats` rounds."""
+    jobs = {"before": (base_path, "folder"), "fields": (None, "folder"), "tracking": (None, "slide")}
+    out = {name: [] for name in jobs}
+    for k in range(repeats):
+        for name, (pythonpath, mode) in jobs.items():
+            env = dict(os.environ)
+            if pythonpath:
+                env["PYTHONPATH"] = pythonpath
+            js = tmp / f"stages-{name}-{k}.json"
+            proc = subprocess.run([sys.executable, str(STAGES_TOOL), "--source", source, "--frames", str(frames),
+                                   "--threads", "1", "--mode", mode, "--json", str(js)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                raise click.ClickException(f"counting_stages ({name}) failed:\n{proc.stderr[-2000:]}")
+            (mode_result,) = json.loads(js.read_text())["modes"].values()
+            out[name].append(mode_result)
+        click.echo("single-thread CPU round {}: ".format(k + 1)
+                   + ", ".join(f"{n} {v[-1]['total_ms']:.2f} ms/frame" for n, v in out.items()))
+    return out
+
+
+def stage_markdown(r: dict) -> list[str]:
+    st = r.get("stage_cpu")
+    if not st:
+        return []
+    before = np.median([x["total_ms"] for x in st["before"]])
+    lines = ["", f"## Single-thread CPU per frame (`counting_stages --threads 1`, {r['stage_frames']} frames, "
+             f"{len(st['before'])} rounds)", "",
+             "One thread per pipeline (OpenCV and the model): the work per frame, without worker threads that burn "
+             "CPU waiting for a descheduled partner on a loaded machine; short runs, interleaved round by round. "
+             "Stages of the median round; `classify` = prepare_batch + model call.", "",
+             "| pipeline | CPU ms/frame (rounds) | median | vs before | stages (ms/frame) | cells/frame | fingerprint |",
+             "|---|---|---|---|---|---|---|"]
+    for name, runs in st.items():
+        totals = [x["total_ms"] for x in runs]
+        med = sorted(runs, key=lambda x: x["total_ms"])[len(runs) // 2]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in med["stages_ms"].items())
+        lines.append(f"| {name} | {' / '.join(f'{t:.2f}' for t in totals)} | {np.median(totals):.2f} | "
+                     f"{np.median(totals) / before:.2f}x | {stages} | {med['cells_per_frame']} | "
+                     f"{med['fingerprint'][:12]} |")
+    return lines
+
+
 def to_markdown(r: dict) -> str:
     lines = [f"# Whole `edge run` speed with the counting stages ({r['date']})", "", f"Command: `{r['command']}`  ",
              f"Machine: {r['machine']}; load average at start {r['load_average']}  ",
              f"Baseline (*before*): commit {r.get('baseline_commit', 'not recorded')}, the pipeline before the counting stages.  ",
+             f"Weights: before = that checkout's packaged default ({r.get('bundles', {}).get('before', 'not recorded')}); "
+             f"fields, tracking = this checkout's ({r.get('bundles', {}).get('now', 'not recorded')}).  ",
              f"Frames: {r['frames']} of `{r['source']}` per run, {r['repeats']} runs per pipeline, interleaved. "
              "Absolute times are noisy on this shared machine; compare the rows, measured side by side.", "",
              "CPU ms/frame: the run's CPU time (user + system, all threads) less a 1-frame run's (start-up), "
@@ -91,6 +153,7 @@ def to_markdown(r: dict) -> str:
                      f"{med('segment_p50')} | {med('preprocess_p50')} | {med('inference_p50')} | {med('fps')} | "
                      f"{cpu_med(runs)} | "
                      f"{max(x['peak_rss_mb'] for x in runs):.1f} | {runs[0]['cells_per_frame']} |")
+    lines += stage_markdown(r)
     return "\n".join(lines) + "\n"
 
 
@@ -100,8 +163,11 @@ def to_markdown(r: dict) -> str:
 @click.option("--source", default="../shared/data/bccd/JPEGImages", show_default=True)
 @click.option("--frames", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 20))
+@click.option("--stage-rounds", default=3, show_default=True, type=click.IntRange(0, 20),
+              help="Rounds of the single-thread CPU comparison (counting_stages; 0: none).")
+@click.option("--stage-frames", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
-def main(baseline_src, source, frames, repeats, out):
+def main(baseline_src, source, frames, repeats, stage_rounds, stage_frames, out):
     """Per-frame latency and peak memory: before the counting stages, with them, and with tracking."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = {"before": [], "fields": [], "tracking": []}
@@ -115,13 +181,17 @@ def main(baseline_src, source, frames, repeats, out):
                 r["cpu_ms_per_frame"] = cpu_per_frame(r, startup[name])
                 res[name].append(r)
                 click.echo(f"{name} run {k + 1}: total p50 {r['total_p50']} ms, peak {r['peak_rss_mb']} MB")
+        stages = stage_cpu(base_path, source, stage_frames, stage_rounds, Path(tmp)) if stage_rounds else None
     commit = subprocess.run(["git", "-C", str(baseline_src), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "baseline_commit": commit,
               "load_average": [round(v, 2) for v in load] if load else None,
               "command": f"python -m hemaedge.benchmarks.tools.counting_speed --baseline-src <checkout of {commit}> "
-                         f"--source {source} --frames {frames} --repeats {repeats}",
-              "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res}
+                         f"--source {source} --frames {frames} --repeats {repeats} --stage-rounds {stage_rounds} "
+                         f"--stage-frames {stage_frames}",
+              "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res,
+              "stage_frames": stage_frames, "stage_cpu": stages,
+              "bundles": {"before": bundle_name(baseline_src), "now": bundle_name(Path(__file__).resolve().parents[2])}}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "counting_speed.json", json.dumps(report, indent=2))
     atomic_write_text(out / "counting_speed.md", to_markdown(report))

@@ -3,7 +3,7 @@
     python -m hemaedge.benchmarks.tools.default_model_goals [--candidate benchmarks/results/default-v2-epochN --label NAME]
 
 "before" = the default bundle the issue started from (5 CPU epochs, 2026-11-22), read from the
-frozen copy of its tables in benchmarks/results/default-v1/ (the live tables now measure the new
+frozen copy of its tables in benchmarks/history/default-v1/ (the live tables now measure the new
 default); "candidate" = the files `benchmarks/tools/default_v2_check.sh` wrote for a new model (an
 intermediate checkpoint is labelled with its epoch; `--final` for the model that was packaged).
 A figure that was not measured says so.
@@ -21,7 +21,7 @@ from hemaedge.edge.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]  # the repo: this file is benchmarks/tools/
 RESULTS = ROOT / "benchmarks" / "results"
-BEFORE = RESULTS / "default-v1"  # the issue's starting default: its manifest and tables, frozen
+BEFORE = ROOT / "benchmarks" / "history" / "default-v1"  # the issue's starting default: its manifest and tables, frozen
 
 
 def _load(path: Path):
@@ -63,7 +63,21 @@ def default_multi_domain() -> Path | None:
     return None
 
 
-def collect(candidate: Path | None, multi_domain: Path | None = None) -> dict:
+def _ood_row(r: dict | None) -> str:
+    """BCCD val flag rates of ood_rule's confidence + OOD rule (and the confidence-only rule of the same run)."""
+    if not r:
+        return "not measured"
+    bccd = next((v for k, v in r["sets"].items() if k.startswith("BCCD")), None)
+    if not bccd:
+        return "not measured"
+    both, conf = bccd["rules"]["confidence + OOD"], bccd["rules"]["confidence only"]
+    thr = r["ood_rule"]["threshold"]
+    return (f"{_pct(both['wrong_flagged'], 1)} of wrong, {_pct(both['right_flagged'], 1)} of right (confidence "
+            f"rule + OOD score > {thr:g}, threshold from BloodMNIST val; confidence rule alone in the same run: "
+            f"{_pct(conf['wrong_flagged'], 1)} / {_pct(conf['right_flagged'], 1)}; ood_rule_*.md)")
+
+
+def collect(candidate: Path | None, final: bool = False, multi_domain: Path | None = None) -> dict:
     man = _load(BEFORE / "bundle-manifest.json")
     pbc = _load(BEFORE / "pbc_end_to_end.json")
     cost = _load(RESULTS / "normalize_cost.json")
@@ -82,7 +96,10 @@ def collect(candidate: Path | None, multi_domain: Path | None = None) -> dict:
                 "ece_test": (cal.get("test") or {}).get("ece"), "temperature": cal.get("manifest_temperature"),
                 "ece_fp32": snap.get("ece_test"), "ece_fp32_calibrated": snap.get("ece_test_calibrated"),
                 "fp32_temperature": snap.get("temperature"), "test_fp32": snap.get("test_accuracy"),
-                "epochs": snap.get("epochs")}
+                "epochs": snap.get("epochs"),
+                # the packaged default's table (benchmarks/results/ood_rule_default) when the candidate is it
+                "ood_rule": next((_load(p) for p in sorted(candidate.glob("ood_rule_*.json"))), None)
+                or (_load(RESULTS / "ood_rule_default.json") if final else None)}
         mt = (cm.get("metrics", {}).get("test") or {})
         if not (cal.get("test") or {}).get("accuracy") and mt.get("accuracy") is not None:
             cand["int8_note"] = (f" on a {mt.get('n')}-image parity subset; export status "
@@ -116,6 +133,10 @@ def collect(candidate: Path | None, multi_domain: Path | None = None) -> dict:
                  "(confidence < 0.6)") if now_bccd else "not measured",
          "candidate": (f"{_pct(cand['bccd']['wrong_flagged'], 1)} of wrong, {_pct(cand['bccd']['right_flagged'], 1)} "
                        "of right (confidence < 0.6, after temperature)") if cand.get("bccd") else "not measured"},
+        {"measure": "the same with the OOD score in the unidentified rule (val)",
+         "goal": ">= 90%, with <= 15% of right answers flagged",
+         "now": "no OOD statistics in the bundle: confidence-only rule",
+         "candidate": _ood_row(cand.get("ood_rule"))},
         {"measure": "cost of normalisation per 640x480 frame", "goal": "<= 1 ms p50",
          "now": "—", "candidate": (f"{cost['ms_per_frame']['normalisation_only_p50']} ms p50 (load average "
                                    f"{cost['load_average'][0]} on 2 cores)") if cost else "not measured"},
@@ -135,12 +156,12 @@ def collect(candidate: Path | None, multi_domain: Path | None = None) -> dict:
 @click.option("--final", is_flag=True, help="The candidate is the model that was packaged as the default.")
 def main(candidate, label, multi_domain, out, final):
     """Write the issue's goals table from the committed result files."""
-    r = collect(candidate, multi_domain or default_multi_domain())
+    r = collect(candidate, final, multi_domain or default_multi_domain())
     lines = [f"# Default model goals (issue #13), collected {r['date']}", "",
              "Command: `python -m hemaedge.benchmarks.tools.default_model_goals"
              + (f" --candidate {candidate} --label {label}" + (" --final`" if final else "`") if candidate else "`"), "",
              "\"before\" = the default bundle the issue started from (Lite0, 5 CPU epochs, 2026-11-22; its tables are "
-             "frozen in benchmarks/results/default-v1/). "
+             "frozen in benchmarks/history/default-v1/). "
              + (f"\"{label}\" = the NEW PACKAGED DEFAULT (src/hemaedge/models/default): the best validation epoch of "
                 f"the new default's training ({r['candidate_epochs']} epochs done). " if candidate and final else
                 f"\"{label}\" = an INTERMEDIATE checkpoint of the new default's training "

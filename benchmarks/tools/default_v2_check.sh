@@ -11,7 +11,8 @@
 # Steps: snapshot (val/test metrics, temperature on val, ECE, OOD + domain sections) ->
 # int8 TFLite export with calibration and parity on BloodMNIST-128 val/test (the same settings
 # as the packaged default: int8 weights/activations, MEAN/FULLY_CONNECTED/SOFTMAX in float) ->
-# calibration of the int8 bundle -> PBC fields end to end -> BCCD val end to end -> the goals table
+# calibration of the int8 bundle -> PBC fields end to end -> BCCD val end to end -> the OOD rule's
+# flag rates (ood_rule) -> the goals table
 # (benchmarks/results/default_model_goals.md). Results of an intermediate checkpoint are
 # labelled with its epoch. Never touches BCCD test and never replaces the packaged default.
 set -euo pipefail
@@ -48,6 +49,10 @@ nice -n 10 "$PY" -m hemaedge.benchmarks.tools.bccd_wbc --data "$DATA/bccd" --blo
     > "$SNAP/bccd.log" 2>&1 &
 P3=$!
 wait $P1 && wait $P2 && wait $P3
+# the unidentified rule with the bundle's OOD threshold: BloodMNIST val, BCCD val, PBC fields
+nice -n 10 "$PY" -m hemaedge.benchmarks.tools.ood_rule --bundle "$SNAP/bundle-int8" --name "${NAME//-/_}" \
+    --bccd "$DATA/bccd" --pbc "$DATA/pbc_raw_val" --bloodmnist128 "$DATA/bloodmnist128" --out "$RES" \
+    > "$SNAP/ood_rule.log" 2>&1
 FINAL=()
 [[ "$NAME" == *-final ]] && FINAL=(--final)  # the candidate that was packaged as the default
 "$PY" -m hemaedge.benchmarks.tools.default_model_goals --candidate "$RES" --label "$NAME" "${FINAL[@]}" \

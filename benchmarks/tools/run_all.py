@@ -151,6 +151,7 @@ def steps(s: Settings) -> list[Step]:
     pbc_bundle = s.get("HEMAEDGE_PBC_BUNDLE", DEFAULT_BUNDLE)
     frames = limit or "200"
     baseline = s.get("HEMAEDGE_BASELINE_SRC", "HEMAEDGE_BASELINE_SRC")
+    peer_python = s.get("HEMAEDGE_PEER_PYTHON", "HEMAEDGE_PEER_PYTHON")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
     # The real adaptation measurement (issue #14): the new default's epoch-4 checkpoint bundle (its
@@ -187,7 +188,7 @@ def steps(s: Settings) -> list[Step]:
              "per-model / per-format / per-frame tables (+ training trade-off table)",
              "~5 min with HEMAEDGE_BENCH_ACCURACY=manifest; ~20 min scoring every format on the test split"),
         Step("segmentation", [], [*tool("segmentation_bccd"), "--data", f"{data}/bccd", "--method", "stain",
-                                  "--method", "otsu", "--split", "train", "--split", "test", "--split", "all",
+                                  "--method", "otsu", "--split", "train", "--split", "val", "--split", "test", "--split", "all",
                                   "--out", out, *first],
              [f"{out}/segmentation_bccd.md", f"{out}/segmentation_bccd.json"],
              "white-cell and platelet recall/precision of the segmenter on BCCD frames", "~1-2 min"),
@@ -220,6 +221,13 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
              "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
              "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
+        Step("peer_speed", [Need(peer_python, "no HEMAEDGE_PEER_PYTHON (python of a separate virtualenv with the "
+                                              f"`peer` extra); kept {out}/peer_speed.*")],
+             [*tool("peer_speed"), "--peer-python", peer_python, "--source", f"{data}/bccd/JPEGImages",
+              "--frames", limit or "50", "--repeats", "3", "--out", out],
+             [f"{out}/peer_speed.md", f"{out}/peer_speed.json"],
+             "per-cell classification and segmentation stage beside YOLO11n-cls (128 px) and YOLO11n (640 px), "
+             "ONNX fp32 with random weights, same frames and crops, 2 threads", "~3 min"),
         *_red_cell_steps(s, tool),
         Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
              [f"{out}/fleet_rollout.md"],
@@ -291,7 +299,7 @@ def steps(s: Settings) -> list[Step]:
              # the packaged default = the run's best checkpoint, checked with full-split parity
              ["env", "HEMAEDGE_CHECK_PARITY_SAMPLE=all", "benchmarks/tools/default_v2_check.sh",
               os.path.expanduser("~/hemaedge-runs/default-v2"), "default-v2-final"],
-             # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (their NOTE.md)
+             # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (benchmarks/history/, their NOTE.md)
              [f"{out}/default-v2-{e}/{f}" for e in ("final",)
               for f in ("NOTE.md", "finetune_bloodmnist128.md", "finetune_bloodmnist128.json",
                         "finetune_bloodmnist128_curves.png", "finetune_bloodmnist128_confusion.png",
@@ -301,6 +309,22 @@ def steps(s: Settings) -> list[Step]:
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
+        # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
+        Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
+                                                 "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
+                                                 "--bloodmnist128", f"{data}/bloodmnist128",
+                                                 "--val-spread", "800", "--pbc-spread", "700", "--out", out],
+             [f"{out}/ood_rule_default{x}" for x in (".md", ".json")],
+             "the default's unidentified rule: wrong/right flagged, confidence only vs with its OOD threshold, "
+             "on BloodMNIST val, BCCD val, PBC fields", "~3 min (25 min at load 30)"),
+        Step("robust-ablation", [],
+             tool("robust_ablation") + ["--data", f"{data}/bloodmnist128", "--bccd", f"{data}/bccd",
+                                        "--work", os.path.expanduser("~/hemaedge-runs/ood/ablation"),
+                                        "--per-class", "150", "--val-per-class", "25", "--size", "64", "--epochs", "2",
+                                        "--batch-size", "16", "--lr", "1e-3", "--out", f"{out}/robust_ablation"],
+             [f"{out}/robust_ablation{x}" for x in (".md", ".json")],
+             "SMALL-SCALE PROXY ablation of the robustness pieces: BloodMNIST val and BCCD val per arm (resumable)",
+             "hours on 2 shared cores (not finished in the session that wrote it, docs/finetune.md)"),
     ]
 
 

@@ -1,0 +1,198 @@
+"""The fast paths of the counting pipeline (issue 12, speed) give the results of the plain
+formulas they replace: exactly for the background colour, the hole filling and the ruler's
+peaks (same boxes, labels and probabilities on samples/), and within a tested tolerance for the
+stage motion measured on a smaller copy (same count on a generated pan)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hemaedge.edge import pipeline, ruler, segment, tracking
+from hemaedge.edge.preprocess import read_image_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((REPO / "samples").rglob("*.jpg"))
+
+
+# ----------------------------------------------------------------------------- the formulas replaced
+
+
+def background_colour_reference(image):
+    grey = image[::4, ::4].reshape(-1, 3)
+    brightness = grey.sum(1, dtype=np.int32)
+    bright = grey[brightness >= np.percentile(brightness, 75)]
+    return np.median(bright, axis=0).astype(np.uint8)
+
+
+def fill_holes_reference(mask):
+    inv = (mask == 0).astype(np.uint8)
+    n, lab = cv2.connectedComponents(inv)
+    touches_border = np.zeros(n, bool)
+    touches_border[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    out = mask.copy()
+    out[(inv > 0) & ~touches_border[lab]] = 255
+    return out
+
+
+def disc_peaks_reference(dist, min_value=3.0):
+    return dist[(dist == cv2.dilate(dist, ruler.PEAK_DISC)) & (dist > min_value)]
+
+
+def stage_small_reference(self, image, grey=None):
+    """StageMotion's copy before the speed work: 256 px wide, from the full-size grey frame."""
+    h, w = image.shape[:2]
+    self._scale = min(1.0, 256 / w)
+    g = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if self._scale < 1.0:
+        g = cv2.resize(g, (round(w * self._scale), round(h * self._scale)), interpolation=cv2.INTER_AREA)
+    return g.astype(np.float32)
+
+
+def _random_images(rng, n):
+    for k in range(n):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        if k % 3 == 0:  # few distinct values: ties everywhere
+            yield (rng.integers(0, 3, (h, w, 3)) * 120).astype(np.uint8)
+        else:
+            yield rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- exact replacements
+
+
+def test_background_colour_is_the_median_of_the_brightest_quarter():
+    for f in SAMPLES:
+        img = read_image_rgb(f)
+        assert np.array_equal(pipeline.background_colour(img), background_colour_reference(img)), f.name
+    for img in _random_images(np.random.default_rng(0), 300):
+        assert np.array_equal(pipeline.background_colour(img), background_colour_reference(img)), img.shape
+
+
+def test_fill_holes_fills_exactly_the_enclosed_background():
+    rng = np.random.default_rng(1)
+    for k in range(300):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        mask = (rng.random((h, w)) < rng.uniform(0.2, 0.8)).astype(np.uint8) * np.uint8(rng.choice([1, 7, 255]))
+        assert np.array_equal(segment._fill_holes(mask), fill_holes_reference(mask)), k
+    ring = np.zeros((9, 9), np.uint8)
+    ring[2:7, 2:7] = 255
+    ring[3:6, 3:6] = 0  # a pale centre
+    assert segment._fill_holes(ring)[4, 4] == 255 and segment._fill_holes(ring)[0, 0] == 0
+
+
+def _distance_maps():
+    for f in SAMPLES:
+        img = read_image_rgb(f)
+        work = segment.work_copy(img)
+        green = cv2.GaussianBlur(work.image[..., 1], (5, 5), 0)
+        cells = (green < np.median(green)).astype(np.uint8) * 255
+        yield f.name, cv2.distanceTransform(segment._fill_holes(cells), cv2.DIST_L2, 5)
+    rng = np.random.default_rng(2)
+    for k in range(40):  # plateaus and ties
+        yield f"random {k}", np.round(rng.random((int(rng.integers(5, 60)), int(rng.integers(5, 60)))) * 8).astype(np.float32)
+
+
+def test_disc_peaks_are_the_local_maxima_over_the_disc():
+    assert ruler.PEAK_DISC[tuple(np.array(ruler._INNER.shape) // 2)] and ruler._INNER.shape[0] > 3
+    for name, dist in _distance_maps():
+        assert np.array_equal(ruler.disc_peaks(dist), disc_peaks_reference(dist)), name
+
+
+def test_same_cells_labels_and_probabilities_on_the_samples(monkeypatch):
+    """The whole classifier on samples/ with the fast paths and with the formulas they replace."""
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.defaults import load_model
+
+    model = load_model(REPO / "src" / "hemaedge" / "models" / "default")
+    backend = load_backend(model, threads=1)
+    images = [read_image_rgb(f) for f in SAMPLES]
+
+    def results():
+        clf = pipeline.CellClassifier(model, backend)
+        out = []
+        for img in images:
+            r = clf.process(img)
+            out.append((r.status, r.labels, [d.box for d in r.detections], [d.crop for d in r.detections],
+                        r.probabilities.tolist(), r.ruler.diameter if r.ruler else None))
+        return out
+
+    fast = results()
+    monkeypatch.setattr(pipeline, "background_colour", background_colour_reference)
+    monkeypatch.setattr(ruler, "_fill_holes", fill_holes_reference)
+    monkeypatch.setattr(ruler, "disc_peaks", disc_peaks_reference)
+    assert results() == fast
+    assert sum(len(r[1]) for r in fast) > 5  # the samples have cells, platelet crops painted included
+
+
+def test_sharpness_is_the_variance_of_the_laplacian():
+    from hemaedge.edge import focus
+
+    for f in SAMPLES:
+        img = read_image_rgb(f)
+        for g in (focus.grey_small(img), cv2.GaussianBlur(focus.grey_small(img), (0, 0), 3)):
+            ref = float(cv2.Laplacian(g, cv2.CV_32F).var())
+            assert focus.sharpness(img, g) == pytest.approx(ref, rel=1e-5), f.name
+
+
+# ----------------------------------------------------------------------------- tolerance: stage motion
+
+
+@pytest.fixture(scope="module")
+def pan(bccd):
+    from hemaedge.benchmarks.tools.live_feed import mosaic, path, render, whole_cell_frames
+
+    rng = np.random.default_rng(3)
+    canvas, _ = mosaic(bccd, whole_cell_frames(bccd, "val")[:6])
+    pts = path(rng, canvas.shape)
+    return render(canvas, pts, rng), pts
+
+
+def _moves(frames, small=None):
+    m = tracking.StageMotion()
+    if small is not None:
+        m._small = small.__get__(m)
+    steps, lost, prev = [], [], np.zeros(2)
+    for f in frames:
+        lost.append(not m.update(f))
+        steps.append(m.offset - prev)
+        prev = m.offset.copy()
+    return np.array(steps), lost
+
+
+def test_stage_motion_on_a_small_copy_is_as_accurate_on_a_generated_pan(pan):
+    frames, pts = pan
+    true = -np.diff(np.array([(x, y) for x, y, _ in pts]), axis=0)  # the content moves against the window
+    fast, fast_lost = _moves(frames)
+    ref, ref_lost = _moves(frames, stage_small_reference)
+    assert fast_lost == ref_lost  # the same frames registered
+    slow = np.array([s == "pan" for _, _, s in pts[1:]])  # slow pans between sharp frames
+    err = np.hypot(*(fast[1:] - true).T)
+    err_ref = np.hypot(*(ref[1:] - true).T)
+    assert np.median(err[slow]) <= 1.0 and np.percentile(err[slow], 95) <= 2.0
+    assert np.percentile(err[slow], 95) <= np.percentile(err_ref[slow], 95) + 0.5
+
+
+def test_same_count_on_a_generated_pan_as_with_the_larger_motion_copy(pan, monkeypatch):
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.sources import Frame
+
+    model = load_model(REPO / "src" / "hemaedge" / "models" / "default")
+    backend = load_backend(model, threads=2)
+    frames, _ = pan
+
+    def count():
+        session = CountingSession(pipeline.CellClassifier(model, backend, same_slide=True), one_slide=True)
+        for i, f in enumerate(frames):
+            session.process(Frame(i, f, f"pan#{i}", 0.0))
+        d = session.differential().summary()
+        return d["white_cells_classified"], d["unidentified"], d["nrbc"]["count"], d["platelets"]["count"]
+
+    fast = count()
+    monkeypatch.setattr(tracking.StageMotion, "_small", stage_small_reference)
+    assert count() == fast
+    assert sum(fast[:3]) >= 3
