@@ -9,6 +9,7 @@ the edge extra has no scipy.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from hemaedge.edge.identify import ERYTHROBLAST, PLATELET, UNIDENTIFIED
@@ -72,8 +73,11 @@ def beta_ppf(q: float, a: float, b: float) -> float:
     return (lo + hi) / 2.0
 
 
+@functools.lru_cache(maxsize=4096)
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval for k successes in n trials, as fractions (0..1)."""
+    """Exact binomial interval for k successes in n trials, as fractions (0..1). Remembered: the
+    pure-Python beta quantile takes milliseconds, and the review page asks for the same
+    intervals again on every load and correction."""
     if n <= 0:
         return 0.0, 1.0
     if not 0 <= k <= n:

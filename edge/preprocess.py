@@ -306,7 +306,12 @@ def prepare_batch(images: Iterable[np.ndarray], contract: InputContract) -> np.n
     pre = [apply_preprocess(img, contract) for img in images]
     if not pre:
         return np.zeros((0, contract.size, contract.size, 3), dtype=np.dtype(contract.dtype))
-    batch = np.stack(pre)
+    return batch_tensor(np.stack(pre), contract)
+
+
+def batch_tensor(batch: np.ndarray, contract: InputContract) -> np.ndarray:
+    """uint8 RGB batch already through `apply_preprocess` (e.g. augmented after it in training)
+    -> the model's input tensor: colour order, scaling, dtype."""
     if contract.color_order == "BGR":
         batch = batch[..., ::-1]
     if (contract.dtype == "uint8" and contract.scaling == "raw" and contract.quant_scale == 1.0
@@ -343,7 +348,7 @@ def output_probabilities(out: np.ndarray, output: dict) -> np.ndarray:
 
 __all__: Sequence[str] = [
     "InputContract", "FrameFormatError", "PREPROCESS_MODES", "SCALINGS", "NORMALIZE_METHODS", "to_rgb_uint8",
-    "check_normalize", "colour_anchors", "reference_anchors", "normalize_colour",
+    "batch_tensor", "check_normalize", "colour_anchors", "reference_anchors", "normalize_colour",
     "read_image_rgb", "resize", "clahe", "otsu_binary", "otsu_mask", "masked_rgb",
     "apply_preprocess", "scale_pixels", "quantize", "dequantize", "prepare_batch", "softmax",
     "output_probabilities",

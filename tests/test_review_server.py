@@ -87,6 +87,35 @@ def test_undo_reverts_in_order_and_is_logged(sample_run):
     assert [r["action"] for r in read_corrections(sample_run)] == ["reclassify", "reclassify", "undo", "undo"]
 
 
+def test_gallery_comes_in_pages_that_cover_every_cell_once(sample_run):
+    """A big run's page stays small: `page_size` cells per page, in gallery order, none twice."""
+    run = RunReview.open(sample_run)
+    c = client(sample_run, page_size=5)
+    order = [cell.key for _, cell in run.gallery()]
+    pages = -(-len(order) // 5)
+    seen = []
+    for n in range(1, pages + 1):
+        html = c.get(f"/?page={n}").text
+        keys = re.findall(r'<figure class="cell[^"]*"[^>]*data-key="([^"]+)"', html)
+        assert 0 < len(keys) <= 5
+        assert f"page {n} of {pages}" in html
+        seen += keys
+    assert seen == order
+    assert re.findall(r'data-key="([^"]+)"', c.get("/?page=999").text) == \
+        re.findall(r'data-key="([^"]+)"', c.get(f"/?page={pages}").text)  # past the end: the last page
+    assert "page 1 of" in c.get("/?page=abc").text
+    # the page's state carries its own cells only; the counts are the whole run's
+    init = re.search(r'<script id="initial-state" type="application/json">(.*?)</script>',
+                     c.get("/?page=2").text).group(1)
+    import json
+    state = json.loads(init)
+    assert sorted(state["cells"]) == sorted(order[5:10])
+    assert state["differential"]["cells"] == sum(x.counted for x in run.cells)
+    # undoing a correction says which page the cell is on
+    c.post("/api/correct", json={"cell": order[7], "class": "basophil"})
+    assert c.post("/api/undo", json={}).json()["page"] == 2
+
+
 def test_bad_requests_are_refused(sample_run):
     c = client(sample_run)
     key = RunReview.open(sample_run).cells[0].key

@@ -140,3 +140,20 @@ def test_adapt_refuses_what_it_cannot_do(base_model, new_microscope, tmp_path):
     res = CliRunner().invoke(main, ["train", "adapt", "--base", str(base_model), "--data", str(new_microscope),
                                     "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "not empty" in res.output and (tmp_path / "c" / "keep.txt").read_text() == "mine"
+
+
+def test_adapt_recipe_options_augment_and_draw_replay_afresh(base_model, pbc_small, new_microscope, tmp_path):
+    """--augment robust (the fine-tuning recipe's camera stage around the contract's preprocessing)
+    and --replay-pool: each epoch trains on --replay-ratio x new cells drawn from a bigger pool."""
+    out = tmp_path / "adapted"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--epochs", "2", "--replay-min", "8", "--replay-ratio", "0.5", "--replay-pool", "40",
+                "--augment", "robust", "--new-weight", "0.7", "--no-export")
+    assert res.exit_code == 0, res.output
+    p = json.loads((out / "adapt.json").read_text())["provenance"]
+    assert p["counts"]["replay"] == max(8, round(0.5 * p["counts"]["new_train"])) and p["counts"]["replay_pool"] == 40
+    assert p["training"]["augment"] == "robust" and p["training"]["new_weight"] == 0.7
+    assert len(p["training"]["history"]) == 3
+    for bad in (["--new-weight", "1"], ["--augment", "sideways"]):
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[0], *bad)
+        assert res.exit_code == 2 and "Traceback" not in res.output

@@ -28,11 +28,14 @@ import numpy as np
 
 from hemaedge.edge.bundle import sha256_file
 from hemaedge.edge.errors import DataError, UsageError
-from hemaedge.edge.preprocess import prepare_batch, read_image_rgb, resize
+from hemaedge.edge.preprocess import apply_preprocess, batch_tensor, prepare_batch, read_image_rgb, resize
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "tflite-int8-mixed"
+# "dihedral": random flips / right-angle rotations only; the others are the fine-tuning recipe's
+# presets (train/finetune_augment.py: "robust" adds another microscope's stain, white balance, blur...).
+AUGMENTS = ("dihedral", "light", "full", "robust")
 
 
 @dataclass
@@ -47,6 +50,9 @@ class AdaptConfig:
     holdout: float = 0.2               # share of the new cells held out to choose and report on
     replay_ratio: float = 2.0          # replay images per new training cell (at least `replay_min`)
     replay_min: int = 128
+    replay_pool: int = 0               # draw each epoch's replay images afresh from this many (0: one fixed sample)
+    new_weight: float = 0.5            # share of the loss carried by the new cells (the rest: the replay sample)
+    augment: str = "dihedral"          # one of AUGMENTS, for new and replay images alike
     blocks: int = 2                    # trailing backbone blocks trained with the head
     epochs: int = 8
     batch_size: int = 32
@@ -64,6 +70,10 @@ class AdaptConfig:
             raise UsageError(f"--holdout {self.holdout}: expected a fraction between 0 and 0.9")
         if self.epochs < 1 or self.batch_size < 1 or self.blocks < 0:
             raise UsageError("--epochs and --batch-size must be at least 1, --blocks at least 0")
+        if self.augment not in AUGMENTS:
+            raise UsageError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}")
+        if not 0 < self.new_weight < 1:
+            raise UsageError(f"--new-weight {self.new_weight}: expected a share between 0 and 1")
         if self.run_cells not in ("reviewed", "all"):
             raise UsageError(f"--run-cells {self.run_cells!r}: expected reviewed or all")
 
@@ -292,15 +302,27 @@ def _named(metrics: dict, classes) -> dict:
     return m
 
 
-def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf) -> dict:
-    """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss)."""
+def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf,
+               n_replay: int | None = None) -> dict:
+    """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss).
+
+    `replay` is the replay pool: each epoch trains on `n_replay` of it (default: all of it), drawn
+    afresh, so a large pool shows the model many more of its old images at the same cost."""
     import keras
 
     n_classes = int(model.outputs[0].shape[-1])
     eye = np.eye(n_classes, dtype=np.float32)
-    # Equal total loss weight for the new cells and the replay sample, whatever their sizes.
-    w_new = 0.5 * (len(new) + len(replay)) / max(1, len(new))
-    w_rep = 0.5 * (len(new) + len(replay)) / max(1, len(replay))
+    from hemaedge.train.finetune_augment import BatchAugmenter
+
+    # The new cells carry `new_weight` of the total loss, the replay sample the rest, whatever their sizes.
+    n_replay = len(replay) if n_replay is None else min(n_replay, len(replay))
+    total = len(new) + n_replay
+    w_new = cfg.new_weight * total / max(1, len(new)) if n_replay else 1.0
+    w_rep = (1.0 - cfg.new_weight) * total / max(1, n_replay)
+    # The recipe presets augment around the contract's preprocessing (camera stage, then
+    # normalisation + CLAHE, then geometry), as the base model was trained.
+    aug = None if cfg.augment == "dihedral" else \
+        BatchAugmenter(cfg.augment, cfg.seed, preprocess=lambda im: apply_preprocess(im, contract))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr),
                   loss=keras.losses.CategoricalCrossentropy())
     best = {"epoch": 0, **accuracy(model, held, contract)}
@@ -310,15 +332,18 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        images = dihedral(np.concatenate([new.images, replay.images]), rng)
-        labels = np.concatenate([new.labels, replay.labels])
-        weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(len(replay), w_rep, np.float32)])
+        rep = replay if n_replay == len(replay) else replay.subset(np.sort(rng.permutation(len(replay))[:n_replay]))
+        images = np.concatenate([new.images, rep.images])
+        if aug is None:
+            images = dihedral(images, rng)
+        labels = np.concatenate([new.labels, rep.labels])
+        weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(n_replay, w_rep, np.float32)])
         order = rng.permutation(len(labels))
         losses = []
-        for s in range(0, len(order), cfg.batch_size):
+        for i, s in enumerate(range(0, len(order), cfg.batch_size)):
             b = order[s:s + cfg.batch_size]
-            losses.append(float(model.train_on_batch(prepare_batch(images[b], contract), eye[labels[b]],
-                                                     sample_weight=weights[b])))
+            x = prepare_batch(images[b], contract) if aug is None else batch_tensor(aug(images[b], epoch, i), contract)
+            losses.append(float(model.train_on_batch(x, eye[labels[b]], sample_weight=weights[b])))
         m = accuracy(model, held, contract)
         secs = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4),
@@ -348,7 +373,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     from hemaedge.train.finetune import machine, save_keras_atomic
 
     cfg.validate()
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty: choose a new --out folder (nothing is overwritten)")
@@ -367,7 +392,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
 
     replay_ds = open_reference(cfg.replay, classes) if cfg.replay else None
     n_replay = max(cfg.replay_min, int(round(cfg.replay_ratio * len(new)))) if replay_ds else 0
-    replay = replay_sample(replay_ds, classes, size, n_replay, cfg.seed) if replay_ds else \
+    replay = replay_sample(replay_ds, classes, size, max(n_replay, cfg.replay_pool), cfg.seed) if replay_ds else \
         Cells(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64), [])
     if not replay_ds:
         logf("note: no --replay data: the model may forget the original microscope")
@@ -396,7 +421,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
          f"({len(trainable['trained_layers'])} layers)")
     t_train = time.perf_counter()
-    fit = train_tail(model, contract, new, replay, held, cfg, logf)
+    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay)
     train_s = time.perf_counter() - t_train
     after = {"held_out": _named(accuracy(model, held, contract), classes)}
     if pbc_val is not None:
@@ -413,7 +438,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         "base": {"file": str(base_path), "sha256": source.sha256, **base_origin},
         "data": cells.sources,
         "counts": {"new_cells": len(cells), "new_train": len(new), "held_out": len(held),
-                   "replay": len(replay), "replay_data": cfg.replay,
+                   "replay": n_replay, "replay_pool": len(replay), "replay_data": cfg.replay,
                    "new_per_class": {classes[k]: int(v) for k, v in zip(*np.unique(cells.labels, return_counts=True))}},
         "training": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("base", "data", "out")},
                      **trainable, **fit, "train_seconds": round(train_s, 1)},
@@ -429,7 +454,9 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     if cfg.export:
         result["bundle"] = export_bundle(out, classes, new, replay, pbc_src, cfg, provenance, logf)
     result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    provenance["wall_seconds"] = result["wall_seconds"]
+    # CPU seconds of all threads: on a shared machine the wall time says more about the others' load
+    result["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
+    provenance["wall_seconds"], provenance["cpu_seconds"] = result["wall_seconds"], result["cpu_seconds"]
     atomic_write_json(out / "adapt.json", result)
     keras.backend.clear_session()
     return result

@@ -29,6 +29,12 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
               help="Share of the new cells held out to choose the epoch and report on.")
 @click.option("--replay-ratio", type=FiniteFloat(0), default=2.0, help="Replay images per new training cell.")
 @click.option("--replay-min", type=click.IntRange(0), default=128, help="At least this many replay images.")
+@click.option("--replay-pool", type=click.IntRange(0), default=0,
+              help="Draw each epoch's replay images afresh from a pool of this many (0: one fixed sample).")
+@click.option("--new-weight", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.5,
+              help="Share of the loss carried by the new cells (the replay sample carries the rest).")
+@click.option("--augment", type=click.Choice(["dihedral", "light", "full", "robust"]), default="dihedral",
+              help="Augmentation: flips/right-angle rotations, or a preset of `train finetune --augment`.")
 @click.option("--blocks", type=click.IntRange(0), default=2, help="Trailing backbone blocks trained with the head.")
 @click.option("--epochs", type=click.IntRange(1), default=8)
 @click.option("--batch-size", type=click.IntRange(1), default=32)

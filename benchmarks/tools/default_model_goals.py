@@ -41,6 +41,28 @@ def _bccd(path: Path, variant: str | None = None):
                   "frames": v["frames"], "split": r["split"]}
 
 
+def _multi_domain(path: Path | None) -> str:
+    """The multi-domain row: the 'all BCCD train cells' step of an adapt_bccd table (issue #14's tool)."""
+    r = _load(path) if path else None
+    row = next((x for x in (r or {}).get("rows", []) if x.get("step") == "all"), None)
+    if not row:
+        return "not attempted (no multi-domain model trained)"
+    e2e = row.get("end_to_end_after")
+    head = (f"{_pct(e2e['accuracy'], 1)} end to end ({e2e['right']} of {e2e['frames']} test cells, int8 bundle); "
+            if e2e else "")
+    return (f"{head}{_pct(row['bccd_test_after'], 1)} on the device's crops (Keras, n={row['bccd_test_n']}); "
+            f"PBC val {_pct(row['pbc_val_before'])} -> {_pct(row['pbc_val_after'])} — `train adapt` of "
+            f"{r.get('label') or r.get('base')} on all {row['cells']} labelled BCCD train cells + replay ({path.name})")
+
+
+def default_multi_domain() -> Path | None:
+    """The final default's adaptation table when there is one, else the epoch-4 checkpoint's."""
+    for name in ("adapt_bccd_default_v2.json", "adapt_bccd_default_v2_epoch4.json"):
+        if (RESULTS / name).is_file():
+            return RESULTS / name
+    return None
+
+
 def _ood_row(r: dict | None) -> str:
     """BCCD val flag rates of ood_rule's confidence + OOD rule (and the confidence-only rule of the same run)."""
     if not r:
@@ -55,7 +77,7 @@ def _ood_row(r: dict | None) -> str:
             f"{_pct(conf['wrong_flagged'], 1)} / {_pct(conf['right_flagged'], 1)}; ood_rule_*.md)")
 
 
-def collect(candidate: Path | None, final: bool = False) -> dict:
+def collect(candidate: Path | None, final: bool = False, multi_domain: Path | None = None) -> dict:
     man = _load(BEFORE / "bundle-manifest.json")
     pbc = _load(BEFORE / "pbc_end_to_end.json")
     cost = _load(RESULTS / "normalize_cost.json")
@@ -96,7 +118,7 @@ def collect(candidate: Path | None, final: bool = False) -> dict:
                  f"with device normalisation {_pct(now_bccd_norm['accuracy'], 1)}") if now_bccd else "not measured",
          "candidate": _pct(cand["bccd"]["accuracy"], 1) if cand.get("bccd") else "not measured"},
         {"measure": "the same, multi-domain model, BCCD test split", "goal": ">= 95%",
-         "now": "—", "candidate": "not attempted (no multi-domain model trained)"},
+         "now": "—", "candidate": _multi_domain(multi_domain)},
         {"measure": "expected calibration error, BloodMNIST test", "goal": "<= 2%",
          "now": (f"{_pct(now_cal['test']['ece'])} (no temperature in the bundle; "
                  f"{_pct(now_cal['test']['ece_with_val_temperature'])} with T = {now_cal['temperature_fitted_on_val']} "
@@ -127,11 +149,14 @@ def collect(candidate: Path | None, final: bool = False) -> dict:
 @click.option("--candidate", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Result folder of a candidate (benchmarks/tools/default_v2_check.sh output).")
 @click.option("--label", default="candidate", help="Column title for the candidate.")
+@click.option("--multi-domain", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="adapt_bccd table (JSON) whose 'all' step is the multi-domain model "
+                   "[default: benchmarks/results/adapt_bccd_default_v2.json, else ..._epoch4.json]")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 @click.option("--final", is_flag=True, help="The candidate is the model that was packaged as the default.")
-def main(candidate, label, out, final):
+def main(candidate, label, multi_domain, out, final):
     """Write the issue's goals table from the committed result files."""
-    r = collect(candidate, final)
+    r = collect(candidate, final, multi_domain or default_multi_domain())
     lines = [f"# Default model goals (issue #13), collected {r['date']}", "",
              "Command: `python -m hemaedge.benchmarks.tools.default_model_goals"
              + (f" --candidate {candidate} --label {label}" + (" --final`" if final else "`") if candidate else "`"), "",

@@ -157,6 +157,10 @@ def steps(s: Settings) -> list[Step]:
     peer_python = s.get("HEMAEDGE_PEER_PYTHON", "HEMAEDGE_PEER_PYTHON")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
+    # The real adaptation measurement (issue #14): the new default's epoch-4 checkpoint bundle (its
+    # Keras source lies next to it; HEMAEDGE_ADAPT_BASE names another copy of it).
+    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/check-epoch4/snap/bundle-int8"))
+    adapt_work = os.path.expanduser("~/hemaedge-runs/review")
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -246,6 +250,24 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/adapt_bccd_proxy_smallcnn64{x}" for x in (".md", ".json")],
              "train adapt on 25/50/100/all BCCD train cells (reviewer simulated) from a small PBC base; "
              "BCCD test and PBC val before/after", "~5 min"),
+        Step("adapt-recipes", [Need(f"{adapt_base}/manifest.json", f"no base bundle at {adapt_base}; kept {out}/adapt_recipes.*")],
+             [py, "-m", "hemaedge.benchmarks.tools.adapt_recipes", "--base", adapt_base, "--bccd", f"{data}/bccd",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work}/lite0e4-v0", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              *[a for r in ADAPT_RECIPES for a in ("--recipe", r)]],
+             [f"{out}/adapt_recipes{x}" for x in (".md", ".json")],
+             "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
+             "~5 min per recipe"),
+        Step("adapt-bccd", [Need(f"{adapt_base}/manifest.json",
+                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_epoch4.*")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
+              "default-v2 epoch-4 checkpoint (Lite0, ImageNet weights)", "--bccd", f"{data}/bccd",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work}/adapt-bccd-e4",
+              "--out", f"{out}/adapt_bccd_default_v2_epoch4",
+              "--steps", "100,all", "--export-steps", "100,all", *ADAPT_RECIPE],
+             [f"{out}/adapt_bccd_default_v2_epoch4{x}" for x in (".md", ".json")],
+             "train adapt of the new default on 100 / all BCCD train cells (all = the multi-domain model of #13): "
+             "BCCD test (device crops, and end to end with the int8 bundle), PBC val change, wall time",
+             "~5-8 min per step"),
         # the default-model issue (#13): other microscopes, calibration, normalisation, the new default's checks
         Step("bccd-wbc", [], [py, "-m", "hemaedge.benchmarks.tools.bccd_wbc", "--data", f"{data}/bccd", "--bloodmnist128",
                               f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split", "val", "--normalize", "bundle",
@@ -308,6 +330,11 @@ def steps(s: Settings) -> list[Step]:
              "hours on 2 shared cores (not finished in the session that wrote it, docs/finetune.md)"),
     ]
 
+
+# Issue #14: the recipes compared on BCCD train cells (adapt-recipes) and the one chosen (adapt-bccd).
+ADAPT_RECIPES = ["v0:", "b4:blocks=4,epochs=12", "b4-full:blocks=4,augment=full,epochs=15",
+                 "b6-robust:blocks=6,augment=robust,epochs=15"]
+ADAPT_RECIPE = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
 
 RBC_BUNDLE = "src/hemaedge/models/rbc"
 

@@ -1,7 +1,9 @@
 """The review server (Starlette): one run's page, its crops, and the correction API.
 
 What it serves, and nothing else:
-  GET  /                         the page (differential + gallery), rendered server-side
+  GET  /?page=N                  the page (differential + one page of the gallery), rendered
+                                 server-side; a page holds `page_size` cells (120) so it loads in
+                                 well under a second however many cells the run has
   GET  /static/<file>            the page's own CSS/JS, shipped in the package (no CDN: works offline)
   GET  /img/crops/<name>         a crop this run saved, listed in its cells.csv (no other file:
   GET  /img/context/<name>       no '..', no encoded slashes, no symlinks out of the run folder)
@@ -30,7 +32,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from hemaedge.review.rundata import NOT_A_CELL, RunReview
+from hemaedge.review.rundata import NOT_A_CELL, RunReview, cell_key
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_COOKIE = "hemaedge_review_token"
 # One key per choice, like a manual differential counter: 1..9 for the classes in order, 0 = not a cell.
 CLASS_KEYS = "123456789"
+PAGE_SIZE = 120
 
 
 def is_loopback(host: str) -> bool:
@@ -84,29 +87,64 @@ class TokenGate:
         return await self.app(scope, receive, send)
 
 
-def create_app(run_dir, *, token: str | None = None, allowed_hosts=None, reviewer: str = "") -> Starlette:
+def paginate(gallery: list, page_size: int) -> list[list[tuple[str, list, int]]]:
+    """The gallery cut into pages of `page_size` cells; each page a list of (group title, its cells
+    on this page, the group's size over all pages)."""
+    sizes: dict[str, int] = {}
+    for title, _ in gallery:
+        sizes[title] = sizes.get(title, 0) + 1
+    pages = []
+    for start in range(0, len(gallery), page_size):
+        groups: list[tuple[str, list, int]] = []
+        for title, cell in gallery[start:start + page_size]:
+            if not groups or groups[-1][0] != title:
+                groups.append((title, [], sizes[title]))
+            groups[-1][1].append(cell)
+        pages.append(groups)
+    return pages or [[]]
+
+
+def create_app(run_dir, *, token: str | None = None, allowed_hosts=None, reviewer: str = "",
+               page_size: int = PAGE_SIZE) -> Starlette:
     run = RunReview.open(run_dir)
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.filters["label"] = _label
     page = env.get_template("review.html")
     keys = key_map(run.choices)
+    page_size = max(1, int(page_size))
+    pages = paginate(run.gallery(), page_size)
+    page_of = {c.key: n for n, groups in enumerate(pages, start=1) for _, cells, _ in groups for c in cells}
+    model_name = (run.summary.get("model") or {}).get("name") or "unknown model"
+    run.differential()  # computes (and remembers) the intervals now, not during the first page load
 
-    def state() -> dict:
-        return {"differential": run.differential(),
-                "cells": {c.key: {"current": c.current, "reviewed": c.reviewed} for c in run.cells}}
+    def state(cells=None, diff=None) -> dict:
+        """Counts, and the current class of `cells` (default: every cell)."""
+        return {"differential": diff or run.differential(),
+                "cells": {c.key: {"current": c.current, "reviewed": c.reviewed} for c in (run.cells if cells is None else cells)}}
 
     async def index(request: Request):
-        html = page.render(run=run, groups=run.groups(), diff=run.differential(), keys=keys,
-                           choices=run.choices, run_name=run.root.name,
-                           model=(run.summary.get("model") or {}).get("name") or "unknown model",
-                           state_json=json.dumps({"keys": keys, "choices": run.choices, **state()}).replace("</", "<\\/"))
+        try:
+            n = min(max(1, int(request.query_params.get("page", "1"))), len(pages))
+        except ValueError:
+            n = 1
+        groups = pages[n - 1]
+        shown = [c for _, cells, _ in groups for c in cells]
+        first = (n - 1) * page_size + 1 if shown else 0
+        pager = {"page": n, "pages": len(pages), "first": first, "last": first + len(shown) - 1 if shown else 0,
+                 "total": len(run.cells)}
+        diff = run.differential()
+        init = {"keys": keys, "choices": run.choices, "pager": pager, **state(shown, diff)}
+        html = page.render(run=run, groups=groups, diff=diff, keys=keys, pager=pager,
+                           choices=run.choices, run_name=run.root.name, model=model_name,
+                           state_json=json.dumps(init).replace("</", "<\\/"))
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def image(request: Request):
         path = run.crop_file(request.path_params["folder"], request.path_params["name"])
         if path is None:
             return PlainTextResponse("not a crop of this run", status_code=404)
-        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        # A saved crop never changes: the browser keeps it for the whole review (every page).
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"})
 
     async def api_state(request: Request):
         return JSONResponse(state())
@@ -133,14 +171,18 @@ def create_app(run_dir, *, token: str | None = None, allowed_hosts=None, reviewe
             return JSONResponse({"error": "no such cell in this run"}, status_code=404)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"row": row, **state()})
+        return JSONResponse({"row": row, **state([run.by_key[cell_key(row["frame"], row["cell"])]])})
 
     async def api_undo(request: Request):
         _, err = await _json_body(request)
         if err:
             return err
         row = run.undo(reviewer)
-        return JSONResponse({"row": row, **state()})
+        if row is None:
+            return JSONResponse({"row": None, **state([])})
+        # The page the undone cell is on, so the browser can go there if it is another one.
+        key = cell_key(row["frame"], row["cell"])
+        return JSONResponse({"row": row, "page": page_of.get(key, 1), **state([run.by_key[key]])})
 
     async def favicon(request: Request):
         return Response(status_code=204)

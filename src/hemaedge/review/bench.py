@@ -7,8 +7,9 @@
 1. A real run: `hemaedge edge run --source samples --loop --save-crops all` with the packaged
    default bundle until it has at least --cells cells.
 2. The page served by uvicorn on localhost; Chromium (Debian's /usr/bin/chromium) opens it in a
-   fresh context each time (cold cache): time to the load event (every crop decoded) and to
-   the page being ready for keys; median and max of --repeats loads.
+   fresh context each time (cold cache): time to the load event (every crop in view decoded) and
+   to the page being ready for keys; median and max of --repeats loads. The gallery comes in
+   pages (app.PAGE_SIZE cells), so the first page is what loads.
 3. Reviewer effort: --corrections cells corrected by key presses only; key presses per corrected
    cell, and the median round trip of one correction (key -> corrections.csv -> counts shown).
 Absolute timings depend on the machine and its load (recorded with the table); the goal is <= 1 s.
@@ -35,10 +36,12 @@ def make_run(out: Path, cells: int) -> Path:
     per_frame = 17 / 8  # samples/ gives 17 cells in 8 frames
     frames = int(cells / per_frame) + 8
     exe = Path(sys.executable).with_name("hemaedge")
+    again = []  # a second try replaces the first (the run folder it made itself)
     while True:
         subprocess.run([str(exe), "edge", "run", "--source", str(REPO / "samples"), "--loop", "--max-frames",
-                        str(frames), "--save-crops", "all", "--out", str(out), "-q"], check=True,
+                        str(frames), "--save-crops", "all", "--out", str(out), "-q", *again], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        again = ["--force"]
         with open(out / "cells.csv", newline="") as fh:
             n = sum(1 for _ in csv.DictReader(fh))
         if n >= cells:
@@ -83,6 +86,7 @@ def measure(run: Path, repeats: int, corrections: int, screenshot: Path | None) 
                     return {load: n.loadEventEnd, ready: n.domContentLoadedEventEnd, html: n.responseEnd,
                             size: n.transferSize}; }""")
                 imgs_ok = page.evaluate("() => Array.from(document.images).filter(i => i.complete).length")
+                res["figures"] = page.evaluate("() => document.querySelectorAll('figure.cell').length")
                 res["load_ms"].append(t["load"])
                 res["ready_ms"].append(t["ready"])
                 res.setdefault("html_ms", []).append(t["html"])
@@ -140,12 +144,14 @@ def table(res: dict, command: str) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| cells on the page (real run: default bundle on samples/, looped) | {res['cells']} |",
+        f"| cells in the run (real run: default bundle on samples/, looped) | {res['cells']} |",
+        f"| cells on the first page of the gallery (the page size; the pages after it load the same way) | "
+        f"{res.get('figures')} |",
         f"| server: GET / rendered and received (httpx), median / max of {len(res['render_ms'])} | "
         f"{med(res['render_ms']):.0f} / {max(res['render_ms']):.0f} ms |",
         f"| page load, cold cache, to the load event, median / max of {len(res['load_ms'])} "
-        f"(crops in view decoded by then: {res['images_complete_at_load']} of {res['cells']}; the rest load lazily "
-        f"as you scroll) | {med(res['load_ms']):.0f} / {max(res['load_ms']):.0f} ms |",
+        f"(crops in view decoded by then: {res['images_complete_at_load']} of {res.get('figures')}; the rest load "
+        f"lazily as you scroll) | {med(res['load_ms']):.0f} / {max(res['load_ms']):.0f} ms |",
         f"| of which: HTML received (responseEnd), median / max | {med(res['html_ms']):.0f} / {max(res['html_ms']):.0f} ms |",
         f"| page ready for keys (DOMContentLoaded), median / max | {med(res['ready_ms']):.0f} / {max(res['ready_ms']):.0f} ms |",
         f"| HTML transferred | {res['html_kb']} KB |",

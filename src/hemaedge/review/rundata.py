@@ -109,6 +109,7 @@ class RunReview:
     log: list[dict] = field(default_factory=list)
     by_key: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _allowed: dict | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, run_dir) -> "RunReview":
@@ -232,9 +233,16 @@ class RunReview:
                 out.append((cls, sorted(members, key=lambda c: c.confidence)))
         return out
 
+    def gallery(self) -> list[tuple[str, Cell]]:
+        """Every cell in gallery order with its group's title (the order `groups` gives; it depends
+        on the model's answers only, so a correction never moves a cell to another page)."""
+        return [(title, c) for title, members in self.groups() for c in members]
+
     def crop_file(self, folder: str, name: str) -> Path | None:
         """The path of a crop this run saved, or None: only names listed for this run's cells qualify."""
-        allowed = {CROPS_DIR: {c.crop for c in self.cells}, CONTEXT_DIR: {c.context for c in self.cells}}
+        if self._allowed is None:  # the cells never change while the server runs
+            self._allowed = {CROPS_DIR: {c.crop for c in self.cells}, CONTEXT_DIR: {c.context for c in self.cells}}
+        allowed = self._allowed
         if folder not in allowed or name not in allowed[folder] or name is None:
             return None
         base = (self.root / folder).resolve()

@@ -4,6 +4,7 @@
 (function () {
   const init = JSON.parse(document.getElementById("initial-state").textContent);
   const keys = init.keys;            // "1" -> "basophil", ..., "0" -> "not_a_cell"
+  const pager = init.pager;          // this page of the gallery: {page, pages, first, last, total}
   const figures = Array.from(document.querySelectorAll("figure.cell"));
   const byKey = new Map(figures.map((f) => [f.dataset.key, f]));
   const status = document.getElementById("status");
@@ -15,8 +16,19 @@
 
   const label = (c) => (c === "not_a_cell" ? "not a cell" : c.replace(/_/g, " "));
 
+  // The gallery comes in pages (a page loads fast whatever the run's size); moving past either
+  // end of a page opens the next / previous one, so the keyboard flow never stops.
+  function goPage(n, at) {
+    if (n < 1 || n > pager.pages || n === pager.page) return false;
+    status.textContent = "opening page " + n + " of " + pager.pages + "\u2026";
+    location.assign("?page=" + n + (at ? "&" + at : ""));
+    return true;
+  }
+
   function select(i) {
     if (!figures.length) return;
+    if (i >= figures.length && goPage(pager.page + 1, "")) return;
+    if (i < 0 && goPage(pager.page - 1, "at=last")) return;
     selected = Math.max(0, Math.min(figures.length - 1, i));
     figures.forEach((f, j) => f.classList.toggle("selected", j === selected));
     const f = figures[selected];
@@ -100,6 +112,7 @@
     status.textContent = "undone: cell " + key + " is " + label(data.row.new_class) + " again";
     const i = figures.indexOf(byKey.get(key));
     if (i >= 0) select(i);
+    else goPage(data.page, "select=" + encodeURIComponent(key));
   }
 
   document.addEventListener("keydown", (e) => {
@@ -109,6 +122,8 @@
     if (keys[e.key]) { e.preventDefault(); setClass(keys[e.key]); return; }
     if (e.key === "ArrowRight" || e.key === "k") { e.preventDefault(); select(selected + 1); }
     else if (e.key === "ArrowLeft" || e.key === "j") { e.preventDefault(); select(selected - 1); }
+    else if (e.key === "PageDown") { e.preventDefault(); goPage(pager.page + 1, ""); }
+    else if (e.key === "PageUp") { e.preventDefault(); goPage(pager.page - 1, ""); }
     else if (e.key === "c") { if (ctxBox.hidden) showContext(); else ctxBox.hidden = true; }
     else if (e.key === "Escape") { ctxBox.hidden = true; }
   });
@@ -117,6 +132,8 @@
     b.addEventListener("click", () => setClass(b.dataset.class)));
   document.getElementById("undo-btn").addEventListener("click", undo);
   render(init);
-  if (figures.length) select(0);
+  const q = new URLSearchParams(location.search);
+  const wanted = q.get("select") ? figures.indexOf(byKey.get(q.get("select"))) : -1;
+  if (figures.length) select(wanted >= 0 ? wanted : (q.get("at") === "last" ? figures.length - 1 : 0));
   document.body.dataset.ready = "1";
 })();

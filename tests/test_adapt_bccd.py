@@ -1,0 +1,38 @@
+"""The simulated reviewer of the BCCD adaptation measurement (train/adapt_bccd.py) on real BCCD
+annotations: which detection is the annotated white cell, whatever kind the device gave it."""
+from __future__ import annotations
+
+import csv
+
+from hemaedge.train.adapt_bccd import match_white_cells, single_label_frames
+
+FIELDS = ["frame", "name", "cell", "kind", "x0", "y0", "x1", "y1", "class", "confidence"]
+
+
+def write_cells(run, rows):
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "cells.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_a_white_cell_the_model_called_a_platelet_is_still_the_annotated_cell(bccd, tmp_path):
+    from hemaedge.benchmarks.tools.segmentation_bccd import read_voc
+
+    labels = single_label_frames(bccd, "test")
+    f1, f2 = sorted(labels)[:2]
+    x0, y0, x1, y1 = read_voc(bccd / "Annotations" / f"{f1}.xml")["WBC"][0]
+    rows = [  # frame 0: the white cell detected as kind "platelet" (the device's mistake), and a real platelet
+        {"frame": 0, "name": f"{f1}.jpg", "cell": 0, "kind": "platelet", "x0": x0 + 4, "y0": y0 + 3, "x1": x1 - 2,
+         "y1": y1, "class": "platelet", "confidence": 0.9},
+        {"frame": 0, "name": f"{f1}.jpg", "cell": 1, "kind": "platelet", "x0": 0, "y0": 0, "x1": 20, "y1": 20,
+         "class": "platelet", "confidence": 0.9},
+        # frame 1: nothing near its white cell
+        {"frame": 1, "name": f"{f2}.jpg", "cell": 0, "kind": "wbc", "x0": 0, "y0": 0, "x1": 10, "y1": 10,
+         "class": "neutrophil", "confidence": 0.9},
+    ]
+    write_cells(tmp_path / "run", rows)
+    found = match_white_cells(tmp_path / "run", {f1: labels[f1], f2: labels[f2]}, bccd)
+    assert found[f1] == ("0:0", "platelet")  # matched (and a wrong answer), not left out
+    assert found[f2] is None
