@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from hemaedge.benchmarks.tools.finetune_table import unfinished_reason
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.cli_support import UserError, user_errors
 
 
@@ -89,8 +89,7 @@ def main(runs, out):
         raise UserError("none of the runs has finished: " + "; ".join(skipped))
     argv = "python -m hemaedge.benchmarks.tools.imbalance_compare " + " ".join(str(r) for r in runs)
     out = Path(out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "skipped": skipped}, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), render(rows, skipped, argv))
+    write_result(out, {"rows": rows, "skipped": skipped}, render(rows, skipped, argv))
     click.echo(f"wrote {out.with_suffix('.md')}")
 
 

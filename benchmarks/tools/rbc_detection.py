@@ -21,7 +21,6 @@ chosen on train frames, `--split test` reports the held-out frames); BCCD its ow
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from hemaedge.benchmarks.machine import describe_machine, one_line
 from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, read_voc
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.rbc import RBC_METHODS, RbcParams, detect_red_cells
 from hemaedge.edge.segment import centre_in
@@ -178,9 +177,7 @@ def main(chula, bccd, split, bccd_split, methods, prefix, quiet):
         report["chula"][m] = run_chula(chula, split, params, not quiet)
         if bccd:
             report["bccd"][m] = run_bccd(bccd, bccd_split, params, not quiet)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(prefix.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    atomic_write_text(prefix.with_suffix(".md"), markdown(report))
+    write_result(prefix, report, markdown(report))
     click.echo(markdown(report))
 
 

@@ -18,7 +18,6 @@ red-cell colour is mapped to the training slides' before the crops are cut.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.machine import describe_machine, one_line
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.preprocess import read_image_rgb
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -142,9 +141,7 @@ def main(bundles, chula, bccd, pbc, n, threads, prefix, quiet):
             for name, frames in sets.items():
                 row = run_set(b, backend, frames, normalize, progress=not quiet)
                 rep["rows"].append({"bundle": path.name, "set": name, **row})
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(prefix.with_suffix(".json"), json.dumps(rep, indent=2) + "\n")
-    atomic_write_text(prefix.with_suffix(".md"), markdown(rep))
+    write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))
 
 

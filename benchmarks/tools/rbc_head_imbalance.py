@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 ARMS = {"none": {"weighted_sampling": False, "loss": "cross-entropy"},
@@ -151,9 +151,7 @@ def main(run, crops, out_run, epochs, lr, prefix):
     lines += ["", f"Chosen: {name}. Keras float32: val accuracy {cm['val']['accuracy']:.4f} / macro-F1 "
               f"{cm['val']['macro_f1']:.4f}; test accuracy {cm['test']['accuracy']:.4f} / macro-F1 {cm['test']['macro_f1']:.4f} "
               f"(n = {cm['test']['n']})."]
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(prefix.with_suffix(".json"), json.dumps(rep, indent=2) + "\n")
-    atomic_write_text(prefix.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_result(prefix, rep, "\n".join(lines) + "\n")
     click.echo("\n".join(lines))
 
 

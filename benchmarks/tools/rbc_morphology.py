@@ -25,7 +25,7 @@ import click
 import numpy as np
 
 from hemaedge.benchmarks.machine import describe_machine, one_line
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -159,9 +159,7 @@ def main(chula, crops, bundle, runs, split, threads, prefix):
            "labelled_crops": compute_metrics(y, p, b.classes, bootstrap=1000)}
     y2, p2, cov = end_to_end(b, backend, chula, split)
     rep["end_to_end"], rep["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(prefix.with_suffix(".json"), json.dumps(rep, indent=2) + "\n")
-    atomic_write_text(prefix.with_suffix(".md"), markdown(rep))
+    write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))
 
 

@@ -14,7 +14,6 @@ issue's reference frame). Wall clock on a shared machine: compare rows, not mach
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import click
 import numpy as np
 
 from hemaedge.benchmarks.machine import describe_machine, one_line
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.preprocess import read_image_rgb
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -149,9 +148,7 @@ def main(rbc_bundle, bundle, chula, bccd, n, threads, prefix):
                           ("bccd", [r for r in mine if r["source"] == "bccd"]),
                           ("30-60 red cells", [r for r in mine if 30 <= r["red_cells"] <= 60])):
             rep["tables"][f"{name}, {t} threads"] = {"name": name, "threads": t, **table(sel)}
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(prefix.with_suffix(".json"), json.dumps(rep, indent=2) + "\n")
-    atomic_write_text(prefix.with_suffix(".md"), markdown(rep))
+    write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import click
 
 from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PIECES = ("stain", "hsv", "gamma", "white-balance", "tint", "blur", "jpeg", "noise")
@@ -273,9 +274,7 @@ def main(data, bccd, work, per_class, size, epochs, val_per_class, batch, lr, se
         click.echo(f"{name}: BloodMNIST val {res['bloodmnist_val_accuracy']:.4f}, BCCD val top class "
                    f"{res['bccd_val']['top_right']}/{res['bccd_val']['frames']}")
         report["arms"] = {n: report["arms"][n] for n in arms() if n in report["arms"]}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1))
-        atomic_write_text(out.with_suffix(".md"), to_markdown(report))
+        write_result(out, report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

@@ -1,0 +1,17 @@
+"""Write one result table: PREFIX.json (the data) and PREFIX.md (its rendering), each atomically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hemaedge.edge.atomic import atomic_write_text
+
+
+def write_result(prefix, data, markdown_text: str) -> tuple[Path, Path]:
+    """PREFIX.json + PREFIX.md next to each other; the folder is made if missing."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = prefix.with_suffix(".json"), prefix.with_suffix(".md")
+    atomic_write_text(json_path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(md_path, markdown_text)
+    return json_path, md_path
