@@ -34,6 +34,7 @@ import click
 import numpy as np
 
 from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.edge.confidence import ood_scores  # "msp": the score the device uses
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SCORES = ("msp", "energy", "max-logit", "mahalanobis")
@@ -82,7 +83,7 @@ class Scorer:
         lse = np.log(np.exp(zt - zt.max(1, keepdims=True)).sum(1)) + zt.max(1)
         p = softmax(zt)
         d = np.stack([(((f - m) @ self.prec) * (f - m)).sum(1) for m in self.means], axis=1)  # BLAS, not einsum
-        return {"msp": -np.log(np.clip(p.max(1), 1e-12, 1)), "energy": -self.t * lse, "max-logit": -z.max(1),
+        return {"msp": ood_scores(p), "energy": -self.t * lse, "max-logit": -z.max(1),
                 "mahalanobis": d.min(1)}
 
 
