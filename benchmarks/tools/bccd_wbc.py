@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -36,7 +35,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import machine, read_voc
 from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED, UNIDENTIFIED_BELOW, cell_ood_score, decide
 from hemaedge.edge.preprocess import read_image_rgb, reference_anchors
@@ -225,9 +224,7 @@ def main(data, bloodmnist128, bundle, split, variants, name, threads, out):
                  "reference": "lab-anchors normalisation to BloodMNIST train"}[v]
         report["variants"][label] = evaluate(data, rows, b, contract, threads)
         click.echo(f"{label}: {report['variants'][label]['right']}/{len(rows)} right")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"bccd_wbc_{name}.json", json.dumps(report, indent=1))
-    atomic_write_text(out / f"bccd_wbc_{name}.md", to_markdown(report))
+    write_result(out / f"bccd_wbc_{name}", report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

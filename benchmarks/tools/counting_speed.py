@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -192,9 +192,7 @@ def main(baseline_src, source, frames, repeats, stage_rounds, stage_frames, out)
               "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res,
               "stage_frames": stage_frames, "stage_cpu": stages,
               "bundles": {"before": bundle_name(baseline_src), "now": bundle_name(Path(__file__).resolve().parents[2])}}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "counting_speed.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "counting_speed.md", to_markdown(report))
+    write_result(out / "counting_speed", report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

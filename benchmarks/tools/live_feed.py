@@ -29,7 +29,7 @@ import click
 import cv2
 import numpy as np
 
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, read_voc
 from hemaedge.edge.preprocess import read_image_rgb
 
@@ -235,9 +235,7 @@ def main(data, videos, split, bundle, threads, keep, out):
               "total": {"true": true_n, "counted": counted, "ratio": round(counted / true_n, 4) if true_n else None,
                         "true_central_half": sum(v["true_wbc_central_half"] for v in rows),
                         "max_abs_error": max(abs(v["counted_wbc"] - v["true_wbc"]) for v in rows)}}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "live_feed.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "live_feed.md", to_markdown(report))
+    write_result(out / "live_feed", report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.confidence import ood_scores  # "msp": the score the device uses
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -226,9 +226,7 @@ def main(run_dir, name, data, bccd, train_per_class, val_per_class, quantile, ou
             "bccd_wrong_flagged_score_only": (int(only[~right_b].sum()) + missed) / n_wrong,
             "bccd_right_flagged_score_only": float(only[right_b].mean()),
             "bccd_mean": float(sb[s].mean()), "val_mean": float(sv[s].mean())}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"ood_candidates_{name}.json", json.dumps(report, indent=1))
-    atomic_write_text(out / f"ood_candidates_{name}.md", to_markdown(report))
+    write_result(out / f"ood_candidates_{name}", report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

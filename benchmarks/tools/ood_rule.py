@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import os
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 from hemaedge.benchmarks.tools.bccd_wbc import RULES, _Model, flag_rates, frames, score_frames
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.identify import decide
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.segment import centre_in, nearest_to
@@ -173,9 +172,7 @@ def main(bundle, name, bccd, pbc, bloodmnist128, pbc_spread, val_spread, threads
         probs += [f["probabilities"] for f in rows if f["found"]]
     report["cost"] = rule_cost_us(np.asarray(probs, np.float32)[:2000], clf.classes, thr)
     report["frame_ms"] = round(1e3 * bccd_s / max(1, len(bccd_rows)), 1)  # whole pipeline per BCCD frame
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"ood_rule_{name}.json", json.dumps(report, indent=1))
-    atomic_write_text(out / f"ood_rule_{name}.md", to_markdown(report))
+    write_result(out / f"ood_rule_{name}", report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

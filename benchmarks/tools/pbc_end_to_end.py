@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,7 +26,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.cli_support import FiniteFloat
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
@@ -292,9 +291,7 @@ def main(data, bloodmnist_val, bundle, threads, limit, cell_fraction, rbc_factor
     args += [f"--rbc-factor {rbc_factor}"] if rbc_factor != DEFAULT_RBC_FACTOR else []
     report = {"date": dt.date.today().isoformat(), "machine": machine(),
               "command": " ".join(["python -m hemaedge.benchmarks.tools.pbc_end_to_end", *args]), **report}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "pbc_end_to_end.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "pbc_end_to_end.md", to_markdown(report))
+    write_result(out / "pbc_end_to_end", report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
-from hemaedge.edge.atomic import atomic_write_text
+from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.cli_support import command_line
 from hemaedge.edge.metrics_runtime import percentiles
 
@@ -219,9 +219,7 @@ def main(peer_python, peer_models, bundle, source, frames, repeats, threads, out
                    "cell_total": rows["peer_cell_total"]["wall_p50_ms"] / rows["ours_cell_total"]["wall_p50_ms"],
                    "segment": rows["peer_detect_model"]["wall_p50_ms"] / rows["ours_segment"]["wall_p50_ms"]},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "peer_speed.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "peer_speed.md", to_markdown(report))
+    write_result(out / "peer_speed", report, to_markdown(report))
     click.echo(to_markdown(report))
 
 

@@ -11,7 +11,8 @@ def write_result(prefix, data, markdown_text: str) -> tuple[Path, Path]:
     """PREFIX.json + PREFIX.md next to each other; the folder is made if missing."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = prefix.with_suffix(".json"), prefix.with_suffix(".md")
+    # appended, not with_suffix: a name such as "bundle-v1.2" keeps its dot
+    json_path, md_path = prefix.with_name(prefix.name + ".json"), prefix.with_name(prefix.name + ".md")
     atomic_write_text(json_path, json.dumps(data, indent=2) + "\n")
     atomic_write_text(md_path, markdown_text)
     return json_path, md_path
