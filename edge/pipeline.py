@@ -18,7 +18,7 @@ from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, SegmentParams,
-                                   extract_crop, segment, work_copy)
+                                   extract_crop, order_statistic, segment, upper_quartile_cut, work_copy)
 
 
 @dataclass
@@ -169,11 +169,6 @@ class CellClassifier:
                            probs, timings, decisions, "" if dets else "no cells found", reading, red)
 
 
-def _order_statistic(cumulative_counts: np.ndarray, k: int) -> int:
-    """The k-th smallest value (0-based) of integers whose histogram's running sum is given."""
-    return int(np.searchsorted(cumulative_counts, k, side="right"))
-
-
 def background_colour(image: np.ndarray) -> np.ndarray:
     """The smear's background colour: per channel, the median of the brightest quarter of a
     1-in-16 subsample (pixels at or above the 75th percentile of R+G+B, numpy's linear rule).
@@ -186,19 +181,13 @@ def background_colour(image: np.ndarray) -> np.ndarray:
     brightness = sub[..., 0].astype(np.int16)
     brightness += sub[..., 1]
     brightness += sub[..., 2]
-    n = brightness.size
-    # np.percentile(q=75) lies at position 0.75 (n - 1) of the sorted values; an integer is
-    # >= it exactly when it is >= the value at the next whole position
-    pos = 0.75 * (n - 1)
-    whole = int(pos)
-    at = whole if pos == whole else whole + 1
-    threshold = _order_statistic(np.bincount(brightness.ravel(), minlength=766).cumsum(), at)
+    threshold = upper_quartile_cut(brightness)
     bright = sub[brightness >= threshold]
     m = len(bright)
     out = np.empty(3, np.uint8)
     for c in range(3):  # median = mean of the two middle values, truncated as astype(uint8) does
         cum = np.bincount(bright[:, c], minlength=256).cumsum()
-        out[c] = (_order_statistic(cum, (m - 1) // 2) + _order_statistic(cum, m // 2)) // 2
+        out[c] = (order_statistic(cum, (m - 1) // 2) + order_statistic(cum, m // 2)) // 2
     return out
 
 

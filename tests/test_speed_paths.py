@@ -51,6 +51,14 @@ def stage_small_reference(self, image, grey=None):
     return g.astype(np.float32)
 
 
+def components_reference(mask):
+    return cv2.connectedComponentsWithStats(mask, connectivity=8)  # 32-bit labels
+
+
+def upper_quartile_cut_reference(values):
+    return np.percentile(values, 75)
+
+
 def _random_images(rng, n):
     for k in range(n):
         h, w = (int(v) for v in rng.integers(1, 70, 2))
@@ -69,6 +77,29 @@ def test_background_colour_is_the_median_of_the_brightest_quarter():
         assert np.array_equal(pipeline.background_colour(img), background_colour_reference(img)), f.name
     for img in _random_images(np.random.default_rng(0), 300):
         assert np.array_equal(pipeline.background_colour(img), background_colour_reference(img)), img.shape
+
+
+def test_upper_quartile_cut_selects_what_the_75th_percentile_selects():
+    rng = np.random.default_rng(3)
+    for k in range(500):
+        n = int(rng.integers(1, 400))
+        v = rng.integers(0, int(rng.choice([2, 5, 766])), n).astype(np.int16)
+        cut = segment.upper_quartile_cut(v)
+        assert np.array_equal(v >= cut, v >= np.percentile(v, 75)), (k, n)
+
+
+def test_components_with_16_bit_labels_are_the_32_bit_components():
+    rng = np.random.default_rng(4)
+    masks = [(rng.random((int(rng.integers(1, 80)), int(rng.integers(1, 80)))) < rng.uniform(0.1, 0.9)).astype(np.uint8)
+             for _ in range(100)]
+    worst = np.zeros((511, 511), np.uint8)
+    worst[::2, ::2] = 1  # one component per 2x2 block: 65,536 of them, labels need 32 bits
+    masks += [worst, worst[:509, :509].copy()]  # 65,025 components: 16 bits are enough
+    for k, m in enumerate(masks):
+        n, lab, st, cen = segment.components(m)
+        rn, rlab, rst, rcen = components_reference(m)
+        assert n == rn and np.array_equal(lab, rlab) and np.array_equal(st, rst) and np.allclose(cen, rcen), k
+    assert segment.components(masks[-1])[1].dtype == np.uint16 and segment.components(worst)[1].dtype == np.int32
 
 
 def test_fill_holes_fills_exactly_the_enclosed_background():
@@ -123,6 +154,8 @@ def test_same_cells_labels_and_probabilities_on_the_samples(monkeypatch):
     monkeypatch.setattr(pipeline, "background_colour", background_colour_reference)
     monkeypatch.setattr(ruler, "_fill_holes", fill_holes_reference)
     monkeypatch.setattr(ruler, "disc_peaks", disc_peaks_reference)
+    monkeypatch.setattr(segment, "components", components_reference)
+    monkeypatch.setattr(segment, "upper_quartile_cut", upper_quartile_cut_reference)
     assert results() == fast
     assert sum(len(r[1]) for r in fast) > 5  # the samples have cells, platelet crops painted included
 

@@ -15,7 +15,8 @@ OpenCV's and the runtime's worker threads). `--threads 1` runs everything in one
 and the model): on a machine shared by many jobs, worker threads that wait for a descheduled
 partner burn CPU, and one thread measures the work itself. The fingerprint (SHA-1 of every box,
 crop, label, probability, ruler value and, on one slide, stage offset) must be the same for two
-versions that claim the same results. A stage that a version does not have is not listed.
+versions that claim the same results. A stage that a version does not have is not listed;
+"platelets (in segment)" is `segment.find_platelets`, already counted in "segment".
 `--json FILE` writes the figures (`counting_speed --stage-cpu` collects them).
 """
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main(source, frames, threads, mode, json_out):
     for name in ("blank_reason", "segment", "work_copy"):
         if hasattr(pipeline, name):
             setattr(pipeline, name, timed(name.replace("_reason", ""), getattr(pipeline, name)))
+    if hasattr(seg, "find_platelets"):  # called by segment(): its time is part of "segment" too
+        seg.find_platelets = timed("platelets (in segment)", seg.find_platelets)
     for name in ("crops_for", "classify_crops"):
         if hasattr(pipeline.CellClassifier, name):
             setattr(pipeline.CellClassifier, name, timed(name.replace("_crops", ""), getattr(pipeline.CellClassifier, name)))
