@@ -9,8 +9,8 @@ import pytest
 
 from hemaedge.benchmarks.tools.segmentation_bccd import match, read_voc
 from hemaedge.edge.preprocess import read_image_rgb
-from hemaedge.edge.segment import (Detection, SegmentParams, centre_in, crop_square, extract_crop, nearest_to,
-                                   segment)
+from hemaedge.edge.segment import (Detection, SegmentParams, centre_in, crop_square, extract_crop, iou,
+                                   nearest_to, segment)
 
 REPO = Path(__file__).resolve().parents[1]
 # BCCD test-split frames (the defaults were tuned on the train split only)
@@ -238,3 +238,39 @@ def test_a_pink_speck_is_not_a_platelet(bccd):
     pink[y0:y1, x0:x1] = patch[..., ::-1]  # RGB -> BGR inside the platelet's box only
     after = [x for x in segment(pink, rbc_diameter=d) if x.kind == "platelet"]
     assert not any(centre_in((x0, y0, x1, y1), x.centre) for x in after)
+
+
+def test_a_large_pale_smear_of_stain_is_not_a_platelet(bccd):
+    """BCCD train frames with a pale stained body wider than a platelet that no VOC box marks
+    (`SegmentParams.pale_platelet_side_rbc` / `pale_platelet_z`): the body is found with the
+    rule off and gone with it on, and every VOC platelet found without the rule is still found."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    pale = {"BloodImage_00039": (528, 282, 582, 326), "BloodImage_00069": (582, 284, 622, 348),
+            "BloodImage_00092": (268, 68, 304, 134), "BloodImage_00120": (178, 90, 210, 148)}
+    off = SegmentParams(pale_platelet_side_rbc=9.0)  # no body is 9 red cells wide: rule off
+    for img, gt, fid in ((img, gt, fid) for fid in pale for img, gt in _bccd_frames(bccd, [fid])):
+        d = red_cell_diameter(img)
+        without = [x.box for x in segment(img, off, rbc_diameter=d) if x.kind == "platelet"]
+        with_rule = [x.box for x in segment(img, rbc_diameter=d) if x.kind == "platelet"]
+        assert any(iou(b, pale[fid]) > 0.9 for b in without), fid
+        assert not any(iou(b, pale[fid]) > 0.5 for b in with_rule), fid
+        voc = gt.get("Platelets", [])
+        assert match(with_rule, voc, "iou") == match(without, voc, "iou"), fid
+
+
+
+def test_a_small_lymphocyte_stays_nucleated_when_the_ruler_over_reads(bccd):
+    """BCCD train 00070: overlapping red cells make the field's own ruler read 118 px (the other
+    fields ~85 px, 1.39x: within the ruler's outlier factor, so it is used). Its small lymphocyte
+    is then 0.33 d^2: still a nucleated (size-ambiguous) detection, not a platelet candidate."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    (img, gt), = _bccd_frames(bccd, ["BloodImage_00070"])
+    d = red_cell_diameter(img)
+    assert 110 < d < 125
+    dets = segment(img, rbc_diameter=d)
+    lymphocyte = (375, 348, 471, 439)
+    assert lymphocyte in gt["WBC"]
+    assert any(x.kind == "wbc" and iou(x.box, lymphocyte) >= 0.5 for x in dets)
+    assert not any(x.kind == "platelet" and iou(x.box, lymphocyte) > 0.3 for x in dets)

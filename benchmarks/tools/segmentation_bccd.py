@@ -24,8 +24,8 @@ from tqdm import tqdm
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.machine import describe_machine, one_line
 from hemaedge.edge.preprocess import read_image_rgb
-from hemaedge.edge.ruler import red_cell_diameter
-from hemaedge.edge.segment import METHODS, SegmentParams, centre_in, iou, segment
+from hemaedge.edge.ruler import Ruler
+from hemaedge.edge.segment import METHODS, SegmentParams, centre_in, iou, segment, work_copy
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 KINDS = {"wbc": "WBC", "platelet": "Platelets"}
@@ -43,6 +43,11 @@ def read_voc(path: Path) -> dict[str, list[tuple[int, int, int, int]]]:
 
 def match(pred: list, gt: list, criterion: str) -> int:
     """Number of one-to-one matches (greedy, best IoU first)."""
+    return len(matches(pred, gt, criterion))
+
+
+def matches(pred: list, gt: list, criterion: str) -> dict[int, int]:
+    """One-to-one matches, greedy by best IoU first: {prediction index: ground-truth index}."""
     pairs = []
     for i, p in enumerate(pred):
         for j, g in enumerate(gt):
@@ -51,12 +56,12 @@ def match(pred: list, gt: list, criterion: str) -> int:
             if ok:
                 pairs.append((v, i, j))
     pairs.sort(reverse=True)
-    used_p, used_g = set(), set()
+    used_p, used_g = {}, set()
     for _, i, j in pairs:
         if i not in used_p and j not in used_g:
-            used_p.add(i)
+            used_p[i] = j
             used_g.add(j)
-    return len(used_p)
+    return used_p
 
 
 def frame_ids(data: Path, split: str) -> list[str]:
@@ -71,6 +76,7 @@ def evaluate(data: Path, ids: list[str], params: SegmentParams, progress: bool =
     times = []
     skipped = []
     exact = 0
+    ruler = Ruler(same_slide=False)  # an image folder's ruler, as `edge run` reads it
     for fid in tqdm(ids, desc=f"segment ({params.method})", disable=not progress, unit="frame"):
         jpg = data / "JPEGImages" / f"{fid}.jpg"
         if not jpg.exists():
@@ -79,8 +85,11 @@ def evaluate(data: Path, ids: list[str], params: SegmentParams, progress: bool =
         img = read_image_rgb(jpg)
         gt = read_voc(data / "Annotations" / f"{fid}.xml")
         t = time.perf_counter()
-        rbc = red_cell_diameter(img, params) if per_field_ruler else None  # as `edge run` on a folder
-        dets = segment(img, params, rbc_diameter=rbc)
+        # as `edge run` on a folder: each field measured on its own, an outlier against the recent
+        # fields takes their median (`edge.ruler.Ruler`); one work copy for the ruler and the segmenter
+        work = work_copy(img, params)
+        rbc = ruler.read(img, params, work).diameter if per_field_ruler else None
+        dets = segment(img, params, rbc_diameter=rbc, work=work)
         times.append(time.perf_counter() - t)
         for kind, name in KINDS.items():
             pred = [d.box for d in dets if d.kind == kind]
