@@ -94,14 +94,10 @@ class SegmentParams:
     # 1.34-5.6 d^2 (5th-95th percentile of 286 fields), labelled PBC platelet clumps 0.46-0.92;
     # BCCD white-cell nuclei (lower resolution) go down to ~0.5, BCCD platelets up to 0.16 (99th
     # percentile of 122 frames). Size alone cannot tell a platelet clump from a small nucleus
-    # between 0.3 and 1.6 d^2 (large clumps reach 1.5): such a detection is `size_ambiguous` and the classifier decides
-    # its kind (pipeline.CellClassifier); below 0.3 it can only be a platelet, above 1.6 only a
+    # between 0.4 and 1.6 d^2 (large clumps reach 1.5): such a detection is `size_ambiguous` and the classifier decides
+    # its kind (pipeline.CellClassifier); below 0.4 it can only be a platelet, above 1.6 only a
     # nucleated cell.
-    # nucleated from 0.3 d^2: a small lymphocyte nucleus (BCCD down to ~0.6 d^2) stays nucleated
-    # when the field's ruler over-reads by up to the ruler's outlier factor, 1.4x (0.6 / 1.4^2 =
-    # 0.31; BCCD train 00070 reads 118 px against ~85 px: its lymphocyte is 0.33 d^2); platelets
-    # stay far below (BCCD 99th percentile 0.16 d^2)
-    min_wbc_rbc_area: float = 0.3
+    min_wbc_rbc_area: float = 0.4
     min_platelet_rbc_area: float = 0.04
     max_platelet_rbc_area: float = 0.4
     sure_nucleated_rbc_area: float = 1.6
@@ -143,10 +139,6 @@ class Detection:
         x0, y0, x1, y1 = self.box
         return (x0 + x1) / 2.0, (y0 + y1) / 2.0
 
-
-# Without a ruler the red-cell diameter a frame-fraction white-cell limit implies: the limit
-# read as this many d^2 (the nucleated limit the fallback was tuned with)
-FALLBACK_WBC_RBC_AREA = 0.4
 
 CROP_MODES = ("rbc", "cell", "fixed")
 # BloodMNIST's 200 px crops of PBC fields span ~3.1 red-cell diameters (median `ruler.red_cell_diameter`
@@ -331,7 +323,7 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
         dets = _merge_close_lobes(dets, rbc_diameter * scale, p.lobe_gap_rbc, p.max_cell_rbc)
     if p.detect_platelets:
         # without a ruler: the diameter implied by the frame-fraction white-cell limit
-        d_work = rbc_diameter * scale if rbc_diameter else float(np.sqrt(min_wbc / FALLBACK_WBC_RBC_AREA))
+        d_work = rbc_diameter * scale if rbc_diameter else float(np.sqrt(min_wbc / p.min_wbc_rbc_area))
         # their nuclei, not their whole boxes: a platelet lying at a white cell's rim keeps its shape
         dets += find_platelets(image, s, [_shrink(d.box, p.cell_margin) for d in dets], d_work, p, core=work.mask)
     if scale < 1.0:
