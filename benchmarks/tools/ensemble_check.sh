@@ -7,7 +7,9 @@
 # `hemaedge train finetune` / `train snapshot`) and the same input contract. Work goes to
 # ~/hemaedge-runs/NAME ($HEMAEDGE_ENSEMBLE_WORK), tables to benchmarks/results/NAME
 # ($HEMAEDGE_ENSEMBLE_RESULTS). Each step is skipped when its output exists, so the script can be
-# run again after a stop.
+# run again after a stop. A second data set (issue #19 item 3, e.g. the red-cell crops of `hemaedge data
+# rbc-crops`): HEMAEDGE_ENSEMBLE_DATA=ImageFolder root, HEMAEDGE_ENSEMBLE_CALIB=its calibration images
+# (`hemaedge data calibration`); the PBC and whole-frame steps then do not apply and are left out.
 #
 # 1. weights chosen on BloodMNIST-128 val: the simplex grid (step 0.1) over all members, and for each
 #    pair (MEMBER1, other) the paper's grid and the simplex grid
@@ -32,6 +34,9 @@ HE=("$PY" -m hemaedge.cli)
 WORK=${HEMAEDGE_ENSEMBLE_WORK:-$HOME/hemaedge-runs/$NAME}
 RES=${HEMAEDGE_ENSEMBLE_RESULTS:-benchmarks/results/$NAME}
 NICE=(nice -n "${HEMAEDGE_ENSEMBLE_NICE:-10}")
+SET=${HEMAEDGE_ENSEMBLE_DATA:-$DATA/bloodmnist128}
+CALIB=${HEMAEDGE_ENSEMBLE_CALIB:-calibration_data}
+WBC=0; [ -z "${HEMAEDGE_ENSEMBLE_DATA:-}" ] && WBC=1   # BloodMNIST: also PBC fields and whole BCCD frames
 mkdir -p "$WORK/export" "$RES"
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -39,7 +44,7 @@ ensemble() {  # OUT GRID MEMBER...
   local out=$1 grid=$2; shift 2
   [ -f "$out/ensemble.json" ] && { log "kept $out"; return; }
   log "ensemble $out ($grid grid)"
-  "${NICE[@]}" "${HE[@]}" train ensemble "$@" --data "$DATA/bloodmnist128" --out "$out" --grid "$grid" --step 0.1
+  "${NICE[@]}" "${HE[@]}" train ensemble "$@" --data "$SET" --out "$out" --grid "$grid" --step 0.1
 }
 ensemble "$WORK/all-simplex" simplex "${MEMBERS[@]}"
 for i in $(seq 1 $(( ${#MEMBERS[@]} - 1 ))); do
@@ -51,9 +56,9 @@ export_bundle() {  # KERAS QUANT OUT
   local src=$1 quant=$2 out=$3
   [ -f "$out/manifest.json" ] && { log "kept $out"; return; }
   log "export $quant $out"
-  local args=(--quant "$quant" --data "$DATA/bloodmnist128" --sample 500 --out "$out")
+  local args=(--quant "$quant" --data "$SET" --sample 500 --out "$out")
   [ "$quant" = int8 ] && args+=(--int8-io float32 --float-fallback-ops MEAN,FULLY_CONNECTED,SOFTMAX
-                                --calib-dir calibration_data --calib-count 512)
+                                --calib-dir "$CALIB" --calib-count 512)
   "${NICE[@]}" "${HE[@]}" export tflite "$src" "${args[@]}"
 }
 for i in "${!MEMBERS[@]}"; do
@@ -65,15 +70,17 @@ for b in "$WORK"/export/*-int8; do
   tag=$(basename "$b")
   mkdir -p "$RES/$tag"
   [ -f "$RES/$tag/calibration_$tag.json" ] || { log "int8 accuracy $tag";
-    "${NICE[@]}" "$PY" -m hemaedge.benchmarks.tools.bundle_calibration --bundle "$b" --data "$DATA/bloodmnist128" \
+    "${NICE[@]}" "$PY" -m hemaedge.benchmarks.tools.bundle_calibration --bundle "$b" --data "$SET" \
         --name "$tag" --out "$RES/$tag" > "$WORK/calibration-$tag.log" 2>&1; }
-  [ -f "$RES/$tag/pbc_end_to_end.json" ] || { log "PBC end to end $tag";
+  if [ $WBC = 1 ] && [ ! -f "$RES/$tag/pbc_end_to_end.json" ]; then log "PBC end to end $tag"
     "${NICE[@]}" "$PY" -m hemaedge.benchmarks.tools.pbc_end_to_end --data "$DATA/pbc_raw_val" \
-        --bloodmnist-val "$DATA/bloodmnist128/val" --bundle "$b" --out "$RES/$tag" > "$WORK/pbc-$tag.log" 2>&1; }
+        --bloodmnist-val "$DATA/bloodmnist128/val" --bundle "$b" --out "$RES/$tag" > "$WORK/pbc-$tag.log" 2>&1
+  fi
 done
 
+FRAMES=(); [ $WBC = 1 ] && FRAMES=(--frames "$DATA/bccd")
 [ -f "$RES/ensemble_bench.json" ] || { log "bench";
-  "${NICE[@]}" "${HE[@]}" bench run "$WORK/export" --preset desktop --data "$DATA/bloodmnist128" \
-      --frames "$DATA/bccd" --out "$RES" --name ensemble_bench --quiet; }
+  "${NICE[@]}" "${HE[@]}" bench run "$WORK/export" --preset desktop --data "$SET" "${FRAMES[@]}" \
+      --out "$RES" --name ensemble_bench --quiet; }
 log "table"
-"$PY" -m hemaedge.benchmarks.tools.ensemble_table --work "$WORK" --results "$RES" --out "$RES/ensemble_bloodmnist128"
+"$PY" -m hemaedge.benchmarks.tools.ensemble_table --work "$WORK" --results "$RES" --out "$RES/ensemble_$(basename "$SET")"
