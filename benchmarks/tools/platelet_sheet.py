@@ -11,7 +11,7 @@ frame edge*, *elsewhere* (an unboxed platelet, a speck, a pale smear of stain: t
 which). Tiles: 120 px of the frame around the detection (red), VOC platelets green, VOC white
 cells blue. Choose on train/val only; the test split is reported elsewhere, never looked at here.
 
-Writes docs/platelet_false_alarms.jpg and benchmarks/results/platelet_false_alarms.{json,md}.
+Writes benchmarks/results/platelet_false_alarms.{jpg,json,md}.
 """
 from __future__ import annotations
 
@@ -94,13 +94,14 @@ def sheet(tiles: list[np.ndarray], cols: int = 12) -> np.ndarray:
               default=lambda: os.environ.get("HEMAEDGE_BCCD", "../shared/data/bccd"), show_default="../shared/data/bccd")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val"]), default=("train", "val"),
               show_default=True, help="Never the test split: this sheet is for choosing rules.")
-@click.option("--sheet", "sheet_path", type=click.Path(path_type=Path), default=ROOT / "docs" / "platelet_false_alarms.jpg",
-              show_default="docs/platelet_false_alarms.jpg")
+@click.option("--sheet", "sheet_path", type=click.Path(path_type=Path),
+              help="Where the contact sheet goes  [default: OUT/platelet_false_alarms.jpg]")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks" / "results",
               show_default="benchmarks/results")
 def main(data, splits, sheet_path, out):
     """Contact sheet and count by kind of the platelet false alarms on BCCD train/val."""
     params = SegmentParams()
+    sheet_path = sheet_path or out / "platelet_false_alarms.jpg"
     found = false_alarms(data, splits, params)
     if not found:
         raise click.ClickException("no false alarms: nothing to draw")
