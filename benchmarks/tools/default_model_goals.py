@@ -71,9 +71,11 @@ def _ood_row(r: dict | None) -> str:
     if not bccd:
         return "not measured"
     both, conf = bccd["rules"]["confidence + OOD"], bccd["rules"]["confidence only"]
-    thr = r["ood_rule"]["threshold"]
+    thr, flag = r["ood_rule"]["threshold"], r["ood_rule"].get("flag_threshold")
+    levels = (f"two OOD tiers: flagged above {flag:g}, unidentified above {thr:g}" if flag is not None
+              else f"OOD score > {thr:g}")
     return (f"{_pct(both['wrong_flagged'], 1)} of wrong, {_pct(both['right_flagged'], 1)} of right (confidence "
-            f"rule + OOD score > {thr:g}, threshold from BloodMNIST val; confidence rule alone in the same run: "
+            f"rule + {levels}, levels from BloodMNIST val; confidence rule alone in the same run: "
             f"{_pct(conf['wrong_flagged'], 1)} / {_pct(conf['right_flagged'], 1)}; ood_rule_*.md)")
 
 

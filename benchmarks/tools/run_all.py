@@ -313,6 +313,27 @@ def steps(s: Settings) -> list[Step]:
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
         # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
+        # the packaged default's OOD levels and test-time views, set on BloodMNIST val with its own int8
+        # outputs; rewrites the bundle's manifest (ood, inference.views, domain.ood), not its model file
+        Step("ood-calibrate", [], tool("ood_calibrate") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
+                                                           f"{data}/bloodmnist128", "--views", "flips", "--write",
+                                                           "--name", "default", "--out", out],
+             [f"{out}/ood_calibrate_default{x}" for x in (".md", ".json")],
+             "the default's two OOD levels (review 95%, unidentified 99.5% of right BloodMNIST val cells) for "
+             "its test-time views, written to its manifest", "~1 min"),
+        Step("views-check", [], tool("views_check") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
+                                                       f"{data}/bloodmnist128", "--name", "default", "--out", out],
+             [f"{out}/views_check_default{x}" for x in (".md", ".json")],
+             "test-time views off / flips / dihedral: BloodMNIST val+test accuracy, ECE, per-cell cost (same run)",
+             "~5 min"),
+        Step("zero-shot-errors", [], tool("zero_shot_errors") + ["--bundle", DEFAULT_BUNDLE, "--bccd", f"{data}/bccd",
+                                                                 "--pbc", f"{data}/pbc_raw_val", "--bloodmnist128",
+                                                                 f"{data}/bloodmnist128", "--split", "val",
+                                                                 "--pbc-every", "3", "--name", "default", "--out", out],
+             [f"{out}/zero_shot_errors_default{x}" for x in (".md", ".json")],
+             "what drives the BCCD val errors: crop scale, centring, colour, blur, border, view averaging "
+             "(BCCD val, PBC fields, BloodMNIST val) + contact sheet docs/img/zero_shot_errors_default.jpg",
+             "~10 min"),
         Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
                                                  "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
                                                  "--bloodmnist128", f"{data}/bloodmnist128",
