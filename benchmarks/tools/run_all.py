@@ -274,6 +274,12 @@ def steps(s: Settings) -> list[Step]:
                               "--name", "default_val", "--out", out],
              [f"{out}/bccd_wbc_default_val{x}" for x in (".md", ".json")],
              "BCCD white cells end to end with the default bundle and its own input contract (val)", "~2 min"),
+        # BCCD test: reported once for the final setting, never used to choose anything
+        Step("bccd-wbc-test", [], [py, "-m", "hemaedge.benchmarks.tools.bccd_wbc", "--data", f"{data}/bccd",
+                                   "--bloodmnist128", f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split",
+                                   "test", "--normalize", "bundle", "--name", "default_test", "--out", out],
+             [f"{out}/bccd_wbc_default_test{x}" for x in (".md", ".json")],
+             "BCCD test white cells end to end with the default bundle (report only, never for choosing)", "~2 min"),
         Step("calibration", [], [py, "-m", "hemaedge.benchmarks.tools.bundle_calibration", "--bundle", DEFAULT_BUNDLE,
                                  "--data", f"{data}/bloodmnist128", "--name", "default", "--out", out],
              [f"{out}/calibration_default{x}" for x in (".md", ".json")],
