@@ -144,6 +144,10 @@ def collect(candidate: Path | None, final: bool = False, multi_domain: Path | No
                                    f"{cost['load_average'][0]} on 2 cores)") if cost else "not measured"},
     ]
     shipped = shipped_setting()
+    if shipped and final and not any(candidate.glob("ood_rule_*.json")):
+        # ood_rule_default was regenerated for the shipped setting: it is no longer this column's
+        rows[6]["candidate"] = ("one view, one-tier rule: in the git history of ood_rule_default.md "
+                                "(regenerated for the shipped setting)")
     for row, key in zip(rows, ("test_int8", "pbc", "bccd", None, "ece_test", "bccd_flags", "ood", None)):
         row["shipped"] = shipped.get(key, "—") if shipped and key else "—"
     return {"date": dt.date.today().isoformat(), "candidate": str(candidate) if candidate else None, "rows": rows,
@@ -199,7 +203,7 @@ def main(candidate, label, multi_domain, out, final):
                 f"({r['candidate_epochs']} epochs done), not the final model. " if candidate else
                 "No candidate measured yet: the new default's training (docs/finetune.md) had not finished an "
                 "epoch when this was collected. ")
-             + "Each figure's command, machine and date are in the linked result files.", "",
+             + "Each figure's command, machine and date are in the linked result files."
              + (f" \"shipped\" = the packaged default as `edge run` runs it now: test-time views "
                 f"`{r['shipped_views']}` and the two OOD tiers (docs/edge.md), from the regenerated tables." if
                 r.get("shipped_views") else ""), "",
