@@ -190,6 +190,14 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/{_bench_name(s)}{x}" for x in (".md", ".csv", ".json", "_pareto.png", "_latency.png")],
              "per-model / per-format / per-frame tables (+ training trade-off table)",
              "~5 min with HEMAEDGE_BENCH_ACCURACY=manifest; ~20 min scoring every format on the test split"),
+        # first of the default's steps: the packaged default's OOD levels and test-time views, set on BloodMNIST val with its own int8
+        # outputs; rewrites the bundle's manifest (ood, inference.views, domain.ood), not its model file
+        Step("ood-calibrate", [], tool("ood_calibrate") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
+                                                           f"{data}/bloodmnist128", "--views", "flips", "--write",
+                                                           "--name", "default", "--out", out],
+             [f"{out}/ood_calibrate_default{x}" for x in (".md", ".json")],
+             "the default's two OOD levels (review 95%, unidentified 99.5% of right BloodMNIST val cells) for "
+             "its test-time views, written to its manifest", "~1 min"),
         Step("segmentation", [], [*tool("segmentation_bccd"), "--data", f"{data}/bccd", "--method", "stain",
                                   "--method", "otsu", "--split", "train", "--split", "val", "--split", "test", "--split", "all",
                                   "--out", out, *first],
@@ -319,14 +327,6 @@ def steps(s: Settings) -> list[Step]:
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
         # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
-        # the packaged default's OOD levels and test-time views, set on BloodMNIST val with its own int8
-        # outputs; rewrites the bundle's manifest (ood, inference.views, domain.ood), not its model file
-        Step("ood-calibrate", [], tool("ood_calibrate") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
-                                                           f"{data}/bloodmnist128", "--views", "flips", "--write",
-                                                           "--name", "default", "--out", out],
-             [f"{out}/ood_calibrate_default{x}" for x in (".md", ".json")],
-             "the default's two OOD levels (review 95%, unidentified 99.5% of right BloodMNIST val cells) for "
-             "its test-time views, written to its manifest", "~1 min"),
         Step("views-check", [], tool("views_check") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
                                                        f"{data}/bloodmnist128", "--name", "default", "--out", out],
              [f"{out}/views_check_default{x}" for x in (".md", ".json")],
