@@ -364,3 +364,30 @@ def test_the_packaged_default_has_two_tiers_calibrated_on_its_own_val_outputs(de
     clf = CellClassifier(b, default_val[1])
     assert clf.ood_rule.threshold == ood["unidentified_threshold"] and clf.ood_rule.flag_threshold == ood["threshold"]
     assert ood["n"] == 1712 and "own outputs" in ood["calibrated_on"]
+
+
+def test_ood_calibrate_writes_both_levels_and_the_views_into_a_real_bundle(bloodmnist128, tmp_path):
+    from click.testing import CliRunner
+
+    from hemaedge.benchmarks.tools.ood_calibrate import main
+    from hemaedge.edge.bundle import load_bundle, verify_bundle
+    from hemaedge.edge.pipeline import CellClassifier
+
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT, root)
+    val = tmp_path / "bm" / "val"
+    for c in load_bundle(root).classes:  # a small real slice of val, the tool's only input
+        (val / c).mkdir(parents=True)
+        for f in sorted((bloodmnist128 / "val" / c).glob("*.jpg"))[:6]:
+            shutil.copy(f, val / c / f.name)
+    res = CliRunner().invoke(main, ["--bundle", str(root), "--bloodmnist128", str(tmp_path / "bm"), "--views", "flips",
+                                    "--write", "--name", "t", "--out", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    b = load_bundle(root)
+    assert verify_bundle(root) == []  # the model file and its checksum are untouched
+    ood = b.manifest["ood"]
+    assert ood["n"] == 48 and ood["views"] == "flips" and ood["unidentified_threshold"] >= ood["threshold"] > 0
+    assert b.manifest["inference"] == {"views": "flips"} and b.manifest["domain"]["ood"]["group"] == 20
+    clf = CellClassifier(b, None)
+    assert clf.views_name == "flips" and clf.ood_rule.flag_threshold == ood["threshold"]
+    assert (tmp_path / "res" / "ood_calibrate_t.md").is_file()
