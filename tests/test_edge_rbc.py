@@ -75,6 +75,21 @@ def test_watershed_splits_touching_cells_that_components_leave_joined():
     assert len(comp) == 5
 
 
+def test_a_large_lone_cell_stays_one_cell_with_its_whole_area():
+    # a macrocyte-sized disc (1.4 red-cell diameters, ~2 cell areas) has one distance peak: one cell,
+    # not split, and measured like a lone normal cell (whole blob), beside a normal one
+    img = np.full((200, 240, 3), (200, 205, 215), np.uint8)
+    cv2.circle(img, (70, 100), 28, (190, 120, 150), -1)
+    cv2.circle(img, (180, 100), 20, (190, 120, 150), -1)
+    cells, _ = detect_red_cells(img, 40.0, RbcParams(method="watershed"))
+    assert len(cells) == 2
+    big = max(cells, key=lambda c: c.area)
+    assert abs(big.centre[0] - 70) < 2 and abs(big.centre[1] - 100) < 2
+    # the drawn disc is 57 px across; measured as a whole blob like the lone 41-px one (39.8 px), not
+    # less its outline as a watershed region would be (54 px)
+    assert abs(big.diameter - 56) < 1
+
+
 def test_a_frame_without_red_cells_gives_no_cells():
     cells, d = detect_red_cells(np.full((240, 320, 3), 210, np.uint8))
     assert cells == [] and d is None
