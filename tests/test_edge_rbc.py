@@ -359,3 +359,32 @@ def test_the_ruler_still_reads_what_the_packaged_red_cell_bundle_was_cut_for(chu
 
     geometry = json.loads((rbc_bundle_path("packaged") / "manifest.json").read_text())["red_cells"]
     assert dataset_diameter(read_chula(chula)) == pytest.approx(geometry["ruler_diameter_px"], rel=0.02)
+
+
+def test_red_cell_ood_limit_refit_on_detected_cells_keeps_the_bundle_verified(chula, tmp_path):
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.domain import DomainMonitor
+    from hemaedge.edge.errors import BundleError, DataError
+    from hemaedge.export.rbc_ood import detected_cell_scores, refit_red_cell_ood
+    from hemaedge.edge.backends import load_backend
+
+    bundle = tmp_path / "rbc"
+    shutil.copytree(REPO / "src" / "hemaedge" / "models" / "rbc", bundle)
+    frames = [read_image_rgb(p) for p in sorted((chula / "images").glob("*.jpg"))[:3]]
+    with pytest.raises(DataError, match="whole red cells"):
+        refit_red_cell_ood(bundle, frames[:0], "nothing")
+    out = refit_red_cell_ood(bundle, frames, "three Chula frames")
+    b = load_bundle(bundle)  # still verifies: only the manifest's domain.ood changed
+    ood = b.manifest["domain"]["ood"]
+    assert ood == out["after"] and ood["fitted_on"] == "three Chula frames" and ood["cells"] > 100
+    assert ood["limit"] > ood["val_mean"] and ood["replaces"]["limit"] == out["before"]["limit"]
+    # the same cells, judged by the device's own check against the refitted limit, are in domain
+    monitor = DomainMonitor(b.manifest["domain"])
+    scores = detected_cell_scores(b, load_backend(b), frames)
+    monitor.scores = list(scores)
+    assert not any("unsure" in r for r in monitor.report()["reasons"])
+    signed = json.loads((bundle / "manifest.json").read_text())
+    signed["signature"] = {"algorithm": "ed25519", "key_id": "x", "value": "y"}
+    (bundle / "manifest.json").write_text(json.dumps(signed))
+    with pytest.raises(BundleError, match="signed"):
+        refit_red_cell_ood(bundle, frames, "again")
