@@ -27,7 +27,7 @@ from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.atomic import atomic_write_json
 from hemaedge.edge.confidence import DEFAULT_QUANTILE, UNIDENTIFIED_QUANTILE, ood_scores, ood_section
-from hemaedge.edge.domain import ood_mean_limit
+from hemaedge.edge.domain import ood_limit
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.tta import VIEW_SETS, bundle_views, predict_views
 
@@ -114,7 +114,7 @@ def main(bundle, bloodmnist128, quantile, unidentified_quantile, views, write, n
     sec = calibrate(probs, labels, quantile, unidentified_quantile)
     sec["views"] = views_name
     previous = b.manifest.get("ood")
-    run_limit = ood_mean_limit(probs)
+    run_limit = ood_limit(ood_scores(probs))
     if write:
         path = Path(bundle) / "manifest.json"
         manifest = json.loads(path.read_text(encoding="utf-8"))
