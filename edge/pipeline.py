@@ -61,9 +61,10 @@ class CellClassifier:
     crops) but the nucleated cells in them are painted over with the background, so a speck next
     to a white cell is judged on its own and not by its neighbour.
     The crops go through `prepare_batch` with the model's input contract: the very code that
-    prepared the training images. `views` ("auto" = the bundle's `inference.views`, else "off",
-    "flips" or "dihedral"; `edge.tta`) averages each cell's probabilities over flipped/rotated
-    views of its prepared crop.
+    prepared the training images. `views` ("auto" = the bundle's `inference.views` for
+    independent stills and one view when `same_slide` (tracked cells are averaged over their
+    frames instead), else "off", "flips" or "dihedral"; `edge.tta`) averages each cell's
+    probabilities over flipped/rotated views of its prepared crop.
     """
 
     def __init__(self, model, backend, params: SegmentParams | None = None,
@@ -92,7 +93,9 @@ class CellClassifier:
         # said once per run: an old bundle's rule is not the two-tier one users read about
         (logger.info if self.ood_rule.flag_threshold is not None or self.ood_rule.source == "off"
          else logger.warning)("unidentified rule: %s", self.ood_rule.note)
-        self.views_name, self.views = bundle_views(manifest if isinstance(manifest, dict) else None, views)
+        # a tracked stream averages each cell over its frames: 'auto' views are for independent stills
+        self.views_name, self.views = bundle_views(manifest if isinstance(manifest, dict) else None, views,
+                                                   tracked=same_slide)
         self.review_threshold = review_threshold
         self.unidentified_below = unidentified_below
         self.mask_neighbours = mask_neighbours

@@ -122,7 +122,8 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--views", default="auto", show_default=True, type=click.Choice(["auto", "off", "flips", "dihedral"]),
               help="Classify each cell from flipped/rotated views of its crop, probabilities averaged (edge/tta.py): "
                    "'flips' = 4 views, 'dihedral' = 8 (inference cost x4 / x8); 'auto' = the bundle's "
-                   "inference.views (bundles without it: off).")
+                   "inference.views for image stills (bundles without it: off) and one view on a video, "
+                   "camera or --same-slide, where each tracked cell is averaged over its frames.")
 @click.option("--same-slide", is_flag=True,
               help="Image stills are overlapping views of one slide: one ruler, stage motion and tracking "
                    "(each cell counted once), as for a video or a camera.")

@@ -35,15 +35,20 @@ def check_views(name: str) -> tuple[int, ...]:
         raise UsageError(f"test-time views {name!r} unknown; choose one of {', '.join(VIEW_SETS)}") from None
 
 
-def bundle_views(manifest: dict | None, override=None) -> tuple[str, tuple[int, ...]]:
+def bundle_views(manifest: dict | None, override=None, tracked: bool = False) -> tuple[str, tuple[int, ...]]:
     """(name, views) for a run: `override` ('off', 'flips', 'dihedral') or, when None/'auto',
-    the bundle's `inference.views` (bundles without it: 'off', one view, as before)."""
+    the bundle's `inference.views` (bundles without it: 'off', one view, as before).
+
+    `tracked`: the cells are tracked across frames (a live feed, a video, `--same-slide`), and
+    each track's class is already the mean over all its frames, which are views of the same cell
+    too. There 'auto' means one view per frame: the views would cost x4 per frame, on every frame
+    of a live feed, for what the track's own averaging gives. An explicit override still wins."""
     if override is None or str(override).strip().lower() == "auto":
         declared = ((manifest or {}).get("inference") or {}).get("views", "off")
         if str(declared).strip().lower() not in VIEW_SETS:
             raise BundleError(f"the bundle's inference.views {declared!r} is unknown to this version of hemaedge "
                               f"(it knows {', '.join(VIEW_SETS)}); update hemaedge or re-export the bundle")
-        override = declared
+        override = "off" if tracked else declared
     name = str(override).strip().lower()
     return name, check_views(name)
 

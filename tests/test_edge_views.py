@@ -61,6 +61,9 @@ def test_the_views_come_from_the_bundle_unless_the_user_says_otherwise():
     assert bundle_views({"inference": {"views": "flips"}}, "auto") == ("flips", FLIPS)
     assert bundle_views({"inference": {"views": "flips"}}, "off") == ("off", (0,))
     assert bundle_views(None, "dihedral")[1] == DIHEDRAL
+    # a tracked stream (video, camera, --same-slide) averages each cell over its frames: auto = one view
+    assert bundle_views({"inference": {"views": "flips"}}, "auto", tracked=True) == ("off", (0,))
+    assert bundle_views({"inference": {"views": "flips"}}, "flips", tracked=True) == ("flips", FLIPS)
     with pytest.raises(BundleError, match="inference.views"):
         bundle_views({"inference": {"views": "kaleidoscope"}}, None)
     with pytest.raises(UsageError, match="test-time views"):
@@ -81,6 +84,7 @@ def test_a_real_frame_runs_with_each_view_set_and_the_summary_says_which(default
     assert out["off"].shape == out["flips"].shape == out["dihedral"].shape
     assert not np.allclose(out["off"], out["flips"])
     assert CellClassifier(b, be).views_name == b.manifest.get("inference", {}).get("views", "off")
+    assert CellClassifier(b, be, same_slide=True).views_name == "off"
 
 
 def test_edge_run_refuses_an_unknown_view_set_with_one_line(tmp_path):
