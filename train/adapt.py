@@ -36,6 +36,12 @@ BUNDLE_FORMAT = "tflite-int8-mixed"
 # "dihedral": random flips / right-angle rotations only; the others are the fine-tuning recipe's
 # presets (train/finetune_augment.py: "robust" adds another microscope's stain, white balance, blur...).
 AUGMENTS = ("dihedral", "light", "full", "robust")
+# BatchNorm statistics before fitting: "frozen" keeps the base's; "new" re-estimates them on the new
+# training cells (AdaBN: label-free, adapts to the new microscope's colour and blur, may cost the old
+# one); "mixed" re-estimates them on the new training cells and as many replay images together.
+BN_MODES = ("frozen", "new", "mixed")
+# --balance: no class of the new cells weighs more than this many times its share by count
+BALANCE_CAP = 4.0
 
 
 @dataclass
@@ -54,6 +60,9 @@ class AdaptConfig:
     new_weight: float = 0.5            # share of the loss carried by the new cells (the rest: the replay sample)
     augment: str = "dihedral"          # one of AUGMENTS, for new and replay images alike
     blocks: int = 2                    # trailing backbone blocks trained with the head
+    distill: float = 0.0               # share of each replay image's target taken from the base's own output (LwF)
+    bn: str = "frozen"                 # BatchNorm statistics: one of BN_MODES
+    balance: bool = False              # weight the new cells so every class of them carries the same loss
     epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-4
@@ -68,8 +77,15 @@ class AdaptConfig:
             raise UsageError("give at least one --data folder (a class-folder tree or a run folder)")
         if not 0 < self.holdout < 0.9:
             raise UsageError(f"--holdout {self.holdout}: expected a fraction between 0 and 0.9")
-        if self.epochs < 1 or self.batch_size < 1 or self.blocks < 0:
-            raise UsageError("--epochs and --batch-size must be at least 1, --blocks at least 0")
+        if self.epochs < 0 or self.batch_size < 1 or self.blocks < 0:
+            raise UsageError("--epochs must be at least 0, --batch-size at least 1, --blocks at least 0")
+        if self.bn not in BN_MODES:
+            raise UsageError(f"--bn {self.bn!r}: expected one of {', '.join(BN_MODES)}")
+        if self.epochs == 0 and self.bn == "frozen":
+            raise UsageError("--epochs 0 with --bn frozen would change nothing: give epochs, or --bn new|mixed "
+                             "to re-estimate only the BatchNorm statistics")
+        if not 0 <= self.distill < 1:
+            raise UsageError(f"--distill {self.distill}: expected a share from 0 (off) to below 1")
         if self.augment not in AUGMENTS:
             raise UsageError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}")
         if not 0 < self.new_weight < 1:
@@ -302,12 +318,56 @@ def _named(metrics: dict, classes) -> dict:
     return m
 
 
+def batchnorm_layers(model) -> list:
+    import keras
+
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out += batchnorm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            out.append(layer)
+    return out
+
+
+def reestimate_batchnorm(model, images: np.ndarray, contract, max_images: int = 256) -> dict:
+    """Replace every BatchNorm layer's moving mean/variance with the statistics of `images` (AdaBN).
+
+    One forward pass in training mode with momentum 0 over (at most `max_images` of) the images:
+    each layer sees its input normalised by the layers before it, as at inference afterwards."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        return {"batchnorm_layers": 0, "images": 0}
+    x = prepare_batch(images[:max_images], contract)
+    saved = [(layer.momentum, layer.trainable) for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum, layer.trainable = 0.0, True
+        model(x, training=True)
+    finally:
+        for layer, (momentum, trainable) in zip(layers, saved):
+            layer.momentum, layer.trainable = momentum, trainable
+    return {"batchnorm_layers": len(layers), "images": int(len(x))}
+
+
+def class_weights(labels: np.ndarray, cap: float = BALANCE_CAP) -> np.ndarray:
+    """Per-cell weights (mean 1) that give every class of `labels` the same total, a rare class
+    at most `cap` times its weight by count (one basophil must not carry a fifth of the loss)."""
+    ks, counts = np.unique(labels, return_counts=True)
+    per = {int(k): min(cap, len(labels) / (len(ks) * c)) for k, c in zip(ks, counts)}
+    w = np.asarray([per[int(k)] for k in labels], np.float32)
+    return w / w.mean()
+
+
 def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf,
-               n_replay: int | None = None) -> dict:
+               n_replay: int | None = None, replay_soft: np.ndarray | None = None) -> dict:
     """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss).
 
     `replay` is the replay pool: each epoch trains on `n_replay` of it (default: all of it), drawn
-    afresh, so a large pool shows the model many more of its old images at the same cost."""
+    afresh, so a large pool shows the model many more of its old images at the same cost.
+    `replay_soft`: the base model's probabilities on the replay pool; with `cfg.distill` > 0 each
+    replay image's target is (1 - distill) x its label + distill x the base's answer (learning
+    without forgetting: the old microscope's answers, doubts included, are what is kept)."""
     import keras
 
     n_classes = int(model.outputs[0].shape[-1])
@@ -319,6 +379,10 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     total = len(new) + n_replay
     w_new = cfg.new_weight * total / max(1, len(new)) if n_replay else 1.0
     w_rep = (1.0 - cfg.new_weight) * total / max(1, n_replay)
+    w_new_cells = w_new * (class_weights(new.labels) if cfg.balance else np.ones(len(new), np.float32))
+    targets_rep = eye[replay.labels]
+    if cfg.distill and replay_soft is not None and len(replay):
+        targets_rep = (1.0 - cfg.distill) * targets_rep + cfg.distill * replay_soft.astype(np.float32)
     # The recipe presets augment around the contract's preprocessing (camera stage, then
     # normalisation + CLAHE, then geometry), as the base model was trained.
     aug = None if cfg.augment == "dihedral" else \
@@ -332,18 +396,19 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        rep = replay if n_replay == len(replay) else replay.subset(np.sort(rng.permutation(len(replay))[:n_replay]))
+        pick = np.arange(len(replay)) if n_replay == len(replay) else np.sort(rng.permutation(len(replay))[:n_replay])
+        rep = replay.subset(pick)
         images = np.concatenate([new.images, rep.images])
         if aug is None:
             images = dihedral(images, rng)
-        labels = np.concatenate([new.labels, rep.labels])
-        weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(n_replay, w_rep, np.float32)])
-        order = rng.permutation(len(labels))
+        targets = np.concatenate([eye[new.labels], targets_rep[pick]])
+        weights = np.concatenate([w_new_cells, np.full(n_replay, w_rep, np.float32)])
+        order = rng.permutation(len(targets))
         losses = []
         for i, s in enumerate(range(0, len(order), cfg.batch_size)):
             b = order[s:s + cfg.batch_size]
             x = prepare_batch(images[b], contract) if aug is None else batch_tensor(aug(images[b], epoch, i), contract)
-            losses.append(float(model.train_on_batch(x, eye[labels[b]], sample_weight=weights[b])))
+            losses.append(float(model.train_on_batch(x, targets[b], sample_weight=weights[b])))
         m = accuracy(model, held, contract)
         secs = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4),
@@ -417,11 +482,19 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         before[f"test:{k}"] = base_accuracy(f"test:{k}", v)
     logf("before: " + ", ".join(f"{k} {v['accuracy']}" for k, v in before.items()))
 
+    # The base's own answers on the replay pool, before anything changes (distillation targets)
+    replay_soft = predict(model, replay, contract) if cfg.distill and len(replay) else None
+    bn_info = {"mode": cfg.bn}
+    if cfg.bn != "frozen":
+        pool = new.images if cfg.bn == "new" or not len(replay) else np.concatenate(
+            [new.images, replay.images[np.random.default_rng(cfg.seed + 3).permutation(len(replay))[:len(new)]]])
+        bn_info.update(reestimate_batchnorm(model, pool, contract))
+        logf(f"BatchNorm statistics re-estimated on {bn_info['images']} images ({cfg.bn})")
     trainable = set_trainable(model, cfg.blocks)
     logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
          f"({len(trainable['trained_layers'])} layers)")
     t_train = time.perf_counter()
-    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay)
+    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
     train_s = time.perf_counter() - t_train
     after = {"held_out": _named(accuracy(model, held, contract), classes)}
     if pbc_val is not None:
@@ -441,7 +514,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
                    "replay": n_replay, "replay_pool": len(replay), "replay_data": cfg.replay,
                    "new_per_class": {classes[k]: int(v) for k, v in zip(*np.unique(cells.labels, return_counts=True))}},
         "training": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("base", "data", "out")},
-                     **trainable, **fit, "train_seconds": round(train_s, 1)},
+                     **trainable, **fit, "batchnorm": bn_info, "train_seconds": round(train_s, 1)},
         "accuracy_before": before, "accuracy_after": after,
         "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,
     }

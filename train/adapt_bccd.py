@@ -35,7 +35,9 @@ def single_label_frames(bccd: Path, split: str) -> dict[str, str]:
                 if r["split"] == split and r["n_labels"] == "1" and r["n_wbc_boxes"] == "1"}
 
 
-RECIPE_KEYS = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "export")
+RECIPE = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
+          "balance")
+RECIPE_KEYS = (*RECIPE, "export")
 
 
 def cached_result(out: Path, cfg) -> dict | None:
@@ -145,13 +147,15 @@ def main(argv=None) -> int:
     ap.add_argument("--new-weight", type=float, help="Recipe: share of the loss carried by the new cells")
     ap.add_argument("--replay-ratio", type=float, help="Recipe: replay images per new training cell")
     ap.add_argument("--replay-pool", type=int, help="Recipe: draw each epoch's replay afresh from this many")
+    ap.add_argument("--distill", type=float, help="Recipe: share of the replay targets from the base's answers")
+    ap.add_argument("--bn", choices=("frozen", "new", "mixed"), help="Recipe: BatchNorm statistics")
+    ap.add_argument("--balance", action="store_true", default=None, help="Recipe: class-balanced new cells")
     ap.add_argument("--label", default="", help="Name of the base in the table (which weights ran)")
     args = ap.parse_args(argv)
 
     from hemaedge.train.adapt import AdaptConfig, adapt
 
-    recipe = {k: v for k in ("blocks", "lr", "augment", "new_weight", "replay_ratio", "replay_pool")
-              if (v := getattr(args, k)) is not None}
+    recipe = {k: v for k in RECIPE if k != "epochs" and (v := getattr(args, k)) is not None}
 
     args.work.mkdir(parents=True, exist_ok=True)
     # The device's own crops: a bundle base runs the edge pipeline itself; a .keras base, the packaged default.
@@ -176,8 +180,7 @@ def main(argv=None) -> int:
         b, a = p["accuracy_before"], p["accuracy_after"]
         rows.append({"step": step, "cells": p["counts"]["new_cells"], "train": p["counts"]["new_train"],
                      "end_to_end_before": before_e2e, "end_to_end_after": after_e2e,
-                     "recipe": {k: p["training"].get(k) for k in ("blocks", "lr", "epochs", "augment", "new_weight",
-                                                                  "replay_ratio", "replay_pool")},
+                     "recipe": {k: p["training"].get(k) for k in RECIPE},
                      "held_out": p["counts"]["held_out"], "replay": p["counts"]["replay"],
                      "bccd_test_before": b[f"test:{test_run.name}"]["accuracy"],
                      "bccd_test_after": a[f"test:{test_run.name}"]["accuracy"],
