@@ -222,7 +222,9 @@ def write_tables(args, rows, train_stats, test_stats, command):
         eb, ea = r.get("end_to_end_before"), r.get("end_to_end_after")
         e2e = "-" if not ea else (f"{eb['accuracy']:.3f} -> " if eb else "") + \
             f"**{ea['accuracy']:.3f}** ({ea['right']} of {ea['frames']} right, {ea['found']} found)"
-        cells = f"all {r['cells']} (the multi-domain model)" if r.get("step") == "all" else str(r["cells"])
+        whole = r.get("step") == "all" or (r.get("step", "").isdigit() and int(r["step"]) > r["cells"])
+        cells = (f"{r['step']} asked: all {r['cells']}" if r.get("step") != "all" else f"all {r['cells']}") + \
+            " (the multi-domain model)" if whole else str(r["cells"])
         lines.append(f"| {cells} | {r['train']} / {r['held_out']} | {r['replay']} | "
                      f"{r['bccd_test_before']:.3f} -> **{r['bccd_test_after']:.3f}** (n={r['bccd_test_n']}) | {e2e} | "
                      f"{r['pbc_val_before']:.4f} -> {r['pbc_val_after']:.4f} "
