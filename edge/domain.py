@@ -38,17 +38,23 @@ def domain_section(train_images, val_probabilities: np.ndarray, group: int = DEF
                    seed: int = 0, n_groups: int = 2000) -> dict:
     """The manifest's `domain` section: training colours and the OOD limit for a run's mean."""
     anchors = np.stack([colour_anchors(img) for img in train_images])  # (N, 2, 3)
-    s = ood_scores(val_probabilities)
-    rng = np.random.default_rng(seed)
-    k = min(group, len(s))
-    means = s[rng.integers(0, len(s), size=(n_groups, k))].mean(axis=1) if len(s) else np.zeros(1)
     r = lambda a: [round(float(v), 3) for v in a]
     return {"colour": {"space": "opencv-lab8", "background": r(np.median(anchors[:, 0], axis=0)),
                        "cells": r(np.median(anchors[:, 1], axis=0)),
                        "background_spread": r(_spread(anchors[:, 0])), "cells_spread": r(_spread(anchors[:, 1])),
                        "images": int(len(anchors)), "z_limit": COLOUR_Z_LIMIT},
-            "ood": {"val_mean": round(float(s.mean()), 6) if len(s) else None, "group": int(k),
-                    "limit": round(float(np.quantile(means, 0.99)), 6), "limit_quantile": 0.99}}
+            "ood": run_mean_limit(val_probabilities, group, seed, n_groups)}
+
+
+def run_mean_limit(val_probabilities: np.ndarray, group: int = DEFAULT_GROUP, seed: int = 0,
+                   n_groups: int = 2000) -> dict:
+    """The `domain.ood` section: the 99th percentile of the mean OOD score of `group` reference cells."""
+    s = ood_scores(val_probabilities)
+    rng = np.random.default_rng(seed)
+    k = min(group, len(s))
+    means = s[rng.integers(0, len(s), size=(n_groups, k))].mean(axis=1) if len(s) else np.zeros(1)
+    return {"val_mean": round(float(s.mean()), 6) if len(s) else None, "group": int(k),
+            "limit": round(float(np.quantile(means, 0.99)), 6), "limit_quantile": 0.99}
 
 
 class DomainMonitor:
@@ -104,4 +110,4 @@ class DomainMonitor:
         return out
 
 
-__all__ = ["DomainMonitor", "domain_section", "COLOUR_Z_LIMIT", "ADVICE"]
+__all__ = ["DomainMonitor", "domain_section", "run_mean_limit", "COLOUR_Z_LIMIT", "ADVICE"]

@@ -203,3 +203,39 @@ def test_class_weights_even_out_classes_but_cap_a_rare_one():
     # the single cell of class 2 weighs 4x a cell at its share by count (91 / 3 uncapped), no more
     assert np.isclose(w[labels == 2][0] / w.mean(), 4.0 / np.mean([91 / 180] * 60 + [91 / 90] * 30 + [4.0]))
     assert w[labels == 2].sum() < w[labels == 0].sum()
+
+
+def test_the_adapted_bundle_gets_its_own_temperature_and_ood_threshold(base_model, pbc_small, new_microscope,
+                                                                        tmp_path):
+    """Bug: the adapted model's manifest kept the base's `output.temperature` and `ood.threshold`,
+    so the device called many right answers on the new microscope "unidentified". They are refitted
+    on the adapted model's own answers on PBC val and the held-out new cells."""
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.confidence import ood_scores
+    from hemaedge.export.source import read_sidecar
+    from hemaedge.train.evaluate import apply_temperature
+
+    base_side = read_sidecar(base_model)
+    assert base_side.get("ood") and base_side.get("output", {}).get("temperature")
+    out = tmp_path / "adapted"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--epochs", "2", "--replay-min", "16", "--seed", "2")
+    assert res.exit_code == 0, res.output
+    side = json.loads((out / "model.json").read_text())
+    manifest = load_bundle(out / "bundle").manifest
+    assert manifest["ood"] == side["ood"] and manifest["output"]["temperature"] == side["output"]["temperature"]
+    assert side["ood"]["threshold"] != base_side["ood"]["threshold"]
+    assert side["output"]["temperature_fitted_on"] == "held_out+pbc_val"
+    per = side["ood"]["per_reference"]
+    assert set(per) == {"held_out", "pbc_val"} and per["pbc_val"]["n"] == 32
+    assert side["ood"]["threshold"] == max(v["threshold"] for v in per.values())
+    # the threshold is the 95th percentile of the adapted model's own right answers on that reference
+    from hemaedge.export.source import load_source
+    from hemaedge.train.adapt import open_reference, predict, reference_split
+
+    src = load_source(out / "model.keras")
+    cells = reference_split(open_reference(str(pbc_small), list(src.classes)), "val", list(src.classes),
+                            src.contract.size, None, 2)
+    p = apply_temperature(predict(src.model, cells, src.contract), side["output"]["temperature"])
+    right = p.argmax(1) == cells.labels
+    assert np.isclose(np.quantile(ood_scores(p)[right], 0.95), per["pbc_val"]["threshold"], atol=2e-3)

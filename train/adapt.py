@@ -297,10 +297,10 @@ def predict(model, cells: Cells, contract, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def accuracy(model, cells: Cells, contract) -> dict:
+def accuracy(model, cells: Cells, contract, probabilities: np.ndarray | None = None) -> dict:
     if not len(cells):
         return {"accuracy": None, "n": 0}
-    p = predict(model, cells, contract)
+    p = predict(model, cells, contract) if probabilities is None else probabilities
     pred = p.argmax(1)
     per_class = {}
     for k in np.unique(cells.labels):
@@ -422,6 +422,36 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     return {"chosen_epoch": best["epoch"], "history": history}
 
 
+def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                        base_sidecar: dict) -> dict:
+    """The adapted model's own `output.temperature`, `ood` and (OOD part of) `domain` sections.
+
+    The base's would be stale: adapting moves the model's confidences, and a threshold fitted to the
+    base makes many right answers on the new microscope "unidentified". Temperature: fitted on all
+    the reference cells (PBC val and the held-out new cells) together. OOD threshold: the base
+    recipe's 95th percentile of correctly classified cells' scores, per microscope, and the larger
+    of the two (a confident answer on either microscope is in distribution; with few held-out cells
+    the new microscope's quantile is rough, and recorded as such). The colour reference stays the
+    base's (its training images), as the device's domain check has one reference colour."""
+    from hemaedge.edge.confidence import ood_section
+    from hemaedge.edge.domain import run_mean_limit
+    from hemaedge.train.evaluate import apply_temperature, fit_temperature
+
+    names = [k for k in probabilities if len(probabilities[k])]
+    p_all = np.concatenate([probabilities[k] for k in names])
+    y_all = np.concatenate([labels[k] for k in names])
+    t = fit_temperature(y_all, p_all)
+    per = {k: ood_section(apply_temperature(probabilities[k], t), labels[k]) for k in names}
+    chosen = max(names, key=lambda k: per[k]["threshold"])
+    ood = {**per[chosen], "fitted_on": chosen, "per_reference": per}
+    out = {"output": {**(base_sidecar.get("output") or {}), "temperature": round(float(t), 6),
+                      "temperature_fitted_on": "+".join(names)}, "ood": ood}
+    if base_sidecar.get("domain"):
+        # the run-mean OOD limit from the same calibrated reference probabilities; colours: the base's
+        out["domain"] = {**base_sidecar["domain"], "ood": run_mean_limit(apply_temperature(p_all, t))}
+    return out
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -496,9 +526,11 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     t_train = time.perf_counter()
     fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
     train_s = time.perf_counter() - t_train
-    after = {"held_out": _named(accuracy(model, held, contract), classes)}
+    p_after = {"held_out": predict(model, held, contract)}
+    after = {"held_out": _named(accuracy(model, held, contract, p_after["held_out"]), classes)}
     if pbc_val is not None:
-        after["pbc_val"] = _named(accuracy(model, pbc_val, contract), classes)
+        p_after["pbc_val"] = predict(model, pbc_val, contract)
+        after["pbc_val"] = _named(accuracy(model, pbc_val, contract, p_after["pbc_val"]), classes)
     for k, v in tests.items():
         after[f"test:{k}"] = _named(accuracy(model, v, contract), classes)
     logf("after: " + ", ".join(f"{k} {v['accuracy']}" for k, v in after.items()))
@@ -519,6 +551,10 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,
     }
     side = dict(source.sidecar)
+    # the base's temperature / OOD threshold would be stale for the adapted model: refit them
+    side.update(confidence_sections(p_after, {"held_out": held.labels,
+                                              **({"pbc_val": pbc_val.labels} if pbc_val is not None else {})},
+                                    source.sidecar))
     side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
                 metrics={"held_out_accuracy": after["held_out"]["accuracy"],
                          **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})
