@@ -264,7 +264,7 @@ def steps(s: Settings) -> list[Step]:
                                  f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_lite0.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label", ADAPT_BASE_LABEL,
               "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-default",
-              "--out", f"{out}/adapt_bccd_default_v2_lite0", "--steps", "100,25,50,200",
+              "--out", f"{out}/adapt_bccd_default_v2_lite0", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
              [f"{out}/adapt_bccd_default_v2_lite0{x}" for x in (".md", ".json")],
              "train adapt of the packaged default on 25 / 50 / 100 / 200 (= all 192) BCCD train cells (200 = the "
