@@ -53,6 +53,10 @@ def test_ensemble_of_two_tiny_members(tiny_runs, tree3, tmp_path):
     assert side["classes"] == sorted(TREE_CLASSES.values())
     assert side["input"] == json.loads((members[0].with_suffix(".json")).read_text())["input"]
     assert abs(sum(side["ensemble_weights"]) - 1) < 1e-9
+    # its own temperature, OOD threshold and domain reference (fitted on val): the bundle's identify rule
+    assert side["output"]["temperature"] > 0 and side["output"]["temperature_fitted_on"] == "val"
+    assert side["ood"]["threshold"] >= 0 and "domain" in side
+    assert 0 <= result["test"]["ensemble"]["ece_calibrated"] <= 1
     # each member and the ensemble, with the shared metrics (kappa, AUC, bootstrap interval)
     for split in ("val", "test"):
         assert set(result[split]) == {"member0", "member1", "ensemble"}

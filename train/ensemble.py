@@ -130,8 +130,10 @@ def run_ensemble(member_paths, data, out, grid="paper", step=0.1, limit=None, bo
 
     from hemaedge.edge.bundle import sha256_file
     from hemaedge.edge.preprocess import InputContract
-    from hemaedge.train.evaluate import compute_metrics, plot_confusion_matrix, write_json, write_text
-    from hemaedge.train.finetune import load_split, open_data, predict_proba, save_keras_atomic
+    from hemaedge.train.evaluate import (apply_temperature, compute_metrics, expected_calibration_error,
+                                         fit_temperature, plot_confusion_matrix, write_json, write_text)
+    from hemaedge.train.finetune import (confidence_sections, load_split, open_data, predict_proba,
+                                         save_keras_atomic)
 
     paths = [Path(p) for p in member_paths]
     sidecars = [read_sidecar(p) for p in paths]
@@ -160,11 +162,19 @@ def run_ensemble(member_paths, data, out, grid="paper", step=0.1, limit=None, bo
                            "backbone": s.get("backbone")} for p, s in zip(paths, sidecars)],
               "grid": grid, "step": step if grid == "simplex" else None,
               "ensemble_weights": list(best_w), "search": table}
+    # The ensemble gets its own temperature, OOD statistics and domain reference (fitted on val, like
+    # a single fine-tuned model), so its bundle runs the device's identify rule, not the old fallback.
+    y_val = splits["val"][0]
+    ens_val = combine(splits["val"][1], best_w)
+    temperature = fit_temperature(y_val, ens_val)
+    sections = confidence_sections(ds, contract, limit, y_val, apply_temperature(ens_val, temperature), temperature)
     for split, (y, probas) in splits.items():
         result[split] = {f"member{i}": compute_metrics(y, p, classes, bootstrap=bootstrap)
                          for i, p in enumerate(probas)}
         ens = combine(probas, best_w)
         result[split]["ensemble"] = compute_metrics(y, ens, classes, bootstrap=bootstrap)
+        result[split]["ensemble"]["temperature"] = temperature
+        result[split]["ensemble"]["ece_calibrated"] = expected_calibration_error(y, apply_temperature(ens, temperature))
         for name, m in result[split].items():
             log(f"{split} {name}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f}")
 
@@ -182,7 +192,7 @@ def run_ensemble(member_paths, data, out, grid="paper", step=0.1, limit=None, bo
     side = {"classes": classes, "input": contract.to_dict(),
             "weights": "weighted ensemble of: " + "; ".join(str(s.get("weights")) for s in sidecars),
             "backbone": "ensemble(" + ", ".join(str(s.get("backbone")) for s in sidecars) + ")",
-            "ensemble_weights": list(best_w), "members": result["members"],
+            "ensemble_weights": list(best_w), "members": result["members"], **sections,
             "metrics": {k: {kk: result[k]["ensemble"][kk] for kk in ("accuracy", "macro_f1", "kappa",
                                                                     "roc_auc_ovr", "accuracy_ci95", "n")}
                         for k in ("val", "test") if k in result}}

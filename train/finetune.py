@@ -544,7 +544,7 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
         m = compute_metrics(y, proba, classes, bootstrap=cfg.bootstrap, seed=42)
         if split == "val":  # temperature, OOD statistics and domain reference: chosen on val only
             temperature = fit_temperature(y, proba)
-            side.update(confidence_sections(ds, contract, cfg, y, apply_temperature(proba, temperature),
+            side.update(confidence_sections(ds, contract, cfg.limit, y, apply_temperature(proba, temperature),
                                             temperature))
         if temperature is not None:
             m["ece_calibrated"] = expected_calibration_error(y, apply_temperature(proba, temperature))
@@ -567,14 +567,14 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
     return result
 
 
-def confidence_sections(ds, contract, cfg: FinetuneConfig, y_val, p_val_calibrated, temperature: float) -> dict:
+def confidence_sections(ds, contract, limit: int | None, y_val, p_val_calibrated, temperature: float) -> dict:
     """The sidecar's (and so the bundle manifest's) `output.temperature`, `ood` and `domain`
     sections, from the validation split (and training colours)."""
     from hemaedge.edge.confidence import ood_section
     from hemaedge.edge.domain import domain_section
 
     labels = ds.split("train").labels
-    idx = limit_per_class(labels, cfg.limit)[::10]  # every 10th training image: the colour reference
+    idx = limit_per_class(labels, limit)[::10]  # every 10th training image: the colour reference
     x_train, _ = ds.load_images("train", size=contract.size, indices=idx)
     return {"output": {"temperature": round(float(temperature), 6), "temperature_fitted_on": "val"},
             "ood": ood_section(p_val_calibrated, y_val),

@@ -127,7 +127,7 @@ def main(run, crops, out_run, epochs, lr, prefix):
             from hemaedge.train.evaluate import apply_temperature, fit_temperature
 
             t = fit_temperature(y, p)
-            side.update(confidence_sections(ds, contract, cfg, y, apply_temperature(p, t), t))
+            side.update(confidence_sections(ds, contract, cfg.limit, y, apply_temperature(p, t), t))
     side["metrics"] = {s: {k: m[k] for k in ("accuracy", "macro_f1", "kappa", "roc_auc_ovr", "accuracy_ci95", "n")}
                        for s, m in metrics.items()}
     side["head"] = {"arm": name, "from": str(run), "tool": "benchmarks/tools/rbc_head_imbalance.py"}
