@@ -346,7 +346,7 @@ def steps(s: Settings) -> list[Step]:
 
 # Issue #14: the recipes compared on BCCD train cells (adapt-recipes) and the one chosen (adapt-bccd).
 # Compared on BCCD train cells with the packaged default as base (adapt_recipes.md, docs/review.md)
-ADAPT_RECIPES = ["b6-robust:blocks=6,augment=robust,epochs=15", "bn-only:epochs=0,bn=new",
+ADAPT_RECIPES = ["v0:", "v0-distill:distill=0.5", "b6-robust:blocks=6,augment=robust,epochs=15", "bn-only:epochs=0,bn=new",
                  "b6-robust-distill:blocks=6,augment=robust,epochs=15,distill=0.5",
                  "b6-robust-bnmixed:blocks=6,augment=robust,epochs=15,bn=mixed",
                  "b6-robust-balance:blocks=6,augment=robust,epochs=15,balance=1",
