@@ -56,7 +56,7 @@ export_bundle() {  # KERAS QUANT OUT
   local src=$1 quant=$2 out=$3
   [ -f "$out/manifest.json" ] && { log "kept $out"; return; }
   log "export $quant $out"
-  local args=(--quant "$quant" --data "$SET" --sample 500 --out "$out")
+  local args=(--quant "$quant" --data "$SET" --sample 500 --max-drop "${HEMAEDGE_ENSEMBLE_MAX_DROP:-1}" --out "$out")
   [ "$quant" = int8 ] && args+=(--int8-io float32 --float-fallback-ops MEAN,FULLY_CONNECTED,SOFTMAX
                                 --calib-dir "$CALIB" --calib-count 512)
   "${NICE[@]}" "${HE[@]}" export tflite "$src" "${args[@]}"
@@ -83,4 +83,5 @@ FRAMES=(); [ $WBC = 1 ] && FRAMES=(--frames "$DATA/bccd")
   "${NICE[@]}" "${HE[@]}" bench run "$WORK/export" --preset desktop --data "$SET" "${FRAMES[@]}" \
       --out "$RES" --name ensemble_bench --quiet; }
 log "table"
-"$PY" -m hemaedge.benchmarks.tools.ensemble_table --work "$WORK" --results "$RES" --out "$RES/ensemble_$(basename "$SET")"
+"$PY" -m hemaedge.benchmarks.tools.ensemble_table --work "$WORK" --results "$RES" --out "$RES/ensemble_$(basename "$SET")" \
+    --data-name "${HEMAEDGE_ENSEMBLE_DATA_NAME:-BloodMNIST-128}"

@@ -41,7 +41,9 @@ def ensemble_rows(work: Path) -> list[dict]:
         m = json.loads((folder / "metrics.json").read_text())
         if folder.name == "all-simplex":
             for i, member in enumerate(m["members"]):
-                rows.append({"row": f"member{i}", "what": f"{member['backbone']} ({member['weights']})",
+                man = _read(work / "export" / f"member{i}-int8" / "manifest.json") or {}
+                rows.append({"row": f"member{i}", "what": f"{member['backbone']} ({member['weights']}), "
+                                                         f"`{member['path']}`, bundle name `{man.get('name', '–')}`",
                              "bundle": f"member{i}-int8", "weights": None,
                              **{s: m[s][f"member{i}"] for s in ("val", "test") if s in m}})
         rows.append({"row": folder.name, "what": "ensemble of " + ", ".join(
@@ -105,13 +107,15 @@ def _f(x, pct=True, nd=2):
 
 
 def markdown(doc: dict) -> str:
-    g = doc["goal"]
-    lines = ["# Weighted ensemble of fine-tuned members (HematoFusion, issue #19)", "",
+    g, data = doc["goal"], doc["data_name"]
+    lines = [f"# Weighted ensemble of fine-tuned members on {data} (HematoFusion, issue #19)", "",
              f"* command: `{doc['command']}` (after `benchmarks/tools/ensemble_check.sh`)",
-             f"* machine: {doc['machine']}", "* weights chosen on BloodMNIST-128 **val** only; test reported",
+             f"* machine: {doc['machine']}", f"* weights chosen on the {data} **val** split only; test reported",
+             "* int8 accuracy: the device runtime on every val/test image (bundle_calibration); "
+             "int8 bundles are made of the members and the all-member ensemble only",
              "* members:"]
     lines += [f"  * {r['row']}: {r['what']}" for r in doc["rows"] if r["row"].startswith("member")]
-    lines += ["", "## BloodMNIST-128 (Keras float32) and the device (int8 bundles)", "",
+    lines += ["", f"## {data} (Keras float32) and the device (int8 bundles)", "",
               "| row | weights (grid) | val acc | test acc | 95 % CI | macro F1 | kappa | ROC AUC | int8 test | PBC end to end |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -143,15 +147,17 @@ def markdown(doc: dict) -> str:
 @click.option("--work", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--results", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PREFIX of .json/.md")
+@click.option("--data-name", default="BloodMNIST-128", show_default=True, help="The data set's name in the table.")
 @user_errors
-def main(work: Path, results: Path, out: Path):
+def main(work: Path, results: Path, out: Path, data_name: str):
     """Members vs ensemble: accuracy, PBC end to end, size and latency (reads, measures nothing)."""
-    from hemaedge.train.finetune import machine
+    from hemaedge.benchmarks.machine import describe_machine, one_line
 
     rows = ensemble_rows(work)
     device = {b: device_figures(results, b) for b in {r["bundle"] for r in rows if r["bundle"]}}
-    doc = {"command": f"python -m hemaedge.benchmarks.tools.ensemble_table --work {work} --results {results} --out {out}",
-           "machine": machine(), "rows": rows, "device": device, "bench": bench_figures(results)}
+    doc = {"command": f"python -m hemaedge.benchmarks.tools.ensemble_table --work {work} --results {results} --out {out}"
+                      + (f" --data-name '{data_name}'" if data_name != "BloodMNIST-128" else ""),
+           "machine": one_line(describe_machine()), "data_name": data_name, "rows": rows, "device": device, "bench": bench_figures(results)}
     doc["goal"] = goal(rows, device)
     for path in write_result(out, doc, markdown(doc)):
         click.echo(f"wrote {path}")
