@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path", "replace_dir", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_set", "atomic_path",
+           "replace_dir", "fsync_dir"]
 
 DEFAULT_MODE = 0o644
 
@@ -72,6 +73,35 @@ def atomic_write_json(path, obj, indent: int | None = 2, default=None, trailing_
     if trailing_newline:
         text += "\n"
     return atomic_write_text(path, text, encoding=encoding, mode=mode, fsync=fsync)
+
+
+def atomic_write_set(files: dict, mode: int | None = DEFAULT_MODE, fsync: bool = False) -> list[Path]:
+    """Write several files that must agree (summary.json and counts.csv): every temporary file is
+    written (and flushed) first, then they are renamed into place back to back, so a kill can
+    only fall in the microseconds between two renames, not during a write. `files` maps a path to
+    its bytes; on any exception while writing, no file is replaced and the temporaries are removed.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return [p for _, p in staged]
 
 
 @contextlib.contextmanager

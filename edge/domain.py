@@ -43,13 +43,13 @@ def domain_section(train_images, val_probabilities: np.ndarray, group: int = DEF
                        "cells": r(np.median(anchors[:, 1], axis=0)),
                        "background_spread": r(_spread(anchors[:, 0])), "cells_spread": r(_spread(anchors[:, 1])),
                        "images": int(len(anchors)), "z_limit": COLOUR_Z_LIMIT},
-            "ood": run_mean_limit(val_probabilities, group, seed, n_groups)}
+            "ood": ood_limit(ood_scores(val_probabilities), group, seed, n_groups)}
 
 
-def run_mean_limit(val_probabilities: np.ndarray, group: int = DEFAULT_GROUP, seed: int = 0,
-                   n_groups: int = 2000) -> dict:
-    """The `domain.ood` section: the 99th percentile of the mean OOD score of `group` reference cells."""
-    s = ood_scores(val_probabilities)
+def ood_limit(scores: np.ndarray, group: int = DEFAULT_GROUP, seed: int = 0, n_groups: int = 2000) -> dict:
+    """The `domain.ood` block from in-distribution OOD scores: the mean a run of `group` such cells
+    exceeds only 1 % of the time (bootstrap groups)."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
     rng = np.random.default_rng(seed)
     k = min(group, len(s))
     means = s[rng.integers(0, len(s), size=(n_groups, k))].mean(axis=1) if len(s) else np.zeros(1)
@@ -110,4 +110,4 @@ class DomainMonitor:
         return out
 
 
-__all__ = ["DomainMonitor", "domain_section", "run_mean_limit", "COLOUR_Z_LIMIT", "ADVICE"]
+__all__ = ["DomainMonitor", "domain_section", "ood_limit", "COLOUR_Z_LIMIT", "ADVICE"]

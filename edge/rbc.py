@@ -22,6 +22,7 @@ numpy + OpenCV only: this runs on the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -72,8 +73,15 @@ class RedCell:
 
 
 def _ellipse(d: float) -> np.ndarray:
-    d = max(3, int(round(d)) | 1)
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
+    return _ellipse_px(max(3, int(round(d)) | 1))
+
+
+@lru_cache(maxsize=64)
+def _ellipse_px(d: int) -> np.ndarray:
+    # made once per size: the watershed asks for the same two kernels for every blob of a frame
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
+    k.flags.writeable = False
+    return k
 
 
 def cell_mask(small: np.ndarray, d: float, params: RbcParams) -> np.ndarray:
@@ -85,15 +93,19 @@ def cell_mask(small: np.ndarray, d: float, params: RbcParams) -> np.ndarray:
     return cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(0.15 * d))
 
 
-def _watershed_labels(mask: np.ndarray, d: float, params: RbcParams) -> np.ndarray:
+def _markers(mask: np.ndarray, d: float, params: RbcParams) -> tuple[int, np.ndarray]:
+    """(number of cells, marker image) of one blob: one marker per plateau / cluster of near
+    distance-transform peaks at least `peak_fraction` radii deep."""
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    r = d / 2.0
-    peaks = (dist >= cv2.dilate(dist, _ellipse(params.min_peak_distance * d))) & (dist >= params.peak_fraction * r)
-    # one marker per plateau / cluster of near peaks
-    peaks8 = cv2.dilate(peaks.astype(np.uint8), _ellipse(0.2 * d))
-    n, markers = cv2.connectedComponents(peaks8)
-    markers = markers.astype(np.int32) + 1          # background = 1, cells 2..n
-    markers[(mask > 0) & (peaks8 == 0)] = 0           # to be flooded
+    peaks = (dist >= cv2.dilate(dist, _ellipse(params.min_peak_distance * d))) & (dist >= params.peak_fraction * d / 2)
+    n, markers = cv2.connectedComponents(cv2.dilate(peaks.view(np.uint8), _ellipse(0.2 * d)))
+    return n - 1, markers
+
+
+def _watershed_labels(mask: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    peaks8 = markers > 0
+    markers = markers + 1                             # background = 1, cells 2..n
+    markers[(mask > 0) & ~peaks8] = 0                 # to be flooded
     cv2.watershed(cv2.cvtColor(255 - mask, cv2.COLOR_GRAY2BGR), markers)
     labels = markers - 1
     labels[(labels < 1) | (mask == 0)] = 0
@@ -129,9 +141,15 @@ def _split_regions(mask: np.ndarray, d: float, params: RbcParams):
         if area <= params.split_area * single:
             out.append(((x, y, x + w, y + h), (float(centroids[k][0]), float(centroids[k][1])), area))
             continue
-        blob = cv2.copyMakeBorder((lab[y:y + h, x:x + w] == k).astype(np.uint8) * 255, 1, 1, 1, 1,
+        blob = cv2.copyMakeBorder((lab[y:y + h, x:x + w] == k).view(np.uint8) * np.uint8(255), 1, 1, 1, 1,
                                   cv2.BORDER_CONSTANT, value=0)
-        out += _regions(_watershed_labels(blob, d, params), d, params, offset=(x - 1, y - 1))
+        n_cells, markers = _markers(blob, d, params)
+        if n_cells == 0:  # no point deep enough to be a cell's centre: a thin streak, not a cell
+            continue
+        if n_cells == 1:  # one peak: a large lone cell, nothing to split (the costly watershed skipped)
+            out.append(((x, y, x + w, y + h), (float(centroids[k][0]), float(centroids[k][1])), area))
+            continue
+        out += _regions(_watershed_labels(blob, markers), d, params, offset=(x - 1, y - 1))
     return out
 
 

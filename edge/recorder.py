@@ -27,7 +27,7 @@ import os
 from array import array
 from pathlib import Path
 
-from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
+from hemaedge.edge.atomic import atomic_write_json, atomic_write_set
 from hemaedge.edge.errors import OutputError
 from hemaedge.edge.metrics_runtime import STAGES, percentiles
 
@@ -194,21 +194,24 @@ class Recorder:
         return s
 
     def write_summary(self, summary: dict) -> None:
-        """summary.json and counts.csv, each replaced atomically (a reader sees old or new, never half)."""
-        with writing(self.out):
-            write_json_atomic(self.out / "summary.json", summary)
+        """summary.json, counts.csv (and rbc_counts.csv) replaced together (atomic_write_set): a
+        reader, or a run killed at any moment, sees all old or all new files, never half of one
+        and, but for the microseconds between two renames, never a summary and counts that disagree."""
+        files = {self.out / "summary.json": json.dumps(summary, indent=2, default=_plain).encode()}
+        buf = io.StringIO(newline="")
+        rows = summary["differential_count"]  # edge/differential.py: the rows labs report
+        w = csv.DictWriter(buf, list(rows[0]) if rows else ["section", "class", "count"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        files[self.out / "counts.csv"] = buf.getvalue().encode()
+        if summary.get("red_cells"):
             buf = io.StringIO(newline="")
-            rows = summary["differential_count"]  # edge/differential.py: the rows labs report
-            w = csv.DictWriter(buf, list(rows[0]) if rows else ["section", "class", "count"], extrasaction="ignore")
+            w = csv.DictWriter(buf, ["class", "count", "percent", "ci95_low", "ci95_high"])
             w.writeheader()
-            w.writerows(rows)
-            atomic_write_text(self.out / "counts.csv", buf.getvalue(), newline="")
-            if summary.get("red_cells"):
-                buf = io.StringIO(newline="")
-                w = csv.DictWriter(buf, ["class", "count", "percent", "ci95_low", "ci95_high"])
-                w.writeheader()
-                w.writerows(summary["red_cells"]["morphology"])
-                atomic_write_text(self.out / "rbc_counts.csv", buf.getvalue(), newline="")
+            w.writerows(summary["red_cells"]["morphology"])
+            files[self.out / "rbc_counts.csv"] = buf.getvalue().encode()
+        with writing(self.out):
+            atomic_write_set(files, fsync=True)
 
     def finish(self, summary: dict) -> None:
         """Close the per-frame files and write summary.json and counts.csv (atomically)."""

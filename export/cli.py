@@ -358,3 +358,34 @@ def bundle(artifact, source_model, data, splits, limit, sample_seed, max_drop, c
                         parity_data_factory=lambda names: _parity_data(data, names, splits, limit, sample_seed),
                         max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)
+
+
+@export.command("rbc-ood")
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--chula", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Chula RBC-12 folder (images/, labels/): the red-cell model's training microscope.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True,
+              help="Frames of the `hemaedge data rbc-crops` frame split to fit on (never test).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads.")
+@user_errors
+def rbc_ood(bundle_dir, chula, split, threads):
+    """Refit a red-cell BUNDLE's OOD limit on the cells the device classifies (detected whole cells of
+    held-out Chula frames, int8 bundle) instead of labelled crops; rewrites its manifest's domain.ood.
+
+    \b
+    Example:
+      hemaedge export rbc-ood src/hemaedge/models/rbc --chula ../shared/data/chula_rbc12
+    """
+    from hemaedge.edge.preprocess import read_image_rgb
+    from hemaedge.export.rbc_ood import refit_red_cell_ood
+    from hemaedge.train.rbc_crops import read_chula, split_frames
+
+    frames = read_chula(chula)
+    splits = split_frames([f.name for f in frames])
+    images = (read_image_rgb(f.image) for f in frames if splits[f.name] == split)
+    out = refit_red_cell_ood(bundle_dir, images, f"whole detected red cells of Chula RBC-12 {split} frames "
+                                                 "(frame split of `hemaedge data rbc-crops`, seed 42), device path",
+                             threads=threads)
+    b, a = out["before"], out["after"]
+    click.echo(f"{bundle_dir}: OOD limit {b.get('limit')} (mean {b.get('val_mean')}) -> {a['limit']} "
+               f"(mean {a['val_mean']}, {a['cells']} whole detected red cells, groups of {a['group']})")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from hemaedge.edge.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -165,3 +166,38 @@ def test_replace_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path, monkeypa
     with pytest.raises(OSError):
         atomic.replace_dir(new, final)
     assert (tmp_path / ".crops.old" / "a.png").read_text() == "old"  # whole, recoverable
+
+
+def test_a_set_of_files_is_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """summary.json and counts.csv must agree after a kill: both are staged before either is renamed."""
+    from hemaedge.edge import atomic
+
+    a, b = tmp_path / "summary.json", tmp_path / "counts.csv"
+    atomic.atomic_write_set({a: b"old a", b: b"old b"})
+    assert (a.read_bytes(), b.read_bytes()) == (b"old a", b"old b")
+    renames = []
+    real_replace = atomic.os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda s, d: (renames.append(Path(d).name), real_replace(s, d)))
+
+    class Boom(Exception):
+        pass
+
+    real_fdopen = atomic.os.fdopen
+    calls = {"n": 0}
+
+    def fdopen_failing_on_second(fd, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second file cannot be written (disk full, ...)
+            os.close(fd)
+            raise Boom()
+        return real_fdopen(fd, *args, **kw)
+
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen_failing_on_second)
+    with pytest.raises(Boom):
+        atomic.atomic_write_set({a: b"new a", b: b"new b"})
+    # nothing was renamed: the first file was only staged; no temporaries are left behind
+    assert renames == [] and (a.read_bytes(), b.read_bytes()) == (b"old a", b"old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.csv", "summary.json"]
+    monkeypatch.setattr(atomic.os, "fdopen", real_fdopen)
+    atomic.atomic_write_set({a: b"new a", b: b"new b"}, fsync=True)
+    assert renames == ["summary.json", "counts.csv"] and a.read_bytes() == b"new a" and b.read_bytes() == b"new b"

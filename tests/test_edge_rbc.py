@@ -75,6 +75,21 @@ def test_watershed_splits_touching_cells_that_components_leave_joined():
     assert len(comp) == 5
 
 
+def test_a_large_lone_cell_stays_one_cell_with_its_whole_area():
+    # a macrocyte-sized disc (1.4 red-cell diameters, ~2 cell areas) has one distance peak: one cell,
+    # not split, and measured like a lone normal cell (whole blob), beside a normal one
+    img = np.full((200, 240, 3), (200, 205, 215), np.uint8)
+    cv2.circle(img, (70, 100), 28, (190, 120, 150), -1)
+    cv2.circle(img, (180, 100), 20, (190, 120, 150), -1)
+    cells, _ = detect_red_cells(img, 40.0, RbcParams(method="watershed"))
+    assert len(cells) == 2
+    big = max(cells, key=lambda c: c.area)
+    assert abs(big.centre[0] - 70) < 2 and abs(big.centre[1] - 100) < 2
+    # the drawn disc is 57 px across; measured as a whole blob like the lone 41-px one (39.8 px), not
+    # less its outline as a watershed region would be (54 px)
+    assert abs(big.diameter - 56) < 1
+
+
 def test_a_frame_without_red_cells_gives_no_cells():
     cells, d = detect_red_cells(np.full((240, 320, 3), 210, np.uint8))
     assert cells == [] and d is None
@@ -344,3 +359,32 @@ def test_the_ruler_still_reads_what_the_packaged_red_cell_bundle_was_cut_for(chu
 
     geometry = json.loads((rbc_bundle_path("packaged") / "manifest.json").read_text())["red_cells"]
     assert dataset_diameter(read_chula(chula)) == pytest.approx(geometry["ruler_diameter_px"], rel=0.02)
+
+
+def test_red_cell_ood_limit_refit_on_detected_cells_keeps_the_bundle_verified(chula, tmp_path):
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.domain import DomainMonitor
+    from hemaedge.edge.errors import BundleError, DataError
+    from hemaedge.export.rbc_ood import detected_cell_scores, refit_red_cell_ood
+    from hemaedge.edge.backends import load_backend
+
+    bundle = tmp_path / "rbc"
+    shutil.copytree(REPO / "src" / "hemaedge" / "models" / "rbc", bundle)
+    frames = [read_image_rgb(p) for p in sorted((chula / "images").glob("*.jpg"))[:3]]
+    with pytest.raises(DataError, match="whole red cells"):
+        refit_red_cell_ood(bundle, frames[:0], "nothing")
+    out = refit_red_cell_ood(bundle, frames, "three Chula frames")
+    b = load_bundle(bundle)  # still verifies: only the manifest's domain.ood changed
+    ood = b.manifest["domain"]["ood"]
+    assert ood == out["after"] and ood["fitted_on"] == "three Chula frames" and ood["cells"] > 100
+    assert ood["limit"] > ood["val_mean"] and ood["replaces"]["limit"] == out["before"]["limit"]
+    # the same cells, judged by the device's own check against the refitted limit, are in domain
+    monitor = DomainMonitor(b.manifest["domain"])
+    scores = detected_cell_scores(b, load_backend(b), frames)
+    monitor.scores = list(scores)
+    assert not any("unsure" in r for r in monitor.report()["reasons"])
+    signed = json.loads((bundle / "manifest.json").read_text())
+    signed["signature"] = {"algorithm": "ed25519", "key_id": "x", "value": "y"}
+    (bundle / "manifest.json").write_text(json.dumps(signed))
+    with pytest.raises(BundleError, match="signed"):
+        refit_red_cell_ood(bundle, frames, "again")

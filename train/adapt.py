@@ -434,7 +434,8 @@ def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, 
     the new microscope's quantile is rough, and recorded as such). The colour reference stays the
     base's (its training images), as the device's domain check has one reference colour."""
     from hemaedge.edge.confidence import ood_section
-    from hemaedge.edge.domain import run_mean_limit
+    from hemaedge.edge.confidence import ood_scores
+    from hemaedge.edge.domain import ood_limit
     from hemaedge.train.evaluate import apply_temperature, fit_temperature
 
     names = [k for k in probabilities if len(probabilities[k])]
@@ -448,7 +449,7 @@ def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, 
                       "temperature_fitted_on": "+".join(names)}, "ood": ood}
     if base_sidecar.get("domain"):
         # the run-mean OOD limit from the same calibrated reference probabilities; colours: the base's
-        out["domain"] = {**base_sidecar["domain"], "ood": run_mean_limit(apply_temperature(p_all, t))}
+        out["domain"] = {**base_sidecar["domain"], "ood": ood_limit(ood_scores(apply_temperature(p_all, t)))}
     return out
 
 

@@ -29,7 +29,8 @@ missing hybrid runs first - hours), HEMAEDGE_FINETUNE_RUN (runs/finetune-lite0),
 HEMAEDGE_EXPORT_FORMATS, HEMAEDGE_EXPORT_FORCE (1: export again), HEMAEDGE_RBC_BUNDLE (src/hemaedge/models/rbc),
 HEMAEDGE_RBC_RUNS (the red-cell fine-tuning runs of the morphology table; default runs/rbc/*),
 HEMAEDGE_RBC_BASELINE (earlier red-cell bundle(s) measured beside it in rbc_domain), HEMAEDGE_RBC_SOURCE_RUN
-(the packaged red-cell model's training run, default runs/rbc/ft-lite0-64-none), HEMAEDGE_RBC_CROPS_ARGS (how
+(the backbone run of the rbchead table, default runs/rbc/ft-lite0-64-none: the second pass's; the packaged
+model is that run resumed to 8 epochs, runs/rbc/ft64-resume), HEMAEDGE_RBC_CROPS_ARGS (how
 rbcmodel cuts the labelled crops: the bundle's training geometry, default "--diameter 42.8"), HEMAEDGE_STEP_TIMEOUT (seconds
 any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
 """
@@ -376,7 +377,8 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
     chula = f"{data}/chula_rbc12"
     bundle = s.get("HEMAEDGE_RBC_BUNDLE", RBC_BUNDLE)
     runs = s.get("HEMAEDGE_RBC_RUNS", " ".join(sorted(str(Path(p).parent) for p in glob.glob("runs/rbc/*/metrics.json"))))
-    # the packaged red-cell model's Keras source (trained on crops cut at 1.5 x 42.8 px, the ruler of the time)
+    # backbone of the rbchead table (crops cut at 1.5 x 42.8 px, the ruler of the time); the packaged bundle is
+    # this run resumed to epoch 8 (docs/redcells.md, third pass), which HEMAEDGE_RBC_SOURCE_RUN can name instead
     source_run = s.get("HEMAEDGE_RBC_SOURCE_RUN", "runs/rbc/ft-lite0-64-none")
     baseline = s.get("HEMAEDGE_RBC_BASELINE", "")  # earlier red-cell bundle(s) for the before/after rows
     need_chula = Need(chula, f"no {chula}; kept the committed red-cell tables")
