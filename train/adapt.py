@@ -433,8 +433,7 @@ def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, 
     of the two (a confident answer on either microscope is in distribution; with few held-out cells
     the new microscope's quantile is rough, and recorded as such). The colour reference stays the
     base's (its training images), as the device's domain check has one reference colour."""
-    from hemaedge.edge.confidence import ood_section
-    from hemaedge.edge.confidence import ood_scores
+    from hemaedge.edge.confidence import ood_scores, ood_section
     from hemaedge.edge.domain import ood_limit
     from hemaedge.train.evaluate import apply_temperature, fit_temperature
 
