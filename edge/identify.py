@@ -9,12 +9,16 @@ classifier's class agree. All thresholds live here.
   **unidentified** (as CellaVision reports it) and is flagged for review, with the reason, when
   - the classifier calls it a platelet ("classified as platelet"), or
   - its confidence is below `UNIDENTIFIED_BELOW` ("low confidence"), or
-  - its out-of-distribution score (`confidence.ood_scores`) is above the OOD threshold
-    ("out of distribution"): the bundle's `ood.threshold`, calibrated on the training
-    domain's validation split at export (`OodRule.from_bundle`); bundles without an `ood`
-    section keep the confidence-only rule and the run summary says so.
-  A cell classified with a confidence between `UNIDENTIFIED_BELOW` and `REVIEW_BELOW` keeps its
-  class and is flagged for review.
+  - its out-of-distribution score (`confidence.ood_scores`) is above the strict OOD level
+    ("out of distribution"): the bundle's `ood.unidentified_threshold`, the score 99.5 % of the
+    correctly classified training-domain validation cells stay below (`OodRule.from_bundle`).
+  A cell classified with a confidence between `UNIDENTIFIED_BELOW` and `REVIEW_BELOW`, or whose
+  OOD score is above the bundle's review level `ood.threshold` (95 % of those cells stay
+  below) but not above the strict one, keeps its class, is counted, and is flagged for review
+  with the reason (two tiers, as CellaVision counts a cell it is unsure of but asks for a look).
+  Bundles whose `ood` section has only `threshold` (exported before the two tiers) keep the
+  one-tier rule (above it: unidentified); bundles without an `ood` section keep the
+  confidence-only rule; the run summary says which.
 * A model without a "platelet" class cannot confirm platelets: candidates are then counted by
   the segmenter alone (confidence left empty).
 """
@@ -68,41 +72,66 @@ class Decision:
 @dataclass(frozen=True)
 class OodRule:
     """The out-of-distribution part of the unidentified rule: a cell whose OOD score is above
-    `threshold` is unidentified (threshold None: confidence-only rule). `source` says where
-    the threshold came from, `note` what a user should know (both go into summary.json)."""
+    `threshold` is unidentified (threshold None: confidence-only rule); one above
+    `flag_threshold` (None: no review tier) but not above `threshold` is counted and flagged
+    for review. `source` says where the thresholds came from, `note` what a user should know
+    (both go into summary.json)."""
     threshold: float | None = None
     source: str = "none"
     note: str = ""
     score: str = OOD_SCORE
+    flag_threshold: float | None = None
 
     @classmethod
     def from_bundle(cls, manifest: dict | None, override=None) -> "OodRule":
-        """The rule for a bundle: its `ood.threshold` (calibrated at export on the training
-        domain's validation split), unless `override` says otherwise: a number (a threshold
-        of your own), "off" (confidence only) or None/"auto" (the bundle's)."""
+        """The rule for a bundle: its `ood` section's levels (calibrated on the training
+        domain's validation split), unless `override` says otherwise: a number (your own
+        unidentified level; the bundle's review level still flags cells below it), "off"
+        (confidence only) or None/"auto" (the bundle's)."""
         ood = (manifest or {}).get("ood") if isinstance(manifest, dict) else None
         if isinstance(override, str) and override.strip().lower() == "off":
             return cls(None, "off", "OOD rule switched off by the user (--ood-threshold off): confidence-only rule")
         if override is not None and not (isinstance(override, str) and override.strip().lower() == "auto"):
             t = parse_ood_threshold(override)
-            return cls(t, "user", f"OOD threshold {t:g} given by the user (--ood-threshold), not the bundle's")
+            flag = _level(ood, "threshold") if ood and ood.get("unidentified_threshold") is not None else None
+            flag = flag if flag is not None and flag < t else None
+            return cls(t, "user", f"OOD threshold {t:g} given by the user (--ood-threshold), not the bundle's"
+                       + (f"; the bundle's review level {flag:g} still flags cells below it" if flag is not None else ""),
+                       flag_threshold=flag)
         if not ood or ood.get("threshold") is None:
             return cls(None, "none", "the bundle has no OOD statistics (exported before they existed): "
                                      "confidence-only rule; re-export the model to add them")
         if ood.get("score", OOD_SCORE) != OOD_SCORE:
             raise BundleError(f"the bundle's OOD score {ood.get('score')!r} is unknown to this version of hemaedge "
                               f"(it knows {OOD_SCORE!r}); update hemaedge or re-export the bundle")
-        t = float(ood["threshold"])
-        if not (math.isfinite(t) and t >= 0):
-            raise BundleError(f"the bundle's OOD threshold {ood['threshold']!r} is not a finite number >= 0; "
-                              "re-export the bundle")
+        t = _level(ood, "threshold")
         q = ood.get("quantile")
-        return cls(t, "bundle", f"OOD threshold from the bundle: the score {100 * float(q):g}% of correctly "
-                                f"classified training-domain validation cells stay below" if q is not None else
-                                "OOD threshold from the bundle")
+        share = lambda quantile: (f"the score {100 * float(quantile):g}% of correctly classified training-domain "
+                                  "validation cells stay below" if quantile is not None else "from the bundle")
+        if ood.get("unidentified_threshold") is None:
+            return cls(t, "bundle", f"one-tier OOD rule (the bundle predates the review tier; re-calibrate it with "
+                                    f"hemaedge.benchmarks.tools.ood_calibrate): unidentified above {t:g}, {share(q)}")
+        u = _level(ood, "unidentified_threshold")
+        if u < t:
+            raise BundleError(f"the bundle's OOD levels are inverted (unidentified {u:g} below review {t:g}); "
+                              "re-calibrate the bundle")
+        return cls(u, "bundle", f"two-tier OOD rule from the bundle: unidentified above {u:g} "
+                                f"({share(ood.get('unidentified_quantile'))}); counted but flagged for review above "
+                                f"{t:g} ({share(q)})", flag_threshold=t)
 
     def to_dict(self) -> dict:
-        return {"score": self.score, "threshold": self.threshold, "source": self.source, "note": self.note}
+        return {"score": self.score, "threshold": self.threshold, "flag_threshold": self.flag_threshold,
+                "source": self.source, "note": self.note}
+
+
+def _level(ood: dict, key: str) -> float:
+    try:
+        t = float(ood[key])
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (math.isfinite(t) and t >= 0):
+        raise BundleError(f"the bundle's OOD {key} {ood[key]!r} is not a finite number >= 0; re-export the bundle")
+    return t
 
 
 def parse_ood_threshold(value) -> float:
@@ -152,10 +181,12 @@ def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, thresh
 
 def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold: float = UNIDENTIFIED_BELOW,
            ood_score: float | None = None, review_below: float = REVIEW_BELOW,
-           ood_threshold: float | None = None) -> Decision:
+           ood_threshold: float | None = None, ood_flag_threshold: float | None = None) -> Decision:
     """The label a detection of `kind` ("wbc" = nucleated, "platelet") is counted as.
 
-    `ood_threshold` None = confidence-only rule; `ood_score` None = computed from `prob_row`."""
+    `ood_threshold` None = confidence-only rule; `ood_flag_threshold`: above it (and not above
+    `ood_threshold`) the cell keeps its class and is flagged; `ood_score` None = computed from
+    `prob_row`."""
     if kind == PLATELET:
         if prob_row is None or PLATELET not in classes:
             return Decision(PLATELET, float("nan"), "", True)
@@ -176,5 +207,7 @@ def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold
     if why == OUT_OF_DISTRIBUTION:
         return Decision(UNIDENTIFIED, conf, f"unidentified: out of distribution (OOD score {score:.3f} above "
                                             f"{ood_threshold:g}; {classes[top]} {conf:.2f})", True, why, score)
-    return Decision(classes[top], conf, f"confidence {conf:.2f} below {review_below}" if conf < review_below else "",
-                    True, "", score)
+    flags = [f"confidence {conf:.2f} below {review_below}"] if conf < review_below else []
+    if ood_flag_threshold is not None and score > ood_flag_threshold:
+        flags.append(f"unusual for the training data (OOD score {score:.3f} above {ood_flag_threshold:g})")
+    return Decision(classes[top], conf, "; ".join(flags), True, "", score)

@@ -6,6 +6,7 @@ The run loop that feeds frames from a source and records them is `edge/runloop.p
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -17,8 +18,11 @@ from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, O
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
+from hemaedge.edge.tta import bundle_views, predict_views
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, SegmentParams,
                                    extract_crop, segment, work_copy)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +61,10 @@ class CellClassifier:
     crops) but the nucleated cells in them are painted over with the background, so a speck next
     to a white cell is judged on its own and not by its neighbour.
     The crops go through `prepare_batch` with the model's input contract: the very code that
-    prepared the training images.
+    prepared the training images. `views` ("auto" = the bundle's `inference.views` for
+    independent stills and one view when `same_slide` (tracked cells are averaged over their
+    frames instead), else "off", "flips" or "dihedral"; `edge.tta`) averages each cell's
+    probabilities over flipped/rotated views of its prepared crop.
     """
 
     def __init__(self, model, backend, params: SegmentParams | None = None,
@@ -65,7 +72,7 @@ class CellClassifier:
                  crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR,
                  same_slide: bool = False, review_threshold: float = REVIEW_BELOW,
                  unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None,
-                 ood_threshold=None):
+                 ood_threshold=None, views=None):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -83,6 +90,12 @@ class CellClassifier:
         # the OOD part of the unidentified rule: the bundle's calibrated threshold unless
         # `ood_threshold` (a number, "off", or None/"auto") says otherwise
         self.ood_rule = OodRule.from_bundle(manifest if isinstance(manifest, dict) else None, ood_threshold)
+        # said once per run: an old bundle's rule is not the two-tier one users read about
+        (logger.info if self.ood_rule.flag_threshold is not None or self.ood_rule.source == "off"
+         else logger.warning)("unidentified rule: %s", self.ood_rule.note)
+        # a tracked stream averages each cell over its frames: 'auto' views are for independent stills
+        self.views_name, self.views = bundle_views(manifest if isinstance(manifest, dict) else None, views,
+                                                   tracked=same_slide)
         self.review_threshold = review_threshold
         self.unidentified_below = unidentified_below
         self.mask_neighbours = mask_neighbours
@@ -101,7 +114,8 @@ class CellClassifier:
         t0 = time.perf_counter()
         batch = prepare_batch(crops, self.contract)
         t1 = time.perf_counter()
-        probs = self.backend.predict(batch) if len(crops) else np.zeros((0, len(self.classes)), np.float32)
+        probs = (predict_views(self.backend.predict, batch, self.views) if len(crops)
+                 else np.zeros((0, len(self.classes)), np.float32))
         t2 = time.perf_counter()
         return probs, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
@@ -126,12 +140,12 @@ class CellClassifier:
 
     def decide(self, kind: str, prob_row) -> Decision:
         return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold,
-                      ood_threshold=self.ood_rule.threshold)
+                      ood_threshold=self.ood_rule.threshold, ood_flag_threshold=self.ood_rule.flag_threshold)
 
     def identify_rule(self) -> dict:
         """The unidentified/review rule this run applies (summary.json -> `identify`)."""
         return {"unidentified_below": self.unidentified_below, "review_below": self.review_threshold,
-                "ood": self.ood_rule.to_dict()}
+                "ood": self.ood_rule.to_dict(), "views": self.views_name}
 
     def find_cells(self, image: np.ndarray, grey: np.ndarray | None = None):
         """The segmentation stage of `process` (its "segment" time): (why the frame shows no cells,

@@ -270,7 +270,9 @@ def format_summary(s: dict) -> str:
         ood = rule.get("ood") or {}
         lines.append(f"unidentified rule: confidence < {rule['unidentified_below']:g}" + (
             f" or OOD score > {ood['threshold']:g} ({ood.get('source')})" if ood.get("threshold") is not None
-            else f"; no OOD rule ({ood.get('note', 'confidence only')})"))
+            else f"; no OOD rule ({ood.get('note', 'confidence only')})")
+            + (f"; counted but flagged for review when OOD score > {ood['flag_threshold']:g}"
+               if ood.get("flag_threshold") is not None else ""))
     if s.get("red_cells"):
         from hemaedge.edge.rbc_morphology import format_red_cells
 

@@ -116,8 +116,14 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--ood-threshold", default="auto", show_default=True, type=OOD_THRESHOLD,
               help="A nucleated cell whose out-of-distribution score (-log of its top probability after the "
                    "bundle's temperature) is above this is 'unidentified' (reason 'out of distribution'). "
-                   "'auto' = the bundle's threshold, calibrated on the training data's validation split "
-                   "(bundles without one: confidence-only rule); 'off' = confidence only; or a number >= 0.")
+                   "'auto' = the bundle's strict level, calibrated on the training data's validation split (with its "
+                   "review level: cells above it are counted but flagged; docs/edge.md); bundles without one: "
+                   "confidence-only rule; 'off' = confidence only; or a number >= 0.")
+@click.option("--views", default="auto", show_default=True, type=click.Choice(["auto", "off", "flips", "dihedral"]),
+              help="Classify each cell from flipped/rotated views of its crop, probabilities averaged (edge/tta.py): "
+                   "'flips' = 4 views, 'dihedral' = 8 (inference cost x4 / x8); 'auto' = the bundle's "
+                   "inference.views for image stills (bundles without it: off) and one view on a video, "
+                   "camera or --same-slide, where each tracked cell is averaged over its frames.")
 @click.option("--same-slide", is_flag=True,
               help="Image stills are overlapping views of one slide: one ruler, stage motion and tracking "
                    "(each cell counted once), as for a video or a camera.")
@@ -147,7 +153,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
         rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, rbc_normalize, review_threshold,
-        unidentified_below, ood_threshold, same_slide, target_wbc, count_edge_cells, save_crops,
+        unidentified_below, ood_threshold, views, same_slide, target_wbc, count_edge_cells, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
         status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
@@ -200,7 +206,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                                     cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
                                     rbc_factor=rbc_factor, same_slide=one_slide, review_threshold=review_threshold,
                                     unidentified_below=unidentified_below, red_cells=red_cells,
-                                    ood_threshold=ood_threshold)
+                                    ood_threshold=ood_threshold, views=views)
         counting = CountingSession(classifier, one_slide=one_slide, target_wbc=target_wbc,
                                    count_edge_cells=count_edge_cells)
         if append and out is not None:

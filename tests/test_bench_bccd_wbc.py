@@ -40,3 +40,17 @@ def test_summary_counts_missed_cells_as_wrong_and_compares_the_three_rules():
     assert both["right_flagged_n"] == 1 and both["wrong_flagged_n"] == 3
     assert s["per_class"]["eosinophil"]["predicted_as"] == {"unidentified": 1, "neutrophil": 1, "not found": 1}
     assert summarise(per_frame, CLASSES)["rules"]["OOD only"] is None  # no threshold: no OOD rows
+    assert s["rules"]["one tier (before)"] is None  # a one-tier bundle has no "before" to compare
+
+
+def test_two_tiers_count_the_unusual_right_answer_but_still_flag_it():
+    per_frame = [
+        _row("a", "neutrophil", [0, 0, 0, 0, 0, 0, 0.99, 0.01]),       # right, sure
+        _row("b", "neutrophil", [0, 0, 0, 0, 0, 0.2, 0.8, 0]),        # right, OOD score 0.22: review tier
+        _row("c", "neutrophil", [0.2, 0, 0, 0, 0, 0.35, 0.45, 0]),    # right, score 0.80: unidentified
+        _row("e", "eosinophil", [0, 0.2, 0, 0, 0, 0, 0.8, 0]),        # wrong, review tier
+    ]
+    s = summarise(per_frame, CLASSES, ood_threshold=0.6, ood_flag_threshold=0.15)
+    two, one = s["rules"]["confidence + OOD"], s["rules"]["one tier (before)"]
+    assert (two["right_flagged_n"], two["right_unidentified_n"], two["wrong_flagged_n"], two["wrong_unidentified_n"]) == (2, 1, 1, 0)
+    assert (one["right_flagged_n"], one["right_unidentified_n"], one["wrong_unidentified_n"]) == (2, 2, 1)

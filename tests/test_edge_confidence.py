@@ -120,18 +120,20 @@ def test_the_run_summary_carries_the_domain_check(default_val, bccd, tmp_path):
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["domain"]["unlike_training"] is True and "train adapt" in saved["domain"]["warning"]
     assert summary["domain"] == saved["domain"]
-    # the bundle's OOD threshold drives "unidentified", and the summary says which rule ran
-    assert saved["identify"]["ood"] == {"score": "neg-log-max-prob", "threshold": sidecar["ood"]["threshold"],
+    # the bundle's two OOD levels drive "unidentified" and "flagged", and the summary says which rule ran
+    thr, flag = sidecar["ood"]["unidentified_threshold"], sidecar["ood"]["threshold"]
+    assert saved["identify"]["ood"] == {"score": "neg-log-max-prob", "threshold": thr, "flag_threshold": flag,
                                         "source": "bundle", "note": saved["identify"]["ood"]["note"]}
     reasons = saved["differential"]["unidentified_reasons"]
     assert sum(reasons.values()) == saved["differential"]["unidentified"]
     with open(tmp_path / "run" / "cells.csv", newline="") as fh:
         wbc = [r for r in csv.DictReader(fh) if r["kind"] == "wbc" and r["counted"] == "1"]
-    thr = sidecar["ood"]["threshold"]
     kept = [r for r in wbc if r["class"] != "unidentified"]
     ood_rows = [r for r in wbc if r["class"] == "unidentified" and "out of distribution" in r["flag"]]
     assert wbc and kept + ood_rows  # nucleated cells were judged
-    assert all(-np.log(float(r["confidence"])) <= thr + 1e-4 for r in kept)  # none above the threshold kept its class
+    assert all(-np.log(float(r["confidence"])) <= thr + 1e-4 for r in kept)  # none above the strict level kept its class
+    # kept cells above the review level are counted in their class and flagged with the reason
+    assert all("unusual for the training data" in r["flag"] for r in kept if -np.log(float(r["confidence"])) > flag + 1e-4)
     assert all(-np.log(float(r["confidence"])) > thr - 1e-4 and "OOD score" in r["flag"] for r in ood_rows)
     assert len(ood_rows) == reasons.get("out of distribution", 0)
 
@@ -196,7 +198,8 @@ def test_the_packaged_default_carries_a_calibrated_ood_threshold(default_val):
     ood = b.manifest.get("ood")
     if not ood:
         pytest.skip("the packaged default predates OOD statistics")
-    assert clf.ood_rule.source == "bundle" and clf.ood_rule.threshold == ood["threshold"] > 0
+    assert clf.ood_rule.source == "bundle" and clf.ood_rule.flag_threshold == ood["threshold"] > 0
+    assert clf.ood_rule.threshold == ood["unidentified_threshold"] > ood["threshold"]
     assert ood["quantile"] == 0.95 and ood["n"] > 1000  # chosen on the whole BloodMNIST val split
 
 
@@ -279,3 +282,112 @@ def test_edge_run_with_a_bundle_without_ood_statistics_says_it_is_confidence_onl
     rule = json.loads((tmp_path / "r" / "summary.json").read_text())["identify"]
     assert rule["ood"]["threshold"] is None and rule["ood"]["source"] == "none"
     assert "no OOD rule (the bundle has no OOD statistics" in res.output
+
+
+CLASSES = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+           "neutrophil", "platelet"]
+TWO_TIERS = {"score": "neg-log-max-prob", "quantile": 0.95, "threshold": 0.065,
+             "unidentified_quantile": 0.995, "unidentified_threshold": 0.575}
+
+
+def test_two_tiers_flag_an_unusual_cell_but_still_count_it_and_leave_out_only_the_strangest():
+    from hemaedge.edge.identify import OodRule, decide
+
+    rule = OodRule.from_bundle({"ood": TWO_TIERS})
+    assert (rule.threshold, rule.flag_threshold, rule.source) == (0.575, 0.065, "bundle")
+    assert "two-tier" in rule.note and "99.5%" in rule.note and "95%" in rule.note
+    kw = {"ood_threshold": rule.threshold, "ood_flag_threshold": rule.flag_threshold}
+    sure = np.array([0, 0, 0, 0, 0.97, 0.03, 0, 0], np.float32)  # score 0.030: below both levels
+    unusual = np.array([0, 0, 0, 0, 0.8, 0.2, 0, 0], np.float32)  # 0.223: review tier
+    strange = np.array([0.1, 0, 0, 0, 0.5, 0.4, 0, 0], np.float32)  # 0.693: unidentified tier
+    d = decide("wbc", sure, CLASSES, **kw)
+    assert (d.label, d.flag, d.counted) == ("lymphocyte", "", True)
+    d = decide("wbc", unusual, CLASSES, **kw)
+    assert (d.label, d.counted, d.reason) == ("lymphocyte", True, "") and "unusual for the training data" in d.flag
+    d = decide("wbc", strange, CLASSES, **kw)
+    assert (d.label, d.reason) == ("unidentified", "out of distribution")
+    # without the review tier the same unusual cell passes unflagged (0.8 is above REVIEW_BELOW)
+    assert decide("wbc", unusual, CLASSES, ood_threshold=0.575).flag == ""
+
+
+def test_an_old_one_tier_bundle_keeps_its_rule_and_says_so_once_in_the_log(caplog, default_val):
+    import logging
+
+    from hemaedge.edge.identify import OodRule, decide
+    from hemaedge.edge.pipeline import CellClassifier
+
+    old = {"score": "neg-log-max-prob", "quantile": 0.95, "threshold": 0.065}
+    rule = OodRule.from_bundle({"ood": old})
+    assert (rule.threshold, rule.flag_threshold) == (0.065, None) and "one-tier" in rule.note
+    unusual = np.array([0, 0, 0, 0, 0.8, 0.2, 0, 0], np.float32)
+    assert decide("wbc", unusual, CLASSES, ood_threshold=rule.threshold).reason == "out of distribution"
+    b, be = default_val[0], default_val[1]
+    one_tier = type("M", (), {"classes": b.classes, "contract": b.contract, "manifest": {**b.manifest, "ood": old}})
+    with caplog.at_level(logging.INFO, logger="hemaedge.edge.pipeline"):
+        CellClassifier(one_tier, be)
+    said = [r for r in caplog.records if "one-tier" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+
+
+def test_a_user_threshold_keeps_the_bundles_review_level_below_it():
+    from hemaedge.edge.identify import OodRule
+
+    assert OodRule.from_bundle({"ood": TWO_TIERS}, 0.3).flag_threshold == 0.065
+    assert OodRule.from_bundle({"ood": TWO_TIERS}, 0.05).flag_threshold is None  # nothing between the two
+    assert OodRule.from_bundle({"ood": TWO_TIERS}, "off").flag_threshold is None
+
+
+def test_inverted_ood_levels_are_refused():
+    from hemaedge.edge.errors import BundleError
+    from hemaedge.edge.identify import OodRule
+
+    with pytest.raises(BundleError, match="inverted"):
+        OodRule.from_bundle({"ood": {**TWO_TIERS, "unidentified_threshold": 0.01}})
+
+
+def test_ood_section_sets_the_strict_level_above_the_review_level_on_real_cells(default_val):
+    _, _, _, p, y = default_val
+    sec = ood_section(p, y)
+    assert sec["unidentified_quantile"] == 0.995 and sec["unidentified_threshold"] >= sec["threshold"]
+    right = p.argmax(1) == y
+    assert np.mean(ood_scores(p)[right] > sec["unidentified_threshold"]) <= 0.02
+    assert "unidentified_threshold" not in ood_section(p, y, unidentified_quantile=None)
+    with pytest.raises(ValueError):
+        ood_section(p, y, quantile=0.95, unidentified_quantile=0.9)
+
+
+def test_the_packaged_default_has_two_tiers_calibrated_on_its_own_val_outputs(default_val):
+    from hemaedge.edge.pipeline import CellClassifier
+
+    b = default_val[0]
+    ood = b.manifest["ood"]
+    clf = CellClassifier(b, default_val[1])
+    assert clf.ood_rule.threshold == ood["unidentified_threshold"] and clf.ood_rule.flag_threshold == ood["threshold"]
+    assert ood["n"] == 1712 and "own outputs" in ood["calibrated_on"]
+
+
+def test_ood_calibrate_writes_both_levels_and_the_views_into_a_real_bundle(bloodmnist128, tmp_path):
+    from click.testing import CliRunner
+
+    from hemaedge.benchmarks.tools.ood_calibrate import main
+    from hemaedge.edge.bundle import load_bundle, verify_bundle
+    from hemaedge.edge.pipeline import CellClassifier
+
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT, root)
+    val = tmp_path / "bm" / "val"
+    for c in load_bundle(root).classes:  # a small real slice of val, the tool's only input
+        (val / c).mkdir(parents=True)
+        for f in sorted((bloodmnist128 / "val" / c).glob("*.jpg"))[:6]:
+            shutil.copy(f, val / c / f.name)
+    res = CliRunner().invoke(main, ["--bundle", str(root), "--bloodmnist128", str(tmp_path / "bm"), "--views", "flips",
+                                    "--write", "--name", "t", "--out", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    b = load_bundle(root)
+    assert verify_bundle(root) == []  # the model file and its checksum are untouched
+    ood = b.manifest["ood"]
+    assert ood["n"] == 48 and ood["views"] == "flips" and ood["unidentified_threshold"] >= ood["threshold"] > 0
+    assert b.manifest["inference"] == {"views": "flips"} and b.manifest["domain"]["ood"]["group"] == 20
+    clf = CellClassifier(b, None)
+    assert clf.views_name == "flips" and clf.ood_rule.flag_threshold == ood["threshold"]
+    assert (tmp_path / "res" / "ood_calibrate_t.md").is_file()

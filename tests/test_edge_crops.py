@@ -38,12 +38,14 @@ def test_saved_crop_gives_the_class_the_run_recorded(sample_run_master):
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.defaults import load_model
     from hemaedge.edge.preprocess import prepare_batch
+    from hemaedge.edge.tta import bundle_views, predict_views
 
     mdl = load_model(None, None, None, None, "probabilities")
     backend = load_backend(mdl, threads=1)
     cells = read_cells(sample_run_master)
     crops = [read_image_rgb(sample_run_master / CROPS_DIR / crop_name(c["frame"], c["cell"])) for c in cells]
-    probs = backend.predict(prepare_batch(crops, mdl.contract))
+    # ... through the same test-time views the run used (the bundle's `inference.views`)
+    probs = predict_views(backend.predict, prepare_batch(crops, mdl.contract), bundle_views(mdl.manifest)[1])
     # Cells the counting rules relabelled (unidentified, unconfirmed platelet...) carry a flag;
     # every other cell's class and confidence are the model's, from exactly these pixels.
     plain = [(c, p) for c, p in zip(cells, probs)

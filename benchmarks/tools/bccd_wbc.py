@@ -62,18 +62,24 @@ class _Model:  # what CellClassifier needs: classes + contract (+ the manifest's
     manifest: dict = dataclasses.field(default_factory=dict)
 
 
-# The three unidentified/flag rules compared (edge.identify.decide with these settings).
-RULES = ("confidence only", "OOD only", "confidence + OOD")
+# The unidentified/flag rules compared (edge.identify.decide with these settings). "confidence +
+# OOD" is what `edge run` does with the bundle's levels (two tiers: unidentified above the strict
+# level, counted but flagged above the review level); "one tier (before)" is the rule of the first
+# OOD bundles: unidentified above the review level.
+RULES = ("confidence only", "OOD only", "confidence + OOD", "one tier (before)")
 
 
-def rule_settings(rule: str, ood_threshold: float | None) -> dict:
+def rule_settings(rule: str, ood_threshold: float | None, ood_flag_threshold: float | None = None) -> dict:
     """decide(...) keyword arguments of one rule (OOD rules need a threshold)."""
     conf = {"threshold": UNIDENTIFIED_BELOW, "review_below": REVIEW_THRESHOLD}
+    ood = {"ood_threshold": ood_threshold, "ood_flag_threshold": ood_flag_threshold}
     if rule == "confidence only":
         return {**conf, "ood_threshold": None}
     if rule == "OOD only":
-        return {"threshold": 0.0, "review_below": 0.0, "ood_threshold": ood_threshold}
-    return {**conf, "ood_threshold": ood_threshold}
+        return {"threshold": 0.0, "review_below": 0.0, **ood}
+    if rule == "one tier (before)":
+        return {**conf, "ood_threshold": ood_flag_threshold}
+    return {**conf, **ood}
 
 
 def evaluate(data: Path, rows: list[dict], bundle, contract, threads: int = 2, ood_override=None) -> dict:
@@ -82,7 +88,9 @@ def evaluate(data: Path, rows: list[dict], bundle, contract, threads: int = 2, o
 
     model = _Model(list(bundle.classes), contract, bundle.manifest)
     clf = CellClassifier(model, load_backend(bundle, threads=threads), ood_threshold=ood_override)
-    return score_frames(data, rows, clf)
+    out = score_frames(data, rows, clf)
+    out["identify"] = clf.identify_rule()  # views and OOD levels this variant ran with
+    return out
 
 
 def score_frames(data: Path, rows: list[dict], clf) -> dict:
@@ -107,32 +115,39 @@ def score_frames(data: Path, rows: list[dict], clf) -> dict:
                        probabilities=[round(float(v), 6) for v in p], iou=round(best_iou, 3),
                        ood_score=round(float(cell_ood_score(p)), 6), flag=dec.flag, reason=dec.reason)
         per_frame.append(row)
-    return summarise(per_frame, clf.classes, clf.ood_rule.threshold)
+    return summarise(per_frame, clf.classes, clf.ood_rule.threshold, clf.ood_rule.flag_threshold)
 
 
-def flag_rates(per_frame: list[dict], classes: list[str], rule: str, ood_threshold: float | None) -> dict | None:
+def flag_rates(per_frame: list[dict], classes: list[str], rule: str, ood_threshold: float | None,
+               ood_flag_threshold: float | None = None) -> dict | None:
     """Right / wrong answers (the classifier's top class against the label) flagged for review or
-    unidentified under one rule; a frame whose WBC is not found is a wrong answer, flagged."""
+    unidentified under one rule, and how many of each are unidentified (left out of the count);
+    a frame whose WBC is not found is a wrong answer, flagged."""
     if rule != "confidence only" and ood_threshold is None:
         return None
-    kw = rule_settings(rule, ood_threshold)
-    right = wrong = right_f = wrong_f = 0
+    if rule == "one tier (before)" and ood_flag_threshold is None:
+        return None
+    kw = rule_settings(rule, ood_threshold, ood_flag_threshold)
+    right = wrong = right_f = wrong_f = right_u = wrong_u = 0
     for f in per_frame:
         if not f["found"]:
             wrong, wrong_f = wrong + 1, wrong_f + 1
             continue
         d = decide("wbc", np.asarray(f["probabilities"], np.float32), classes, **kw)
-        flagged = d.label == UNIDENTIFIED or bool(d.flag)
+        unidentified = d.label == UNIDENTIFIED
+        flagged = unidentified or bool(d.flag)
         if f["top"] == f["label"]:
-            right, right_f = right + 1, right_f + flagged
+            right, right_f, right_u = right + 1, right_f + flagged, right_u + unidentified
         else:
-            wrong, wrong_f = wrong + 1, wrong_f + flagged
+            wrong, wrong_f, wrong_u = wrong + 1, wrong_f + flagged, wrong_u + unidentified
     return {"right": right, "wrong": wrong, "right_flagged": round(right_f / right, 4) if right else None,
             "wrong_flagged": round(wrong_f / wrong, 4) if wrong else None,
-            "right_flagged_n": right_f, "wrong_flagged_n": wrong_f}
+            "right_flagged_n": right_f, "wrong_flagged_n": wrong_f,
+            "right_unidentified_n": right_u, "wrong_unidentified_n": wrong_u}
 
 
-def summarise(per_frame: list[dict], classes: list[str], ood_threshold: float | None = None) -> dict:
+def summarise(per_frame: list[dict], classes: list[str], ood_threshold: float | None = None,
+              ood_flag_threshold: float | None = None) -> dict:
     """Accuracy after the pipeline's rules (unidentified = not right), top-class accuracy, and the
     flag rates of each rule in RULES."""
     n = len(per_frame)
@@ -142,13 +157,13 @@ def summarise(per_frame: list[dict], classes: list[str], ood_threshold: float | 
         fs = [f for f in per_frame if f["label"] == c]
         per_class[c] = {"frames": len(fs), "right": sum(f.get("predicted") == c for f in fs),
                         "predicted_as": dict(Counter(f.get("predicted", "not found") for f in fs).most_common())}
-    rules = {r: flag_rates(per_frame, classes, r, ood_threshold) for r in RULES}
+    rules = {r: flag_rates(per_frame, classes, r, ood_threshold, ood_flag_threshold) for r in RULES}
     top_right = sum(1 for f in per_frame if f.get("top") == f["label"])
     conf_rule = rules["confidence only"]
     return {"frames": n, "found": sum(f["found"] for f in per_frame),
             "right": len(right), "accuracy": round(len(right) / n, 4) if n else None,
             "top_right": top_right, "top_accuracy": round(top_right / n, 4) if n else None,
-            "ood_threshold": ood_threshold,
+            "ood_threshold": ood_threshold, "ood_flag_threshold": ood_flag_threshold,
             "right_flagged": conf_rule["right_flagged"], "wrong_flagged": conf_rule["wrong_flagged"],
             "rules": rules,
             "unidentified_reasons": dict(Counter(f["reason"] for f in per_frame if f.get("reason"))),
@@ -163,7 +178,10 @@ def to_markdown(r: dict) -> str:
              "and one WBC box; a frame whose WBC is not found counts as wrong). "
              "Right/wrong answers for the flag columns = the classifier's top class against the label; flagged = "
              f"unidentified or confidence < {REVIEW_THRESHOLD} (the recorder's review threshold) under the "
-             "confidence-only rule, or not found (rules with the OOD score: the table below).", "",
+             "confidence-only rule, or not found (rules with the OOD score: the table below). "
+             f"Weights: {r.get('weights', 'not recorded')}. " + " ".join(
+                 f"{name}: test-time views `{v['identify']['views']}`, {v['identify']['ood']['note']}."
+                 for name, v in r["variants"].items() if v.get("identify")), "",
              "| input contract | frames | WBC found | right | accuracy | right answers flagged | wrong answers flagged | predicted as |",
              "|---|---|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
@@ -178,12 +196,15 @@ def to_markdown(r: dict) -> str:
         cells = [f"{v['per_class'][c]['right']} / {v['per_class'][c]['frames']}" if c in v["per_class"] else "–"
                  for v in r["variants"].values()]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    lines += ["", "Flag rules (`edge.identify.decide`; OOD threshold from the bundle's manifest):", "",
-              "| input contract | rule | wrong answers flagged | right answers flagged |", "|---|---|---|---|"]
+    lines += ["", "Flag rules (`edge.identify.decide`; OOD levels from the bundle's manifest; *confidence + OOD* = "
+                  "what `edge run` does; flagged = flagged for review or unidentified):", "",
+              "| input contract | rule | wrong answers flagged | right answers flagged | wrong unidentified | right unidentified |",
+              "|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
         for rule, f in (v.get("rules") or {}).items():
             if f:
-                lines.append(f"| {name} | {rule} | {f['wrong_flagged_n']}/{f['wrong']} | {f['right_flagged_n']}/{f['right']} |")
+                lines.append(f"| {name} | {rule} | {f['wrong_flagged_n']}/{f['wrong']} | {f['right_flagged_n']}/{f['right']} | "
+                             f"{f.get('wrong_unidentified_n', '–')}/{f['wrong']} | {f.get('right_unidentified_n', '–')}/{f['right']} |")
     if r.get("reference"):
         lines += ["", f"Reference colours (BloodMNIST-128 train, every 6th image; OpenCV 8-bit Lab): "
                       f"background {r['reference']['background']}, red cells {r['reference']['cells']}"]
@@ -211,6 +232,7 @@ def main(data, bloodmnist128, bundle, split, variants, name, threads, out):
     ref = bloodmnist_reference(bloodmnist128) if "reference" in variants else None
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "bundle": str(bundle), "split": split,
               "frames": len(rows), "reference": ref,
+              "weights": (b.manifest.get("source") or {}).get("weights", "unknown weights"),
               "command": "python -m hemaedge.benchmarks.tools.bccd_wbc " + " ".join(
                   [f"--bundle {bundle}", f"--split {split}", *[f"--normalize {v}" for v in variants], f"--name {name}"]),
               "variants": {}}

@@ -12,9 +12,10 @@ sets, for confidence only, OOD only and both (`edge.identify.decide`, the device
 "Right"/"wrong" = the classifier's top class against the label; flagged = unidentified (classified
 as platelet, low confidence, out of distribution) or flagged for review (confidence below 0.6)
 under each rule; a cell the segmenter did not find is a wrong answer, counted as flagged.
-The OOD threshold is the bundle's (`ood.threshold`, chosen on the training data's validation
-split at training/export time); BCCD val is only reported, never used to choose; no test split
-is read. Also measures the rule's cost per cell (the OOD score is computed from the
+The OOD levels are the bundle's (`ood.threshold` = review level, `ood.unidentified_threshold` =
+unidentified level, set on the training data's validation split: `ood_calibrate`); BCCD val is
+only reported, never used to choose; no test split is read. Cells are classified with the
+bundle's test-time views (`inference.views`). Also measures the rule's cost per cell (the OOD score is computed from the
 probabilities the classifier already gave: a log and a max).
 
 Writes benchmarks/results/ood_rule_NAME.{json,md}.
@@ -37,6 +38,7 @@ from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.identify import decide
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.segment import centre_in, nearest_to
+from hemaedge.edge.tta import predict_views
 from hemaedge.train.data.subsets import spread
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -49,7 +51,8 @@ def bloodmnist_val(clf, val_dir: Path, n: int | None) -> list[dict]:
     out = []
     for k in tqdm(range(0, len(files), 64), desc="BloodMNIST val", unit="batch"):
         chunk = files[k:k + 64]
-        p = clf.backend.predict(prepare_batch([read_image_rgb(f) for f, _ in chunk], clf.contract))
+        p = predict_views(clf.backend.predict, prepare_batch([read_image_rgb(f) for f, _ in chunk], clf.contract),
+                          clf.views)  # the bundle's test-time views, as CellClassifier runs them
         for (f, c), row in zip(chunk, p):
             out.append({"frame": f.name, "label": c, "found": True, "top": clf.classes[int(row.argmax())],
                         "probabilities": [float(v) for v in row]})
@@ -93,16 +96,20 @@ def to_markdown(r: dict) -> str:
     o = r["ood_rule"]
     lines = [f"# The unidentified rule with the OOD score ({r['date']})", "",
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
-             f"Bundle: `{r['bundle']}` ({r['weights']}). OOD score: {o['score']} after the bundle's temperature "
-             f"(T = {r['temperature']}); threshold {o['threshold']} ({o['source']}: {o['note']}), i.e. a nucleated "
-             f"cell is out of distribution when its top probability is below {np.exp(-o['threshold']):.3f}.", "",
+             f"Bundle: `{r['bundle']}` ({r['weights']}); test-time views `{r.get('views', 'off')}`. OOD score: "
+             f"{o['score']} after the bundle's temperature (T = {r['temperature']}); {o['source']}: {o['note']}. "
+             f"Unidentified above {o['threshold']:g} (top probability below {np.exp(-o['threshold']):.3f})"
+             + (f"; counted but flagged for review above {o['flag_threshold']:g} (top probability below "
+                f"{np.exp(-o['flag_threshold']):.3f})" if o.get("flag_threshold") is not None else "") + ".", "",
              "Right/wrong = the classifier's top class against the label. Flagged = unidentified (classified as "
-             "platelet, confidence < 0.4, OOD score above the threshold) or flagged for review (confidence < 0.6), "
-             "per rule: *confidence only* = the rule before the OOD score; *OOD only* = platelet-class + OOD; "
-             "*confidence + OOD* = what `edge run` now does. A cell not found counts as wrong and flagged. "
-             "Goal (issue 13, BCCD): >= 90% of wrong answers flagged with <= 15% of right ones.", "",
-             "| data | cells | right | rule | wrong answers flagged | right answers flagged |",
-             "|---|---|---|---|---|---|"]
+             "platelet, confidence < 0.4, OOD score above the unidentified level) or flagged for review (confidence "
+             "< 0.6, OOD score above the review level), per rule: *confidence only* = the rule before the OOD score; "
+             "*OOD only* = platelet-class + the two OOD levels; *confidence + OOD* = what `edge run` now does; "
+             "*one tier (before)* = the previous rule (unidentified above the review level). Unidentified = left "
+             "out of the count. A cell not found counts as wrong and flagged. Goal (issue 13, BCCD): >= 90% of "
+             "wrong answers flagged with <= 15% of right ones.", "",
+             "| data | cells | right | rule | wrong answers flagged | right answers flagged | right answers unidentified |",
+             "|---|---|---|---|---|---|---|"]
     pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"
     for name, d in r["sets"].items():
         for rule in RULES:
@@ -111,7 +118,7 @@ def to_markdown(r: dict) -> str:
                 continue
             lines.append(f"| {name} | {d['cells']} | {v['right']} | {rule} | {pct(v['wrong_flagged'])} "
                          f"({v['wrong_flagged_n']}/{v['wrong']}) | {pct(v['right_flagged'])} "
-                         f"({v['right_flagged_n']}/{v['right']}) |")
+                         f"({v['right_flagged_n']}/{v['right']}) | {v.get('right_unidentified_n', '–')}/{v['right']} |")
     c = r["cost"]
     lines += ["", f"Cost of the rule per nucleated cell (`identify.decide` on {c['cells']} real probability rows, "
                   f"best of 5, same run): confidence only {c['confidence_only_us']} µs, with the OOD score "
@@ -160,7 +167,7 @@ def main(bundle, name, bccd, pbc, bloodmnist128, pbc_spread, val_spread, threads
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "load_average_at_start": round(load, 2),
               "bundle": str(bundle), "weights": (b.manifest.get("source") or {}).get("weights", "unknown weights"),
               "temperature": (b.manifest.get("output") or {}).get("temperature"),
-              "ood_rule": clf.ood_rule.to_dict(),
+              "ood_rule": clf.ood_rule.to_dict(), "views": clf.views_name,
               "command": "python -m hemaedge.benchmarks.tools.ood_rule " + " ".join(
                   [f"--bundle {bundle}", f"--name {name}",
                    *([f"--pbc-spread {pbc_spread}"] if pbc_spread else []),
@@ -168,7 +175,8 @@ def main(bundle, name, bccd, pbc, bloodmnist128, pbc_spread, val_spread, threads
               "sets": {}}
     probs = []
     for label, rows in sets.items():
-        report["sets"][label] = {"cells": len(rows), "rules": {r: flag_rates(rows, clf.classes, r, thr) for r in RULES}}
+        report["sets"][label] = {"cells": len(rows), "rules": {r: flag_rates(rows, clf.classes, r, thr, clf.ood_rule.flag_threshold)
+                                                                   for r in RULES}}
         probs += [f["probabilities"] for f in rows if f["found"]]
     report["cost"] = rule_cost_us(np.asarray(probs, np.float32)[:2000], clf.classes, thr)
     report["frame_ms"] = round(1e3 * bccd_s / max(1, len(bccd_rows)), 1)  # whole pipeline per BCCD frame

@@ -31,6 +31,7 @@ from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.cli_support import FiniteFloat
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.ruler import Ruler
+from hemaedge.edge.tta import bundle_views, predict_views
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, SegmentParams, centre_in, extract_crop,
                                    extract_crops, nearest_to, segment)
 
@@ -55,11 +56,13 @@ class Classifier:
 
         self.bundle = load_bundle(bundle_path)
         self.backend = load_backend(self.bundle, threads=threads)
+        self.views_name, self.views = bundle_views(self.bundle.manifest)  # the device's test-time views
 
     def predict(self, images: list[np.ndarray], batch: int = 32) -> np.ndarray:
         out = []
         for i in range(0, len(images), batch):
-            out.append(self.backend.predict(prepare_batch(images[i:i + batch], self.bundle.contract)).argmax(1))
+            x = prepare_batch(images[i:i + batch], self.bundle.contract)
+            out.append(predict_views(self.backend.predict, x, self.views).argmax(1))
         return np.concatenate(out) if out else np.zeros(0, int)
 
 
@@ -129,7 +132,9 @@ def run(data: Path, bloodmnist_val: Path, bundle, threads, limit, cell_fraction,
     if clf:
         y = np.array(truth)
         report["bundle"] = {"path": str(bundle), "name": clf.bundle.manifest.get("name"),
-                            "backend": clf.bundle.backend, "size_mb": round(clf.bundle.size_bytes / 1e6, 3)}
+                            "backend": clf.bundle.backend, "size_mb": round(clf.bundle.size_bytes / 1e6, 3),
+                            "views": clf.views_name,
+                            "weights": (clf.bundle.manifest.get("source") or {}).get("weights", "unknown weights")}
         for mode in ("rbc", "cell", "fixed"):
             pred = clf.predict(crops[mode])
             report[f"end_to_end_accuracy_{mode}"] = round(float(np.mean(pred == y)), 4)
@@ -243,7 +248,8 @@ def to_markdown(r: dict) -> str:
     if has_acc:
         b = r["bundle"]
         pc = r["precropped"]
-        lines += [f"Bundle: `{b['path']}` ({b['backend']}, {b['size_mb']} MB)", "",
+        lines += [f"Bundle: `{b['path']}` ({b['backend']}, {b['size_mb']} MB; weights: {b.get('weights', 'not recorded')}; "
+                  f"test-time views `{b.get('views', 'off')}` in every classified row except the 'before' pipeline)", "",
                   "| pipeline | images | accuracy |", "|---|---|---|",
                   f"| pre-cropped BloodMNIST 128 px val | {pc['images']} | {100 * pc['accuracy']:.2f}% |",
                   f"| field → segment → crop of {r['rbc_factor']} red-cell diameters (default) → classify | {r['fields']} | {100 * r['end_to_end_accuracy_rbc']:.2f}% |",

@@ -194,6 +194,14 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/{_bench_name(s)}{x}" for x in (".md", ".csv", ".json", "_pareto.png", "_latency.png")],
              "per-model / per-format / per-frame tables (+ training trade-off table)",
              "~5 min with HEMAEDGE_BENCH_ACCURACY=manifest; ~20 min scoring every format on the test split"),
+        # first of the default's steps: the packaged default's OOD levels and test-time views, set on BloodMNIST val with its own int8
+        # outputs; rewrites the bundle's manifest (ood, inference.views, domain.ood), not its model file
+        Step("ood-calibrate", [], tool("ood_calibrate") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
+                                                           f"{data}/bloodmnist128", "--views", "flips", "--write",
+                                                           "--name", "default", "--out", out],
+             [f"{out}/ood_calibrate_default{x}" for x in (".md", ".json")],
+             "the default's two OOD levels (review 95%, unidentified 99.5% of right BloodMNIST val cells) for "
+             "its test-time views, written to its manifest", "~1 min"),
         Step("segmentation", [], [*tool("segmentation_bccd"), "--data", f"{data}/bccd", "--method", "stain",
                                   "--method", "otsu", "--split", "train", "--split", "val", "--split", "test", "--split", "all",
                                   "--out", out, *first],
@@ -298,6 +306,12 @@ def steps(s: Settings) -> list[Step]:
                               "--name", "default_val", "--out", out],
              [f"{out}/bccd_wbc_default_val{x}" for x in (".md", ".json")],
              "BCCD white cells end to end with the default bundle and its own input contract (val)", "~2 min"),
+        # BCCD test: reported once for the final setting, never used to choose anything
+        Step("bccd-wbc-test", [], [py, "-m", "hemaedge.benchmarks.tools.bccd_wbc", "--data", f"{data}/bccd",
+                                   "--bloodmnist128", f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split",
+                                   "test", "--normalize", "bundle", "--name", "default_test", "--out", out],
+             [f"{out}/bccd_wbc_default_test{x}" for x in (".md", ".json")],
+             "BCCD test white cells end to end with the default bundle (report only, never for choosing)", "~2 min"),
         Step("calibration", [], [py, "-m", "hemaedge.benchmarks.tools.bundle_calibration", "--bundle", DEFAULT_BUNDLE,
                                  "--data", f"{data}/bloodmnist128", "--name", "default", "--out", out],
              [f"{out}/calibration_default{x}" for x in (".md", ".json")],
@@ -337,6 +351,19 @@ def steps(s: Settings) -> list[Step]:
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
         # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
+        Step("views-check", [], tool("views_check") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
+                                                       f"{data}/bloodmnist128", "--name", "default", "--out", out],
+             [f"{out}/views_check_default{x}" for x in (".md", ".json")],
+             "test-time views off / flips / dihedral: BloodMNIST val+test accuracy, ECE, per-cell cost (same run)",
+             "~5 min"),
+        Step("zero-shot-errors", [], tool("zero_shot_errors") + ["--bundle", DEFAULT_BUNDLE, "--bccd", f"{data}/bccd",
+                                                                 "--pbc", f"{data}/pbc_raw_val", "--bloodmnist128",
+                                                                 f"{data}/bloodmnist128", "--split", "val",
+                                                                 "--pbc-every", "3", "--name", "default", "--out", out],
+             [f"{out}/zero_shot_errors_default{x}" for x in (".md", ".json")],
+             "what drives the BCCD val errors: crop scale, centring, colour, blur, border, view averaging "
+             "(BCCD val, PBC fields, BloodMNIST val) + contact sheet docs/img/zero_shot_errors_default.jpg",
+             "~10 min"),
         Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
                                                  "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
                                                  "--bloodmnist128", f"{data}/bloodmnist128",
