@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+from review_helpers import sample_run_master  # noqa: F401  (fixture)
 from hemaedge.train.adapt_bccd import match_white_cells, single_label_frames
 
 FIELDS = ["frame", "name", "cell", "kind", "x0", "y0", "x1", "y1", "class", "confidence"]
@@ -36,3 +37,18 @@ def test_a_white_cell_the_model_called_a_platelet_is_still_the_annotated_cell(bc
     found = match_white_cells(tmp_path / "run", {f1: labels[f1], f2: labels[f2]}, bccd)
     assert found[f1] == ("0:0", "platelet")  # matched (and a wrong answer), not left out
     assert found[f2] is None
+
+
+def test_top_class_on_saved_crops_is_the_devices_answer_where_no_rule_overrode_it(sample_run_master):
+    """The end-to-end table's 'top class' column: the bundle re-run on the crops the run saved.
+    Where the device's own answer was a nucleated class (not unidentified, not a platelet), the
+    top class on the saved crop must be that answer: the crops are the pixels the model saw."""
+    from hemaedge.review.rundata import RunReview
+    from hemaedge.train.adapt_bccd import top_classes
+
+    cells = [c for c in RunReview.open(sample_run_master).cells if c.crop]
+    top = top_classes(None, sample_run_master, {c.key for c in cells})  # None: the packaged default
+    assert set(top) == {c.key for c in cells}
+    plain = [c for c in cells if c.kind == "wbc" and c.model_class not in ("unidentified", "platelet")]
+    assert plain, "the sample run should have nucleated cells the device named"
+    assert [top[c.key] for c in plain] == [c.model_class for c in plain]

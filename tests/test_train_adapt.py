@@ -157,3 +157,85 @@ def test_adapt_recipe_options_augment_and_draw_replay_afresh(base_model, pbc_sma
     for bad in (["--new-weight", "1"], ["--augment", "sideways"]):
         res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[0], *bad)
         assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_microscope, tmp_path):
+    """--distill (replay targets partly the base's own answers), --balance, --bn mixed: recorded,
+    and the BatchNorm statistics really are the new cells' (not the base's) after --bn."""
+    import keras
+
+    from hemaedge.export.source import load_source
+    from hemaedge.train.adapt import batchnorm_layers
+
+    out = tmp_path / "adapted"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--epochs", "1", "--replay-min", "16", "--distill", "0.5", "--balance", "--bn", "mixed",
+                "--no-export")
+    assert res.exit_code == 0, res.output
+    t = json.loads((out / "adapt.json").read_text())["provenance"]["training"]
+    assert t["distill"] == 0.5 and t["balance"] is True and t["batchnorm"]["mode"] == "mixed"
+    assert t["batchnorm"]["images"] == 2 * json.loads((out / "adapt.json").read_text())["provenance"]["counts"]["new_train"]
+
+    # --epochs 0 --bn new: the label-free baseline, only the BatchNorm statistics change
+    bn_only = tmp_path / "bn-only"
+    res = adapt("--base", base_model, "--data", new_microscope, "--out", bn_only, "--epochs", "0", "--bn", "new",
+                "--no-export")
+    assert res.exit_code == 0, res.output
+    before, after = load_source(base_model).model, keras.saving.load_model(bn_only / "model.keras")
+    bn_b, bn_a = batchnorm_layers(before), batchnorm_layers(after)
+    assert bn_b and not np.allclose(bn_b[0].moving_mean.numpy(), bn_a[0].moving_mean.numpy())
+    assert all(layer.momentum == bn_b[0].momentum for layer in bn_a)  # restored, not left at 0
+    # every learned weight (kernels, biases, BatchNorm scale/offset) is the base's
+    assert all(np.array_equal(wb.numpy(), wa.numpy()) for wb, wa in zip(before.weights, after.weights)
+               if "moving" not in wb.path)
+    for bad in (["--epochs", "0"], ["--distill", "1"]):
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], *bad)
+        assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_class_weights_even_out_classes_but_cap_a_rare_one():
+    from hemaedge.train.adapt import class_weights
+
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 1)
+    w = class_weights(labels, cap=4.0)
+    assert np.isclose(w.mean(), 1.0)
+    assert np.isclose(w[labels == 0].sum(), w[labels == 1].sum(), rtol=1e-5)  # equal totals
+    # the single cell of class 2 weighs 4x a cell at its share by count (91 / 3 uncapped), no more
+    assert np.isclose(w[labels == 2][0] / w.mean(), 4.0 / np.mean([91 / 180] * 60 + [91 / 90] * 30 + [4.0]))
+    assert w[labels == 2].sum() < w[labels == 0].sum()
+
+
+def test_the_adapted_bundle_gets_its_own_temperature_and_ood_threshold(base_model, pbc_small, new_microscope,
+                                                                        tmp_path):
+    """Bug: the adapted model's manifest kept the base's `output.temperature` and `ood.threshold`,
+    so the device called many right answers on the new microscope "unidentified". They are refitted
+    on the adapted model's own answers on PBC val and the held-out new cells."""
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.confidence import ood_scores
+    from hemaedge.export.source import read_sidecar
+    from hemaedge.train.evaluate import apply_temperature
+
+    base_side = read_sidecar(base_model)
+    assert base_side.get("ood") and base_side.get("output", {}).get("temperature")
+    out = tmp_path / "adapted"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--epochs", "2", "--replay-min", "16", "--seed", "2")
+    assert res.exit_code == 0, res.output
+    side = json.loads((out / "model.json").read_text())
+    manifest = load_bundle(out / "bundle").manifest
+    assert manifest["ood"] == side["ood"] and manifest["output"]["temperature"] == side["output"]["temperature"]
+    assert side["ood"]["threshold"] != base_side["ood"]["threshold"]
+    assert side["output"]["temperature_fitted_on"] == "held_out+pbc_val"
+    per = side["ood"]["per_reference"]
+    assert set(per) == {"held_out", "pbc_val"} and per["pbc_val"]["n"] == 32
+    assert side["ood"]["threshold"] == max(v["threshold"] for v in per.values())
+    # the threshold is the 95th percentile of the adapted model's own right answers on that reference
+    from hemaedge.export.source import load_source
+    from hemaedge.train.adapt import open_reference, predict, reference_split
+
+    src = load_source(out / "model.keras")
+    cells = reference_split(open_reference(str(pbc_small), list(src.classes)), "val", list(src.classes),
+                            src.contract.size, None, 2)
+    p = apply_temperature(predict(src.model, cells, src.contract), side["output"]["temperature"])
+    right = p.argmax(1) == cells.labels
+    assert np.isclose(np.quantile(ood_scores(p)[right], 0.95), per["pbc_val"]["threshold"], atol=2e-3)

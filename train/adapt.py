@@ -36,6 +36,12 @@ BUNDLE_FORMAT = "tflite-int8-mixed"
 # "dihedral": random flips / right-angle rotations only; the others are the fine-tuning recipe's
 # presets (train/finetune_augment.py: "robust" adds another microscope's stain, white balance, blur...).
 AUGMENTS = ("dihedral", "light", "full", "robust")
+# BatchNorm statistics before fitting: "frozen" keeps the base's; "new" re-estimates them on the new
+# training cells (AdaBN: label-free, adapts to the new microscope's colour and blur, may cost the old
+# one); "mixed" re-estimates them on the new training cells and as many replay images together.
+BN_MODES = ("frozen", "new", "mixed")
+# --balance: no class of the new cells weighs more than this many times its share by count
+BALANCE_CAP = 4.0
 
 
 @dataclass
@@ -54,6 +60,9 @@ class AdaptConfig:
     new_weight: float = 0.5            # share of the loss carried by the new cells (the rest: the replay sample)
     augment: str = "dihedral"          # one of AUGMENTS, for new and replay images alike
     blocks: int = 2                    # trailing backbone blocks trained with the head
+    distill: float = 0.0               # share of each replay image's target taken from the base's own output (LwF)
+    bn: str = "frozen"                 # BatchNorm statistics: one of BN_MODES
+    balance: bool = False              # weight the new cells so every class of them carries the same loss
     epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-4
@@ -68,8 +77,15 @@ class AdaptConfig:
             raise UsageError("give at least one --data folder (a class-folder tree or a run folder)")
         if not 0 < self.holdout < 0.9:
             raise UsageError(f"--holdout {self.holdout}: expected a fraction between 0 and 0.9")
-        if self.epochs < 1 or self.batch_size < 1 or self.blocks < 0:
-            raise UsageError("--epochs and --batch-size must be at least 1, --blocks at least 0")
+        if self.epochs < 0 or self.batch_size < 1 or self.blocks < 0:
+            raise UsageError("--epochs must be at least 0, --batch-size at least 1, --blocks at least 0")
+        if self.bn not in BN_MODES:
+            raise UsageError(f"--bn {self.bn!r}: expected one of {', '.join(BN_MODES)}")
+        if self.epochs == 0 and self.bn == "frozen":
+            raise UsageError("--epochs 0 with --bn frozen would change nothing: give epochs, or --bn new|mixed "
+                             "to re-estimate only the BatchNorm statistics")
+        if not 0 <= self.distill < 1:
+            raise UsageError(f"--distill {self.distill}: expected a share from 0 (off) to below 1")
         if self.augment not in AUGMENTS:
             raise UsageError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTS)}")
         if not 0 < self.new_weight < 1:
@@ -281,10 +297,10 @@ def predict(model, cells: Cells, contract, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def accuracy(model, cells: Cells, contract) -> dict:
+def accuracy(model, cells: Cells, contract, probabilities: np.ndarray | None = None) -> dict:
     if not len(cells):
         return {"accuracy": None, "n": 0}
-    p = predict(model, cells, contract)
+    p = predict(model, cells, contract) if probabilities is None else probabilities
     pred = p.argmax(1)
     per_class = {}
     for k in np.unique(cells.labels):
@@ -302,12 +318,56 @@ def _named(metrics: dict, classes) -> dict:
     return m
 
 
+def batchnorm_layers(model) -> list:
+    import keras
+
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out += batchnorm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            out.append(layer)
+    return out
+
+
+def reestimate_batchnorm(model, images: np.ndarray, contract, max_images: int = 256) -> dict:
+    """Replace every BatchNorm layer's moving mean/variance with the statistics of `images` (AdaBN).
+
+    One forward pass in training mode with momentum 0 over (at most `max_images` of) the images:
+    each layer sees its input normalised by the layers before it, as at inference afterwards."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        return {"batchnorm_layers": 0, "images": 0}
+    x = prepare_batch(images[:max_images], contract)
+    saved = [(layer.momentum, layer.trainable) for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum, layer.trainable = 0.0, True
+        model(x, training=True)
+    finally:
+        for layer, (momentum, trainable) in zip(layers, saved):
+            layer.momentum, layer.trainable = momentum, trainable
+    return {"batchnorm_layers": len(layers), "images": int(len(x))}
+
+
+def class_weights(labels: np.ndarray, cap: float = BALANCE_CAP) -> np.ndarray:
+    """Per-cell weights (mean 1) that give every class of `labels` the same total, a rare class
+    at most `cap` times its weight by count (one basophil must not carry a fifth of the loss)."""
+    ks, counts = np.unique(labels, return_counts=True)
+    per = {int(k): min(cap, len(labels) / (len(ks) * c)) for k, c in zip(ks, counts)}
+    w = np.asarray([per[int(k)] for k in labels], np.float32)
+    return w / w.mean()
+
+
 def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf,
-               n_replay: int | None = None) -> dict:
+               n_replay: int | None = None, replay_soft: np.ndarray | None = None) -> dict:
     """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss).
 
     `replay` is the replay pool: each epoch trains on `n_replay` of it (default: all of it), drawn
-    afresh, so a large pool shows the model many more of its old images at the same cost."""
+    afresh, so a large pool shows the model many more of its old images at the same cost.
+    `replay_soft`: the base model's probabilities on the replay pool; with `cfg.distill` > 0 each
+    replay image's target is (1 - distill) x its label + distill x the base's answer (learning
+    without forgetting: the old microscope's answers, doubts included, are what is kept)."""
     import keras
 
     n_classes = int(model.outputs[0].shape[-1])
@@ -319,6 +379,10 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     total = len(new) + n_replay
     w_new = cfg.new_weight * total / max(1, len(new)) if n_replay else 1.0
     w_rep = (1.0 - cfg.new_weight) * total / max(1, n_replay)
+    w_new_cells = w_new * (class_weights(new.labels) if cfg.balance else np.ones(len(new), np.float32))
+    targets_rep = eye[replay.labels]
+    if cfg.distill and replay_soft is not None and len(replay):
+        targets_rep = (1.0 - cfg.distill) * targets_rep + cfg.distill * replay_soft.astype(np.float32)
     # The recipe presets augment around the contract's preprocessing (camera stage, then
     # normalisation + CLAHE, then geometry), as the base model was trained.
     aug = None if cfg.augment == "dihedral" else \
@@ -332,18 +396,19 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
-        rep = replay if n_replay == len(replay) else replay.subset(np.sort(rng.permutation(len(replay))[:n_replay]))
+        pick = np.arange(len(replay)) if n_replay == len(replay) else np.sort(rng.permutation(len(replay))[:n_replay])
+        rep = replay.subset(pick)
         images = np.concatenate([new.images, rep.images])
         if aug is None:
             images = dihedral(images, rng)
-        labels = np.concatenate([new.labels, rep.labels])
-        weights = np.concatenate([np.full(len(new), w_new, np.float32), np.full(n_replay, w_rep, np.float32)])
-        order = rng.permutation(len(labels))
+        targets = np.concatenate([eye[new.labels], targets_rep[pick]])
+        weights = np.concatenate([w_new_cells, np.full(n_replay, w_rep, np.float32)])
+        order = rng.permutation(len(targets))
         losses = []
         for i, s in enumerate(range(0, len(order), cfg.batch_size)):
             b = order[s:s + cfg.batch_size]
             x = prepare_batch(images[b], contract) if aug is None else batch_tensor(aug(images[b], epoch, i), contract)
-            losses.append(float(model.train_on_batch(x, eye[labels[b]], sample_weight=weights[b])))
+            losses.append(float(model.train_on_batch(x, targets[b], sample_weight=weights[b])))
         m = accuracy(model, held, contract)
         secs = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4),
@@ -355,6 +420,36 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
             best_weights = model.get_weights()
     model.set_weights(best_weights)
     return {"chosen_epoch": best["epoch"], "history": history}
+
+
+def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                        base_sidecar: dict) -> dict:
+    """The adapted model's own `output.temperature`, `ood` and (OOD part of) `domain` sections.
+
+    The base's would be stale: adapting moves the model's confidences, and a threshold fitted to the
+    base makes many right answers on the new microscope "unidentified". Temperature: fitted on all
+    the reference cells (PBC val and the held-out new cells) together. OOD threshold: the base
+    recipe's 95th percentile of correctly classified cells' scores, per microscope, and the larger
+    of the two (a confident answer on either microscope is in distribution; with few held-out cells
+    the new microscope's quantile is rough, and recorded as such). The colour reference stays the
+    base's (its training images), as the device's domain check has one reference colour."""
+    from hemaedge.edge.confidence import ood_scores, ood_section
+    from hemaedge.edge.domain import ood_limit
+    from hemaedge.train.evaluate import apply_temperature, fit_temperature
+
+    names = [k for k in probabilities if len(probabilities[k])]
+    p_all = np.concatenate([probabilities[k] for k in names])
+    y_all = np.concatenate([labels[k] for k in names])
+    t = fit_temperature(y_all, p_all)
+    per = {k: ood_section(apply_temperature(probabilities[k], t), labels[k]) for k in names}
+    chosen = max(names, key=lambda k: per[k]["threshold"])
+    ood = {**per[chosen], "fitted_on": chosen, "per_reference": per}
+    out = {"output": {**(base_sidecar.get("output") or {}), "temperature": round(float(t), 6),
+                      "temperature_fitted_on": "+".join(names)}, "ood": ood}
+    if base_sidecar.get("domain"):
+        # the run-mean OOD limit from the same calibrated reference probabilities; colours: the base's
+        out["domain"] = {**base_sidecar["domain"], "ood": ood_limit(ood_scores(apply_temperature(p_all, t)))}
+    return out
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -417,15 +512,25 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         before[f"test:{k}"] = base_accuracy(f"test:{k}", v)
     logf("before: " + ", ".join(f"{k} {v['accuracy']}" for k, v in before.items()))
 
+    # The base's own answers on the replay pool, before anything changes (distillation targets)
+    replay_soft = predict(model, replay, contract) if cfg.distill and len(replay) else None
+    bn_info = {"mode": cfg.bn}
+    if cfg.bn != "frozen":
+        pool = new.images if cfg.bn == "new" or not len(replay) else np.concatenate(
+            [new.images, replay.images[np.random.default_rng(cfg.seed + 3).permutation(len(replay))[:len(new)]]])
+        bn_info.update(reestimate_batchnorm(model, pool, contract))
+        logf(f"BatchNorm statistics re-estimated on {bn_info['images']} images ({cfg.bn})")
     trainable = set_trainable(model, cfg.blocks)
     logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
          f"({len(trainable['trained_layers'])} layers)")
     t_train = time.perf_counter()
-    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay)
+    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
     train_s = time.perf_counter() - t_train
-    after = {"held_out": _named(accuracy(model, held, contract), classes)}
+    p_after = {"held_out": predict(model, held, contract)}
+    after = {"held_out": _named(accuracy(model, held, contract, p_after["held_out"]), classes)}
     if pbc_val is not None:
-        after["pbc_val"] = _named(accuracy(model, pbc_val, contract), classes)
+        p_after["pbc_val"] = predict(model, pbc_val, contract)
+        after["pbc_val"] = _named(accuracy(model, pbc_val, contract, p_after["pbc_val"]), classes)
     for k, v in tests.items():
         after[f"test:{k}"] = _named(accuracy(model, v, contract), classes)
     logf("after: " + ", ".join(f"{k} {v['accuracy']}" for k, v in after.items()))
@@ -441,11 +546,15 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
                    "replay": n_replay, "replay_pool": len(replay), "replay_data": cfg.replay,
                    "new_per_class": {classes[k]: int(v) for k, v in zip(*np.unique(cells.labels, return_counts=True))}},
         "training": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("base", "data", "out")},
-                     **trainable, **fit, "train_seconds": round(train_s, 1)},
+                     **trainable, **fit, "batchnorm": bn_info, "train_seconds": round(train_s, 1)},
         "accuracy_before": before, "accuracy_after": after,
         "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,
     }
     side = dict(source.sidecar)
+    # the base's temperature / OOD threshold would be stale for the adapted model: refit them
+    side.update(confidence_sections(p_after, {"held_out": held.labels,
+                                              **({"pbc_val": pbc_val.labels} if pbc_val is not None else {})},
+                                    source.sidecar))
     side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
                 metrics={"held_out_accuracy": after["held_out"]["accuracy"],
                          **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})

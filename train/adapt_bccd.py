@@ -35,7 +35,9 @@ def single_label_frames(bccd: Path, split: str) -> dict[str, str]:
                 if r["split"] == split and r["n_labels"] == "1" and r["n_wbc_boxes"] == "1"}
 
 
-RECIPE_KEYS = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "export")
+RECIPE = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
+          "balance")
+RECIPE_KEYS = (*RECIPE, "export")
 
 
 def cached_result(out: Path, cfg) -> dict | None:
@@ -120,9 +122,34 @@ def end_to_end(bundle, bccd: Path, work: Path, name: str, split: str = "test") -
     run_dir = edge_run(labels, bccd, work, f"e2e-{name}-{split}", bundle)
     found = match_white_cells(run_dir, labels, bccd)
     right = sum(bool(h) and h[1] == labels[f] for f, h in found.items())
+    top = top_classes(bundle, run_dir, {h[0] for h in found.values() if h})
+    right_top = sum(bool(h) and top.get(h[0]) == labels[f] for f, h in found.items())
+    unidentified = sum(bool(h) and h[1] == "unidentified" for h in found.values())
     return {"bundle": str(bundle), "split": split, "frames": len(labels), "right": right,
             "found": sum(h is not None for h in found.values()), "accuracy": round(right / max(1, len(labels)), 4),
-            "run": str(run_dir)}
+            "unidentified": unidentified, "right_top_class": right_top,
+            "accuracy_top_class": round(right_top / max(1, len(labels)), 4), "run": str(run_dir)}
+
+
+def top_classes(bundle, run_dir: Path, keys: set[str]) -> dict[str, str]:
+    """The bundle's top class (before the platelet/unidentified rules) on the crops the run saved
+    for these cells: what the model itself answered, the device's answer apart from the OOD rule."""
+    import numpy as np
+
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.crops import CROPS_DIR
+    from hemaedge.edge.defaults import packaged_default_bundle
+    from hemaedge.edge.preprocess import prepare_batch, read_image_rgb, resize
+    from hemaedge.review.rundata import RunReview
+
+    b = load_bundle(bundle or packaged_default_bundle())
+    cells = [c for c in RunReview.open(run_dir).cells if c.key in keys and c.crop]
+    if not cells:
+        return {}
+    images = [resize(read_image_rgb(run_dir / CROPS_DIR / c.crop), b.contract.size) for c in cells]
+    probs = load_backend(b, threads=1).predict(prepare_batch(images, b.contract))
+    return {c.key: b.classes[int(k)] for c, k in zip(cells, np.argmax(probs, axis=1))}
 
 
 def main(argv=None) -> int:
@@ -145,13 +172,15 @@ def main(argv=None) -> int:
     ap.add_argument("--new-weight", type=float, help="Recipe: share of the loss carried by the new cells")
     ap.add_argument("--replay-ratio", type=float, help="Recipe: replay images per new training cell")
     ap.add_argument("--replay-pool", type=int, help="Recipe: draw each epoch's replay afresh from this many")
+    ap.add_argument("--distill", type=float, help="Recipe: share of the replay targets from the base's answers")
+    ap.add_argument("--bn", choices=("frozen", "new", "mixed"), help="Recipe: BatchNorm statistics")
+    ap.add_argument("--balance", action="store_true", default=None, help="Recipe: class-balanced new cells")
     ap.add_argument("--label", default="", help="Name of the base in the table (which weights ran)")
     args = ap.parse_args(argv)
 
     from hemaedge.train.adapt import AdaptConfig, adapt
 
-    recipe = {k: v for k in ("blocks", "lr", "augment", "new_weight", "replay_ratio", "replay_pool")
-              if (v := getattr(args, k)) is not None}
+    recipe = {k: v for k in RECIPE if k != "epochs" and (v := getattr(args, k)) is not None}
 
     args.work.mkdir(parents=True, exist_ok=True)
     # The device's own crops: a bundle base runs the edge pipeline itself; a .keras base, the packaged default.
@@ -176,8 +205,7 @@ def main(argv=None) -> int:
         b, a = p["accuracy_before"], p["accuracy_after"]
         rows.append({"step": step, "cells": p["counts"]["new_cells"], "train": p["counts"]["new_train"],
                      "end_to_end_before": before_e2e, "end_to_end_after": after_e2e,
-                     "recipe": {k: p["training"].get(k) for k in ("blocks", "lr", "epochs", "augment", "new_weight",
-                                                                  "replay_ratio", "replay_pool")},
+                     "recipe": {k: p["training"].get(k) for k in RECIPE},
                      "held_out": p["counts"]["held_out"], "replay": p["counts"]["replay"],
                      "bccd_test_before": b[f"test:{test_run.name}"]["accuracy"],
                      "bccd_test_after": a[f"test:{test_run.name}"]["accuracy"],
@@ -212,16 +240,23 @@ def write_tables(args, rows, train_stats, test_stats, command):
              f"(missed {train_stats['missed']}); BCCD test: {test_stats['frames']} frames, {test_stats['matched']} "
              "found (the test set).", "",
              "| labelled cells | train / held out | replay | BCCD test before -> after (Keras, device crops) "
-             "| BCCD test end to end, int8 bundle (`edge run`) | PBC val before -> after (Keras) "
-             "| PBC val int8 bundle | chosen epoch | train s / wall s / CPU s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| BCCD test end to end, int8 bundle (`edge run`) | same cells, int8 top class (no OOD rule) "
+             "| PBC val before -> after (Keras) "
+             "| PBC val int8 bundle | chosen epoch | train s / wall s / CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         int8 = "-" if r["pbc_val_int8"] is None else f"{r['pbc_val_int8']:.4f} (n={r['pbc_val_int8_n']})"
         eb, ea = r.get("end_to_end_before"), r.get("end_to_end_after")
         e2e = "-" if not ea else (f"{eb['accuracy']:.3f} -> " if eb else "") + \
-            f"**{ea['accuracy']:.3f}** ({ea['right']} of {ea['frames']} right, {ea['found']} found)"
-        cells = f"all {r['cells']} (the multi-domain model)" if r.get("step") == "all" else str(r["cells"])
+            f"**{ea['accuracy']:.3f}** ({ea['right']} of {ea['frames']} right, {ea['found']} found" + \
+            (f", {ea['unidentified']} unidentified)" if "unidentified" in ea else ")")
+        top = "-" if not ea or "accuracy_top_class" not in ea else \
+            (f"{eb['accuracy_top_class']:.3f} -> " if eb and "accuracy_top_class" in eb else "") + \
+            f"**{ea['accuracy_top_class']:.3f}**"
+        whole = r.get("step") == "all" or (r.get("step", "").isdigit() and int(r["step"]) > r["cells"])
+        cells = (f"{r['step']} asked: all {r['cells']}" if r.get("step") != "all" else f"all {r['cells']}") + \
+            " (the multi-domain model)" if whole else str(r["cells"])
         lines.append(f"| {cells} | {r['train']} / {r['held_out']} | {r['replay']} | "
-                     f"{r['bccd_test_before']:.3f} -> **{r['bccd_test_after']:.3f}** (n={r['bccd_test_n']}) | {e2e} | "
+                     f"{r['bccd_test_before']:.3f} -> **{r['bccd_test_after']:.3f}** (n={r['bccd_test_n']}) | {e2e} | {top} | "
                      f"{r['pbc_val_before']:.4f} -> {r['pbc_val_after']:.4f} "
                      f"({100 * (r['pbc_val_after'] - r['pbc_val_before']):+.2f} pt, n={r['pbc_val_n']}) | {int8} | "
                      f"{r['chosen_epoch']} of {r['recipe'].get('epochs') or args.epochs} | "
@@ -231,7 +266,9 @@ def write_tables(args, rows, train_stats, test_stats, command):
               "adaptation. BCCD test: the device's crop of every annotated white cell of the test split's single-label "
               "frames (whatever kind the device gave it; never used to choose anything). End to end: `hemaedge edge run` "
               "with the exported int8 bundle on the test frames, right when the detection over the annotated cell has "
-              "its label (a missed cell is wrong). PBC val: "
+              "its label (a missed cell is wrong, and so is one the OOD rule made *unidentified*); the next column is the same "
+              "bundle's top class on the crops that run saved (what the model answered before the unidentified rule). "
+              "PBC val: "
               + (f"{args.eval_limit} images per class (seeded), " if args.eval_limit else "the whole split, ")
               + "Keras model before and after; the int8 column is the exported bundle on PBC val as the export's "
               "parity check draws it. Wall time covers loading, training, evaluation and (where exported) the int8 "

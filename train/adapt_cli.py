@@ -36,7 +36,16 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
 @click.option("--augment", type=click.Choice(["dihedral", "light", "full", "robust"]), default="dihedral",
               help="Augmentation: flips/right-angle rotations, or a preset of `train finetune --augment`.")
 @click.option("--blocks", type=click.IntRange(0), default=2, help="Trailing backbone blocks trained with the head.")
-@click.option("--epochs", type=click.IntRange(1), default=8)
+@click.option("--distill", type=FiniteFloat(0, 1, max_open=True), default=0.0,
+              help="Share of each replay image's target taken from the base model's own answer (learning "
+                   "without forgetting; 0: labels only).")
+@click.option("--bn", type=click.Choice(["frozen", "new", "mixed"]), default="frozen",
+              help="BatchNorm statistics: the base's, re-estimated on the new cells (label-free), or on the "
+                   "new cells and as many replay images.")
+@click.option("--balance/--no-balance", default=False,
+              help="Weight the new cells so each of their classes carries the same loss (at most 4x).")
+@click.option("--epochs", type=click.IntRange(0), default=8,
+              help="Passes over the new cells (0: only --bn new|mixed, no fitting).")
 @click.option("--batch-size", type=click.IntRange(1), default=32)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3e-4, help="Adam learning rate.")
 @click.option("--seed", type=int, default=0)

@@ -44,7 +44,11 @@ def _bccd(path: Path, variant: str | None = None):
 def _multi_domain(path: Path | None) -> str:
     """The multi-domain row: the 'all BCCD train cells' step of an adapt_bccd table (issue #14's tool)."""
     r = _load(path) if path else None
-    row = next((x for x in (r or {}).get("rows", []) if x.get("step") == "all"), None)
+    rows = (r or {}).get("rows", [])
+    # the step that used every labelled BCCD train cell: "all", or the largest step (a 200-cell
+    # step over BCCD's 192 train cells is all of them)
+    row = next((x for x in rows if x.get("step") == "all"), None) or max(rows, key=lambda x: x.get("cells", 0),
+                                                                          default=None)
     if not row:
         return "not attempted (no multi-domain model trained)"
     e2e = row.get("end_to_end_after")
@@ -56,8 +60,10 @@ def _multi_domain(path: Path | None) -> str:
 
 
 def default_multi_domain() -> Path | None:
-    """The final default's adaptation table when there is one, else the epoch-4 checkpoint's."""
-    for name in ("adapt_bccd_default_v2.json", "adapt_bccd_default_v2_epoch4.json"):
+    """The packaged default's adaptation table (the `train adapt` defaults) when there is one, else
+    older ones (the epoch-4 checkpoint's)."""
+    for name in ("adapt_bccd_default_v2_lite0_defaults.json", "adapt_bccd_default_v2.json",
+                 "adapt_bccd_default_v2_epoch4.json"):
         if (RESULTS / name).is_file():
             return RESULTS / name
     return None
@@ -186,7 +192,7 @@ def shipped_setting() -> dict | None:
 @click.option("--label", default="candidate", help="Column title for the candidate.")
 @click.option("--multi-domain", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="adapt_bccd table (JSON) whose 'all' step is the multi-domain model "
-                   "[default: benchmarks/results/adapt_bccd_default_v2.json, else ..._epoch4.json]")
+                   "[default: benchmarks/results/adapt_bccd_default_v2_lite0_defaults.json, else older ones]")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 @click.option("--final", is_flag=True, help="The candidate is the model that was packaged as the default.")
 def main(candidate, label, multi_domain, out, final):

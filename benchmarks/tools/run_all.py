@@ -158,10 +158,13 @@ def steps(s: Settings) -> list[Step]:
     peer_python = s.get("HEMAEDGE_PEER_PYTHON", "HEMAEDGE_PEER_PYTHON")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
-    # The real adaptation measurement (issue #14): the new default's epoch-4 checkpoint bundle (its
-    # Keras source lies next to it; HEMAEDGE_ADAPT_BASE names another copy of it).
-    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/check-epoch4/snap/bundle-int8"))
+    # The real adaptation measurement (issue #14): the packaged default's int8 bundle as made next to
+    # its Keras source (same files as src/hemaedge/models/default; HEMAEDGE_ADAPT_BASE names another
+    # copy, e.g. a new default). The epoch-4 checkpoint's table of the previous session stays a step.
+    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0/bundle-int8"))
+    adapt_e4_base = os.path.expanduser("~/hemaedge-runs/check-epoch4/snap/bundle-int8")
     adapt_work = os.path.expanduser("~/hemaedge-runs/review")
+    adapt_work_default = s.get("HEMAEDGE_ADAPT_DEFAULT_WORK", os.path.expanduser("~/hemaedge-runs/adapt"))
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
         return [py, "-m", f"hemaedge.benchmarks.tools.{module}"]
@@ -264,20 +267,40 @@ def steps(s: Settings) -> list[Step]:
              "BCCD test and PBC val before/after", "~5 min"),
         Step("adapt-recipes", [Need(f"{adapt_base}/manifest.json", f"no base bundle at {adapt_base}; kept {out}/adapt_recipes.*")],
              [py, "-m", "hemaedge.benchmarks.tools.adapt_recipes", "--base", adapt_base, "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work}/lite0e4-v0", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-default", "--out", f"{out}/adapt_recipes", "--cells", "100",
               *[a for r in ADAPT_RECIPES for a in ("--recipe", r)]],
              [f"{out}/adapt_recipes{x}" for x in (".md", ".json")],
              "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
              "~5 min per recipe"),
         Step("adapt-bccd", [Need(f"{adapt_base}/manifest.json",
-                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_epoch4.*")],
+                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_lite0.*")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label", ADAPT_BASE_LABEL,
+              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-default",
+              "--out", f"{out}/adapt_bccd_default_v2_lite0", "--steps", "100,200,25,50",
+              "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
+             [f"{out}/adapt_bccd_default_v2_lite0{x}" for x in (".md", ".json")],
+             "train adapt of the packaged default on 25 / 50 / 100 / 200 (= all 192) BCCD train cells (200 = the "
+             "multi-domain model of #13): BCCD test (device crops, end to end with the int8 bundle), PBC val, time",
+             "~5-10 min per step"),
+        Step("adapt-bccd-defaults", [Need(f"{adapt_base}/manifest.json",
+                                          f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_lite0_defaults.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
+              ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-default-v0",
+              "--out", f"{out}/adapt_bccd_default_v2_lite0_defaults", "--steps", "100,200,25,50",
+              "--export-steps", "25,50,100,200"],
+             [f"{out}/adapt_bccd_default_v2_lite0_defaults{x}" for x in (".md", ".json")],
+             "the same with `train adapt`'s default recipe (head + 2 blocks, flips/rotations, 8 epochs), 25-200 cells",
+             "~5 min per step"),
+        Step("adapt-bccd-epoch4", [Need(f"{adapt_e4_base}/manifest.json",
+                                        f"no base bundle at {adapt_e4_base}; kept {out}/adapt_bccd_default_v2_epoch4.*")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_e4_base, "--label",
               "default-v2 epoch-4 checkpoint (Lite0, ImageNet weights)", "--bccd", f"{data}/bccd",
               "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work}/adapt-bccd-e4",
               "--out", f"{out}/adapt_bccd_default_v2_epoch4",
-              "--steps", "100,all", "--export-steps", "100,all", *ADAPT_RECIPE],
+              "--steps", "100,all", "--export-steps", "100,all", *ADAPT_RECIPE_E4],
              [f"{out}/adapt_bccd_default_v2_epoch4{x}" for x in (".md", ".json")],
-             "train adapt of the new default on 100 / all BCCD train cells (all = the multi-domain model of #13): "
+             "train adapt of the default's epoch-4 checkpoint on 100 / all BCCD train cells (previous session): "
              "BCCD test (device crops, and end to end with the int8 bundle), PBC val change, wall time",
              "~5-8 min per step"),
         # the default-model issue (#13): other microscopes, calibration, normalisation, the new default's checks
@@ -363,9 +386,17 @@ def steps(s: Settings) -> list[Step]:
 
 
 # Issue #14: the recipes compared on BCCD train cells (adapt-recipes) and the one chosen (adapt-bccd).
-ADAPT_RECIPES = ["v0:", "b4:blocks=4,epochs=12", "b4-full:blocks=4,augment=full,epochs=15",
-                 "b6-robust:blocks=6,augment=robust,epochs=15"]
+# Compared on BCCD train cells with the packaged default as base (adapt_recipes.md, docs/review.md)
+ADAPT_RECIPES = ["v0:", "v0-distill:distill=0.5", "b6-robust:blocks=6,augment=robust,epochs=15", "bn-only:epochs=0,bn=new",
+                 "b6-robust-distill:blocks=6,augment=robust,epochs=15,distill=0.5",
+                 "b6-robust-bnmixed:blocks=6,augment=robust,epochs=15,bn=mixed",
+                 "b6-robust-balance:blocks=6,augment=robust,epochs=15,balance=1",
+                 "b6-robust-lr1e-4:blocks=6,augment=robust,epochs=15,lr=1e-4",
+                 "head-robust:blocks=0,augment=robust,epochs=15", "b6-robust-e8:blocks=6,augment=robust,epochs=8"]
 ADAPT_RECIPE = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
+ADAPT_RECIPE_E4 = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
+ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-tflite-int8-mixed (epoch 8; Keras source "
+                    "~/hemaedge-runs/default-v2-lite0/model.keras)")
 
 RBC_BUNDLE = "src/hemaedge/models/rbc"
 
