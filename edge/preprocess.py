@@ -189,39 +189,57 @@ _STAINED_CONTRAST = 30.0
 def _median_u8(values: np.ndarray) -> np.ndarray:
     """Per-column median of an (N, 3) uint8 array, equal to np.median(values, axis=0) but
     from 256-bin histograms (several times faster on the few thousand pixels used here)."""
-    n = len(values)
-    lo, hi = (n - 1) // 2, n // 2
-    out = np.empty(values.shape[1], dtype=np.float32)
-    for c in range(values.shape[1]):
-        cum = np.cumsum(np.bincount(values[:, c], minlength=256))
-        out[c] = (np.searchsorted(cum, lo, side="right") + np.searchsorted(cum, hi, side="right")) / 2.0
-    return out
+    return _group_medians(values, np.zeros(len(values), np.intp), 1)[0]
 
 
-def colour_anchors(image: np.ndarray, max_side: int = 64) -> np.ndarray:
+def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups, C) per-group, per-column medians of uint8 `values` (N, C), exactly np.median
+    of each group's rows (a row with group < 0 is left out), from ONE bincount: each value is
+    offset by 256 x (group x C + column), left-out rows go to a spare last group, so all the
+    histograms fill in one pass without copying the rows of each group out first."""
+    n_cols = values.shape[1]
+    g = np.where(group < 0, n_groups, group).astype(np.uint16)  # codes < 2**16 for a few groups of 3 columns
+    codes = values.astype(np.uint16) + (g * (256 * n_cols))[:, None] + (256 * np.arange(n_cols, dtype=np.uint16))
+    hist = np.bincount(codes.ravel(), minlength=256 * n_cols * (n_groups + 1))[:256 * n_cols * n_groups]
+    cum = np.cumsum(hist.reshape(n_groups * n_cols, 256), axis=1)
+    n = cum[:, -1:]
+    # the two middle ranks (equal when n is odd); the value at rank r is the first level whose
+    # cumulative count exceeds r
+    out = ((cum > (n - 1) // 2).argmax(axis=1) + (cum > n // 2).argmax(axis=1)) / 2.0
+    return out.astype(np.float32).reshape(n_groups, n_cols)
+
+
+def colour_anchors(image: np.ndarray, max_side: int = 64, lab: np.ndarray | None = None) -> np.ndarray:
     """The image's background and red-cell colour, (2, 3) float32 in OpenCV 8-bit Lab.
 
     Stained pixels (nuclei, platelets: blue minus green well above the median, as the
     segmenter finds them) are left out; the rest split by Otsu on the green channel, which
     haemoglobin absorbs: bright = background, dark = red cells. Estimated on a subsample
     (every k-th pixel, at most `max_side` per side): enough for a smear's colours, and cheap.
+    `lab`: the whole image already in Lab (normalize_colour has it), so it is not converted twice.
     """
     step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
-    small = np.ascontiguousarray(image[::step, ::step])
-    px = small.reshape(-1, 3)
-    stain = px[:, 2].astype(np.int16) - px[:, 1].astype(np.int16)
+    small = image[::step, ::step]
+    green_all = small[..., 1].ravel()
+    stain = small[..., 2].astype(np.int16).ravel() - green_all
     keep = stain <= np.median(stain) + _STAINED_CONTRAST
-    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3)[keep]
-    green = px[keep, 1]
+    if lab is None:
+        lab_small = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    else:  # per-pixel conversion: the subsample of the converted image is the converted subsample
+        lab_small = np.ascontiguousarray(lab[::step, ::step]).reshape(-1, 3)
+    green = green_all[keep]
     if len(green) < 16:  # (almost) all stained: nothing to anchor on
-        mean = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(axis=0).astype(np.float32)
+        mean = lab_small.mean(axis=0).astype(np.float32)
         return np.stack([mean, mean])
     t, _ = cv2.threshold(green.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    bright = green > t
-    if bright.all() or not bright.any():  # one tone: background only, or red cells only
-        mean = lab.mean(axis=0).astype(np.float32)
+    bright_all = green_all > t
+    n_bright = int(np.count_nonzero(bright_all & keep))
+    if n_bright in (0, len(green)):  # one tone: background only, or red cells only
+        mean = lab_small[keep].mean(axis=0).astype(np.float32)
         return np.stack([mean, mean])
-    return np.stack([_median_u8(lab[bright]), _median_u8(lab[~bright])])
+    # group 0 = background (bright), 1 = red cells, -1 = stained (left out)
+    group = np.where(keep, np.where(bright_all, 0, 1), -1)
+    return _group_medians(lab_small, group, 2)
 
 
 def reference_anchors(images: Iterable[np.ndarray]) -> dict:
@@ -248,13 +266,13 @@ def normalize_colour(image: np.ndarray, spec: dict, anchors: np.ndarray | None =
     estimates its own, as training did.
     """
     ref = np.array([spec["background"], spec["cells"]], dtype=np.float32)
-    src = colour_anchors(image) if anchors is None else np.asarray(anchors, dtype=np.float32)
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
+    src = colour_anchors(image, lab=lab) if anchors is None else np.asarray(anchors, dtype=np.float32)
     d_src, d_ref = src[1] - src[0], ref[1] - ref[0]
     ok = (np.abs(d_src) >= 2.0) & (np.sign(d_src) == np.sign(d_ref))
     gain = np.where(ok, np.clip(d_ref / np.where(ok, d_src, 1.0), *_STRETCH), 1.0)
     levels = np.arange(256, dtype=np.float32)[:, None]
     lut = np.clip(np.round(ref[0] + (levels - src[0]) * gain), 0, 255).astype(np.uint8)
-    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
     lab = cv2.LUT(lab, lut.reshape(256, 1, 3))
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 

@@ -10,6 +10,9 @@ import pytest
 from hemaedge.edge.preprocess import (InputContract, apply_preprocess, colour_anchors, normalize_colour,
                                       read_image_rgb, reference_anchors, resize)
 
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SPEC = {"method": "lab-anchors", "background": [234.0, 133.0, 143.0], "cells": [183.0, 142.5, 133.0]}
 
 
@@ -91,3 +94,26 @@ def test_histogram_median_equals_numpy_median():
     for n in (1, 2, 7, 100, 4097):
         v = rng.integers(0, 256, (n, 3)).astype(np.uint8)
         assert np.array_equal(_median_u8(v), np.median(v, axis=0).astype(np.float32))
+
+
+def test_group_medians_equal_numpy_medians_per_group():
+    from hemaedge.edge.preprocess import _group_medians
+
+    rng = np.random.default_rng(1)
+    for n in (3, 8, 101, 4096):
+        v = rng.integers(0, 256, (n, 3)).astype(np.uint8)
+        g = rng.integers(-1, 2, n)
+        g[:2] = [0, 1]  # both groups present
+        got = _group_medians(v, g, 2)
+        for k in (0, 1):
+            assert np.array_equal(got[k], np.median(v[g == k], axis=0).astype(np.float32))
+
+
+def test_anchors_reuse_a_given_lab_image_exactly():
+    """normalize_colour converts the crop to Lab once and hands it to colour_anchors."""
+    import cv2
+
+    frame = read_image_rgb(SAMPLES / "bccd" / "BloodImage_00011.jpg")
+    for img in (frame, cv2.resize(frame[50:300, 100:350], (128, 128))):
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+        assert np.array_equal(colour_anchors(img), colour_anchors(img, lab=lab))
