@@ -20,14 +20,9 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atom
 DEFAULT_MODE = 0o644
 
 
-def atomic_write_bytes(path, data: bytes, mode: int | None = DEFAULT_MODE, fsync: bool = False) -> Path:
-    """Write `data` to `path` atomically and return the path.
-
-    Parent folders are created. `mode` is applied to the file before it is moved into place
-    (mkstemp creates files 0600); pass None to keep mkstemp's mode. With `fsync` the data is
-    flushed to disk before the replace.
-    """
-    path = Path(path)
+def _stage(path: Path, data: bytes, mode: int | None, fsync: bool) -> str:
+    """`data` in a new temporary file beside `path` (its folder made if missing), flushed to disk
+    with `fsync` and given `mode`; the caller renames it into place or removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -38,12 +33,27 @@ def atomic_write_bytes(path, data: bytes, mode: int | None = DEFAULT_MODE, fsync
                 os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path, data: bytes, mode: int | None = DEFAULT_MODE, fsync: bool = False) -> Path:
+    """Write `data` to `path` atomically and return the path.
+
+    Parent folders are created. `mode` is applied to the file before it is moved into place
+    (mkstemp creates files 0600); pass None to keep mkstemp's mode. With `fsync` the data is
+    flushed to disk before the replace.
+    """
+    path = Path(path)
+    tmp = _stage(path, data, mode, fsync)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
@@ -84,17 +94,7 @@ def atomic_write_set(files: dict, mode: int | None = DEFAULT_MODE, fsync: bool =
     staged: list[tuple[str, Path]] = []
     try:
         for path, data in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                if fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            if mode is not None:
-                os.chmod(tmp, mode)
+            staged.append((_stage(Path(path), data, mode, fsync), Path(path)))
         for tmp, path in staged:
             os.replace(tmp, path)
     finally:
