@@ -26,7 +26,8 @@ MIN_SPREAD = 2.0          # Lab units: training sets with nearly constant colour
 DEFAULT_GROUP = 20        # cells per group for the OOD limit
 MIN_CELLS = 10            # fewer cells than this: the OOD signal is not judged
 ADVICE = ("results from this microscope may be wrong; check a few cells by eye and adapt the model to it "
-          "with `hemaedge train adapt` (a few dozen labelled cells from this microscope; see docs/finetune.md)")
+          "with `hemaedge train adapt` (a few dozen labelled cells from this microscope: correct them with "
+          "`hemaedge review RUN_DIR`; see docs/review.md)")
 
 
 def _spread(values: np.ndarray) -> np.ndarray:
