@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.tools.pbc_end_to_end import class_index
-from hemaedge.benchmarks.tools.result_files import write_result
+from hemaedge.benchmarks.tools.result_files import result_name, write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.atomic import atomic_write_json
 from hemaedge.edge.confidence import DEFAULT_QUANTILE, UNIDENTIFIED_QUANTILE, ood_scores, ood_section
@@ -98,11 +98,12 @@ def to_markdown(r: dict) -> str:
                    "they become the bundle's inference.views, so the levels match what the device runs.")
 @click.option("--write", is_flag=True, help="Store the levels (ood), the views (inference.views) and the run-level "
                                             "OOD limit (domain.ood) in the bundle's manifest.json.")
-@click.option("--name", default="default", show_default=True)
+@click.option("--name", default=None, help="Result file suffix [default: 'default' for the packaged default bundle, else the bundle folder's name, so another bundle never overwrites the default's table].")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 def main(bundle, bloodmnist128, quantile, unidentified_quantile, views, write, name, threads, out):
     """Set a bundle's OOD review and unidentified levels on BloodMNIST val (its own outputs)."""
+    name = name or result_name(bundle)
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
 

@@ -7,6 +7,15 @@ from pathlib import Path
 from hemaedge.edge.atomic import atomic_write_text
 
 
+def result_name(bundle) -> str:
+    """The file suffix of a bundle's result table: "default" for the packaged default bundle, else
+    the bundle folder's name (a candidate's table must not overwrite the default's)."""
+    from hemaedge.edge.defaults import packaged_default_bundle
+
+    path = Path(bundle).resolve()
+    return "default" if path == packaged_default_bundle().resolve() else path.name
+
+
 def write_result(prefix, data, markdown_text: str) -> tuple[Path, Path]:
     """PREFIX.json + PREFIX.md next to each other; the folder is made if missing."""
     prefix = Path(prefix)

@@ -381,7 +381,7 @@ def steps(s: Settings) -> list[Step]:
                                         "--batch-size", "16", "--lr", "1e-3", "--out", f"{out}/robust_ablation"],
              [f"{out}/robust_ablation{x}" for x in (".md", ".json")],
              "SMALL-SCALE PROXY ablation of the robustness pieces: BloodMNIST val and BCCD val per arm (resumable)",
-             "hours on 2 shared cores (not finished in the session that wrote it, docs/finetune.md)"),
+             "~45 min on 2 lightly loaded cores (12 arms of 1-4 min + scoring; resumable, finished arms are skipped)"),
     ]
 
 

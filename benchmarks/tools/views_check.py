@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.tools.pbc_end_to_end import class_index
-from hemaedge.benchmarks.tools.result_files import write_result
+from hemaedge.benchmarks.tools.result_files import result_name, write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.tta import VIEW_SETS, predict_views
@@ -79,11 +79,12 @@ def to_markdown(r: dict) -> str:
               default="../shared/data/bloodmnist128", show_default=True)
 @click.option("--batch", type=click.IntRange(1, 64), default=3, show_default=True)
 @click.option("--rounds", type=click.IntRange(5, 10000), default=200, show_default=True)
-@click.option("--name", default="default", show_default=True)
+@click.option("--name", default=None, help="Result file suffix [default: 'default' for the packaged default bundle, else the bundle folder's name, so another bundle never overwrites the default's table].")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 def main(bundle, bloodmnist128, batch, rounds, name, threads, out):
     """Accuracy, ECE and per-cell cost of each test-time view set of a bundle."""
+    name = name or result_name(bundle)
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
 
