@@ -222,13 +222,12 @@ def main(argv=None) -> int:
 
 
 def write_tables(args, rows, train_stats, test_stats, command):
-    from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
+    from hemaedge.benchmarks.tools.result_files import write_result
     from hemaedge.train.finetune import machine
 
     data = {"rows": rows, "train_run": train_stats, "test_run": test_stats, "base": args.base, "label": args.label,
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average": os.getloadavg(), "command": command}
-    atomic_write_json(args.out.with_suffix(".json"), data)
     recipe = rows[0]["recipe"] if rows else {}
     lines = ["# Adapting to BCCD (\"your microscope\")", "",
              f"Base {args.label + ': ' if args.label else ''}`{args.base}`; machine {data['machine']}; {data['date']}; "
@@ -274,7 +273,7 @@ def write_tables(args, rows, train_stats, test_stats, command):
               "parity check draws it. Wall time covers loading, training, evaluation and (where exported) the int8 "
               "export, not the end-to-end run; train s is the fitting alone; CPU s: processor seconds of all the "
               "adaptation's threads (on an idle 2-core machine the wall time would be at least half of it).", ""]
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines))
+    write_result(args.out, data, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -105,13 +105,12 @@ def main(argv=None) -> int:
 
 
 def write_tables(args, rows, train_stats, counts, command):
-    from hemaedge.edge.atomic import atomic_write_json, atomic_write_text
+    from hemaedge.benchmarks.tools.result_files import write_result
     from hemaedge.train.finetune import machine
 
     data = {"rows": rows, "base": args.base, "train_run": train_stats, "split": counts, "cells": args.cells,
             "seed": args.seed, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average": os.getloadavg(), "command": command}
-    atomic_write_json(args.out.with_suffix(".json"), data)
     lines = ["# Choosing the adaptation recipe on BCCD train cells (development set, not the test split)", "",
              f"Base `{args.base}`; machine {data['machine']}; {data['date']}; load average "
              f"{data['load_average'][0]:.1f} (shared machine: the new default trains beside it at higher priority).", "",
@@ -134,7 +133,7 @@ def write_tables(args, rows, train_stats, counts, command):
               "than that are not told apart. PBC val: the whole split (Keras model). Wall time: loading, training and "
               "evaluation, no int8 export. A recipe whose adaptation already finished in --work is read back, not run "
               "again (its settings must match); the load average above is the one at writing.", ""]
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines))
+    write_result(args.out, data, "\n".join(lines))
     print("\n".join(lines))
 
 
