@@ -186,12 +186,6 @@ def check_normalize(spec: dict) -> dict:
 _STAINED_CONTRAST = 30.0
 
 
-def _median_u8(values: np.ndarray) -> np.ndarray:
-    """Per-column median of an (N, 3) uint8 array, equal to np.median(values, axis=0) but
-    from 256-bin histograms (several times faster on the few thousand pixels used here)."""
-    return _group_medians(values, np.zeros(len(values), np.intp), 1)[0]
-
-
 def _group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """(n_groups, C) per-group, per-column medians of uint8 `values` (N, C), exactly np.median
     of each group's rows (a row with group < 0 is left out), from ONE bincount: each value is

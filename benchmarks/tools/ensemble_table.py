@@ -37,6 +37,8 @@ def ensemble_rows(work: Path) -> list[dict]:
     folders = sorted(p for p in work.iterdir() if (p / "metrics.json").is_file() and (p / "ensemble.json").is_file())
     if not any(p.name == "all-simplex" for p in folders):
         raise UserError(f"{work}: no all-simplex/metrics.json; run benchmarks/tools/ensemble_check.sh first")
+    # a pair's members named by their index in the all-member search (matched by sha256)
+    index = {m["sha256"]: i for i, m in enumerate(json.loads((work / "all-simplex" / "metrics.json").read_text())["members"])}
     for folder in folders:
         m = json.loads((folder / "metrics.json").read_text())
         if folder.name == "all-simplex":
@@ -47,18 +49,11 @@ def ensemble_rows(work: Path) -> list[dict]:
                              "bundle": f"member{i}-int8", "weights": None,
                              **{s: m[s][f"member{i}"] for s in ("val", "test") if s in m}})
         rows.append({"row": folder.name, "what": "ensemble of " + ", ".join(
-                         f"member{_member_index(m, work, j)}" for j in range(len(m["members"]))),
+                         f"member{index.get(member['sha256'], j)}" for j, member in enumerate(m["members"])),
                      "bundle": "ensemble-int8" if folder.name == "all-simplex" else None,
                      "weights": m["ensemble_weights"], "grid": m["grid"],
                      **{s: m[s]["ensemble"] for s in ("val", "test") if s in m}})
     return rows
-
-
-def _member_index(m: dict, work: Path, j: int) -> int:
-    """A pair's j-th member as its index in the all-member search (matched by sha256)."""
-    full = json.loads((work / "all-simplex" / "metrics.json").read_text())["members"]
-    sha = m["members"][j]["sha256"]
-    return next((i for i, f in enumerate(full) if f["sha256"] == sha), j)
 
 
 def device_figures(results: Path, bundle: str) -> dict:
