@@ -33,8 +33,8 @@ nice -n 10 "$PY" -m hemaedge.cli train snapshot "$RUN" --out "$SNAP" --bootstrap
 SAMPLE=${HEMAEDGE_CHECK_PARITY_SAMPLE:-500}
 SAMPLE_ARGS=(--sample "$SAMPLE")
 [ "$SAMPLE" = all ] && SAMPLE_ARGS=()
-nice -n 10 "$PY" -m hemaedge.cli export tflite "$SNAP/model.keras" --quant int8 --int8-io float32 \
-    --float-fallback-ops MEAN,FULLY_CONNECTED,SOFTMAX --calib-dir calibration_data --calib-count 512 \
+source benchmarks/tools/default_int8_export.sh
+nice -n 10 "$PY" -m hemaedge.cli export tflite "$SNAP/model.keras" "${DEFAULT_INT8_ARGS[@]}" \
     --data "$DATA/bloodmnist128" "${SAMPLE_ARGS[@]}" --out "$SNAP/bundle-int8"
 cp "$SNAP/bundle-int8/manifest.json" "$RES/bundle-int8-manifest.json"
 # the three bundle measurements are independent: run them side by side

@@ -36,6 +36,7 @@ RES=${HEMAEDGE_ENSEMBLE_RESULTS:-benchmarks/results/$NAME}
 NICE=(nice -n "${HEMAEDGE_ENSEMBLE_NICE:-10}")
 SET=${HEMAEDGE_ENSEMBLE_DATA:-$DATA/bloodmnist128}
 CALIB=${HEMAEDGE_ENSEMBLE_CALIB:-calibration_data}
+source benchmarks/tools/default_int8_export.sh
 WBC=0; [ -z "${HEMAEDGE_ENSEMBLE_DATA:-}" ] && WBC=1   # BloodMNIST: also PBC fields and whole BCCD frames
 mkdir -p "$WORK/export" "$RES"
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
@@ -56,9 +57,9 @@ export_bundle() {  # KERAS QUANT OUT
   local src=$1 quant=$2 out=$3
   [ -f "$out/manifest.json" ] && { log "kept $out"; return; }
   log "export $quant $out"
-  local args=(--quant "$quant" --data "$SET" --sample 500 --max-drop "${HEMAEDGE_ENSEMBLE_MAX_DROP:-1}" --out "$out")
-  [ "$quant" = int8 ] && args+=(--int8-io float32 --float-fallback-ops MEAN,FULLY_CONNECTED,SOFTMAX
-                                --calib-dir "$CALIB" --calib-count 512)
+  local args=(--quant "$quant")
+  [ "$quant" = int8 ] && args=("${DEFAULT_INT8_ARGS[@]}")   # exactly the packaged default's settings
+  args+=(--data "$SET" --sample 500 --max-drop "${HEMAEDGE_ENSEMBLE_MAX_DROP:-1}" --out "$out")
   "${NICE[@]}" "${HE[@]}" export tflite "$src" "${args[@]}"
 }
 for i in "${!MEMBERS[@]}"; do
