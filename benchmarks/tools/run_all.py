@@ -349,7 +349,8 @@ def steps(s: Settings) -> list[Step]:
                         "finetune_bloodmnist128_curves.png", "finetune_bloodmnist128_confusion.png",
                         "bundle-int8-manifest.json", f"calibration_default_v2_{e}.md",
                         f"calibration_default_v2_{e}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
-                        f"bccd_wbc_default_v2_{e}_val.md", f"bccd_wbc_default_v2_{e}_val.json")]
+                        f"bccd_wbc_default_v2_{e}_val.md", f"bccd_wbc_default_v2_{e}_val.json",
+                        f"ood_rule_default_v2_{e}.md", f"ood_rule_default_v2_{e}.json")]
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
