@@ -57,9 +57,10 @@ class CellClassifier:
               sizes as in training; falls back to "cell" when red cells cannot be measured;
       "cell"  side = the cell's own box / `cell_fraction`;
       "fixed" side = `crop_side` pixels.
-    Platelet crops have the same side (BloodMNIST's platelet images are the same 3-diameter
-    crops) but the nucleated cells in them are painted over with the background, so a speck next
-    to a white cell is judged on its own and not by its neighbour.
+    A platelet candidate's crop is sized for a platelet (`SegmentParams.platelet_crop_scale` of
+    that side: 1.5 red-cell diameters by default), and the nucleated cells in it are painted
+    over with the background, so a speck next to a white cell is judged on its own and not by
+    its neighbour. (Detections whose size leaves their kind open keep the nucleated crop.)
     The crops go through `prepare_batch` with the model's input contract: the very code that
     prepared the training images. `views` ("auto" = the bundle's `inference.views` for
     independent stills and one view when `same_slide` (tracked cells are averaged over their

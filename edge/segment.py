@@ -101,6 +101,13 @@ class SegmentParams:
     min_platelet_rbc_area: float = 0.04
     max_platelet_rbc_area: float = 0.4
     sure_nucleated_rbc_area: float = 1.6
+    # A size-ambiguous stained body whose mean stain is below this multiple of the frame's own
+    # mask threshold (`WorkCopy.threshold`) is a red cell the mask caught at its darkest, not a
+    # nucleus or a platelet clump: dropped. Chosen on BCCD train + val and PBC val fields
+    # (2026-12-02): every labelled cell of that size is >= 1.46 (BCCD white cells >= 1.65, PBC
+    # central cells >= 1.46), the faint red-cell detections of PBC fields 1.03-1.19 (6 of them
+    # were counted as extra nucleated cells, more were taken for platelet clumps).
+    faint_body_ratio: float = 1.3
     single_nucleus_rbc_area: float = 1.0
     # two white-cell pieces (boxes within this gap, in d) are one cell when their joint box is
     # no larger than one big white cell: the lobes of one nucleus, not two neighbours
@@ -108,6 +115,13 @@ class SegmentParams:
     max_cell_rbc: float = 1.8
     # a nucleus box within this many pixels (of the work copy) of the frame edge is cut by it
     edge_px: int = 2
+    # A platelet candidate's crop is this fraction of a nucleated cell's crop side (1.5 instead
+    # of 3 red-cell diameters): a crop sized for a platelet. In the 3-diameter crop a single BCCD
+    # platelet is a dot the default model calls erythroblast for a third of the labelled
+    # platelets; at half the side it confirms 156 / 161 labelled BCCD train platelets the
+    # segmenter found (101 before) and 44 / 66 of its false alarms (39 before). Chosen on BCCD
+    # train + val (2026-12-02 sweep of 0.33-1.0, `benchmarks/results/segmentation_bccd.md`).
+    platelet_crop_scale: float = 0.5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -160,6 +174,12 @@ def stain_channel(image: np.ndarray, blur: int = 5) -> np.ndarray:
 
 def stain_mask(image: np.ndarray, params: SegmentParams) -> tuple[np.ndarray, np.ndarray]:
     """Binary mask (0/255) of stained objects, and the stain channel it came from."""
+    mask, s, _ = stain_mask_and_threshold(image, params)
+    return mask, s
+
+
+def stain_mask_and_threshold(image: np.ndarray, params: SegmentParams) -> tuple[np.ndarray, np.ndarray, float]:
+    """`stain_mask`, and the frame's threshold (stain-channel grey levels) that made it."""
     s = stain_channel(image, params.blur)
     s8 = s * 2  # 0.5 units per grey level, median at 64; in place, no temporaries
     s8 += 64
@@ -167,7 +187,7 @@ def stain_mask(image: np.ndarray, params: SegmentParams) -> tuple[np.ndarray, np
     otsu, _ = cv2.threshold(s8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     thr = max((otsu - 64) / 2.0, params.min_contrast)
     mask = (s > thr).view(np.uint8) * np.uint8(255)
-    return mask, s
+    return mask, s, float(thr)
 
 
 @dataclass
@@ -179,6 +199,7 @@ class WorkCopy:
     scale: float  # work copy / full frame
     mask: np.ndarray  # stain_mask(image)
     stain: np.ndarray  # its stain channel
+    threshold: float = 0.0  # the stain level above which `mask` is set (Otsu's, floored at min_contrast)
 
 
 def work_copy(image: np.ndarray, params: SegmentParams | None = None) -> WorkCopy:
@@ -188,8 +209,8 @@ def work_copy(image: np.ndarray, params: SegmentParams | None = None) -> WorkCop
     scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
     small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                        interpolation=cv2.INTER_AREA) if scale < 1.0 else image
-    mask, s = stain_mask(small, p)
-    return WorkCopy(small, scale, mask, s)
+    mask, s, thr = stain_mask_and_threshold(small, p)
+    return WorkCopy(small, scale, mask, s, thr)
 
 
 def components(mask: np.ndarray):
@@ -312,11 +333,13 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
             parea = int(np.count_nonzero(part))
             if parea < min_wbc:
                 continue
+            score = float(s_roi[part > 0].mean())
+            if parea < sure_wbc and p.method == "stain" and score < p.faint_body_ratio * work.threshold:
+                continue  # as faint as a red cell: not a nucleus nor a platelet clump
             px0, py0, px1, py1 = _box_of(part)
             nucleus = (px0 + x, py0 + y, px1 + x, py1 + y)
             box = _grow(nucleus, p.cell_margin, image.shape)
-            dets.append(Detection(box, "wbc", parea, float(s_roi[part > 0].mean()),
-                                  at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
+            dets.append(Detection(box, "wbc", parea, score, at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
                                   size_ambiguous=parea < sure_wbc))
     dets = _merge_lobes(dets, image.shape, p.merge_overlap)
     if rbc_diameter:
@@ -340,6 +363,8 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
         d.crop = crop_square(d, cell_fraction, ref)
         if crop_side:
             d.crop = (d.crop[0], d.crop[1], int(crop_side))
+        if d.kind == "platelet":  # a crop sized for a platelet (its classifier verdict: `identify.decide`)
+            d.crop = (d.crop[0], d.crop[1], max(8, int(round(d.crop[2] * p.platelet_crop_scale))))
     return dets
 
 

@@ -24,6 +24,28 @@ def test_segmentation_bccd_command(bccd, tmp_path):
     assert "| stain | red-cell diameters | test | 6 | wbc |" in md and "| stain | frame fractions | test | 6 | wbc |" in md
 
 
+def test_segmentation_bccd_counts_what_the_whole_pipeline_counts(bccd, tmp_path):
+    """--bundle: the same frames counted by the pipeline with the packaged default (platelets the
+    classifier confirmed; every nucleated detection), every cell and whole cells, beside the segmenter."""
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parents[1] / "src" / "hemaedge" / "models" / "default"
+    res = CliRunner().invoke(segmentation_bccd.main, ["--data", str(bccd), "--split", "val", "--first", "5",
+                                                      "--method", "stain", "--bundle", str(default),
+                                                      "--threads", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "segmentation_bccd.json").read_text())
+    (pipe,) = r["pipeline"]
+    seg = next(x for x in r["runs"] if x["split"] == "val" and x["sizes"] == "red-cell diameters")
+    assert pipe["frames"] == seg["frames"] == 5 and pipe["identify"]["views"]
+    every, whole = pipe["platelet_every"], pipe["platelet_whole"]
+    assert every["gt"] == seg["platelet"]["gt"] and whole["gt"] <= every["gt"]
+    assert every["pred"] <= seg["platelet"]["pred"] + 1  # the classifier confirms or drops candidates (+ a clump)
+    assert pipe["wbc_every"]["recall"] >= 0.8
+    md = (tmp_path / "segmentation_bccd.md").read_text()
+    assert "What the user gets" in md and "| val | 5 | platelet | every |" in md
+
+
 def test_pbc_end_to_end_with_a_bundle(pbc_raw_val, bloodmnist128, tmp_path):
     """An 8-class linear model on mean colour: accuracy is low but must be measured on both sides."""
     rng = np.random.default_rng(1)

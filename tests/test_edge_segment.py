@@ -259,3 +259,37 @@ def test_a_large_pale_smear_of_stain_is_not_a_platelet(bccd):
         assert match(with_rule, voc, "iou") == match(without, voc, "iou"), fid
 
 
+
+
+def test_platelet_candidates_get_a_crop_sized_for_a_platelet(bccd):
+    """A platelet candidate's crop is `platelet_crop_scale` (half) of a nucleated cell's crop
+    side, in every crop mode (the classifier confirms BCCD platelets far more often in it)."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    img, _ = next(_bccd_frames(bccd, ["BloodImage_00014"]))
+    d = red_cell_diameter(img)
+    side = int(round(3 * d))
+    dets = segment(img, rbc_diameter=d, crop_side=side)
+    plt = [x for x in dets if x.kind == "platelet"]
+    assert plt and any(x.kind == "wbc" for x in dets)
+    assert all(x.crop[2] == side for x in dets if x.kind == "wbc")
+    assert all(x.crop[2] == round(side * SegmentParams().platelet_crop_scale) for x in plt)
+    same = segment(img, SegmentParams(platelet_crop_scale=1.0), rbc_diameter=d, crop_side=side)
+    assert all(x.crop[2] == side for x in same)
+    own = segment(img, rbc_diameter=d)  # no crop side given: half the crop the cell's size implies
+    ref = [x for x in own if x.kind == "wbc"][0]
+    assert all(x.crop[2] == round(crop_square(x, 0.8, ref.size)[2] / 2) for x in own if x.kind == "platelet")
+
+
+def test_a_body_as_faint_as_a_red_cell_is_not_a_nucleus(pbc_raw_val):
+    """PBC val_00940 (one immature granulocyte): two red cells next to it are just above the stain
+    mask's threshold; with the faint-body rule off they are two more nucleated cells (and swell
+    the granulocyte's box), with it on the field shows its one nucleated cell."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    img = read_image_rgb(pbc_raw_val / "val_00940.jpg")
+    d = red_cell_diameter(img)
+    off = [x for x in segment(img, SegmentParams(faint_body_ratio=0.0), rbc_diameter=d) if x.kind == "wbc"]
+    on = [x for x in segment(img, rbc_diameter=d) if x.kind == "wbc"]
+    assert len(off) == 3 and len(on) == 1
+    assert centre_in(on[0].box, (img.shape[1] / 2, img.shape[0] / 2))
