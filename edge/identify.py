@@ -46,11 +46,10 @@ UNIDENTIFIED_BELOW = 0.4
 # segment.SegmentParams) becomes a platelet only when the classifier is at least this sure;
 # otherwise it stays nucleated (and, if called platelet, unidentified): losing a white cell
 # from the count silently is worse than flagging a clump for review. With the default bundle
-# the 196 labelled PBC platelet clumps of that size
-# score >= 0.91 (all but one >= 0.99), while 8 BCCD train + val
-# white cells (small lymphocytes, 1.25-1.73 d) scored 0.56-0.98 and were lost as clumps at the
-# former 0.5 (2026-12-02, whole-pipeline table of `segmentation_bccd --bundle`).
-PLATELET_KIND_ABOVE = 0.9
+# 195 of the 196 labelled PBC platelet clumps of that size score >= 0.99 (one 0.92), while 8
+# BCCD train + val white cells (small lymphocytes, 1.25-1.73 d) scored 0.56-0.98 and were lost
+# as clumps at the former 0.5 (2026-12-02, whole-pipeline table of `segmentation_bccd --bundle`).
+PLATELET_KIND_ABOVE = 0.99
 # ... and only when its box is at most this many red-cell diameters across: labelled PBC platelet
 # clumps of that size band are 0.97-1.75 d (5th-95th percentile, median 1.16), BCCD white cells
 # 1.29-2.45 d (median 1.79): a larger detection is a white cell whatever the classifier says.

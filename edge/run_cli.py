@@ -92,7 +92,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--crop-mode", type=click.Choice(CROP_MODES), default="rbc", show_default=True,
               help="Crop size: 'rbc' = --rbc-factor red-cell diameters (magnification read off the smear, "
                    "cells keep their relative sizes); 'cell' = the cell's own box / --cell-fraction; "
-                   "'fixed' = --crop-side pixels.")
+                   "'fixed' = --crop-side pixels. A platelet candidate's crop is half that side (sized for a platelet).")
 @click.option("--rbc-factor", default=DEFAULT_RBC_FACTOR, show_default=True, type=FiniteFloat(0.5, 20),
               help="Crop side in red-cell diameters (BloodMNIST's 200 px PBC crops span ~3).")
 @click.option("--cell-fraction", default=DEFAULT_CELL_FRACTION, show_default=True, type=FiniteFloat(0.05, 1.0),

@@ -72,14 +72,14 @@ def test_platelet_next_to_a_lymphocyte_stays_a_platelet(default_classifier):
 
 def test_a_small_lymphocyte_is_not_taken_for_a_platelet_clump(bccd, default_classifier):
     """BCCD white cells (1.5-1.7 red-cell diameters, size-ambiguous) that the classifier calls
-    platelet at 0.56-0.86: with the former 0.5 clump level they left the white-cell count as
+    platelet at 0.56-0.98: with the former 0.5 clump level they left the white-cell count as
     platelet clumps; at `identify.PLATELET_KIND_ABOVE` they stay nucleated (flagged)."""
     from hemaedge.benchmarks.tools.segmentation_bccd import read_voc
     from hemaedge.edge.identify import PLATELET_KIND_ABOVE
     from hemaedge.edge.segment import iou
 
     plt = default_classifier.classes.index("platelet")
-    for fid in ("BloodImage_00044", "BloodImage_00086", "BloodImage_00156"):
+    for fid in ("BloodImage_00044", "BloodImage_00086", "BloodImage_00156", "BloodImage_00072"):
         res = default_classifier.process(read_image_rgb(bccd / "JPEGImages" / f"{fid}.jpg"))
         boxes = read_voc(bccd / "Annotations" / f"{fid}.xml")["WBC"]
         k, box = max(((i, b) for i in range(len(res.detections)) for b in boxes),
@@ -94,7 +94,7 @@ def test_a_pbc_platelet_clump_is_still_a_platelet(pbc_raw_val, default_classifie
     """PBC platelet fields: their size-ambiguous clump is still counted as a platelet, not a white cell."""
     from hemaedge.edge.segment import centre_in
 
-    for name in ("val_00002.jpg", "val_00007.jpg", "val_00035.jpg"):
+    for name in ("val_00002.jpg", "val_00019.jpg", "val_00035.jpg"):
         img = read_image_rgb(pbc_raw_val / name)
         res = default_classifier.process(img)
         central = [d for d in res.detections if centre_in(d.box, (img.shape[1] / 2, img.shape[0] / 2))]

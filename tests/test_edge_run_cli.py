@@ -125,7 +125,9 @@ def test_crop_modes(onnx_bundle, tmp_path):
     res = run_cli("run", "-q", "--bundle", onnx_bundle, "--source", SAMPLES / "pbc", "--out", out, "--crop-side", 200)
     assert res.exit_code == 0, res.output
     with open(out / "cells.csv") as fh:
-        assert {r["crop_side"] for r in csv.DictReader(fh)} == {"200"}
+        sides = {(r["kind"], r["crop_side"]) for r in csv.DictReader(fh)}
+    assert {side for kind, side in sides if kind != "platelet"} == {"200"}  # platelets: a crop sized for them
+    assert {side for kind, side in sides if kind == "platelet"} <= {"100"}
     out = tmp_path / "rbc"
     assert run_cli("run", "-q", "--bundle", onnx_bundle, "--source", SAMPLES / "bccd", "--out", out).exit_code == 0
     s = json.loads((out / "summary.json").read_text())["segmentation"]
@@ -135,8 +137,8 @@ def test_crop_modes(onnx_bundle, tmp_path):
         cells = list(csv.DictReader(fh))
     with open(out / "frames.csv") as fh:
         rbc = {r["frame"]: float(r["rbc_px"]) for r in csv.DictReader(fh)}
-    for c in cells:  # each field's crops are sized by that field's own red cells
-        assert abs(int(c["crop_side"]) - 3.0 * rbc[c["frame"]]) <= 1
+    for c in cells:  # each field's crops are sized by that field's own red cells (platelets: half the side)
+        assert abs(int(c["crop_side"]) - (1.5 if c["kind"] == "platelet" else 3.0) * rbc[c["frame"]]) <= 1
     res = CliRunner().invoke(main, ["edge", "run", "--bundle", str(onnx_bundle), "--source", str(SAMPLES / "pbc"),
                                     "--crop-mode", "fixed"])
     assert res.exit_code == 2 and "needs --crop-side" in res.output

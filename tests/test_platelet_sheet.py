@@ -19,3 +19,9 @@ def test_tiles_make_one_sheet(bccd):
     tiles = [tile(bccd, "BloodImage_00001", det, GROUPS[3]), tile(bccd, "BloodImage_00001", det, GROUPS[0])]
     assert tiles[0].shape == (TILE, TILE, 3)
     assert sheet(tiles, cols=3).shape == (TILE, 3 * TILE, 3)
+
+
+def test_a_pipeline_tile_shows_the_platelet_probability(bccd):
+    det = Detection((320, 240, 350, 270), "platelet", 100)
+    plain, labelled = tile(bccd, "BloodImage_00001", det, GROUPS[3]), tile(bccd, "BloodImage_00001", det, GROUPS[3], 0.87)
+    assert plain.shape == labelled.shape == (TILE, TILE, 3) and (plain != labelled).any()
