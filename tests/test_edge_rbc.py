@@ -486,3 +486,25 @@ def test_tally_reports_fields_sized_at_their_own_ruler():
     s = tally.summary()
     assert s["size_scale_fields"] == {"bundle": 2, "field": 1}
     assert "1 fields at their own ruler" in format_red_cells(s)
+
+
+def test_size_feature_layer_learns_what_the_model_cannot_see_and_counts_missed_cells_wrong():
+    """rbc_size_features: when only the cell's absolute size separates two classes, the layer with
+    that feature beats the model alone; a point without a detection is wrong in every arm."""
+    from hemaedge.benchmarks.tools.rbc_size_features import evaluate
+
+    rng = np.random.default_rng(0)
+
+    def split(n, frames):
+        y = rng.integers(0, 2, n)
+        size = np.where(y == 1, 0.3, -0.3) + rng.normal(0, 0.1, n)
+        logp = np.log(np.full((n, 2), 0.5) + rng.normal(0, 0.01, (n, 2)).clip(-0.4, 0.4))  # the model: a coin
+        found = np.ones(n, bool)
+        found[:10] = False
+        return {"y": y, "found": found, "logp": logp, "relative": np.zeros(n), "absolute": size,
+                "aspect": np.ones(n), "fill": np.full(n, 0.78), "frame": np.arange(n) % frames}
+
+    rows = {r["arm"]: r for r in evaluate(split(600, 30), split(300, 10), ["normal", "macrocyte"])}
+    alone, sized = rows["model alone (argmax)"]["fit_train"], rows["layer: + absolute size"]["fit_train"]
+    assert alone["accuracy"] < 0.6 and sized["accuracy"] > 0.9
+    assert sized["accuracy"] <= 290 / 300  # the 10 missed cells stay wrong

@@ -48,10 +48,11 @@ def labelled_crops(bundle, backend, crops: Path, split="test"):
     return ds.split(split).labels, _predict(backend, bundle.contract, images)
 
 
-def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
-    """(labels, probabilities, coverage) of the labelled points of the split's frames, through the
-    device's own red-cell code (RedCellClassifier: detect, cut, one batch) with a run's ruler and
-    the device's `--rbc-scale`."""
+def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
+    """Per labelled point of the split's frames, through the device's own red-cell code
+    (RedCellClassifier: detect, cut, one batch) with a run's ruler and the device's `--rbc-scale`:
+    (label index, the frame's RedCellResult, index of the detection whose box holds the point
+    (nearest centre), or None when no detection holds it). Points of classes the bundle lacks are skipped."""
     from hemaedge.benchmarks.tools.rbc_detection import chula_frames
     from hemaedge.edge.rbc_morphology import RedCellClassifier
     from hemaedge.edge.ruler import Ruler
@@ -61,22 +62,30 @@ def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
     index = {c: i for i, c in enumerate(bundle.classes)}
     device = RedCellClassifier(bundle, backend, scale=scale)
     ruler = Ruler(same_slide=False)  # as `edge run` on an image folder: every frame its own field
-    y, probs, found = [], [], 0
-    n_classes = len(bundle.classes)
     for f in chula_frames(chula, split):
         img = read_image_rgb(f.image)
         res = device.process(img, ruler.read(img).diameter)
         for x, yy, t in f.points:
             if CHULA_TYPES[t] not in index:
                 continue
-            y.append(index[CHULA_TYPES[t]])
             holding = [k for k, c in enumerate(res.cells) if centre_in(c.box, (x, yy))]
-            if not holding:  # missed cell: counted as a wrong answer
-                wrong = np.zeros(n_classes)
-                wrong[(y[-1] + 1) % n_classes] = 1.0
-                probs.append(wrong)
-                continue
-            k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2)
+            k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2) \
+                if holding else None
+            yield index[CHULA_TYPES[t]], res, k
+
+
+def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
+    """(labels, probabilities, coverage) of the labelled points of the split's frames (`matched_points`);
+    a point without a detection counts as a wrong answer."""
+    n_classes = len(bundle.classes)
+    y, probs, found = [], [], 0
+    for label, res, k in matched_points(bundle, backend, chula, split, scale):
+        y.append(label)
+        if k is None:  # missed cell: counted as a wrong answer
+            wrong = np.zeros(n_classes)
+            wrong[(label + 1) % n_classes] = 1.0
+            probs.append(wrong)
+        else:
             probs.append(res.probabilities[k])
             found += 1
     return np.asarray(y), np.asarray(probs), found / max(1, len(y))
