@@ -239,3 +239,40 @@ def test_the_adapted_bundle_gets_its_own_temperature_and_ood_threshold(base_mode
     p = apply_temperature(predict(src.model, cells, src.contract), side["output"]["temperature"])
     right = p.argmax(1) == cells.labels
     assert np.isclose(np.quantile(ood_scores(p)[right], 0.95), per["pbc_val"]["threshold"], atol=2e-3)
+
+
+def test_adapt_fit_head_changes_only_the_classifier_and_its_figures_are_the_models(base_model, pbc_small,
+                                                                                   new_microscope, tmp_path):
+    """--fit head: the classifier layer refitted on the frozen backbone's features (every flip/rotation
+    of the new cells). The backbone's weights stay the base's; the held-out choice never ends below the
+    base; the before/after figures, computed from features, are what the saved Keras model answers."""
+    import keras
+
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.export.source import load_source
+    from hemaedge.train.adapt import accuracy, open_reference, reference_split
+
+    out = tmp_path / "head"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--fit", "head", "--replay-min", "16", "--distill", "0.3", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    p = json.loads((out / "adapt.json").read_text())["provenance"]
+    t = p["training"]
+    assert t["fit"] == "head" and t["views_per_new_cell"] == 8 and len(t["trained_layers"]) == 1
+    assert p["accuracy_after"]["held_out"]["accuracy"] >= p["accuracy_before"]["held_out"]["accuracy"]
+    assert p["accuracy_after"]["held_out"]["accuracy"] == t["held_out_accuracy"]
+    assert t["trials"] and {tr["pull"] for tr in t["trials"]} >= {1.0, 0.001}
+    before, after = load_source(base_model).model, keras.saving.load_model(out / "model.keras")
+    same = [np.array_equal(wb.numpy(), wa.numpy()) for wb, wa in zip(before.weights, after.weights)]
+    assert all(same[:-2])  # every backbone weight, BatchNorm statistics included
+    if t["chosen_step"]:
+        assert not all(same[-2:])  # a chosen step > 0 really changed the classifier
+    # the reported PBC val figure is the saved model's own
+    src = load_source(out / "model.keras")
+    cells = reference_split(open_reference(str(pbc_small), list(src.classes)), "val", list(src.classes),
+                            src.contract.size, None, 3)
+    assert accuracy(src.model, cells, src.contract)["accuracy"] == p["accuracy_after"]["pbc_val"]["accuracy"]
+    assert load_bundle(out / "bundle").manifest["adaptation"]["training"]["fit"] == "head"
+    for bad in (["--bn", "new"], ["--augment", "robust"], ["--fit", "all"]):
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], "--fit", "head", *bad)
+        assert res.exit_code == 2 and "Traceback" not in res.output

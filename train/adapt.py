@@ -40,6 +40,9 @@ AUGMENTS = ("dihedral", "light", "full", "robust")
 # training cells (AdaBN: label-free, adapts to the new microscope's colour and blur, may cost the old
 # one); "mixed" re-estimates them on the new training cells and as many replay images together.
 BN_MODES = ("frozen", "new", "mixed")
+# What is fitted: "tail" = the classifier head and the last blocks, by SGD on the images;
+# "head" = only the classifier layer, on the frozen backbone's features (train/adapt_head.py).
+FITS = ("tail", "head")
 # --balance: no class of the new cells weighs more than this many times its share by count
 BALANCE_CAP = 4.0
 
@@ -63,6 +66,7 @@ class AdaptConfig:
     distill: float = 0.0               # share of each replay image's target taken from the base's own output (LwF)
     bn: str = "frozen"                 # BatchNorm statistics: one of BN_MODES
     balance: bool = False              # weight the new cells so every class of them carries the same loss
+    fit: str = "tail"                  # one of FITS
     epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-4
@@ -81,7 +85,12 @@ class AdaptConfig:
             raise UsageError("--epochs must be at least 0, --batch-size at least 1, --blocks at least 0")
         if self.bn not in BN_MODES:
             raise UsageError(f"--bn {self.bn!r}: expected one of {', '.join(BN_MODES)}")
-        if self.epochs == 0 and self.bn == "frozen":
+        if self.fit not in FITS:
+            raise UsageError(f"--fit {self.fit!r}: expected one of {', '.join(FITS)}")
+        if self.fit == "head" and (self.bn != "frozen" or self.augment != "dihedral"):
+            raise UsageError("--fit head keeps the backbone as it is and uses every flip/rotation of each cell: "
+                             "--bn and --augment apply to --fit tail only (leave them at frozen / dihedral)")
+        if self.fit == "tail" and self.epochs == 0 and self.bn == "frozen":
             raise UsageError("--epochs 0 with --bn frozen would change nothing: give epochs, or --bn new|mixed "
                              "to re-estimate only the BatchNorm statistics")
         if not 0 <= self.distill < 1:
@@ -311,6 +320,13 @@ def accuracy(model, cells: Cells, contract, probabilities: np.ndarray | None = N
             "loss": round(loss, 4), "per_class_recall": per_class}
 
 
+def _digest(cells: Cells) -> str:
+    """What a set of cells is (pixels and labels): a series of adaptations scores the same set once."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(cells.images).tobytes() + cells.labels.tobytes()).hexdigest()
+
+
 def _named(metrics: dict, classes) -> dict:
     m = dict(metrics)
     if "per_class_recall" in m:
@@ -422,6 +438,39 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     return {"chosen_epoch": best["epoch"], "history": history}
 
 
+def fit_head_only(head: dict, extractor, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig,
+                  logf, n_replay: int) -> tuple[dict, dict]:
+    """--fit head: the classifier layer refitted on features (every flip/rotation of the new training
+    cells, the replay sample as it is), new cells carrying `new_weight` of the loss; the chosen
+    weights are set in the model. Returns (trainable, fit) in `train_tail`'s terms plus w, b."""
+    from hemaedge.train import adapt_head
+
+    n_classes = head["w0"].shape[1]
+    eye = np.eye(n_classes, dtype=np.float32)
+    views = adapt_head.dihedral_views(new.images)
+    f_new = adapt_head.features(extractor, views, contract)
+    y_new = np.tile(new.labels, len(views) // max(1, len(new)))
+    rep = replay.subset(np.arange(min(n_replay, len(replay)))) if len(replay) else replay
+    f_rep = adapt_head.features(extractor, rep.images, contract) if len(rep) else \
+        np.zeros((0, f_new.shape[1]), np.float32)
+    t_rep = eye[rep.labels]
+    if cfg.distill and len(rep):  # learning without forgetting, from the base's own answers
+        t_rep = (1 - cfg.distill) * t_rep + cfg.distill * adapt_head.probabilities(f_rep, head["w0"], head["b0"])
+    w_new = (class_weights(y_new) if cfg.balance else np.ones(len(y_new), np.float32)) / max(1, len(y_new))
+    w_new = w_new * (cfg.new_weight if len(rep) else 1.0)
+    w_rep = np.full(len(rep), (1 - cfg.new_weight) / max(1, len(rep)), np.float32)
+    logf(f"head fit on {len(f_new)} views of {len(new)} new cells + {len(rep)} replay images")
+    fit = adapt_head.fit_head(np.concatenate([f_new, f_rep]), np.concatenate([eye[y_new], t_rep]),
+                              np.concatenate([w_new, w_rep]), head["w0"], head["b0"],
+                              head["features"]["held_out"], held.labels, logf=logf)
+    head["layer"].set_weights([fit["w"], fit["b"]])
+    fit["chosen_epoch"] = fit["chosen_step"]  # the table's "chosen" column: a step of the head fit
+    trainable = {"trained_layers": [head["layer"].name], "trainable_parameters": int(fit["w"].size + fit["b"].size),
+                 "parameters": int(extractor.count_params() + fit["w"].size + fit["b"].size),
+                 "views_per_new_cell": len(views) // max(1, len(new))}
+    return trainable, fit
+
+
 def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                         base_sidecar: dict) -> dict:
     """The adapted model's own `output.temperature`, `ood` and (OOD part of) `domain` sections.
@@ -499,13 +548,39 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     model = source.model
     cache = before_cache if before_cache is not None else {}
 
+    head = None
+    if cfg.fit == "head":
+        from hemaedge.train import adapt_head
+
+        layer, extractor = adapt_head.classifier_layer(model)
+        w0, b0 = (np.asarray(a, np.float32) for a in layer.get_weights())
+        head = {"layer": layer, "w0": w0, "b0": b0, "features": {}}
+
+        def feats(name, cells_, cached=True):
+            # the backbone's features of a set, computed once (and kept across a series for fixed sets)
+            key = (source.sha256, "features", name, _digest(cells_))
+            if not cached:
+                return adapt_head.features(extractor, cells_.images, contract)
+            if key not in cache:
+                cache[key] = adapt_head.features(extractor, cells_.images, contract)
+            return cache[key]
+
+    def base_probabilities(name, cells_, cached=True):
+        """The base's answers on a set: from its features with --fit head (needed later), else None."""
+        if head is None:
+            return None
+        f = head["features"][name] = feats(name, cells_, cached)
+        return adapt_head.probabilities(f, head["w0"], head["b0"])
+
     def base_accuracy(name, cells_):
-        key = (source.sha256, name, cfg.eval_limit, cfg.seed, len(cells_))
+        key = (source.sha256, name, _digest(cells_))
+        p = base_probabilities(name, cells_)
         if key not in cache:
-            cache[key] = _named(accuracy(model, cells_, contract), classes)
+            cache[key] = _named(accuracy(model, cells_, contract, p), classes)
         return cache[key]
 
-    before = {"held_out": _named(accuracy(model, held, contract), classes)}
+    before = {"held_out": _named(accuracy(model, held, contract, base_probabilities("held_out", held, False)),
+                                 classes)}
     if pbc_val is not None:
         before["pbc_val"] = base_accuracy(f"pbc_val:{pbc_src}", pbc_val)
     for k, v in tests.items():
@@ -513,26 +588,36 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     logf("before: " + ", ".join(f"{k} {v['accuracy']}" for k, v in before.items()))
 
     # The base's own answers on the replay pool, before anything changes (distillation targets)
-    replay_soft = predict(model, replay, contract) if cfg.distill and len(replay) else None
+    replay_soft = predict(model, replay, contract) if cfg.distill and len(replay) and head is None else None
     bn_info = {"mode": cfg.bn}
     if cfg.bn != "frozen":
         pool = new.images if cfg.bn == "new" or not len(replay) else np.concatenate(
             [new.images, replay.images[np.random.default_rng(cfg.seed + 3).permutation(len(replay))[:len(new)]]])
         bn_info.update(reestimate_batchnorm(model, pool, contract))
         logf(f"BatchNorm statistics re-estimated on {bn_info['images']} images ({cfg.bn})")
-    trainable = set_trainable(model, cfg.blocks)
-    logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
-         f"({len(trainable['trained_layers'])} layers)")
     t_train = time.perf_counter()
-    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
+    if head is None:
+        trainable = set_trainable(model, cfg.blocks)
+        logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
+             f"({len(trainable['trained_layers'])} layers)")
+        fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
+
+        def after_probabilities(name, cells_):
+            return predict(model, cells_, contract)
+    else:
+        trainable, fit = fit_head_only(head, extractor, contract, new, replay, held, cfg, logf, n_replay)
+        w, b = fit.pop("w"), fit.pop("b")
+
+        def after_probabilities(name, cells_):  # the backbone is unchanged: its features are still valid
+            return adapt_head.probabilities(head["features"][name], w, b)
     train_s = time.perf_counter() - t_train
-    p_after = {"held_out": predict(model, held, contract)}
+    p_after = {"held_out": after_probabilities("held_out", held)}
     after = {"held_out": _named(accuracy(model, held, contract, p_after["held_out"]), classes)}
     if pbc_val is not None:
-        p_after["pbc_val"] = predict(model, pbc_val, contract)
+        p_after["pbc_val"] = after_probabilities(f"pbc_val:{pbc_src}", pbc_val)
         after["pbc_val"] = _named(accuracy(model, pbc_val, contract, p_after["pbc_val"]), classes)
     for k, v in tests.items():
-        after[f"test:{k}"] = _named(accuracy(model, v, contract), classes)
+        after[f"test:{k}"] = _named(accuracy(model, v, contract, after_probabilities(f"test:{k}", v)), classes)
     logf("after: " + ", ".join(f"{k} {v['accuracy']}" for k, v in after.items()))
 
     out.mkdir(parents=True, exist_ok=True)

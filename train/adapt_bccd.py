@@ -35,7 +35,7 @@ def single_label_frames(bccd: Path, split: str) -> dict[str, str]:
                 if r["split"] == split and r["n_labels"] == "1" and r["n_wbc_boxes"] == "1"}
 
 
-RECIPE = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
+RECIPE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
           "balance")
 RECIPE_KEYS = (*RECIPE, "export")
 
@@ -166,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-limit", type=int, default=None, help="At most N PBC val images per class (quick runs)")
     ap.add_argument("--export-steps", default="100",
                     help="Steps whose adapted model is also exported to an int8 bundle ('' for none)")
+    ap.add_argument("--fit", choices=("tail", "head"), help="Recipe: what is fitted [train adapt's default: tail]")
     ap.add_argument("--blocks", type=int, help="Recipe: trailing backbone blocks trained [train adapt's default]")
     ap.add_argument("--lr", type=float, help="Recipe: learning rate")
     ap.add_argument("--augment", help="Recipe: dihedral, light, full or robust")

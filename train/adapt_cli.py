@@ -44,6 +44,10 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
                    "new cells and as many replay images.")
 @click.option("--balance/--no-balance", default=False,
               help="Weight the new cells so each of their classes carries the same loss (at most 4x).")
+@click.option("--fit", type=click.Choice(["tail", "head"]), default="tail",
+              help="tail: the classifier head and the last --blocks, by SGD on the images; head: only the "
+                   "classifier layer, on the frozen backbone's features of every flip/rotation, pulled toward "
+                   "the base's weights (seconds; the old microscope's features are untouched).")
 @click.option("--epochs", type=click.IntRange(0), default=8,
               help="Passes over the new cells (0: only --bn new|mixed, no fitting).")
 @click.option("--batch-size", type=click.IntRange(1), default=32)
