@@ -161,7 +161,7 @@ def steps(s: Settings) -> list[Step]:
     # The real adaptation measurement (issue #14): the packaged default's int8 bundle as made next to
     # its Keras source (same files as src/hemaedge/models/default; HEMAEDGE_ADAPT_BASE names another
     # copy, e.g. a new default). The epoch-4 checkpoint's table of the previous session stays a step.
-    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0/bundle-int8"))
+    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0-ep10/bundle-int8"))
     adapt_e4_base = os.path.expanduser("~/hemaedge-runs/check-epoch4/snap/bundle-int8")
     adapt_work = os.path.expanduser("~/hemaedge-runs/review")
     adapt_work_default = s.get("HEMAEDGE_ADAPT_DEFAULT_WORK", os.path.expanduser("~/hemaedge-runs/adapt"))
@@ -273,23 +273,23 @@ def steps(s: Settings) -> list[Step]:
              "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
              "~5 min per recipe"),
         Step("adapt-bccd", [Need(f"{adapt_base}/manifest.json",
-                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_lite0.*")],
+                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label", ADAPT_BASE_LABEL,
-              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-default",
-              "--out", f"{out}/adapt_bccd_default_v2_lite0", "--steps", "100,200,25,50",
+              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10",
+              "--out", f"{out}/adapt_bccd_default_v2_ep10", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
-             [f"{out}/adapt_bccd_default_v2_lite0{x}" for x in (".md", ".json")],
+             [f"{out}/adapt_bccd_default_v2_ep10{x}" for x in (".md", ".json")],
              "train adapt of the packaged default on 25 / 50 / 100 / 200 (= all 192) BCCD train cells (200 = the "
              "multi-domain model of #13): BCCD test (device crops, end to end with the int8 bundle), PBC val, time",
              "~5-10 min per step"),
         Step("adapt-bccd-defaults", [Need(f"{adapt_base}/manifest.json",
-                                          f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_lite0_defaults.*")],
+                                          f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_defaults.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
               ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-default-v0",
-              "--out", f"{out}/adapt_bccd_default_v2_lite0_defaults", "--steps", "100,200,25,50",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-defaults",
+              "--out", f"{out}/adapt_bccd_default_v2_ep10_defaults", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200"],
-             [f"{out}/adapt_bccd_default_v2_lite0_defaults{x}" for x in (".md", ".json")],
+             [f"{out}/adapt_bccd_default_v2_ep10_defaults{x}" for x in (".md", ".json")],
              "the same with `train adapt`'s default recipe (head + 2 blocks, flips/rotations, 8 epochs), 25-200 cells",
              "~5 min per step"),
         Step("adapt-bccd-epoch4", [Need(f"{adapt_e4_base}/manifest.json",
@@ -396,8 +396,8 @@ ADAPT_RECIPES = ["v0:", "v0-distill:distill=0.5", "b6-robust:blocks=6,augment=ro
                  "head-robust:blocks=0,augment=robust,epochs=15", "b6-robust-e8:blocks=6,augment=robust,epochs=8"]
 ADAPT_RECIPE = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
 ADAPT_RECIPE_E4 = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
-ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-tflite-int8-mixed (epoch 8; Keras source "
-                    "~/hemaedge-runs/default-v2-lite0/model.keras)")
+ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, one-view int8 bundle; "
+                    "Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
 
 RBC_BUNDLE = "src/hemaedge/models/rbc"
 
