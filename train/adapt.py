@@ -501,6 +501,27 @@ def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, 
     return out
 
 
+def adapted_colours(sources: list[dict], colour: dict) -> dict:
+    """The domain check's colour section with the new microscope added as a reference (`also`).
+
+    A run folder's summary.json holds the median frame colour the device measured on that run
+    (`domain.colour`); it becomes a reference with the training slides' spreads (one run gives a
+    median, not a spread), so a run on the microscope the model was adapted to is no longer
+    "unlike" by colour, while the old microscope stays a reference too. Class-folder trees are
+    crops, not frames, so they add no colour reference."""
+    also = [r for r in colour.get("also") or []]
+    for src in sources:
+        summary = Path(src["path"]) / "summary.json"
+        if src.get("kind") != "run" or not summary.is_file():
+            continue
+        run = (json.loads(summary.read_text(encoding="utf-8")).get("domain") or {}).get("colour") or {}
+        if run.get("background") and run.get("cells"):
+            also.append({"background": run["background"], "cells": run["cells"],
+                         "background_spread": colour["background_spread"], "cells_spread": colour["cells_spread"],
+                         "from": Path(src["path"]).name})
+    return {**colour, "also": also} if also else colour
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -640,6 +661,8 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     side.update(confidence_sections(p_after, {"held_out": held.labels,
                                               **({"pbc_val": pbc_val.labels} if pbc_val is not None else {})},
                                     source.sidecar))
+    if side.get("domain", {}).get("colour"):
+        side["domain"]["colour"] = adapted_colours(cells.sources, side["domain"]["colour"])
     side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
                 metrics={"held_out_accuracy": after["held_out"]["accuracy"],
                          **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})

@@ -127,7 +127,7 @@ def summary(rows: list[dict]) -> list[dict]:
         pbc = np.asarray([100 * (r["pbc_after"] - r["pbc_before"]) for r in rs])
 
         def sd(x):
-            return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+            return float(x.std(ddof=1)) if len(x) > 1 else None  # one split has no spread
         out.append({"recipe": name, "settings": rs[0]["settings"], "splits": [r["split"] for r in rs],
                     "dev_mean": float(dev.mean()), "dev_sd": sd(dev), "gain_mean": float(gain.mean()),
                     "gain_sd": sd(gain), "pbc_pt_mean": float(pbc.mean()), "pbc_pt_sd": sd(pbc),
@@ -162,9 +162,11 @@ def write_tables(args, rows, train_stats, counts, seeds, command):
              "|---|---|---|---|---|---|---|"]
     for m in summ:
         settings = ", ".join(f"{k}={v}" for k, v in m["settings"].items()) or "defaults"
-        lines.append(f"| {m['recipe']} | {settings} | {len(m['splits'])} | **{m['dev_mean']:.3f}** ± {m['dev_sd']:.3f} | "
-                     f"{100 * m['gain_mean']:+.1f} ± {100 * m['gain_sd']:.1f} pt | "
-                     f"{m['pbc_pt_mean']:+.2f} ± {m['pbc_pt_sd']:.2f} pt | {m['wall_s_mean']:.0f} |")
+        def pm(sd, fmt, scale=1):
+            return "" if sd is None else f" ± {format(scale * sd, fmt)}"
+        lines.append(f"| {m['recipe']} | {settings} | {len(m['splits'])} | **{m['dev_mean']:.3f}**{pm(m['dev_sd'], '.3f')} | "
+                     f"{100 * m['gain_mean']:+.1f}{pm(m['gain_sd'], '.1f', 100)} pt | "
+                     f"{m['pbc_pt_mean']:+.2f}{pm(m['pbc_pt_sd'], '.2f')} pt | {m['wall_s_mean']:.0f} |")
     lines += ["", "## Every run", "",
               "| recipe | split | dev before -> after | dev recall per class | PBC val before -> after | "
               "held-out (chooses) | chosen | train s / wall s |", "|---|---|---|---|---|---|---|---|"]
