@@ -74,11 +74,12 @@ def test_adapt_from_a_tree_exports_a_bundle_with_provenance(base_model, pbc_smal
 
     out = tmp_path / "adapted"
     res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
-                "--epochs", "2", "--replay-min", "16", "--seed", "1")
+                "--fit", "tail", "--epochs", "2", "--replay-min", "16", "--seed", "1")
     assert res.exit_code == 0, res.output
     result = json.loads((out / "adapt.json").read_text())
     p = result["provenance"]
     assert p["base"]["sha256"] == sha256_file(base_model)
+    assert (p["training"]["fit"], p["training"]["replay_ratio"], p["training"]["distill"]) == ("tail", 2.0, 0.0)
     assert p["counts"]["new_cells"] == 32 and p["counts"]["new_train"] + p["counts"]["held_out"] == 32
     assert p["counts"]["replay"] >= 16 and p["data"][0]["per_class"]["monocyte"] == 8
     for when in ("accuracy_before", "accuracy_after"):
@@ -120,6 +121,8 @@ def test_adapt_from_a_reviewed_run_uses_only_reviewed_cells(base_model, sample_r
     p = json.loads((out / "adapt.json").read_text())["provenance"]
     assert p["counts"]["new_cells"] == 6 and p["counts"]["new_per_class"] == {"lymphocyte": 3, "neutrophil": 3}
     assert p["data"][0]["kind"] == "run" and p["data"][0]["corrections_sha256"]
+    # the default recipe: the head fit, its own replay ratio and distillation share
+    assert (p["training"]["fit"], p["training"]["replay_ratio"], p["training"]["distill"]) == ("head", 12.0, 0.5)
     assert "no --replay" in res.output and not (out / "bundle").exists()
 
 
@@ -147,7 +150,7 @@ def test_adapt_recipe_options_augment_and_draw_replay_afresh(base_model, pbc_sma
     and --replay-pool: each epoch trains on --replay-ratio x new cells drawn from a bigger pool."""
     out = tmp_path / "adapted"
     res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
-                "--epochs", "2", "--replay-min", "8", "--replay-ratio", "0.5", "--replay-pool", "40",
+                "--fit", "tail", "--epochs", "2", "--replay-min", "8", "--replay-ratio", "0.5", "--replay-pool", "40",
                 "--augment", "robust", "--new-weight", "0.7", "--no-export")
     assert res.exit_code == 0, res.output
     p = json.loads((out / "adapt.json").read_text())["provenance"]
@@ -155,7 +158,7 @@ def test_adapt_recipe_options_augment_and_draw_replay_afresh(base_model, pbc_sma
     assert p["training"]["augment"] == "robust" and p["training"]["new_weight"] == 0.7
     assert len(p["training"]["history"]) == 3
     for bad in (["--new-weight", "1"], ["--augment", "sideways"]):
-        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[0], *bad)
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[0], "--fit", "tail", *bad)
         assert res.exit_code == 2 and "Traceback" not in res.output
 
 
@@ -169,7 +172,7 @@ def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_
 
     out = tmp_path / "adapted"
     res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
-                "--epochs", "1", "--replay-min", "16", "--distill", "0.5", "--balance", "--bn", "mixed",
+                "--fit", "tail", "--epochs", "1", "--replay-min", "16", "--distill", "0.5", "--balance", "--bn", "mixed",
                 "--no-export")
     assert res.exit_code == 0, res.output
     t = json.loads((out / "adapt.json").read_text())["provenance"]["training"]
@@ -178,7 +181,8 @@ def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_
 
     # --epochs 0 --bn new: the label-free baseline, only the BatchNorm statistics change
     bn_only = tmp_path / "bn-only"
-    res = adapt("--base", base_model, "--data", new_microscope, "--out", bn_only, "--epochs", "0", "--bn", "new",
+    res = adapt("--base", base_model, "--data", new_microscope, "--out", bn_only, "--fit", "tail", "--epochs", "0",
+                "--bn", "new",
                 "--no-export")
     assert res.exit_code == 0, res.output
     before, after = load_source(base_model).model, keras.saving.load_model(bn_only / "model.keras")
@@ -189,7 +193,7 @@ def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_
     assert all(np.array_equal(wb.numpy(), wa.numpy()) for wb, wa in zip(before.weights, after.weights)
                if "moving" not in wb.path)
     for bad in (["--epochs", "0"], ["--distill", "1"]):
-        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], *bad)
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], "--fit", "tail", *bad)
         assert res.exit_code == 2 and "Traceback" not in res.output
 
 

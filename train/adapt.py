@@ -3,10 +3,12 @@
     new cells (ImageFolder trees, or the reviewed cells of runs with saved crops)
       -> stratified held-out part (chooses the epoch, reports the new-microscope accuracy)
     + a replay sample of the original training data (so the old microscope is not forgotten)
-    -> train the classifier head and the last blocks of the backbone (BatchNorm frozen;
-       flips/right-angle rotations, since a cell has no up or down), equal loss weight for the
-       new cells and the replay sample
-    -> the epoch with the best held-out accuracy -> model.keras + model.json
+    -> fit (equal loss weight for the new cells and the replay sample; flips/right-angle
+       rotations, since a cell has no up or down):
+       "head" (default): only the classifier layer, on the frozen backbone's features, pulled
+       toward the base's weights (train/adapt_head.py; seconds, the old features untouched);
+       "tail": the classifier head and the last blocks of the backbone by SGD (BatchNorm frozen)
+    -> the epoch / step with the best held-out accuracy -> model.keras + model.json
     -> an int8 bundle ("tflite-int8-mixed", like the default) whose manifest records where it
        came from (base digest, data, counts) and the before/after accuracy on the held-out new
        cells, on PBC val and on any extra test set.
@@ -43,6 +45,11 @@ BN_MODES = ("frozen", "new", "mixed")
 # What is fitted: "tail" = the classifier head and the last blocks, by SGD on the images;
 # "head" = only the classifier layer, on the frozen backbone's features (train/adapt_head.py).
 FITS = ("tail", "head")
+# Per-fit defaults of the settings left unset (None). Chosen on BCCD train cells over three 100/92
+# splits (benchmarks/results/adapt_recipes.md): the head fit with a 12x replay sample and half the
+# replay targets from the base's answers matched the tail fit's accuracy and kept PBC val within
+# 0.5 pt; the tail fit's SGD pays per replay image, so it keeps its smaller sample.
+FIT_DEFAULTS = {"head": {"replay_ratio": 12.0, "distill": 0.5}, "tail": {"replay_ratio": 2.0, "distill": 0.0}}
 # --balance: no class of the new cells weighs more than this many times its share by count
 BALANCE_CAP = 4.0
 
@@ -57,16 +64,16 @@ class AdaptConfig:
     test: list[str] = field(default_factory=list)  # extra labelled trees to report on (e.g. BCCD test)
     limit: int | None = None           # use at most this many new cells (seeded random subset)
     holdout: float = 0.2               # share of the new cells held out to choose and report on
-    replay_ratio: float = 2.0          # replay images per new training cell (at least `replay_min`)
+    replay_ratio: float | None = None  # replay images per new training cell (at least `replay_min`); None: FIT_DEFAULTS
     replay_min: int = 128
     replay_pool: int = 0               # draw each epoch's replay images afresh from this many (0: one fixed sample)
     new_weight: float = 0.5            # share of the loss carried by the new cells (the rest: the replay sample)
     augment: str = "dihedral"          # one of AUGMENTS, for new and replay images alike
     blocks: int = 2                    # trailing backbone blocks trained with the head
-    distill: float = 0.0               # share of each replay image's target taken from the base's own output (LwF)
+    distill: float | None = None       # share of each replay image's target from the base's own output (LwF); None: FIT_DEFAULTS
     bn: str = "frozen"                 # BatchNorm statistics: one of BN_MODES
     balance: bool = False              # weight the new cells so every class of them carries the same loss
-    fit: str = "tail"                  # one of FITS
+    fit: str = "head"                  # one of FITS
     epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-4
@@ -75,6 +82,13 @@ class AdaptConfig:
     calib_count: int = 128
     export: bool = True
     run_cells: str = "reviewed"        # from runs: "reviewed" cells only, or "all" (model labels kept)
+
+    def resolved(self) -> "AdaptConfig":
+        """A copy with the unset settings filled in from FIT_DEFAULTS for its fit."""
+        if self.fit not in FITS:
+            raise UsageError(f"--fit {self.fit!r}: expected one of {', '.join(FITS)}")
+        unset = {k: v for k, v in FIT_DEFAULTS[self.fit].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset)
 
     def validate(self):
         if not self.data:
@@ -537,6 +551,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     from hemaedge.export.source import load_source
     from hemaedge.train.finetune import machine, save_keras_atomic
 
+    cfg = cfg.resolved()
     cfg.validate()
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(cfg.out)

@@ -46,6 +46,7 @@ def cached_result(out: Path, cfg) -> dict | None:
         return None
     result = json.loads((out / "adapt.json").read_text())
     done = result["provenance"]["training"]
+    cfg = cfg.resolved()  # unset settings take the fit's defaults, as `adapt` records them
     differ = [k for k in RECIPE_KEYS if k in done and done[k] != getattr(cfg, k)]
     if differ:
         raise SystemExit(f"{out} holds an adaptation made with other settings ({', '.join(differ)}); "

@@ -267,31 +267,34 @@ def steps(s: Settings) -> list[Step]:
              "BCCD test and PBC val before/after", "~5 min"),
         Step("adapt-recipes", [Need(f"{adapt_base}/manifest.json", f"no base bundle at {adapt_base}; kept {out}/adapt_recipes.*")],
              [py, "-m", "hemaedge.benchmarks.tools.adapt_recipes", "--base", adapt_base, "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-default", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-ep10", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              "--splits", "0,1,2",
               *[a for r in ADAPT_RECIPES for a in ("--recipe", r)]],
              [f"{out}/adapt_recipes{x}" for x in (".md", ".json")],
              "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
              "~5 min per recipe"),
         Step("adapt-bccd", [Need(f"{adapt_base}/manifest.json",
-                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10.*")],
-             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label", ADAPT_BASE_LABEL,
-              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10",
-              "--out", f"{out}/adapt_bccd_default_v2_ep10", "--steps", "100,200,25,50",
-              "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
-             [f"{out}/adapt_bccd_default_v2_ep10{x}" for x in (".md", ".json")],
-             "train adapt of the packaged default on 25 / 50 / 100 / 200 (= all 192) BCCD train cells (200 = the "
-             "multi-domain model of #13): BCCD test (device crops, end to end with the int8 bundle), PBC val, time",
-             "~5-10 min per step"),
+                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_tail.*")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
+              ADAPT_BASE_LABEL + ", --fit tail (the train adapt default until 2026-12-02)",
+              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-defaults",
+              "--out", f"{out}/adapt_bccd_default_v2_ep10_tail", "--steps", "100,200,25,50",
+              "--export-steps", "25,50,100,200", *ADAPT_RECIPE_TAIL],
+             [f"{out}/adapt_bccd_default_v2_ep10_tail{x}" for x in (".md", ".json")],
+             "train adapt --fit tail (head + 2 blocks by SGD, flips/rotations, 8 epochs) of the packaged default on "
+             "25 / 50 / 100 / 200 (= all 192) BCCD train cells: BCCD test (device crops, end to end), PBC val, time",
+             "~5 min per step"),
         Step("adapt-bccd-defaults", [Need(f"{adapt_base}/manifest.json",
                                           f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_defaults.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
               ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-defaults",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-head",
               "--out", f"{out}/adapt_bccd_default_v2_ep10_defaults", "--steps", "100,200,25,50",
-              "--export-steps", "25,50,100,200"],
+              "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
              [f"{out}/adapt_bccd_default_v2_ep10_defaults{x}" for x in (".md", ".json")],
-             "the same with `train adapt`'s default recipe (head + 2 blocks, flips/rotations, 8 epochs), 25-200 cells",
-             "~5 min per step"),
+             "the same with `train adapt`'s default recipe (--fit head: classifier layer on frozen features, replay x12, "
+             "distill 0.5; the multi-domain row of #13 is its 200 step), 25-200 cells",
+             "~3 min per step"),
         Step("adapt-bccd-epoch4", [Need(f"{adapt_e4_base}/manifest.json",
                                         f"no base bundle at {adapt_e4_base}; kept {out}/adapt_bccd_default_v2_epoch4.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_e4_base, "--label",
@@ -388,13 +391,12 @@ def steps(s: Settings) -> list[Step]:
 
 # Issue #14: the recipes compared on BCCD train cells (adapt-recipes) and the one chosen (adapt-bccd).
 # Compared on BCCD train cells with the packaged default as base (adapt_recipes.md, docs/review.md)
-ADAPT_RECIPES = ["v0:", "v0-distill:distill=0.5", "b6-robust:blocks=6,augment=robust,epochs=15", "bn-only:epochs=0,bn=new",
-                 "b6-robust-distill:blocks=6,augment=robust,epochs=15,distill=0.5",
-                 "b6-robust-bnmixed:blocks=6,augment=robust,epochs=15,bn=mixed",
-                 "b6-robust-balance:blocks=6,augment=robust,epochs=15,balance=1",
-                 "b6-robust-lr1e-4:blocks=6,augment=robust,epochs=15,lr=1e-4",
-                 "head-robust:blocks=0,augment=robust,epochs=15", "b6-robust-e8:blocks=6,augment=robust,epochs=8"]
-ADAPT_RECIPE = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
+ADAPT_RECIPES = ["head:fit=head,replay_ratio=2,distill=0", "v0:fit=tail", "head-distill:fit=head,replay_ratio=2,distill=0.5",
+                 "v0-distill:fit=tail,distill=0.5", "head-rep12:fit=head,replay_ratio=12,distill=0",
+                 "head-rep12-distill:fit=head"]
+# The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
+ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
+ADAPT_RECIPE_TAIL = ["--fit", "tail"]
 ADAPT_RECIPE_E4 = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
 ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, one-view int8 bundle; "
                     "Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
