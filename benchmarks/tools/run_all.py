@@ -367,7 +367,8 @@ def steps(s: Settings) -> list[Step]:
               ("ensemble_bloodmnist128.md", "ensemble_bloodmnist128.json", "ensemble_bench.md", "ensemble_bench.csv",
                "ensemble_bench.json", "ensemble_bench_latency.png", "ensemble_bench_pareto.png")]
              + [f"{out}/ensemble-lite0-lite1/{t}/{f}" for t in ("member0-int8", "member1-int8", "ensemble-int8")
-                for f in (f"calibration_{t}.md", f"calibration_{t}.json", "pbc_end_to_end.md", "pbc_end_to_end.json")],
+                for f in (f"calibration_{t}.md", f"calibration_{t}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
+                          f"views_check_{t}.md", f"views_check_{t}.json")],
              "weighted ensemble of the default (Lite0 epoch 10) and Lite1 (epoch 6 of 8): weights on val, int8/fp16 "
              "bundles, int8 accuracy, PBC end to end, size/latency, kappa/AUC/CI table",
              "~25 min; hours of training before it"),
