@@ -263,7 +263,7 @@ def steps(s: Settings) -> list[Step]:
                                   f"{out}/adapt_bccd_proxy_smallcnn64.md's notes, docs/review.md); kept its table")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", f"{proxy_base}/model.keras", "--bccd", f"{data}/bccd",
               "--replay", f"{data}/bloodmnist128", "--work", proxy_work, "--out", f"{out}/adapt_bccd_proxy_smallcnn64",
-              "--steps", "100,25,50,200", "--epochs", "8", "--export-steps", "100"],
+              "--steps", "100,25,50,200", "--epochs", "8", "--export-steps", "100", "--fit", "tail"],
              [f"{out}/adapt_bccd_proxy_smallcnn64{x}" for x in (".md", ".json")],
              "train adapt on 25/50/100/all BCCD train cells (reviewer simulated) from a small PBC base; "
              "BCCD test and PBC val before/after", "~5 min"),
@@ -415,7 +415,7 @@ ADAPT_RECIPES = ["head:fit=head,replay_ratio=2,distill=0", "v0:fit=tail", "head-
 # The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
 ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
 ADAPT_RECIPE_TAIL = ["--fit", "tail"]
-ADAPT_RECIPE_E4 = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
+ADAPT_RECIPE_E4 = ["--fit", "tail", "--blocks", "6", "--augment", "robust", "--epochs", "15"]
 ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, one-view int8 bundle; "
                     "Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
 
