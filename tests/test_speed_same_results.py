@@ -1,8 +1,8 @@
-"""The faster colour normalisation (issue 13's cost, issue 12's per-cell speed) gives the very
-pixels of the implementation the default model was trained on: byte for byte, on the crops the
-device cuts from real frames (samples/, BCCD, PBC fields), on BloodMNIST training images and on
-random and degenerate images. The reference below is the code before the speed work, verbatim
-(commit b88843e), kept here as the specification."""
+"""The speed work of issues 12/13 changes no result: the faster colour normalisation gives the
+very pixels of the implementation the default model was trained on, byte for byte (on the crops
+the device cuts from real frames: samples/, BCCD, PBC fields; on BloodMNIST training images; on
+random and degenerate images), and the faster platelet search the same platelets. The references
+below are the code before the speed work, verbatim (commit b88843e), kept as the specification."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from hemaedge.edge import preprocess as pp
+from hemaedge.edge import segment as seg
+from hemaedge.edge.segment import SegmentParams, Detection, components, _ellipse, upper_quartile_cut, _touches_edge
 from hemaedge.edge.preprocess import InputContract, apply_preprocess, read_image_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +87,66 @@ def apply_preprocess_reference(image, contract):
     if contract.preprocess == "clahe":
         img = clahe_reference(img, contract.clahe_clip, contract.clahe_tiles)
     return img
+
+
+def find_platelets_reference(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: float,
+                   params: SegmentParams | None = None, core: np.ndarray | None = None) -> list[Detection]:
+    """`segment.find_platelets` before the speed work (commit b88843e), verbatim."""
+    p = params or SegmentParams()
+    sub = s[::2, ::2]
+    spread = 1.4826 * float(np.median(np.abs(sub - np.median(sub))))  # robust SD of the stain channel
+    mask = (s > max(p.platelet_pixel_z * spread, p.platelet_pixel_floor)).view(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(3))
+    for x0, y0, x1, y1 in nucleated_boxes:
+        mask[y0:y1, x0:x1] = 0
+    d2 = rbc_px * rbc_px
+    lo, hi = p.min_platelet_rbc_area * d2, p.max_platelet_rbc_area * d2
+    n, labels, stats, _ = components(mask)
+    bodies = [(labels, stats, k) for k in range(1, n) if lo <= stats[k, cv2.CC_STAT_AREA] <= hi]
+    if core is not None and n > 1:
+        too_big = np.zeros(n, bool)
+        too_big[1:] = stats[1:, cv2.CC_STAT_AREA] > hi
+        if too_big.any():
+            cores = (core > 0) & too_big[labels]
+            cn, clabels, cstats, _ = components(cores.view(np.uint8))
+            bodies += [(clabels, cstats, k) for k in range(1, cn) if lo <= cstats[k, cv2.CC_STAT_AREA] <= hi]
+    if not bodies:
+        return []
+    # blue minus red of the background: the brightest quarter of the unstained pixels
+    blue_red = image[..., 2].astype(np.float32) - image[..., 0].astype(np.float32)
+    sub = image[::2, ::2]
+    bright = sub[..., 0].astype(np.int16)  # R + G + B, summed in place (no int32 temporaries)
+    bright += sub[..., 1]
+    bright += sub[..., 2]
+    unstained = mask[::2, ::2] == 0
+    bg = blue_red[::2, ::2][unstained & (bright >= upper_quartile_cut(bright[unstained]))] if unstained.any() else blue_red
+    background_blue = float(np.median(bg))
+    h, w = image.shape[:2]
+    out = []
+    for labels, stats, k in bodies:
+        x, y, bw, bh = (int(v) for v in stats[k, :4])
+        side = max(bw, bh)
+        if side > 3 * max(1, min(bw, bh)) or side > p.max_platelet_side_rbc * rbc_px:
+            continue
+        roi = (slice(y, y + bh), slice(x, x + bw))
+        inside = labels[roi] == k
+        score = float(s[roi][inside].mean())
+        if score < max(p.platelet_min_z * spread, p.platelet_min_score):
+            continue
+        if side > p.pale_platelet_side_rbc * rbc_px and score < p.pale_platelet_z * spread:
+            continue  # large and pale: a smear of stain
+        if (float(blue_red[roi][inside].mean()) - background_blue) < p.platelet_min_blue * score:
+            continue  # pink-magenta: a speck of stain on a red cell, not a platelet
+        # the stained body grown by the pale rim, each side at least the smallest platelet box
+        cx, cy = x + bw / 2.0, y + bh / 2.0
+        rim = p.platelet_margin * rbc_px
+        hx = max(bw / 2.0 + rim, p.min_platelet_box_rbc * rbc_px / 2)
+        hy = max(bh / 2.0 + rim, p.min_platelet_box_rbc * rbc_px / 2)
+        box = (max(0, int(round(cx - hx))), max(0, int(round(cy - hy))),
+               min(w, int(round(cx + hx))), min(h, int(round(cy + hy))))
+        out.append(Detection(box, "platelet", int(np.count_nonzero(inside)), score,
+                             at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px)))
+    return out
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -170,3 +232,42 @@ def test_channel_plane_medians_equal_the_row_version(n_groups):
     g = rng.integers(-1, n_groups, 999)
     g[:n_groups] = np.arange(n_groups)
     assert np.array_equal(pp._group_medians(v.T, g, n_groups), _group_medians_reference(v, g, n_groups))
+
+
+def _platelet_inputs(frames):
+    """find_platelets' arguments as `segment` makes them for each frame (work copy, ruler)."""
+    from hemaedge.edge.ruler import Ruler
+
+    p = SegmentParams()
+    ruler = Ruler(same_slide=False)
+    for img in frames:
+        work = seg.work_copy(img, p)
+        d = ruler.read(img, p, work).diameter
+        wbc = [x for x in seg.segment(img, p, rbc_diameter=d, work=work) if x.kind == "wbc"]
+        scale = work.scale
+        boxes = [seg._shrink(tuple(int(round(v * scale)) for v in x.box), p.cell_margin) for x in wbc]
+        d_work = d * scale if d else 20.0
+        yield work.image, work.stain, boxes, d_work, p, work.mask
+
+
+def assert_same_platelets(frames, what):
+    n = 0
+    for k, args in enumerate(_platelet_inputs(frames)):
+        got, want = seg.find_platelets(*args[:5], core=args[5]), find_platelets_reference(*args[:5], core=args[5])
+        assert [vars(d) for d in got] == [vars(d) for d in want], (what, k)
+        n += len(want)
+    return n
+
+
+def test_platelets_of_the_samples_are_the_same():
+    assert assert_same_platelets([read_image_rgb(f) for f in SAMPLES], "samples") > 0
+
+
+def test_platelets_of_bccd_and_pbc_frames_are_the_same(bccd, pbc_raw_val):
+    frames = [read_image_rgb(f) for f in sorted((bccd / "JPEGImages").glob("*.jpg"))[::4]]
+    frames += [read_image_rgb(f) for f in sorted(pbc_raw_val.rglob("*.jpg"))[:300:10]]
+    assert assert_same_platelets(frames, "bccd+pbc") > 50
+    # degenerate fields: no unstained pixel, nothing stained
+    blue = np.zeros((240, 320, 3), np.uint8)
+    blue[..., 2] = 200
+    assert_same_platelets([blue, np.full((240, 320, 3), 230, np.uint8)], "degenerate")
