@@ -271,3 +271,18 @@ def test_platelets_of_bccd_and_pbc_frames_are_the_same(bccd, pbc_raw_val):
     blue = np.zeros((240, 320, 3), np.uint8)
     blue[..., 2] = 200
     assert_same_platelets([blue, np.full((240, 320, 3), 230, np.uint8)], "degenerate")
+
+
+def test_views_reach_the_model_as_the_same_batch():
+    """predict_views writes each view straight into the model's batch: the very tensor the old
+    concatenation of contiguous copies gave, in the same order."""
+    from hemaedge.edge.tta import DIHEDRAL, FLIPS, dihedral_view, predict_views
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.uint8):
+        x = rng.integers(0, 256, (3, 16, 16, 3)).astype(dtype)
+        for views in (FLIPS, DIHEDRAL, (0, 5)):
+            seen = []
+            predict_views(lambda b: seen.append(b.copy()) or np.ones((len(b), 2), np.float32), x, views)
+            old = np.concatenate([np.ascontiguousarray(dihedral_view(x, k, axes=(1, 2))) for k in views])
+            assert seen[0].dtype == old.dtype and np.array_equal(seen[0], old) and seen[0].flags.c_contiguous
