@@ -4,7 +4,9 @@ Two signals, both compared with the bundle's `domain` section (written at export
 training and validation data, see `domain_section`):
 
 * colour: the frames' background and red-cell colour (`preprocess.colour_anchors`, OpenCV
-  8-bit Lab) against the training images' median, in units of their spread;
+  8-bit Lab) against the training images' median, in units of their spread (a model adapted
+  to another microscope also lists that microscope's colour under `colour.also`; the nearest
+  reference counts);
 * confidence: the run's mean per-cell OOD score (`confidence.ood_scores`) against what runs of
   the same number of in-distribution validation cells give (the limit a group of `group`
   validation cells exceeds only 1 % of the time).
@@ -58,6 +60,15 @@ def ood_limit(scores: np.ndarray, group: int = DEFAULT_GROUP, seed: int = 0, n_g
             "limit": round(float(np.quantile(means, 0.99)), 6), "limit_quantile": 0.99}
 
 
+def _colour_z(run: np.ndarray, ref: dict) -> dict:
+    """How many spreads a run's median (background, cells) colour is from a reference, per anchor."""
+    z = {}
+    for i, key in enumerate(("background", "cells")):
+        zz = np.abs(run[i] - np.asarray(ref[key])) / np.asarray(ref[f"{key}_spread"])
+        z[key] = round(float(zz.max()), 2)
+    return z
+
+
 class DomainMonitor:
     """Collects a run's colours and OOD scores; `report()` compares them with the bundle's `domain`."""
 
@@ -86,17 +97,20 @@ class DomainMonitor:
         col = self.domain.get("colour") or {}
         if self.colours and col:
             run = np.median(np.stack(self.colours), axis=0)
-            z = {}
-            for i, key in enumerate(("background", "cells")):
-                zz = np.abs(run[i] - np.asarray(col[key])) / np.asarray(col[f"{key}_spread"])
-                z[key] = round(float(zz.max()), 2)
+            # the training slides, and any microscope the model was adapted to (`colour.also`):
+            # a run is like the model's data when it is near one of them
+            refs = [("the training slides'", col)] + [(f"the adapted-to microscope's ({r.get('from', '?')})", r)
+                                                      for r in col.get("also") or []]
+            zs = [_colour_z(run, ref) for _, ref in refs]
+            best = min(range(len(refs)), key=lambda i: max(zs[i].values()))
+            z = zs[best]
             out["colour"] = {"background": [round(float(v), 1) for v in run[0]],
-                             "cells": [round(float(v), 1) for v in run[1]], "z": z}
+                             "cells": [round(float(v), 1) for v in run[1]], "z": z, "nearest": refs[best][0]}
             limit = float(col.get("z_limit", COLOUR_Z_LIMIT))
             if max(z.values()) > limit:
                 which = max(z, key=z.get)
                 out["reasons"].append(f"{'background' if which == 'background' else 'red-cell'} colour is "
-                                      f"{z[which]:.1f} training spreads from the training slides' (limit {limit:g})")
+                                      f"{z[which]:.1f} training spreads from {refs[best][0]} (limit {limit:g})")
         ood = self.domain.get("ood") or {}
         if self.scores and ood.get("limit") is not None:
             mean = float(np.mean(self.scores))

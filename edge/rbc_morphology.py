@@ -17,6 +17,7 @@ import numpy as np
 from hemaedge.edge.differential import clopper_pearson
 from hemaedge.edge.preprocess import normalize_colour, prepare_batch
 from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, crop_side, detect_red_cells, rbc_crops
+from hemaedge.edge.ruler import red_cell_diameter
 
 # Flags a lab raises on a smear review, as % of red cells above which the finding is reported.
 # Schistocytes: ICSH 2012 recommendation (Zini et al., Int J Lab Hematol 34:107-116, 2012):
@@ -24,6 +25,19 @@ from hemaedge.edge.rbc import DEFAULT_SIDE_FACTOR, RbcParams, RedCell, crop_side
 # thrombotic microangiopathy in the right clinical setting). Other morphologies have no
 # comparably agreed cut-off, so none is flagged here.
 FLAG_THRESHOLDS = {"schistocyte": (1.0, "ICSH 2012 schistocyte recommendation (Zini et al. 2012): > 1% of red cells")}
+
+# Which red-cell diameter sets the crops (and so the size a cell has in its crop):
+#   "field"  the field's own ruler: sizes relative to the field's red cells, any magnification;
+#   "bundle" the training frames' red-cell diameter (manifest `red_cells.ruler_diameter_px`): the
+#            absolute size the model was trained on, right only at the training magnification;
+#   "auto"   "bundle" for a field whose ruler reads within SAME_MAGNIFICATION of it, else "field".
+# Why: micro- and macrocytes are absolute sizes (a macrocytic slide's cells are large together),
+# and the training crops all had one side in pixels; a crop that follows each field's ruler
+# shrinks a field of macrocytes to normal size (Chula val end to end: docs/redcells.md).
+RBC_SCALES = ("auto", "field", "bundle")
+# Chula's per-field ruler reads 0.79-1.16x its median (5-95% of fields); BCCD (~2.8x) and PBC
+# (~1.5x) are other magnifications and keep the field's ruler.
+SAME_MAGNIFICATION = 1.3
 
 
 def rbc_bundle_path(value) -> Path:
@@ -53,6 +67,7 @@ class RedCellResult:
     timings_ms: dict = field(default_factory=dict)
     probabilities: np.ndarray | None = None  # (cells, classes) when a model classified them
     crop_side: int | None = None  # frame pixels of each red cell's classifier crop (None: not measured)
+    scale: str | None = None  # "bundle" or "field": which diameter set the crops (RBC_SCALES)
 
 
 def frame_reference(model) -> dict | None:
@@ -84,6 +99,25 @@ def manifest_side_factor(model) -> float | None:
     return value
 
 
+def manifest_reference_diameter(model) -> float | None:
+    """The red-cell diameter (px) the ruler read on the bundle's training frames (`red_cells`
+    section), or None for a bundle without one."""
+    manifest = getattr(model, "manifest", None) or {}
+    value = ((manifest.get("red_cells") or {}).get("ruler_diameter_px")) if isinstance(manifest, dict) else None
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 4.0 <= value <= 2000.0:  # NaN fails too
+        from hemaedge.edge.errors import BundleError
+
+        raise BundleError(f"{getattr(model, 'root', 'the red-cell bundle')}: red_cells.ruler_diameter_px {value!r} "
+                          "must be a red-cell diameter in pixels within 4..2000; export the bundle again")
+    return value
+
+
 class RedCellClassifier:
     """Detect red cells and classify their morphology (the model is optional: count only).
 
@@ -92,10 +126,12 @@ class RedCellClassifier:
     training one says its morphology is not validated. `normalize_frames`: map each frame's
     background and red-cell colour to the training slides' (edge.preprocess.normalize_colour,
     anchors of the whole frame, not of each crop: a pale cell must stay pale) before cutting.
+    `scale`: which red-cell diameter sets detection and crops (RBC_SCALES; "auto" by default).
     """
 
     def __init__(self, model=None, backend=None, params: RbcParams | None = None,
-                 side_factor: float | None = None, max_batch: int = 256, normalize_frames: bool = False):
+                 side_factor: float | None = None, max_batch: int = 256, normalize_frames: bool = False,
+                 scale: str = "auto"):
         from hemaedge.edge.domain import DomainMonitor
 
         self.model, self.backend = model, backend
@@ -114,10 +150,35 @@ class RedCellClassifier:
 
             raise BundleError("frame normalisation needs the red-cell bundle's training colours (its manifest "
                               "has no domain section); export the model again with this version of hemaedge")
+        if scale not in RBC_SCALES:
+            from hemaedge.edge.errors import UsageError
+
+            raise UsageError(f"red-cell scale {scale!r} is not one of {', '.join(RBC_SCALES)}")
+        self.reference_diameter = manifest_reference_diameter(model) if model is not None else None
+        if scale == "bundle" and self.reference_diameter is None:
+            from hemaedge.edge.errors import UsageError
+
+            raise UsageError("--rbc-scale bundle needs a red-cell bundle whose manifest records its training "
+                             "frames' red-cell diameter (red_cells.ruler_diameter_px); use --rbc-scale field")
+        # count only, or a bundle without a reference: the field's ruler is all there is
+        self.scale = scale if self.reference_diameter is not None else "field"
+
+    def diameter_for(self, image: np.ndarray, diameter: float | None) -> tuple[float | None, str]:
+        """(red-cell diameter in px that sets detection and crops, "bundle" | "field") for a frame
+        whose ruler read `diameter` (None: measured here)."""
+        if self.scale == "bundle":
+            return self.reference_diameter, "bundle"
+        if self.scale == "auto":
+            diameter = diameter or red_cell_diameter(image)
+            ref = self.reference_diameter
+            if diameter and ref / SAME_MAGNIFICATION <= diameter <= ref * SAME_MAGNIFICATION:
+                return ref, "bundle"
+        return diameter, "field"
 
     def process(self, image: np.ndarray, diameter: float | None = None) -> RedCellResult:
         """`diameter`: the run's ruler (running median); None measures it on this frame."""
         t0 = time.perf_counter()
+        diameter, scale = self.diameter_for(image, diameter)
         cells, d = detect_red_cells(image, diameter, self.params)
         t1 = time.perf_counter()
         labels, conf = ["rbc"] * len(cells), np.ones(len(cells), np.float32)
@@ -148,7 +209,7 @@ class RedCellClassifier:
         return RedCellResult(cells, labels, conf, d, {"rbc_detect": (t1 - t0) * 1e3, "rbc_preprocess": pre_ms,
                                                       "rbc_inference": inf_ms,
                                                       "rbc_total": (time.perf_counter() - t0) * 1e3}, probs,
-                             crop_side(d, self.side_factor) if d else None)
+                             crop_side(d, self.side_factor) if d else None, scale if d else None)
 
 
 NOT_VALIDATED = "morphology not validated for this microscope"
@@ -183,10 +244,13 @@ class RedCellTally:
         self.classes = list(classes)
         self.counts = {c: 0 for c in self.classes}
         self.per_field: list[int] = []
+        self.scales = {"bundle": 0, "field": 0}  # fields whose crops followed each scale
         self.timings: dict[str, list[float]] = {}
 
     def add(self, result: RedCellResult) -> None:
         self.per_field.append(len(result.cells))
+        if result.scale in self.scales:
+            self.scales[result.scale] += 1
         for label in result.labels:
             if label in self.counts:
                 self.counts[label] += 1
@@ -217,6 +281,7 @@ class RedCellTally:
                               "median": float(np.median(pf)) if len(pf) else None,
                               "min": int(pf.min()) if len(pf) else None, "max": int(pf.max()) if len(pf) else None},
                 "classified": classified, "morphology": morphology, "flags": flags,
+                "size_scale_fields": dict(self.scales),
                 "latency_ms": {k: percentiles(v) for k, v in self.timings.items()}}
 
 
@@ -225,6 +290,10 @@ def format_red_cells(s: dict) -> str:
     pf = s["per_field"]
     lines = [f"red cells: {s['red_cells']} in {s['fields']} fields (per field median {pf['median']}, "
              f"mean {pf['mean']}, range {pf['min']}-{pf['max']})"]
+    sc = s.get("size_scale_fields") or {}
+    if s["classified"] and sc.get("field"):
+        lines.append(f"  sizes: {sc['field']} fields at their own ruler (another magnification than the model's "
+                     f"training frames, or --rbc-scale field): micro-/macrocytes there are relative to the field")
     if s["classified"]:
         lines.append(f"  {'morphology':<16}{'count':>7}{'%':>8}   95% interval")
         for r in s["morphology"]:

@@ -108,6 +108,11 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--rbc-normalize/--no-rbc-normalize", default=False, show_default=True,
               help="Map each frame's background and red-cell colour to the red-cell model's training slides "
                    "before classifying red cells (needs a bundle with a domain section; docs/redcells.md).")
+@click.option("--rbc-scale", type=click.Choice(["auto", "field", "bundle"]), default="auto", show_default=True,
+              help="Which red-cell diameter sizes the red-cell crops: 'bundle' = the model's training frames' "
+                   "(absolute sizes: micro-/macrocytes as trained, right at the training magnification only), "
+                   "'field' = each field's own ruler (sizes relative to the field), 'auto' = 'bundle' where the "
+                   "field's ruler reads within 1.3x of it, else 'field' (docs/redcells.md).")
 @click.option("--review-threshold", default=0.6, show_default=True, type=FiniteFloat(0, 1),
               help="Cells classified with lower confidence are flagged for review; a nucleated one below "
                    "--unidentified-below becomes 'unidentified'.")
@@ -152,7 +157,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
-        rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, rbc_normalize, review_threshold,
+        rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, rbc_normalize, rbc_scale, review_threshold,
         unidentified_below, ood_threshold, views, same_slide, target_wbc, count_edge_cells, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
         status_file):
@@ -197,7 +202,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         contract = _contract(input_size, preprocess, scaling, input_dtype, input_quant) if model else None
         mdl = load_model(bundle, model, classes, contract, output_kind)
         backend = load_backend(mdl, threads=threads)
-        red_cells = _red_cells(rbc_bundle, count_red_cells, threads, rbc_normalize)
+        red_cells = _red_cells(rbc_bundle, count_red_cells, threads, rbc_normalize, rbc_scale)
         load_s = time.perf_counter() - t0
         src = open_source(source, loop=loop, retries=camera_retries, backoff=camera_backoff,
                           width=width, height=height, max_frames=max_frames)
@@ -283,7 +288,7 @@ def _open_preview(review_threshold: float):
     return window
 
 
-def _red_cells(rbc_bundle, count_only: bool, threads, normalize_frames: bool = False):
+def _red_cells(rbc_bundle, count_only: bool, threads, normalize_frames: bool = False, scale: str = "auto"):
     """The red-cell stage of a run (None without --rbc / --count-red-cells); its bundle is loaded
     and verified like the main one (checksums, the store's signature policy)."""
     if not (rbc_bundle or count_only):
@@ -295,7 +300,8 @@ def _red_cells(rbc_bundle, count_only: bool, threads, normalize_frames: bool = F
     if not rbc_bundle:
         return RedCellClassifier()
     model = load_model(rbc_bundle_path(rbc_bundle))
-    return RedCellClassifier(model, load_backend(model, threads=threads), normalize_frames=normalize_frames)
+    return RedCellClassifier(model, load_backend(model, threads=threads), normalize_frames=normalize_frames,
+                             scale=scale)
 
 
 @click.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
+
 from review_helpers import sample_run_master  # noqa: F401  (fixture)
 from hemaedge.train.adapt_bccd import match_white_cells, single_label_frames
 
@@ -52,3 +54,17 @@ def test_top_class_on_saved_crops_is_the_devices_answer_where_no_rule_overrode_i
     plain = [c for c in cells if c.kind == "wbc" and c.model_class not in ("unidentified", "platelet")]
     assert plain, "the sample run should have nucleated cells the device named"
     assert [top[c.key] for c in plain] == [c.model_class for c in plain]
+
+
+def test_recipe_summary_is_mean_and_sd_over_splits_per_recipe():
+    from hemaedge.benchmarks.tools.adapt_recipes import parse_recipe, summary
+
+    assert parse_recipe("h:fit=head,distill=0.5,blocks=0") == ("h", {"fit": "head", "distill": 0.5, "blocks": 0})
+    rows = [{"recipe": r, "split": s, "settings": {}, "dev_before": 0.5, "dev_after": a, "pbc_before": 0.97,
+             "pbc_after": p, "wall_s": 10.0}
+            for r, s, a, p in (("a", 0, 0.70, 0.96), ("a", 1, 0.80, 0.97), ("b", 0, 0.75, 0.965))]
+    a, b = summary(rows)
+    assert a["recipe"] == "a" and a["splits"] == [0, 1] and np.isclose(a["dev_mean"], 0.75)
+    assert np.isclose(a["dev_sd"], np.std([0.70, 0.80], ddof=1)) and np.isclose(a["gain_mean"], 0.25)
+    assert np.isclose(a["pbc_pt_mean"], -0.5) and np.isclose(a["pbc_pt_sd"], np.std([-1.0, 0.0], ddof=1))
+    assert b["splits"] == [0] and b["dev_sd"] is None

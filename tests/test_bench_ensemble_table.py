@@ -40,3 +40,23 @@ def test_no_ensemble_folder_is_one_error_line(tmp_path):
     res = CliRunner().invoke(ensemble_table.main, ["--work", str(tmp_path), "--results", str(tmp_path),
                                                    "--out", str(tmp_path / "t")])
     assert res.exit_code == 2 and "ensemble_check.sh" in res.output
+
+
+def test_int8_and_flips_gains_read_from_each_bundles_tables(tiny_runs, tree3, tmp_path):
+    members = [Path(r.out) / "best.keras" for r in tiny_runs]
+    work, results = tmp_path / "work", tmp_path / "results"
+    run_ensemble(members, str(tree3), work / "all-simplex", grid="simplex", step=0.25, bootstrap=20, log=lambda *_: None)
+    # what bundle_calibration and views_check write per int8 bundle (their json shapes)
+    figures = {"member0-int8": (0.90, 0.91), "member1-int8": (0.88, 0.93), "ensemble-int8": (0.92, 0.95)}
+    for tag, (one, flips) in figures.items():
+        (results / tag).mkdir(parents=True)
+        (results / tag / f"calibration_{tag}.json").write_text(json.dumps({"test": {"accuracy": one}}))
+        (results / tag / f"views_check_{tag}.json").write_text(
+            json.dumps({"views": {"flips": {"test": {"accuracy": flips}}}}))
+    out = tmp_path / "table"
+    res = CliRunner().invoke(ensemble_table.main, ["--work", str(work), "--results", str(results), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    g = json.loads(out.with_name("table.json").read_text())["goal"]
+    assert g["gain_pt_int8"] == 2.0 and g["gain_pt_int8_flips"] == 2.0  # against the best member of each column
+    assert g["best_member_int8_flips_test"] == 0.93
+    assert "With 4 flipped views averaged" in out.with_name("table.md").read_text()

@@ -93,6 +93,38 @@ def test_domain_check_tells_pbc_from_bccd(default_val, pbc_raw_val, bccd):
                                                     "domain checks existed)"}
 
 
+def test_an_adapted_models_microscope_is_a_colour_reference_too(default_val, pbc_raw_val, bccd):
+    """Bug: after `train adapt` on BCCD, runs on BCCD still said "unlike the training data" by
+    colour (the check knew only the training slides). `adapted_colours` adds the run's measured
+    colour as a reference (`colour.also`); the old microscope stays one."""
+    from hemaedge.train.adapt import adapted_colours
+
+    _, _, images, p, _ = default_val
+    dom = domain_section(images, p)
+    bccd_frames = [read_image_rgb(f) for f in sorted((bccd / "JPEGImages").glob("*.jpg"))[:10]]
+
+    def colour_only(domain, frames):
+        m = DomainMonitor({"colour": domain["colour"]}, every=1)
+        for f in frames:
+            m.add_frame(f)
+        return m.report()
+
+    before = colour_only(dom, bccd_frames)
+    assert before["unlike_training"] is True
+    run_colour = before["colour"]  # what summary.json of a BCCD run records
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "summary.json").write_text(json.dumps({"domain": {"colour": run_colour}}))
+        adapted = {**dom, "colour": adapted_colours([{"kind": "run", "path": d}, {"kind": "image-folder",
+                                                                                  "path": d}], dom["colour"])}
+    assert len(adapted["colour"]["also"]) == 1  # the tree adds nothing
+    after = colour_only(adapted, bccd_frames)
+    assert after["unlike_training"] is False and "adapted-to" in after["colour"]["nearest"]
+    pbc = colour_only(adapted, [read_image_rgb(f) for f in sorted(pbc_raw_val.glob("*.jpg"))[:10]])
+    assert pbc["unlike_training"] is False and pbc["colour"]["nearest"] == "the training slides'"
+
+
 def test_the_run_summary_carries_the_domain_check(default_val, bccd, tmp_path):
     """End to end: a bundle with ood/domain sections written by the export writer; an edge run on
     BCCD frames warns in summary.json that the microscope is unlike the training data."""

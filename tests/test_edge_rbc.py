@@ -247,6 +247,8 @@ def test_packaged_red_cell_bundle_classifies_real_frames(tmp_path):
     assert [m["class"] for m in s["morphology"]] == [c for c in CHULA_TYPES if c != "uncategorised"]
     assert s["classified"] == s["red_cells"] > 20
     assert sum(m["percent"] for m in s["morphology"]) == pytest.approx(100, abs=0.1)
+    # BCCD is another magnification (red cells ~2.8x Chula's): auto keeps each field's own ruler
+    assert s["size_scale_fields"] == {"bundle": 0, "field": s["fields"]}
 
 
 def test_qualify_marks_flags_of_an_unchecked_or_unlike_microscope_as_not_validated():
@@ -388,3 +390,121 @@ def test_red_cell_ood_limit_refit_on_detected_cells_keeps_the_bundle_verified(ch
     (bundle / "manifest.json").write_text(json.dumps(signed))
     with pytest.raises(BundleError, match="signed"):
         refit_red_cell_ood(bundle, frames, "again")
+
+
+def _chula_frame(chula, name):
+    from hemaedge.train.rbc_crops import read_chula
+
+    return next(f for f in read_chula(chula) if f.name == name)
+
+
+def _right_of(chula, frames, cls, scale):
+    """Labelled `cls` cells of these (val) frames that the packaged bundle calls `cls` end to end."""
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.rbc_morphology import RedCellClassifier, rbc_bundle_path
+    from hemaedge.edge.ruler import Ruler
+    from hemaedge.edge.segment import centre_in
+    from hemaedge.train.rbc_crops import CHULA_TYPES
+
+    model = load_model(rbc_bundle_path("packaged"))
+    clf = RedCellClassifier(model, load_backend(model, threads=1), scale=scale)
+    right = total = 0
+    for name in frames:
+        f = _chula_frame(chula, name)
+        img = read_image_rgb(f.image)
+        res = clf.process(img, Ruler(same_slide=False).read(img).diameter)
+        for x, y, t in f.points:
+            if CHULA_TYPES[t] != cls:
+                continue
+            total += 1
+            holding = [k for k, c in enumerate(res.cells) if centre_in(c.box, (x, y))]
+            right += bool(holding) and res.labels[min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2
+                                                      + (res.cells[k].centre[1] - y) ** 2)] == cls
+    return right, total, res
+
+
+def test_red_cells_are_sized_at_the_training_magnification_so_macrocytes_stay_large(chula):
+    """Chula val frames of macrocytic / microcytic slides: the field's ruler reads the field's own
+    large (small) cells, so crops that follow it shrink macrocytes to normal size. At the
+    bundle's training scale (auto on Chula's magnification) they keep the size they were trained
+    with. Before --rbc-scale the device cut every field at its own ruler (the 'field' rows)."""
+    frames = ["281", "282", "421"]  # val frames (frame-level split): 41 labelled macrocytes
+    macro_auto, n, res = _right_of(chula, frames, "macrocyte", "auto")
+    macro_field, _, res_field = _right_of(chula, frames, "macrocyte", "field")
+    assert n >= 30 and res.scale == "bundle" and res_field.scale == "field"
+    assert res.crop_side == 64 != res_field.crop_side  # the training crops' side (rbc_crops.json)
+    assert macro_auto >= macro_field + 10, (macro_auto, macro_field, n)
+    micro_auto, n_micro, _ = _right_of(chula, ["162", "168"], "microcyte", "auto")
+    micro_field, _, _ = _right_of(chula, ["162", "168"], "microcyte", "field")
+    assert micro_auto >= micro_field + 3, (micro_auto, micro_field, n_micro)
+
+
+def test_rbc_scale_choice_and_a_bad_reference_diameter(tmp_path):
+    from hemaedge.edge.bundle import load_bundle, write_bundle
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.errors import BundleError, UsageError
+    from hemaedge.edge.preprocess import InputContract
+    from hemaedge.edge.rbc_morphology import RedCellClassifier
+
+    onnx = make_onnx(tmp_path / "rbc.onnx", 32)
+    img = read_image_rgb(REPO / "samples" / "bccd" / "BloodImage_00007.jpg")
+
+    def clf(name, section, scale="auto"):
+        b = load_bundle(write_bundle(tmp_path / name, {onnx.name: onnx}, model_file=onnx.name, backend="onnx",
+                                     model_format="onnx", classes=["normal", "schistocyte", "spherocyte"],
+                                     contract=InputContract(size=32),
+                                     output={"kind": "probabilities", "dtype": "float32"},
+                                     extra={"red_cells": section} if section is not None else None))
+        return RedCellClassifier(b, load_backend(b, threads=1), scale=scale)
+
+    # a bundle trained at BCCD's magnification (~100 px cells): auto sizes BCCD frames at its reference
+    near = clf("near", {"crop_side_factor": 1.5, "ruler_diameter_px": 90.0}).process(img, 100.0)
+    assert near.scale == "bundle" and near.crop_side == 135
+    far = clf("far", {"crop_side_factor": 1.5, "ruler_diameter_px": 35.0}).process(img, 100.0)
+    assert far.scale == "field" and far.crop_side == 150
+    forced = clf("forced", {"crop_side_factor": 1.5, "ruler_diameter_px": 35.0}, "bundle").process(img, 100.0)
+    assert forced.scale == "bundle" and forced.crop_side == 52
+    assert clf("old", None).process(img, 100.0).scale == "field"  # no reference recorded: the field's ruler
+    with pytest.raises(UsageError, match="ruler_diameter_px"):
+        clf("old2", None, "bundle")
+    with pytest.raises(UsageError, match="scale"):
+        clf("typo", None, "absolute")
+    for bad in (0.0, "big", float("nan")):
+        with pytest.raises(BundleError, match="ruler_diameter_px"):
+            clf(f"bad-{bad}", {"ruler_diameter_px": bad})
+
+
+def test_tally_reports_fields_sized_at_their_own_ruler():
+    from hemaedge.edge.rbc import RedCell
+    from hemaedge.edge.rbc_morphology import format_red_cells
+
+    tally = RedCellTally(["normal", "schistocyte"])
+    cell = RedCell((0, 0, 10, 10), (5.0, 5.0), 10.0, 78)
+    for scale in ("bundle", "field", "bundle"):
+        tally.add(RedCellResult([cell], ["normal"], np.ones(1), 10.0, scale=scale))
+    s = tally.summary()
+    assert s["size_scale_fields"] == {"bundle": 2, "field": 1}
+    assert "1 fields at their own ruler" in format_red_cells(s)
+
+
+def test_size_feature_layer_learns_what_the_model_cannot_see_and_counts_missed_cells_wrong():
+    """rbc_size_features: when only the cell's absolute size separates two classes, the layer with
+    that feature beats the model alone; a point without a detection is wrong in every arm."""
+    from hemaedge.benchmarks.tools.rbc_size_features import evaluate
+
+    rng = np.random.default_rng(0)
+
+    def split(n, frames):
+        y = rng.integers(0, 2, n)
+        size = np.where(y == 1, 0.3, -0.3) + rng.normal(0, 0.1, n)
+        logp = np.log(np.full((n, 2), 0.5) + rng.normal(0, 0.01, (n, 2)).clip(-0.4, 0.4))  # the model: a coin
+        found = np.ones(n, bool)
+        found[:10] = False
+        return {"y": y, "found": found, "logp": logp, "relative": np.zeros(n), "absolute": size,
+                "aspect": np.ones(n), "fill": np.full(n, 0.78), "frame": np.arange(n) % frames}
+
+    rows = {r["arm"]: r for r in evaluate(split(600, 30), split(300, 10), ["normal", "macrocyte"])}
+    alone, sized = rows["model alone (argmax)"]["fit_train"], rows["layer: + absolute size"]["fit_train"]
+    assert alone["accuracy"] < 0.6 and sized["accuracy"] > 0.9
+    assert sized["accuracy"] <= 290 / 300  # the 10 missed cells stay wrong

@@ -74,11 +74,12 @@ def test_adapt_from_a_tree_exports_a_bundle_with_provenance(base_model, pbc_smal
 
     out = tmp_path / "adapted"
     res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
-                "--epochs", "2", "--replay-min", "16", "--seed", "1")
+                "--fit", "tail", "--epochs", "2", "--replay-min", "16", "--seed", "1")
     assert res.exit_code == 0, res.output
     result = json.loads((out / "adapt.json").read_text())
     p = result["provenance"]
     assert p["base"]["sha256"] == sha256_file(base_model)
+    assert (p["training"]["fit"], p["training"]["replay_ratio"], p["training"]["distill"]) == ("tail", 2.0, 0.0)
     assert p["counts"]["new_cells"] == 32 and p["counts"]["new_train"] + p["counts"]["held_out"] == 32
     assert p["counts"]["replay"] >= 16 and p["data"][0]["per_class"]["monocyte"] == 8
     for when in ("accuracy_before", "accuracy_after"):
@@ -120,6 +121,8 @@ def test_adapt_from_a_reviewed_run_uses_only_reviewed_cells(base_model, sample_r
     p = json.loads((out / "adapt.json").read_text())["provenance"]
     assert p["counts"]["new_cells"] == 6 and p["counts"]["new_per_class"] == {"lymphocyte": 3, "neutrophil": 3}
     assert p["data"][0]["kind"] == "run" and p["data"][0]["corrections_sha256"]
+    # the default recipe: the head fit, its own replay ratio and distillation share
+    assert (p["training"]["fit"], p["training"]["replay_ratio"], p["training"]["distill"]) == ("head", 12.0, 0.5)
     assert "no --replay" in res.output and not (out / "bundle").exists()
 
 
@@ -147,7 +150,7 @@ def test_adapt_recipe_options_augment_and_draw_replay_afresh(base_model, pbc_sma
     and --replay-pool: each epoch trains on --replay-ratio x new cells drawn from a bigger pool."""
     out = tmp_path / "adapted"
     res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
-                "--epochs", "2", "--replay-min", "8", "--replay-ratio", "0.5", "--replay-pool", "40",
+                "--fit", "tail", "--epochs", "2", "--replay-min", "8", "--replay-ratio", "0.5", "--replay-pool", "40",
                 "--augment", "robust", "--new-weight", "0.7", "--no-export")
     assert res.exit_code == 0, res.output
     p = json.loads((out / "adapt.json").read_text())["provenance"]
@@ -155,7 +158,7 @@ def test_adapt_recipe_options_augment_and_draw_replay_afresh(base_model, pbc_sma
     assert p["training"]["augment"] == "robust" and p["training"]["new_weight"] == 0.7
     assert len(p["training"]["history"]) == 3
     for bad in (["--new-weight", "1"], ["--augment", "sideways"]):
-        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[0], *bad)
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[0], "--fit", "tail", *bad)
         assert res.exit_code == 2 and "Traceback" not in res.output
 
 
@@ -169,7 +172,7 @@ def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_
 
     out = tmp_path / "adapted"
     res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
-                "--epochs", "1", "--replay-min", "16", "--distill", "0.5", "--balance", "--bn", "mixed",
+                "--fit", "tail", "--epochs", "1", "--replay-min", "16", "--distill", "0.5", "--balance", "--bn", "mixed",
                 "--no-export")
     assert res.exit_code == 0, res.output
     t = json.loads((out / "adapt.json").read_text())["provenance"]["training"]
@@ -178,7 +181,8 @@ def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_
 
     # --epochs 0 --bn new: the label-free baseline, only the BatchNorm statistics change
     bn_only = tmp_path / "bn-only"
-    res = adapt("--base", base_model, "--data", new_microscope, "--out", bn_only, "--epochs", "0", "--bn", "new",
+    res = adapt("--base", base_model, "--data", new_microscope, "--out", bn_only, "--fit", "tail", "--epochs", "0",
+                "--bn", "new",
                 "--no-export")
     assert res.exit_code == 0, res.output
     before, after = load_source(base_model).model, keras.saving.load_model(bn_only / "model.keras")
@@ -189,7 +193,7 @@ def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_
     assert all(np.array_equal(wb.numpy(), wa.numpy()) for wb, wa in zip(before.weights, after.weights)
                if "moving" not in wb.path)
     for bad in (["--epochs", "0"], ["--distill", "1"]):
-        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], *bad)
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], "--fit", "tail", *bad)
         assert res.exit_code == 2 and "Traceback" not in res.output
 
 
@@ -239,3 +243,40 @@ def test_the_adapted_bundle_gets_its_own_temperature_and_ood_threshold(base_mode
     p = apply_temperature(predict(src.model, cells, src.contract), side["output"]["temperature"])
     right = p.argmax(1) == cells.labels
     assert np.isclose(np.quantile(ood_scores(p)[right], 0.95), per["pbc_val"]["threshold"], atol=2e-3)
+
+
+def test_adapt_fit_head_changes_only_the_classifier_and_its_figures_are_the_models(base_model, pbc_small,
+                                                                                   new_microscope, tmp_path):
+    """--fit head: the classifier layer refitted on the frozen backbone's features (every flip/rotation
+    of the new cells). The backbone's weights stay the base's; the held-out choice never ends below the
+    base; the before/after figures, computed from features, are what the saved Keras model answers."""
+    import keras
+
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.export.source import load_source
+    from hemaedge.train.adapt import accuracy, open_reference, reference_split
+
+    out = tmp_path / "head"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--fit", "head", "--replay-min", "16", "--distill", "0.3", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    p = json.loads((out / "adapt.json").read_text())["provenance"]
+    t = p["training"]
+    assert t["fit"] == "head" and t["views_per_new_cell"] == 8 and len(t["trained_layers"]) == 1
+    assert p["accuracy_after"]["held_out"]["accuracy"] >= p["accuracy_before"]["held_out"]["accuracy"]
+    assert p["accuracy_after"]["held_out"]["accuracy"] == t["held_out_accuracy"]
+    assert t["trials"] and {tr["pull"] for tr in t["trials"]} >= {1.0, 0.001}
+    before, after = load_source(base_model).model, keras.saving.load_model(out / "model.keras")
+    same = [np.array_equal(wb.numpy(), wa.numpy()) for wb, wa in zip(before.weights, after.weights)]
+    assert all(same[:-2])  # every backbone weight, BatchNorm statistics included
+    if t["chosen_step"]:
+        assert not all(same[-2:])  # a chosen step > 0 really changed the classifier
+    # the reported PBC val figure is the saved model's own
+    src = load_source(out / "model.keras")
+    cells = reference_split(open_reference(str(pbc_small), list(src.classes)), "val", list(src.classes),
+                            src.contract.size, None, 3)
+    assert accuracy(src.model, cells, src.contract)["accuracy"] == p["accuracy_after"]["pbc_val"]["accuracy"]
+    assert load_bundle(out / "bundle").manifest["adaptation"]["training"]["fit"] == "head"
+    for bad in (["--bn", "new"], ["--augment", "robust"], ["--fit", "all"]):
+        res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], "--fit", "head", *bad)
+        assert res.exit_code == 2 and "Traceback" not in res.output

@@ -3,10 +3,12 @@
     new cells (ImageFolder trees, or the reviewed cells of runs with saved crops)
       -> stratified held-out part (chooses the epoch, reports the new-microscope accuracy)
     + a replay sample of the original training data (so the old microscope is not forgotten)
-    -> train the classifier head and the last blocks of the backbone (BatchNorm frozen;
-       flips/right-angle rotations, since a cell has no up or down), equal loss weight for the
-       new cells and the replay sample
-    -> the epoch with the best held-out accuracy -> model.keras + model.json
+    -> fit (equal loss weight for the new cells and the replay sample; flips/right-angle
+       rotations, since a cell has no up or down):
+       "head" (default): only the classifier layer, on the frozen backbone's features, pulled
+       toward the base's weights (train/adapt_head.py; seconds, the old features untouched);
+       "tail": the classifier head and the last blocks of the backbone by SGD (BatchNorm frozen)
+    -> the epoch / step with the best held-out accuracy -> model.keras + model.json
     -> an int8 bundle ("tflite-int8-mixed", like the default) whose manifest records where it
        came from (base digest, data, counts) and the before/after accuracy on the held-out new
        cells, on PBC val and on any extra test set.
@@ -40,6 +42,14 @@ AUGMENTS = ("dihedral", "light", "full", "robust")
 # training cells (AdaBN: label-free, adapts to the new microscope's colour and blur, may cost the old
 # one); "mixed" re-estimates them on the new training cells and as many replay images together.
 BN_MODES = ("frozen", "new", "mixed")
+# What is fitted: "tail" = the classifier head and the last blocks, by SGD on the images;
+# "head" = only the classifier layer, on the frozen backbone's features (train/adapt_head.py).
+FITS = ("tail", "head")
+# Per-fit defaults of the settings left unset (None). Chosen on BCCD train cells over three 100/92
+# splits (benchmarks/results/adapt_recipes.md): the head fit with a 12x replay sample and half the
+# replay targets from the base's answers matched the tail fit's accuracy and kept PBC val within
+# 0.5 pt; the tail fit's SGD pays per replay image, so it keeps its smaller sample.
+FIT_DEFAULTS = {"head": {"replay_ratio": 12.0, "distill": 0.5}, "tail": {"replay_ratio": 2.0, "distill": 0.0}}
 # --balance: no class of the new cells weighs more than this many times its share by count
 BALANCE_CAP = 4.0
 
@@ -54,15 +64,16 @@ class AdaptConfig:
     test: list[str] = field(default_factory=list)  # extra labelled trees to report on (e.g. BCCD test)
     limit: int | None = None           # use at most this many new cells (seeded random subset)
     holdout: float = 0.2               # share of the new cells held out to choose and report on
-    replay_ratio: float = 2.0          # replay images per new training cell (at least `replay_min`)
+    replay_ratio: float | None = None  # replay images per new training cell (at least `replay_min`); None: FIT_DEFAULTS
     replay_min: int = 128
     replay_pool: int = 0               # draw each epoch's replay images afresh from this many (0: one fixed sample)
     new_weight: float = 0.5            # share of the loss carried by the new cells (the rest: the replay sample)
     augment: str = "dihedral"          # one of AUGMENTS, for new and replay images alike
     blocks: int = 2                    # trailing backbone blocks trained with the head
-    distill: float = 0.0               # share of each replay image's target taken from the base's own output (LwF)
+    distill: float | None = None       # share of each replay image's target from the base's own output (LwF); None: FIT_DEFAULTS
     bn: str = "frozen"                 # BatchNorm statistics: one of BN_MODES
     balance: bool = False              # weight the new cells so every class of them carries the same loss
+    fit: str = "head"                  # one of FITS
     epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-4
@@ -71,6 +82,13 @@ class AdaptConfig:
     calib_count: int = 128
     export: bool = True
     run_cells: str = "reviewed"        # from runs: "reviewed" cells only, or "all" (model labels kept)
+
+    def resolved(self) -> "AdaptConfig":
+        """A copy with the unset settings filled in from FIT_DEFAULTS for its fit."""
+        if self.fit not in FITS:
+            raise UsageError(f"--fit {self.fit!r}: expected one of {', '.join(FITS)}")
+        unset = {k: v for k, v in FIT_DEFAULTS[self.fit].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset)
 
     def validate(self):
         if not self.data:
@@ -81,7 +99,12 @@ class AdaptConfig:
             raise UsageError("--epochs must be at least 0, --batch-size at least 1, --blocks at least 0")
         if self.bn not in BN_MODES:
             raise UsageError(f"--bn {self.bn!r}: expected one of {', '.join(BN_MODES)}")
-        if self.epochs == 0 and self.bn == "frozen":
+        if self.fit not in FITS:
+            raise UsageError(f"--fit {self.fit!r}: expected one of {', '.join(FITS)}")
+        if self.fit == "head" and (self.bn != "frozen" or self.augment != "dihedral"):
+            raise UsageError("--fit head keeps the backbone as it is and uses every flip/rotation of each cell: "
+                             "--bn and --augment apply to --fit tail only (leave them at frozen / dihedral)")
+        if self.fit == "tail" and self.epochs == 0 and self.bn == "frozen":
             raise UsageError("--epochs 0 with --bn frozen would change nothing: give epochs, or --bn new|mixed "
                              "to re-estimate only the BatchNorm statistics")
         if not 0 <= self.distill < 1:
@@ -311,6 +334,13 @@ def accuracy(model, cells: Cells, contract, probabilities: np.ndarray | None = N
             "loss": round(loss, 4), "per_class_recall": per_class}
 
 
+def _digest(cells: Cells) -> str:
+    """What a set of cells is (pixels and labels): a series of adaptations scores the same set once."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(cells.images).tobytes() + cells.labels.tobytes()).hexdigest()
+
+
 def _named(metrics: dict, classes) -> dict:
     m = dict(metrics)
     if "per_class_recall" in m:
@@ -422,6 +452,39 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     return {"chosen_epoch": best["epoch"], "history": history}
 
 
+def fit_head_only(head: dict, extractor, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig,
+                  logf, n_replay: int) -> tuple[dict, dict]:
+    """--fit head: the classifier layer refitted on features (every flip/rotation of the new training
+    cells, the replay sample as it is), new cells carrying `new_weight` of the loss; the chosen
+    weights are set in the model. Returns (trainable, fit) in `train_tail`'s terms plus w, b."""
+    from hemaedge.train import adapt_head
+
+    n_classes = head["w0"].shape[1]
+    eye = np.eye(n_classes, dtype=np.float32)
+    views = adapt_head.dihedral_views(new.images)
+    f_new = adapt_head.features(extractor, views, contract)
+    y_new = np.tile(new.labels, len(views) // max(1, len(new)))
+    rep = replay.subset(np.arange(min(n_replay, len(replay)))) if len(replay) else replay
+    f_rep = adapt_head.features(extractor, rep.images, contract) if len(rep) else \
+        np.zeros((0, f_new.shape[1]), np.float32)
+    t_rep = eye[rep.labels]
+    if cfg.distill and len(rep):  # learning without forgetting, from the base's own answers
+        t_rep = (1 - cfg.distill) * t_rep + cfg.distill * adapt_head.probabilities(f_rep, head["w0"], head["b0"])
+    w_new = (class_weights(y_new) if cfg.balance else np.ones(len(y_new), np.float32)) / max(1, len(y_new))
+    w_new = w_new * (cfg.new_weight if len(rep) else 1.0)
+    w_rep = np.full(len(rep), (1 - cfg.new_weight) / max(1, len(rep)), np.float32)
+    logf(f"head fit on {len(f_new)} views of {len(new)} new cells + {len(rep)} replay images")
+    fit = adapt_head.fit_head(np.concatenate([f_new, f_rep]), np.concatenate([eye[y_new], t_rep]),
+                              np.concatenate([w_new, w_rep]), head["w0"], head["b0"],
+                              head["features"]["held_out"], held.labels, logf=logf)
+    head["layer"].set_weights([fit["w"], fit["b"]])
+    fit["chosen_epoch"] = fit["chosen_step"]  # the table's "chosen" column: a step of the head fit
+    trainable = {"trained_layers": [head["layer"].name], "trainable_parameters": int(fit["w"].size + fit["b"].size),
+                 "parameters": int(extractor.count_params() + fit["w"].size + fit["b"].size),
+                 "views_per_new_cell": len(views) // max(1, len(new))}
+    return trainable, fit
+
+
 def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                         base_sidecar: dict) -> dict:
     """The adapted model's own `output.temperature`, `ood` and (OOD part of) `domain` sections.
@@ -452,6 +515,27 @@ def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, 
     return out
 
 
+def adapted_colours(sources: list[dict], colour: dict) -> dict:
+    """The domain check's colour section with the new microscope added as a reference (`also`).
+
+    A run folder's summary.json holds the median frame colour the device measured on that run
+    (`domain.colour`); it becomes a reference with the training slides' spreads (one run gives a
+    median, not a spread), so a run on the microscope the model was adapted to is no longer
+    "unlike" by colour, while the old microscope stays a reference too. Class-folder trees are
+    crops, not frames, so they add no colour reference."""
+    also = [r for r in colour.get("also") or []]
+    for src in sources:
+        summary = Path(src["path"]) / "summary.json"
+        if src.get("kind") != "run" or not summary.is_file():
+            continue
+        run = (json.loads(summary.read_text(encoding="utf-8")).get("domain") or {}).get("colour") or {}
+        if run.get("background") and run.get("cells"):
+            also.append({"background": run["background"], "cells": run["cells"],
+                         "background_spread": colour["background_spread"], "cells_spread": colour["cells_spread"],
+                         "from": Path(src["path"]).name})
+    return {**colour, "also": also} if also else colour
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -467,6 +551,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     from hemaedge.export.source import load_source
     from hemaedge.train.finetune import machine, save_keras_atomic
 
+    cfg = cfg.resolved()
     cfg.validate()
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(cfg.out)
@@ -499,13 +584,39 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     model = source.model
     cache = before_cache if before_cache is not None else {}
 
+    head = None
+    if cfg.fit == "head":
+        from hemaedge.train import adapt_head
+
+        layer, extractor = adapt_head.classifier_layer(model)
+        w0, b0 = (np.asarray(a, np.float32) for a in layer.get_weights())
+        head = {"layer": layer, "w0": w0, "b0": b0, "features": {}}
+
+        def feats(name, cells_, cached=True):
+            # the backbone's features of a set, computed once (and kept across a series for fixed sets)
+            key = (source.sha256, "features", name, _digest(cells_))
+            if not cached:
+                return adapt_head.features(extractor, cells_.images, contract)
+            if key not in cache:
+                cache[key] = adapt_head.features(extractor, cells_.images, contract)
+            return cache[key]
+
+    def base_probabilities(name, cells_, cached=True):
+        """The base's answers on a set: from its features with --fit head (needed later), else None."""
+        if head is None:
+            return None
+        f = head["features"][name] = feats(name, cells_, cached)
+        return adapt_head.probabilities(f, head["w0"], head["b0"])
+
     def base_accuracy(name, cells_):
-        key = (source.sha256, name, cfg.eval_limit, cfg.seed, len(cells_))
+        key = (source.sha256, name, _digest(cells_))
+        p = base_probabilities(name, cells_)
         if key not in cache:
-            cache[key] = _named(accuracy(model, cells_, contract), classes)
+            cache[key] = _named(accuracy(model, cells_, contract, p), classes)
         return cache[key]
 
-    before = {"held_out": _named(accuracy(model, held, contract), classes)}
+    before = {"held_out": _named(accuracy(model, held, contract, base_probabilities("held_out", held, False)),
+                                 classes)}
     if pbc_val is not None:
         before["pbc_val"] = base_accuracy(f"pbc_val:{pbc_src}", pbc_val)
     for k, v in tests.items():
@@ -513,26 +624,36 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     logf("before: " + ", ".join(f"{k} {v['accuracy']}" for k, v in before.items()))
 
     # The base's own answers on the replay pool, before anything changes (distillation targets)
-    replay_soft = predict(model, replay, contract) if cfg.distill and len(replay) else None
+    replay_soft = predict(model, replay, contract) if cfg.distill and len(replay) and head is None else None
     bn_info = {"mode": cfg.bn}
     if cfg.bn != "frozen":
         pool = new.images if cfg.bn == "new" or not len(replay) else np.concatenate(
             [new.images, replay.images[np.random.default_rng(cfg.seed + 3).permutation(len(replay))[:len(new)]]])
         bn_info.update(reestimate_batchnorm(model, pool, contract))
         logf(f"BatchNorm statistics re-estimated on {bn_info['images']} images ({cfg.bn})")
-    trainable = set_trainable(model, cfg.blocks)
-    logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
-         f"({len(trainable['trained_layers'])} layers)")
     t_train = time.perf_counter()
-    fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
+    if head is None:
+        trainable = set_trainable(model, cfg.blocks)
+        logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
+             f"({len(trainable['trained_layers'])} layers)")
+        fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
+
+        def after_probabilities(name, cells_):
+            return predict(model, cells_, contract)
+    else:
+        trainable, fit = fit_head_only(head, extractor, contract, new, replay, held, cfg, logf, n_replay)
+        w, b = fit.pop("w"), fit.pop("b")
+
+        def after_probabilities(name, cells_):  # the backbone is unchanged: its features are still valid
+            return adapt_head.probabilities(head["features"][name], w, b)
     train_s = time.perf_counter() - t_train
-    p_after = {"held_out": predict(model, held, contract)}
+    p_after = {"held_out": after_probabilities("held_out", held)}
     after = {"held_out": _named(accuracy(model, held, contract, p_after["held_out"]), classes)}
     if pbc_val is not None:
-        p_after["pbc_val"] = predict(model, pbc_val, contract)
+        p_after["pbc_val"] = after_probabilities(f"pbc_val:{pbc_src}", pbc_val)
         after["pbc_val"] = _named(accuracy(model, pbc_val, contract, p_after["pbc_val"]), classes)
     for k, v in tests.items():
-        after[f"test:{k}"] = _named(accuracy(model, v, contract), classes)
+        after[f"test:{k}"] = _named(accuracy(model, v, contract, after_probabilities(f"test:{k}", v)), classes)
     logf("after: " + ", ".join(f"{k} {v['accuracy']}" for k, v in after.items()))
 
     out.mkdir(parents=True, exist_ok=True)
@@ -555,6 +676,8 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     side.update(confidence_sections(p_after, {"held_out": held.labels,
                                               **({"pbc_val": pbc_val.labels} if pbc_val is not None else {})},
                                     source.sidecar))
+    if side.get("domain", {}).get("colour"):
+        side["domain"]["colour"] = adapted_colours(cells.sources, side["domain"]["colour"])
     side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
                 metrics={"held_out_accuracy": after["held_out"]["accuracy"],
                          **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})

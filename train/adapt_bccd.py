@@ -35,7 +35,7 @@ def single_label_frames(bccd: Path, split: str) -> dict[str, str]:
                 if r["split"] == split and r["n_labels"] == "1" and r["n_wbc_boxes"] == "1"}
 
 
-RECIPE = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
+RECIPE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
           "balance")
 RECIPE_KEYS = (*RECIPE, "export")
 
@@ -46,6 +46,7 @@ def cached_result(out: Path, cfg) -> dict | None:
         return None
     result = json.loads((out / "adapt.json").read_text())
     done = result["provenance"]["training"]
+    cfg = cfg.resolved()  # unset settings take the fit's defaults, as `adapt` records them
     differ = [k for k in RECIPE_KEYS if k in done and done[k] != getattr(cfg, k)]
     if differ:
         raise SystemExit(f"{out} holds an adaptation made with other settings ({', '.join(differ)}); "
@@ -125,7 +126,9 @@ def end_to_end(bundle, bccd: Path, work: Path, name: str, split: str = "test") -
     top = top_classes(bundle, run_dir, {h[0] for h in found.values() if h})
     right_top = sum(bool(h) and top.get(h[0]) == labels[f] for f, h in found.items())
     unidentified = sum(bool(h) and h[1] == "unidentified" for h in found.values())
-    return {"bundle": str(bundle), "split": split, "frames": len(labels), "right": right,
+    dom = json.loads((run_dir / "summary.json").read_text()).get("domain") or {}
+    return {"domain_unlike": dom.get("unlike_training"), "domain_reasons": dom.get("reasons", []),
+            "bundle": str(bundle), "split": split, "frames": len(labels), "right": right,
             "found": sum(h is not None for h in found.values()), "accuracy": round(right / max(1, len(labels)), 4),
             "unidentified": unidentified, "right_top_class": right_top,
             "accuracy_top_class": round(right_top / max(1, len(labels)), 4), "run": str(run_dir)}
@@ -166,6 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-limit", type=int, default=None, help="At most N PBC val images per class (quick runs)")
     ap.add_argument("--export-steps", default="100",
                     help="Steps whose adapted model is also exported to an int8 bundle ('' for none)")
+    ap.add_argument("--fit", choices=("tail", "head"), help="Recipe: what is fitted [train adapt's default: tail]")
     ap.add_argument("--blocks", type=int, help="Recipe: trailing backbone blocks trained [train adapt's default]")
     ap.add_argument("--lr", type=float, help="Recipe: learning rate")
     ap.add_argument("--augment", help="Recipe: dihedral, light, full or robust")
@@ -221,6 +225,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _domain_word(e2e: dict | None) -> str:
+    """The run's domain check in a word or two: like, or unlike and why (colour / confidence)."""
+    if not e2e or e2e.get("domain_unlike") is None:
+        return "-"
+    why = [w for w, key in (("colour", "colour"), ("confidence", "unsure")) if any(key in r for r in e2e["domain_reasons"])]
+    return "unlike (" + ", ".join(why) + ")" if e2e["domain_unlike"] else "like"
+
+
 def write_tables(args, rows, train_stats, test_stats, command):
     from hemaedge.benchmarks.tools.result_files import write_result
     from hemaedge.train.finetune import machine
@@ -247,19 +259,22 @@ def write_tables(args, rows, train_stats, test_stats, command):
         eb, ea = r.get("end_to_end_before"), r.get("end_to_end_after")
         e2e = "-" if not ea else (f"{eb['accuracy']:.3f} -> " if eb else "") + \
             f"**{ea['accuracy']:.3f}** ({ea['right']} of {ea['frames']} right, {ea['found']} found" + \
-            (f", {ea['unidentified']} unidentified)" if "unidentified" in ea else ")")
+            (f", {ea['unidentified']} unidentified)" if "unidentified" in ea else ")") + \
+            ("" if ea.get("domain_unlike") is None else
+             f"; domain check: {_domain_word(ea)}" + (f" (base: {_domain_word(eb)})" if eb else ""))
         top = "-" if not ea or "accuracy_top_class" not in ea else \
             (f"{eb['accuracy_top_class']:.3f} -> " if eb and "accuracy_top_class" in eb else "") + \
             f"**{ea['accuracy_top_class']:.3f}**"
         whole = r.get("step") == "all" or (r.get("step", "").isdigit() and int(r["step"]) > r["cells"])
         cells = (f"{r['step']} asked: all {r['cells']}" if r.get("step") != "all" else f"all {r['cells']}") + \
             " (the multi-domain model)" if whole else str(r["cells"])
+        chosen = f"step {r['chosen_epoch']}" if r["recipe"].get("fit") == "head" else \
+            f"{r['chosen_epoch']} of {r['recipe'].get('epochs') or args.epochs}"
         lines.append(f"| {cells} | {r['train']} / {r['held_out']} | {r['replay']} | "
                      f"{r['bccd_test_before']:.3f} -> **{r['bccd_test_after']:.3f}** (n={r['bccd_test_n']}) | {e2e} | {top} | "
                      f"{r['pbc_val_before']:.4f} -> {r['pbc_val_after']:.4f} "
                      f"({100 * (r['pbc_val_after'] - r['pbc_val_before']):+.2f} pt, n={r['pbc_val_n']}) | {int8} | "
-                     f"{r['chosen_epoch']} of {r['recipe'].get('epochs') or args.epochs} | "
-                     f"{r['train_s']:.0f} / {r['wall_s']:.0f} / "
+                     f"{chosen} | {r['train_s']:.0f} / {r['wall_s']:.0f} / "
                      f"{'-' if r.get('cpu_s') is None else format(r['cpu_s'], '.0f')} |")
     lines += ["", "Goals (issue #14): >= 95% on BCCD test after 100 cells, PBC val drop <= 0.5 pt, <= 10 min wall per "
               "adaptation. BCCD test: the device's crop of every annotated white cell of the test split's single-label "

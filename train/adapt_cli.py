@@ -27,7 +27,8 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
               help="Use N of the new cells, a random sample drawn with --seed.")
 @click.option("--holdout", type=FiniteFloat(0.05, 0.8), default=0.2,
               help="Share of the new cells held out to choose the epoch and report on.")
-@click.option("--replay-ratio", type=FiniteFloat(0), default=2.0, help="Replay images per new training cell.")
+@click.option("--replay-ratio", type=FiniteFloat(0), default=None, show_default=False,
+              help="Replay images per new training cell [default: 12 with --fit head, 2 with --fit tail].")
 @click.option("--replay-min", type=click.IntRange(0), default=128, help="At least this many replay images.")
 @click.option("--replay-pool", type=click.IntRange(0), default=0,
               help="Draw each epoch's replay images afresh from a pool of this many (0: one fixed sample).")
@@ -36,14 +37,19 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
 @click.option("--augment", type=click.Choice(["dihedral", "light", "full", "robust"]), default="dihedral",
               help="Augmentation: flips/right-angle rotations, or a preset of `train finetune --augment`.")
 @click.option("--blocks", type=click.IntRange(0), default=2, help="Trailing backbone blocks trained with the head.")
-@click.option("--distill", type=FiniteFloat(0, 1, max_open=True), default=0.0,
+@click.option("--distill", type=FiniteFloat(0, 1, max_open=True), default=None, show_default=False,
               help="Share of each replay image's target taken from the base model's own answer (learning "
-                   "without forgetting; 0: labels only).")
+                   "without forgetting; 0: labels only) [default: 0.5 with --fit head, 0 with --fit tail].")
 @click.option("--bn", type=click.Choice(["frozen", "new", "mixed"]), default="frozen",
               help="BatchNorm statistics: the base's, re-estimated on the new cells (label-free), or on the "
                    "new cells and as many replay images.")
 @click.option("--balance/--no-balance", default=False,
               help="Weight the new cells so each of their classes carries the same loss (at most 4x).")
+@click.option("--fit", type=click.Choice(["head", "tail"]), default="head",
+              help="head: only the classifier layer, on the frozen backbone's features of every flip/rotation, "
+                   "pulled toward the base's weights (seconds; the old microscope's features are untouched); "
+                   "tail: the classifier head and the last --blocks, by SGD on the images (--augment, --bn, "
+                   "--epochs, --lr apply to tail only).")
 @click.option("--epochs", type=click.IntRange(0), default=8,
               help="Passes over the new cells (0: only --bn new|mixed, no fitting).")
 @click.option("--batch-size", type=click.IntRange(1), default=32)

@@ -8,7 +8,8 @@
 The reviewed BCCD train run of `hemaedge.train.adapt_bccd` (the reviewer simulated from
 wbc_subtypes.csv) is split once, seeded: --cells cells to adapt on (of which `train adapt` holds
 out its own 20% to choose the epoch) and every other train cell as the development set that
-compares recipes. Each recipe (`name:key=value,...`, keys of AdaptConfig: blocks, lr, epochs,
+compares recipes; --splits repeats this for several seeded splits (the seed also seeds `train adapt`),
+and the summary gives each recipe's mean and standard deviation over them. Each recipe (`name:key=value,...`, keys of AdaptConfig: blocks, lr, epochs,
 augment, new_weight, replay_ratio, replay_pool, batch_size, holdout, distill, bn, balance) is one
 `train adapt`; the table reports the
 development-set accuracy and the change on PBC val (the old microscope), and the wall time.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-_TUNABLE = ("blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "batch_size", "holdout",
+_TUNABLE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "batch_size", "holdout",
             "distill", "bn", "balance")
 _INT = ("blocks", "epochs", "batch_size", "replay_pool")
 
@@ -35,7 +36,7 @@ def parse_recipe(text: str) -> tuple[str, dict]:
         k, _, v = item.partition("=")
         if k not in _TUNABLE:
             raise SystemExit(f"recipe {name!r}: unknown setting {k!r}; expected some of {', '.join(_TUNABLE)}")
-        opts[k] = v if k in ("augment", "bn") else v.lower() in ("1", "true", "yes") if k == "balance" \
+        opts[k] = v if k in ("augment", "bn", "fit") else v.lower() in ("1", "true", "yes") if k == "balance" \
             else int(v) if k in _INT else float(v)
     return name, opts
 
@@ -67,72 +68,125 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="Table prefix: OUT.md and OUT.json")
     ap.add_argument("--cells", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="The split's seed (one split)")
+    ap.add_argument("--splits", help="Several splits: their seeds, comma-separated (e.g. 0,1,2); overrides --seed")
     ap.add_argument("--recipe", action="append", required=True, help="name:key=value,... (see the module doc)")
     args = ap.parse_args(argv)
 
     from hemaedge.export.source import read_sidecar
-    from hemaedge.train.adapt import AdaptConfig, adapt, resolve_base
-    from hemaedge.train.adapt_bccd import cached_result, labelled_run
+    from hemaedge.train.adapt import resolve_base
+    from hemaedge.train.adapt_bccd import labelled_run
 
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = args.base if (Path(args.base) / "manifest.json").is_file() else None
     train_run, train_stats = labelled_run(args.bccd, "train", args.work, bundle)
     classes = list(read_sidecar(resolve_base(args.base)[0]).get("classes") or [])
-    adapt_tree, dev_tree, counts = dev_split(train_run, classes, args.cells, args.seed,
-                                             args.work / f"dev-{args.cells}-seed{args.seed}")
+    seeds = [int(x) for x in args.splits.split(",")] if args.splits else [args.seed]
     command = "python -m hemaedge.benchmarks.tools.adapt_recipes " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    rows, cache = [], {}
-    for text in args.recipe:
-        name, opts = parse_recipe(text)
-        out = args.work / f"recipe-{name}"
-        cfg = AdaptConfig(base=args.base, data=[str(adapt_tree)], out=str(out), replay=args.replay,
-                          test=[str(dev_tree)], seed=args.seed, export=False, **opts)
-        result = cached_result(out, cfg) or adapt(cfg, logf=print, command=command, before_cache=cache)
-        p = result["provenance"]
-        b, a = p["accuracy_before"], p["accuracy_after"]
-        rows.append({"recipe": name, "settings": opts, "chosen_epoch": p["training"]["chosen_epoch"],
-                     "epochs": p["training"]["epochs"],
-                     "held_out": a["held_out"]["accuracy"], "held_out_n": a["held_out"]["n"],
-                     "dev_before": b["test:dev"]["accuracy"], "dev_after": a["test:dev"]["accuracy"],
-                     "dev_n": a["test:dev"]["n"], "dev_recall": a["test:dev"]["per_class_recall"],
-                     "pbc_before": b["pbc_val"]["accuracy"], "pbc_after": a["pbc_val"]["accuracy"],
-                     "pbc_n": a["pbc_val"]["n"], "train_s": p["training"]["train_seconds"],
-                     "wall_s": result["wall_seconds"]})
-        write_tables(args, rows, train_stats, counts, command)
+    rows, cache, counts = [], {}, {}
+    recipes = [parse_recipe(text) for text in args.recipe]
+    for seed in seeds:  # split by split: a stopped series has whole splits for every recipe
+        adapt_tree, dev_tree, counts[seed] = dev_split(train_run, classes, args.cells, seed,
+                                                       args.work / f"dev-{args.cells}-seed{seed}")
+        for name, opts in recipes:
+            rows.append(one_recipe(args, name, opts, seed, adapt_tree, dev_tree, command, cache))
+            write_tables(args, rows, train_stats, counts, seeds, command)
     return 0
 
 
-def write_tables(args, rows, train_stats, counts, command):
+def one_recipe(args, name, opts, seed, adapt_tree, dev_tree, command, cache) -> dict:
+    from hemaedge.train.adapt import AdaptConfig, adapt
+    from hemaedge.train.adapt_bccd import cached_result
+
+    # split 0 keeps the single-split folder name, so earlier finished recipes are read back
+    out = args.work / (f"recipe-{name}" if seed == 0 else f"recipe-{name}-split{seed}")
+    cfg = AdaptConfig(base=args.base, data=[str(adapt_tree)], out=str(out), replay=args.replay,
+                      test=[str(dev_tree)], seed=seed, export=False, **opts)
+    result = cached_result(out, cfg) or adapt(cfg, logf=print, command=command, before_cache=cache)
+    p = result["provenance"]
+    b, a = p["accuracy_before"], p["accuracy_after"]
+    return {"recipe": name, "split": seed, "settings": opts, "chosen_epoch": p["training"]["chosen_epoch"],
+            "epochs": p["training"]["epochs"], "fit": p["training"].get("fit", "tail"),
+            "held_out": a["held_out"]["accuracy"], "held_out_n": a["held_out"]["n"],
+            "dev_before": b["test:dev"]["accuracy"], "dev_after": a["test:dev"]["accuracy"],
+            "dev_n": a["test:dev"]["n"], "dev_recall": a["test:dev"]["per_class_recall"],
+            "pbc_before": b["pbc_val"]["accuracy"], "pbc_after": a["pbc_val"]["accuracy"],
+            "pbc_n": a["pbc_val"]["n"], "train_s": p["training"]["train_seconds"],
+            "wall_s": result["wall_seconds"]}
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per recipe, over the splits it has run on: mean and sample sd of the dev accuracy, of its gain
+    over the base on the same split, and of the PBC val change (pt)."""
+    out = []
+    for name in dict.fromkeys(r["recipe"] for r in rows):
+        rs = [r for r in rows if r["recipe"] == name]
+        dev = np.asarray([r["dev_after"] for r in rs])
+        gain = np.asarray([r["dev_after"] - r["dev_before"] for r in rs])
+        pbc = np.asarray([100 * (r["pbc_after"] - r["pbc_before"]) for r in rs])
+
+        def sd(x):
+            return float(x.std(ddof=1)) if len(x) > 1 else None  # one split has no spread
+        out.append({"recipe": name, "settings": rs[0]["settings"], "splits": [r["split"] for r in rs],
+                    "dev_mean": float(dev.mean()), "dev_sd": sd(dev), "gain_mean": float(gain.mean()),
+                    "gain_sd": sd(gain), "pbc_pt_mean": float(pbc.mean()), "pbc_pt_sd": sd(pbc),
+                    "wall_s_mean": float(np.mean([r["wall_s"] for r in rs]))})
+    return out
+
+
+def _chosen(r) -> str:
+    return f"step {r['chosen_epoch']}" if r.get("fit") == "head" else f"{r['chosen_epoch']} of {r['epochs']}"
+
+
+def write_tables(args, rows, train_stats, counts, seeds, command):
     from hemaedge.benchmarks.tools.result_files import write_result
     from hemaedge.train.finetune import machine
 
-    data = {"rows": rows, "base": args.base, "train_run": train_stats, "split": counts, "cells": args.cells,
-            "seed": args.seed, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    summ = summary(rows)
+    data = {"rows": rows, "summary": summ, "base": args.base, "train_run": train_stats,
+            "split": {str(k): v for k, v in counts.items()}, "cells": args.cells, "splits": seeds,
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average": os.getloadavg(), "command": command}
+    n_dev = sum(next(iter(counts.values()))["dev"].values())
     lines = ["# Choosing the adaptation recipe on BCCD train cells (development set, not the test split)", "",
              f"Base `{args.base}`; machine {data['machine']}; {data['date']}; load average "
-             f"{data['load_average'][0]:.1f} (shared machine: the new default trains beside it at higher priority).", "",
+             f"{data['load_average'][0]:.1f} (shared machine: other engineers' work runs beside it).", "",
              f"Command: `{command}`", "",
              f"BCCD train: {train_stats['matched']} of {train_stats['frames']} single-label frames' white cells found and "
-             f"'reviewed'; {args.cells} to adapt on ({counts['adapt']}), the other "
-             f"{sum(counts['dev'].values())} are the development set ({counts['dev']}).", "",
-             "| recipe | settings | dev before -> after | dev recall per class | PBC val before -> after | "
-             "held-out (chooses epoch) | chosen epoch | train s / wall s |", "|---|---|---|---|---|---|---|---|"]
+             f"'reviewed'. Each split (seed {', '.join(map(str, seeds))}): {args.cells} cells to adapt on, the other "
+             f"{n_dev} the development set; per split: "
+             + "; ".join(f"seed {k}: adapt {v['adapt']}, dev {v['dev']}" for k, v in counts.items()) + ".", "",
+             "## Summary over splits (mean ± sd)", "",
+             "| recipe | settings | splits | dev accuracy | gain over the base | PBC val change | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for m in summ:
+        settings = ", ".join(f"{k}={v}" for k, v in m["settings"].items()) or "defaults"
+        def pm(sd, fmt, scale=1):
+            return "" if sd is None else f" ± {format(scale * sd, fmt)}"
+        lines.append(f"| {m['recipe']} | {settings} | {len(m['splits'])} | **{m['dev_mean']:.3f}**{pm(m['dev_sd'], '.3f')} | "
+                     f"{100 * m['gain_mean']:+.1f}{pm(m['gain_sd'], '.1f', 100)} pt | "
+                     f"{m['pbc_pt_mean']:+.2f}{pm(m['pbc_pt_sd'], '.2f')} pt | {m['wall_s_mean']:.0f} |")
+    lines += ["", "## Every run", "",
+              "| recipe | split | dev before -> after | dev recall per class | PBC val before -> after | "
+              "held-out (chooses) | chosen | train s / wall s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
         recall = ", ".join(f"{k[:4]} {v:.2f}" for k, v in r["dev_recall"].items())
-        lines.append(f"| {r['recipe']} | {settings} | {r['dev_before']:.3f} -> **{r['dev_after']:.3f}** (n={r['dev_n']}) | "
+        lines.append(f"| {r['recipe']} | {r['split']} | {r['dev_before']:.3f} -> **{r['dev_after']:.3f}** (n={r['dev_n']}) | "
                      f"{recall} | {r['pbc_before']:.4f} -> {r['pbc_after']:.4f} ({100 * (r['pbc_after'] - r['pbc_before']):+.2f} pt) | "
-                     f"{r['held_out']:.3f} (n={r['held_out_n']}) | {r['chosen_epoch']} of {r['epochs']} | "
+                     f"{r['held_out']:.3f} (n={r['held_out_n']}) | {_chosen(r)} | "
                      f"{r['train_s']:.0f} / {r['wall_s']:.0f} |")
-    lines += ["", "Defaults (`hemaedge train adapt`): blocks=2, lr=3e-4, epochs=8, augment=dihedral, new_weight=0.5, "
-              "replay_ratio=2, holdout=0.2, distill=0, bn=frozen, balance off. The development set is small: one "
-              "cell is 1.1 pt of 92, and a 77 % accuracy has a standard error of about 4.4 pt, so rows closer "
-              "than that are not told apart. PBC val: the whole split (Keras model). Wall time: loading, training and "
-              "evaluation, no int8 export. A recipe whose adaptation already finished in --work is read back, not run "
-              "again (its settings must match); the load average above is the one at writing.", ""]
+    lines += ["", "Defaults (`hemaedge train adapt`, since 2026-12-02): fit=head with replay_ratio=12 and distill=0.5 "
+              "(a recipe of only `fit=head` is that), new_weight=0.5, holdout=0.2, balance off; fit=head refits only the "
+              "classifier layer, on the frozen features of the 8 flips/rotations of each cell, pulled toward the "
+              "base's weights (pull and step chosen on the held-out cells; 'chosen' is that step). fit=tail (the default "
+              "before): blocks=2, lr=3e-4, epochs=8, augment=dihedral, replay_ratio=2, distill=0, bn=frozen. One dev cell is "
+              f"about {100 / n_dev:.1f} pt; a single split's rows within ~4 pt are not told apart, so recipes are "
+              "compared by their mean over splits, with the sd as the split-to-split spread (the splits share "
+              "cells, so the sd understates a new lab's spread). PBC val: the whole split (Keras model). Wall time: "
+              "loading, training and evaluation, no int8 export; noisy on this shared machine. A recipe whose "
+              "adaptation already finished in --work is read back, not run again (its settings must match); the "
+              "load average above is the one at writing.", ""]
     write_result(args.out, data, "\n".join(lines))
     print("\n".join(lines))
 

@@ -62,7 +62,8 @@ def _multi_domain(path: Path | None) -> str:
 def default_multi_domain() -> Path | None:
     """The packaged default's adaptation table (the `train adapt` defaults) when there is one, else
     older ones (the epoch-4 checkpoint's)."""
-    for name in ("adapt_bccd_default_v2_lite0_defaults.json", "adapt_bccd_default_v2.json",
+    for name in ("adapt_bccd_default_v2_ep10_defaults.json", "adapt_bccd_default_v2_lite0_defaults.json",
+                 "adapt_bccd_default_v2.json",
                  "adapt_bccd_default_v2_epoch4.json"):
         if (RESULTS / name).is_file():
             return RESULTS / name
@@ -192,7 +193,7 @@ def shipped_setting() -> dict | None:
 @click.option("--label", default="candidate", help="Column title for the candidate.")
 @click.option("--multi-domain", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="adapt_bccd table (JSON) whose 'all' step is the multi-domain model "
-                   "[default: benchmarks/results/adapt_bccd_default_v2_lite0_defaults.json, else older ones]")
+                   "[default: benchmarks/results/adapt_bccd_default_v2_ep10_defaults.json, else older ones]")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 @click.option("--final", is_flag=True, help="The candidate is the model that was packaged as the default.")
 def main(candidate, label, multi_domain, out, final):

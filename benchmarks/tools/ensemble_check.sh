@@ -15,8 +15,8 @@
 #    pair (MEMBER1, other) the paper's grid and the simplex grid
 # 2. int8 (the packaged default's settings) and fp16 TFLite bundles of every member and of the
 #    all-member ensemble
-# 3. every int8 bundle: BloodMNIST-128 val/test accuracy on the device runtime (bundle_calibration)
-#    and the PBC fields end to end (pbc_end_to_end)
+# 3. every int8 bundle: BloodMNIST-128 val/test accuracy on the device runtime (bundle_calibration),
+#    the PBC fields end to end (pbc_end_to_end) and the test-time views off/flips/dihedral (views_check)
 # 4. size and latency of every bundle side by side (`hemaedge bench run`, desktop preset) with its
 #    Pareto plot
 # 5. the summary table (ensemble_table): members, ensembles, gain over the best member, cost
@@ -76,6 +76,11 @@ for b in "$WORK"/export/*-int8; do
   if [ $WBC = 1 ] && [ ! -f "$RES/$tag/pbc_end_to_end.json" ]; then log "PBC end to end $tag"
     "${NICE[@]}" "$PY" -m hemaedge.benchmarks.tools.pbc_end_to_end --data "$DATA/pbc_raw_val" \
         --bloodmnist-val "$DATA/bloodmnist128/val" --bundle "$b" --out "$RES/$tag" > "$WORK/pbc-$tag.log" 2>&1
+  fi
+  # the packaged default runs test-time views (flips): compare members and ensemble the same way
+  if [ $WBC = 1 ] && [ ! -f "$RES/$tag/views_check_$tag.json" ]; then log "test-time views $tag"
+    "${NICE[@]}" "$PY" -m hemaedge.benchmarks.tools.views_check --bundle "$b" --bloodmnist128 "$SET" \
+        --name "$tag" --out "$RES/$tag" > "$WORK/views-$tag.log" 2>&1
   fi
 done
 

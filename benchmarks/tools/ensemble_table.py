@@ -9,6 +9,7 @@ Reads, and measures nothing itself:
                                                      Keras float32, kappa, ROC AUC, bootstrap CI)
   RESULTS/<bundle>/calibration_<bundle>.json         int8 accuracy on the device runtime
   RESULTS/<bundle>/pbc_end_to_end.json               PBC fields end to end with that int8 bundle
+  RESULTS/<bundle>/views_check_<bundle>.json         the same bundle with 4 flipped views averaged (as the default runs)
   RESULTS/ensemble_bench.json                        `hemaedge bench run` rows: size and latency
 
 The goal line compares the all-member ensemble with its best member on BloodMNIST-128 test,
@@ -59,8 +60,10 @@ def ensemble_rows(work: Path) -> list[dict]:
 def device_figures(results: Path, bundle: str) -> dict:
     cal = _read(results / bundle / f"calibration_{bundle}.json") or {}
     pbc = _read(results / bundle / "pbc_end_to_end.json") or {}
+    flips = ((_read(results / bundle / f"views_check_{bundle}.json") or {}).get("views") or {}).get("flips") or {}
     after = (pbc.get("counting") or {}).get("after") or {}
     return {"int8_test": (cal.get("test") or {}).get("accuracy"), "int8_val": (cal.get("val") or {}).get("accuracy"),
+            "int8_flips_test": (flips.get("test") or {}).get("accuracy"),
             "pbc_end_to_end": pbc.get("end_to_end_accuracy_rbc"),
             "pbc_central_counted": after.get("central_cell_accuracy")}
 
@@ -91,6 +94,11 @@ def goal(rows: list[dict], device: dict) -> dict:
         best_int8 = max(v for k, v in ints.items() if k != "ensemble-int8")
         out.update(best_member_int8_test=best_int8, ensemble_int8_test=ints["ensemble-int8"],
                    gain_pt_int8=round(100 * (ints["ensemble-int8"] - best_int8), 2))
+    flips = {r["bundle"]: device.get(r["bundle"], {}).get("int8_flips_test") for r in members + [ens]}
+    if all(v is not None for v in flips.values()):  # reported beside the goal, which stays one view
+        best_flips = max(v for k, v in flips.items() if k != "ensemble-int8")
+        out.update(best_member_int8_flips_test=best_flips, ensemble_int8_flips_test=flips["ensemble-int8"],
+                   gain_pt_int8_flips=round(100 * (flips["ensemble-int8"] - best_flips), 2))
     out["met"] = out["gain_pt_float"] >= GOAL_GAIN_PT and out.get("gain_pt_int8", -1) >= GOAL_GAIN_PT
     return out
 
@@ -111,8 +119,8 @@ def markdown(doc: dict) -> str:
              "* members:"]
     lines += [f"  * {r['row']}: {r['what']}" for r in doc["rows"] if r["row"].startswith("member")]
     lines += ["", f"## {data} (Keras float32) and the device (int8 bundles)", "",
-              "| row | weights (grid) | val acc | test acc | 95 % CI | macro F1 | kappa | ROC AUC | int8 test | PBC end to end |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| row | weights (grid) | val acc | test acc | 95 % CI | macro F1 | kappa | ROC AUC | int8 test | int8 test, flips | PBC end to end |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         t, v = r.get("test", {}), r.get("val", {})
         ci = t.get("accuracy_ci95")
@@ -121,12 +129,16 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['row']} | {w} | {_f(v.get('accuracy'))} | {_f(t.get('accuracy'))} | "
                      f"{f'{100 * ci[0]:.2f}–{100 * ci[1]:.2f}' if ci else '–'} | {_f(t.get('macro_f1'), False, 4)} | "
                      f"{_f(t.get('kappa'), False, 4)} | {_f(t.get('roc_auc_ovr'), False, 4)} | "
-                     f"{_f(d.get('int8_test'))} | {_f(d.get('pbc_end_to_end'))} |")
+                     f"{_f(d.get('int8_test'))} | {_f(d.get('int8_flips_test'))} | {_f(d.get('pbc_end_to_end'))} |")
     lines += ["", f"**Goal (ensemble >= best member + {GOAL_GAIN_PT} pt on test): "
               f"{'met' if g['met'] else 'not met'}** — float32 {g['gain_pt_float']:+.2f} pt "
               f"({_f(g['ensemble_test'])} vs {_f(g['best_member_test'])})"
               + (f", int8 {g['gain_pt_int8']:+.2f} pt ({_f(g['ensemble_int8_test'])} vs {_f(g['best_member_int8_test'])})"
                  if "gain_pt_int8" in g else ", int8 not measured") + ".", ""]
+    if "gain_pt_int8_flips" in g:
+        lines += [f"With 4 flipped views averaged (how the packaged default runs on stills): int8 "
+                  f"{g['gain_pt_int8_flips']:+.2f} pt ({_f(g['ensemble_int8_flips_test'])} vs "
+                  f"{_f(g['best_member_int8_flips_test'])}).", ""]
     if doc["bench"]:
         lines += ["## Size and latency on this machine (`hemaedge bench run`, per cell, batch 1)", "",
                   "| model | format | threads | status | size (MB) | p50 (ms) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]

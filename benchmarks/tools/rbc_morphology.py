@@ -48,9 +48,11 @@ def labelled_crops(bundle, backend, crops: Path, split="test"):
     return ds.split(split).labels, _predict(backend, bundle.contract, images)
 
 
-def end_to_end(bundle, backend, chula: Path, split="test"):
-    """(labels, probabilities, coverage) of the labelled points of the split's frames, through the
-    device's own red-cell code (RedCellClassifier: detect, cut, one batch) with a run's ruler."""
+def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
+    """Per labelled point of the split's frames, through the device's own red-cell code
+    (RedCellClassifier: detect, cut, one batch) with a run's ruler and the device's `--rbc-scale`:
+    (label index, the frame's RedCellResult, index of the detection whose box holds the point
+    (nearest centre), or None when no detection holds it). Points of classes the bundle lacks are skipped."""
     from hemaedge.benchmarks.tools.rbc_detection import chula_frames
     from hemaedge.edge.rbc_morphology import RedCellClassifier
     from hemaedge.edge.ruler import Ruler
@@ -58,24 +60,32 @@ def end_to_end(bundle, backend, chula: Path, split="test"):
     from hemaedge.train.rbc_crops import CHULA_TYPES
 
     index = {c: i for i, c in enumerate(bundle.classes)}
-    device = RedCellClassifier(bundle, backend)
+    device = RedCellClassifier(bundle, backend, scale=scale)
     ruler = Ruler(same_slide=False)  # as `edge run` on an image folder: every frame its own field
-    y, probs, found = [], [], 0
-    n_classes = len(bundle.classes)
     for f in chula_frames(chula, split):
         img = read_image_rgb(f.image)
         res = device.process(img, ruler.read(img).diameter)
         for x, yy, t in f.points:
             if CHULA_TYPES[t] not in index:
                 continue
-            y.append(index[CHULA_TYPES[t]])
             holding = [k for k, c in enumerate(res.cells) if centre_in(c.box, (x, yy))]
-            if not holding:  # missed cell: counted as a wrong answer
-                wrong = np.zeros(n_classes)
-                wrong[(y[-1] + 1) % n_classes] = 1.0
-                probs.append(wrong)
-                continue
-            k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2)
+            k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2) \
+                if holding else None
+            yield index[CHULA_TYPES[t]], res, k
+
+
+def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
+    """(labels, probabilities, coverage) of the labelled points of the split's frames (`matched_points`);
+    a point without a detection counts as a wrong answer."""
+    n_classes = len(bundle.classes)
+    y, probs, found = [], [], 0
+    for label, res, k in matched_points(bundle, backend, chula, split, scale):
+        y.append(label)
+        if k is None:  # missed cell: counted as a wrong answer
+            wrong = np.zeros(n_classes)
+            wrong[(label + 1) % n_classes] = 1.0
+            probs.append(wrong)
+        else:
             probs.append(res.probabilities[k])
             found += 1
     return np.asarray(y), np.asarray(probs), found / max(1, len(y))
@@ -127,7 +137,8 @@ def markdown(rep) -> str:
               "comparison is indicative, not like for like).", ""]
     lines += _metrics_md("Labelled crops (centred on the labelled points)", rep["labelled_crops"])
     if rep.get("end_to_end"):
-        lines += _metrics_md("End to end (detected red cells, ruler from the run)", rep["end_to_end"], rep["coverage"])
+        lines += _metrics_md(f"End to end (detected red cells, ruler from the run, --rbc-scale {rep.get('scale', 'field')})",
+                             rep["end_to_end"], rep["coverage"])
     return "\n".join(lines) + "\n"
 
 
@@ -139,9 +150,11 @@ def markdown(rep) -> str:
 @click.option("--runs", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
               help="Frames the bundle is measured on (val: to choose a bundle; test: to report it, once).")
+@click.option("--scale", type=click.Choice(["auto", "field", "bundle"]), default="auto", show_default=True,
+              help="The device's --rbc-scale for the end-to-end rows (docs/redcells.md).")
 @click.option("--threads", type=int, default=None)
 @click.option("--out", "prefix", type=click.Path(path_type=Path), default=RESULTS / "rbc_morphology", show_default=True)
-def main(chula, crops, bundle, runs, split, threads, prefix):
+def main(chula, crops, bundle, runs, split, scale, threads, prefix):
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
     from hemaedge.train.evaluate import compute_metrics
@@ -152,12 +165,12 @@ def main(chula, crops, bundle, runs, split, threads, prefix):
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_average": [round(v, 2) for v in os.getloadavg()],
            "command": f"python -m hemaedge.benchmarks.tools.rbc_morphology --chula CHULA --crops {crops.name} --bundle {bundle}"
-                      + "".join(f" --runs {r.name}" for r in runs) + f" --split {split}",
-           "split": split,
+                      + "".join(f" --runs {r.name}" for r in runs) + f" --split {split} --scale {scale}",
+           "split": split, "scale": scale,
            "bundle": b.describe(), "crops_readme": (crops / "README.md").read_text().splitlines()[2] if (crops / "README.md").is_file() else "",
            "paper": PAPER, "runs": [run_row(r) for r in runs if (r / "metrics.json").is_file()],
            "labelled_crops": compute_metrics(y, p, b.classes, bootstrap=1000)}
-    y2, p2, cov = end_to_end(b, backend, chula, split)
+    y2, p2, cov = end_to_end(b, backend, chula, split, scale)
     rep["end_to_end"], rep["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
     write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))

@@ -51,6 +51,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = "src/hemaedge/models/default"
+# members of the first real ensemble (issue #19): the packaged default's Keras source, then Lite1's snapshot
+ENSEMBLE_LITE0_LITE1 = ("~/hemaedge-runs/default-v2-lite0-ep10/model.keras", "~/hemaedge-runs/member-lite1-ep6/model.keras")
 
 
 class UsageError(Exception):
@@ -161,7 +163,7 @@ def steps(s: Settings) -> list[Step]:
     # The real adaptation measurement (issue #14): the packaged default's int8 bundle as made next to
     # its Keras source (same files as src/hemaedge/models/default; HEMAEDGE_ADAPT_BASE names another
     # copy, e.g. a new default). The epoch-4 checkpoint's table of the previous session stays a step.
-    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0/bundle-int8"))
+    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0-ep10/bundle-int8"))
     adapt_e4_base = os.path.expanduser("~/hemaedge-runs/check-epoch4/snap/bundle-int8")
     adapt_work = os.path.expanduser("~/hemaedge-runs/review")
     adapt_work_default = s.get("HEMAEDGE_ADAPT_DEFAULT_WORK", os.path.expanduser("~/hemaedge-runs/adapt"))
@@ -267,37 +269,40 @@ def steps(s: Settings) -> list[Step]:
                                   f"{out}/adapt_bccd_proxy_smallcnn64.md's notes, docs/review.md); kept its table")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", f"{proxy_base}/model.keras", "--bccd", f"{data}/bccd",
               "--replay", f"{data}/bloodmnist128", "--work", proxy_work, "--out", f"{out}/adapt_bccd_proxy_smallcnn64",
-              "--steps", "100,25,50,200", "--epochs", "8", "--export-steps", "100"],
+              "--steps", "100,25,50,200", "--epochs", "8", "--export-steps", "100", "--fit", "tail"],
              [f"{out}/adapt_bccd_proxy_smallcnn64{x}" for x in (".md", ".json")],
              "train adapt on 25/50/100/all BCCD train cells (reviewer simulated) from a small PBC base; "
              "BCCD test and PBC val before/after", "~5 min"),
         Step("adapt-recipes", [Need(f"{adapt_base}/manifest.json", f"no base bundle at {adapt_base}; kept {out}/adapt_recipes.*")],
              [py, "-m", "hemaedge.benchmarks.tools.adapt_recipes", "--base", adapt_base, "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-default", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-ep10", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              "--splits", "0,1,2",
               *[a for r in ADAPT_RECIPES for a in ("--recipe", r)]],
              [f"{out}/adapt_recipes{x}" for x in (".md", ".json")],
              "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
              "~5 min per recipe"),
         Step("adapt-bccd", [Need(f"{adapt_base}/manifest.json",
-                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_lite0.*")],
-             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label", ADAPT_BASE_LABEL,
-              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-default",
-              "--out", f"{out}/adapt_bccd_default_v2_lite0", "--steps", "100,200,25,50",
-              "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
-             [f"{out}/adapt_bccd_default_v2_lite0{x}" for x in (".md", ".json")],
-             "train adapt of the packaged default on 25 / 50 / 100 / 200 (= all 192) BCCD train cells (200 = the "
-             "multi-domain model of #13): BCCD test (device crops, end to end with the int8 bundle), PBC val, time",
-             "~5-10 min per step"),
+                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_tail.*")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
+              ADAPT_BASE_LABEL + ", --fit tail (the train adapt default until 2026-12-02)",
+              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-defaults",
+              "--out", f"{out}/adapt_bccd_default_v2_ep10_tail", "--steps", "100,200,25,50",
+              "--export-steps", "25,50,100,200", *ADAPT_RECIPE_TAIL],
+             [f"{out}/adapt_bccd_default_v2_ep10_tail{x}" for x in (".md", ".json")],
+             "train adapt --fit tail (head + 2 blocks by SGD, flips/rotations, 8 epochs) of the packaged default on "
+             "25 / 50 / 100 / 200 (= all 192) BCCD train cells: BCCD test (device crops, end to end), PBC val, time",
+             "~5 min per step"),
         Step("adapt-bccd-defaults", [Need(f"{adapt_base}/manifest.json",
-                                          f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_lite0_defaults.*")],
+                                          f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_defaults.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
               ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-default-v0",
-              "--out", f"{out}/adapt_bccd_default_v2_lite0_defaults", "--steps", "100,200,25,50",
-              "--export-steps", "25,50,100,200"],
-             [f"{out}/adapt_bccd_default_v2_lite0_defaults{x}" for x in (".md", ".json")],
-             "the same with `train adapt`'s default recipe (head + 2 blocks, flips/rotations, 8 epochs), 25-200 cells",
-             "~5 min per step"),
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-head",
+              "--out", f"{out}/adapt_bccd_default_v2_ep10_defaults", "--steps", "100,200,25,50",
+              "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
+             [f"{out}/adapt_bccd_default_v2_ep10_defaults{x}" for x in (".md", ".json")],
+             "the same with `train adapt`'s default recipe (--fit head: classifier layer on frozen features, replay x12, "
+             "distill 0.5; the multi-domain row of #13 is its 200 step), 25-200 cells",
+             "~3 min per step"),
         Step("adapt-bccd-epoch4", [Need(f"{adapt_e4_base}/manifest.json",
                                         f"no base bundle at {adapt_e4_base}; kept {out}/adapt_bccd_default_v2_epoch4.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_e4_base, "--label",
@@ -360,6 +365,22 @@ def steps(s: Settings) -> list[Step]:
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
+        Step("ensemble-lite0-lite1",
+             [Need(os.path.expanduser(p), f"no member {p}; kept {out}/ensemble-lite0-lite1/")
+              for p in ENSEMBLE_LITE0_LITE1],
+             # the first real two-member ensemble (issue #19): the default's source + Lite1's epoch-6 snapshot;
+             # every sub-step is skipped when its output exists (delete the folder and ~/hemaedge-runs/NAME to redo)
+             ["env", "HEMAEDGE_ENSEMBLE_NICE=0", "benchmarks/tools/ensemble_check.sh", "ensemble-lite0-lite1",
+              *(os.path.expanduser(p) for p in ENSEMBLE_LITE0_LITE1)],
+             [f"{out}/ensemble-lite0-lite1/{f}" for f in
+              ("ensemble_bloodmnist128.md", "ensemble_bloodmnist128.json", "ensemble_bench.md", "ensemble_bench.csv",
+               "ensemble_bench.json", "ensemble_bench_latency.png", "ensemble_bench_pareto.png")]
+             + [f"{out}/ensemble-lite0-lite1/{t}/{f}" for t in ("member0-int8", "member1-int8", "ensemble-int8")
+                for f in (f"calibration_{t}.md", f"calibration_{t}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
+                          f"views_check_{t}.md", f"views_check_{t}.json")],
+             "weighted ensemble of the default (Lite0 epoch 10) and Lite1 (epoch 6 of 8): weights on val, int8/fp16 "
+             "bundles, int8 accuracy, PBC end to end, size/latency, kappa/AUC/CI table",
+             "~25 min; hours of training before it"),
         # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
         Step("views-check", [], tool("views_check") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
                                                        f"{data}/bloodmnist128", "--name", "default", "--out", out],
@@ -394,16 +415,15 @@ def steps(s: Settings) -> list[Step]:
 
 # Issue #14: the recipes compared on BCCD train cells (adapt-recipes) and the one chosen (adapt-bccd).
 # Compared on BCCD train cells with the packaged default as base (adapt_recipes.md, docs/review.md)
-ADAPT_RECIPES = ["v0:", "v0-distill:distill=0.5", "b6-robust:blocks=6,augment=robust,epochs=15", "bn-only:epochs=0,bn=new",
-                 "b6-robust-distill:blocks=6,augment=robust,epochs=15,distill=0.5",
-                 "b6-robust-bnmixed:blocks=6,augment=robust,epochs=15,bn=mixed",
-                 "b6-robust-balance:blocks=6,augment=robust,epochs=15,balance=1",
-                 "b6-robust-lr1e-4:blocks=6,augment=robust,epochs=15,lr=1e-4",
-                 "head-robust:blocks=0,augment=robust,epochs=15", "b6-robust-e8:blocks=6,augment=robust,epochs=8"]
-ADAPT_RECIPE = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
-ADAPT_RECIPE_E4 = ["--blocks", "6", "--augment", "robust", "--epochs", "15"]
-ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-tflite-int8-mixed (epoch 8; Keras source "
-                    "~/hemaedge-runs/default-v2-lite0/model.keras)")
+ADAPT_RECIPES = ["head:fit=head,replay_ratio=2,distill=0", "v0:fit=tail", "head-distill:fit=head,replay_ratio=2,distill=0.5",
+                 "v0-distill:fit=tail,distill=0.5", "head-rep12:fit=head,replay_ratio=12,distill=0",
+                 "head-rep12-distill:fit=head"]
+# The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
+ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
+ADAPT_RECIPE_TAIL = ["--fit", "tail"]
+ADAPT_RECIPE_E4 = ["--fit", "tail", "--blocks", "6", "--augment", "robust", "--epochs", "15"]
+ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, one-view int8 bundle; "
+                    "Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
 
 RBC_BUNDLE = "src/hemaedge/models/rbc"
 
@@ -429,10 +449,16 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
         Step("rbcmodel", [need_chula, need_bundle, Need(runs.split()[0] if runs else "runs/rbc/*/metrics.json",
                                                         "no finished red-cell training runs (HEMAEDGE_RBC_RUNS)")],
              [*tool("rbc_morphology"), "--chula", chula, "--crops", "TMP/rbc64", "--bundle", bundle,
-              "--out", f"{out}/rbc_morphology", *[a for r in runs.split() for a in ("--runs", r)]],
+              "--scale", "auto", "--out", f"{out}/rbc_morphology", *[a for r in runs.split() for a in ("--runs", r)]],
              [f"{out}/rbc_morphology.md", f"{out}/rbc_morphology.json"],
              f"red-cell morphology: training runs and the bundle {bundle} on the Chula test frames",
              "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
+        Step("rbcsize", [need_chula, need_bundle],
+             [*tool("rbc_size_features"), "--chula", chula, "--bundle", bundle, "--scale", "field", "--scale", "auto",
+              "--out", f"{out}/rbc_size_features"],
+             [f"{out}/rbc_size_features.md", f"{out}/rbc_size_features.json"],
+             f"red-cell size features in a logistic layer over {bundle} (Chula train fit, val score; "
+             "--rbc-scale field and auto)", "~6 min"),
         Step("rbcspeed", [need_chula, need_bundle],
              [*tool("rbc_speed"), "--rbc", bundle, "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
               "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],

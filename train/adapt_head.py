@@ -1,0 +1,109 @@
+"""`train adapt --fit head`: refit only the classifier layer on the frozen backbone's features.
+
+The base model is `backbone -> (dropout) -> Dense softmax`. Its backbone turns each cell into a
+feature vector once; every flip / right-angle rotation of each new training cell is one more
+vector (a cell has no orientation), so the features are computed once and the layer is fitted in
+seconds, however many passes. The fit starts at the base's weights and is pulled back toward them
+(an L2 penalty on the change, "stay near the base unless the new cells say otherwise"); the
+replay sample keeps the old microscope's cells in the loss. The pull and the number of steps are
+chosen on the held-out new cells. The backbone is untouched, so the exported model has exactly
+the base's architecture and the old microscope's features; only 1280 x classes + classes numbers
+change. Held-out, PBC val and test cells are scored from their features too (the model's output
+is softmax(features @ W + b) exactly: dropout is off at inference).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from hemaedge.edge.errors import UsageError
+from hemaedge.edge.preprocess import prepare_batch
+
+log = logging.getLogger(__name__)
+
+# Pulls toward the base's weights (per unit of mean loss) tried on the held-out cells, strongest
+# first: ties go to the model closest to the base (least drift on the old microscope).
+PULLS = (1.0, 0.1, 0.01, 0.001)
+STEPS = 400           # full-batch Adam steps per pull; checkpoints every CHECK steps
+CHECK = 25
+HEAD_LR = 1e-3
+
+
+def classifier_layer(model):
+    """The model's final Dense softmax layer and a model giving its input (the features)."""
+    import keras
+
+    last = model.layers[-1]
+    act = getattr(getattr(last, "activation", None), "__name__", "")
+    if not isinstance(last, keras.layers.Dense) or act != "softmax":
+        raise UsageError(f"--fit head needs a model whose last layer is a Dense softmax classifier "
+                         f"(this one ends in {type(last).__name__} {last.name!r}); use --fit tail")
+    return last, keras.Model(model.inputs, last.input)
+
+
+def dihedral_views(images: np.ndarray) -> np.ndarray:
+    """All 8 flips / right-angle rotations of each image, view-major: (8 * N, S, S, 3)."""
+    views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    views += [v[:, :, ::-1] for v in views]
+    return np.ascontiguousarray(np.concatenate(views))
+
+
+def features(extractor, images: np.ndarray, contract, batch_size: int = 64) -> np.ndarray:
+    chunks = [np.asarray(extractor.predict(prepare_batch(images[s:s + batch_size], contract), verbose=0))
+              for s in range(0, len(images), batch_size)]
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def probabilities(feats: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return softmax(feats @ w + b)
+
+
+def _score(p: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    acc = float((p.argmax(1) == labels).mean())
+    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(p)), labels], 1e-7, 1))))
+    return acc, loss
+
+
+def fit_head(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, w0: np.ndarray, b0: np.ndarray,
+             x_held: np.ndarray, y_held: np.ndarray, logf=log.info, pulls=PULLS, steps: int = STEPS,
+             lr: float = HEAD_LR) -> dict:
+    """Weighted soft-target cross-entropy + pull * |W - W0|^2 / 2, full-batch Adam from (W0, b0).
+
+    Returns the (W, b) with the best held-out accuracy (then loss) over every pull and checkpoint;
+    checkpoint 0 (the base itself) competes too, so the fit never ends worse than the base on the
+    held-out cells."""
+    weights = (weights / weights.sum()).astype(np.float32)[:, None]
+    acc0, loss0 = _score(probabilities(x_held, w0, b0), y_held)
+    best = {"pull": None, "step": 0, "held_out_accuracy": acc0, "held_out_loss": loss0, "w": w0, "b": b0}
+    trials = []
+    for pull in pulls:
+        w, b = w0.copy(), b0.copy()
+        m = [np.zeros_like(w), np.zeros_like(b)]
+        v = [np.zeros_like(w), np.zeros_like(b)]
+        for step in range(1, steps + 1):
+            g_z = (probabilities(x, w, b) - targets) * weights  # d(mean weighted CE)/d logits
+            grads = [x.T @ g_z + pull * (w - w0), g_z.sum(0)]
+            for i, (param, g) in enumerate(zip((w, b), grads)):
+                m[i] = 0.9 * m[i] + 0.1 * g
+                v[i] = 0.999 * v[i] + 0.001 * g * g
+                param -= lr * (m[i] / (1 - 0.9 ** step)) / (np.sqrt(v[i] / (1 - 0.999 ** step)) + 1e-8)
+            if step % CHECK == 0:
+                acc, loss = _score(probabilities(x_held, w, b), y_held)
+                trials.append({"pull": pull, "step": step, "held_out_accuracy": round(acc, 4),
+                               "held_out_loss": round(loss, 4)})
+                if (acc, -loss) > (best["held_out_accuracy"], -best["held_out_loss"]):
+                    best = {"pull": pull, "step": step, "held_out_accuracy": acc, "held_out_loss": loss,
+                            "w": w.copy(), "b": b.copy()}
+        logf(f"head fit, pull {pull}: held-out accuracy {trials[-1]['held_out_accuracy']:.4f} after {steps} steps")
+    logf(f"head fit chosen: pull {best['pull']}, step {best['step']}, held-out accuracy "
+         f"{best['held_out_accuracy']:.4f} (base {acc0:.4f})")
+    return {"w": best["w"], "b": best["b"], "chosen_pull": best["pull"], "chosen_step": best["step"],
+            "held_out_accuracy": round(best["held_out_accuracy"], 4), "base_held_out_accuracy": round(acc0, 4),
+            "trials": trials}
