@@ -59,7 +59,10 @@ def predict_views(predict, batch: np.ndarray, views=(0,)) -> np.ndarray:
     views = tuple(views)
     if len(views) == 1 and views[0] == 0 or len(batch) == 0:
         return predict(batch)
-    stacked = np.concatenate([np.ascontiguousarray(dihedral_view(batch, k, axes=(1, 2))) for k in views])
+    n = len(batch)
+    stacked = np.empty((len(views) * n, *batch.shape[1:]), batch.dtype)
+    for i, k in enumerate(views):  # each view copied once, straight into the model's batch
+        stacked[i * n:(i + 1) * n] = dihedral_view(batch, k, axes=(1, 2))
     p = predict(stacked)
     return p.reshape(len(views), len(batch), -1).mean(axis=0)
 

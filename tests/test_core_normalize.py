@@ -93,7 +93,7 @@ def test_histogram_median_equals_numpy_median():
     rng = np.random.default_rng(0)
     for n in (1, 2, 7, 100, 4097):
         v = rng.integers(0, 256, (n, 3)).astype(np.uint8)
-        one_group = _group_medians(v, np.zeros(n, np.intp), 1)[0]
+        one_group = _group_medians(v.T, np.zeros(n, np.intp), 1)[0]  # channel planes (3, N)
         assert np.array_equal(one_group, np.median(v, axis=0).astype(np.float32))
 
 
@@ -105,7 +105,7 @@ def test_group_medians_equal_numpy_medians_per_group():
         v = rng.integers(0, 256, (n, 3)).astype(np.uint8)
         g = rng.integers(-1, 2, n)
         g[:2] = [0, 1]  # both groups present
-        got = _group_medians(v, g, 2)
+        got = _group_medians(v.T, g, 2)  # channel planes (3, N)
         for k in (0, 1):
             assert np.array_equal(got[k], np.median(v[g == k], axis=0).astype(np.float32))
 

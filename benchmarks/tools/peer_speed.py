@@ -106,6 +106,8 @@ class Clock:
 ROWS = [  # (key, comparison, what, how)
     ("ours_cell_model", "per cell", "ours: {bundle}", "model call, batch 1"),
     ("peer_cell_model", "per cell", "YOLO11n-cls 128 px, ONNX fp32", "model call, batch 1"),
+    ("ours_cell_pre", "per cell", "ours: {bundle}", "prepare_batch alone (resize, colour normalisation, CLAHE)"),
+    ("peer_cell_pre", "per cell", "YOLO11n-cls 128 px, ONNX fp32", "resize + scale alone"),
     ("ours_cell_total", "per cell", "ours: {bundle}", "prepare_batch + model call"),
     ("peer_cell_total", "per cell", "YOLO11n-cls 128 px, ONNX fp32", "resize + scale + model call"),
     ("ours_segment", "per frame", "ours: segmentation stage", "blank check, ruler, segment, crops"),

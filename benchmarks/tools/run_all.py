@@ -251,6 +251,12 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/peer_speed.md", f"{out}/peer_speed.json"],
              "per-cell classification and segmentation stage beside YOLO11n-cls (128 px) and YOLO11n (640 px), "
              "ONNX fp32 with random weights, same frames and crops, 2 threads", "~3 min"),
+        Step("speed_profile", [], [*tool("speed_profile"), "--source", f"{data}/bccd/JPEGImages",
+                                   "--frames", limit or "60", "--out", out]
+             + (["--baseline-src", s.get("HEMAEDGE_PROFILE_BASELINE_SRC")] if s.get("HEMAEDGE_PROFILE_BASELINE_SRC") else []),
+             [f"{out}/speed_profile.md", f"{out}/speed_profile.json"],
+             "where the device's time goes: CPU of each per-cell preprocessing call (beside the checkout "
+             "HEMAEDGE_PROFILE_BASELINE_SRC when set) and a cProfile of the counting pipeline", "~2 min"),
         *_red_cell_steps(s, tool),
         Step("fleet", [], [*tool("fleet_rollout"), "--out", f"{out}/fleet_rollout.md"],
              [f"{out}/fleet_rollout.md"],
