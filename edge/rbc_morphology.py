@@ -80,42 +80,34 @@ def frame_reference(model) -> dict | None:
     return {"method": "lab-anchors", "background": col["background"], "cells": col["cells"]}
 
 
-def manifest_side_factor(model) -> float | None:
-    """The crop side (in ruler diameters) the bundle's training crops had (`red_cells` section,
-    written at export from the crops tree), or None for an older bundle."""
+def _red_cells_number(model, key: str, low: float, high: float, what: str) -> float | None:
+    """One number of the bundle's `red_cells` section, checked to lie in [low, high]; None when absent."""
     manifest = getattr(model, "manifest", None) or {}
-    value = ((manifest.get("red_cells") or {}).get("crop_side_factor")) if isinstance(manifest, dict) else None
+    value = ((manifest.get("red_cells") or {}).get(key)) if isinstance(manifest, dict) else None
     if value is None:
         return None
     try:
         value = float(value)
     except (TypeError, ValueError):
         value = float("nan")
-    if not 0.5 <= value <= 5.0:  # NaN fails too
+    if not low <= value <= high:  # NaN fails too
         from hemaedge.edge.errors import BundleError
 
-        raise BundleError(f"{getattr(model, 'root', 'the red-cell bundle')}: red_cells.crop_side_factor {value!r} "
-                          "must be a number of red-cell diameters within 0.5..5; export the bundle again")
+        raise BundleError(f"{getattr(model, 'root', 'the red-cell bundle')}: red_cells.{key} {value!r} "
+                          f"must be {what} within {low:g}..{high:g}; export the bundle again")
     return value
+
+
+def manifest_side_factor(model) -> float | None:
+    """The crop side (in ruler diameters) the bundle's training crops had (`red_cells` section,
+    written at export from the crops tree), or None for an older bundle."""
+    return _red_cells_number(model, "crop_side_factor", 0.5, 5.0, "a number of red-cell diameters")
 
 
 def manifest_reference_diameter(model) -> float | None:
     """The red-cell diameter (px) the ruler read on the bundle's training frames (`red_cells`
     section), or None for a bundle without one."""
-    manifest = getattr(model, "manifest", None) or {}
-    value = ((manifest.get("red_cells") or {}).get("ruler_diameter_px")) if isinstance(manifest, dict) else None
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 4.0 <= value <= 2000.0:  # NaN fails too
-        from hemaedge.edge.errors import BundleError
-
-        raise BundleError(f"{getattr(model, 'root', 'the red-cell bundle')}: red_cells.ruler_diameter_px {value!r} "
-                          "must be a red-cell diameter in pixels within 4..2000; export the bundle again")
-    return value
+    return _red_cells_number(model, "ruler_diameter_px", 4.0, 2000.0, "a red-cell diameter in pixels")
 
 
 class RedCellClassifier:
