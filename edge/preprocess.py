@@ -212,7 +212,7 @@ def _group_medians(planes: np.ndarray, group: np.ndarray, n_groups: int) -> np.n
 _CHANNEL_OFFSETS = {c: 256 * np.arange(c, dtype=np.uint16)[:, None] for c in range(1, 5)}
 
 
-def _median_int16(values: np.ndarray) -> float:
+def median_int16(values: np.ndarray) -> float:
     """np.median of int16 values in -255..255 (a difference of two uint8 channels), exactly,
     from a histogram: a third of the cost of the partial sort on a crop's 4,096 samples."""
     cum = np.bincount(values + 255, minlength=511).cumsum()
@@ -220,6 +220,9 @@ def _median_int16(values: np.ndarray) -> float:
     lo = int(np.searchsorted(cum, (n - 1) // 2, side="right"))
     hi = int(np.searchsorted(cum, n // 2, side="right"))
     return (lo + hi) / 2.0 - 255.0
+
+
+_median_int16 = median_int16  # the old private name
 
 
 def colour_anchors(image: np.ndarray, max_side: int = 64, lab: np.ndarray | None = None) -> np.ndarray:
@@ -236,7 +239,7 @@ def colour_anchors(image: np.ndarray, max_side: int = 64, lab: np.ndarray | None
     green_all = small[..., 1].ravel()
     stain = small[..., 2].astype(np.int16).ravel()
     stain -= green_all
-    keep = stain <= _median_int16(stain) + _STAINED_CONTRAST
+    keep = stain <= median_int16(stain) + _STAINED_CONTRAST
     if lab is None:
         lab_small = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2LAB)
     else:  # per-pixel conversion: the subsample of the converted image is the converted subsample
