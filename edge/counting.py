@@ -64,9 +64,13 @@ class CountingSession:
                 log.warning("%s is grayscale: cells are found by their stain colour, so grey frames show none "
                             "(use a colour camera or colour images)", frame.name)
             self.grayscale_frames += 1
-        grey = None
+        grey = small = None
         if self.one_slide:
-            grey = grey_small(image)  # once, for motion, focus and the blank check
+            # once, for motion, focus and the blank check; from the segmenter's small colour copy
+            # when the classifier makes one (a classifier of a test or a plug-in may not)
+            if hasattr(self.classifier, "work_image"):
+                small = self.classifier.work_image(image)
+            grey = grey_small(image if small is None else small)
             registered = self.motion.update(image, grey)
             if not registered and self._stage_started:
                 self.tracker.close_all()  # the new frame's place on the slide is unknown
@@ -76,8 +80,13 @@ class CountingSession:
                 if reason:
                     self.fields.add_field(reason)
                     return FrameResult.empty(len(self.classes), f"not classified: {reason}"), []
-        # the grey copy only when made (a classifier of a test or a plug-in may not take it)
-        res = self.classifier.process(image) if grey is None else self.classifier.process(image, grey=grey)
+        # the copies only when made (a classifier of a test or a plug-in may not take them)
+        if grey is None:
+            res = self.classifier.process(image)
+        elif small is None:
+            res = self.classifier.process(image, grey=grey)
+        else:
+            res = self.classifier.process(image, grey=grey, small=small)
         if res.status.startswith("no cells:"):
             self.fields.add_field(res.status.split(" (")[0])
             return res, []

@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hemaedge.edge.domain import DomainMonitor
-from hemaedge.edge.focus import blank_reason
+from hemaedge.edge.focus import blank_reason, grey_small
 from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, OodRule, decide, is_platelet_clump
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
 from hemaedge.edge.tta import bundle_views, predict_views
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, SegmentParams,
-                                   extract_crop, order_statistic, segment, upper_quartile_cut, work_copy)
+                                   extract_crop, order_statistic, segment, upper_quartile_cut, work_copy,
+                                   work_image)
 
 logger = logging.getLogger(__name__)
 
@@ -148,22 +149,31 @@ class CellClassifier:
         return {"unidentified_below": self.unidentified_below, "review_below": self.review_threshold,
                 "ood": self.ood_rule.to_dict(), "views": self.views_name}
 
-    def find_cells(self, image: np.ndarray, grey: np.ndarray | None = None):
+    def work_image(self, image: np.ndarray) -> np.ndarray:
+        """The frame's small colour copy (`segment.work_image`): the segmenter's work copy, and the
+        source of the grey copy that the blank check, the focus gate and the stage motion use."""
+        return work_image(image, self.params)
+
+    def find_cells(self, image: np.ndarray, grey: np.ndarray | None = None, small: np.ndarray | None = None):
         """The segmentation stage of `process` (its "segment" time): (why the frame shows no cells,
-        or None; the ruler reading; the detections; their crops)."""
-        blank = blank_reason(image, grey)
+        or None; the ruler reading; the detections; their crops). `grey`, `small`: the frame's
+        grey copy and `work_image` when the caller already made them."""
+        small = work_image(image, self.params) if small is None else small
+        # grey from the small copy: a fifth of the cost of converting the whole frame
+        blank = blank_reason(image, grey_small(small) if grey is None else grey)
         if blank:
             return f"no cells: {blank}", None, [], []
-        work = work_copy(image, self.params)  # one small copy and stain mask for the ruler and the segmenter
+        work = work_copy(image, self.params, small)  # one small copy and stain mask for the ruler and the segmenter
         reading = self.ruler.read(image, self.params, work)
         dets = segment(image, self.params, self.cell_fraction, self.crop_side_for(reading),
                        rbc_diameter=reading.diameter, work=work)
         return None, reading, dets, self.crops_for(image, dets)
 
-    def process(self, image: np.ndarray, grey: np.ndarray | None = None) -> FrameResult:
-        """`grey`: the frame's `focus.grey_small` copy when the caller already made it."""
+    def process(self, image: np.ndarray, grey: np.ndarray | None = None, small: np.ndarray | None = None) -> FrameResult:
+        """`grey`, `small`: the frame's grey copy (`focus.grey_small` of `small`) and `work_image`
+        when the caller already made them."""
         t0 = time.perf_counter()
-        blank, reading, dets, crops = self.find_cells(image, grey)
+        blank, reading, dets, crops = self.find_cells(image, grey, small)
         if blank:
             return FrameResult.empty(len(self.classes), blank, {"segment": (time.perf_counter() - t0) * 1e3})
         t1 = time.perf_counter()

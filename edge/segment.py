@@ -206,15 +206,29 @@ class WorkCopy:
     threshold: float = 0.0  # the stain level above which `mask` is set (Otsu's, floored at min_contrast)
 
 
-def work_copy(image: np.ndarray, params: SegmentParams | None = None) -> WorkCopy:
-    """The frame's work copy (short side <= `params.work_side`) with its stain mask."""
+def work_scale(shape, params: SegmentParams | None = None) -> float:
+    """Work copy / full frame for a frame of this shape."""
     p = params or SegmentParams()
+    h, w = shape[:2]
+    return min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
+
+
+def work_image(image: np.ndarray, params: SegmentParams | None = None) -> np.ndarray:
+    """The frame resized (area averaging) so its short side is at most `params.work_side`: the
+    image of its work copy, also the source of the frame's small grey copy (`focus.grey_small`)."""
     h, w = image.shape[:2]
-    scale = min(1.0, p.work_side / min(h, w)) if p.work_side else 1.0
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    scale = work_scale(image.shape, params)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+
+
+def work_copy(image: np.ndarray, params: SegmentParams | None = None, small: np.ndarray | None = None) -> WorkCopy:
+    """The frame's work copy (short side <= `params.work_side`) with its stain mask. `small`: the
+    frame's `work_image` when the caller already made it."""
+    p = params or SegmentParams()
+    small = work_image(image, p) if small is None else small
     mask, s, thr = stain_mask_and_threshold(small, p)
-    return WorkCopy(small, scale, mask, s, thr)
+    return WorkCopy(small, work_scale(image.shape, p), mask, s, thr)
 
 
 def components(mask: np.ndarray):

@@ -170,6 +170,33 @@ def test_sharpness_is_the_variance_of_the_laplacian():
             assert focus.sharpness(img, g) == pytest.approx(ref, rel=1e-5), f.name
 
 
+def robust_spread_reference(s):
+    sub = s[::2, ::2]
+    return 1.4826 * float(np.median(np.abs(sub - np.median(sub))))
+
+
+def test_robust_spread_is_the_median_absolute_deviation_of_real_stain_channels(bccd, pbc_raw_val):
+    files = sorted((bccd / "JPEGImages").glob("*.jpg"))[::3] + sorted(pbc_raw_val.rglob("*.jpg"))[:400:8]
+    for f in SAMPLES + files:
+        s = segment.work_copy(read_image_rgb(f)).stain
+        assert segment.robust_spread(s) == robust_spread_reference(s), f.name
+
+
+def test_robust_spread_and_median_f32_on_odd_and_degenerate_arrays():
+    rng = np.random.default_rng(5)
+    arrays = [np.zeros((7, 9), np.float32), np.full((2, 2), 3.5, np.float32), np.ones((1, 1), np.float32),
+              rng.normal(0, 8, (241, 321)).astype(np.float32), rng.normal(40, 0.01, (50, 64)).astype(np.float32),
+              np.round(rng.normal(0, 3, (120, 160))).astype(np.float32),  # many ties
+              rng.exponential(5, (99, 101)).astype(np.float32)]
+    for a in arrays:
+        assert segment.robust_spread(a) == robust_spread_reference(a)
+        flat = a.ravel()
+        # guesses right, off by far, and too narrow: the same value (a wrong guess costs time only)
+        for guess, width in ((float(np.median(flat)), 1.0), (1e6, 1.0), (-1e6, 5.0), (0.0, 0.0), (0.0, 1e9)):
+            m = segment.median_f32(flat.copy(), guess, width)
+            assert m == np.median(flat) and np.asarray(m).dtype == np.float32
+
+
 # ----------------------------------------------------------------------------- tolerance: stage motion
 
 
@@ -229,3 +256,30 @@ def test_same_count_on_a_generated_pan_as_with_the_larger_motion_copy(pan, monke
     monkeypatch.setattr(tracking.StageMotion, "_small", stage_small_reference)
     assert count() == fast
     assert sum(fast[:3]) >= 3
+
+
+def test_same_count_and_focus_verdicts_with_grey_from_the_small_colour_copy(pan, monkeypatch):
+    """The grey copy for the blank check, the focus gate and the stage motion comes from the
+    segmenter's small colour copy, not the whole frame: on a generated pan the same frames are
+    rejected (for the same reasons) and the same cells are counted as with the whole frame's grey."""
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.sources import Frame
+
+    model = load_model(REPO / "src" / "hemaedge" / "models" / "default")
+    backend = load_backend(model, threads=2)
+    frames, _ = pan
+
+    def count():
+        session = CountingSession(pipeline.CellClassifier(model, backend, same_slide=True), one_slide=True)
+        statuses = [session.process(Frame(i, f, f"pan#{i}", 0.0))[0].status for i, f in enumerate(frames)]
+        d = session.differential().summary()
+        return (d["white_cells_classified"], d["unidentified"], d["nrbc"]["count"], d["platelets"]["count"],
+                [(i, s) for i, s in enumerate(statuses) if s.startswith("not classified")], session.motion.lost)
+
+    small = count()
+    assert small[4]  # the pan has blurred frames the gate rejects
+    monkeypatch.delattr(pipeline.CellClassifier, "work_image")  # the whole frame's grey, as before
+    whole = count()
+    assert small == whole

@@ -71,7 +71,7 @@ def main(source, frames, threads, mode, json_out):
             return r
         return wrapper
 
-    for name in ("blank_reason", "segment", "work_copy"):
+    for name in ("blank_reason", "work_image", "segment", "work_copy"):
         if hasattr(pipeline, name):
             setattr(pipeline, name, timed(name.replace("_reason", ""), getattr(pipeline, name)))
     if hasattr(seg, "find_platelets"):  # called by segment(): its time is part of "segment" too
