@@ -18,6 +18,7 @@ on a wide or a square camera frame.
 from __future__ import annotations
 
 from collections import deque
+from statistics import median as list_median  # np.median's value for a few dozen floats, without an array
 from dataclasses import dataclass
 
 import cv2
@@ -181,7 +182,7 @@ class Ruler:
         if not d:
             return Reading(None, "not measured")
         if len(self.values) >= MIN_FIELDS_FOR_MEDIAN:
-            median = float(np.median(self.values))
+            median = float(list_median(self.values))
             if not median / OUTLIER_FACTOR <= d <= median * OUTLIER_FACTOR:
                 self.outliers.append(d)
                 run = self.outliers[-OUTLIERS_TO_RESET:]
@@ -213,7 +214,7 @@ class Ruler:
         self.frames += 1
         if not self.values:
             return Reading(None, "not measured")
-        return Reading(float(np.median(self.values)), "running median")
+        return Reading(float(list_median(self.values)), "running median")
 
     def _note(self, d):
         if d:
@@ -225,8 +226,8 @@ class Ruler:
     def diameter(self) -> float | None:
         """The current stream value (same slide) or the median of recent fields' values."""
         if self.same_slide and self.values:
-            return float(np.median(self.values))
-        return float(np.median(self.measured)) if self.measured else None
+            return float(list_median(self.values))
+        return float(list_median(self.measured)) if self.measured else None
 
     def summary(self) -> dict:
         d = self.diameter
