@@ -83,6 +83,16 @@ class SegmentParams:
     split_factor: float = 2.2
     # white-cell pieces whose boxes overlap by this fraction of the smaller box are one cell
     merge_overlap: float = 0.15
+    # ... unless they are two touching cells the watershed split: two pieces of one clump whose
+    # nuclei are each at least `two_cells_core_rbc` d thick at their widest (distance-transform
+    # radius; the lobes of a segmented neutrophil or an eosinophil are thinner) and whose widest
+    # points lie at least `two_cells_apart_rbc` d apart (more than one nucleus's width) stay two
+    # cells. Chosen on BCCD train + val and PBC val fields (2026-12-02): among the piece pairs
+    # the overlap merge joined, only a touching monocyte + lymphocyte (BCCD train 00176: cores
+    # 0.69 / 0.74 d, 1.98 d apart) passes; the thickest lobes of one PBC cell are 0.55-0.59 d
+    # (cells of one clump: 0.6 d and 1.5 d apart at most).
+    two_cells_core_rbc: float = 0.6
+    two_cells_apart_rbc: float = 1.6
     detect_platelets: bool = True
     # segment on a copy whose short side is at most this many pixels (0: full resolution);
     # boxes are mapped back and crops cut from the full-resolution frame
@@ -323,6 +333,7 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     # split_factor times this)
     single = (p.single_nucleus_rbc_area * d2 if rbc_diameter else min_wbc * 2.5)
     dets: list[Detection] = []
+    cores = []  # (piece, clump label, x, y, radius) of the pieces a watershed split gave
     for k in range(1, n):
         area = int(stats[k, cv2.CC_STAT_AREA])
         if area < min_wbc:  # platelets have their own, more sensitive mask (find_platelets)
@@ -345,7 +356,10 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
             box = _grow(nucleus, p.cell_margin, image.shape)
             dets.append(Detection(box, "wbc", parea, score, at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
                                   size_ambiguous=parea < sure_wbc))
-    dets = _merge_lobes(dets, image.shape, p.merge_overlap)
+            if len(parts) > 1 and rbc_diameter:
+                cores.append((dets[-1], k, *_widest_point(part, x, y)))
+    dets = _merge_lobes(dets, image.shape, p.merge_overlap,
+                        _two_cells(cores, rbc_diameter * scale, p) if cores else None)
     if rbc_diameter:
         dets = _merge_close_lobes(dets, rbc_diameter * scale, p.lobe_gap_rbc, p.max_cell_rbc)
     if p.detect_platelets:
@@ -479,16 +493,41 @@ def _joined(a: Detection, b: Detection) -> Detection:
                      size_ambiguous=a.size_ambiguous and b.size_ambiguous)
 
 
-def _merge_lobes(dets: list[Detection], shape, min_overlap: float) -> list[Detection]:
+def _merge_lobes(dets: list[Detection], shape, min_overlap: float, two_cells=None) -> list[Detection]:
     """Join white-cell pieces whose boxes overlap: the lobes of one nucleus that the closing or
-    the watershed left apart. (Two touching white cells whose boxes overlap this much are
-    reported as one: rare in a smear, and the price of not splitting every lobed nucleus.)"""
+    the watershed left apart, unless `two_cells(a, b)` says they are two touching cells. (Two
+    other touching white cells whose boxes overlap this much are reported as one: rare in a
+    smear, and the price of not splitting every lobed nucleus.)"""
     def overlapping(a, b):
         ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
         iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
         smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
         return smaller and ix * iy / smaller >= min_overlap
-    return _merge_pairs(dets, lambda a, b: overlapping(a.box, b.box))
+    return _merge_pairs(dets, lambda a, b: overlapping(a.box, b.box) and not (two_cells and two_cells(a, b)))
+
+
+def _widest_point(part: np.ndarray, x: int, y: int) -> tuple[float, float, float]:
+    """A piece's widest point (x, y on the work copy) and its distance-transform radius there."""
+    dist = cv2.distanceTransform(cv2.copyMakeBorder(part, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
+                                 cv2.DIST_L2, 5)[1:-1, 1:-1]
+    _, radius, _, (px, py) = cv2.minMaxLoc(dist)
+    return float(px + x), float(py + y), float(radius)
+
+
+def _two_cells(cores: list, rbc_px: float, p: SegmentParams):
+    """`two_cells(a, b)` for `_merge_lobes`: two pieces of one watershed-split clump, each with a
+    nucleus at least `two_cells_core_rbc` d thick, whose widest points are at least
+    `two_cells_apart_rbc` d apart, are two touching cells (not the lobes of one nucleus)."""
+    def core(d):
+        return next((c[1:] for c in cores if c[0] is d), None)  # identity: merged pieces have none
+
+    def two_cells(a, b):
+        ca, cb = core(a), core(b)
+        if ca is None or cb is None or ca[0] != cb[0]:
+            return False
+        thick = min(ca[3], cb[3]) >= p.two_cells_core_rbc * rbc_px
+        return thick and float(np.hypot(ca[1] - cb[1], ca[2] - cb[2])) >= p.two_cells_apart_rbc * rbc_px
+    return two_cells
 
 
 def _merge_close_lobes(dets: list[Detection], rbc_px: float, gap_rbc: float, max_cell_rbc: float) -> list[Detection]:
