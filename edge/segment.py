@@ -69,6 +69,15 @@ class SegmentParams:
     min_platelet_box_rbc: float = 0.4
     # a stained body wider than this (in d) is not one platelet (a smear of pale stain)
     max_platelet_side_rbc: float = 0.8
+    # A candidate is `on_red_cell` when more than this fraction of a ring `platelet_ring_rbc` d
+    # wide around its box is red cell (darker than the background in green, Otsu over the
+    # frame's unstained pixels): a platelet lying on a red cell, or an inclusion or the stain of
+    # a red cell's pallor. It is not counted but kept, flagged for review
+    # (`identify.decide`). Chosen on BCCD train + val (2026-12-02): of the platelets the whole
+    # pipeline counted with more than half the ring red, 4 matched a VOC platelet and 17 did not
+    # (0.3: 23 / 36, 0.7: 1 / 10).
+    platelet_on_red_cell: float = 0.5
+    platelet_ring_rbc: float = 0.06
     # a body wider than `pale_platelet_side_rbc` d whose mean stain is below `pale_platelet_z`
     # robust SDs is a pale smear of stain, not a platelet (a platelet that large has a dark
     # granular centre). Chosen on BCCD train + val (2026-12-02 sweep): platelet precision
@@ -156,6 +165,7 @@ class Detection:
     crop: tuple[int, int, int] = field(default=(0, 0, 0))  # centre x, centre y, side
     at_edge: bool = False  # the cell is cut by the frame edge (only part of it is visible)
     size_ambiguous: bool = False  # nucleated cell or platelet clump: the classifier decides the kind
+    on_red_cell: bool = False  # a platelet candidate lying on a red cell: flagged, not counted
 
     @property
     def size(self) -> int:
@@ -432,6 +442,7 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         bg = _blue_minus_red(image)
     background_blue = float(np.median(bg))
     h, w = image.shape[:2]
+    red = None  # the red-cell mask, made when a candidate needs it
     out = []
     for labels, stats, k in bodies:
         x, y, bw, bh = (int(v) for v in stats[k, :4])
@@ -454,9 +465,35 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         hy = max(bh / 2.0 + rim, p.min_platelet_box_rbc * rbc_px / 2)
         box = (max(0, int(round(cx - hx))), max(0, int(round(cy - hy))),
                min(w, int(round(cx + hx))), min(h, int(round(cy + hy))))
+        if red is None:  # unstained: outside the pale mask and the nuclei (`core`, the nuclei's boxes are cleared in `mask`)
+            red = red_cell_mask(image, mask if core is None else (mask | core))
         out.append(Detection(box, "platelet", int(np.count_nonzero(inside)), score,
-                             at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px)))
+                             at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px),
+                             on_red_cell=_ring_share(red, box, max(2, round(p.platelet_ring_rbc * rbc_px)))
+                             > p.platelet_on_red_cell))
     return out
+
+
+def red_cell_mask(image: np.ndarray, stained: np.ndarray) -> np.ndarray:
+    """Red cells of a (work-copy) RGB frame, as a bool mask: darker than the background in
+    green, by Otsu's threshold over the pixels `stained` (a 0/non-0 mask) leaves out."""
+    green = cv2.GaussianBlur(image[..., 1], (5, 5), 0)
+    unstained = green[stained == 0]
+    if unstained.size < 2:
+        return np.zeros(green.shape, bool)
+    thr, _ = cv2.threshold(unstained.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return green < thr
+
+
+def _ring_share(mask: np.ndarray, box, width: int) -> float:
+    """The fraction of the ring `width` pixels wide around `box` (inside the frame) where `mask` is set."""
+    x0, y0, x1, y1 = box
+    h, w = mask.shape[:2]
+    X0, Y0, X1, Y1 = max(0, x0 - width), max(0, y0 - width), min(w, x1 + width), min(h, y1 + width)
+    outer = int(np.count_nonzero(mask[Y0:Y1, X0:X1]))
+    inner = int(np.count_nonzero(mask[y0:y1, x0:x1]))
+    ring = (X1 - X0) * (Y1 - Y0) - (x1 - x0) * (y1 - y0)
+    return (outer - inner) / ring if ring > 0 else 0.0
 
 
 def _sized(stats: np.ndarray, lo: float, hi: float) -> list[int]:

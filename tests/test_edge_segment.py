@@ -329,3 +329,20 @@ def test_lobed_nuclei_are_not_split_into_two_cells(pbc_raw_val, name):
     assert len(wbc) == 1
     assert centre_in(wbc[0].box, (img.shape[1] / 2, img.shape[0] / 2))
     assert len(whole_cells(SegmentParams(two_cells_core_rbc=0.3, two_cells_apart_rbc=0.8))) >= 2
+
+
+def test_a_platelet_candidate_lying_on_a_red_cell_is_marked(bccd):
+    """BCCD train 00035: three candidates lie in the open between red cells (each a VOC
+    platelet) and one lies on a red cell (no VOC box): only that one is `on_red_cell`; with the
+    rule's level at 1.0 (never) none is."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    img, gt = next(_bccd_frames(bccd, ["BloodImage_00035"]))
+    d = red_cell_diameter(img)
+    found = [x for x in segment(img, rbc_diameter=d) if x.kind == "platelet"]
+    on_red = [x for x in found if x.on_red_cell]
+    in_open = [x for x in found if not x.on_red_cell]
+    assert len(on_red) == 1 and not any(iou(on_red[0].box, g) > 0.1 for g in gt["Platelets"])
+    assert len(in_open) >= 3 and all(max(iou(x.box, g) for g in gt["Platelets"]) >= 0.5 for x in in_open)
+    never = [x for x in segment(img, SegmentParams(platelet_on_red_cell=1.0), rbc_diameter=d) if x.kind == "platelet"]
+    assert len(never) == len(found) and not any(x.on_red_cell for x in never)
