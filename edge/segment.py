@@ -465,35 +465,39 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         hy = max(bh / 2.0 + rim, p.min_platelet_box_rbc * rbc_px / 2)
         box = (max(0, int(round(cx - hx))), max(0, int(round(cy - hy))),
                min(w, int(round(cx + hx))), min(h, int(round(cy + hy))))
-        if red is None:  # unstained: outside the pale mask and the nuclei (`core`, the nuclei's boxes are cleared in `mask`)
-            red = red_cell_mask(image, mask if core is None else (mask | core))
+        if red is None:  # unstained: outside the pale mask and the nuclei (`core`; their boxes are cleared in `mask`)
+            red = red_cell_level(image, mask if core is None else (mask | core))
         out.append(Detection(box, "platelet", int(np.count_nonzero(inside)), score,
                              at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px),
-                             on_red_cell=_ring_share(red, box, max(2, round(p.platelet_ring_rbc * rbc_px)))
+                             on_red_cell=_ring_share(*red, box, max(2, round(p.platelet_ring_rbc * rbc_px)))
                              > p.platelet_on_red_cell))
     return out
 
 
-def red_cell_mask(image: np.ndarray, stained: np.ndarray) -> np.ndarray:
-    """Red cells of a (work-copy) RGB frame, as a bool mask: darker than the background in
-    green, by Otsu's threshold over the pixels `stained` (a 0/non-0 mask) leaves out."""
+def red_cell_level(image: np.ndarray, stained: np.ndarray) -> tuple[np.ndarray, float]:
+    """A (work-copy) RGB frame's blurred green channel and the level below which it is red cell:
+    Otsu's threshold over the pixels `stained` (a 0/non-0 mask) leaves out (on a 1-in-4
+    subsample: the same level at a fraction of the cost). Red cells absorb green, the background
+    does not."""
     green = cv2.GaussianBlur(image[..., 1], (5, 5), 0)
-    unstained = green[stained == 0]
+    unstained = green[::2, ::2][stained[::2, ::2] == 0]
     if unstained.size < 2:
-        return np.zeros(green.shape, bool)
+        return green, -1.0  # nothing unstained: no red cell can be told from the background
     thr, _ = cv2.threshold(unstained.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return green < thr
+    return green, float(thr)
 
 
-def _ring_share(mask: np.ndarray, box, width: int) -> float:
-    """The fraction of the ring `width` pixels wide around `box` (inside the frame) where `mask` is set."""
+def _ring_share(green: np.ndarray, level: float, box, width: int) -> float:
+    """The fraction of the ring `width` pixels wide around `box` (inside the frame) that is red
+    cell (`green` below `level`, `red_cell_level`)."""
     x0, y0, x1, y1 = box
-    h, w = mask.shape[:2]
+    h, w = green.shape[:2]
     X0, Y0, X1, Y1 = max(0, x0 - width), max(0, y0 - width), min(w, x1 + width), min(h, y1 + width)
-    outer = int(np.count_nonzero(mask[Y0:Y1, X0:X1]))
-    inner = int(np.count_nonzero(mask[y0:y1, x0:x1]))
-    ring = (X1 - X0) * (Y1 - Y0) - (x1 - x0) * (y1 - y0)
-    return (outer - inner) / ring if ring > 0 else 0.0
+    red = green[Y0:Y1, X0:X1] < level
+    ring = red.size - (x1 - x0) * (y1 - y0)
+    if ring <= 0:
+        return 0.0
+    return (int(np.count_nonzero(red)) - int(np.count_nonzero(red[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0]))) / ring
 
 
 def _sized(stats: np.ndarray, lo: float, hi: float) -> list[int]:
