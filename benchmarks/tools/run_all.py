@@ -59,6 +59,8 @@ ENSEMBLE_RBC = ("~/hemaedge-runs/redcells3/ft64-resume/model.keras", "~/hemaedge
                 "~/hemaedge-runs/redcells/ft-lite0-64-none/model.keras")
 ENSEMBLE_RBC_CROPS = "~/hemaedge-runs/redcells2/crops64-old"   # the members' training crops (64 px, 1.5 x 42.8 px)
 ENSEMBLE_RBC_CALIB = "~/hemaedge-runs/redcells/calib64"        # 480 of their train crops (`hemaedge data calibration`)
+# the three-member ensemble (issue #19): the same two, then Lite2 at its best val epoch (4 of 8)
+ENSEMBLE_V1 = (*ENSEMBLE_LITE0_LITE1, "~/hemaedge-runs/member-lite2/model.keras")
 
 
 class UsageError(Exception):
@@ -150,6 +152,25 @@ def _default_label() -> str:
 
 
 FP32_LABEL = "lite0_fp32"  # the tflite-fp32 bundle of EXPORT_DIR (the project's Lite0 model)
+
+
+def _ensemble_step(out: str, name: str, members: tuple[str, ...], label: str, cost: str) -> Step:
+    """`ensemble_check.sh NAME MEMBER...` (issue #19): every sub-step is skipped when its output exists
+    (delete benchmarks/results/NAME and ~/hemaedge-runs/NAME to redo)."""
+    tags = [f"member{i}-int8" for i in range(len(members))] + ["ensemble-int8"]
+    return Step(name,
+                [Need(os.path.expanduser(p), f"no member {p}; kept {out}/{name}/") for p in members],
+                ["env", "HEMAEDGE_ENSEMBLE_NICE=0", "benchmarks/tools/ensemble_check.sh", name,
+                 *(os.path.expanduser(p) for p in members)],
+                [f"{out}/{name}/{f}" for f in
+                 ("ensemble_bloodmnist128.md", "ensemble_bloodmnist128.json", "ensemble_bench.md", "ensemble_bench.csv",
+                  "ensemble_bench.json", "ensemble_bench_latency.png", "ensemble_bench_pareto.png")]
+                + [f"{out}/{name}/{t}/{f}" for t in tags
+                   for f in (f"calibration_{t}.md", f"calibration_{t}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
+                             f"views_check_{t}.md", f"views_check_{t}.json")],
+                f"{label}: weights on val, int8/fp16 bundles, int8 accuracy, PBC end to end, test-time views, "
+                "size/latency, kappa/AUC/CI table",
+                f"{cost}; hours of training before it")
 
 
 def steps(s: Settings) -> list[Step]:
@@ -374,22 +395,11 @@ def steps(s: Settings) -> list[Step]:
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
-        Step("ensemble-lite0-lite1",
-             [Need(os.path.expanduser(p), f"no member {p}; kept {out}/ensemble-lite0-lite1/")
-              for p in ENSEMBLE_LITE0_LITE1],
-             # the first real two-member ensemble (issue #19): the default's source + Lite1's epoch-6 snapshot;
-             # every sub-step is skipped when its output exists (delete the folder and ~/hemaedge-runs/NAME to redo)
-             ["env", "HEMAEDGE_ENSEMBLE_NICE=0", "benchmarks/tools/ensemble_check.sh", "ensemble-lite0-lite1",
-              *(os.path.expanduser(p) for p in ENSEMBLE_LITE0_LITE1)],
-             [f"{out}/ensemble-lite0-lite1/{f}" for f in
-              ("ensemble_bloodmnist128.md", "ensemble_bloodmnist128.json", "ensemble_bench.md", "ensemble_bench.csv",
-               "ensemble_bench.json", "ensemble_bench_latency.png", "ensemble_bench_pareto.png")]
-             + [f"{out}/ensemble-lite0-lite1/{t}/{f}" for t in ("member0-int8", "member1-int8", "ensemble-int8")
-                for f in (f"calibration_{t}.md", f"calibration_{t}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
-                          f"views_check_{t}.md", f"views_check_{t}.json")],
-             "weighted ensemble of the default (Lite0 epoch 10) and Lite1 (epoch 6 of 8): weights on val, int8/fp16 "
-             "bundles, int8 accuracy, PBC end to end, size/latency, kappa/AUC/CI table",
-             "~25 min; hours of training before it"),
+        _ensemble_step(out, "ensemble-lite0-lite1", ENSEMBLE_LITE0_LITE1,
+                       "weighted ensemble of the default (Lite0 epoch 10) and Lite1 (epoch 6 of 8)", "~25 min"),
+        _ensemble_step(out, "ensemble-v1", ENSEMBLE_V1,
+                       "weighted ensemble of the default (Lite0 epoch 10), Lite1 (epoch 6 of 8) and Lite2 "
+                       "(epoch 4 of 8)", "~45 min"),
         Step("ensemble-rbc",
              [Need(os.path.expanduser(p), f"no red-cell member or crops {p}; kept {out}/ensemble-rbc/")
               for p in (*ENSEMBLE_RBC, ENSEMBLE_RBC_CROPS, ENSEMBLE_RBC_CALIB)],
