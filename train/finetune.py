@@ -88,6 +88,7 @@ class FinetuneConfig:
     seed: int = 42
     limit: int | None = None          # at most this many images per class and split (quick runs)
     bootstrap: int = 1000
+    init: str | None = None           # a fine-tuned .keras classifier whose weights start the run
 
     def validate(self):
         if not 28 <= int(self.size) <= 224:
@@ -108,6 +109,9 @@ class FinetuneConfig:
         unknown = set(self.robust_pieces) - set(ROBUST_PIECES)
         if unknown:
             raise FinetuneError(f"--robust-pieces {','.join(sorted(unknown))}: expected some of {','.join(ROBUST_PIECES)}")
+        if self.init is not None and not (Path(self.init).is_file() and str(self.init).endswith(".keras")):
+            raise FinetuneError(f"--init {self.init}: no such .keras model; give a classifier saved by "
+                                "`hemaedge train finetune` (its model.keras or best.keras)")
         if self.scale_jitter is not None and not 0.0 <= self.scale_jitter < 0.6:
             raise FinetuneError("--scale-jitter must be within 0..0.6")
         # NaN passes every comparison, so each check says what is allowed, not what is refused
@@ -241,6 +245,37 @@ def build_classifier(backbone: str, weights, size: int, n_classes: int, dropout:
     return keras.Model(inp, out, name=f"finetune_{backbone.replace('-', '_')}"), info
 
 
+def init_from(cfg: FinetuneConfig, classes: list[str]):
+    """A new classifier at cfg.size holding the weights of the fine-tuned model cfg.init.
+
+    Progressive resizing: convolution, batch-norm and dense weights do not depend on the input
+    size (global pooling before the head), so a model trained at 64 px continues at 80 px with
+    the same weights. The source must have the same backbone and class list (its sidecar .json).
+    """
+    import keras
+
+    src_path = Path(cfg.init)
+    side = src_path.with_suffix(".json")
+    if not side.is_file():
+        raise FinetuneError(f"--init {src_path}: its sidecar {side.name} is missing (written by "
+                            "`hemaedge train finetune`/`train snapshot`); it names the classes and weights")
+    meta = json.loads(side.read_text())
+    if list(meta.get("classes", [])) != list(classes):
+        raise FinetuneError(f"--init {src_path}: its classes ({', '.join(meta.get('classes', []))}) differ from "
+                            f"{cfg.data}'s ({', '.join(classes)}); start from a model of the same class list")
+    if meta.get("backbone") not in (None, cfg.backbone):
+        raise FinetuneError(f"--init {src_path}: a {meta['backbone']} model, not --backbone {cfg.backbone}")
+    model, _ = build_classifier(cfg.backbone, None, cfg.size, len(classes), cfg.dropout)
+    src = keras.models.load_model(src_path, compile=False)
+    theirs, ours = src.get_weights(), model.get_weights()
+    if len(theirs) != len(ours) or any(a.shape != b.shape for a, b in zip(theirs, ours)):
+        raise FinetuneError(f"--init {src_path}: its weights do not fit a {cfg.backbone} classifier "
+                            f"of {len(classes)} classes")
+    model.set_weights(theirs)
+    size = meta.get("input", {}).get("size")
+    return model, f"{meta.get('weights', 'unknown weights')}, then fine-tuned as {src_path} ({size} px)"
+
+
 def training_loss(cfg: FinetuneConfig, reduction: str | None = "sum_over_batch_size"):
     """The loss the model is trained with: categorical cross-entropy, or the focal loss
     -sum_c y_c (1 - p_c)^gamma log p_c (Lin et al. 2017, Keras' CategoricalFocalCrossentropy with
@@ -363,7 +398,7 @@ def _check_resume(out: Path, cfg: FinetuneConfig):
     fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "bootstrap", "out", "data")}
     # settings added after a run started were at their then-behaviour; json turns tuples into lists
     then = {"normalize": "none", "augment": "full", "weighted_loss": True, "robust_pieces": list(ROBUST_PIECES),
-            "scale_jitter": None, "loss": "cross-entropy", "focal_gamma": 2.0}
+            "scale_jitter": None, "loss": "cross-entropy", "focal_gamma": 2.0, "init": None}
     norm = lambda v: list(v) if isinstance(v, tuple) else v
     diff = [k for k, v in fixed.items() if norm(old.get(k, then.get(k))) != norm(v)]
     if diff:
@@ -419,9 +454,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
         log(f"resuming after epoch {start_epoch} (best val accuracy {best_acc:.4f})")
     else:
         keras.utils.set_random_seed(cfg.seed)
-        model, info = build_classifier(cfg.backbone, cfg.weights, cfg.size, n_classes, cfg.dropout)
+        if cfg.init:
+            model, weights_desc = init_from(cfg, classes)
+        else:
+            model, info = build_classifier(cfg.backbone, cfg.weights, cfg.size, n_classes, cfg.dropout)
+            weights_desc = info["weights"]
         compile_model(model, cfg)
-        start_epoch, best_acc, weights_desc, rows = 0, -1.0, info["weights"], []
+        start_epoch, best_acc, rows = 0, -1.0, []
         log(f"model: {cfg.backbone}, weights: {weights_desc}, {model.count_params():,} parameters")
 
     if start_epoch >= cfg.epochs:

@@ -63,6 +63,9 @@ def _weights(value: str):
               help="Quick runs: only the first N images of every class in each split.")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000, help="Bootstrap resamples for the accuracy interval.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="Start from this fine-tuned classifier's weights (.keras with its .json sidecar, same "
+                   "backbone and classes) instead of --weights, e.g. at a larger --size (progressive resizing).")
 @click.option("--publish", "publish_prefix", default=None, type=click.Path(dir_okay=False),
               help="Also write a results table PREFIX.md/.json + PREFIX_curves.png, e.g. "
                    "benchmarks/results/finetune_bloodmnist128.")

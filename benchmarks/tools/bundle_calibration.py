@@ -24,13 +24,15 @@ from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def split_probs(bundle, backend, root: Path, split: str):
     idx = class_index(bundle.classes, [c for c in bundle.classes if (root / split / c).is_dir()])
     files, ys = [], []
     for c, i in idx.items():
-        f = sorted((root / split / c).glob("*.jpg"))
+        # any image tree: BloodMNIST's are .jpg, the red-cell crops (`hemaedge data rbc-crops`) .png
+        f = sorted(p for p in (root / split / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         files += f
         ys += [i] * len(f)
     out = [backend.predict(prepare_batch([read_image_rgb(f) for f in files[k:k + 64]], bundle.contract))

@@ -1,6 +1,6 @@
 """Speed of red-cell analysis on whole frames, and what it adds to the white-cell pipeline.
 
-    python -m hemaedge.benchmarks.tools.rbc_speed --rbc BUNDLE --chula ../shared/data/chula_rbc12 \
+    python -m hemaedge.benchmarks.tools.rbc_speed --rbc BUNDLE [--rbc OTHER ...] --chula ../shared/data/chula_rbc12 \
         [--bccd ../shared/data/bccd] [--frames 40] [--threads 2]
 
 Per frame, in the same process and interleaved (so both see the same machine load):
@@ -9,7 +9,9 @@ Per frame, in the same process and interleaved (so both see the same machine loa
   * the same with red cells (`--rbc` path): + detect red cells + cut + classify them in one batch.
 Reported: p50/p90 of each stage, the added time (with - without), red cells per frame, and the
 per-red-cell classification cost; rows for all frames and for frames with 30-60 red cells (the
-issue's reference frame). Wall clock on a shared machine: compare rows, not machines.
+issue's reference frame). Wall clock on a shared machine: compare rows, not machines. Several
+--rbc bundles (e.g. a candidate and the packaged one) run interleaved frame by frame too, and the
+table gives each one's red-cell time as a ratio of the first's, measured under the same load.
 """
 from __future__ import annotations
 
@@ -45,27 +47,29 @@ def _p(values, q):
     return round(float(np.percentile(values, q)), 2) if len(values) else None
 
 
-def measure(frames, wbc_model, rbc_model, backends: dict, warmup: int = 3) -> list[dict]:
-    """`backends`: threads -> (white-cell back end, red-cell back end). Every frame runs through
-    every setting, white-only and with red cells, one right after the other (same load)."""
+def measure(frames, wbc_model, rbc_models: dict, backends: dict, warmup: int = 3) -> list[dict]:
+    """`rbc_models`: name -> red-cell model; `backends`: (name, threads) -> (white-cell back end,
+    red-cell back end). Every frame runs through every setting, white-only and with red cells, one
+    right after the other (same load)."""
     from hemaedge.edge.pipeline import CellClassifier
     from hemaedge.edge.rbc_morphology import RedCellClassifier
 
-    pipes = {t: (CellClassifier(wbc_model, wb), CellClassifier(wbc_model, wb, red_cells=RedCellClassifier(rbc_model, rb)))
-             for t, (wb, rb) in backends.items()}
+    pipes = {key: (CellClassifier(wbc_model, wb),
+                   CellClassifier(wbc_model, wb, red_cells=RedCellClassifier(rbc_models[key[0]], rb)))
+             for key, (wb, rb) in backends.items()}
     rows = []
     images = [(src, path, read_image_rgb(path)) for src, path in frames]
     for src, path, img in images[:warmup]:
         for plain, with_rbc in pipes.values():
             plain.process(img), with_rbc.process(img)
     for src, path, img in images:
-        for threads, (plain, with_rbc) in pipes.items():
+        for (name, threads), (plain, with_rbc) in pipes.items():
             t0, c0 = time.perf_counter(), time.process_time()
             plain.process(img)
             t1, c1 = time.perf_counter(), time.process_time()
             res = with_rbc.process(img)
             t2, c2 = time.perf_counter(), time.process_time()
-            rows.append({"source": src, "frame": path.name, "threads": threads, "width": img.shape[1],
+            rows.append({"source": src, "frame": path.name, "rbc": name, "threads": threads, "width": img.shape[1],
                          "height": img.shape[0], "red_cells": len(res.red.cells), "white_ms": (t1 - t0) * 1e3,
                          "with_rbc_ms": (t2 - t1) * 1e3, "white_cpu_ms": (c1 - c0) * 1e3,
                          "with_rbc_cpu_ms": (c2 - c1) * 1e3, **{k: v for k, v in res.red.timings_ms.items()}})
@@ -91,29 +95,41 @@ def table(rows) -> dict:
 def markdown(rep) -> str:
     lines = [f"# Red-cell analysis speed ({rep['date']})", "", f"Command: `{rep['command']}`  ",
              f"Machine: {rep['machine']}  ", f"Load average at start / end: {rep['load_start']} / {rep['load_end']}  ",
-             f"White-cell model: {rep['wbc_model']}  ", f"Red-cell model: {rep['rbc_model']}  ",
+             f"White-cell model: {rep['wbc_model']}  ",
+             *(f"Red-cell model `{name}`: {desc}  " for name, desc in rep["rbc_models"].items()),
              f"Threads: {', '.join(map(str, rep['threads']))}. Wall clock on a shared 2-core machine: absolute numbers are noisy; "
              "the white-only and with-red-cells timings are interleaved frame by frame, so their difference is fair.", "",
              "CPU ms = process CPU time (all threads), far less sensitive to other processes than wall clock: with "
              "--threads 1 it is what the stage would take alone on one core.", "",
-             "| frames | threads | n | red cells/frame (median) | white pipeline p50 ms | red-cell detect p50 | red-cell crop+preprocess p50 | "
+             "| red-cell model | frames | threads | n | red cells/frame (median) | white pipeline p50 ms | red-cell detect p50 | red-cell crop+preprocess p50 | "
              "red-cell inference p50 | red-cell total p50 (p90) | added to the frame p50 (p90) | classify ms per red cell | "
              "white pipeline CPU ms p50 | added CPU ms p50 (p90) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in rep["tables"].items():
         if not t["frames"]:
             continue
-        lines.append(f"| {t['name']} | {t['threads']} | {t['frames']} | {t['red_cells_median']:.0f} | {t['white_ms']['p50']} | "
+        lines.append(f"| {t['rbc']} | {t['name']} | {t['threads']} | {t['frames']} | {t['red_cells_median']:.0f} | {t['white_ms']['p50']} | "
                      f"{t['rbc_detect']['p50']} | {t['rbc_preprocess']['p50']} | {t['rbc_inference']['p50']} | "
                      f"{t['rbc_total']['p50']} ({t['rbc_total']['p90']}) | {t['added_ms']['p50']} ({t['added_ms']['p90']}) | "
                      f"{t['classify_ms_per_red_cell_p50']} | {t['white_cpu_ms']['p50']} | "
                      f"{t['added_cpu_ms']['p50']} ({t['added_cpu_ms']['p90']}) |")
+    if len(rep["rbc_models"]) > 1:
+        first = next(iter(rep["rbc_models"]))
+        lines += ["", f"Red-cell total p50 as a ratio of `{first}`'s on the same frames (interleaved, same load):", ""]
+        for t in rep["tables"].values():
+            base = rep["tables"].get(f"{first}, {t['name']}, {t['threads']} threads")
+            if t["rbc"] != first and t["frames"] and base and base["rbc_total"]["p50"]:
+                lines.append(f"- `{t['rbc']}`, {t['name']}, {t['threads']} threads: "
+                             f"{t['rbc_total']['p50'] / base['rbc_total']['p50']:.2f}x "
+                             f"(inference {t['rbc_inference']['p50'] / base['rbc_inference']['p50']:.2f}x)")
     lines += ["", "Goal (issue 15): red-cell analysis of a 640x480 frame with 30-60 red cells <= 30 ms p50 with the int8 model."]
     return "\n".join(lines) + "\n"
 
 
 @click.command()
-@click.option("--rbc", "rbc_bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--rbc", "rbc_bundles", required=True, multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Red-cell bundle; repeat to compare (interleaved; ratios against the first).")
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="White-cell bundle (default: the packaged default).")
 @click.option("--chula", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -123,7 +139,7 @@ def markdown(rep) -> str:
               help="Inference threads; repeat to compare (each frame runs through every setting) "
                    "[default: all cores].")
 @click.option("--out", "prefix", type=click.Path(path_type=Path), default=RESULTS / "rbc_speed", show_default=True)
-def main(rbc_bundle, bundle, chula, bccd, n, threads, prefix):
+def main(rbc_bundles, bundle, chula, bccd, n, threads, prefix):
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
     from hemaedge.edge.defaults import load_model
@@ -131,23 +147,29 @@ def main(rbc_bundle, bundle, chula, bccd, n, threads, prefix):
     if not (chula or bccd):
         raise click.UsageError("pass --chula and/or --bccd")
     wbc = load_model(bundle)
-    rbc = load_bundle(rbc_bundle)
+    names = [b.name if b.name != "rbc" else "packaged" for b in rbc_bundles]
+    if len(set(names)) != len(names):
+        raise click.UsageError("two --rbc bundles share a folder name; give each its own")
+    rbc = {name: load_bundle(b) for name, b in zip(names, rbc_bundles)}
     threads = tuple(threads) or (os.cpu_count() or 1,)
     load_start = [round(v, 2) for v in os.getloadavg()]
     rows = measure(_frames(chula, bccd, n), wbc, rbc,
-                   {t: (load_backend(wbc, threads=t), load_backend(rbc, threads=t)) for t in threads})
+                   {(name, t): (load_backend(wbc, threads=t), load_backend(m, threads=t))
+                    for name, m in rbc.items() for t in threads})
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()],
-           "command": f"python -m hemaedge.benchmarks.tools.rbc_speed --rbc {rbc_bundle.name}" + (" --chula CHULA" if chula else "")
+           "command": "python -m hemaedge.benchmarks.tools.rbc_speed" + "".join(f" --rbc {b}" for b in rbc_bundles) + (" --chula CHULA" if chula else "")
                       + (" --bccd BCCD" if bccd else "") + f" --frames {n}" + "".join(f" --threads {t}" for t in threads),
-           "threads": list(threads), "wbc_model": wbc.describe(), "rbc_model": rbc.describe(),
+           "threads": list(threads), "wbc_model": wbc.describe(),
+           "rbc_models": {name: m.describe() for name, m in rbc.items()},
            "tables": {}, "rows": rows}
-    for t in threads:
-        mine = [r for r in rows if r["threads"] == t]
-        for name, sel in (("chula", [r for r in mine if r["source"] == "chula"]),
-                          ("bccd", [r for r in mine if r["source"] == "bccd"]),
-                          ("30-60 red cells", [r for r in mine if 30 <= r["red_cells"] <= 60])):
-            rep["tables"][f"{name}, {t} threads"] = {"name": name, "threads": t, **table(sel)}
+    for model in rbc:
+        for t in threads:
+            mine = [r for r in rows if r["threads"] == t and r["rbc"] == model]
+            for name, sel in (("chula", [r for r in mine if r["source"] == "chula"]),
+                              ("bccd", [r for r in mine if r["source"] == "bccd"]),
+                              ("30-60 red cells", [r for r in mine if 30 <= r["red_cells"] <= 60])):
+                rep["tables"][f"{model}, {name}, {t} threads"] = {"rbc": model, "name": name, "threads": t, **table(sel)}
     write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))
 

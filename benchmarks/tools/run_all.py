@@ -53,6 +53,12 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = "src/hemaedge/models/default"
 # members of the first real ensemble (issue #19): the packaged default's Keras source, then Lite1's snapshot
 ENSEMBLE_LITE0_LITE1 = ("~/hemaedge-runs/default-v2-lite0-ep10/model.keras", "~/hemaedge-runs/member-lite1-ep6/model.keras")
+# the red-cell ensemble (issue #19 item 3): the packaged red-cell bundle's Keras source (8 epochs), a run trained
+# separately with the weighted loss (1 epoch), and the source's own run at epoch 4 (before it was resumed)
+ENSEMBLE_RBC = ("~/hemaedge-runs/redcells3/ft64-resume/model.keras", "~/hemaedge-runs/redcells/ft-lite0-64-loss/model.keras",
+                "~/hemaedge-runs/redcells/ft-lite0-64-none/model.keras")
+ENSEMBLE_RBC_CROPS = "~/hemaedge-runs/redcells2/crops64-old"   # the members' training crops (64 px, 1.5 x 42.8 px)
+ENSEMBLE_RBC_CALIB = "~/hemaedge-runs/redcells/calib64"        # 480 of their train crops (`hemaedge data calibration`)
 # the three-member ensemble (issue #19): the same two, then Lite2 at its best val epoch (4 of 8)
 ENSEMBLE_V1 = (*ENSEMBLE_LITE0_LITE1, "~/hemaedge-runs/member-lite2/model.keras")
 
@@ -394,6 +400,24 @@ def steps(s: Settings) -> list[Step]:
         _ensemble_step(out, "ensemble-v1", ENSEMBLE_V1,
                        "weighted ensemble of the default (Lite0 epoch 10), Lite1 (epoch 6 of 8) and Lite2 "
                        "(epoch 4 of 8)", "~45 min"),
+        Step("ensemble-rbc",
+             [Need(os.path.expanduser(p), f"no red-cell member or crops {p}; kept {out}/ensemble-rbc/")
+              for p in (*ENSEMBLE_RBC, ENSEMBLE_RBC_CROPS, ENSEMBLE_RBC_CALIB)],
+             # issue #19 item 3: the same commands on the red-cell crops (12 classes; no PBC or whole-frame steps)
+             ["env", "HEMAEDGE_ENSEMBLE_NICE=0", f"HEMAEDGE_ENSEMBLE_DATA={os.path.expanduser(ENSEMBLE_RBC_CROPS)}",
+              f"HEMAEDGE_ENSEMBLE_CALIB={os.path.expanduser(ENSEMBLE_RBC_CALIB)}",
+              "HEMAEDGE_ENSEMBLE_DATA_NAME=Chula RBC-12 crops (64 px)",
+              f"HEMAEDGE_ENSEMBLE_WORK={os.path.expanduser('~/hemaedge-runs/redcells5/ensemble-rbc')}",
+              f"HEMAEDGE_ENSEMBLE_RESULTS={out}/ensemble-rbc", "HEMAEDGE_ENSEMBLE_MAX_DROP=2",
+              "benchmarks/tools/ensemble_check.sh", "ensemble-rbc", *(os.path.expanduser(p) for p in ENSEMBLE_RBC)],
+             [f"{out}/ensemble-rbc/{f}" for f in
+              ("ensemble_crops64-old.md", "ensemble_crops64-old.json", "ensemble_bench.md", "ensemble_bench.csv",
+               "ensemble_bench.json", "ensemble_bench_latency.png", "ensemble_bench_pareto.png")]
+             + [f"{out}/ensemble-rbc/{t}/calibration_{t}{x}" for t in ("member0-int8", "member1-int8", "member2-int8",
+                                                                       "ensemble-int8") for x in (".md", ".json")],
+             "weighted ensemble of three red-cell models (the packaged one's source, a separately trained weighted-loss "
+             "run, the source's epoch-4 checkpoint) on the Chula crops: weights on val, int8/fp16 bundles, int8 "
+             "accuracy, size/latency, kappa/AUC/CI table", "~30 min"),
         # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
         Step("views-check", [], tool("views_check") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
                                                        f"{data}/bloodmnist128", "--name", "default", "--out", out],
@@ -473,7 +497,7 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              f"red-cell size features in a logistic layer over {bundle} (Chula train fit, val score; "
              "--rbc-scale field and auto)", "~6 min"),
         Step("rbcspeed", [need_chula, need_bundle],
-             [*tool("rbc_speed"), "--rbc", bundle, "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
+             [*tool("rbc_speed"), "--rbc", bundle, *[a for b in baseline.split() for a in ("--rbc", b)], "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
               "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],
              [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
              f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
@@ -506,6 +530,9 @@ def _run_rbcmodel(s: Settings, step: Step) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         # the labelled crops at the bundle's training geometry (the packaged model: 1.5 x 42.8 px, the ruler of the time)
         extra = s.get("HEMAEDGE_RBC_CROPS_ARGS", "--diameter 42.8").split()
+        if "--size" not in extra:  # cut at the bundle's input size (the same field of view, more pixels at 80 px)
+            bundle = s.get("HEMAEDGE_RBC_BUNDLE", RBC_BUNDLE)
+            extra += ["--size", str(json.loads(Path(bundle, "manifest.json").read_text())["input"]["size"])]
         bounded(s, [s.he, "data", "rbc-crops", f"{s.data}/chula_rbc12", "--out", f"{tmp}/rbc64", "--exclude", "uncategorised",
                     *extra])
         bounded(s, [f"{tmp}/rbc64" if w == "TMP/rbc64" else w for w in step.command])
