@@ -325,6 +325,22 @@ def test_an_adapted_bundle_keeps_the_base_bundles_test_time_views(base_model, pb
     assert np.isclose(np.quantile(ood_scores(p_t)[right], 0.95),
                       b.manifest["ood"]["per_reference"]["pbc_val"]["threshold"], atol=2e-3)
 
+    # a series reads a finished adaptation back only if it ran with the same views ("auto" resolved);
+    # one from before views were recorded ran one view
+    from hemaedge.train.adapt import AdaptConfig
+    from hemaedge.train.adapt_bccd import cached_result
+
+    cfg = AdaptConfig(base=str(home / "bundle"), data=[str(new_microscope)], out=str(out), replay=str(pbc_small),
+                      replay_min=16, seed=4)
+    assert cached_result(out, cfg)["provenance"]["training"]["views"] == "flips"
+    with pytest.raises(SystemExit, match="views"):
+        cached_result(out, AdaptConfig(**{**cfg.__dict__, "views": "off"}))
+    old = json.loads((out / "adapt.json").read_text())
+    del old["provenance"]["training"]["views"]
+    (out / "adapt.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="views"):
+        cached_result(out, cfg)
+
     # --views off: one view, declared as such
     res = adapt("--base", home / "bundle", "--data", new_microscope, "--replay", pbc_small, "--out", tmp_path / "off",
                 "--replay-min", "16", "--seed", "4", "--views", "off", "--no-export")

@@ -145,6 +145,16 @@ def resolve_base(base) -> tuple[Path, dict]:
     return base, {}
 
 
+def resolved_views(base, override: str = "auto") -> tuple[str, tuple[int, ...]]:
+    """The test-time views an adaptation of `base` runs: `override`, or for "auto" the base bundle's
+    `inference.views` (a .keras base: its sidecar's, else one view)."""
+    from hemaedge.export.source import read_sidecar
+
+    path, origin = resolve_base(base)
+    declared = origin.get("inference") if "bundle" in origin else read_sidecar(path).get("inference")
+    return bundle_views({"inference": declared or {}}, override)
+
+
 def trainable_groups(backbone) -> list[tuple[str, list]]:
     """The backbone's layers grouped into blocks, in order: 'block7_*' -> block7, 'conv2'/'bn2' -> stage 2,
     every other weighted layer (stem, head conv) its own group. Only groups with weights are listed."""
@@ -594,8 +604,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     cache = before_cache if before_cache is not None else {}
     # The adapted bundle runs the base bundle's test-time views (the packaged default: flips), so the
     # held-out choice, the before/after figures and the OOD levels are all of view-averaged answers.
-    views_name, views = bundle_views({"inference": base_origin.get("inference") or source.sidecar.get("inference")},
-                                     cfg.views)
+    views_name, views = resolved_views(cfg.base, cfg.views)
     logf(f"test-time views: {views_name} ({len(views)} per cell)")
 
     head = None
