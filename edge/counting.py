@@ -112,7 +112,10 @@ class CountingSession:
         return PLATELET if t.kind == "wbc" and t.views and t.clump_views == t.views else t.kind
 
     def _track_decision(self, t):
-        return self.classifier.decide(self._track_kind(t), t.mean_prob)
+        kind = self._track_kind(t)
+        # a platelet track lies on a red cell when most of its views do
+        on_red_cell = kind == PLATELET and 2 * t.on_red_cell_views > t.views
+        return self.classifier.decide(kind, t.mean_prob, on_red_cell)
 
     def _countable(self, t) -> bool:
         return self.count_edge_cells or t.full_views > 0

@@ -55,6 +55,9 @@ PLATELET_KIND_ABOVE = 0.99
 # 1.29-2.45 d (median 1.79): a larger detection is a white cell whatever the classifier says.
 PLATELET_CLUMP_MAX_SIDE_RBC = 1.75
 
+# A platelet candidate lying on a red cell: a platelet on top of it, or an inclusion (a
+# Howell-Jolly body, a parasite) or stain in its pallor; size and colour cannot tell which.
+ON_RED_CELL = "platelet candidate lying on a red cell (an overlap or an inclusion): not counted"
 # Why a nucleated cell is unidentified (Decision.reason; summary.json counts each).
 AS_PLATELET = "classified as platelet"
 LOW_CONFIDENCE = "low confidence"
@@ -184,19 +187,26 @@ def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, thresh
 
 def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold: float = UNIDENTIFIED_BELOW,
            ood_score: float | None = None, review_below: float = REVIEW_BELOW,
-           ood_threshold: float | None = None, ood_flag_threshold: float | None = None) -> Decision:
+           ood_threshold: float | None = None, ood_flag_threshold: float | None = None,
+           on_red_cell: bool = False) -> Decision:
     """The label a detection of `kind` ("wbc" = nucleated, "platelet") is counted as.
 
     `ood_threshold` None = confidence-only rule; `ood_flag_threshold`: above it (and not above
     `ood_threshold`) the cell keeps its class and is flagged; `ood_score` None = computed from
-    `prob_row`."""
+    `prob_row`. `on_red_cell`: a platelet candidate lying on a red cell (`segment.Detection`)
+    is not counted, and flagged for review, even when the classifier confirms it."""
     if kind == PLATELET:
         if prob_row is None or PLATELET not in classes:
-            return Decision(PLATELET, float("nan"), "", True)
-        p = float(prob_row[classes.index(PLATELET)])
-        if classes[int(np.argmax(prob_row))] == PLATELET and p >= threshold:
-            return Decision(PLATELET, p, f"confidence {p:.2f} below {review_below}" if p < review_below else "", True)
-        return Decision(PLATELET, p, "platelet candidate not confirmed by the classifier", False)
+            p = float("nan")
+            confirmed = True
+        else:
+            p = float(prob_row[classes.index(PLATELET)])
+            confirmed = classes[int(np.argmax(prob_row))] == PLATELET and p >= threshold
+        if not confirmed:
+            return Decision(PLATELET, p, "platelet candidate not confirmed by the classifier", False)
+        if on_red_cell:
+            return Decision(PLATELET, p, ON_RED_CELL, False)
+        return Decision(PLATELET, p, f"confidence {p:.2f} below {review_below}" if p < review_below else "", True)
     top = int(np.argmax(prob_row))
     conf = float(prob_row[top])
     score = cell_ood_score(prob_row) if ood_score is None else float(ood_score)

@@ -139,9 +139,10 @@ class CellClassifier:
             out.append(crop)
         return out
 
-    def decide(self, kind: str, prob_row) -> Decision:
+    def decide(self, kind: str, prob_row, on_red_cell: bool = False) -> Decision:
         return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold,
-                      ood_threshold=self.ood_rule.threshold, ood_flag_threshold=self.ood_rule.flag_threshold)
+                      ood_threshold=self.ood_rule.threshold, ood_flag_threshold=self.ood_rule.flag_threshold,
+                      on_red_cell=on_red_cell)
 
     def identify_rule(self) -> dict:
         """The unidentified/review rule this run applies (summary.json -> `identify`)."""
@@ -174,7 +175,7 @@ class CellClassifier:
             side_rbc = d.size / reading.diameter if reading.diameter else None
             if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc):
                 d.kind = "platelet"
-        decisions = [self.decide(d.kind, probs[i]) for i, d in enumerate(dets)]
+        decisions = [self.decide(d.kind, probs[i], d.kind == "platelet" and d.on_red_cell) for i, d in enumerate(dets)]
         timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}
         red = None
         if self.red_cells is not None:  # red cells measured with this field's ruler

@@ -69,6 +69,15 @@ class SegmentParams:
     min_platelet_box_rbc: float = 0.4
     # a stained body wider than this (in d) is not one platelet (a smear of pale stain)
     max_platelet_side_rbc: float = 0.8
+    # A candidate is `on_red_cell` when more than this fraction of a ring `platelet_ring_rbc` d
+    # wide around its box is red cell (darker than the background in green, Otsu over the
+    # frame's unstained pixels): a platelet lying on a red cell, or an inclusion or the stain of
+    # a red cell's pallor. It is not counted but kept, flagged for review
+    # (`identify.decide`). Chosen on BCCD train + val (2026-12-02): of the platelets the whole
+    # pipeline counted with more than half the ring red, 4 matched a VOC platelet and 17 did not
+    # (0.3: 23 / 36, 0.7: 1 / 10).
+    platelet_on_red_cell: float = 0.5
+    platelet_ring_rbc: float = 0.06
     # a body wider than `pale_platelet_side_rbc` d whose mean stain is below `pale_platelet_z`
     # robust SDs is a pale smear of stain, not a platelet (a platelet that large has a dark
     # granular centre). Chosen on BCCD train + val (2026-12-02 sweep): platelet precision
@@ -83,6 +92,16 @@ class SegmentParams:
     split_factor: float = 2.2
     # white-cell pieces whose boxes overlap by this fraction of the smaller box are one cell
     merge_overlap: float = 0.15
+    # ... unless they are two touching cells the watershed split: two pieces of one clump whose
+    # nuclei are each at least `two_cells_core_rbc` d thick at their widest (distance-transform
+    # radius; the lobes of a segmented neutrophil or an eosinophil are thinner) and whose widest
+    # points lie at least `two_cells_apart_rbc` d apart (more than one nucleus's width) stay two
+    # cells. Chosen on BCCD train + val and PBC val fields (2026-12-02): among the piece pairs
+    # the overlap merge joined, only a touching monocyte + lymphocyte (BCCD train 00176: cores
+    # 0.69 / 0.74 d, 1.98 d apart) passes; the thickest lobes of one PBC cell are 0.55-0.59 d
+    # (cells of one clump: 0.6 d and 1.5 d apart at most).
+    two_cells_core_rbc: float = 0.6
+    two_cells_apart_rbc: float = 1.6
     detect_platelets: bool = True
     # segment on a copy whose short side is at most this many pixels (0: full resolution);
     # boxes are mapped back and crops cut from the full-resolution frame
@@ -146,6 +165,7 @@ class Detection:
     crop: tuple[int, int, int] = field(default=(0, 0, 0))  # centre x, centre y, side
     at_edge: bool = False  # the cell is cut by the frame edge (only part of it is visible)
     size_ambiguous: bool = False  # nucleated cell or platelet clump: the classifier decides the kind
+    on_red_cell: bool = False  # a platelet candidate lying on a red cell: flagged, not counted
 
     @property
     def size(self) -> int:
@@ -323,6 +343,7 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
     # split_factor times this)
     single = (p.single_nucleus_rbc_area * d2 if rbc_diameter else min_wbc * 2.5)
     dets: list[Detection] = []
+    cores = []  # (piece, clump label, x, y, radius) of the pieces a watershed split gave
     for k in range(1, n):
         area = int(stats[k, cv2.CC_STAT_AREA])
         if area < min_wbc:  # platelets have their own, more sensitive mask (find_platelets)
@@ -345,7 +366,10 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
             box = _grow(nucleus, p.cell_margin, image.shape)
             dets.append(Detection(box, "wbc", parea, score, at_edge=_touches_edge(nucleus, image.shape, p.edge_px),
                                   size_ambiguous=parea < sure_wbc))
-    dets = _merge_lobes(dets, image.shape, p.merge_overlap)
+            if len(parts) > 1 and rbc_diameter:
+                cores.append((dets[-1], k, *_widest_point(part, x, y)))
+    dets = _merge_lobes(dets, image.shape, p.merge_overlap,
+                        _two_cells(cores, rbc_diameter * scale, p) if cores else None)
     if rbc_diameter:
         dets = _merge_close_lobes(dets, rbc_diameter * scale, p.lobe_gap_rbc, p.max_cell_rbc)
     if p.detect_platelets:
@@ -418,6 +442,7 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         bg = _blue_minus_red(image)
     background_blue = float(np.median(bg))
     h, w = image.shape[:2]
+    red = None  # the red-cell mask, made when a candidate needs it
     out = []
     for labels, stats, k in bodies:
         x, y, bw, bh = (int(v) for v in stats[k, :4])
@@ -440,9 +465,39 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         hy = max(bh / 2.0 + rim, p.min_platelet_box_rbc * rbc_px / 2)
         box = (max(0, int(round(cx - hx))), max(0, int(round(cy - hy))),
                min(w, int(round(cx + hx))), min(h, int(round(cy + hy))))
+        if red is None:  # unstained: outside the pale mask and the nuclei (`core`; their boxes are cleared in `mask`)
+            red = red_cell_level(image, mask if core is None else (mask | core))
         out.append(Detection(box, "platelet", int(np.count_nonzero(inside)), score,
-                             at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px)))
+                             at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px),
+                             on_red_cell=_ring_share(*red, box, max(2, round(p.platelet_ring_rbc * rbc_px)))
+                             > p.platelet_on_red_cell))
     return out
+
+
+def red_cell_level(image: np.ndarray, stained: np.ndarray) -> tuple[np.ndarray, float]:
+    """A (work-copy) RGB frame's blurred green channel and the level below which it is red cell:
+    Otsu's threshold over the pixels `stained` (a 0/non-0 mask) leaves out (on a 1-in-4
+    subsample: the same level at a fraction of the cost). Red cells absorb green, the background
+    does not."""
+    green = cv2.GaussianBlur(image[..., 1], (5, 5), 0)
+    unstained = green[::2, ::2][stained[::2, ::2] == 0]
+    if unstained.size < 2:
+        return green, -1.0  # nothing unstained: no red cell can be told from the background
+    thr, _ = cv2.threshold(unstained.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return green, float(thr)
+
+
+def _ring_share(green: np.ndarray, level: float, box, width: int) -> float:
+    """The fraction of the ring `width` pixels wide around `box` (inside the frame) that is red
+    cell (`green` below `level`, `red_cell_level`)."""
+    x0, y0, x1, y1 = box
+    h, w = green.shape[:2]
+    X0, Y0, X1, Y1 = max(0, x0 - width), max(0, y0 - width), min(w, x1 + width), min(h, y1 + width)
+    red = green[Y0:Y1, X0:X1] < level
+    ring = red.size - (x1 - x0) * (y1 - y0)
+    if ring <= 0:
+        return 0.0
+    return (int(np.count_nonzero(red)) - int(np.count_nonzero(red[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0]))) / ring
 
 
 def _sized(stats: np.ndarray, lo: float, hi: float) -> list[int]:
@@ -479,16 +534,41 @@ def _joined(a: Detection, b: Detection) -> Detection:
                      size_ambiguous=a.size_ambiguous and b.size_ambiguous)
 
 
-def _merge_lobes(dets: list[Detection], shape, min_overlap: float) -> list[Detection]:
+def _merge_lobes(dets: list[Detection], shape, min_overlap: float, two_cells=None) -> list[Detection]:
     """Join white-cell pieces whose boxes overlap: the lobes of one nucleus that the closing or
-    the watershed left apart. (Two touching white cells whose boxes overlap this much are
-    reported as one: rare in a smear, and the price of not splitting every lobed nucleus.)"""
+    the watershed left apart, unless `two_cells(a, b)` says they are two touching cells. (Two
+    other touching white cells whose boxes overlap this much are reported as one: rare in a
+    smear, and the price of not splitting every lobed nucleus.)"""
     def overlapping(a, b):
         ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
         iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
         smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
         return smaller and ix * iy / smaller >= min_overlap
-    return _merge_pairs(dets, lambda a, b: overlapping(a.box, b.box))
+    return _merge_pairs(dets, lambda a, b: overlapping(a.box, b.box) and not (two_cells and two_cells(a, b)))
+
+
+def _widest_point(part: np.ndarray, x: int, y: int) -> tuple[float, float, float]:
+    """A piece's widest point (x, y on the work copy) and its distance-transform radius there."""
+    dist = cv2.distanceTransform(cv2.copyMakeBorder(part, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
+                                 cv2.DIST_L2, 5)[1:-1, 1:-1]
+    _, radius, _, (px, py) = cv2.minMaxLoc(dist)
+    return float(px + x), float(py + y), float(radius)
+
+
+def _two_cells(cores: list, rbc_px: float, p: SegmentParams):
+    """`two_cells(a, b)` for `_merge_lobes`: two pieces of one watershed-split clump, each with a
+    nucleus at least `two_cells_core_rbc` d thick, whose widest points are at least
+    `two_cells_apart_rbc` d apart, are two touching cells (not the lobes of one nucleus)."""
+    def core(d):
+        return next((c[1:] for c in cores if c[0] is d), None)  # identity: merged pieces have none
+
+    def two_cells(a, b):
+        ca, cb = core(a), core(b)
+        if ca is None or cb is None or ca[0] != cb[0]:
+            return False
+        thick = min(ca[3], cb[3]) >= p.two_cells_core_rbc * rbc_px
+        return thick and float(np.hypot(ca[1] - cb[1], ca[2] - cb[2])) >= p.two_cells_apart_rbc * rbc_px
+    return two_cells
 
 
 def _merge_close_lobes(dets: list[Detection], rbc_px: float, gap_rbc: float, max_cell_rbc: float) -> list[Detection]:

@@ -93,6 +93,7 @@ class Track:
     full_views: int = 0  # views in which the cell is not cut by the frame edge
     ambiguous_views: int = 0  # views whose size left the kind open (nucleated cell or platelet clump)
     clump_views: int = 0  # ... and that the view's classifier called a platelet clump
+    on_red_cell_views: int = 0  # platelet views lying on a red cell (`segment.Detection.on_red_cell`)
     frames: list = field(default_factory=list)
 
     @property
@@ -160,6 +161,7 @@ class Tracker:
             ambiguous = bool(getattr(det, "size_ambiguous", False))
             t.ambiguous_views += ambiguous
             t.clump_views += ambiguous and det.kind == "platelet"
+            t.on_red_cell_views += bool(getattr(det, "on_red_cell", False))
             if probs is not None and len(probs):
                 t.prob_sum = probs[i].astype(np.float64) if t.prob_sum is None else t.prob_sum + probs[i]
             ids.append(t.id)

@@ -47,6 +47,19 @@ def test_a_platelet_candidate_never_becomes_a_white_cell():
     assert decide("platelet", sure, BLOOD).counted and decide("platelet", sure, BLOOD).flag == ""
 
 
+def test_a_platelet_lying_on_a_red_cell_is_flagged_not_counted():
+    from hemaedge.edge.identify import ON_RED_CELL
+
+    sure = np.array([0, 0, 0, 0, 0.05, 0, 0, 0.95])
+    d = decide("platelet", sure, BLOOD, on_red_cell=True)
+    assert d.label == "platelet" and not d.counted and d.flag == ON_RED_CELL and d.confidence == 0.95
+    assert decide("platelet", sure, BLOOD, on_red_cell=False).counted
+    # an unconfirmed one keeps the unconfirmed flag; a white cell ignores the mark
+    lymph = np.array([0, 0, 0, 0, 1.0, 0, 0, 0])
+    assert decide("platelet", lymph, BLOOD, on_red_cell=True).flag == decide("platelet", lymph, BLOOD).flag
+    assert decide("wbc", lymph, BLOOD, on_red_cell=True) == decide("wbc", lymph, BLOOD)
+
+
 def test_nucleated_cell_called_platelet_or_unsure_is_unidentified():
     as_platelet = np.array([0, 0, 0, 0, 0.1, 0, 0, 0.9])
     assert decide("wbc", as_platelet, BLOOD).label == UNIDENTIFIED
@@ -364,3 +377,26 @@ def test_a_size_ambiguous_cell_keeps_one_track_when_one_view_calls_it_a_clump(de
         v = replace(cell, kind="platelet")
         clump.tracker.update(k, [v], [v.centre], clump_p[None])
     assert clump._track_kind(clump.tracker.all_tracks()[0]) == "platelet"
+
+
+def test_a_platelet_track_lying_on_a_red_cell_in_most_views_is_not_counted(default_classifier):
+    """A platelet seen in 5 frames: lying on a red cell in 3 of them, it is flagged and not
+    counted; on a red cell in 2 of 5 (a neighbour passing), it is counted."""
+    from dataclasses import replace
+
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.identify import ON_RED_CELL
+
+    cell = _sample_cells()[0]
+    classes = default_classifier.classes
+    platelet_p = np.eye(len(classes), dtype=np.float32)[classes.index("platelet")][None]
+    for on_red, counted in ((3, False), (2, True)):
+        session = CountingSession(default_classifier, one_slide=True)
+        for k in range(5):
+            v = replace(cell, kind="platelet", size_ambiguous=False, on_red_cell=k < on_red)
+            session.tracker.update(k, [v], [v.centre], platelet_p)
+        (track,) = session.tracker.all_tracks()
+        assert track.on_red_cell_views == on_red
+        dec = session._track_decision(track)
+        assert dec.counted == counted and (dec.flag == ON_RED_CELL) != counted
+        assert session.differential().platelets == int(counted)

@@ -294,3 +294,55 @@ def test_a_body_as_faint_as_a_red_cell_is_not_a_nucleus(pbc_raw_val):
     on = [x for x in segment(img, rbc_diameter=d) if x.kind == "wbc"]
     assert len(off) == 3 and len(on) == 1
     assert centre_in(on[0].box, (img.shape[1] / 2, img.shape[0] / 2))
+
+
+def test_two_touching_white_cells_stay_two(bccd):
+    """BCCD train 00176: a monocyte and a lymphocyte touch; the watershed splits their clump but
+    their boxes overlap, and the lobe merge joined them into one box matching neither. Each
+    nucleus is thick (>= 0.6 red-cell diameters at its widest) and the two widest points lie
+    ~2 d apart, so they stay two cells, each matching its VOC box."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    img, gt = next(_bccd_frames(bccd, ["BloodImage_00176"]))
+    d = red_cell_diameter(img)
+    wbc = [x for x in segment(img, rbc_diameter=d) if x.kind == "wbc"]
+    joined = [x for x in segment(img, SegmentParams(two_cells_core_rbc=99.0), rbc_diameter=d) if x.kind == "wbc"]
+    assert len(joined) == 1 and len(wbc) == 2
+    assert all(max(iou(x.box, g) for x in wbc) >= 0.5 for g in gt["WBC"])
+
+
+@pytest.mark.parametrize("name", ["val_00011.jpg", "val_00410.jpg", "val_00626.jpg", "val_00063.jpg",
+                                  "val_01020.jpg", "val_01166.jpg", "val_01177.jpg", "val_00574.jpg"])
+def test_lobed_nuclei_are_not_split_into_two_cells(pbc_raw_val, name):
+    """PBC eosinophils (00011, 00410, 00626, 00063) and segmented neutrophils (01020, 01166, 01177,
+    00574) whose nucleus the watershed cuts into lobes: the lobes are thinner than two cells'
+    nuclei or too close, so each field keeps its one nucleated cell at the centre (a looser
+    two-cell rule would count the lobes as cells)."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    img = read_image_rgb(pbc_raw_val / name)
+    d = red_cell_diameter(img)
+
+    def whole_cells(params):
+        return [x for x in segment(img, params, rbc_diameter=d) if x.kind == "wbc" and not x.at_edge]
+    wbc = whole_cells(SegmentParams())
+    assert len(wbc) == 1
+    assert centre_in(wbc[0].box, (img.shape[1] / 2, img.shape[0] / 2))
+    assert len(whole_cells(SegmentParams(two_cells_core_rbc=0.3, two_cells_apart_rbc=0.8))) >= 2
+
+
+def test_a_platelet_candidate_lying_on_a_red_cell_is_marked(bccd):
+    """BCCD train 00035: three candidates lie in the open between red cells (each a VOC
+    platelet) and one lies on a red cell (no VOC box): only that one is `on_red_cell`; with the
+    rule's level at 1.0 (never) none is."""
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    img, gt = next(_bccd_frames(bccd, ["BloodImage_00035"]))
+    d = red_cell_diameter(img)
+    found = [x for x in segment(img, rbc_diameter=d) if x.kind == "platelet"]
+    on_red = [x for x in found if x.on_red_cell]
+    in_open = [x for x in found if not x.on_red_cell]
+    assert len(on_red) == 1 and not any(iou(on_red[0].box, g) > 0.1 for g in gt["Platelets"])
+    assert len(in_open) >= 3 and all(max(iou(x.box, g) for g in gt["Platelets"]) >= 0.5 for x in in_open)
+    never = [x for x in segment(img, SegmentParams(platelet_on_red_cell=1.0), rbc_diameter=d) if x.kind == "platelet"]
+    assert len(never) == len(found) and not any(x.on_red_cell for x in never)

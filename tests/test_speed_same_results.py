@@ -254,7 +254,9 @@ def assert_same_platelets(frames, what):
     n = 0
     for k, args in enumerate(_platelet_inputs(frames)):
         got, want = seg.find_platelets(*args[:5], core=args[5]), find_platelets_reference(*args[:5], core=args[5])
-        assert [vars(d) for d in got] == [vars(d) for d in want], (what, k)
+        # `on_red_cell` is a mark added after the speed work (the reference cannot set it)
+        same = lambda d: {key: v for key, v in vars(d).items() if key != "on_red_cell"}
+        assert [same(d) for d in got] == [same(d) for d in want], (what, k)
         n += len(want)
     return n
 

@@ -53,6 +53,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = "src/hemaedge/models/default"
 # members of the first real ensemble (issue #19): the packaged default's Keras source, then Lite1's snapshot
 ENSEMBLE_LITE0_LITE1 = ("~/hemaedge-runs/default-v2-lite0-ep10/model.keras", "~/hemaedge-runs/member-lite1-ep6/model.keras")
+# the three-member ensemble (issue #19): the same two, then Lite2 at its best val epoch (4 of 8)
+ENSEMBLE_V1 = (*ENSEMBLE_LITE0_LITE1, "~/hemaedge-runs/member-lite2/model.keras")
 
 
 class UsageError(Exception):
@@ -144,6 +146,25 @@ def _default_label() -> str:
 
 
 FP32_LABEL = "lite0_fp32"  # the tflite-fp32 bundle of EXPORT_DIR (the project's Lite0 model)
+
+
+def _ensemble_step(out: str, name: str, members: tuple[str, ...], label: str, cost: str) -> Step:
+    """`ensemble_check.sh NAME MEMBER...` (issue #19): every sub-step is skipped when its output exists
+    (delete benchmarks/results/NAME and ~/hemaedge-runs/NAME to redo)."""
+    tags = [f"member{i}-int8" for i in range(len(members))] + ["ensemble-int8"]
+    return Step(name,
+                [Need(os.path.expanduser(p), f"no member {p}; kept {out}/{name}/") for p in members],
+                ["env", "HEMAEDGE_ENSEMBLE_NICE=0", "benchmarks/tools/ensemble_check.sh", name,
+                 *(os.path.expanduser(p) for p in members)],
+                [f"{out}/{name}/{f}" for f in
+                 ("ensemble_bloodmnist128.md", "ensemble_bloodmnist128.json", "ensemble_bench.md", "ensemble_bench.csv",
+                  "ensemble_bench.json", "ensemble_bench_latency.png", "ensemble_bench_pareto.png")]
+                + [f"{out}/{name}/{t}/{f}" for t in tags
+                   for f in (f"calibration_{t}.md", f"calibration_{t}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
+                             f"views_check_{t}.md", f"views_check_{t}.json")],
+                f"{label}: weights on val, int8/fp16 bundles, int8 accuracy, PBC end to end, test-time views, "
+                "size/latency, kappa/AUC/CI table",
+                f"{cost}; hours of training before it")
 
 
 def steps(s: Settings) -> list[Step]:
@@ -370,22 +391,11 @@ def steps(s: Settings) -> list[Step]:
              + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
              "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
              "~30 min; hours of training before it"),
-        Step("ensemble-lite0-lite1",
-             [Need(os.path.expanduser(p), f"no member {p}; kept {out}/ensemble-lite0-lite1/")
-              for p in ENSEMBLE_LITE0_LITE1],
-             # the first real two-member ensemble (issue #19): the default's source + Lite1's epoch-6 snapshot;
-             # every sub-step is skipped when its output exists (delete the folder and ~/hemaedge-runs/NAME to redo)
-             ["env", "HEMAEDGE_ENSEMBLE_NICE=0", "benchmarks/tools/ensemble_check.sh", "ensemble-lite0-lite1",
-              *(os.path.expanduser(p) for p in ENSEMBLE_LITE0_LITE1)],
-             [f"{out}/ensemble-lite0-lite1/{f}" for f in
-              ("ensemble_bloodmnist128.md", "ensemble_bloodmnist128.json", "ensemble_bench.md", "ensemble_bench.csv",
-               "ensemble_bench.json", "ensemble_bench_latency.png", "ensemble_bench_pareto.png")]
-             + [f"{out}/ensemble-lite0-lite1/{t}/{f}" for t in ("member0-int8", "member1-int8", "ensemble-int8")
-                for f in (f"calibration_{t}.md", f"calibration_{t}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
-                          f"views_check_{t}.md", f"views_check_{t}.json")],
-             "weighted ensemble of the default (Lite0 epoch 10) and Lite1 (epoch 6 of 8): weights on val, int8/fp16 "
-             "bundles, int8 accuracy, PBC end to end, size/latency, kappa/AUC/CI table",
-             "~25 min; hours of training before it"),
+        _ensemble_step(out, "ensemble-lite0-lite1", ENSEMBLE_LITE0_LITE1,
+                       "weighted ensemble of the default (Lite0 epoch 10) and Lite1 (epoch 6 of 8)", "~25 min"),
+        _ensemble_step(out, "ensemble-v1", ENSEMBLE_V1,
+                       "weighted ensemble of the default (Lite0 epoch 10), Lite1 (epoch 6 of 8) and Lite2 "
+                       "(epoch 4 of 8)", "~45 min"),
         # the OOD part of "unidentified" (docs/edge.md) and the robustness ablation (docs/finetune.md)
         Step("views-check", [], tool("views_check") + ["--bundle", DEFAULT_BUNDLE, "--bloodmnist128",
                                                        f"{data}/bloodmnist128", "--name", "default", "--out", out],
