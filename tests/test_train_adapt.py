@@ -280,3 +280,70 @@ def test_adapt_fit_head_changes_only_the_classifier_and_its_figures_are_the_mode
     for bad in (["--bn", "new"], ["--augment", "robust"], ["--fit", "all"]):
         res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / bad[1], "--fit", "head", *bad)
         assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_an_adapted_bundle_keeps_the_base_bundles_test_time_views(base_model, pbc_small, new_microscope, tmp_path):
+    """Bug: adapting a bundle that runs test-time views (the packaged default: `inference.views =
+    flips`) gave a bundle without them, so the device ran one view per cell and the OOD levels were
+    set on one-view answers. The adapted bundle now declares the base's views; its held-out choice,
+    before/after figures and OOD levels are of the view-averaged answers the device gives."""
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.confidence import ood_scores
+    from hemaedge.edge.tta import FLIPS, bundle_views
+    from hemaedge.export.pipeline import export_one
+    from hemaedge.export.source import load_source
+    from hemaedge.train.adapt import open_reference, predict, reference_split
+    from hemaedge.train.evaluate import apply_temperature
+
+    # a base bundle declaring flips, its Keras source beside it (as ~/hemaedge-runs/.../bundle-int8-flips)
+    home = tmp_path / "base"
+    home.mkdir()
+    for f in (base_model, base_model.with_suffix(".json")):
+        shutil.copy(f, home / f.name)
+    export_one("tflite-fp32", load_source(home / base_model.name), home / "bundle", log=lambda *_: None)
+    manifest = json.loads((home / "bundle" / "manifest.json").read_text())
+    manifest["inference"] = {"views": "flips"}  # what `ood_calibrate --views flips --write` sets
+    (home / "bundle" / "manifest.json").write_text(json.dumps(manifest))
+
+    out = tmp_path / "adapted"
+    res = adapt("--base", home / "bundle", "--data", new_microscope, "--replay", pbc_small, "--out", out,
+                "--replay-min", "16", "--seed", "4")
+    assert res.exit_code == 0, res.output
+    p = json.loads((out / "adapt.json").read_text())["provenance"]
+    assert p["training"]["views"] == "flips"
+    b = load_bundle(out / "bundle")
+    assert b.manifest["inference"]["views"] == "flips" and b.manifest["ood"]["views"] == "flips"
+    assert bundle_views(b.manifest) == ("flips", FLIPS)  # what `hemaedge edge run` runs
+    # the reported PBC val figure and OOD level are the saved model's flips-averaged answers
+    src = load_source(out / "model.keras")
+    cells = reference_split(open_reference(str(pbc_small), list(src.classes)), "val", list(src.classes),
+                            src.contract.size, None, 4)
+    p_flips = predict(src.model, cells, src.contract, views=FLIPS)
+    assert round(float((p_flips.argmax(1) == cells.labels).mean()), 4) == p["accuracy_after"]["pbc_val"]["accuracy"]
+    p_t = apply_temperature(p_flips, b.manifest["output"]["temperature"])
+    right = p_t.argmax(1) == cells.labels
+    assert np.isclose(np.quantile(ood_scores(p_t)[right], 0.95),
+                      b.manifest["ood"]["per_reference"]["pbc_val"]["threshold"], atol=2e-3)
+
+    # a series reads a finished adaptation back only if it ran with the same views ("auto" resolved);
+    # one from before views were recorded ran one view
+    from hemaedge.train.adapt import AdaptConfig
+    from hemaedge.train.adapt_bccd import cached_result
+
+    cfg = AdaptConfig(base=str(home / "bundle"), data=[str(new_microscope)], out=str(out), replay=str(pbc_small),
+                      replay_min=16, seed=4)
+    assert cached_result(out, cfg)["provenance"]["training"]["views"] == "flips"
+    with pytest.raises(SystemExit, match="views"):
+        cached_result(out, AdaptConfig(**{**cfg.__dict__, "views": "off"}))
+    old = json.loads((out / "adapt.json").read_text())
+    del old["provenance"]["training"]["views"]
+    (out / "adapt.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="views"):
+        cached_result(out, cfg)
+
+    # --views off: one view, declared as such
+    res = adapt("--base", home / "bundle", "--data", new_microscope, "--replay", pbc_small, "--out", tmp_path / "off",
+                "--replay-min", "16", "--seed", "4", "--views", "off", "--no-export")
+    assert res.exit_code == 0, res.output
+    side = json.loads((tmp_path / "off" / "model.json").read_text())
+    assert side["inference"]["views"] == "off" and side["ood"]["views"] == "off"

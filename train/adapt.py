@@ -31,6 +31,7 @@ import numpy as np
 from hemaedge.edge.bundle import sha256_file
 from hemaedge.edge.errors import DataError, UsageError
 from hemaedge.edge.preprocess import apply_preprocess, batch_tensor, prepare_batch, read_image_rgb, resize
+from hemaedge.edge.tta import VIEW_SETS, bundle_views, predict_views
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class AdaptConfig:
     calib_count: int = 128
     export: bool = True
     run_cells: str = "reviewed"        # from runs: "reviewed" cells only, or "all" (model labels kept)
+    views: str = "auto"                # test-time views of the adapted bundle: "auto" = the base bundle's
 
     def resolved(self) -> "AdaptConfig":
         """A copy with the unset settings filled in from FIT_DEFAULTS for its fit."""
@@ -115,6 +117,8 @@ class AdaptConfig:
             raise UsageError(f"--new-weight {self.new_weight}: expected a share between 0 and 1")
         if self.run_cells not in ("reviewed", "all"):
             raise UsageError(f"--run-cells {self.run_cells!r}: expected reviewed or all")
+        if self.views != "auto" and self.views not in VIEW_SETS:
+            raise UsageError(f"--views {self.views!r}: expected auto or one of {', '.join(VIEW_SETS)}")
 
 
 # ----------------------------------------------------------------------------- base model
@@ -131,13 +135,24 @@ def resolve_base(base) -> tuple[Path, dict]:
         name = src.get("file")
         for cand in ([base / name, base.parent / name] if name else []):
             if cand.is_file() and (not src.get("sha256") or sha256_file(cand) == src["sha256"]):
-                return cand, {"bundle": str(base), "bundle_manifest_sha256": manifest_digest(base)}
+                return cand, {"bundle": str(base), "bundle_manifest_sha256": manifest_digest(base),
+                              "inference": manifest.get("inference") or {}}
         raise UsageError(f"{base}: adapting needs the bundle's Keras source ({name or 'not named'}, sha256 "
                          f"{str(src.get('sha256'))[:12]}...), which is not in or next to the bundle; "
                          "pass the .keras file (with its .json sidecar) as --base")
     if not base.is_file():
         raise UsageError(f"{base}: no such model file or bundle folder")
     return base, {}
+
+
+def resolved_views(base, override: str = "auto") -> tuple[str, tuple[int, ...]]:
+    """The test-time views an adaptation of `base` runs: `override`, or for "auto" the base bundle's
+    `inference.views` (a .keras base: its sidecar's, else one view)."""
+    from hemaedge.export.source import read_sidecar
+
+    path, origin = resolve_base(base)
+    declared = origin.get("inference") if "bundle" in origin else read_sidecar(path).get("inference")
+    return bundle_views({"inference": declared or {}}, override)
 
 
 def trainable_groups(backbone) -> list[tuple[str, list]]:
@@ -314,16 +329,20 @@ def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def predict(model, cells: Cells, contract, batch_size: int = 64) -> np.ndarray:
-    chunks = [np.asarray(model.predict(prepare_batch(cells.images[s:s + batch_size], contract), verbose=0))
+def predict(model, cells: Cells, contract, batch_size: int = 64, views=(0,)) -> np.ndarray:
+    """The model's probabilities, averaged over test-time `views` (edge.tta) as on the device."""
+    def one(x):
+        return np.asarray(model.predict(x, verbose=0))
+
+    chunks = [predict_views(one, prepare_batch(cells.images[s:s + batch_size], contract), views)
               for s in range(0, len(cells), batch_size)]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def accuracy(model, cells: Cells, contract, probabilities: np.ndarray | None = None) -> dict:
+def accuracy(model, cells: Cells, contract, probabilities: np.ndarray | None = None, views=(0,)) -> dict:
     if not len(cells):
         return {"accuracy": None, "n": 0}
-    p = predict(model, cells, contract) if probabilities is None else probabilities
+    p = predict(model, cells, contract, views=views) if probabilities is None else probabilities
     pred = p.argmax(1)
     per_class = {}
     for k in np.unique(cells.labels):
@@ -390,7 +409,7 @@ def class_weights(labels: np.ndarray, cap: float = BALANCE_CAP) -> np.ndarray:
 
 
 def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf,
-               n_replay: int | None = None, replay_soft: np.ndarray | None = None) -> dict:
+               n_replay: int | None = None, replay_soft: np.ndarray | None = None, views=(0,)) -> dict:
     """Fit head + last blocks; keep the epoch with the best held-out accuracy (then lowest loss).
 
     `replay` is the replay pool: each epoch trains on `n_replay` of it (default: all of it), drawn
@@ -419,7 +438,7 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
         BatchAugmenter(cfg.augment, cfg.seed, preprocess=lambda im: apply_preprocess(im, contract))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.lr),
                   loss=keras.losses.CategoricalCrossentropy())
-    best = {"epoch": 0, **accuracy(model, held, contract)}
+    best = {"epoch": 0, **accuracy(model, held, contract, views=views)}
     best_weights = model.get_weights()
     history = [{"epoch": 0, "held_out_accuracy": best["accuracy"], "held_out_loss": best["loss"], "seconds": 0.0}]
     logf(f"epoch 0 (base): held-out accuracy {best['accuracy']:.4f}")
@@ -439,7 +458,7 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
             b = order[s:s + cfg.batch_size]
             x = prepare_batch(images[b], contract) if aug is None else batch_tensor(aug(images[b], epoch, i), contract)
             losses.append(float(model.train_on_batch(x, targets[b], sample_weight=weights[b])))
-        m = accuracy(model, held, contract)
+        m = accuracy(model, held, contract, views=views)
         secs = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4),
                         "held_out_accuracy": m["accuracy"], "held_out_loss": m["loss"], "seconds": round(secs, 1)})
@@ -583,6 +602,10 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
 
     model = source.model
     cache = before_cache if before_cache is not None else {}
+    # The adapted bundle runs the base bundle's test-time views (the packaged default: flips), so the
+    # held-out choice, the before/after figures and the OOD levels are all of view-averaged answers.
+    views_name, views = resolved_views(cfg.base, cfg.views)
+    logf(f"test-time views: {views_name} ({len(views)} per cell)")
 
     head = None
     if cfg.fit == "head":
@@ -594,11 +617,11 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
 
         def feats(name, cells_, cached=True):
             # the backbone's features of a set, computed once (and kept across a series for fixed sets)
-            key = (source.sha256, "features", name, _digest(cells_))
+            key = (source.sha256, "features", views, name, _digest(cells_))
             if not cached:
-                return adapt_head.features(extractor, cells_.images, contract)
+                return adapt_head.view_features(extractor, cells_.images, contract, views)
             if key not in cache:
-                cache[key] = adapt_head.features(extractor, cells_.images, contract)
+                cache[key] = adapt_head.view_features(extractor, cells_.images, contract, views)
             return cache[key]
 
     def base_probabilities(name, cells_, cached=True):
@@ -606,17 +629,17 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         if head is None:
             return None
         f = head["features"][name] = feats(name, cells_, cached)
-        return adapt_head.probabilities(f, head["w0"], head["b0"])
+        return adapt_head.view_probabilities(f, head["w0"], head["b0"])
 
     def base_accuracy(name, cells_):
-        key = (source.sha256, name, _digest(cells_))
+        key = (source.sha256, views, name, _digest(cells_))
         p = base_probabilities(name, cells_)
         if key not in cache:
-            cache[key] = _named(accuracy(model, cells_, contract, p), classes)
+            cache[key] = _named(accuracy(model, cells_, contract, p, views), classes)
         return cache[key]
 
-    before = {"held_out": _named(accuracy(model, held, contract, base_probabilities("held_out", held, False)),
-                                 classes)}
+    before = {"held_out": _named(accuracy(model, held, contract, base_probabilities("held_out", held, False),
+                                          views), classes)}
     if pbc_val is not None:
         before["pbc_val"] = base_accuracy(f"pbc_val:{pbc_src}", pbc_val)
     for k, v in tests.items():
@@ -636,16 +659,16 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         trainable = set_trainable(model, cfg.blocks)
         logf(f"training {trainable['trainable_parameters']:,} of {trainable['parameters']:,} parameters "
              f"({len(trainable['trained_layers'])} layers)")
-        fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft)
+        fit = train_tail(model, contract, new, replay, held, cfg, logf, n_replay, replay_soft, views)
 
         def after_probabilities(name, cells_):
-            return predict(model, cells_, contract)
+            return predict(model, cells_, contract, views=views)
     else:
         trainable, fit = fit_head_only(head, extractor, contract, new, replay, held, cfg, logf, n_replay)
         w, b = fit.pop("w"), fit.pop("b")
 
         def after_probabilities(name, cells_):  # the backbone is unchanged: its features are still valid
-            return adapt_head.probabilities(head["features"][name], w, b)
+            return adapt_head.view_probabilities(head["features"][name], w, b)
     train_s = time.perf_counter() - t_train
     p_after = {"held_out": after_probabilities("held_out", held)}
     after = {"held_out": _named(accuracy(model, held, contract, p_after["held_out"]), classes)}
@@ -667,7 +690,8 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
                    "replay": n_replay, "replay_pool": len(replay), "replay_data": cfg.replay,
                    "new_per_class": {classes[k]: int(v) for k, v in zip(*np.unique(cells.labels, return_counts=True))}},
         "training": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("base", "data", "out")},
-                     **trainable, **fit, "batchnorm": bn_info, "train_seconds": round(train_s, 1)},
+                     **trainable, **fit, "batchnorm": bn_info, "train_seconds": round(train_s, 1),
+                     "views": views_name},
         "accuracy_before": before, "accuracy_after": after,
         "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,
     }
@@ -678,13 +702,15 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
                                     source.sidecar))
     if side.get("domain", {}).get("colour"):
         side["domain"]["colour"] = adapted_colours(cells.sources, side["domain"]["colour"])
+    side["ood"]["views"] = views_name
+    side["inference"] = {**(side.get("inference") or {}), "views": views_name}
     side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
                 metrics={"held_out_accuracy": after["held_out"]["accuracy"],
                          **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})
     atomic_write_json(out / "model.json", side)
     result = {"provenance": provenance, "model": str(out / "model.keras")}
     if cfg.export:
-        result["bundle"] = export_bundle(out, classes, new, replay, pbc_src, cfg, provenance, logf)
+        result["bundle"] = export_bundle(out, classes, new, replay, pbc_src, cfg, provenance, logf, side["inference"])
     result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     # CPU seconds of all threads: on a shared machine the wall time says more about the others' load
     result["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
@@ -694,8 +720,10 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     return result
 
 
-def export_bundle(out: Path, classes, new: Cells, replay: Cells, pbc_src, cfg: AdaptConfig, provenance: dict, logf):
-    """The adapted model as an int8 bundle (the default's format), provenance in its manifest."""
+def export_bundle(out: Path, classes, new: Cells, replay: Cells, pbc_src, cfg: AdaptConfig, provenance: dict, logf,
+                  side_inference: dict | None = None):
+    """The adapted model as an int8 bundle (the default's format), provenance in its manifest and the
+    test-time views its OOD levels were set for (`inference.views`: the base bundle's unless --views)."""
     from hemaedge.export.pipeline import ParityData, export_one
     from hemaedge.export.source import load_source
 
@@ -708,7 +736,7 @@ def export_bundle(out: Path, classes, new: Cells, replay: Cells, pbc_src, cfg: A
     parity = ParityData(pbc_src, classes, splits=("val",), limit=limit, seed=cfg.seed) if pbc_src else None
     row = export_one(BUNDLE_FORMAT, source, out / "bundle", parity_data=parity, calib_images=calib,
                      calib_info={"images": len(calib), "from": "new training cells + replay sample"},
-                     manifest_extra={"adaptation": provenance}, log=logf)
+                     manifest_extra={"adaptation": provenance, "inference": side_inference}, log=logf)
     provenance["bundle"] = {"format": BUNDLE_FORMAT, "status": row.get("status"),
                             "pbc_val_accuracy_int8": row.get("val_accuracy"),
                             "pbc_val_n_int8": int(len(parity.data("val")[1])) if parity else 0,

@@ -36,7 +36,7 @@ def single_label_frames(bccd: Path, split: str) -> dict[str, str]:
 
 
 RECIPE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
-          "balance")
+          "balance", "views")
 RECIPE_KEYS = (*RECIPE, "export")
 
 
@@ -44,10 +44,14 @@ def cached_result(out: Path, cfg) -> dict | None:
     """A finished adaptation in `out` (a series resumes where it stopped), if it ran with `cfg`'s recipe."""
     if not (out / "adapt.json").is_file():
         return None
+    from hemaedge.train.adapt import resolved_views
+
     result = json.loads((out / "adapt.json").read_text())
-    done = result["provenance"]["training"]
+    done = {"views": "off", **result["provenance"]["training"]}  # adaptations before views were one-view
     cfg = cfg.resolved()  # unset settings take the fit's defaults, as `adapt` records them
-    differ = [k for k in RECIPE_KEYS if k in done and done[k] != getattr(cfg, k)]
+    want = {k: getattr(cfg, k) for k in RECIPE_KEYS}
+    want["views"] = resolved_views(cfg.base, cfg.views)[0]  # "auto" as `adapt` resolves and records it
+    differ = [k for k in RECIPE_KEYS if k in done and done[k] != want[k]]
     if differ:
         raise SystemExit(f"{out} holds an adaptation made with other settings ({', '.join(differ)}); "
                          "remove it or choose another --work folder")
@@ -179,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--distill", type=float, help="Recipe: share of the replay targets from the base's answers")
     ap.add_argument("--bn", choices=("frozen", "new", "mixed"), help="Recipe: BatchNorm statistics")
     ap.add_argument("--balance", action="store_true", default=None, help="Recipe: class-balanced new cells")
+    ap.add_argument("--views", choices=("auto", "off", "flips", "dihedral"),
+                    help="Recipe: test-time views of the adapted bundle [train adapt's default: auto, the base's]")
     ap.add_argument("--label", default="", help="Name of the base in the table (which weights ran)")
     args = ap.parse_args(argv)
 

@@ -58,6 +58,9 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
 @click.option("--eval-limit", type=click.IntRange(1), help="At most N images per class of PBC val (quick runs).")
 @click.option("--run-cells", type=click.Choice(["reviewed", "all"]), default="reviewed",
               help="From run folders: only cells the reviewer corrected or confirmed, or all (model's labels).")
+@click.option("--views", type=click.Choice(["auto", "off", "flips", "dihedral"]), default="auto",
+              help="Test-time views the adapted bundle runs and its OOD levels are set for (edge/tta.py); auto: "
+                   "the base bundle's inference.views (the packaged default: flips; a .keras base: off).")
 @click.option("--no-export", is_flag=True, help="Skip the int8 bundle (model.keras only).")
 @user_errors
 def adapt(no_export, **opts):

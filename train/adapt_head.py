@@ -55,6 +55,28 @@ def features(extractor, images: np.ndarray, contract, batch_size: int = 64) -> n
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
 
 
+def view_features(extractor, images: np.ndarray, contract, views=(0,), batch_size: int = 64) -> np.ndarray:
+    """(len(views), N, F): the features of each test-time view (edge.tta) of every image, the views
+    taken of the prepared tensor exactly as the device takes them."""
+    from hemaedge.edge.tta import dihedral_view
+
+    out = [[] for _ in views]
+    for s in range(0, len(images), batch_size):
+        x = prepare_batch(images[s:s + batch_size], contract)
+        for i, k in enumerate(views):
+            out[i].append(np.asarray(extractor.predict(np.ascontiguousarray(dihedral_view(x, k, axes=(1, 2))),
+                                                       verbose=0)))
+    if not len(images):
+        return np.zeros((len(views), 0, 0), np.float32)
+    return np.stack([np.concatenate(o) for o in out]).astype(np.float32)
+
+
+def view_probabilities(feats: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The device's answer: probabilities averaged over the views (feats (V, N, F) or one view (N, F))."""
+    feats = feats[None] if feats.ndim == 2 else feats
+    return np.mean([probabilities(f, w, b) for f in feats], axis=0)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(1, keepdims=True)
     e = np.exp(z)
@@ -76,11 +98,14 @@ def fit_head(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, w0: np.nda
              lr: float = HEAD_LR) -> dict:
     """Weighted soft-target cross-entropy + pull * |W - W0|^2 / 2, full-batch Adam from (W0, b0).
 
+    `x_held`: the held-out cells' features, (N, F) or per test-time view (V, N, F): the choice is made
+    on the answers the device gives (probabilities averaged over the views).
+
     Returns the (W, b) with the best held-out accuracy (then loss) over every pull and checkpoint;
     checkpoint 0 (the base itself) competes too, so the fit never ends worse than the base on the
     held-out cells."""
     weights = (weights / weights.sum()).astype(np.float32)[:, None]
-    acc0, loss0 = _score(probabilities(x_held, w0, b0), y_held)
+    acc0, loss0 = _score(view_probabilities(x_held, w0, b0), y_held)
     best = {"pull": None, "step": 0, "held_out_accuracy": acc0, "held_out_loss": loss0, "w": w0, "b": b0}
     trials = []
     for pull in pulls:
@@ -95,7 +120,7 @@ def fit_head(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, w0: np.nda
                 v[i] = 0.999 * v[i] + 0.001 * g * g
                 param -= lr * (m[i] / (1 - 0.9 ** step)) / (np.sqrt(v[i] / (1 - 0.999 ** step)) + 1e-8)
             if step % CHECK == 0:
-                acc, loss = _score(probabilities(x_held, w, b), y_held)
+                acc, loss = _score(view_probabilities(x_held, w, b), y_held)
                 trials.append({"pull": pull, "step": step, "held_out_accuracy": round(acc, 4),
                                "held_out_loss": round(loss, 4)})
                 if (acc, -loss) > (best["held_out_accuracy"], -best["held_out_loss"]):

@@ -10,7 +10,7 @@ wbc_subtypes.csv) is split once, seeded: --cells cells to adapt on (of which `tr
 out its own 20% to choose the epoch) and every other train cell as the development set that
 compares recipes; --splits repeats this for several seeded splits (the seed also seeds `train adapt`),
 and the summary gives each recipe's mean and standard deviation over them. Each recipe (`name:key=value,...`, keys of AdaptConfig: blocks, lr, epochs,
-augment, new_weight, replay_ratio, replay_pool, batch_size, holdout, distill, bn, balance) is one
+augment, new_weight, replay_ratio, replay_pool, batch_size, holdout, distill, bn, balance, views) is one
 `train adapt`; the table reports the
 development-set accuracy and the change on PBC val (the old microscope), and the wall time.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 _TUNABLE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "batch_size", "holdout",
-            "distill", "bn", "balance")
+            "distill", "bn", "balance", "views")
 _INT = ("blocks", "epochs", "batch_size", "replay_pool")
 
 
@@ -36,7 +36,7 @@ def parse_recipe(text: str) -> tuple[str, dict]:
         k, _, v = item.partition("=")
         if k not in _TUNABLE:
             raise SystemExit(f"recipe {name!r}: unknown setting {k!r}; expected some of {', '.join(_TUNABLE)}")
-        opts[k] = v if k in ("augment", "bn", "fit") else v.lower() in ("1", "true", "yes") if k == "balance" \
+        opts[k] = v if k in ("augment", "bn", "fit", "views") else v.lower() in ("1", "true", "yes") if k == "balance" \
             else int(v) if k in _INT else float(v)
     return name, opts
 

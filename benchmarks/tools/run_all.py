@@ -188,9 +188,11 @@ def steps(s: Settings) -> list[Step]:
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
     # The real adaptation measurement (issue #14): the packaged default's int8 bundle as made next to
-    # its Keras source (same files as src/hemaedge/models/default; HEMAEDGE_ADAPT_BASE names another
-    # copy, e.g. a new default). The epoch-4 checkpoint's table of the previous session stays a step.
-    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0-ep10/bundle-int8"))
+    # its Keras source (the same files as src/hemaedge/models/default, flips views and two OOD tiers;
+    # HEMAEDGE_ADAPT_BASE names another copy, e.g. a new default). The --fit tail table was measured
+    # on the one-view copy and stays so. The epoch-4 checkpoint's table of the previous session stays a step.
+    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0-ep10/bundle-int8-flips"))
+    adapt_base_1view = os.path.expanduser("~/hemaedge-runs/default-v2-lite0-ep10/bundle-int8")
     adapt_e4_base = os.path.expanduser("~/hemaedge-runs/check-epoch4/snap/bundle-int8")
     adapt_work = os.path.expanduser("~/hemaedge-runs/review")
     adapt_work_default = s.get("HEMAEDGE_ADAPT_DEFAULT_WORK", os.path.expanduser("~/hemaedge-runs/adapt"))
@@ -305,16 +307,16 @@ def steps(s: Settings) -> list[Step]:
              "BCCD test and PBC val before/after", "~5 min"),
         Step("adapt-recipes", [Need(f"{adapt_base}/manifest.json", f"no base bundle at {adapt_base}; kept {out}/adapt_recipes.*")],
              [py, "-m", "hemaedge.benchmarks.tools.adapt_recipes", "--base", adapt_base, "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-ep10", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-flips", "--out", f"{out}/adapt_recipes", "--cells", "100",
               "--splits", "0,1,2",
               *[a for r in ADAPT_RECIPES for a in ("--recipe", r)]],
              [f"{out}/adapt_recipes{x}" for x in (".md", ".json")],
              "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
              "~5 min per recipe"),
-        Step("adapt-bccd", [Need(f"{adapt_base}/manifest.json",
-                                 f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_tail.*")],
-             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
-              ADAPT_BASE_LABEL + ", --fit tail (the train adapt default until 2026-12-02)",
+        Step("adapt-bccd", [Need(f"{adapt_base_1view}/manifest.json",
+                                 f"no base bundle at {adapt_base_1view}; kept {out}/adapt_bccd_default_v2_ep10_tail.*")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base_1view, "--label",
+              ADAPT_BASE_LABEL_1VIEW + ", --fit tail (the train adapt default until 2026-12-02)",
               "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-defaults",
               "--out", f"{out}/adapt_bccd_default_v2_ep10_tail", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200", *ADAPT_RECIPE_TAIL],
@@ -326,7 +328,7 @@ def steps(s: Settings) -> list[Step]:
                                           f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_defaults.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
               ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-head",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-flips-head",
               "--out", f"{out}/adapt_bccd_default_v2_ep10_defaults", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
              [f"{out}/adapt_bccd_default_v2_ep10_defaults{x}" for x in (".md", ".json")],
@@ -452,15 +454,18 @@ def steps(s: Settings) -> list[Step]:
 
 # Issue #14: the recipes compared on BCCD train cells (adapt-recipes) and the one chosen (adapt-bccd).
 # Compared on BCCD train cells with the packaged default as base (adapt_recipes.md, docs/review.md)
-ADAPT_RECIPES = ["head:fit=head,replay_ratio=2,distill=0", "v0:fit=tail", "head-distill:fit=head,replay_ratio=2,distill=0.5",
-                 "v0-distill:fit=tail,distill=0.5", "head-rep12:fit=head,replay_ratio=12,distill=0",
-                 "head-rep12-distill:fit=head"]
+# (the base's flips views since 2026-12-02 08:10; the one-view table is in the git history of adapt_recipes.md):
+# the default, the default scored and chosen with one view, class-balanced new cells, the last block unfrozen
+ADAPT_RECIPES = ["head:fit=head", "head-1view:fit=head,views=off", "head-balance:fit=head,balance=true",
+                 "tail-1block:fit=tail,blocks=1"]
 # The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
 ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
 ADAPT_RECIPE_TAIL = ["--fit", "tail"]
 ADAPT_RECIPE_E4 = ["--fit", "tail", "--blocks", "6", "--augment", "robust", "--epochs", "15"]
-ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, one-view int8 bundle; "
-                    "Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
+ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, int8 bundle with its "
+                    "flips views and two OOD tiers, as packaged; Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
+ADAPT_BASE_LABEL_1VIEW = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, one-view int8 bundle; "
+                          "Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
 
 RBC_BUNDLE = "src/hemaedge/models/rbc"
 
