@@ -222,9 +222,6 @@ def median_int16(values: np.ndarray) -> float:
     return (lo + hi) / 2.0 - 255.0
 
 
-_median_int16 = median_int16  # the old private name
-
-
 def colour_anchors(image: np.ndarray, max_side: int = 64, lab: np.ndarray | None = None) -> np.ndarray:
     """The image's background and red-cell colour, (2, 3) float32 in OpenCV 8-bit Lab.
 

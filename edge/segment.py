@@ -563,7 +563,7 @@ def _sized(stats: np.ndarray, lo: float, hi: float) -> list[int]:
 def _blue_minus_red(image: np.ndarray) -> np.ndarray:
     """Blue minus red of an RGB uint8 image (or a part of one), float32: computed only where it
     is needed (a subsample, a candidate's box), each value as on the whole frame."""
-    return image[..., 2].astype(np.float32) - image[..., 0].astype(np.float32)
+    return _blue_minus_red_int16(image).astype(np.float32)  # integers: exact in float32
 
 
 def _blue_minus_red_int16(image: np.ndarray) -> np.ndarray:

@@ -222,7 +222,7 @@ def test_histogram_median_of_differences_equals_numpy_median():
     rng = np.random.default_rng(2)
     for n in (1, 2, 3, 64, 4096, 4097):
         v = (rng.integers(0, 256, n) - rng.integers(0, 256, n)).astype(np.int16)
-        assert pp._median_int16(v) == np.median(v)
+        assert pp.median_int16(v) == np.median(v)
 
 
 @pytest.mark.parametrize("n_groups", [1, 2, 3])

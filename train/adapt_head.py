@@ -50,9 +50,8 @@ def dihedral_views(images: np.ndarray) -> np.ndarray:
 
 
 def features(extractor, images: np.ndarray, contract, batch_size: int = 64) -> np.ndarray:
-    chunks = [np.asarray(extractor.predict(prepare_batch(images[s:s + batch_size], contract), verbose=0))
-              for s in range(0, len(images), batch_size)]
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
+    """(N, F): the backbone's features of every image, one view."""
+    return view_features(extractor, images, contract, (0,), batch_size)[0]
 
 
 def view_features(extractor, images: np.ndarray, contract, views=(0,), batch_size: int = 64) -> np.ndarray:

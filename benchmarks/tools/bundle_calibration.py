@@ -22,9 +22,9 @@ from hemaedge.benchmarks.tools.pbc_end_to_end import class_index
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.benchmarks.tools.segmentation_bccd import machine
 from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
+from hemaedge.edge.sources import IMAGE_EXTS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def split_probs(bundle, backend, root: Path, split: str):
@@ -32,7 +32,7 @@ def split_probs(bundle, backend, root: Path, split: str):
     files, ys = [], []
     for c, i in idx.items():
         # any image tree: BloodMNIST's are .jpg, the red-cell crops (`hemaedge data rbc-crops`) .png
-        f = sorted(p for p in (root / split / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        f = sorted(p for p in (root / split / c).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         files += f
         ys += [i] * len(f)
     out = [backend.predict(prepare_batch([read_image_rgb(f) for f in files[k:k + 64]], bundle.contract))
