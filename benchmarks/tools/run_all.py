@@ -318,7 +318,7 @@ def steps(s: Settings) -> list[Step]:
              [py, "-m", "hemaedge.benchmarks.tools.adapt_errors", "--work", f"{adapt_work_default}/recipes-flips",
               "--base", adapt_base, "--bccd", f"{data}/bccd", "--recipe", "head", "--splits", "0,1,2",
               "--out", f"{out}/adapt_errors"],
-             [f"{out}/adapt_errors{x}" for x in (".md", ".json", ".png")],
+             [f"{out}/adapt_errors{x}" for x in (".md", ".json", ".jpg")],
              "what the adapted default (recipe head of adapt-recipes) still gets wrong on BCCD train development cells: "
              "confusion, crop against the annotated box, labels to check, contact sheet (run after adapt-recipes)",
              "~2 min"),
