@@ -95,3 +95,18 @@ def test_error_analysis_tells_a_crop_off_the_cell_and_one_running_off_the_frame(
     assert q[(0, 0)]["iou"] == 1.0 and not q[(0, 0)]["crop_off"] and q[(0, 0)]["other_detections_on_cell"] == 1
     assert q[(0, 1)]["crop_off"] and q[(0, 1)]["iou"] < 0.5
     assert all(0 <= q[k]["padded"] < 1 for k in q)
+
+
+def test_top_class_averages_the_bundles_views_as_the_device_did(bccd, tmp_path):
+    """Bug fixed 2026-12-02: the 'top class' column ran one view while `edge run` with the packaged
+    default averages its flips, so on these two BCCD train frames it named another class (basophil,
+    erythroblast) than the device's own answer."""
+    from hemaedge.review.rundata import RunReview
+    from hemaedge.train.adapt_bccd import edge_run, top_classes
+
+    run = edge_run({"BloodImage_00158": "", "BloodImage_00191": ""}, bccd, tmp_path, "run-train")
+    cells = [c for c in RunReview.open(run).cells if c.crop and c.kind == "wbc"
+             and c.model_class not in ("unidentified", "platelet")]
+    assert len(cells) >= 2
+    top = top_classes(None, run, {c.key for c in cells})
+    assert [top[c.key] for c in cells] == [c.model_class for c in cells]
