@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     lines += ["", f"Contact sheet of these cells (model crop and context view): `{sheet.name}`. A crop is 'off' when "
               f"the device's box overlaps the annotated box less than IoU {MIN_IOU} or their areas differ by more than "
               f"{MAX_AREA_RATIO}x. 'Label to check' is a rule, not a verdict: good crop, wrong for every split's model "
-              "that saw it, and the PBC-only base (which never saw a BCCD label) gives the same other class; docs/adapt.md "
+              "that saw it, and the PBC-only base (which never saw a BCCD label) gives the same other class; docs/review.md "
               "says what looking at the sheet showed. The BCCD annotated box is itself loose (drawn by hand), so IoU "
               "0.5-0.7 is normal for a good crop.", ""]
     write_result(args.out, data, "\n".join(lines))
