@@ -97,7 +97,7 @@ class SegmentParams:
     # ablation: `benchmarks/results/platelet_rules.md`): before, 9 of the 57 VOC platelets the
     # whole pipeline missed were lost in too-wide bodies. Of the counted platelets matching a VOC
     # platelet 95 % have solidity >= 0.90, the 5 % most ragged false alarms <= 0.74: 0.8 is a
-    # margin below the platelets, not a fitted optimum (0.85 / 0.9 lost 4 / 11 labelled platelets).
+    # margin below the platelets, not a fitted optimum (0.85 / 0.9 lost 4 / 11 more labelled platelets).
     split_misshapen: bool = True
     platelet_min_solidity: float = 0.8
     split_ragged: bool = True
