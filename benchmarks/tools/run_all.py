@@ -263,6 +263,11 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/platelet_false_alarms{x}" for x in (".md", ".json", ".jpg")],
              "contact sheet and count by kind of the false alarms of the platelets the whole pipeline counts "
              "(packaged default) on BCCD train + val", "~1 min"),
+        Step("platelet_rules", [], [*tool("platelet_rules"), "--data", f"{data}/bccd", "--bundle", DEFAULT_BUNDLE,
+                                    "--out", out],
+             [f"{out}/platelet_rules{x}" for x in (".md", ".json")],
+             "ablation of the platelet rules: whole-pipeline platelet recall/precision on BCCD train + val and test "
+             "with each rule off in turn (packaged default)", "~1 min"),
         Step("live", [], [*tool("live_feed"), "--data", f"{data}/bccd", "--videos", "8", "--out", out],
              [f"{out}/live_feed.md", f"{out}/live_feed.json"],
              "live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth",
