@@ -136,3 +136,26 @@ def test_review_level_with_a_user_ood_threshold_and_without_an_ood_rule():
     assert not decide("wbc", p, CLASSES, ood_threshold=None, ood_flag_threshold=None).flag
     assert OodRule.from_bundle({}, None).flag_source == "none"
     assert parse_review_level("0.9") == 0.9
+
+
+def test_annotated_frames_mark_the_cells_the_run_flagged(tmp_path):
+    """Red boxes follow the run's review flags (a class policy shows), not a fixed confidence."""
+    from hemaedge.edge.annotate import _REVIEW, draw
+    from hemaedge.edge.preprocess import read_image_rgb
+
+    out = tmp_path / "r"
+    cells, _ = _run(out, "--review-classes", "erythroblast", "--annotate", str(tmp_path / "ann"))
+    assert len(list((tmp_path / "ann").glob("*.jpg"))) == len({c["frame"] for c in cells})
+    ery = [c for c in cells if c["class"] == "erythroblast"][0]
+    assert float(ery["confidence"]) > 0.6 and ery["review"] == "1"  # flagged by the policy only
+
+    class Result:  # the fields draw reads
+        def __init__(self, flag):
+            box = tuple(int(ery[k]) for k in ("x0", "y0", "x1", "y1"))
+            self.detections = [type("D", (), {"box": box, "kind": "wbc"})()]
+            self.labels, self.confidences, self.cell_flags = ["erythroblast"], [float(ery["confidence"])], [flag]
+
+    image = read_image_rgb(SAMPLES / ery["name"])
+    x0, y0 = int(ery["x0"]), int(ery["y0"])
+    assert tuple(draw(image, Result("erythroblast calls are always reviewed"), 0.6)[y0 + 5, x0]) == _REVIEW
+    assert tuple(draw(image, Result(""), 0.6)[y0 + 5, x0]) != _REVIEW
