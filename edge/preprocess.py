@@ -47,7 +47,7 @@ class InputContract:
     # set's reference background and red-cell colours in OpenCV 8-bit Lab (see `normalize_colour`).
     normalize: dict | None = None
     # normalisation and CLAHE in one RGB->Lab->RGB conversion (both work in Lab), not two with a
-    # uint8 RGB image in between: ~0.19 ms less per crop. Not the same pixels (that round trip
+    # uint8 RGB image in between: ~0.15 ms less per crop (speed_profile.md). Not the same pixels (that round trip
     # clipped out-of-gamut colours), so only for models trained this way; the packaged default
     # was trained with two (see benchmarks/results/lab_round_trip.md).
     one_lab_pass: bool = False

@@ -49,7 +49,7 @@ def _weights(value: str):
               help="Colour normalisation to the training set's background/red-cell colours (edge.preprocess; "
                    "recorded in the input contract, so the device does the same).")
 @click.option("--one-lab-pass/--two-lab-passes", default=False,
-              help="Colour normalisation and CLAHE in one RGB->Lab->RGB conversion (~0.19 ms less per cell on "
+              help="Colour normalisation and CLAHE in one RGB->Lab->RGB conversion (~0.15 ms less per cell on "
                    "the device; recorded in the input contract). Not the pixels of two passes: a model trained "
                    "one way runs that way (the packaged default: two).")
 @click.option("--weighted-sampling/--no-weighted-sampling", default=True, help="Inverse-frequency sampling.")

@@ -104,8 +104,8 @@ def to_markdown(r: dict) -> str:
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
              f"Weights: {r['bundle']} ({r['weights']}), views `{r['views']}`.  ",
              "Two passes (the default): normalisation RGB->Lab->table->RGB, then CLAHE RGB->Lab->CLAHE->RGB. One "
-             "pass (`one_lab_pass: true` in the input contract): RGB->Lab->table->CLAHE->RGB, ~0.19 ms less per "
-             "crop (speed_profile.md). The uint8 RGB in between clipped Lab colours outside the RGB gamut and rounded; the largest "
+             "pass (`one_lab_pass: true` in the input contract): RGB->Lab->table->CLAHE->RGB, one conversion pair less per "
+             "crop (its cost: `apply_preprocess_one_lab_pass` in speed_profile.md). The uint8 RGB in between clipped Lab colours outside the RGB gamut and rounded; the largest "
              "differences are such pixels after CLAHE. The default was trained on two passes, so one pass is for "
              "models trained with it (`hemaedge train finetune --one-lab-pass`), not a free switch.", "",
              f"| | BloodMNIST-128 val | PBC fields ({pbc['fields']} fields, device crop) |", "|---|---|---|"]
