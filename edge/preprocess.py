@@ -65,6 +65,8 @@ class InputContract:
             raise ValueError(f"input size {self.size} is out of range 8..1024")
         if self.normalize is not None:
             object.__setattr__(self, "normalize", check_normalize(self.normalize))
+        if not isinstance(self.one_lab_pass, bool):  # "false" would be truthy: other pixels than trained on
+            raise ValueError(f"one_lab_pass must be true or false, got {self.one_lab_pass!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

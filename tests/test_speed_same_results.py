@@ -189,6 +189,8 @@ def test_one_lab_pass_is_near_the_two_passes_and_recorded(bloodmnist128):
     assert 0 < d.mean() < 2.0 and np.mean(d <= 4) > 0.95, (d.mean(), np.mean(d <= 4))
     assert ONE_PASS.to_dict()["one_lab_pass"] is True and "one_lab_pass" not in DEFAULT_CONTRACT.to_dict()
     assert InputContract.from_dict(ONE_PASS.to_dict()) == ONE_PASS
+    with pytest.raises(ValueError, match="one_lab_pass must be true or false"):
+        InputContract.from_dict({**ONE_PASS.to_dict(), "one_lab_pass": "false"})
 
 
 def device_crops(frames):
