@@ -460,6 +460,13 @@ def steps(s: Settings) -> list[Step]:
              "cheap per-cell flag scores from the bundle's outputs (msp, margin, entropy, view disagreement, crop "
              "colour): AUROC wrong-vs-right and flag rates on BCCD val, PBC, BloodMNIST val + trade-off plot",
              "~1 min"),
+        Step("review-levels", [], tool("review_levels") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
+                                                           "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
+                                                           "--bloodmnist128", f"{data}/bloodmnist128",
+                                                           "--val-spread", "800", "--pbc-spread", "700", "--out", out],
+             [f"{out}/review_levels_default{x}" for x in (".md", ".json")],
+             "how much `edge run` flags: wrong/right answers flagged at several --review-level values and with "
+             "--review-classes erythroblast,ig, on BloodMNIST val, PBC fields, BCCD val", "~1 min"),
         Step("ood-candidates", [Need(os.path.expanduser(f"{DEFAULT_KERAS_RUN}/model.keras"),
                                      f"no Keras source of the default at {DEFAULT_KERAS_RUN}; kept "
                                      f"{out}/ood_candidates_default_v2_ep10.*")],
