@@ -377,6 +377,11 @@ def steps(s: Settings) -> list[Step]:
                                  "--data", f"{data}/bloodmnist128", "--name", "default", "--out", out],
              [f"{out}/calibration_default{x}" for x in (".md", ".json")],
              "ECE of the default bundle on BloodMNIST val/test, temperature fitted on val", "~3 min"),
+        Step("lab-round-trip", [], [*tool("lab_round_trip"), "--bloodmnist-val", f"{data}/bloodmnist128/val",
+                                    "--pbc", f"{data}/pbc_raw_val", "--pbc-fields", "400", "--out", out],
+             [f"{out}/lab_round_trip{x}" for x in (".md", ".json")],
+             "pixels and answers of the packaged default with normalisation + CLAHE in one Lab pass against two "
+             "(BloodMNIST-128 val, PBC fields)", "~1 min"),
         Step("normalize-cost", [], [py, "-m", "hemaedge.benchmarks.tools.normalize_cost", "--data", f"{data}/bccd",
                                     "--split", "val", "--size", "128", "--repeat", "5", "--out", out],
              [f"{out}/normalize_cost{x}" for x in (".md", ".json")],
