@@ -343,7 +343,7 @@ def steps(s: Settings) -> list[Step]:
                                           f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_defaults.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
               ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-flips-head",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-flips-head-tiers",
               "--out", f"{out}/adapt_bccd_default_v2_ep10_defaults", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
              [f"{out}/adapt_bccd_default_v2_ep10_defaults{x}" for x in (".md", ".json")],
