@@ -119,12 +119,14 @@ class RedCellClassifier:
     background and red-cell colour to the training slides' (edge.preprocess.normalize_colour,
     anchors of the whole frame, not of each crop: a pale cell must stay pale) before cutting.
     `scale`: which red-cell diameter sets detection and crops (RBC_SCALES; "auto" by default).
+    `layer`: apply the bundle's size layer (`red_cells.layer`, edge/rbc_layer.py) when it has one.
     """
 
     def __init__(self, model=None, backend=None, params: RbcParams | None = None,
                  side_factor: float | None = None, max_batch: int = 256, normalize_frames: bool = False,
-                 scale: str = "auto"):
+                 scale: str = "auto", layer: bool = True):
         from hemaedge.edge.domain import DomainMonitor
+        from hemaedge.edge.rbc_layer import SizeLayer
 
         self.model, self.backend = model, backend
         self.classes = list(model.classes) if model is not None else []
@@ -154,6 +156,8 @@ class RedCellClassifier:
                              "frames' red-cell diameter (red_cells.ruler_diameter_px); use --rbc-scale field")
         # count only, or a bundle without a reference: the field's ruler is all there is
         self.scale = scale if self.reference_diameter is not None else "field"
+        # the manifest's size layer (edge/rbc_layer.py); layer=False runs the model alone (fitting it)
+        self.layer = SizeLayer.from_manifest(model) if layer and model is not None else None
 
     def diameter_for(self, image: np.ndarray, diameter: float | None) -> tuple[float | None, str]:
         """(red-cell diameter in px that sets detection and crops, "bundle" | "field") for a frame
@@ -194,7 +198,9 @@ class RedCellClassifier:
             # cells cut by the frame border are unlike any training crop (whole labelled cells): the
             # domain check's confidence signal uses whole cells only
             whole = np.array([not c.edge for c in cells], bool)
-            self.domain.add_cells(probs[whole])
+            self.domain.add_cells(probs[whole])  # the OOD limit was fitted on the model's own answers
+            if self.layer is not None:
+                probs = self.layer.apply(probs, cells, self.reference_diameter, image)
             idx = probs.argmax(axis=1)
             labels = [self.classes[i] for i in idx]
             conf = probs[np.arange(len(idx)), idx]

@@ -48,11 +48,12 @@ def labelled_crops(bundle, backend, crops: Path, split="test"):
     return ds.split(split).labels, _predict(backend, bundle.contract, images)
 
 
-def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
+def matched_points(bundle, backend, chula: Path, split="test", scale="auto", layer=True):
     """Per labelled point of the split's frames, through the device's own red-cell code
     (RedCellClassifier: detect, cut, one batch) with a run's ruler and the device's `--rbc-scale`:
     (label index, the frame's RedCellResult, index of the detection whose box holds the point
-    (nearest centre), or None when no detection holds it). Points of classes the bundle lacks are skipped."""
+    (nearest centre), or None when no detection holds it, the RGB frame). Points of classes the bundle lacks are skipped.
+    `layer=False`: the model's own probabilities, without the bundle's size layer (fitting it)."""
     from hemaedge.benchmarks.tools.rbc_detection import chula_frames
     from hemaedge.edge.rbc_morphology import RedCellClassifier
     from hemaedge.edge.ruler import Ruler
@@ -60,7 +61,7 @@ def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
     from hemaedge.train.rbc_crops import CHULA_TYPES
 
     index = {c: i for i, c in enumerate(bundle.classes)}
-    device = RedCellClassifier(bundle, backend, scale=scale)
+    device = RedCellClassifier(bundle, backend, scale=scale, layer=layer)
     ruler = Ruler(same_slide=False)  # as `edge run` on an image folder: every frame its own field
     for f in chula_frames(chula, split):
         img = read_image_rgb(f.image)
@@ -71,7 +72,7 @@ def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
             holding = [k for k, c in enumerate(res.cells) if centre_in(c.box, (x, yy))]
             k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2) \
                 if holding else None
-            yield index[CHULA_TYPES[t]], res, k
+            yield index[CHULA_TYPES[t]], res, k, img
 
 
 def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
@@ -79,7 +80,7 @@ def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
     a point without a detection counts as a wrong answer."""
     n_classes = len(bundle.classes)
     y, probs, found = [], [], 0
-    for label, res, k in matched_points(bundle, backend, chula, split, scale):
+    for label, res, k, _ in matched_points(bundle, backend, chula, split, scale):
         y.append(label)
         if k is None:  # missed cell: counted as a wrong answer
             wrong = np.zeros(n_classes)

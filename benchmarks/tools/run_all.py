@@ -496,11 +496,11 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              f"red-cell morphology: training runs and the bundle {bundle} on the Chula test frames",
              "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
         Step("rbcsize", [need_chula, need_bundle],
-             [*tool("rbc_size_features"), "--chula", chula, "--bundle", bundle, "--scale", "field", "--scale", "auto",
+             [*tool("rbc_size_features"), "--chula", chula, "--bundle", bundle, "--scale", "auto",
               "--out", f"{out}/rbc_size_features"],
              [f"{out}/rbc_size_features.md", f"{out}/rbc_size_features.json"],
-             f"red-cell size features in a logistic layer over {bundle} (Chula train fit, val score; "
-             "--rbc-scale field and auto)", "~6 min"),
+             f"red-cell size layer over {bundle}'s own probabilities: feature arms (Chula train fit, val score; "
+             "--rbc-scale auto)", "~2 min"),
         Step("rbcspeed", [need_chula, need_bundle],
              [*tool("rbc_speed"), "--rbc", bundle, *[a for b in baseline.split() for a in ("--rbc", b)], "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
               "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],
