@@ -57,8 +57,11 @@ def fit_layer(x: np.ndarray, y: np.ndarray, classes, features, c: float = DEFAUL
                         "every class; fit it on a split with all of them (Chula train)")
     scaler = StandardScaler().fit(x)
     lr = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x), y)
-    coef = lr.coef_ / scaler.scale_
-    intercept = lr.intercept_ - coef @ scaler.mean_
+    coef, intercept = lr.coef_, lr.intercept_
+    if k == 2:  # scikit-learn's binary form: one row for the second class; softmax over [0, z] is the same
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    coef = coef / scaler.scale_
+    intercept = intercept - coef @ scaler.mean_
     return {"features": list(features), "classes": list(classes), "c": c,
             "coef": np.round(coef, 6).tolist(), "intercept": np.round(intercept, 6).tolist()}
 
