@@ -75,12 +75,12 @@ def matched_points(bundle, backend, chula: Path, split="test", scale="auto", lay
             yield index[CHULA_TYPES[t]], res, k, img
 
 
-def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
+def end_to_end(bundle, backend, chula: Path, split="test", scale="auto", layer=True):
     """(labels, probabilities, coverage) of the labelled points of the split's frames (`matched_points`);
-    a point without a detection counts as a wrong answer."""
+    a point without a detection counts as a wrong answer. `layer=False`: without the bundle's size layer."""
     n_classes = len(bundle.classes)
     y, probs, found = [], [], 0
-    for label, res, k, _ in matched_points(bundle, backend, chula, split, scale):
+    for label, res, k, _ in matched_points(bundle, backend, chula, split, scale, layer):
         y.append(label)
         if k is None:  # missed cell: counted as a wrong answer
             wrong = np.zeros(n_classes)
@@ -138,8 +138,15 @@ def markdown(rep) -> str:
               "comparison is indicative, not like for like).", ""]
     lines += _metrics_md("Labelled crops (centred on the labelled points)", rep["labelled_crops"])
     if rep.get("end_to_end"):
-        lines += _metrics_md(f"End to end (detected red cells, ruler from the run, --rbc-scale {rep.get('scale', 'field')})",
-                             rep["end_to_end"], rep["coverage"])
+        layer = rep.get("size_layer")
+        if layer:
+            lines += [f"Size layer of the bundle (edge/rbc_layer.py): features {', '.join(layer['features'])}, C = "
+                      f"{layer['c']}, fitted on {layer['points']} {layer['fitted_on']} ({layer['fitted']}).", ""]
+        lines += _metrics_md(f"End to end (detected red cells, ruler from the run, --rbc-scale {rep.get('scale', 'field')}"
+                             + (", with the size layer" if layer else "") + ")", rep["end_to_end"], rep["coverage"])
+        if layer:
+            lines += _metrics_md("End to end, the same frames without the size layer (the model alone)",
+                                 rep["end_to_end_model_alone"], rep["coverage"])
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +180,11 @@ def main(chula, crops, bundle, runs, split, scale, threads, prefix):
            "labelled_crops": compute_metrics(y, p, b.classes, bootstrap=1000)}
     y2, p2, cov = end_to_end(b, backend, chula, split, scale)
     rep["end_to_end"], rep["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
+    layer = (b.manifest.get("red_cells") or {}).get("layer")
+    if layer:  # the same frames without it: what the size layer changes
+        rep["size_layer"] = {k: layer.get(k) for k in ("features", "c", "points", "fitted_on", "fitted")}
+        y3, p3, cov3 = end_to_end(b, backend, chula, split, scale, layer=False)
+        rep["end_to_end_model_alone"] = compute_metrics(y3, p3, b.classes, bootstrap=1000)
     write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))
 
