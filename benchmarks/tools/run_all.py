@@ -503,7 +503,7 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              "--rbc-scale auto)", "~2 min"),
         Step("rbcspeed", [need_chula, need_bundle],
              [*tool("rbc_speed"), "--rbc", bundle, *[a for b in baseline.split() for a in ("--rbc", b)], "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
-              "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],
+              "--threads", "1", "--threads", "2", "--without-layer", "--out", f"{out}/rbc_speed"],
              [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
              f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
         Step("rbchead", [need_chula, Need(f"{source_run}/model.keras", f"no red-cell source run at {source_run} "
