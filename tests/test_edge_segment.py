@@ -249,7 +249,9 @@ def test_a_large_pale_smear_of_stain_is_not_a_platelet(bccd):
 
     pale = {"BloodImage_00039": (528, 282, 582, 326), "BloodImage_00069": (582, 284, 622, 348),
             "BloodImage_00092": (268, 68, 304, 134), "BloodImage_00120": (178, 90, 210, 148)}
-    off = SegmentParams(pale_platelet_side_rbc=9.0)  # no body is 9 red cells wide: rule off
+    # no body is 9 red cells wide: rule off; the shape rule off too (3 of the 4 smears are also
+    # ragged, `test_a_ragged_body_is_not_a_platelet`): this checks the pale rule alone
+    off = SegmentParams(pale_platelet_side_rbc=9.0, platelet_min_solidity=0.0)
     for img, gt, fid in ((img, gt, fid) for fid in pale for img, gt in _bccd_frames(bccd, [fid])):
         d = red_cell_diameter(img)
         without = [x.box for x in segment(img, off, rbc_diameter=d) if x.kind == "platelet"]
@@ -260,6 +262,46 @@ def test_a_large_pale_smear_of_stain_is_not_a_platelet(bccd):
         assert match(with_rule, voc, "iou") == match(without, voc, "iou"), fid
 
 
+
+
+def _platelet_boxes(img, params=None):
+    from hemaedge.edge.ruler import red_cell_diameter
+
+    return [x.box for x in segment(img, params, rbc_diameter=red_cell_diameter(img)) if x.kind == "platelet"]
+
+
+def test_a_ragged_body_is_not_a_platelet(bccd):
+    """BCCD train/val bodies a platelet's size but far from a disc (solidity < 0.8: a crystal,
+    a refractile ring on a red cell, a streak of pale stain) that no VOC box marks: found with
+    the shape rule off, gone with it on, and every VOC platelet found without it still found."""
+    ragged = {"BloodImage_00064": (94, 342, 136, 380), "BloodImage_00196": (136, 58, 176, 96),
+              "BloodImage_00342": (148, 84, 194, 122), "BloodImage_00273": (98, 368, 156, 416)}
+    off = SegmentParams(platelet_min_solidity=0.0)
+    for fid, body in ragged.items():
+        (img, gt), = _bccd_frames(bccd, [fid])
+        without, with_rule = _platelet_boxes(img, off), _platelet_boxes(img)
+        assert any(iou(b, body) > 0.9 for b in without), fid
+        assert not any(iou(b, body) > 0.3 for b in with_rule), fid
+        voc = gt.get("Platelets", [])
+        assert match(with_rule, voc, "iou") >= match(without, voc, "iou"), fid
+
+
+def test_platelets_joined_by_pale_stain_are_found_from_their_cores(bccd):
+    """A VOC platelet whose pale-mask body also holds a neighbour (too wide or too long for one
+    platelet: `split_misshapen`; ragged: `split_ragged`) was lost; its stained core is now the
+    candidate, and no VOC platelet of the frame is lost for it."""
+    joined = {"BloodImage_00081": ((358, 300, 401, 345), "split_misshapen"),
+              "BloodImage_00139": ((179, 208, 223, 245), "split_misshapen"),
+              "BloodImage_00277": ((51, 176, 100, 211), "split_misshapen"),
+              "BloodImage_00142": ((569, 422, 606, 455), "split_ragged"),
+              "BloodImage_00377": ((536, 102, 574, 140), "split_ragged")}
+    for fid, (platelet, rule) in joined.items():
+        (img, gt), = _bccd_frames(bccd, [fid])
+        assert platelet in gt["Platelets"]
+        without, with_rule = _platelet_boxes(img, SegmentParams(**{rule: False})), _platelet_boxes(img)
+        assert match(without, [platelet], "iou") == 0, fid
+        assert match(with_rule, [platelet], "iou") == 1, fid
+        assert match(with_rule, gt["Platelets"], "iou") > match(without, gt["Platelets"], "iou"), fid
 
 
 def test_platelet_candidates_get_a_crop_sized_for_a_platelet(bccd):

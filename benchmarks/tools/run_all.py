@@ -52,6 +52,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = "src/hemaedge/models/default"
 # members of the first real ensemble (issue #19): the packaged default's Keras source, then Lite1's snapshot
+DEFAULT_KERAS_RUN = "~/hemaedge-runs/default-v2-lite0-ep10"  # the packaged default's Keras source (epoch 10)
 ENSEMBLE_LITE0_LITE1 = ("~/hemaedge-runs/default-v2-lite0-ep10/model.keras", "~/hemaedge-runs/member-lite1-ep6/model.keras")
 # the red-cell ensemble (issue #19 item 3): the packaged red-cell bundle's Keras source (8 epochs), a run trained
 # separately with the weighted loss (1 epoch), and the source's own run at epoch 4 (before it was resumed)
@@ -262,6 +263,11 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/platelet_false_alarms{x}" for x in (".md", ".json", ".jpg")],
              "contact sheet and count by kind of the false alarms of the platelets the whole pipeline counts "
              "(packaged default) on BCCD train + val", "~1 min"),
+        Step("platelet_rules", [], [*tool("platelet_rules"), "--data", f"{data}/bccd", "--bundle", DEFAULT_BUNDLE,
+                                    "--out", out],
+             [f"{out}/platelet_rules{x}" for x in (".md", ".json")],
+             "ablation of the platelet rules: whole-pipeline platelet recall/precision on BCCD train + val and test "
+             "with each rule off in turn (packaged default)", "~1 min"),
         Step("live", [], [*tool("live_feed"), "--data", f"{data}/bccd", "--videos", "8", "--out", out],
              [f"{out}/live_feed.md", f"{out}/live_feed.json"],
              "live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth",
@@ -441,6 +447,23 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/ood_rule_default{x}" for x in (".md", ".json")],
              "the default's unidentified rule: wrong/right flagged, confidence only vs with its OOD threshold, "
              "on BloodMNIST val, BCCD val, PBC fields", "~3 min (25 min at load 30)"),
+        Step("flag-scores", [], tool("flag_scores") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
+                                                       "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
+                                                       "--bloodmnist128", f"{data}/bloodmnist128",
+                                                       "--val-spread", "800", "--pbc-spread", "300", "--out", out],
+             [f"{out}/flag_scores_default{x}" for x in (".md", ".json", ".png")],
+             "cheap per-cell flag scores from the bundle's outputs (msp, margin, entropy, view disagreement, crop "
+             "colour): AUROC wrong-vs-right and flag rates on BCCD val, PBC, BloodMNIST val + trade-off plot",
+             "~1 min"),
+        Step("ood-candidates", [Need(os.path.expanduser(f"{DEFAULT_KERAS_RUN}/model.keras"),
+                                     f"no Keras source of the default at {DEFAULT_KERAS_RUN}; kept "
+                                     f"{out}/ood_candidates_default_v2_ep10.*")],
+             tool("ood_candidates") + ["--run", os.path.expanduser(DEFAULT_KERAS_RUN), "--name", "default_v2_ep10",
+                                       "--data", f"{data}/bloodmnist128", "--bccd", f"{data}/bccd",
+                                       "--train-per-class", "100", "--val-per-class", "100", "--out", out],
+             [f"{out}/ood_candidates_default_v2_ep10{x}" for x in (".md", ".json")],
+             "scores that need logits or features (energy, max-logit, Mahalanobis) on the default's float Keras "
+             "source, one view: would a bundle that emits them flag BCCD's wrong answers better?", "~3 min"),
         Step("robust-ablation", [],
              tool("robust_ablation") + ["--data", f"{data}/bloodmnist128", "--bccd", f"{data}/bccd",
                                         "--work", os.path.expanduser("~/hemaedge-runs/ood/ablation"),
