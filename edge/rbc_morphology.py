@@ -178,7 +178,7 @@ class RedCellClassifier:
         cells, d = detect_red_cells(image, diameter, self.params)
         t1 = time.perf_counter()
         labels, conf = ["rbc"] * len(cells), np.ones(len(cells), np.float32)
-        pre_ms = inf_ms = 0.0
+        pre_ms = inf_ms = layer_ms = 0.0
         probs = None
         if self.backend is not None and cells:
             self.domain.add_frame(image)
@@ -200,12 +200,14 @@ class RedCellClassifier:
             whole = np.array([not c.edge for c in cells], bool)
             self.domain.add_cells(probs[whole])  # the OOD limit was fitted on the model's own answers
             if self.layer is not None:
+                tl = time.perf_counter()
                 probs = self.layer.apply(probs, cells, self.reference_diameter, image)
+                layer_ms = (time.perf_counter() - tl) * 1e3
             idx = probs.argmax(axis=1)
             labels = [self.classes[i] for i in idx]
             conf = probs[np.arange(len(idx)), idx]
         return RedCellResult(cells, labels, conf, d, {"rbc_detect": (t1 - t0) * 1e3, "rbc_preprocess": pre_ms,
-                                                      "rbc_inference": inf_ms,
+                                                      "rbc_inference": inf_ms, "rbc_layer": layer_ms,
                                                       "rbc_total": (time.perf_counter() - t0) * 1e3}, probs,
                              crop_side(d, self.side_factor) if d else None, scale if d else None)
 

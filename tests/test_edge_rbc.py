@@ -555,6 +555,7 @@ def test_packaged_red_cell_bundle_applies_its_size_layer_on_real_frames(chula):
     alone = RedCellClassifier(model, backend, layer=False).process(img)
     assert len(with_layer.cells) == len(alone.cells) > 20
     assert np.allclose(with_layer.probabilities.sum(1), 1, atol=1e-5)
+    assert with_layer.timings_ms["rbc_layer"] > 0 and alone.timings_ms["rbc_layer"] == 0
     assert not np.allclose(with_layer.probabilities, alone.probabilities, atol=1e-3)
     k, names = len(model.classes), ["relative_area", "relative_length"]
     identity = SizeLayer({"features": names, "classes": list(model.classes), "intercept": [0.0] * k,

@@ -91,6 +91,8 @@ def table(rows) -> dict:
     out["white_cpu_ms"] = {"p50": _p([r["white_cpu_ms"] for r in rows], 50)}
     per_cell = [(r["rbc_preprocess"] + r["rbc_inference"]) / r["red_cells"] for r in rows if r["red_cells"]]
     out["classify_ms_per_red_cell_p50"] = _p(per_cell, 50)
+    layer = [r.get("rbc_layer", 0.0) for r in rows]
+    out["rbc_layer"] = {"p50": _p(layer, 50), "p90": _p(layer, 90)}
     return out
 
 
@@ -124,6 +126,11 @@ def markdown(rep) -> str:
                 lines.append(f"- `{t['rbc']}`, {t['name']}, {t['threads']} threads: "
                              f"{t['rbc_total']['p50'] / base['rbc_total']['p50']:.2f}x "
                              f"(inference {t['rbc_inference']['p50'] / base['rbc_inference']['p50']:.2f}x)")
+    layered = [t for t in rep["tables"].values() if t.get("rbc_layer") and t["rbc_layer"]["p50"]]
+    if layered:
+        lines += ["", "Size layer (edge/rbc_layer.py, inside the red-cell total), ms per frame p50 (p90):", ""]
+        lines += [f"- `{t['rbc']}`, {t['name']}, {t['threads']} threads: {t['rbc_layer']['p50']} ({t['rbc_layer']['p90']})"
+                  for t in layered]
     lines += ["", "Goal (issue 15): red-cell analysis of a 640x480 frame with 30-60 red cells <= 30 ms p50 with the int8 model."]
     return "\n".join(lines) + "\n"
 
