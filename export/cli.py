@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import FINITE_FLOAT, UserError, command_line, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, FiniteFloat, UserError, command_line, user_errors
 from hemaedge.edge.errors import HemaedgeError
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
@@ -366,7 +366,7 @@ def bundle(artifact, source_model, data, splits, limit, sample_seed, max_drop, c
               help="Chula RBC-12 folder (images/, labels/): the red-cell model's training microscope.")
 @click.option("--feature", "features", multiple=True, default=("relative_area", "relative_length"),
               show_default=True, help="Size features of the layer (edge/rbc_layer.py FEATURES); repeat the option.")
-@click.option("--c", "c", type=click.FloatRange(min=1e-4), default=1.0, show_default=True,
+@click.option("--c", "c", type=FiniteFloat(min=1e-4), default=1.0, show_default=True,
               help="Inverse regularisation strength of the logistic layer.")
 @click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True,
               help="Frames of the `hemaedge data rbc-crops` frame split to fit on (never test).")
