@@ -537,6 +537,9 @@ def test_size_features_measure_each_red_cell_against_its_field_s_median(chula):
     rel2 = size_features(cells2, 35.09, ["relative_area"])[:, 0]
     assert abs(np.percentile(rel2, 90) - np.percentile(rel, 90)) < 0.15
     assert size_features([], 35.09, ["relative_area"]).shape == (0, 1)
+    # a cell cut by the frame border has no size evidence: it reads as the field's median cell
+    assert any(c.edge for c in cells)
+    assert (f[~whole] == 0).all()
 
 
 def test_packaged_red_cell_bundle_applies_its_size_layer_on_real_frames(chula):
