@@ -13,11 +13,17 @@ _REVIEW = (255, 0, 0)
 
 
 def draw(image_rgb: np.ndarray, result, review_threshold: float) -> np.ndarray:
-    """A copy of the frame (RGB) with each cell's box, class and confidence; red = review."""
+    """A copy of the frame (RGB) with each cell's box, class and confidence; red = review: the
+    cell's review flag as cells.csv records it (so --review-level / --review-classes show), or,
+    where the run gives none, a confidence below `review_threshold`."""
     out = image_rgb.copy()
     thick = max(1, round(min(out.shape[:2]) / 300))
-    for det, label, conf in zip(result.detections, result.labels, result.confidences):
-        colour = _REVIEW if conf < review_threshold else _COLOURS.get(det.kind, (0, 200, 0))
+    flags = list(getattr(result, "cell_flags", None) or [])
+    if len(flags) != len(result.detections):
+        flags = [None] * len(result.detections)
+    for det, label, conf, flag in zip(result.detections, result.labels, result.confidences, flags):
+        review = bool(flag) if flag is not None else conf < review_threshold
+        colour = _REVIEW if review else _COLOURS.get(det.kind, (0, 200, 0))
         x0, y0, x1, y1 = det.box
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
         cv2.putText(out, f"{label} {conf:.2f}", (x0 + 2, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX,

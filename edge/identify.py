@@ -25,7 +25,7 @@ classifier's class agree. All thresholds live here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -87,13 +87,31 @@ class OodRule:
     note: str = ""
     score: str = OOD_SCORE
     flag_threshold: float | None = None
+    flag_source: str = "bundle"  # where the review level came from: "bundle", "user" or "none"
 
     @classmethod
-    def from_bundle(cls, manifest: dict | None, override=None) -> "OodRule":
+    def from_bundle(cls, manifest: dict | None, override=None, review_level: float | None = None) -> "OodRule":
         """The rule for a bundle: its `ood` section's levels (calibrated on the training
         domain's validation split), unless `override` says otherwise: a number (your own
         unidentified level; the bundle's review level still flags cells below it), "off"
-        (confidence only) or None/"auto" (the bundle's)."""
+        (confidence only) or None/"auto" (the bundle's). `review_level` (a top probability,
+        `parse_review_level`) replaces the bundle's review level: a counted cell less sure than
+        that is flagged; it must not be below the unidentified level (UsageError)."""
+        rule = cls._from_bundle(manifest, override)
+        if review_level is None:
+            return rule if rule.flag_threshold is not None else replace(rule, flag_source="none")
+        p = parse_review_level(review_level)
+        if rule.threshold is not None and p < math.exp(-rule.threshold):
+            raise UsageError(f"--review-level {p:g} is below the unidentified level {math.exp(-rule.threshold):.3f} "
+                             f"(OOD score {rule.threshold:g}): cells that unsure are already unidentified; give a "
+                             f"review level between {math.exp(-rule.threshold):.3f} and 1")
+        kept = rule.note.split("; the bundle's review level")[0].split("; counted but flagged")[0]
+        return replace(rule, flag_threshold=round(-math.log(p), 6), flag_source="user",
+                       note=kept + f"; review level {p:g} given by the user (--review-level): counted cells with "
+                                        f"a top probability below it (OOD score above {-math.log(p):.4g}) are flagged")
+
+    @classmethod
+    def _from_bundle(cls, manifest: dict | None, override=None) -> "OodRule":
         ood = (manifest or {}).get("ood") if isinstance(manifest, dict) else None
         if isinstance(override, str) and override.strip().lower() == "off":
             return cls(None, "off", "OOD rule switched off by the user (--ood-threshold off): confidence-only rule")
@@ -127,7 +145,13 @@ class OodRule:
 
     def to_dict(self) -> dict:
         return {"score": self.score, "threshold": self.threshold, "flag_threshold": self.flag_threshold,
-                "source": self.source, "note": self.note}
+                "source": self.source, "note": self.note, "flag_source": self.flag_source,
+                # the same two levels as top probabilities (the score is -log of it)
+                "unidentified_level": _as_probability(self.threshold), "review_level": _as_probability(self.flag_threshold)}
+
+
+def _as_probability(score: float | None) -> float | None:
+    return None if score is None else round(math.exp(-score), 6)
 
 
 def _level(ood: dict, key: str) -> float:
@@ -151,6 +175,50 @@ def parse_ood_threshold(value) -> float:
         raise UsageError(f"OOD threshold {value!r} must be a finite number >= 0 (the score is -log of the top "
                          "probability: 0.105 = confidence 0.9); or 'auto' / 'off'")
     return t
+
+
+def parse_review_level(value) -> float:
+    """A user's review level: a top probability in (0, 1] (UsageError otherwise)."""
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--review-level {value!r} is not a number; give a top probability between 0 and 1 "
+                         "(e.g. 0.9: counted cells the model is less than 90% sure of are flagged)") from None
+    if not (math.isfinite(p) and 0 < p <= 1):
+        raise UsageError(f"--review-level {value!r} must be a probability above 0 and at most 1 (e.g. 0.9: counted "
+                         "cells the model is less than 90% sure of are flagged)")
+    return p
+
+
+def parse_review_classes(value, classes: list[str]) -> frozenset[str]:
+    """The classes every call of which goes to review, from 'erythroblast,ig': each a class name
+    of the bundle (case, spaces and hyphens ignored) or the initials of a two-word one
+    ('ig' = immature_granulocyte, as haematology reports write it). UsageError otherwise."""
+    if value is None or (isinstance(value, (list, tuple, set, frozenset)) and not value):
+        return frozenset()
+    names = value.split(",") if isinstance(value, str) else list(value)
+    key = lambda name: str(name).strip().lower().replace(" ", "_").replace("-", "_")  # noqa: E731
+    by_key = {key(c): c for c in classes}
+    initials = {}
+    for c in classes:
+        words = key(c).split("_")
+        if len(words) > 1:
+            initials.setdefault("".join(w[0] for w in words if w), []).append(c)
+    out = set()
+    for name in names:
+        k = key(name)
+        if not k:
+            continue
+        if k in by_key:
+            out.add(by_key[k])
+        elif len(initials.get(k, [])) == 1:
+            out.add(initials[k][0])
+        else:
+            raise UsageError(f"--review-classes: {str(name).strip()!r} is not a class of this model; its classes are "
+                             f"{', '.join(classes)} (or the initials of a two-word one, e.g. 'ig')")
+    if not out:
+        raise UsageError(f"--review-classes {value!r} names no class; name classes of this model: {', '.join(classes)}")
+    return frozenset(out)
 
 
 def is_platelet_clump(prob_row: np.ndarray, classes: list[str], side_rbc: float | None,
@@ -188,13 +256,25 @@ def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, thresh
 def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold: float = UNIDENTIFIED_BELOW,
            ood_score: float | None = None, review_below: float = REVIEW_BELOW,
            ood_threshold: float | None = None, ood_flag_threshold: float | None = None,
-           on_red_cell: bool = False) -> Decision:
+           on_red_cell: bool = False, review_classes: frozenset = frozenset()) -> Decision:
     """The label a detection of `kind` ("wbc" = nucleated, "platelet") is counted as.
 
     `ood_threshold` None = confidence-only rule; `ood_flag_threshold`: above it (and not above
     `ood_threshold`) the cell keeps its class and is flagged; `ood_score` None = computed from
     `prob_row`. `on_red_cell`: a platelet candidate lying on a red cell (`segment.Detection`)
-    is not counted, and flagged for review, even when the classifier confirms it."""
+    is not counted, and flagged for review, even when the classifier confirms it.
+    `review_classes` (`parse_review_classes`): a counted cell of one of these classes is
+    always flagged (a lab's review policy, e.g. every erythroblast and immature granulocyte)."""
+    d = _decide(kind, prob_row, classes, threshold, ood_score, review_below, ood_threshold, ood_flag_threshold,
+                on_red_cell)
+    if d.counted and d.label in review_classes:
+        policy = f"{d.label} calls are always reviewed (--review-classes)"
+        return replace(d, flag=f"{d.flag}; {policy}" if d.flag else policy)
+    return d
+
+
+def _decide(kind, prob_row, classes, threshold, ood_score, review_below, ood_threshold, ood_flag_threshold,
+            on_red_cell) -> Decision:
     if kind == PLATELET:
         if prob_row is None or PLATELET not in classes:
             p = float("nan")

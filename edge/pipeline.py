@@ -14,7 +14,9 @@ import numpy as np
 
 from hemaedge.edge.domain import DomainMonitor
 from hemaedge.edge.focus import blank_reason, grey_small
-from hemaedge.edge.identify import REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, OodRule, decide, is_platelet_clump
+from hemaedge.edge.errors import UsageError
+from hemaedge.edge.identify import (REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, OodRule, decide, is_platelet_clump,
+                                    parse_review_classes, parse_review_level)
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
@@ -74,7 +76,7 @@ class CellClassifier:
                  crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR,
                  same_slide: bool = False, review_threshold: float = REVIEW_BELOW,
                  unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None,
-                 ood_threshold=None, views=None):
+                 ood_threshold=None, views=None, review_level: float | None = None, review_classes=None):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -91,7 +93,16 @@ class CellClassifier:
         self.domain = DomainMonitor(manifest.get("domain") if isinstance(manifest, dict) else None)
         # the OOD part of the unidentified rule: the bundle's calibrated threshold unless
         # `ood_threshold` (a number, "off", or None/"auto") says otherwise
-        self.ood_rule = OodRule.from_bundle(manifest if isinstance(manifest, dict) else None, ood_threshold)
+        # `review_level` (a top probability) moves the review level, `review_classes` sends every
+        # call of those classes to review (both opt-in; `identify.OodRule`, `identify.decide`)
+        self.ood_rule = OodRule.from_bundle(manifest if isinstance(manifest, dict) else None, ood_threshold,
+                                            review_level=review_level)
+        review_level = None if review_level is None else parse_review_level(review_level)
+        if review_level is not None and review_level < unidentified_below:
+            raise UsageError(f"--review-level {review_level:g} is below the unidentified level {unidentified_below:g} "
+                             f"(--unidentified-below): cells that unsure are already unidentified; give a review "
+                             f"level between {unidentified_below:g} and 1")
+        self.review_classes = parse_review_classes(review_classes, self.classes)
         # said once per run: an old bundle's rule is not the two-tier one users read about
         (logger.info if self.ood_rule.flag_threshold is not None or self.ood_rule.source == "off"
          else logger.warning)("unidentified rule: %s", self.ood_rule.note)
@@ -143,12 +154,13 @@ class CellClassifier:
     def decide(self, kind: str, prob_row, on_red_cell: bool = False) -> Decision:
         return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold,
                       ood_threshold=self.ood_rule.threshold, ood_flag_threshold=self.ood_rule.flag_threshold,
-                      on_red_cell=on_red_cell)
+                      on_red_cell=on_red_cell, review_classes=self.review_classes)
 
     def identify_rule(self) -> dict:
         """The unidentified/review rule this run applies (summary.json -> `identify`)."""
         return {"unidentified_below": self.unidentified_below, "review_below": self.review_threshold,
-                "ood": self.ood_rule.to_dict(), "views": self.views_name}
+                "ood": self.ood_rule.to_dict(), "views": self.views_name,
+                "review_classes": sorted(self.review_classes)}
 
     def work_image(self, image: np.ndarray) -> np.ndarray:
         """The frame's small colour copy (`segment.work_image`): the segmenter's work copy, and the

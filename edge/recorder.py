@@ -272,7 +272,11 @@ def format_summary(s: dict) -> str:
             f" or OOD score > {ood['threshold']:g} ({ood.get('source')})" if ood.get("threshold") is not None
             else f"; no OOD rule ({ood.get('note', 'confidence only')})")
             + (f"; counted but flagged for review when OOD score > {ood['flag_threshold']:g}"
-               if ood.get("flag_threshold") is not None else ""))
+               + (f" (top probability < {ood['review_level']:.3g}, {ood.get('flag_source')})"
+                  if ood.get("review_level") is not None else "")
+               if ood.get("flag_threshold") is not None else "")
+            + (f"; every {', '.join(rule['review_classes'])} call flagged (--review-classes)"
+               if rule.get("review_classes") else ""))
     if s.get("red_cells"):
         from hemaedge.edge.rbc_morphology import format_red_cells
 

@@ -124,6 +124,13 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
                    "'auto' = the bundle's strict level, calibrated on the training data's validation split (with its "
                    "review level: cells above it are counted but flagged; docs/edge.md); bundles without one: "
                    "confidence-only rule; 'off' = confidence only; or a number >= 0.")
+@click.option("--review-level",
+              help="Flag for review every counted white cell whose top probability is below this (e.g. 0.95 "
+                   "flags more, 0.7 fewer), instead of the bundle's review level (its OOD review tier, 0.90 for "
+                   "the packaged default). Not below the unidentified level. docs/edge.md 'How much to review'.")
+@click.option("--review-classes",
+              help="Opt-in review policy: every call of these classes is flagged for review, e.g. "
+                   "'erythroblast,ig' (class names of the bundle, or a two-word class's initials).")
 @click.option("--views", default="auto", show_default=True, type=click.Choice(["auto", "off", "flips", "dihedral"]),
               help="Classify each cell from flipped/rotated views of its crop, probabilities averaged (edge/tta.py): "
                    "'flips' = 4 views, 'dihedral' = 8 (inference cost x4 / x8); 'auto' = the bundle's "
@@ -158,7 +165,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
         out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
         rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, rbc_normalize, rbc_scale, review_threshold,
-        unidentified_below, ood_threshold, views, same_slide, target_wbc, count_edge_cells, save_crops,
+        unidentified_below, ood_threshold, review_level, review_classes, views, same_slide, target_wbc, count_edge_cells, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
         status_file):
     """Segment and classify every cell of each frame; record latency, memory and counts.
@@ -186,6 +193,10 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         crop_mode = "fixed"
     elif crop_mode == "fixed":
         raise UserError("--crop-mode fixed needs --crop-side PIXELS")
+    if review_level is not None:  # checked before the model loads (identify.parse_review_level)
+        from hemaedge.edge.identify import parse_review_level
+
+        review_level = parse_review_level(review_level)
     if force and append:
         raise UserError("--force replaces the output folder and --append adds to it: give one of them")
     if save_crops and append:
@@ -211,7 +222,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                                     cell_fraction=cell_fraction, crop_side=crop_side, crop_mode=crop_mode,
                                     rbc_factor=rbc_factor, same_slide=one_slide, review_threshold=review_threshold,
                                     unidentified_below=unidentified_below, red_cells=red_cells,
-                                    ood_threshold=ood_threshold, views=views)
+                                    ood_threshold=ood_threshold, views=views, review_level=review_level,
+                                    review_classes=review_classes)
         counting = CountingSession(classifier, one_slide=one_slide, target_wbc=target_wbc,
                                    count_edge_cells=count_edge_cells)
         if append and out is not None:

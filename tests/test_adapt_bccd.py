@@ -68,3 +68,45 @@ def test_recipe_summary_is_mean_and_sd_over_splits_per_recipe():
     assert np.isclose(a["dev_sd"], np.std([0.70, 0.80], ddof=1)) and np.isclose(a["gain_mean"], 0.25)
     assert np.isclose(a["pbc_pt_mean"], -0.5) and np.isclose(a["pbc_pt_sd"], np.std([-1.0, 0.0], ddof=1))
     assert b["splits"] == [0] and b["dev_sd"] is None
+
+
+def test_error_analysis_tells_a_crop_off_the_cell_and_one_running_off_the_frame(bccd, tmp_path):
+    """adapt_errors' crop description: a detection on the annotated white cell is a good crop, one
+    beside it is 'off'; a crop square reaching past the frame's edge reports its replicated share."""
+    from hemaedge.benchmarks.tools.adapt_errors import crop_key, crop_quality, padded_share
+    from hemaedge.benchmarks.tools.segmentation_bccd import read_voc
+
+    assert crop_key("f000012_c0003.png") == (12, 3)
+    assert abs(padded_share((0, 0, 20, 20), 100, 640, 480) - 0.64) < 1e-9  # centred on (10, 10): 60 x 60 inside
+    assert padded_share((200, 200, 300, 300), 100, 640, 480) == 0.0
+    f = sorted(single_label_frames(bccd, "train"))[0]
+    x0, y0, x1, y1 = read_voc(bccd / "Annotations" / f"{f}.xml")["WBC"][0]
+    rows = [{"frame": 0, "name": f"{f}.jpg", "cell": 0, "kind": "wbc", "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+             "crop_side": 2 * (x1 - x0), "class": "neutrophil"},
+            {"frame": 0, "name": f"{f}.jpg", "cell": 1, "kind": "wbc", "x0": x0 + (x1 - x0) // 2, "y0": y0,
+             "x1": x1 + (x1 - x0), "y1": y1, "crop_side": 2 * (x1 - x0), "class": "neutrophil"}]
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "cells.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    q = crop_quality(run, bccd)
+    assert q[(0, 0)]["iou"] == 1.0 and not q[(0, 0)]["crop_off"] and q[(0, 0)]["other_detections_on_cell"] == 1
+    assert q[(0, 1)]["crop_off"] and q[(0, 1)]["iou"] < 0.5
+    assert all(0 <= q[k]["padded"] < 1 for k in q)
+
+
+def test_top_class_averages_the_bundles_views_as_the_device_did(bccd, tmp_path):
+    """Bug fixed 2026-12-02: the 'top class' column ran one view while `edge run` with the packaged
+    default averages its flips, so on these two BCCD train frames it named another class (basophil,
+    erythroblast) than the device's own answer."""
+    from hemaedge.review.rundata import RunReview
+    from hemaedge.train.adapt_bccd import edge_run, top_classes
+
+    run = edge_run({"BloodImage_00158": "", "BloodImage_00191": ""}, bccd, tmp_path, "run-train")
+    cells = [c for c in RunReview.open(run).cells if c.crop and c.kind == "wbc"
+             and c.model_class not in ("unidentified", "platelet")]
+    assert len(cells) >= 2
+    top = top_classes(None, run, {c.key for c in cells})
+    assert [top[c.key] for c in cells] == [c.model_class for c in cells]

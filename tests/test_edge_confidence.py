@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -155,7 +156,9 @@ def test_the_run_summary_carries_the_domain_check(default_val, bccd, tmp_path):
     # the bundle's two OOD levels drive "unidentified" and "flagged", and the summary says which rule ran
     thr, flag = sidecar["ood"]["unidentified_threshold"], sidecar["ood"]["threshold"]
     assert saved["identify"]["ood"] == {"score": "neg-log-max-prob", "threshold": thr, "flag_threshold": flag,
-                                        "source": "bundle", "note": saved["identify"]["ood"]["note"]}
+                                        "source": "bundle", "note": saved["identify"]["ood"]["note"],
+                                        "flag_source": "bundle", "unidentified_level": round(math.exp(-thr), 6),
+                                        "review_level": round(math.exp(-flag), 6)}
     reasons = saved["differential"]["unidentified_reasons"]
     assert sum(reasons.values()) == saved["differential"]["unidentified"]
     with open(tmp_path / "run" / "cells.csv", newline="") as fh:

@@ -48,6 +48,9 @@ def test_report_of_a_corrected_run(sample_run):
         assert hashlib.sha256((sample_run / "cells.csv").read_bytes()).hexdigest() in flat
         assert hashlib.sha256((sample_run / "corrections.csv").read_bytes()).hexdigest() in flat
         assert "AT" in doc
+        # the rule the run flagged by, as summary.json records it (two-tier OOD level, not the old fixed 0.6)
+        level = run.summary["identify"]["ood"]["review_level"]
+        assert f"flagged by the model (top probability below {level:.3g}" in doc
     assert f"{a.model_class} ({a.confidence:.2f})" in html and a.key in html
     # self-contained: images are inline, nothing is fetched from elsewhere
     assert not re.search(r'src="(?!data:)', html)
@@ -108,3 +111,14 @@ def test_signed_report_checks_out_and_catches_changes(sample_run, tmp_path):
     (sample_run / "report.pdf").write_bytes(b"%PDF-1.4 forged")
     bad = report(sample_run, "--check")
     assert bad.exit_code == 2 and "report.pdf differs" in bad.output
+
+
+def test_flag_rule_names_the_class_policy():
+    from hemaedge.report import flag_rule
+
+    summary = {"identify": {"ood": {"review_level": 0.95, "flag_source": "user"},
+                            "review_classes": ["erythroblast", "immature_granulocyte"]}}
+    assert flag_rule(summary) == ("top probability below 0.95 (user level); "
+                                  "every erythroblast, immature granulocyte call")
+    assert flag_rule({"review_threshold": 0.6}) == "confidence below 0.6"
+    assert flag_rule({}) == "rule not recorded"

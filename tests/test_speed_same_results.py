@@ -162,6 +162,35 @@ def assert_same_pixels(images, what):
         assert np.array_equal(pp.normalize_colour(img, spec), normalize_colour_reference(img, spec)), (what, k)
         assert np.array_equal(apply_preprocess(img, DEFAULT_CONTRACT),
                               apply_preprocess_reference(img, DEFAULT_CONTRACT)), (what, k, img.shape)
+        # one Lab pass (contracts that ask for it): the same steps, each exact, with no uint8 RGB in between
+        lab = pp.clahe_lab(pp.normalize_lab(pp.resize(img, 128), spec), 2.0, 8)
+        assert np.array_equal(apply_preprocess(img, ONE_PASS), cv2.cvtColor(lab, cv2.COLOR_LAB2RGB))
+    for contract in (NORMALIZE_ONLY, CLAHE_ONLY):  # one step alone: one Lab pass changes nothing
+        one = InputContract.from_dict({**contract.to_dict(), "one_lab_pass": True})
+        assert all(np.array_equal(apply_preprocess(img, one), apply_preprocess_reference(img, contract))
+                   for img in images), what
+
+
+NORMALIZE_ONLY = InputContract.from_dict({**DEFAULT_CONTRACT.to_dict(), "preprocess": "rgb"})
+CLAHE_ONLY = InputContract.from_dict({k: v for k, v in DEFAULT_CONTRACT.to_dict().items() if k != "normalize"})
+
+
+ONE_PASS = InputContract.from_dict({**DEFAULT_CONTRACT.to_dict(), "one_lab_pass": True})
+
+
+def test_one_lab_pass_is_near_the_two_passes_and_recorded(bloodmnist128):
+    """One Lab pass against two on BloodMNIST val: the uint8 RGB in between clipped out-of-gamut
+    Lab colours and rounded, so a few values move a lot, most by a level at most (the answers of
+    the packaged default: benchmarks/results/lab_round_trip.md). The flag travels in the manifest,
+    and is left out when off (older manifests stay valid and unchanged)."""
+    images = [read_image_rgb(f) for f in sorted((bloodmnist128 / "val").glob("*/*.jpg"))[::20]]
+    d = np.concatenate([np.abs(apply_preprocess(img, ONE_PASS).astype(np.int16)
+                               - apply_preprocess(img, DEFAULT_CONTRACT)).ravel() for img in images])
+    assert 0 < d.mean() < 2.0 and np.mean(d <= 4) > 0.95, (d.mean(), np.mean(d <= 4))
+    assert ONE_PASS.to_dict()["one_lab_pass"] is True and "one_lab_pass" not in DEFAULT_CONTRACT.to_dict()
+    assert InputContract.from_dict(ONE_PASS.to_dict()) == ONE_PASS
+    with pytest.raises(ValueError, match="one_lab_pass must be true or false"):
+        InputContract.from_dict({**ONE_PASS.to_dict(), "one_lab_pass": "false"})
 
 
 def device_crops(frames):

@@ -48,3 +48,13 @@ def test_a_one_class_set_is_refused_before_training(bloodmnist128, tmp_path):
     assert res.exit_code == 2, res.output
     assert "at least two" in res.output and "Traceback" not in res.output
     assert not (Path(out) / "history.csv").exists() and not (Path(out) / "last.keras").exists()
+
+
+def test_one_lab_pass_reaches_the_input_contract_and_the_help():
+    """The training pixels are the device's: the flag goes into the contract the manifest records."""
+    from hemaedge.train.finetune import FinetuneConfig
+
+    ref = {"method": "lab-anchors", "background": [234.0, 133.0, 143.0], "cells": [183.0, 142.0, 133.0]}
+    assert FinetuneConfig(data="d", out="o", preprocess="clahe", one_lab_pass=True).contract(ref).one_lab_pass
+    assert not FinetuneConfig(data="d", out="o", preprocess="clahe").contract(ref).one_lab_pass
+    assert "--one-lab-pass" in finetune("--help").output

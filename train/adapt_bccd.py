@@ -140,7 +140,8 @@ def end_to_end(bundle, bccd: Path, work: Path, name: str, split: str = "test") -
 
 def top_classes(bundle, run_dir: Path, keys: set[str]) -> dict[str, str]:
     """The bundle's top class (before the platelet/unidentified rules) on the crops the run saved
-    for these cells: what the model itself answered, the device's answer apart from the OOD rule."""
+    for these cells: what the model itself answered, the device's answer apart from the OOD rule,
+    so averaged over the bundle's test-time views as `edge run` on stills does (flips for the default)."""
     import numpy as np
 
     from hemaedge.edge.backends import load_backend
@@ -148,6 +149,7 @@ def top_classes(bundle, run_dir: Path, keys: set[str]) -> dict[str, str]:
     from hemaedge.edge.crops import CROPS_DIR
     from hemaedge.edge.defaults import packaged_default_bundle
     from hemaedge.edge.preprocess import prepare_batch, read_image_rgb, resize
+    from hemaedge.edge.tta import bundle_views, predict_views
     from hemaedge.review.rundata import RunReview
 
     b = load_bundle(bundle or packaged_default_bundle())
@@ -155,7 +157,8 @@ def top_classes(bundle, run_dir: Path, keys: set[str]) -> dict[str, str]:
     if not cells:
         return {}
     images = [resize(read_image_rgb(run_dir / CROPS_DIR / c.crop), b.contract.size) for c in cells]
-    probs = load_backend(b, threads=1).predict(prepare_batch(images, b.contract))
+    _, views = bundle_views(b.manifest)
+    probs = predict_views(load_backend(b, threads=1).predict, prepare_batch(images, b.contract), views)
     return {c.key: b.classes[int(k)] for c, k in zip(cells, np.argmax(probs, axis=1))}
 
 

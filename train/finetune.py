@@ -80,6 +80,7 @@ class FinetuneConfig:
     robust_pieces: tuple = ROBUST_PIECES   # camera-stage pieces of --augment robust
     scale_jitter: float | None = None      # ± scale of the main affine; None = the preset's
     normalize: str = "lab-anchors"         # colour normalisation to the training set's reference
+    one_lab_pass: bool = False             # normalisation + CLAHE in one Lab conversion (faster on the device)
     weighted_sampling: bool = True
     weighted_loss: bool = False            # True = the published double correction
     loss: str = "cross-entropy"            # or "focal" (Lin et al. 2017): hard examples weigh more
@@ -134,7 +135,8 @@ class FinetuneConfig:
             raise FinetuneError("colour normalisation needs the training set's reference colours")
         return InputContract(size=int(self.size), preprocess=self.preprocess, scaling="raw",
                              clahe_clip=float(self.clahe_clip), clahe_tiles=int(self.clahe_tiles),
-                             normalize=reference if self.normalize != "none" else None)
+                             normalize=reference if self.normalize != "none" else None,
+                             one_lab_pass=bool(self.one_lab_pass))
 
 
 # ----------------------------------------------------------------------------- data
@@ -398,7 +400,7 @@ def _check_resume(out: Path, cfg: FinetuneConfig):
     fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "bootstrap", "out", "data")}
     # settings added after a run started were at their then-behaviour; json turns tuples into lists
     then = {"normalize": "none", "augment": "full", "weighted_loss": True, "robust_pieces": list(ROBUST_PIECES),
-            "scale_jitter": None, "loss": "cross-entropy", "focal_gamma": 2.0, "init": None}
+            "scale_jitter": None, "loss": "cross-entropy", "focal_gamma": 2.0, "init": None, "one_lab_pass": False}
     norm = lambda v: list(v) if isinstance(v, tuple) else v
     diff = [k for k, v in fixed.items() if norm(old.get(k, then.get(k))) != norm(v)]
     if diff:

@@ -85,20 +85,27 @@ def cpu_per_frame(run: dict, startup_cpu_s: float) -> float | None:
 STAGES_TOOL = Path(__file__).resolve().parent / "counting_stages.py"
 
 
-def stage_cpu(base_path: str, source: str, frames: int, repeats: int, tmp: Path) -> dict:
+def stage_cpu(base_path: str, source: str, frames: int, repeats: int, tmp: Path,
+              before_bundle: Path | None = None) -> dict:
     """Single-thread CPU ms per frame of the pipeline before (image folder) and now (image folder,
     one slide), from `counting_stages --threads 1`: one thread (OpenCV and the model), so no worker
-    thread burns CPU waiting for a descheduled partner; short runs, interleaved, `repeats` rounds."""
-    jobs = {"before": (base_path, "folder"), "fields": (None, "folder"), "tracking": (None, "slide")}
+    thread burns CPU waiting for a descheduled partner; short runs, interleaved, `repeats` rounds.
+    `before_bundle`: the baseline's packaged model, also run by this code with tracking (the
+    pipeline's own cost apart from the model's: the default now has colour normalisation and two
+    test-time views, the baseline's neither)."""
+    jobs = {"before": (base_path, "folder", None), "fields": (None, "folder", None), "tracking": (None, "slide", None)}
+    if before_bundle is not None:
+        jobs["tracking, before's model"] = (None, "slide", before_bundle)
     out = {name: [] for name in jobs}
     for k in range(repeats):
-        for name, (pythonpath, mode) in jobs.items():
+        for name, (pythonpath, mode, bundle) in jobs.items():
             env = dict(os.environ)
             if pythonpath:
                 env["PYTHONPATH"] = pythonpath
-            js = tmp / f"stages-{name}-{k}.json"
+            js = tmp / f"stages-{k}-{len(out[name])}-{mode}-{'own' if bundle is None else 'base'}.json"
             proc = subprocess.run([sys.executable, str(STAGES_TOOL), "--source", source, "--frames", str(frames),
-                                   "--threads", "1", "--mode", mode, "--json", str(js)],
+                                   "--threads", "1", "--mode", mode, "--json", str(js),
+                                   *(["--bundle", str(bundle)] if bundle is not None else [])],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise click.ClickException(f"counting_stages ({name}) failed:\n{proc.stderr[-2000:]}")
@@ -181,7 +188,9 @@ def main(baseline_src, source, frames, repeats, stage_rounds, stage_frames, out)
                 r["cpu_ms_per_frame"] = cpu_per_frame(r, startup[name])
                 res[name].append(r)
                 click.echo(f"{name} run {k + 1}: total p50 {r['total_p50']} ms, peak {r['peak_rss_mb']} MB")
-        stages = stage_cpu(base_path, source, stage_frames, stage_rounds, Path(tmp)) if stage_rounds else None
+        base_bundle = baseline_src.resolve() / "src/hemaedge/models/default"
+        stages = stage_cpu(base_path, source, stage_frames, stage_rounds, Path(tmp),
+                           base_bundle if (base_bundle / "manifest.json").exists() else None) if stage_rounds else None
     commit = subprocess.run(["git", "-C", str(baseline_src), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "baseline_commit": commit,

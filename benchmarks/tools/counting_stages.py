@@ -42,8 +42,10 @@ import numpy as np
               help="Model threads; 1 also runs OpenCV in this one thread.")
 @click.option("--mode", type=click.Choice(["both", "folder", "slide"]), default="both", show_default=True,
               help="Image folder, one slide, or both (a version without counting stages: folder only).")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A bundle folder to run instead of the packaged default (e.g. an older checkout's default).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
-def main(source, frames, threads, mode, json_out):
+def main(source, frames, threads, mode, json_out, bundle):
     """Per-stage CPU ms/frame of the counting pipeline, and a results fingerprint."""
     from hemaedge.edge import pipeline
     from hemaedge.edge import segment as seg
@@ -87,7 +89,7 @@ def main(source, frames, threads, mode, json_out):
 
     import hemaedge
 
-    model = load_model(Path(hemaedge.__file__).resolve().parent / "models" / "default", None, None, None, None)
+    model = load_model(bundle or Path(hemaedge.__file__).resolve().parent / "models" / "default", None, None, None, None)
     backend = load_backend(model, threads=threads)
     # warm-up, untimed: the model's first call (delegate set-up, buffers) and OpenCV's first
     # calls cost tens of ms once per process; per-frame figures are the steady state

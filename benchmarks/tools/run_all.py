@@ -319,6 +319,15 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/adapt_recipes{x}" for x in (".md", ".json")],
              "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
              "~5 min per recipe"),
+        Step("adapt-errors", [Need(f"{adapt_work_default}/recipes-flips/recipe-head*/model.keras",
+                                   f"no adapt-recipes adaptations in {adapt_work_default}/recipes-flips; kept {out}/adapt_errors.*")],
+             [py, "-m", "hemaedge.benchmarks.tools.adapt_errors", "--work", f"{adapt_work_default}/recipes-flips",
+              "--base", adapt_base, "--bccd", f"{data}/bccd", "--recipe", "head", "--splits", "0,1,2",
+              "--out", f"{out}/adapt_errors"],
+             [f"{out}/adapt_errors{x}" for x in (".md", ".json", ".jpg")],
+             "what the adapted default (recipe head of adapt-recipes) still gets wrong on BCCD train development cells: "
+             "confusion, crop against the annotated box, labels to check, contact sheet (run after adapt-recipes)",
+             "~2 min"),
         Step("adapt-bccd", [Need(f"{adapt_base_1view}/manifest.json",
                                  f"no base bundle at {adapt_base_1view}; kept {out}/adapt_bccd_default_v2_ep10_tail.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base_1view, "--label",
@@ -368,6 +377,11 @@ def steps(s: Settings) -> list[Step]:
                                  "--data", f"{data}/bloodmnist128", "--name", "default", "--out", out],
              [f"{out}/calibration_default{x}" for x in (".md", ".json")],
              "ECE of the default bundle on BloodMNIST val/test, temperature fitted on val", "~3 min"),
+        Step("lab-round-trip", [], [*tool("lab_round_trip"), "--bloodmnist-val", f"{data}/bloodmnist128/val",
+                                    "--pbc", f"{data}/pbc_raw_val", "--pbc-fields", "400", "--out", out],
+             [f"{out}/lab_round_trip{x}" for x in (".md", ".json")],
+             "pixels and answers of the packaged default with normalisation + CLAHE in one Lab pass against two "
+             "(BloodMNIST-128 val, PBC fields)", "~1 min"),
         Step("normalize-cost", [], [py, "-m", "hemaedge.benchmarks.tools.normalize_cost", "--data", f"{data}/bccd",
                                     "--split", "val", "--size", "128", "--repeat", "5", "--out", out],
              [f"{out}/normalize_cost{x}" for x in (".md", ".json")],
@@ -455,6 +469,13 @@ def steps(s: Settings) -> list[Step]:
              "cheap per-cell flag scores from the bundle's outputs (msp, margin, entropy, view disagreement, crop "
              "colour): AUROC wrong-vs-right and flag rates on BCCD val, PBC, BloodMNIST val + trade-off plot",
              "~1 min"),
+        Step("review-levels", [], tool("review_levels") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
+                                                           "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
+                                                           "--bloodmnist128", f"{data}/bloodmnist128",
+                                                           "--val-spread", "800", "--pbc-spread", "700", "--out", out],
+             [f"{out}/review_levels_default{x}" for x in (".md", ".json")],
+             "how much `edge run` flags: wrong/right answers flagged at several --review-level values and with "
+             "--review-classes erythroblast,ig, on BloodMNIST val, PBC fields, BCCD val", "~1 min"),
         Step("ood-candidates", [Need(os.path.expanduser(f"{DEFAULT_KERAS_RUN}/model.keras"),
                                      f"no Keras source of the default at {DEFAULT_KERAS_RUN}; kept "
                                      f"{out}/ood_candidates_default_v2_ep10.*")],
@@ -480,7 +501,9 @@ def steps(s: Settings) -> list[Step]:
 # (the base's flips views since 2026-12-02 08:10; the one-view table is in the git history of adapt_recipes.md):
 # the default, the default scored and chosen with one view, class-balanced new cells, the last block unfrozen
 ADAPT_RECIPES = ["head:fit=head", "head-1view:fit=head,views=off", "head-balance:fit=head,balance=true",
-                 "tail-1block:fit=tail,blocks=1"]
+                 "tail-1block:fit=tail,blocks=1",
+                 # 2026-12-02 (s6): more of the loss on the new cells; a larger held-out part to choose the step on
+                 "head-new0.7:fit=head,new_weight=0.7", "head-holdout0.3:fit=head,holdout=0.3"]
 # The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
 ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
 ADAPT_RECIPE_TAIL = ["--fit", "tail"]

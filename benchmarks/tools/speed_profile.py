@@ -90,6 +90,11 @@ def per_cell(frames: int, source: Path, repeat: int) -> dict:
                                    lambda k: pp.colour_anchors(resized[k], lab=labs[k]))
         steps["normalize_colour"] = ("the whole colour normalisation (RGB->Lab, anchors, table, Lab->RGB)",
                                      lambda k: pp.normalize_colour(resized[k], spec))
+        if contract.preprocess == "clahe" and "one_lab_pass" in pp.InputContract.__dataclass_fields__:  # (a baseline lacks it)
+            one = pp.InputContract.from_dict({**contract.to_dict(), "one_lab_pass": True})
+            steps["apply_preprocess_one_lab_pass"] = (
+                "`apply_preprocess` with `one_lab_pass` (normalisation + CLAHE in one Lab conversion; "
+                "not the default's pixels, see lab_round_trip.md)", lambda k: pp.apply_preprocess(crops[k], one))
     tensors = [pp.prepare_batch([c], contract) for c in crops]
     steps["model_call"] = (steps["model_call"][0], lambda k: backend.predict(tensors[k]))
     best = {name: np.full(len(crops), np.inf) for name in steps}

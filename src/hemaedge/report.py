@@ -54,7 +54,7 @@ def report_data(run_dir, reviewer: str = "") -> dict:
         "model": (run.summary.get("model") or {}).get("name") or "unknown",
         "bundle_digest": digest, "bundle_digest_where": digest_where,
         "frames": run.summary.get("frames"), "started_utc": run.summary.get("started_utc"),
-        "review_threshold": run.summary.get("review_threshold"),
+        "flag_rule": flag_rule(run.summary),
         "differential": run.differential(),
         "changes": [{"cell": c.key, "frame_name": c.name, "model_class": c.model_class, "class": c.current,
                      "confidence": c.confidence} for c in run.cells if c.current != c.model_class],
@@ -63,6 +63,20 @@ def report_data(run_dir, reviewer: str = "") -> dict:
                           "crop": str(run.root / "crops" / c.crop) if c.crop else None} for c in unid],
         "inputs": inputs,
     }
+
+
+def flag_rule(summary: dict) -> str:
+    """Why the run flagged cells, in words, from summary.json (the two-tier OOD rule and any class policy)."""
+    ident = summary.get("identify") or {}
+    ood = ident.get("ood") or {}
+    parts = []
+    if ood.get("review_level") is not None:
+        parts.append(f"top probability below {ood['review_level']:.3g} ({ood.get('flag_source', 'bundle')} level)")
+    elif summary.get("review_threshold") is not None:
+        parts.append(f"confidence below {summary['review_threshold']}")
+    if ident.get("review_classes"):
+        parts.append("every " + ", ".join(c.replace("_", " ") for c in ident["review_classes"]) + " call")
+    return "; ".join(parts) or "rule not recorded"
 
 
 def _img_data_uri(path: str | None) -> str | None:
@@ -100,8 +114,8 @@ def render_pdf(data: dict, path: Path) -> None:
                f"report made {data['created_utc']}; reviewer: {data['reviewer']}."),
              P(f"Model {data['model']}; bundle digest (sha256 of manifest) "
                f"{data['bundle_digest'] or 'unknown'} ({data['bundle_digest_where']})."),
-             P(f"{d['cells']} cells counted; {d['flagged']} flagged by the model (confidence below "
-               f"{data['review_threshold']}), {d['flagged_unreviewed']} of them not reviewed; "
+             P(f"{d['cells']} cells counted; {d['flagged']} flagged by the model ("
+               f"{data['flag_rule']}), {d['flagged_unreviewed']} of them not reviewed; "
                f"{d['unidentified']} unidentified; {d['not_a_cell']} marked 'not a cell'; "
                f"{d['not_counted']} not counted by the run; "
                f"{d['changed']} cells changed by {d['corrections']} reviewer actions."),
