@@ -119,7 +119,8 @@ class RedCellClassifier:
     background and red-cell colour to the training slides' (edge.preprocess.normalize_colour,
     anchors of the whole frame, not of each crop: a pale cell must stay pale) before cutting.
     `scale`: which red-cell diameter sets detection and crops (RBC_SCALES; "auto" by default).
-    `layer`: apply the bundle's size layer (`red_cells.layer`, edge/rbc_layer.py) when it has one.
+    `layer`: apply the bundle's size layer (`red_cells.layer`, edge/rbc_layer.py) when it has one, on
+    fields sized at the training magnification only (scale "bundle"), where it was fitted.
     """
 
     def __init__(self, model=None, backend=None, params: RbcParams | None = None,
@@ -199,7 +200,9 @@ class RedCellClassifier:
             # domain check's confidence signal uses whole cells only
             whole = np.array([not c.edge for c in cells], bool)
             self.domain.add_cells(probs[whole])  # the OOD limit was fitted on the model's own answers
-            if self.layer is not None:
+            # the layer was fitted at the training magnification: fields sized at their own ruler
+            # (another microscope) keep the model alone (with it BCCD read 39 -> 53% schistocytes)
+            if self.layer is not None and scale == "bundle":
                 tl = time.perf_counter()
                 probs = self.layer.apply(probs, cells, self.reference_diameter, image)
                 layer_ms = (time.perf_counter() - tl) * 1e3

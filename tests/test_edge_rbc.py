@@ -560,6 +560,11 @@ def test_packaged_red_cell_bundle_applies_its_size_layer_on_real_frames(chula):
     assert np.allclose(with_layer.probabilities.sum(1), 1, atol=1e-5)
     assert with_layer.timings_ms["rbc_layer"] > 0 and alone.timings_ms["rbc_layer"] == 0
     assert not np.allclose(with_layer.probabilities, alone.probabilities, atol=1e-3)
+    # another magnification (a BCCD frame, sized at its own ruler): the layer was not fitted there
+    bccd = read_image_rgb(next(iter(sorted((REPO / "samples" / "bccd").glob("*.jpg")))))
+    far = RedCellClassifier(model, backend).process(bccd)
+    assert far.scale == "field" and far.timings_ms["rbc_layer"] == 0
+    assert np.allclose(far.probabilities, RedCellClassifier(model, backend, layer=False).process(bccd).probabilities)
     k, names = len(model.classes), ["relative_area", "relative_length"]
     identity = SizeLayer({"features": names, "classes": list(model.classes), "intercept": [0.0] * k,
                           "coef": np.hstack([np.eye(k), np.zeros((k, 2))]).tolist()}, list(model.classes))
