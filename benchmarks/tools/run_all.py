@@ -179,6 +179,8 @@ def steps(s: Settings) -> list[Step]:
     data, out, py, he, limit = s.data, s.out, s.py, s.he, s.limit
     first = ["--first", limit] if limit else []  # BCCD frames: the first N of each split
     spread = ["--spread", limit] if limit else []  # PBC fields: N spread evenly
+    # the three evaluation sets of the flag/OOD tools (benchmarks/tools/data_options.evaluation_sets)
+    eval_sets = ["--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val", "--bloodmnist128", f"{data}/bloodmnist128"]
     finetune_run = s.get("HEMAEDGE_FINETUNE_RUN", "runs/finetune-lite0")
     hybrid_runs = s.get("HEMAEDGE_HYBRID_RUNS", "runs/hybrid")
     hybrid_train = s.get("HEMAEDGE_HYBRID_TRAIN", "0") == "1"
@@ -454,25 +456,19 @@ def steps(s: Settings) -> list[Step]:
              "what drives the BCCD val errors: crop scale, centring, colour, blur, border, view averaging "
              "(BCCD val, PBC fields, BloodMNIST val) + contact sheet docs/img/zero_shot_errors_default.jpg",
              "~10 min"),
-        Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
-                                                 "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
-                                                 "--bloodmnist128", f"{data}/bloodmnist128",
+        Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default", *eval_sets,
                                                  "--val-spread", "800", "--pbc-spread", "700", "--out", out],
              [f"{out}/ood_rule_default{x}" for x in (".md", ".json")],
              "the default's unidentified rule: wrong/right flagged, confidence only vs with its OOD threshold, "
              "on BloodMNIST val, BCCD val, PBC fields", "~3 min (25 min at load 30)"),
-        Step("flag-scores", [], tool("flag_scores") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
-                                                       "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
-                                                       "--bloodmnist128", f"{data}/bloodmnist128",
+        Step("flag-scores", [], tool("flag_scores") + ["--bundle", DEFAULT_BUNDLE, "--name", "default", *eval_sets,
                                                        "--val-spread", "800", "--pbc-spread", "300", "--out", out],
              [f"{out}/flag_scores_default{x}" for x in (".md", ".json", ".png")],
              "cheap per-cell flag scores from the bundle's outputs (msp, margin, entropy, view disagreement, crop "
              "colour): AUROC wrong-vs-right and flag rates on BCCD val, PBC, BloodMNIST val + trade-off plot",
              "~1 min"),
-        Step("review-levels", [], tool("review_levels") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
-                                                           "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
-                                                           "--bloodmnist128", f"{data}/bloodmnist128",
-                                                           "--val-spread", "800", "--pbc-spread", "700", "--out", out],
+        Step("review-levels", [], tool("review_levels") + ["--bundle", DEFAULT_BUNDLE, "--name", "default", *eval_sets,
+                                                 "--val-spread", "800", "--pbc-spread", "700", "--out", out],
              [f"{out}/review_levels_default{x}" for x in (".md", ".json")],
              "how much `edge run` flags: wrong/right answers flagged at several --review-level values and with "
              "--review-classes erythroblast,ig, on BloodMNIST val, PBC fields, BCCD val", "~1 min"),
