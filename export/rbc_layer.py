@@ -72,9 +72,10 @@ def write_layer(bundle_dir: Path, chula: Path, features=DEFAULT_FEATURES, c: flo
     The model file is not touched (its checksum and `edge verify` hold); a signed bundle is refused."""
     from hemaedge.edge.atomic import atomic_write_json
     from hemaedge.edge.backends import load_backend
-    from hemaedge.edge.bundle import load_bundle, verify_bundle
+    from hemaedge.edge.bundle import verify_bundle
     from hemaedge.edge.errors import BundleError, UsageError
     from hemaedge.edge.rbc_layer import FEATURES, SizeLayer
+    from hemaedge.export.rbc_ood import load_unsigned
 
     if split == "test":
         raise UsageError("the size layer is never fitted on the test split; use --split train")
@@ -82,11 +83,8 @@ def write_layer(bundle_dir: Path, chula: Path, features=DEFAULT_FEATURES, c: flo
     if unknown:
         raise UsageError(f"unknown layer feature(s) {', '.join(unknown)}; choose from {', '.join(FEATURES)}")
     bundle_dir = Path(bundle_dir)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_unsigned(bundle_dir, "adding a layer", "Fit it on")
     manifest = bundle.manifest
-    if manifest.get("signature"):
-        raise BundleError(f"{bundle_dir}: is signed; adding a layer would break the signature. "
-                          "Fit it on an unsigned export, then sign it (hemaedge export ... --sign-key)")
     if not manifest.get("red_cells"):
         raise BundleError(f"{bundle_dir}: has no red_cells section: is it a red-cell bundle? Export it "
                           "with --data CROPS_TREE from `hemaedge data rbc-crops`")
