@@ -119,12 +119,15 @@ class RedCellClassifier:
     background and red-cell colour to the training slides' (edge.preprocess.normalize_colour,
     anchors of the whole frame, not of each crop: a pale cell must stay pale) before cutting.
     `scale`: which red-cell diameter sets detection and crops (RBC_SCALES; "auto" by default).
+    `layer`: apply the bundle's size layer (`red_cells.layer`, edge/rbc_layer.py) when it has one, on
+    fields sized at the training magnification only (scale "bundle"), where it was fitted.
     """
 
     def __init__(self, model=None, backend=None, params: RbcParams | None = None,
                  side_factor: float | None = None, max_batch: int = 256, normalize_frames: bool = False,
-                 scale: str = "auto"):
+                 scale: str = "auto", layer: bool = True):
         from hemaedge.edge.domain import DomainMonitor
+        from hemaedge.edge.rbc_layer import SizeLayer
 
         self.model, self.backend = model, backend
         self.classes = list(model.classes) if model is not None else []
@@ -154,6 +157,8 @@ class RedCellClassifier:
                              "frames' red-cell diameter (red_cells.ruler_diameter_px); use --rbc-scale field")
         # count only, or a bundle without a reference: the field's ruler is all there is
         self.scale = scale if self.reference_diameter is not None else "field"
+        # the manifest's size layer (edge/rbc_layer.py); layer=False runs the model alone (fitting it)
+        self.layer = SizeLayer.from_manifest(model) if layer and model is not None else None
 
     def diameter_for(self, image: np.ndarray, diameter: float | None) -> tuple[float | None, str]:
         """(red-cell diameter in px that sets detection and crops, "bundle" | "field") for a frame
@@ -174,7 +179,7 @@ class RedCellClassifier:
         cells, d = detect_red_cells(image, diameter, self.params)
         t1 = time.perf_counter()
         labels, conf = ["rbc"] * len(cells), np.ones(len(cells), np.float32)
-        pre_ms = inf_ms = 0.0
+        pre_ms = inf_ms = layer_ms = 0.0
         probs = None
         if self.backend is not None and cells:
             self.domain.add_frame(image)
@@ -194,12 +199,18 @@ class RedCellClassifier:
             # cells cut by the frame border are unlike any training crop (whole labelled cells): the
             # domain check's confidence signal uses whole cells only
             whole = np.array([not c.edge for c in cells], bool)
-            self.domain.add_cells(probs[whole])
+            self.domain.add_cells(probs[whole])  # the OOD limit was fitted on the model's own answers
+            # the layer was fitted at the training magnification: fields sized at their own ruler
+            # (another microscope) keep the model alone (with it BCCD read 39 -> 53% schistocytes)
+            if self.layer is not None and scale == "bundle":
+                tl = time.perf_counter()
+                probs = self.layer.apply(probs, cells, self.reference_diameter, image)
+                layer_ms = (time.perf_counter() - tl) * 1e3
             idx = probs.argmax(axis=1)
             labels = [self.classes[i] for i in idx]
             conf = probs[np.arange(len(idx)), idx]
         return RedCellResult(cells, labels, conf, d, {"rbc_detect": (t1 - t0) * 1e3, "rbc_preprocess": pre_ms,
-                                                      "rbc_inference": inf_ms,
+                                                      "rbc_inference": inf_ms, "rbc_layer": layer_ms,
                                                       "rbc_total": (time.perf_counter() - t0) * 1e3}, probs,
                              crop_side(d, self.side_factor) if d else None, scale if d else None)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hemaedge.edge.cli_support import FINITE_FLOAT, UserError, command_line, user_errors
+from hemaedge.edge.cli_support import FINITE_FLOAT, FiniteFloat, UserError, command_line, user_errors
 from hemaedge.edge.errors import HemaedgeError
 
 DEFAULT_DATA = "../shared/data/bloodmnist128"
@@ -358,6 +358,34 @@ def bundle(artifact, source_model, data, splits, limit, sample_seed, max_drop, c
                         parity_data_factory=lambda names: _parity_data(data, names, splits, limit, sample_seed),
                         max_drop=max_drop, overwrite=force)
     _finish(row, sign_key)
+
+
+@export.command("rbc-layer")
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--chula", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Chula RBC-12 folder (images/, labels/): the red-cell model's training microscope.")
+@click.option("--feature", "features", multiple=True, default=("relative_area", "relative_length"),
+              show_default=True, help="Size features of the layer (edge/rbc_layer.py FEATURES); repeat the option.")
+@click.option("--c", "c", type=FiniteFloat(min=1e-4), default=1.0, show_default=True,
+              help="Inverse regularisation strength of the logistic layer.")
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True,
+              help="Frames of the `hemaedge data rbc-crops` frame split to fit on (never test).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads.")
+@user_errors
+def rbc_layer(bundle_dir, chula, features, c, split, threads):
+    """Fit a red-cell BUNDLE's size layer: a logistic layer over the model's probabilities and each
+    cell's size relative to its field's median red cell, on the labelled points of Chula frames through
+    the device path; writes plain numbers into its manifest's red_cells.layer (the device applies it).
+
+    \b
+    Example:
+      hemaedge export rbc-layer src/hemaedge/models/rbc --chula ../shared/data/chula_rbc12
+    """
+    from hemaedge.export.rbc_layer import write_layer
+
+    layer = write_layer(bundle_dir, chula, features, c, split, threads)
+    click.echo(f"{bundle_dir}: size layer over {', '.join(layer['features'])} (C = {c:g}) fitted on "
+               f"{layer['points']} labelled points of Chula {split} frames")
 
 
 @export.command("rbc-ood")

@@ -21,6 +21,19 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def load_unsigned(bundle_dir: Path, change: str, verb: str):
+    """The bundle whose manifest is about to be edited in place; a signed one is refused (the signature covers
+    the manifest, so the edit would break it)."""
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.errors import BundleError
+
+    bundle = load_bundle(bundle_dir)
+    if bundle.manifest.get("signature"):
+        raise BundleError(f"{bundle_dir}: is signed; {change} would break the signature. "
+                          f"{verb} an unsigned export, then sign it (hemaedge export ... --sign-key)")
+    return bundle
+
+
 def detected_cell_scores(bundle, backend, images) -> np.ndarray:
     """OOD scores of the whole (not border-cut) red cells the device classifies on `images`
     (RGB frames), each frame its own field as in `edge run` on an image folder."""
@@ -46,16 +59,13 @@ def refit_red_cell_ood(bundle_dir: Path, images, fitted_on: str, threads: int | 
     (and `edge verify`) still holds; a signed bundle is refused (the signature covers the manifest)."""
     from hemaedge.edge.atomic import atomic_write_json
     from hemaedge.edge.backends import load_backend
-    from hemaedge.edge.bundle import load_bundle, verify_bundle
+    from hemaedge.edge.bundle import verify_bundle
     from hemaedge.edge.domain import MIN_CELLS, ood_limit
     from hemaedge.edge.errors import BundleError, DataError
 
     bundle_dir = Path(bundle_dir)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_unsigned(bundle_dir, "refitting its OOD limit", "Refit")
     manifest = bundle.manifest
-    if manifest.get("signature"):
-        raise BundleError(f"{bundle_dir}: is signed; refitting its OOD limit would break the signature. "
-                          "Refit an unsigned export, then sign it (hemaedge export ... --sign-key)")
     if not (manifest.get("domain") or {}).get("ood"):
         raise BundleError(f"{bundle_dir}: has no domain section to refit; export it from a model trained "
                           "or snapshotted with this version of hemaedge")

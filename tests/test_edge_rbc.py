@@ -491,7 +491,7 @@ def test_tally_reports_fields_sized_at_their_own_ruler():
 def test_size_feature_layer_learns_what_the_model_cannot_see_and_counts_missed_cells_wrong():
     """rbc_size_features: when only the cell's absolute size separates two classes, the layer with
     that feature beats the model alone; a point without a detection is wrong in every arm."""
-    from hemaedge.benchmarks.tools.rbc_size_features import evaluate
+    from hemaedge.benchmarks.tools.rbc_size_features import ALL, evaluate
 
     rng = np.random.default_rng(0)
 
@@ -501,10 +501,128 @@ def test_size_feature_layer_learns_what_the_model_cannot_see_and_counts_missed_c
         logp = np.log(np.full((n, 2), 0.5) + rng.normal(0, 0.01, (n, 2)).clip(-0.4, 0.4))  # the model: a coin
         found = np.ones(n, bool)
         found[:10] = False
-        return {"y": y, "found": found, "logp": logp, "relative": np.zeros(n), "absolute": size,
-                "aspect": np.ones(n), "fill": np.full(n, 0.78), "frame": np.arange(n) % frames}
+        feats = rng.normal(0, 0.1, (n, len(ALL)))
+        feats[:, ALL.index("absolute_area")] = size
+        return {"y": y, "found": found, "x": np.hstack([logp, feats]), "frame": np.arange(n) % frames}
 
     rows = {r["arm"]: r for r in evaluate(split(600, 30), split(300, 10), ["normal", "macrocyte"])}
-    alone, sized = rows["model alone (argmax)"]["fit_train"], rows["layer: + absolute size"]["fit_train"]
+    alone, sized = rows["model alone (argmax)"]["fit_train"], rows["layer: + absolute area"]["fit_train"]
     assert alone["accuracy"] < 0.6 and sized["accuracy"] > 0.9
     assert sized["accuracy"] <= 290 / 300  # the 10 missed cells stay wrong
+
+
+def _val_frame(chula):
+    from hemaedge.train.rbc_crops import read_chula, split_frames
+
+    frames = read_chula(chula)
+    splits = split_frames([f.name for f in frames])
+    return next(f for f in frames if splits[f.name] == "val")
+
+
+def test_size_features_measure_each_red_cell_against_its_field_s_median(chula):
+    from hemaedge.edge.rbc_layer import FEATURES, size_features
+
+    img = read_image_rgb(_val_frame(chula).image)
+    cells, d = detect_red_cells(img)
+    f = size_features(cells, 35.09, list(FEATURES), img)
+    assert f.shape == (len(cells), len(FEATURES)) and np.isfinite(f).all()
+    whole = np.array([not c.edge for c in cells])
+    rel = f[:, 0]
+    assert abs(np.median(rel[whole])) < 1e-3  # the field's median whole cell is the ruler
+    big, small = int(np.argmax(np.where(whole, rel, -9))), int(np.argmin(np.where(whole, rel, 9)))
+    assert cells[big].area > cells[small].area and rel[big] > 0 > rel[small]
+    # the ruler is the field: the same frame at half the magnification gives the same relative sizes
+    half = cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    cells2, _ = detect_red_cells(half)
+    rel2 = size_features(cells2, 35.09, ["relative_area"])[:, 0]
+    assert abs(np.percentile(rel2, 90) - np.percentile(rel, 90)) < 0.15
+    assert size_features([], 35.09, ["relative_area"]).shape == (0, 1)
+    # a cell cut by the frame border has no size evidence: it reads as the field's median cell
+    assert any(c.edge for c in cells)
+    assert (f[~whole] == 0).all()
+
+
+def test_packaged_red_cell_bundle_applies_its_size_layer_on_real_frames(chula):
+    """The packaged bundle carries a layer; the device applies it (probabilities change, rows sum to 1);
+    a layer that passes the model's log-probabilities through gives back the model's own answer."""
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.rbc_layer import SizeLayer
+    from hemaedge.edge.rbc_morphology import RedCellClassifier, rbc_bundle_path
+
+    model = load_model(rbc_bundle_path("packaged"))
+    assert model.manifest["red_cells"]["layer"]["features"] == ["relative_area", "relative_length"]
+    backend = load_backend(model, threads=1)
+    img = read_image_rgb(_val_frame(chula).image)
+    with_layer = RedCellClassifier(model, backend).process(img)
+    alone = RedCellClassifier(model, backend, layer=False).process(img)
+    assert len(with_layer.cells) == len(alone.cells) > 20
+    assert np.allclose(with_layer.probabilities.sum(1), 1, atol=1e-5)
+    assert with_layer.timings_ms["rbc_layer"] > 0 and alone.timings_ms["rbc_layer"] == 0
+    assert not np.allclose(with_layer.probabilities, alone.probabilities, atol=1e-3)
+    # another magnification (a BCCD frame, sized at its own ruler): the layer was not fitted there
+    bccd = read_image_rgb(next(iter(sorted((REPO / "samples" / "bccd").glob("*.jpg")))))
+    far = RedCellClassifier(model, backend).process(bccd)
+    assert far.scale == "field" and far.timings_ms["rbc_layer"] == 0
+    assert np.allclose(far.probabilities, RedCellClassifier(model, backend, layer=False).process(bccd).probabilities)
+    k, names = len(model.classes), ["relative_area", "relative_length"]
+    identity = SizeLayer({"features": names, "classes": list(model.classes), "intercept": [0.0] * k,
+                          "coef": np.hstack([np.eye(k), np.zeros((k, 2))]).tolist()}, list(model.classes))
+    p = identity.apply(alone.probabilities, alone.cells, 35.09, img)
+    assert (p.argmax(1) == alone.probabilities.argmax(1)).all()
+
+
+@pytest.mark.parametrize("bad", [{"features": ["colour_of_the_sky"]}, {"coef": [[1.0]]}, {"classes": ["a"]},
+                                 {"intercept": [float("nan")] * 12}, {"coef": None}])
+def test_a_malformed_size_layer_is_refused_with_a_bundle_error(bad):
+    from hemaedge.edge.defaults import load_model
+    from hemaedge.edge.errors import BundleError
+    from hemaedge.edge.rbc_layer import SizeLayer
+    from hemaedge.edge.rbc_morphology import rbc_bundle_path
+
+    model = load_model(rbc_bundle_path("packaged"))
+    section = {**model.manifest["red_cells"]["layer"], **bad}
+    with pytest.raises(BundleError, match="rbc-layer"):
+        SizeLayer(section, list(model.classes))
+
+
+def test_fitted_layer_numbers_reproduce_the_scikit_learn_model():
+    """The manifest's plain numbers (scaler folded in) give scikit-learn's own probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from hemaedge.edge.rbc_layer import SizeLayer
+    from hemaedge.export.rbc_layer import fit_layer
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 400)
+    x = rng.normal(0, 1, (400, 4)) * [1, 2, 3, 0.1] + y[:, None] * [0.5, 0, -1, 0.05] + [0, 0, 5, 1]
+    section = fit_layer(x, y, ["a", "b", "c"], ["relative_area"])
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(x, y).predict_proba(x)
+    assert np.allclose(SizeLayer(section, ["a", "b", "c"]).from_inputs(x), ref, atol=1e-4)
+    from hemaedge.edge.errors import DataError
+    with pytest.raises(DataError, match="no c"):
+        fit_layer(x[y < 2], y[y < 2], ["a", "b", "c"], ["relative_area"])
+
+
+def test_export_rbc_layer_writes_a_layer_that_verifies_and_refuses_signed_bundles(chula, tmp_path):
+    from hemaedge.edge.bundle import load_bundle
+
+    bundle = tmp_path / "rbc"
+    shutil.copytree(REPO / "src" / "hemaedge" / "models" / "rbc", bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    del m["red_cells"]["layer"]
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    r = CliRunner().invoke(main, ["export", "rbc-layer", str(bundle), "--chula", str(chula), "--split", "val",
+                                  "--feature", "relative_area"])
+    assert r.exit_code == 0, r.output
+    layer = load_bundle(bundle).manifest["red_cells"]["layer"]  # still verifies: only the manifest changed
+    assert layer["features"] == ["relative_area"] and layer["points"] > 1000 and "val" in layer["fitted_on"]
+    r = CliRunner().invoke(main, ["export", "rbc-layer", str(bundle), "--chula", str(chula), "--feature", "shoe"])
+    assert r.exit_code == 2 and "Error:" in r.output and "shoe" in r.output
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["signature"] = {"algorithm": "ed25519", "key_id": "x", "value": "y"}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    r = CliRunner().invoke(main, ["export", "rbc-layer", str(bundle), "--chula", str(chula), "--split", "val"])
+    assert r.exit_code == 2 and "signed" in r.output

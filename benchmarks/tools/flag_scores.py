@@ -45,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.tools.result_files import write_result
+from hemaedge.benchmarks.tools.data_options import evaluation_sets
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SCORES = ("msp", "margin", "entropy", "worst-view", "view-split", "crop-colour", "msp+colour", "msp+review-classes")
@@ -300,12 +301,7 @@ def to_markdown(r: dict) -> str:
 @click.command()
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Results go to benchmarks/results/flag_scores_NAME.{json,md,png}.")
-@click.option("--bccd", type=click.Path(exists=True, file_okay=False, path_type=Path), default="../shared/data/bccd",
-              show_default=True)
-@click.option("--pbc", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default="../shared/data/pbc_raw_val", show_default=True)
-@click.option("--bloodmnist128", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default="../shared/data/bloodmnist128", show_default=True)
+@evaluation_sets
 @click.option("--val-spread", type=click.IntRange(50), default=800, show_default=True,
               help="BloodMNIST val images (nucleated, spread over the split) that set the levels.")
 @click.option("--pbc-spread", type=click.IntRange(1), default=300, show_default=True)

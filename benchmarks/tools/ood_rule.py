@@ -40,6 +40,7 @@ from hemaedge.edge.preprocess import prepare_batch, read_image_rgb
 from hemaedge.edge.segment import centre_in, nearest_to
 from hemaedge.edge.tta import predict_views
 from hemaedge.train.data.subsets import spread
+from hemaedge.benchmarks.tools.data_options import evaluation_sets
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -131,12 +132,7 @@ def to_markdown(r: dict) -> str:
 @click.command()
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Results go to benchmarks/results/ood_rule_NAME.{json,md}.")
-@click.option("--bccd", type=click.Path(exists=True, file_okay=False, path_type=Path), default="../shared/data/bccd",
-              show_default=True)
-@click.option("--pbc", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default="../shared/data/pbc_raw_val", show_default=True)
-@click.option("--bloodmnist128", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default="../shared/data/bloodmnist128", show_default=True)
+@evaluation_sets
 @click.option("--pbc-spread", type=click.IntRange(1), default=None,
               help="Only this many nucleated PBC fields, spread over the list [default: all].")
 @click.option("--val-spread", type=click.IntRange(1), default=None,

@@ -48,11 +48,12 @@ def labelled_crops(bundle, backend, crops: Path, split="test"):
     return ds.split(split).labels, _predict(backend, bundle.contract, images)
 
 
-def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
+def matched_points(bundle, backend, chula: Path, split="test", scale="auto", layer=True):
     """Per labelled point of the split's frames, through the device's own red-cell code
     (RedCellClassifier: detect, cut, one batch) with a run's ruler and the device's `--rbc-scale`:
     (label index, the frame's RedCellResult, index of the detection whose box holds the point
-    (nearest centre), or None when no detection holds it). Points of classes the bundle lacks are skipped."""
+    (nearest centre), or None when no detection holds it, the RGB frame). Points of classes the bundle lacks are skipped.
+    `layer=False`: the model's own probabilities, without the bundle's size layer (fitting it)."""
     from hemaedge.benchmarks.tools.rbc_detection import chula_frames
     from hemaedge.edge.rbc_morphology import RedCellClassifier
     from hemaedge.edge.ruler import Ruler
@@ -60,7 +61,7 @@ def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
     from hemaedge.train.rbc_crops import CHULA_TYPES
 
     index = {c: i for i, c in enumerate(bundle.classes)}
-    device = RedCellClassifier(bundle, backend, scale=scale)
+    device = RedCellClassifier(bundle, backend, scale=scale, layer=layer)
     ruler = Ruler(same_slide=False)  # as `edge run` on an image folder: every frame its own field
     for f in chula_frames(chula, split):
         img = read_image_rgb(f.image)
@@ -71,15 +72,15 @@ def matched_points(bundle, backend, chula: Path, split="test", scale="auto"):
             holding = [k for k, c in enumerate(res.cells) if centre_in(c.box, (x, yy))]
             k = min(holding, key=lambda k: (res.cells[k].centre[0] - x) ** 2 + (res.cells[k].centre[1] - yy) ** 2) \
                 if holding else None
-            yield index[CHULA_TYPES[t]], res, k
+            yield index[CHULA_TYPES[t]], res, k, img
 
 
-def end_to_end(bundle, backend, chula: Path, split="test", scale="auto"):
+def end_to_end(bundle, backend, chula: Path, split="test", scale="auto", layer=True):
     """(labels, probabilities, coverage) of the labelled points of the split's frames (`matched_points`);
-    a point without a detection counts as a wrong answer."""
+    a point without a detection counts as a wrong answer. `layer=False`: without the bundle's size layer."""
     n_classes = len(bundle.classes)
     y, probs, found = [], [], 0
-    for label, res, k in matched_points(bundle, backend, chula, split, scale):
+    for label, res, k, _ in matched_points(bundle, backend, chula, split, scale, layer):
         y.append(label)
         if k is None:  # missed cell: counted as a wrong answer
             wrong = np.zeros(n_classes)
@@ -137,8 +138,15 @@ def markdown(rep) -> str:
               "comparison is indicative, not like for like).", ""]
     lines += _metrics_md("Labelled crops (centred on the labelled points)", rep["labelled_crops"])
     if rep.get("end_to_end"):
-        lines += _metrics_md(f"End to end (detected red cells, ruler from the run, --rbc-scale {rep.get('scale', 'field')})",
-                             rep["end_to_end"], rep["coverage"])
+        layer = rep.get("size_layer")
+        if layer:
+            lines += [f"Size layer of the bundle (edge/rbc_layer.py): features {', '.join(layer['features'])}, C = "
+                      f"{layer['c']}, fitted on {layer['points']} {layer['fitted_on']} ({layer['fitted']}).", ""]
+        lines += _metrics_md(f"End to end (detected red cells, ruler from the run, --rbc-scale {rep.get('scale', 'field')}"
+                             + (", with the size layer" if layer else "") + ")", rep["end_to_end"], rep["coverage"])
+        if layer:
+            lines += _metrics_md("End to end, the same frames without the size layer (the model alone)",
+                                 rep["end_to_end_model_alone"], rep["coverage"])
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +180,11 @@ def main(chula, crops, bundle, runs, split, scale, threads, prefix):
            "labelled_crops": compute_metrics(y, p, b.classes, bootstrap=1000)}
     y2, p2, cov = end_to_end(b, backend, chula, split, scale)
     rep["end_to_end"], rep["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
+    layer = (b.manifest.get("red_cells") or {}).get("layer")
+    if layer:  # the same frames without it: what the size layer changes
+        rep["size_layer"] = {k: layer.get(k) for k in ("features", "c", "points", "fitted_on", "fitted")}
+        y3, p3, cov3 = end_to_end(b, backend, chula, split, scale, layer=False)
+        rep["end_to_end_model_alone"] = compute_metrics(y3, p3, b.classes, bootstrap=1000)
     write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))
 

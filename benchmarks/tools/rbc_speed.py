@@ -47,15 +47,17 @@ def _p(values, q):
     return round(float(np.percentile(values, q)), 2) if len(values) else None
 
 
-def measure(frames, wbc_model, rbc_models: dict, backends: dict, warmup: int = 3) -> list[dict]:
+def measure(frames, wbc_model, rbc_models: dict, backends: dict, warmup: int = 3,
+            without_layer: frozenset = frozenset()) -> list[dict]:
     """`rbc_models`: name -> red-cell model; `backends`: (name, threads) -> (white-cell back end,
     red-cell back end). Every frame runs through every setting, white-only and with red cells, one
-    right after the other (same load)."""
+    right after the other (same load). Names in `without_layer` run without the bundle's size layer."""
     from hemaedge.edge.pipeline import CellClassifier
     from hemaedge.edge.rbc_morphology import RedCellClassifier
 
     pipes = {key: (CellClassifier(wbc_model, wb),
-                   CellClassifier(wbc_model, wb, red_cells=RedCellClassifier(rbc_models[key[0]], rb)))
+                   CellClassifier(wbc_model, wb, red_cells=RedCellClassifier(rbc_models[key[0]], rb,
+                                                                             layer=key[0] not in without_layer)))
              for key, (wb, rb) in backends.items()}
     rows = []
     images = [(src, path, read_image_rgb(path)) for src, path in frames]
@@ -89,6 +91,8 @@ def table(rows) -> dict:
     out["white_cpu_ms"] = {"p50": _p([r["white_cpu_ms"] for r in rows], 50)}
     per_cell = [(r["rbc_preprocess"] + r["rbc_inference"]) / r["red_cells"] for r in rows if r["red_cells"]]
     out["classify_ms_per_red_cell_p50"] = _p(per_cell, 50)
+    layer = [r.get("rbc_layer", 0.0) for r in rows]
+    out["rbc_layer"] = {"p50": _p(layer, 50), "p90": _p(layer, 90)}
     return out
 
 
@@ -122,6 +126,11 @@ def markdown(rep) -> str:
                 lines.append(f"- `{t['rbc']}`, {t['name']}, {t['threads']} threads: "
                              f"{t['rbc_total']['p50'] / base['rbc_total']['p50']:.2f}x "
                              f"(inference {t['rbc_inference']['p50'] / base['rbc_inference']['p50']:.2f}x)")
+    layered = [t for t in rep["tables"].values() if t.get("rbc_layer") and t["rbc_layer"]["p50"]]
+    if layered:
+        lines += ["", "Size layer (edge/rbc_layer.py, inside the red-cell total), ms per frame p50 (p90):", ""]
+        lines += [f"- `{t['rbc']}`, {t['name']}, {t['threads']} threads: {t['rbc_layer']['p50']} ({t['rbc_layer']['p90']})"
+                  for t in layered]
     lines += ["", "Goal (issue 15): red-cell analysis of a 640x480 frame with 30-60 red cells <= 30 ms p50 with the int8 model."]
     return "\n".join(lines) + "\n"
 
@@ -138,8 +147,10 @@ def markdown(rep) -> str:
 @click.option("--threads", "threads", type=click.IntRange(1), multiple=True,
               help="Inference threads; repeat to compare (each frame runs through every setting) "
                    "[default: all cores].")
+@click.option("--without-layer", is_flag=True,
+              help="Also run each --rbc bundle that has a size layer without it (what the layer costs).")
 @click.option("--out", "prefix", type=click.Path(path_type=Path), default=RESULTS / "rbc_speed", show_default=True)
-def main(rbc_bundles, bundle, chula, bccd, n, threads, prefix):
+def main(rbc_bundles, bundle, chula, bccd, n, threads, without_layer, prefix):
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
     from hemaedge.edge.defaults import load_model
@@ -151,15 +162,19 @@ def main(rbc_bundles, bundle, chula, bccd, n, threads, prefix):
     if len(set(names)) != len(names):
         raise click.UsageError("two --rbc bundles share a folder name; give each its own")
     rbc = {name: load_bundle(b) for name, b in zip(names, rbc_bundles)}
+    bare = frozenset(f"{name} without layer" for name, m in rbc.items()
+                     if without_layer and (m.manifest.get("red_cells") or {}).get("layer"))
+    rbc.update({name: rbc[name[:-len(" without layer")]] for name in bare})
     threads = tuple(threads) or (os.cpu_count() or 1,)
     load_start = [round(v, 2) for v in os.getloadavg()]
     rows = measure(_frames(chula, bccd, n), wbc, rbc,
                    {(name, t): (load_backend(wbc, threads=t), load_backend(m, threads=t))
-                    for name, m in rbc.items() for t in threads})
+                    for name, m in rbc.items() for t in threads}, without_layer=bare)
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()],
            "command": "python -m hemaedge.benchmarks.tools.rbc_speed" + "".join(f" --rbc {b}" for b in rbc_bundles) + (" --chula CHULA" if chula else "")
-                      + (" --bccd BCCD" if bccd else "") + f" --frames {n}" + "".join(f" --threads {t}" for t in threads),
+                      + (" --bccd BCCD" if bccd else "") + f" --frames {n}" + "".join(f" --threads {t}" for t in threads)
+                      + (" --without-layer" if without_layer else ""),
            "threads": list(threads), "wbc_model": wbc.describe(),
            "rbc_models": {name: m.describe() for name, m in rbc.items()},
            "tables": {}, "rows": rows}

@@ -22,6 +22,7 @@ import click
 import numpy as np
 
 from hemaedge.benchmarks.tools.result_files import write_result
+from hemaedge.benchmarks.tools.data_options import evaluation_sets
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 LEVELS = (0.62, 0.8, 0.95, 0.98)  # around the packaged default's own review level (0.902)
@@ -85,12 +86,7 @@ def to_markdown(r: dict) -> str:
 @click.command()
 @click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Results go to benchmarks/results/review_levels_NAME.{json,md}.")
-@click.option("--bccd", type=click.Path(exists=True, file_okay=False, path_type=Path), default="../shared/data/bccd",
-              show_default=True)
-@click.option("--pbc", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default="../shared/data/pbc_raw_val", show_default=True)
-@click.option("--bloodmnist128", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default="../shared/data/bloodmnist128", show_default=True)
+@evaluation_sets
 @click.option("--val-spread", type=click.IntRange(1), default=800, show_default=True)
 @click.option("--pbc-spread", type=click.IntRange(1), default=700, show_default=True)
 @click.option("--threads", default=2, show_default=True)

@@ -179,6 +179,8 @@ def steps(s: Settings) -> list[Step]:
     data, out, py, he, limit = s.data, s.out, s.py, s.he, s.limit
     first = ["--first", limit] if limit else []  # BCCD frames: the first N of each split
     spread = ["--spread", limit] if limit else []  # PBC fields: N spread evenly
+    # the three evaluation sets of the flag/OOD tools (benchmarks/tools/data_options.evaluation_sets)
+    eval_sets = ["--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val", "--bloodmnist128", f"{data}/bloodmnist128"]
     finetune_run = s.get("HEMAEDGE_FINETUNE_RUN", "runs/finetune-lite0")
     hybrid_runs = s.get("HEMAEDGE_HYBRID_RUNS", "runs/hybrid")
     hybrid_train = s.get("HEMAEDGE_HYBRID_TRAIN", "0") == "1"
@@ -464,25 +466,19 @@ def steps(s: Settings) -> list[Step]:
              "what drives the BCCD val errors: crop scale, centring, colour, blur, border, view averaging "
              "(BCCD val, PBC fields, BloodMNIST val) + contact sheet docs/img/zero_shot_errors_default.jpg",
              "~10 min"),
-        Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
-                                                 "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
-                                                 "--bloodmnist128", f"{data}/bloodmnist128",
+        Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default", *eval_sets,
                                                  "--val-spread", "800", "--pbc-spread", "700", "--out", out],
              [f"{out}/ood_rule_default{x}" for x in (".md", ".json")],
              "the default's unidentified rule: wrong/right flagged, confidence only vs with its OOD threshold, "
              "on BloodMNIST val, BCCD val, PBC fields", "~3 min (25 min at load 30)"),
-        Step("flag-scores", [], tool("flag_scores") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
-                                                       "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
-                                                       "--bloodmnist128", f"{data}/bloodmnist128",
+        Step("flag-scores", [], tool("flag_scores") + ["--bundle", DEFAULT_BUNDLE, "--name", "default", *eval_sets,
                                                        "--val-spread", "800", "--pbc-spread", "300", "--out", out],
              [f"{out}/flag_scores_default{x}" for x in (".md", ".json", ".png")],
              "cheap per-cell flag scores from the bundle's outputs (msp, margin, entropy, view disagreement, crop "
              "colour): AUROC wrong-vs-right and flag rates on BCCD val, PBC, BloodMNIST val + trade-off plot",
              "~1 min"),
-        Step("review-levels", [], tool("review_levels") + ["--bundle", DEFAULT_BUNDLE, "--name", "default",
-                                                           "--bccd", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
-                                                           "--bloodmnist128", f"{data}/bloodmnist128",
-                                                           "--val-spread", "800", "--pbc-spread", "700", "--out", out],
+        Step("review-levels", [], tool("review_levels") + ["--bundle", DEFAULT_BUNDLE, "--name", "default", *eval_sets,
+                                                 "--val-spread", "800", "--pbc-spread", "700", "--out", out],
              [f"{out}/review_levels_default{x}" for x in (".md", ".json")],
              "how much `edge run` flags: wrong/right answers flagged at several --review-level values and with "
              "--review-classes erythroblast,ig, on BloodMNIST val, PBC fields, BCCD val", "~1 min"),
@@ -552,16 +548,21 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              f"red-cell morphology: training runs and the bundle {bundle} on the Chula test frames",
              "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
         Step("rbcsize", [need_chula, need_bundle],
-             [*tool("rbc_size_features"), "--chula", chula, "--bundle", bundle, "--scale", "field", "--scale", "auto",
+             [*tool("rbc_size_features"), "--chula", chula, "--bundle", bundle, "--scale", "auto",
               "--out", f"{out}/rbc_size_features"],
              [f"{out}/rbc_size_features.md", f"{out}/rbc_size_features.json"],
-             f"red-cell size features in a logistic layer over {bundle} (Chula train fit, val score; "
-             "--rbc-scale field and auto)", "~6 min"),
+             f"red-cell size layer over {bundle}'s own probabilities: feature arms (Chula train fit, val score; "
+             "--rbc-scale auto)", "~2 min"),
         Step("rbcspeed", [need_chula, need_bundle],
              [*tool("rbc_speed"), "--rbc", bundle, *[a for b in baseline.split() for a in ("--rbc", b)], "--chula", chula, "--bccd", f"{data}/bccd", "--frames", "40",
               "--threads", "1", "--threads", "2", "--out", f"{out}/rbc_speed"],
              [f"{out}/rbc_speed.md", f"{out}/rbc_speed.json"],
              f"red-cell analysis per frame with {bundle}, and what it adds to the white-cell pipeline", "~2 min"),
+        Step("rbclayer", [need_chula, need_bundle],
+             [*tool("rbc_speed"), "--rbc", bundle, "--without-layer", "--chula", chula, "--frames", "40",
+              "--threads", "2", "--out", f"{out}/rbc_speed_layer"],
+             [f"{out}/rbc_speed_layer.md", f"{out}/rbc_speed_layer.json"],
+             f"what {bundle}'s size layer costs per frame (with / without it, interleaved)", "~1 min"),
         Step("rbchead", [need_chula, Need(f"{source_run}/model.keras", f"no red-cell source run at {source_run} "
                                                                         "(HEMAEDGE_RBC_SOURCE_RUN)")],
              [*tool("rbc_head_imbalance"), source_run, "--crops", "TMP/crops", "--out-run", "TMP/head-run",
