@@ -233,6 +233,7 @@ def test_the_adapted_bundle_gets_its_own_temperature_and_ood_threshold(base_mode
     per = side["ood"]["per_reference"]
     assert set(per) == {"held_out", "pbc_val"} and per["pbc_val"]["n"] == 32
     assert side["ood"]["threshold"] == max(v["threshold"] for v in per.values())
+    assert side["ood"]["unidentified_threshold"] == max(v["unidentified_threshold"] for v in per.values())
     # the threshold is the 95th percentile of the adapted model's own right answers on that reference
     from hemaedge.export.source import load_source
     from hemaedge.train.adapt import open_reference, predict, reference_split
@@ -243,6 +244,50 @@ def test_the_adapted_bundle_gets_its_own_temperature_and_ood_threshold(base_mode
     p = apply_temperature(predict(src.model, cells, src.contract), side["output"]["temperature"])
     right = p.argmax(1) == cells.labels
     assert np.isclose(np.quantile(ood_scores(p)[right], 0.95), per["pbc_val"]["threshold"], atol=2e-3)
+
+
+def test_few_held_out_cells_do_not_make_the_unidentified_level_stricter_than_pbc_vals():
+    """Bug (issue #14): the adapted bundle took both OOD tiers from the reference with the larger
+    review level. With 6 held-out new cells that is them, and their 99.5th percentile is merely
+    their largest score, far below PBC val's: right answers on the new microscope (15 of 64 BCCD
+    test cells after 25 cells) became *unidentified*. Each tier is now the larger over references."""
+    from hemaedge.edge.confidence import ood_scores
+    from hemaedge.edge.identify import OodRule
+    from hemaedge.train.adapt import confidence_sections
+
+    rng = np.random.default_rng(0)
+
+    def answers(top: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Probabilities whose top class is the label, with top probability `top`, the rest spread."""
+        p = np.tile(((1 - top) / 7)[:, None], (1, 8))
+        p[np.arange(len(top)), labels] = top
+        return p
+
+    # PBC val as the adapted model sees it: mostly sure, a tail of unsure right answers, a few wrong
+    pbc_top = np.concatenate([rng.uniform(0.97, 1.0, 380), rng.uniform(0.5, 0.9, 20), np.full(20, 0.6)])
+    pbc_y = rng.integers(0, 8, len(pbc_top))
+    pbc_p = answers(pbc_top, pbc_y)
+    pbc_y[-20:] = (pbc_y[-20:] + 1) % 8  # the last 20 answers are wrong
+    # six held-out new cells, all moderately sure (their review level is above PBC val's)
+    held_top = np.array([0.93, 0.94, 0.95, 0.9, 0.96, 0.92])
+    held_y = np.array([0, 1, 4, 5, 6, 6])
+    sections = confidence_sections({"held_out": answers(held_top, held_y), "pbc_val": pbc_p},
+                                   {"held_out": held_y, "pbc_val": pbc_y}, {"output": {"temperature": 1.0}})
+    ood, per = sections["ood"], sections["ood"]["per_reference"]
+    assert per["held_out"]["threshold"] > per["pbc_val"]["threshold"]  # the case of the bug
+    assert per["held_out"]["unidentified_threshold"] < per["pbc_val"]["unidentified_threshold"]
+    assert ood["threshold"] == per["held_out"]["threshold"] and ood["fitted_on"] == "held_out"
+    assert ood["unidentified_threshold"] == per["pbc_val"]["unidentified_threshold"]
+    assert ood["unidentified_fitted_on"] == "pbc_val"
+    # a new-microscope answer as sure as PBC val's unsure right answers is counted (flagged), not unidentified
+    t = sections["output"]["temperature"]
+    from hemaedge.train.evaluate import apply_temperature
+
+    cell = apply_temperature(answers(np.array([0.85]), np.array([4])), t)
+    score = float(ood_scores(cell)[0])
+    rule = OodRule.from_bundle({"ood": ood})
+    assert per["held_out"]["unidentified_threshold"] < score <= rule.threshold
+    assert score > rule.flag_threshold  # still flagged for review
 
 
 def test_adapt_fit_head_changes_only_the_classifier_and_its_figures_are_the_models(base_model, pbc_small,

@@ -504,6 +504,26 @@ def fit_head_only(head: dict, extractor, contract, new: Cells, replay: Cells, he
     return trainable, fit
 
 
+def levels_over_references(per: dict[str, dict]) -> dict:
+    """The OOD levels of a model that serves several microscopes: each tier (review `threshold`,
+    `unidentified_threshold`) is the most lenient of that tier over the references, so a confident
+    answer on either microscope is in distribution and no level is stricter than a reference's own.
+
+    Bug fixed 2026-12-02 (issue #14): both tiers were copied from the reference with the larger
+    review level, usually the 6-38 held-out new cells, whose 99.5th percentile is merely their
+    largest score (0.09 after 25 cells against PBC val's 0.52): the device then called 15 of 64 right
+    BCCD answers *unidentified*. The other statistics (`n`, `mean`, ...) are those of the reference
+    that set the review level (`fitted_on`); `unidentified_fitted_on` names the other tier's."""
+    review = max(per, key=lambda k: per[k]["threshold"])
+    out = {**per[review], "fitted_on": review}
+    tiers = [k for k in per if per[k].get("unidentified_threshold") is not None]
+    if tiers:
+        unid = max(tiers, key=lambda k: per[k]["unidentified_threshold"])
+        out.update(unidentified_threshold=per[unid]["unidentified_threshold"], unidentified_fitted_on=unid)
+        out.pop("wrong_above_unidentified_threshold", None)  # it was the review reference's, at its own level
+    return out
+
+
 def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                         base_sidecar: dict) -> dict:
     """The adapted model's own `output.temperature`, `ood` and (OOD part of) `domain` sections.
@@ -511,10 +531,9 @@ def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, 
     The base's would be stale: adapting moves the model's confidences, and a threshold fitted to the
     base makes many right answers on the new microscope "unidentified". Temperature: fitted on all
     the reference cells (PBC val and the held-out new cells) together. OOD threshold: the base
-    recipe's 95th percentile of correctly classified cells' scores, per microscope, and the larger
-    of the two (a confident answer on either microscope is in distribution; with few held-out cells
-    the new microscope's quantile is rough, and recorded as such). The colour reference stays the
-    base's (its training images), as the device's domain check has one reference colour."""
+    recipe's 95th percentile (review) and 99.5th (unidentified) of correctly classified cells' scores,
+    per microscope, each tier the larger over the microscopes (`levels_over_references`). The colour
+    reference stays the base's (its training images), as the device's domain check has one reference colour."""
     from hemaedge.edge.confidence import ood_scores, ood_section
     from hemaedge.edge.domain import ood_limit
     from hemaedge.train.evaluate import apply_temperature, fit_temperature
@@ -524,8 +543,7 @@ def confidence_sections(probabilities: dict[str, np.ndarray], labels: dict[str, 
     y_all = np.concatenate([labels[k] for k in names])
     t = fit_temperature(y_all, p_all)
     per = {k: ood_section(apply_temperature(probabilities[k], t), labels[k]) for k in names}
-    chosen = max(names, key=lambda k: per[k]["threshold"])
-    ood = {**per[chosen], "fitted_on": chosen, "per_reference": per}
+    ood = {**levels_over_references(per), "per_reference": per}
     out = {"output": {**(base_sidecar.get("output") or {}), "temperature": round(float(t), 6),
                       "temperature_fitted_on": "+".join(names)}, "ood": ood}
     if base_sidecar.get("domain"):

@@ -345,13 +345,23 @@ def steps(s: Settings) -> list[Step]:
                                           f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_defaults.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
               ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-flips-head",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-flips-head-tiers",
               "--out", f"{out}/adapt_bccd_default_v2_ep10_defaults", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
              [f"{out}/adapt_bccd_default_v2_ep10_defaults{x}" for x in (".md", ".json")],
              "the same with `train adapt`'s default recipe (--fit head: classifier layer on frozen features, replay x12, "
              "distill 0.5; the multi-domain row of #13 is its 200 step), 25-200 cells",
              "~3 min per step"),
+        Step("adapt-ood-levels", [Need(f"{adapt_work_default}/steps-flips-head-tiers/adapt-100-seed0/model.keras",
+                                       f"no adapt-bccd-defaults adaptations in {adapt_work_default}/steps-flips-head-tiers; "
+                                       f"kept {out}/adapt_ood_levels.*")],
+             [py, "-m", "hemaedge.benchmarks.tools.adapt_ood_levels", "--work",
+              f"{adapt_work_default}/steps-flips-head-tiers", "--steps", "25,50,100", "--out", f"{out}/adapt_ood_levels"],
+             [f"{out}/adapt_ood_levels{x}" for x in (".md", ".json")],
+             "the adapted bundles' unidentified level, old rule (both tiers from the few held-out cells) against new "
+             "(each tier the larger over references), on the BCCD train cells each adaptation did not use "
+             "(run after adapt-bccd-defaults)",
+             "~1 min"),
         Step("adapt-bccd-epoch4", [Need(f"{adapt_e4_base}/manifest.json",
                                         f"no base bundle at {adapt_e4_base}; kept {out}/adapt_bccd_default_v2_epoch4.*")],
              [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_e4_base, "--label",
