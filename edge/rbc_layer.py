@@ -58,11 +58,11 @@ def size_features(cells, reference_diameter: float | None, names, image: np.ndar
     length = np.array([max(1, c.box[2] - c.box[0], c.box[3] - c.box[1]) for c in cells], float)
     whole = np.array([not c.edge for c in cells], bool)
     ruler = whole if whole.any() else np.ones(len(cells), bool)
-    def _relative(v):
+    def _relative(v):  # against the frame's median whole cell
         return np.log(v / np.median(v[ruler]))
 
-    cols = {"relative_area": lambda: np.log(area / np.median(area[ruler])),
-            "relative_length": lambda: np.log(length / np.median(length[ruler])),
+    cols = {"relative_area": lambda: _relative(area),
+            "relative_length": lambda: _relative(length),
             "absolute_area": lambda: np.log(area / (np.pi * (reference_diameter / 2) ** 2)) if reference_diameter
             else np.zeros(len(cells)),
             "relative_centre_light": lambda: _relative(_light(image, cells, 0.35)),
