@@ -493,10 +493,8 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         area = stats[1:, cv2.CC_STAT_AREA]
         split[1:] = area > hi
         if p.split_misshapen:  # sized like a platelet but too wide or too long for one: joined bodies
-            bw, bh = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]
-            side = np.maximum(bw, bh)
-            split[1:] |= (area >= lo) & ((side > p.max_platelet_side_rbc * rbc_px)
-                                         | (side > 3 * np.maximum(1, np.minimum(bw, bh))))
+            split[1:] |= (area >= lo) & _misshapen(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT],
+                                                   rbc_px, p)
     # (label image, its stats, label, the label image's origin in the frame) of each candidate body
     bodies = [(labels, stats, k, 0, 0) for k in _sized(stats, lo, hi) if not split[k]]
     pale_labels = labels
@@ -529,8 +527,7 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
     out = []
     for labels, stats, k, ox, oy in bodies:
         lx, ly, bw, bh = (int(v) for v in stats[k, :4])
-        side = max(bw, bh)
-        if side > 3 * max(1, min(bw, bh)) or side > p.max_platelet_side_rbc * rbc_px:
+        if _misshapen(bw, bh, rbc_px, p):
             continue
         x, y = lx + ox, ly + oy
         roi = (slice(y, y + bh), slice(x, x + bw))
@@ -538,7 +535,7 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         score = float(s[roi][inside].mean())
         if score < max(p.platelet_min_z * spread, p.platelet_min_score):
             continue
-        if side > p.pale_platelet_side_rbc * rbc_px and score < p.pale_platelet_z * spread:
+        if max(bw, bh) > p.pale_platelet_side_rbc * rbc_px and score < p.pale_platelet_z * spread:
             continue  # large and pale: a smear of stain
         if (float(_blue_minus_red(image[roi])[inside].mean()) - background_blue) < p.platelet_min_blue * score:
             continue  # pink-magenta: a speck of stain on a red cell, not a platelet
@@ -586,6 +583,13 @@ def _ring_share(green: np.ndarray, level: float, box, width: int) -> float:
     if ring <= 0:
         return 0.0
     return (int(np.count_nonzero(red)) - int(np.count_nonzero(red[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0]))) / ring
+
+
+def _misshapen(bw, bh, rbc_px: float, p: SegmentParams):
+    """A body box (width, height; numbers or arrays) too wide for one platelet or more than 3 times
+    longer than wide: not one platelet."""
+    side = np.maximum(bw, bh)
+    return (side > p.max_platelet_side_rbc * rbc_px) | (side > 3 * np.maximum(1, np.minimum(bw, bh)))
 
 
 def _solidity(inside: np.ndarray) -> float:
