@@ -90,13 +90,15 @@ class OodRule:
     flag_source: str = "bundle"  # where the review level came from: "bundle", "user" or "none"
 
     @classmethod
-    def from_bundle(cls, manifest: dict | None, override=None, review_level: float | None = None) -> "OodRule":
+    def from_bundle(cls, manifest: dict | None, override=None, review_level: float | None = None,
+                    unidentified_below: float | None = None) -> "OodRule":
         """The rule for a bundle: its `ood` section's levels (calibrated on the training
         domain's validation split), unless `override` says otherwise: a number (your own
         unidentified level; the bundle's review level still flags cells below it), "off"
         (confidence only) or None/"auto" (the bundle's). `review_level` (a top probability,
         `parse_review_level`) replaces the bundle's review level: a counted cell less sure than
-        that is flagged; it must not be below the unidentified level (UsageError)."""
+        that is flagged; it must not be below the unidentified level, the OOD one or the confidence
+        one `unidentified_below` (UsageError)."""
         rule = cls._from_bundle(manifest, override)
         if review_level is None:
             return rule if rule.flag_threshold is not None else replace(rule, flag_source="none")
@@ -105,6 +107,10 @@ class OodRule:
             raise UsageError(f"--review-level {p:g} is below the unidentified level {math.exp(-rule.threshold):.3f} "
                              f"(OOD score {rule.threshold:g}): cells that unsure are already unidentified; give a "
                              f"review level between {math.exp(-rule.threshold):.3f} and 1")
+        if unidentified_below is not None and p < unidentified_below:
+            raise UsageError(f"--review-level {p:g} is below the unidentified level {unidentified_below:g} "
+                             f"(--unidentified-below): cells that unsure are already unidentified; give a review "
+                             f"level between {unidentified_below:g} and 1")
         kept = rule.note.split("; the bundle's review level")[0].split("; counted but flagged")[0]
         return replace(rule, flag_threshold=round(-math.log(p), 6), flag_source="user",
                        note=kept + f"; review level {p:g} given by the user (--review-level): counted cells with "

@@ -14,9 +14,8 @@ import numpy as np
 
 from hemaedge.edge.domain import DomainMonitor
 from hemaedge.edge.focus import blank_reason, grey_small
-from hemaedge.edge.errors import UsageError
 from hemaedge.edge.identify import (REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, OodRule, decide, is_platelet_clump,
-                                    parse_review_classes, parse_review_level)
+                                    parse_review_classes)
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
@@ -96,12 +95,7 @@ class CellClassifier:
         # `review_level` (a top probability) moves the review level, `review_classes` sends every
         # call of those classes to review (both opt-in; `identify.OodRule`, `identify.decide`)
         self.ood_rule = OodRule.from_bundle(manifest if isinstance(manifest, dict) else None, ood_threshold,
-                                            review_level=review_level)
-        review_level = None if review_level is None else parse_review_level(review_level)
-        if review_level is not None and review_level < unidentified_below:
-            raise UsageError(f"--review-level {review_level:g} is below the unidentified level {unidentified_below:g} "
-                             f"(--unidentified-below): cells that unsure are already unidentified; give a review "
-                             f"level between {unidentified_below:g} and 1")
+                                            review_level=review_level, unidentified_below=unidentified_below)
         self.review_classes = parse_review_classes(review_classes, self.classes)
         # said once per run: an old bundle's rule is not the two-tier one users read about
         (logger.info if self.ood_rule.flag_threshold is not None or self.ood_rule.source == "off"
