@@ -23,7 +23,7 @@ DEFAULT_C = 1.0
 def labelled_inputs(bundle, backend, chula: Path, split: str, features, scale: str = "auto") -> dict:
     """Per labelled point of the split's frames: layer input row (`edge.rbc_layer.layer_inputs` of the
     model alone), label, whether a detection holds it, frame number. Missed points get a zero row."""
-    from hemaedge.benchmarks.tools.rbc_morphology import matched_points
+    from hemaedge.train.rbc_points import matched_points
     from hemaedge.edge.rbc_layer import layer_inputs
     from hemaedge.edge.rbc_morphology import manifest_reference_diameter
 

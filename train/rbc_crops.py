@@ -109,6 +109,15 @@ def split_frames(names, seed: int = 42, fractions=None) -> dict:
     return out
 
 
+def chula_frames(root: Path, split: str) -> list[LabelledFrame]:
+    """The Chula frames of one split of the seeded frame-level split (`split_frames`), or "all"."""
+    frames = read_chula(root)
+    if split == "all":
+        return frames
+    splits = split_frames([f.name for f in frames])
+    return [f for f in frames if splits[f.name] == split]
+
+
 def dataset_diameter(frames, max_frames: int = 100) -> float:
     """Median red-cell diameter (px) over evenly spaced frames: the data set's magnification."""
     pick = frames[:: max(1, len(frames) // max_frames)]

@@ -35,18 +35,9 @@ from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.edge.preprocess import read_image_rgb
 from hemaedge.edge.rbc import RBC_METHODS, RbcParams, detect_red_cells
 from hemaedge.edge.segment import centre_in
+from hemaedge.train.rbc_crops import chula_frames
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-
-
-def chula_frames(root: Path, split: str):
-    from hemaedge.train.rbc_crops import read_chula, split_frames
-
-    frames = read_chula(root)
-    if split == "all":
-        return frames
-    splits = split_frames([f.name for f in frames])
-    return [f for f in frames if splits[f.name] == split]
 
 
 def score_points(cells, points, d: float) -> dict:

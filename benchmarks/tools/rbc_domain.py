@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def _sets(chula: Path, bccd: Path | None, pbc: Path | None, n: int) -> dict:
-    from hemaedge.benchmarks.tools.rbc_detection import chula_frames
+    from hemaedge.train.rbc_crops import chula_frames
 
     out = {"chula val (in domain)": [(f.image, f.points) for f in chula_frames(chula, "val")]}
     if bccd:

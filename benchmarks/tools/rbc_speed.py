@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 def _frames(chula: Path | None, bccd: Path | None, n: int):
     out = []
     if chula:
-        from hemaedge.benchmarks.tools.rbc_detection import chula_frames
+        from hemaedge.train.rbc_crops import chula_frames
 
         out += [("chula", f.image) for f in chula_frames(chula, "test")[:n]]
     if bccd:
