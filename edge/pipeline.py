@@ -136,12 +136,16 @@ class CellClassifier:
         for d in dets:
             crop = extract_crop(image, d.crop)
             if (d.kind == "platelet" or d.size_ambiguous) and nucleated and self.mask_neighbours:
-                if fill is None:
-                    fill = background_colour(image)
                 # never paint over the platelet itself (one lying on a white cell's box)
                 others = [b for b in nucleated
                           if b != d.box and not (b[0] <= d.centre[0] <= b[2] and b[1] <= d.centre[1] <= b[3])]
-                crop = _paint_boxes(crop, d.crop, others, fill)
+                parts = _parts_in_crop(d.crop, others)
+                if parts:  # the background colour only for a frame whose crops need it
+                    if fill is None:
+                        fill = background_colour(image)
+                    crop = crop.copy()
+                    for x0, y0, x1, y1 in parts:
+                        crop[y0:y1, x0:x1] = fill
             out.append(crop)
         return out
 
@@ -223,16 +227,17 @@ def background_colour(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _paint_boxes(crop: np.ndarray, square: tuple[int, int, int], boxes, fill: np.ndarray) -> np.ndarray:
-    """The crop (cut around `square`) with every box (frame coordinates) filled with `fill`."""
+def _parts_in_crop(square: tuple[int, int, int], boxes) -> list[tuple[int, int, int, int]]:
+    """The parts of the boxes (frame coordinates) that lie in the crop cut around `square`, in
+    crop coordinates (x0, y0, x1, y1); boxes outside it are left out."""
     cx, cy, side = square
     x0, y0 = cx - side // 2, cy - side // 2
-    out = crop.copy()
+    out = []
     for bx0, by0, bx1, by1 in boxes:
         a, b = max(0, bx0 - x0), max(0, by0 - y0)
         c, d = min(side, bx1 - x0), min(side, by1 - y0)
         if c > a and d > b:
-            out[b:d, a:c] = fill
+            out.append((a, b, c, d))
     return out
 
 

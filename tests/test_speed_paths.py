@@ -59,6 +59,29 @@ def upper_quartile_cut_reference(values):
     return np.percentile(values, 75)
 
 
+def crops_for_reference(image, dets):
+    """CellClassifier.crops_for before the speed work: the background colour of every frame with
+    a platelet and a nucleated cell, each platelet crop a painted copy."""
+    nucleated = [d.box for d in dets if d.kind == "wbc"]
+    out = []
+    for d in dets:
+        crop = segment.extract_crop(image, d.crop)
+        if (d.kind == "platelet" or d.size_ambiguous) and nucleated:
+            fill = background_colour_reference(image)
+            others = [b for b in nucleated
+                      if b != d.box and not (b[0] <= d.centre[0] <= b[2] and b[1] <= d.centre[1] <= b[3])]
+            cx, cy, side = d.crop
+            x0, y0 = cx - side // 2, cy - side // 2
+            crop = crop.copy()
+            for bx0, by0, bx1, by1 in others:
+                a, b = max(0, bx0 - x0), max(0, by0 - y0)
+                c, e = min(side, bx1 - x0), min(side, by1 - y0)
+                if c > a and e > b:
+                    crop[b:e, a:c] = fill
+        out.append(crop)
+    return out
+
+
 def _random_images(rng, n):
     for k in range(n):
         h, w = (int(v) for v in rng.integers(1, 70, 2))
@@ -160,6 +183,24 @@ def test_same_cells_labels_and_probabilities_on_the_samples(monkeypatch):
     assert sum(len(r[1]) for r in fast) > 5  # the samples have cells, platelet crops painted included
 
 
+def test_crops_are_painted_as_before_with_the_background_colour_only_where_needed(bccd, monkeypatch):
+    """crops_for takes the frame's background colour only when a nucleated cell's box lies in a
+    platelet crop: the same crops, byte for byte, as painting with it in every such frame."""
+    from hemaedge.edge.defaults import load_model
+
+    clf = pipeline.CellClassifier(load_model(None), backend=None)
+    frames = [read_image_rgb(f) for f in SAMPLES + sorted((bccd / "JPEGImages").glob("*.jpg"))[:120:2]]
+    found = [(img, clf.find_cells(img)[2]) for img in frames]
+    calls = []
+    monkeypatch.setattr(pipeline, "background_colour", lambda im: calls.append(1) or background_colour_reference(im))
+    painted = 0
+    for img, dets in found:
+        got, want = clf.crops_for(img, dets), crops_for_reference(img, dets)
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+        painted += sum(not np.array_equal(a, segment.extract_crop(img, d.crop)) for a, d in zip(got, dets))
+    assert painted > 0 and 0 < len(calls) < len(frames)  # some crops painted; frames without need skipped
+
+
 def test_sharpness_is_the_variance_of_the_laplacian():
     from hemaedge.edge import focus
 
@@ -195,6 +236,27 @@ def test_robust_spread_and_median_f32_on_odd_and_degenerate_arrays():
         for guess, width in ((float(np.median(flat)), 1.0), (1e6, 1.0), (-1e6, 5.0), (0.0, 0.0), (0.0, 1e9)):
             m = segment.median_f32(flat.copy(), guess, width)
             assert m == np.median(flat) and np.asarray(m).dtype == np.float32
+        for part in (flat, flat[:-1] if flat.size > 1 else flat, flat[:1], flat[:2]):  # no guess: odd and even counts
+            m = segment.median_f32(part.copy())
+            assert m == np.median(part) and np.asarray(m).dtype == np.float32
+
+
+def test_stain_channel_median_and_platelet_means_are_numpys(bccd):
+    """stain_channel's background level (median_f32 without a guess) and the platelet scores
+    (mean_f32 of a body's stain and blue minus red) are np.median's and np.mean's values, bit
+    for bit, on real work copies and on sizes where numpy's pairwise float32 sum rounds."""
+    for f in SAMPLES + sorted((bccd / "JPEGImages").glob("*.jpg"))[::10]:
+        small = segment.work_image(read_image_rgb(f))
+        _, g, b = cv2.split(small)
+        raw = cv2.GaussianBlur(cv2.subtract(b, g, dtype=cv2.CV_32F), (5, 5), 0)
+        assert segment.median_f32(raw[::4, ::4].ravel()) == np.median(raw[::4, ::4]), f.name
+        s = segment.stain_channel(small)
+        for part in (s.ravel()[:37], s[s > 10], s.ravel()):
+            assert segment.mean_f32(part) == float(part.mean()), f.name
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 7, 8, 9, 127, 128, 129, 1000, 4099, 100_001):
+        a = rng.normal(30, 200, n).astype(np.float32)
+        assert segment.mean_f32(a) == float(a.mean()), n
 
 
 # ----------------------------------------------------------------------------- tolerance: stage motion
