@@ -317,11 +317,16 @@ def _colour_lut(spec: dict, src: np.ndarray) -> np.ndarray:
     ref = np.array((spec["background"], spec["cells"]), dtype=np.float32)
     d_src, d_ref = src[1] - src[0], ref[1] - ref[0]
     ok = (np.abs(d_src) >= 2.0) & (np.sign(d_src) == np.sign(d_ref))
-    gain = np.where(ok, np.clip(d_ref / np.where(ok, d_src, 1.0), *_STRETCH), 1.0)
+    # the ufuncs themselves, not np.clip / np.round (the same values: nothing here is NaN), whose
+    # Python wrappers cost more than these few hundred values
+    gain = np.where(ok, np.minimum(np.maximum(d_ref / np.where(ok, d_src, 1.0), _STRETCH[0]), _STRETCH[1]), 1.0)
     x = _LEVELS - src[0]
     x *= gain
     x += ref[0]
-    return np.clip(np.round(x, out=x), 0, 255, out=x).astype(np.uint8).reshape(256, 1, 3)
+    np.rint(x, out=x)  # np.round's half to even
+    np.maximum(x, 0, out=x)
+    np.minimum(x, 255, out=x)
+    return x.astype(np.uint8).reshape(256, 1, 3)
 
 
 def apply_preprocess(image: np.ndarray, contract: InputContract) -> np.ndarray:

@@ -127,15 +127,22 @@ class Tracker:
         per detection (new tracks for unmatched ones)."""
         self._close_old(frame_index)
         pairs = []
-        for i, (det, xy) in enumerate(zip(detections, slide_xy)):
-            kind = segment_kind(det)
-            for j, t in enumerate(self.tracks):
-                if t.kind != kind or t.last_frame == frame_index:
-                    continue
-                dist = float(np.hypot(*(np.asarray(xy) - t.slide_xy)))
-                gate = self.gate if frame_index - t.last_frame <= self.recent_frames else self.reacquire_gate
-                if dist <= max(self.min_gate_px, gate * max(det.size, t.size)):
-                    pairs.append((dist, i, j))
+        if self.tracks and len(detections):
+            # every open track at once (a live feed keeps hundreds open): the distances and gates
+            # of the one-track-at-a-time loop, element by element the same float64 operations
+            tracks = self.tracks
+            where = np.array([t.slide_xy for t in tracks], np.float64)
+            kinds = np.array([t.kind for t in tracks])
+            last = np.array([t.last_frame for t in tracks])
+            size = np.array([t.size for t in tracks], np.float64)
+            gate = np.where(frame_index - last <= self.recent_frames, self.gate, self.reacquire_gate)
+            open_now = last != frame_index
+            for i, (det, xy) in enumerate(zip(detections, slide_xy)):
+                d = np.asarray(xy) - where
+                dist = np.hypot(d[:, 0], d[:, 1])
+                near = dist <= np.maximum(self.min_gate_px, gate * np.maximum(det.size, size))
+                for j in np.flatnonzero(near & open_now & (kinds == segment_kind(det))).tolist():
+                    pairs.append((float(dist[j]), i, j))
         pairs.sort()
         owner: dict[int, int] = {}
         used = set()

@@ -345,3 +345,78 @@ def test_same_count_and_focus_verdicts_with_grey_from_the_small_colour_copy(pan,
     monkeypatch.delattr(pipeline.CellClassifier, "work_image")  # the whole frame's grey, as before
     whole = count()
     assert small == whole
+
+
+# ----------------------------------------------------------------------------- exact: the tracker
+
+
+class _TrackerReference(tracking.Tracker):
+    """Tracker.update before the speed work: each detection against each open track in turn."""
+
+    def update(self, frame_index, detections, slide_xy, probs):
+        self._close_old(frame_index)
+        pairs = []
+        for i, (det, xy) in enumerate(zip(detections, slide_xy)):
+            kind = tracking.segment_kind(det)
+            for j, t in enumerate(self.tracks):
+                if t.kind != kind or t.last_frame == frame_index:
+                    continue
+                dist = float(np.hypot(*(np.asarray(xy) - t.slide_xy)))
+                gate = self.gate if frame_index - t.last_frame <= self.recent_frames else self.reacquire_gate
+                if dist <= max(self.min_gate_px, gate * max(det.size, t.size)):
+                    pairs.append((dist, i, j))
+        pairs.sort()
+        owner, used = {}, set()
+        for _, i, j in pairs:
+            if i not in owner and j not in used:
+                owner[i] = j
+                used.add(j)
+        ids = []
+        for i, (det, xy) in enumerate(zip(detections, slide_xy)):
+            if i in owner:
+                t = self.tracks[owner[i]]
+                t.slide_xy = (t.slide_xy * t.views + np.asarray(xy)) / (t.views + 1)
+                t.size = max(t.size, det.size)
+            else:
+                t = tracking.Track(self._next_id, tracking.segment_kind(det), np.asarray(xy, np.float64),
+                                   float(det.size), frame_index, frame_index)
+                self._next_id += 1
+                self.tracks.append(t)
+            t.last_frame = frame_index
+            t.views += 1
+            t.full_views += not det.at_edge
+            ambiguous = bool(getattr(det, "size_ambiguous", False))
+            t.ambiguous_views += ambiguous
+            t.clump_views += ambiguous and det.kind == "platelet"
+            t.on_red_cell_views += bool(getattr(det, "on_red_cell", False))
+            if probs is not None and len(probs):
+                t.prob_sum = probs[i].astype(np.float64) if t.prob_sum is None else t.prob_sum + probs[i]
+            ids.append(t.id)
+        return ids
+
+
+def test_tracker_matches_all_open_tracks_at_once_as_one_by_one():
+    """Hundreds of open tracks (a long live feed), cells seen again at jittered places, missed
+    for a while, new ones, ties in size and distance, frames without cells: the same track of
+    every detection and the same tracks as the one-track-at-a-time loop."""
+    rng = np.random.default_rng(11)
+    cells = [(rng.uniform(0, 3000), rng.uniform(0, 2000), int(rng.integers(8, 90)),
+              str(rng.choice(["wbc", "platelet"])), bool(rng.random() < 0.2)) for _ in range(400)]
+    fast, ref = tracking.Tracker(keep_frames=60), _TrackerReference(keep_frames=60)
+    seen = 0
+    for frame in range(160):
+        shown = [c for c in cells if rng.random() < 0.04]
+        dets, xy = [], []
+        for x, y, size, kind, ambiguous in shown:
+            dets.append(segment.Detection((0, 0, size, size), kind, size * size, at_edge=bool(rng.random() < 0.1),
+                                          size_ambiguous=ambiguous))
+            jitter = rng.normal(0, 4, 2) if rng.random() < 0.9 else rng.normal(0, 60, 2)
+            xy.append((float(np.round(x + jitter[0])), float(np.round(y + jitter[1]))))  # rounded: ties
+        probs = rng.dirichlet(np.ones(5), len(dets)).astype(np.float32)
+        assert fast.update(frame, dets, xy, probs) == ref.update(frame, dets, xy, probs), frame
+        seen += len(dets)
+    assert seen > 1500 and len(fast.tracks) > 50
+    key = lambda t: (t.id, t.kind, t.slide_xy.tolist(), t.size, t.views, t.full_views, t.clump_views,
+                     t.last_frame, t.prob_sum.tolist())
+    assert [key(t) for t in fast.all_tracks()] == [key(t) for t in ref.all_tracks()]
+    assert any(t.views > 1 for t in fast.all_tracks())
