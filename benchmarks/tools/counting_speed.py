@@ -55,6 +55,11 @@ def baseline_package(src: Path, where: Path) -> Path:
     return where
 
 
+def _short_commit(checkout: Path) -> str:
+    return subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
 def run_once(kind: str, source: str, frames: int, out: Path, pythonpath: str | None) -> dict:
     args = ["edge", "run", "-q", "--source", source, "--max-frames", str(frames), "--threads", "2", "--out", str(out)]
     if kind == "tracking":
@@ -86,16 +91,20 @@ STAGES_TOOL = Path(__file__).resolve().parent / "counting_stages.py"
 
 
 def stage_cpu(base_path: str, source: str, frames: int, repeats: int, tmp: Path,
-              before_bundle: Path | None = None) -> dict:
+              before_bundle: Path | None = None, previous: tuple[str, str] | None = None) -> dict:
     """Single-thread CPU ms per frame of the pipeline before (image folder) and now (image folder,
     one slide), from `counting_stages --threads 1`: one thread (OpenCV and the model), so no worker
     thread burns CPU waiting for a descheduled partner; short runs, interleaved, `repeats` rounds.
     `before_bundle`: the baseline's packaged model, also run by this code with tracking (the
     pipeline's own cost apart from the model's: the default now has colour normalisation and two
-    test-time views, the baseline's neither)."""
+    test-time views, the baseline's neither). `previous`: (commit, linked package) of an earlier
+    version of this code, also run with tracking: what a change of this pipeline saved, measured
+    in the same rounds (the load moves the ratio to `before` by more than one pass saves)."""
     jobs = {"before": (base_path, "folder", None), "fields": (None, "folder", None), "tracking": (None, "slide", None)}
     if before_bundle is not None:
         jobs["tracking, before's model"] = (None, "slide", before_bundle)
+    if previous is not None:
+        jobs[f"tracking, code of {previous[0]}"] = (previous[1], "slide", None)
     out = {name: [] for name in jobs}
     for k in range(repeats):
         for name, (pythonpath, mode, bundle) in jobs.items():
@@ -173,13 +182,18 @@ def to_markdown(r: dict) -> str:
 @click.option("--stage-rounds", default=3, show_default=True, type=click.IntRange(0, 20),
               help="Rounds of the single-thread CPU comparison (counting_stages; 0: none).")
 @click.option("--stage-frames", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--previous-src", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A checkout of an earlier version of this code: one more single-thread row, with tracking.")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
-def main(baseline_src, source, frames, repeats, stage_rounds, stage_frames, out):
+def main(baseline_src, source, frames, repeats, stage_rounds, stage_frames, previous_src, out):
     """Per-frame latency and peak memory: before the counting stages, with them, and with tracking."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = {"before": [], "fields": [], "tracking": []}
     with tempfile.TemporaryDirectory(prefix="hemaedge-speed-") as tmp:
         base_path = str(baseline_package(baseline_src.resolve(), Path(tmp) / "pkg"))
+        previous = None
+        if previous_src:
+            previous = (_short_commit(previous_src), str(baseline_package(previous_src.resolve(), Path(tmp) / "previous")))
         startup = {name: run_once(name, source, 1, Path(tmp) / f"{name}-startup", base_path if name == "before" else None)["cpu_s"]
                    for name in res}
         for k in range(repeats):
@@ -190,14 +204,15 @@ def main(baseline_src, source, frames, repeats, stage_rounds, stage_frames, out)
                 click.echo(f"{name} run {k + 1}: total p50 {r['total_p50']} ms, peak {r['peak_rss_mb']} MB")
         base_bundle = baseline_src.resolve() / "src/hemaedge/models/default"
         stages = stage_cpu(base_path, source, stage_frames, stage_rounds, Path(tmp),
-                           base_bundle if (base_bundle / "manifest.json").exists() else None) if stage_rounds else None
-    commit = subprocess.run(["git", "-C", str(baseline_src), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+                           base_bundle if (base_bundle / "manifest.json").exists() else None,
+                           previous) if stage_rounds else None
+    commit = _short_commit(baseline_src)
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "baseline_commit": commit,
               "load_average": [round(v, 2) for v in load] if load else None,
               "command": f"python -m hemaedge.benchmarks.tools.counting_speed --baseline-src <checkout of {commit}> "
                          f"--source {source} --frames {frames} --repeats {repeats} --stage-rounds {stage_rounds} "
-                         f"--stage-frames {stage_frames}",
+                         f"--stage-frames {stage_frames}"
+                         + (f" --previous-src <checkout of {previous[0]}>" if previous_src else ""),
               "source": source, "frames": frames, "repeats": repeats, "startup_cpu_s": startup, "pipelines": res,
               "stage_frames": stage_frames, "stage_cpu": stages,
               "bundles": {"before": bundle_name(baseline_src), "now": bundle_name(Path(__file__).resolve().parents[2])}}

@@ -32,7 +32,8 @@ HEMAEDGE_RBC_BASELINE (earlier red-cell bundle(s) measured beside it in rbc_doma
 (the backbone run of the rbchead table, default runs/rbc/ft-lite0-64-none: the second pass's; the packaged
 model is that run resumed to 8 epochs, runs/rbc/ft64-resume), HEMAEDGE_RBC_CROPS_ARGS (how
 rbcmodel cuts the labelled crops: the bundle's training geometry, default "--diameter 42.8"), HEMAEDGE_STEP_TIMEOUT (seconds
-any one command may run, default 10800; 0 = no limit). Commands run under `nice -n 10`.
+any one command may run, default 10800; 0 = no limit), HEMAEDGE_PREVIOUS_SRC (counting_speed: a checkout of an
+earlier version of this code, one more single-thread row with tracking). Commands run under `nice -n 10`.
 """
 from __future__ import annotations
 
@@ -277,10 +278,12 @@ def steps(s: Settings) -> list[Step]:
         Step("counting_speed", [Need(f"{baseline}/edge/pipeline.py", "no HEMAEDGE_BASELINE_SRC checkout to compare "
                                                                      f"with; kept {out}/counting_speed.*")],
              [*tool("counting_speed"), "--baseline-src", baseline, "--source", f"{data}/bccd/JPEGImages",
-              "--frames", frames, "--repeats", "3", "--out", out],
+              "--frames", frames, "--repeats", "3", "--out", out]
+             + (["--previous-src", s.get("HEMAEDGE_PREVIOUS_SRC")] if s.get("HEMAEDGE_PREVIOUS_SRC") else []),
              [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
              "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "
-             "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking", "~4 min"),
+             "e.g. `git worktree add --detach DIR <commit>`), with them, and with tracking (and, with "
+             "HEMAEDGE_PREVIOUS_SRC, an earlier checkout of this code with tracking, single-thread)", "~4 min"),
         Step("peer_speed", [Need(peer_python, "no HEMAEDGE_PEER_PYTHON (python of a separate virtualenv with the "
                                               f"`peer` extra); kept {out}/peer_speed.*")],
              [*tool("peer_speed"), "--peer-python", peer_python, "--source", f"{data}/bccd/JPEGImages",
