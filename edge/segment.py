@@ -304,7 +304,7 @@ def _middle_values(a: np.ndarray, guess: float, width: float):
 def median_f32(a: np.ndarray, guess: float | None = None, width: float = 0.0) -> np.float32:
     """np.median of the float32 values `a` (1-D, no NaN), exactly: `_middle_values` around a
     guess when there is one, else (or when the guess was off) one partial sort of all values.
-    (A third of np.median's cost on the few thousand values of a subsample.)"""
+    (Under half np.median's cost on the few thousand values of a subsample.)"""
     m = None if guess is None else _middle_values(a, guess, width)
     if m is not None:
         return m
