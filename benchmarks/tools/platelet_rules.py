@@ -32,8 +32,11 @@ VARIANTS = [
     ("- on a red cell", "a candidate lying on a red cell is counted", {"platelet_on_red_cell": 1.0}),
     ("- large and pale", "a large pale body is kept", {"pale_platelet_side_rbc": 9.0}),
     ("- blue-violet", "a pink-magenta speck is kept", {"platelet_min_blue": -99.0}),
-    ("previous default (2026-12-02, before this table)", "no splitting of too-wide bodies, no solidity",
-     {"split_misshapen": False, "platelet_min_solidity": 0.0}),
+    ("- stain in all", "a body holding little stain in all (area x mean stain < 0.13 d² SDs) is kept",
+     {"platelet_min_stain": 0.0}),
+    ("- large and pale at 3.5 SDs", "the large-and-pale level at its former 4 robust SDs", {"pale_platelet_z": 4.0}),
+    ("previous default (fifth pass, 2026-12-02)", "no stain-in-all rule, large-and-pale at 4 SDs",
+     {"platelet_min_stain": 0.0, "pale_platelet_z": 4.0}),
 ]
 SPLITS = {"train + val": ("train", "val"), "test": ("test",)}
 
