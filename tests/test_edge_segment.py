@@ -276,7 +276,8 @@ def test_a_ragged_body_is_not_a_platelet(bccd):
     the shape rule off, gone with it on, and every VOC platelet found without it still found."""
     ragged = {"BloodImage_00064": (94, 342, 136, 380), "BloodImage_00196": (136, 58, 176, 96),
               "BloodImage_00342": (148, 84, 194, 122), "BloodImage_00273": (98, 368, 156, 416)}
-    off = SegmentParams(platelet_min_solidity=0.0)
+    # the stain-mass rule off too (00196's body also holds too little stain): this checks the shape rule alone
+    off = SegmentParams(platelet_min_solidity=0.0, platelet_min_stain=0.0)
     for fid, body in ragged.items():
         (img, gt), = _bccd_frames(bccd, [fid])
         without, with_rule = _platelet_boxes(img, off), _platelet_boxes(img)
@@ -284,6 +285,34 @@ def test_a_ragged_body_is_not_a_platelet(bccd):
         assert not any(iou(b, body) > 0.3 for b in with_rule), fid
         voc = gt.get("Platelets", [])
         assert match(with_rule, voc, "iou") >= match(without, voc, "iou"), fid
+
+
+def test_a_body_holding_too_little_stain_is_not_a_platelet(bccd):
+    """BCCD train/val bodies that pass the area and mean-stain floors but hold too little stain in
+    all (area x mean stain < `platelet_min_stain` d^2 robust SDs: a refractile dot, a thin rod, a
+    faint speck) that no VOC box marks: found with the rule off, gone with it on, and every VOC
+    platelet of the frame found without it is still found."""
+    specks = {"BloodImage_00014": (500, 84, 530, 114), "BloodImage_00370": (594, 188, 632, 220),
+              "BloodImage_00214": (380, 346, 414, 380), "BloodImage_00125": (236, 44, 270, 78),
+              "BloodImage_00326": (302, 278, 330, 306)}
+    off = SegmentParams(platelet_min_stain=0.0)
+    for fid, speck in specks.items():
+        (img, gt), = _bccd_frames(bccd, [fid])
+        without, with_rule = _platelet_boxes(img, off), _platelet_boxes(img)
+        voc = gt.get("Platelets", [])
+        assert any(iou(b, speck) > 0.9 for b in without) and match([speck], voc, "iou30") == 0, fid
+        assert not any(iou(b, speck) > 0.3 for b in with_rule), fid
+        assert match(with_rule, voc, "iou") == match(without, voc, "iou"), fid
+
+
+def test_pale_platelets_just_over_half_a_red_cell_are_kept(bccd):
+    """Two VOC platelets of BCCD train, pale (3.5-4 robust SDs) and just over 0.5 d across: lost
+    to the large-and-pale rule at its old level (4 SDs), found at 3.5."""
+    for fid, platelet in (("BloodImage_00003", (335, 268, 370, 299)), ("BloodImage_00086", (554, 360, 594, 397))):
+        (img, gt), = _bccd_frames(bccd, [fid])
+        assert platelet in gt["Platelets"]
+        assert match(_platelet_boxes(img, SegmentParams(pale_platelet_z=4.0)), [platelet], "iou") == 0, fid
+        assert match(_platelet_boxes(img), [platelet], "iou") == 1, fid
 
 
 def test_platelets_joined_by_pale_stain_are_found_from_their_cores(bccd):
