@@ -47,7 +47,7 @@ BN_MODES = ("frozen", "new", "mixed")
 # "head" = only the classifier layer, on the frozen backbone's features (train/adapt_head.py).
 FITS = ("tail", "head")
 # Per-fit defaults of the settings left unset (None). Chosen on BCCD train cells over three 100/92
-# splits (benchmarks/results/adapt_recipes.md): the head fit with a 12x replay sample and half the
+# splits (benchmarks/history/adapt-keras-source/adapt_recipes.md): the head fit with a 12x replay sample and half the
 # replay targets from the base's answers matched the tail fit's accuracy and kept PBC val within
 # 0.5 pt; the tail fit's SGD pays per replay image, so it keeps its smaller sample.
 FIT_DEFAULTS = {"head": {"replay_ratio": 12.0, "distill": 0.5}, "tail": {"replay_ratio": 2.0, "distill": 0.0}}
