@@ -14,7 +14,7 @@ cross-validation, eosinophil against neutrophil:
 - `colour`: 8 numbers measured on the crop in CIE Lab: the nucleus (the darkest 12% of the pixels within
   the crop's central disc) and the ring around it (pixels within 9 px of the nucleus, neither nucleus nor
   background): mean a*, b*, L of each, the ring minus the nucleus a* and b*;
-- `shape`: nucleus area share, number of nucleus pieces (lobes as the threshold splits them), solidity;
+- `shape`: number of nucleus pieces of at least 20 px (lobes as the threshold splits them), solidity;
 - `backbone + colour + shape`.
 If the colour or shape numbers add to the backbone's, the device could feed them to the classifier layer
 (the model's input stays the same); if not, the information is not in these 640x480 JPEG crops.
@@ -32,7 +32,8 @@ import numpy as np
 CLASSES = ("eosinophil", "neutrophil")
 COLOUR = ("nucleus a*", "nucleus b*", "nucleus L", "ring a*", "ring b*", "ring L", "ring - nucleus a*",
           "ring - nucleus b*")
-SHAPE = ("nucleus area share", "nucleus pieces", "nucleus solidity")
+# (no nucleus area: the nucleus is a fixed share of the disc by construction)
+SHAPE = ("nucleus pieces", "nucleus solidity")
 
 
 def hand_features(img: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def hand_features(img: np.ndarray) -> np.ndarray:
     hull = cv2.convexHull(np.concatenate(contours)) if contours else None
     solidity = float(nucleus.sum() / max(1.0, cv2.contourArea(hull))) if hull is not None else 0.0
     return np.array([nuc[1], nuc[2], nuc[0], rin[1], rin[2], rin[0], rin[1] - nuc[1], rin[2] - nuc[2],
-                     nucleus.sum() / disc.sum(), float((pieces >= 20).sum()), solidity], np.float64)
+                     float((pieces >= 20).sum()), solidity], np.float64)
 
 
 def cv_scores(x: np.ndarray, y: np.ndarray, repeats: int = 5, seed: int = 0) -> dict:
