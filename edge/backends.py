@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,11 +107,16 @@ def _litert_interpreter_class():
 class LiteRTBackend(Backend):
     name = "litert"
 
-    def __init__(self, bundle_like, model_path: Path, threads: int | None = None):
+    def __init__(self, bundle_like, model_path: Path, threads: int | None = None, keep_tensors: bool = False):
+        """`keep_tensors`: keep every intermediate tensor of the last batch readable (`tensor`), e.g. the
+        classifier's input features for `train adapt` (more memory; the outputs are unchanged)."""
         super().__init__(bundle_like)
         Interpreter, self.runtime = _litert_interpreter_class()
+        kept = {"experimental_preserve_all_tensors": True} if keep_tensors else {}
         try:
-            self.interp = Interpreter(model_path=str(model_path), num_threads=threads or None)
+            with warnings.catch_warnings():  # LiteRT warns that keeping tensors is for debugging
+                warnings.simplefilter("ignore", UserWarning)
+                self.interp = Interpreter(model_path=str(model_path), num_threads=threads or None, **kept)
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{model_path}: not a loadable TFLite model ({exc})") from None
         self.interp.allocate_tensors()
@@ -144,6 +150,11 @@ class LiteRTBackend(Backend):
         self.interp.set_tensor(self.inp["index"], batch)
         self.interp.invoke()
         return _finish(self.interp.get_tensor(self.out["index"]), self.output, self.qparams)
+
+    def tensor(self, index: int) -> np.ndarray:
+        """Tensor `index` of the model as computed for the last batch run (needs keep_tensors=True
+        for an intermediate tensor: LiteRT reuses their memory otherwise)."""
+        return np.array(self.interp.get_tensor(index))
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime

@@ -57,6 +57,7 @@ def ood_section(val_probabilities: np.ndarray, val_labels=None, quantile: float 
         y = np.asarray(val_labels)
         right = np.asarray(val_probabilities).argmax(axis=1) == y
         ref = s[right] if right.any() else s
+        out["n_right"] = int(right.sum())  # the levels' sample size (train adapt's minimum per level)
     thr = float(np.quantile(ref, quantile)) if len(ref) else float("inf")
     out.update(mean=round(float(ref.mean()), 6) if len(ref) else None,
                std=round(float(ref.std()), 6) if len(ref) else None,

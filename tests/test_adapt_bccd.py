@@ -110,3 +110,25 @@ def test_top_class_averages_the_bundles_views_as_the_device_did(bccd, tmp_path):
     assert len(cells) >= 2
     top = top_classes(None, run, {c.key for c in cells})
     assert [top[c.key] for c in cells] == [c.model_class for c in cells]
+
+
+def test_the_benchmark_tools_read_a_bundle_base_without_its_keras_source(bloodmnist128):
+    """adapt_recipes / adapt_errors took the base's classes and answers from its Keras file, which the
+    packaged default does not ship: a bundle base is read from its manifest and run by the device's back
+    end (its answers averaged over the views as `edge run` does)."""
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.defaults import packaged_default_bundle
+    from hemaedge.edge.preprocess import prepare_batch, read_image_rgb, resize
+    from hemaedge.edge.tta import FLIPS, dihedral_view
+    from hemaedge.train.adapt_bccd import base_classes, model_answers
+
+    b = load_bundle(packaged_default_bundle())
+    assert base_classes(packaged_default_bundle()) == b.classes
+    files = sorted((bloodmnist128 / "val" / "monocyte").glob("*.jpg"))[:3]
+    images = np.stack([resize(read_image_rgb(f), 128) for f in files])
+    p = model_answers(packaged_default_bundle(), images, FLIPS)
+    x = prepare_batch(images, b.contract)
+    one = load_backend(b, threads=1).predict
+    want = np.mean([one(np.ascontiguousarray(dihedral_view(x, k, axes=(1, 2)))) for k in FLIPS], axis=0)
+    assert p.shape == (3, 8) and np.allclose(p, want, atol=1e-5)

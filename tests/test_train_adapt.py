@@ -129,8 +129,10 @@ def test_adapt_from_a_reviewed_run_uses_only_reviewed_cells(base_model, sample_r
 def test_adapt_refuses_what_it_cannot_do(base_model, new_microscope, tmp_path):
     from hemaedge.edge.defaults import packaged_default_bundle
 
+    # the packaged default ships without its Keras source: --fit head adapts the bundle itself
+    # (tests/test_train_adapt_bundle.py), --fit tail retrains backbone blocks and cannot
     res = CliRunner().invoke(main, ["train", "adapt", "--base", str(packaged_default_bundle()), "--data",
-                                    str(new_microscope), "--out", str(tmp_path / "a")])
+                                    str(new_microscope), "--out", str(tmp_path / "a"), "--fit", "tail"])
     assert res.exit_code == 2 and "Keras source" in res.output and "Traceback" not in res.output
     odd = tmp_path / "odd"
     shutil.copytree(new_microscope, odd)
@@ -276,7 +278,8 @@ def test_few_held_out_cells_do_not_make_the_unidentified_level_stricter_than_pbc
     ood, per = sections["ood"], sections["ood"]["per_reference"]
     assert per["held_out"]["threshold"] > per["pbc_val"]["threshold"]  # the case of the bug
     assert per["held_out"]["unidentified_threshold"] < per["pbc_val"]["unidentified_threshold"]
-    assert ood["threshold"] == per["held_out"]["threshold"] and ood["fitted_on"] == "held_out"
+    # six right answers are too few to set either level (test below): PBC val sets both
+    assert ood["threshold"] == per["pbc_val"]["threshold"] and ood["fitted_on"] == "pbc_val"
     assert ood["unidentified_threshold"] == per["pbc_val"]["unidentified_threshold"]
     assert ood["unidentified_fitted_on"] == "pbc_val"
     # a new-microscope answer as sure as PBC val's unsure right answers is counted (flagged), not unidentified
@@ -288,6 +291,51 @@ def test_few_held_out_cells_do_not_make_the_unidentified_level_stricter_than_pbc
     rule = OodRule.from_bundle({"ood": ood})
     assert per["held_out"]["unidentified_threshold"] < score <= rule.threshold
     assert score > rule.flag_threshold  # still flagged for review
+
+
+def test_held_out_cells_set_a_level_only_with_enough_right_answers_for_its_quantile():
+    """Issue #14, open item: each OOD tier was the larger over the references however few right answers
+    a reference had, so 19 held-out BCCD cells set a review level of 0.52, merely their least sure right
+    answer, and most wrong answers on unseen new cells went unflagged. A reference now sets a level only
+    with at least 1 / (1 - quantile) right answers (20 for the 95th percentile, 200 for the 99.5th): from
+    there on at least one right answer lies above the level; otherwise PBC val sets it, and the manifest
+    says which set gave each level and why."""
+    from hemaedge.train.adapt import confidence_sections, min_right_answers
+
+    assert (min_right_answers(0.95), min_right_answers(0.995)) == (20, 200)
+    rng = np.random.default_rng(1)
+    for n in (19, 20, 199, 200):  # the principle: below the minimum the nearest-rank level is the top score
+        scores = rng.uniform(0, 1, n)
+        q = 0.95 if n < 100 else 0.995
+        is_top = np.quantile(scores, q, method="inverted_cdf") == scores.max()
+        assert is_top == (n < min_right_answers(q))
+
+    def answers(top: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        p = np.tile(((1 - top) / 7)[:, None], (1, 8))
+        p[np.arange(len(top)), labels] = top
+        return p
+
+    pbc_top = np.concatenate([rng.uniform(0.97, 1.0, 400), rng.uniform(0.6, 0.9, 12), np.full(20, 0.6)])
+    pbc_y = rng.integers(0, 8, len(pbc_top))
+    pbc_p = answers(pbc_top, pbc_y)
+    pbc_y[-20:] = (pbc_y[-20:] + 1) % 8  # 20 wrong answers (else the temperature fit sharpens everything to 0)
+    for n_held, review_from in ((19, "pbc_val"), (25, "held_out")):
+        held_top = rng.uniform(0.55, 0.9, n_held)  # all right, all less sure than PBC val: larger levels
+        held_y = rng.integers(0, 8, n_held)
+        ood = confidence_sections({"held_out": answers(held_top, held_y), "pbc_val": pbc_p},
+                                  {"held_out": held_y, "pbc_val": pbc_y}, {"output": {}})["ood"]
+        per = ood["per_reference"]
+        assert per["held_out"]["threshold"] > per["pbc_val"]["threshold"]
+        assert per["held_out"]["unidentified_threshold"] > per["pbc_val"]["unidentified_threshold"]
+        assert ood["fitted_on"] == review_from and ood["threshold"] == per[review_from]["threshold"]
+        # 200 right answers for the unidentified level: never the held-out cells here
+        assert ood["unidentified_fitted_on"] == "pbc_val"
+        assert ood["unidentified_threshold"] == per["pbc_val"]["unidentified_threshold"]
+        choice = ood["level_choice"]
+        assert choice["review"]["fitted_on"] == review_from and choice["review"]["minimum_right_answers"] == 20
+        assert choice["review"]["right_answers"] == {"held_out": n_held, "pbc_val": len(pbc_y) - 20}
+        assert choice["unidentified"]["minimum_right_answers"] == 200
+        assert f"held_out ({n_held} right) left out" in choice["unidentified"]["why"]
 
 
 def test_adapt_fit_head_changes_only_the_classifier_and_its_figures_are_the_models(base_model, pbc_small,
@@ -332,12 +380,14 @@ def test_an_adapted_bundle_keeps_the_base_bundles_test_time_views(base_model, pb
     flips`) gave a bundle without them, so the device ran one view per cell and the OOD levels were
     set on one-view answers. The adapted bundle now declares the base's views; its held-out choice,
     before/after figures and OOD levels are of the view-averaged answers the device gives."""
+    from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
     from hemaedge.edge.confidence import ood_scores
-    from hemaedge.edge.tta import FLIPS, bundle_views
+    from hemaedge.edge.preprocess import prepare_batch
+    from hemaedge.edge.tta import FLIPS, bundle_views, predict_views
     from hemaedge.export.pipeline import export_one
     from hemaedge.export.source import load_source
-    from hemaedge.train.adapt import open_reference, predict, reference_split
+    from hemaedge.train.adapt import open_reference, reference_split
     from hemaedge.train.evaluate import apply_temperature
 
     # a base bundle declaring flips, its Keras source beside it (as ~/hemaedge-runs/.../bundle-int8-flips)
@@ -359,11 +409,15 @@ def test_an_adapted_bundle_keeps_the_base_bundles_test_time_views(base_model, pb
     b = load_bundle(out / "bundle")
     assert b.manifest["inference"]["views"] == "flips" and b.manifest["ood"]["views"] == "flips"
     assert bundle_views(b.manifest) == ("flips", FLIPS)  # what `hemaedge edge run` runs
-    # the reported PBC val figure and OOD level are the saved model's flips-averaged answers
-    src = load_source(out / "model.keras")
-    cells = reference_split(open_reference(str(pbc_small), list(src.classes)), "val", list(src.classes),
-                            src.contract.size, None, 4)
-    p_flips = predict(src.model, cells, src.contract, views=FLIPS)
+    # a TFLite bundle with --fit head is adapted from the bundle itself (train/adapt_bundle.py), even with
+    # its Keras source beside it: the reported PBC val figure and OOD level are the adapted bundle's own
+    # flips-averaged answers, through the device's back end
+    assert not (out / "model.keras").exists() and p["base"]["sha256"] == b.manifest["export"]["base_model_sha256"]
+    cells = reference_split(open_reference(str(pbc_small), b.classes), "val", b.classes, b.contract.size, None, 4)
+    raw = {k: v for k, v in b.output.items() if k != "temperature"}
+    backend = load_backend(load_bundle(out / "bundle"), threads=1)
+    backend.output = raw  # the model's own probabilities, before the adapted temperature
+    p_flips = predict_views(backend.predict, prepare_batch(cells.images, b.contract), FLIPS)
     assert round(float((p_flips.argmax(1) == cells.labels).mean()), 4) == p["accuracy_after"]["pbc_val"]["accuracy"]
     p_t = apply_temperature(p_flips, b.manifest["output"]["temperature"])
     right = p_t.argmax(1) == cells.labels
@@ -388,7 +442,14 @@ def test_an_adapted_bundle_keeps_the_base_bundles_test_time_views(base_model, pb
 
     # --views off: one view, declared as such
     res = adapt("--base", home / "bundle", "--data", new_microscope, "--replay", pbc_small, "--out", tmp_path / "off",
-                "--replay-min", "16", "--seed", "4", "--views", "off", "--no-export")
+                "--replay-min", "16", "--seed", "4", "--views", "off")
     assert res.exit_code == 0, res.output
-    side = json.loads((tmp_path / "off" / "model.json").read_text())
+    side = load_bundle(tmp_path / "off" / "bundle").manifest
     assert side["inference"]["views"] == "off" and side["ood"]["views"] == "off"
+
+    # the Keras path stays for --fit tail (its Keras source lies beside the bundle)
+    res = adapt("--base", home / "bundle", "--data", new_microscope, "--replay", pbc_small, "--out", tmp_path / "tail",
+                "--replay-min", "16", "--seed", "4", "--fit", "tail", "--epochs", "1", "--no-export")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "tail" / "model.keras").is_file()
+    assert json.loads((tmp_path / "tail" / "model.json").read_text())["inference"]["views"] == "flips"

@@ -47,7 +47,7 @@ BN_MODES = ("frozen", "new", "mixed")
 # "head" = only the classifier layer, on the frozen backbone's features (train/adapt_head.py).
 FITS = ("tail", "head")
 # Per-fit defaults of the settings left unset (None). Chosen on BCCD train cells over three 100/92
-# splits (benchmarks/results/adapt_recipes.md): the head fit with a 12x replay sample and half the
+# splits (benchmarks/history/adapt-keras-source/adapt_recipes.md): the head fit with a 12x replay sample and half the
 # replay targets from the base's answers matched the tail fit's accuracy and kept PBC val within
 # 0.5 pt; the tail fit's SGD pays per replay image, so it keeps its smaller sample.
 FIT_DEFAULTS = {"head": {"replay_ratio": 12.0, "distill": 0.5}, "tail": {"replay_ratio": 2.0, "distill": 0.0}}
@@ -124,22 +124,28 @@ class AdaptConfig:
 # ----------------------------------------------------------------------------- base model
 
 
-def resolve_base(base) -> tuple[Path, dict]:
-    """The Keras file to adapt, and what is known of its origin (a bundle gives its digest)."""
+def resolve_base(base, why_not_bundle: str = "") -> tuple[Path, dict]:
+    """The Keras file to adapt, and what is known of its origin (a bundle gives its digest).
+
+    Only `--fit tail`, or a bundle whose classifier cannot be refitted in place (`why_not_bundle`),
+    needs a bundle's Keras source; `--fit head` adapts a TFLite bundle alone (train/adapt_bundle.py)."""
     from hemaedge.edge.store import manifest_digest
 
     base = Path(base)
     if base.is_dir() and (base / "manifest.json").is_file():
         manifest = json.loads((base / "manifest.json").read_text(encoding="utf-8"))
         src = manifest.get("source") or {}
-        name = src.get("file")
+        # an adapted bundle's source is its base bundle's model file, not a Keras model
+        name = src.get("file") if src.get("kind", "keras") == "keras" else None
         for cand in ([base / name, base.parent / name] if name else []):
             if cand.is_file() and (not src.get("sha256") or sha256_file(cand) == src["sha256"]):
                 return cand, {"bundle": str(base), "bundle_manifest_sha256": manifest_digest(base),
                               "inference": manifest.get("inference") or {}}
-        raise UsageError(f"{base}: adapting needs the bundle's Keras source ({name or 'not named'}, sha256 "
-                         f"{str(src.get('sha256'))[:12]}...), which is not in or next to the bundle; "
-                         "pass the .keras file (with its .json sidecar) as --base")
+        what = why_not_bundle or "--fit tail retrains backbone blocks"
+        raise UsageError(f"{base}: {what}, so adapting it needs the bundle's Keras source "
+                         f"({name or 'not named'}, sha256 {str(src.get('sha256'))[:12]}...), which is not in or "
+                         "next to the bundle; pass the .keras file (with its .json sidecar) as --base"
+                         + ("" if why_not_bundle else ", or use --fit head, which adapts the bundle alone"))
     if not base.is_file():
         raise UsageError(f"{base}: no such model file or bundle folder")
     return base, {}
@@ -148,10 +154,13 @@ def resolve_base(base) -> tuple[Path, dict]:
 def resolved_views(base, override: str = "auto") -> tuple[str, tuple[int, ...]]:
     """The test-time views an adaptation of `base` runs: `override`, or for "auto" the base bundle's
     `inference.views` (a .keras base: its sidecar's, else one view)."""
-    from hemaedge.export.source import read_sidecar
+    base = Path(base)
+    if base.is_dir() and (base / "manifest.json").is_file():
+        declared = json.loads((base / "manifest.json").read_text(encoding="utf-8")).get("inference")
+    else:
+        from hemaedge.export.source import read_sidecar
 
-    path, origin = resolve_base(base)
-    declared = origin.get("inference") if "bundle" in origin else read_sidecar(path).get("inference")
+        declared = read_sidecar(resolve_base(base)[0]).get("inference")
     return bundle_views({"inference": declared or {}}, override)
 
 
@@ -474,8 +483,8 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
 def fit_head_only(head: dict, extractor, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig,
                   logf, n_replay: int) -> tuple[dict, dict]:
     """--fit head: the classifier layer refitted on features (every flip/rotation of the new training
-    cells, the replay sample as it is), new cells carrying `new_weight` of the loss; the chosen
-    weights are set in the model. Returns (trainable, fit) in `train_tail`'s terms plus w, b."""
+    cells, the replay sample as it is), new cells carrying `new_weight` of the loss. Returns
+    (trainable, fit) in `train_tail`'s terms, fit with the chosen w, b (the caller puts them in the model)."""
     from hemaedge.train import adapt_head
 
     n_classes = head["w0"].shape[1]
@@ -496,30 +505,60 @@ def fit_head_only(head: dict, extractor, contract, new: Cells, replay: Cells, he
     fit = adapt_head.fit_head(np.concatenate([f_new, f_rep]), np.concatenate([eye[y_new], t_rep]),
                               np.concatenate([w_new, w_rep]), head["w0"], head["b0"],
                               head["features"]["held_out"], held.labels, logf=logf)
-    head["layer"].set_weights([fit["w"], fit["b"]])
     fit["chosen_epoch"] = fit["chosen_step"]  # the table's "chosen" column: a step of the head fit
-    trainable = {"trained_layers": [head["layer"].name], "trainable_parameters": int(fit["w"].size + fit["b"].size),
-                 "parameters": int(extractor.count_params() + fit["w"].size + fit["b"].size),
+    name = head["layer"].name if head["layer"] is not None else "FULLY_CONNECTED (classifier)"
+    trainable = {"trained_layers": [name], "trainable_parameters": int(fit["w"].size + fit["b"].size),
+                 "parameters": int(head["backbone_parameters"] + fit["w"].size + fit["b"].size),
                  "views_per_new_cell": len(views) // max(1, len(new))}
     return trainable, fit
 
 
+def min_right_answers(quantile: float) -> int:
+    """The fewest right answers from which a reference's `quantile` level is more than its top score.
+
+    With n scores the empirical q-quantile (nearest rank) is the ceil(q n)-th smallest, which is the
+    largest score until n (1 - q) >= 1: only from n >= 1 / (1 - q) does at least one right answer lie
+    above the level, so that it says where the reference's answers end rather than repeating its
+    single least sure one. 20 for the review level (95th percentile), 200 for the unidentified level
+    (99.5th)."""
+    return int(np.ceil(1.0 / (1.0 - quantile) - 1e-9))
+
+
 def levels_over_references(per: dict[str, dict]) -> dict:
     """The OOD levels of a model that serves several microscopes: each tier (review `threshold`,
-    `unidentified_threshold`) is the most lenient of that tier over the references, so a confident
-    answer on either microscope is in distribution and no level is stricter than a reference's own.
+    `unidentified_threshold`) is the most lenient of that tier over the references that have enough
+    right answers to set it (`min_right_answers`: 20 for the review level, 200 for the unidentified
+    level; where none has, the one with the most right answers), so a confident answer on either
+    microscope is in distribution and no level is stricter than a reference's own. `level_choice`
+    records, per tier, which reference set it, the right answers of each and why.
 
-    Bug fixed 2026-12-02 (issue #14): both tiers were copied from the reference with the larger
+    Bugs fixed 2026-12-02 (issue #14): both tiers were copied from the reference with the larger
     review level, usually the 6-38 held-out new cells, whose 99.5th percentile is merely their
     largest score (0.09 after 25 cells against PBC val's 0.52): the device then called 15 of 64 right
-    BCCD answers *unidentified*. The other statistics (`n`, `mean`, ...) are those of the reference
-    that set the review level (`fitted_on`); `unidentified_fitted_on` names the other tier's."""
-    review = max(per, key=lambda k: per[k]["threshold"])
-    out = {**per[review], "fitted_on": review}
-    tiers = [k for k in per if per[k].get("unidentified_threshold") is not None]
-    if tiers:
-        unid = max(tiers, key=lambda k: per[k]["unidentified_threshold"])
+    BCCD answers *unidentified*. Then each tier was the larger over the references however few their
+    right answers, so 19 held-out cells set a review level of 0.52 (their top score) and most wrong
+    answers on unseen new cells went unflagged. The other statistics (`n`, `mean`, ...) are those of
+    the reference that set the review level (`fitted_on`); `unidentified_fitted_on` names the other tier's."""
+    def choose(key: str, quantile_key: str, default_q: float) -> tuple[str, dict]:
+        have = {k: int(per[k].get("n_right", per[k].get("n", 0))) for k in per if per[k].get(key) is not None}
+        need = min_right_answers(max(float(per[k].get(quantile_key, default_q)) for k in have))
+        eligible = [k for k in have if have[k] >= need] or [max(have, key=have.get)]
+        pick = max(eligible, key=lambda k: per[k][key])
+        left_out = [k for k in have if k not in eligible]
+        why = (f"the most lenient level of the references with at least {need} right answers"
+               if have[pick] >= need else f"no reference has {need} right answers: the one with the most")
+        if left_out:
+            why += "; " + ", ".join(f"{k} ({have[k]} right) left out" for k in left_out)
+        return pick, {"fitted_on": pick, "minimum_right_answers": need, "right_answers": have, "why": why}
+
+    from hemaedge.edge.confidence import DEFAULT_QUANTILE, UNIDENTIFIED_QUANTILE
+
+    review, choice = choose("threshold", "quantile", DEFAULT_QUANTILE)
+    out = {**per[review], "fitted_on": review, "level_choice": {"review": choice}}
+    if any(per[k].get("unidentified_threshold") is not None for k in per):
+        unid, choice = choose("unidentified_threshold", "unidentified_quantile", UNIDENTIFIED_QUANTILE)
         out.update(unidentified_threshold=per[unid]["unidentified_threshold"], unidentified_fitted_on=unid)
+        out["level_choice"]["unidentified"] = choice
         out.pop("wrong_above_unidentified_threshold", None)  # it was the review reference's, at its own level
     return out
 
@@ -577,16 +616,17 @@ def adapted_colours(sources: list[dict], colour: dict) -> dict:
 
 
 def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_cache: dict | None = None) -> dict:
-    """Run one adaptation; writes OUT/model.keras, model.json, adapt.json and OUT/bundle (int8).
+    """Run one adaptation; writes OUT/adapt.json and OUT/bundle (int8), and from a Keras base
+    OUT/model.keras + model.json.
 
-    `before_cache` (a dict kept by the caller) remembers the base model's accuracy on PBC val and
-    the test sets between adaptations of the same base, which a series of runs need only once.
+    `--fit head` from a TFLite bundle (the packaged default) needs no Keras source: the features are
+    the bundle's own int8 backbone's and the new head is written into a copy of its model file
+    (train/adapt_bundle.py). `before_cache` (a dict kept by the caller) remembers the base model's
+    accuracy on PBC val and the test sets between adaptations of the same base, which a series of
+    runs need only once.
     """
-    import keras
-
     from hemaedge.edge.atomic import atomic_write_json
-    from hemaedge.export.source import load_source
-    from hemaedge.train.finetune import machine, save_keras_atomic
+    from hemaedge.train.finetune import machine
 
     cfg = cfg.resolved()
     cfg.validate()
@@ -594,11 +634,28 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty: choose a new --out folder (nothing is overwritten)")
-    base_path, base_origin = resolve_base(cfg.base)
-    source = load_source(base_path)
-    classes, contract, size = list(source.classes), source.contract, source.contract.size
-    if source.output_kind != "probabilities":
-        raise UsageError(f"{base_path}: the base model outputs logits; adapting expects a softmax classifier")
+    bundle_base, why_not = None, ""
+    if cfg.fit == "head":
+        from hemaedge.train.adapt_bundle import open_head_base
+
+        bundle_base, why_not = open_head_base(cfg.base)
+    if bundle_base is not None:
+        model, base_path, base_origin = None, bundle_base.bundle.model_path, bundle_base.origin
+        base_sha, base_sidecar = bundle_base.sha256, bundle_base.sidecar()
+        classes, contract = list(bundle_base.classes), bundle_base.contract
+        logf(f"base: the bundle {cfg.base} itself (its int8 backbone's features; the new head is written into "
+             "a copy of its model file, no Keras source needed)")
+    else:
+        from hemaedge.export.source import load_source
+
+        base_path, base_origin = resolve_base(cfg.base, "its classifier cannot be refitted in place (" + why_not + ")"
+                                              if why_not and cfg.fit == "head" else "")
+        source = load_source(base_path)
+        if source.output_kind != "probabilities":
+            raise UsageError(f"{base_path}: the base model outputs logits; adapting expects a softmax classifier")
+        model, base_sha, base_sidecar = source.model, source.sha256, dict(source.sidecar)
+        classes, contract = list(source.classes), source.contract
+    size = contract.size
 
     cells = load_new_cells(cfg.data, classes, size, cfg.run_cells)
     if cfg.limit and cfg.limit < len(cells):
@@ -618,7 +675,6 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         if pbc_src else None
     tests = {Path(t).name: load_new_cells([t], classes, size, "reviewed") for t in cfg.test}
 
-    model = source.model
     cache = before_cache if before_cache is not None else {}
     # The adapted bundle runs the base bundle's test-time views (the packaged default: flips), so the
     # held-out choice, the before/after figures and the OOD levels are all of view-averaged answers.
@@ -629,13 +685,18 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     if cfg.fit == "head":
         from hemaedge.train import adapt_head
 
-        layer, extractor = adapt_head.classifier_layer(model)
-        w0, b0 = (np.asarray(a, np.float32) for a in layer.get_weights())
-        head = {"layer": layer, "w0": w0, "b0": b0, "features": {}}
+        if bundle_base is not None:  # the bundle's own model gives the features; its FC weights the head
+            layer, extractor, w0, b0 = None, bundle_base, bundle_base.w0, bundle_base.b0
+            backbone_parameters = bundle_base.parameters() - w0.size - b0.size
+        else:
+            layer, extractor = adapt_head.classifier_layer(model)
+            w0, b0 = (np.asarray(a, np.float32) for a in layer.get_weights())
+            backbone_parameters = extractor.count_params()
+        head = {"layer": layer, "w0": w0, "b0": b0, "features": {}, "backbone_parameters": int(backbone_parameters)}
 
         def feats(name, cells_, cached=True):
             # the backbone's features of a set, computed once (and kept across a series for fixed sets)
-            key = (source.sha256, "features", views, name, _digest(cells_))
+            key = (base_sha, "features", views, name, _digest(cells_))
             if not cached:
                 return adapt_head.view_features(extractor, cells_.images, contract, views)
             if key not in cache:
@@ -650,7 +711,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         return adapt_head.view_probabilities(f, head["w0"], head["b0"])
 
     def base_accuracy(name, cells_):
-        key = (source.sha256, views, name, _digest(cells_))
+        key = (base_sha, views, name, _digest(cells_))
         p = base_probabilities(name, cells_)
         if key not in cache:
             cache[key] = _named(accuracy(model, cells_, contract, p, views), classes)
@@ -684,6 +745,8 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     else:
         trainable, fit = fit_head_only(head, extractor, contract, new, replay, held, cfg, logf, n_replay)
         w, b = fit.pop("w"), fit.pop("b")
+        if head["layer"] is not None:
+            head["layer"].set_weights([w, b])
 
         def after_probabilities(name, cells_):  # the backbone is unchanged: its features are still valid
             return adapt_head.view_probabilities(head["features"][name], w, b)
@@ -698,11 +761,14 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     logf("after: " + ", ".join(f"{k} {v['accuracy']}" for k, v in after.items()))
 
     out.mkdir(parents=True, exist_ok=True)
-    for layer in model.layers:
-        layer.trainable = True
-    save_keras_atomic(model, out / "model.keras")
+    if model is not None:
+        from hemaedge.train.finetune import save_keras_atomic
+
+        for layer in model.layers:
+            layer.trainable = True
+        save_keras_atomic(model, out / "model.keras")
     provenance = {
-        "base": {"file": str(base_path), "sha256": source.sha256, **base_origin},
+        "base": {"file": str(base_path), "sha256": base_sha, **base_origin},
         "data": cells.sources,
         "counts": {"new_cells": len(cells), "new_train": len(new), "held_out": len(held),
                    "replay": n_replay, "replay_pool": len(replay), "replay_data": cfg.replay,
@@ -713,11 +779,11 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
         "accuracy_before": before, "accuracy_after": after,
         "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,
     }
-    side = dict(source.sidecar)
+    side = dict(base_sidecar)
     # the base's temperature / OOD threshold would be stale for the adapted model: refit them
     side.update(confidence_sections(p_after, {"held_out": held.labels,
                                               **({"pbc_val": pbc_val.labels} if pbc_val is not None else {})},
-                                    source.sidecar))
+                                    base_sidecar))
     if side.get("domain", {}).get("colour"):
         side["domain"]["colour"] = adapted_colours(cells.sources, side["domain"]["colour"])
     side["ood"]["views"] = views_name
@@ -725,16 +791,31 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
                 metrics={"held_out_accuracy": after["held_out"]["accuracy"],
                          **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})
-    atomic_write_json(out / "model.json", side)
-    result = {"provenance": provenance, "model": str(out / "model.keras")}
-    if cfg.export:
-        result["bundle"] = export_bundle(out, classes, new, replay, pbc_src, cfg, provenance, logf, side["inference"])
+    if bundle_base is not None:
+        provenance["training"]["features"] = ("the base bundle's own model (LiteRT), input of its classifier layer; "
+                                              f"its answers matched softmax(f @ W0 + b0) to {bundle_base.max_mismatch:.1g}")
+        result = {"provenance": provenance}
+        if cfg.export:
+            from hemaedge.train.adapt_bundle import write_adapted_bundle
+
+            result["bundle"] = write_adapted_bundle(out / "bundle", bundle_base, w, b, side, provenance, pbc_src,
+                                                    cfg, logf)
+            provenance["bundle"] = {k: v for k, v in result["bundle"].items() if k != "path"}
+    else:
+        atomic_write_json(out / "model.json", side)
+        result = {"provenance": provenance, "model": str(out / "model.keras")}
+        if cfg.export:
+            result["bundle"] = export_bundle(out, classes, new, replay, pbc_src, cfg, provenance, logf,
+                                             side["inference"])
     result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     # CPU seconds of all threads: on a shared machine the wall time says more about the others' load
     result["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
     provenance["wall_seconds"], provenance["cpu_seconds"] = result["wall_seconds"], result["cpu_seconds"]
     atomic_write_json(out / "adapt.json", result)
-    keras.backend.clear_session()
+    if model is not None:
+        import keras
+
+        keras.backend.clear_session()
     return result
 
 

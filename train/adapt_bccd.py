@@ -40,6 +40,38 @@ RECIPE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_rati
 RECIPE_KEYS = (*RECIPE, "export")
 
 
+def base_classes(base) -> list[str]:
+    """The class list of a base: a bundle's manifest, or a Keras model's sidecar."""
+    if (Path(base) / "manifest.json").is_file():
+        return list(json.loads((Path(base) / "manifest.json").read_text(encoding="utf-8"))["classes"])
+    from hemaedge.export.source import read_sidecar
+    from hemaedge.train.adapt import resolve_base
+
+    return list(read_sidecar(resolve_base(base)[0]).get("classes") or [])
+
+
+def model_answers(model, images, views):
+    """Probabilities of a bundle (the device's back end) or a Keras model on uint8 crops at its input size,
+    averaged over test-time `views` as the device does."""
+    import numpy as np
+
+    from hemaedge.edge.preprocess import prepare_batch
+
+    if (Path(model) / "manifest.json").is_file():
+        from hemaedge.edge.backends import load_backend
+        from hemaedge.edge.bundle import load_bundle
+        from hemaedge.edge.tta import predict_views
+
+        b = load_bundle(model)
+        return predict_views(load_backend(b, threads=2).predict, prepare_batch(np.asarray(images), b.contract), views)
+    from hemaedge.export.source import load_source
+    from hemaedge.train.adapt import Cells, predict
+
+    source = load_source(model)
+    return predict(source.model, Cells(np.asarray(images), np.zeros(len(images), np.int64), []), source.contract,
+                   views=views)
+
+
 def cached_result(out: Path, cfg) -> dict | None:
     """A finished adaptation in `out` (a series resumes where it stopped), if it ran with `cfg`'s recipe."""
     if not (out / "adapt.json").is_file():
@@ -228,6 +260,8 @@ def main(argv=None) -> int:
                      "pbc_val_int8": (result.get("bundle") or {}).get("pbc_val_accuracy_int8"),
                      "pbc_val_int8_n": (result.get("bundle") or {}).get("pbc_val_n_int8"),
                      "chosen_epoch": p["training"]["chosen_epoch"], "wall_s": result["wall_seconds"],
+                     # --fit head from a bundle: the figures are the fitted head on the bundle's own int8 features
+                     "figures": "bundle" if p["training"].get("features") else "keras",
                      "cpu_s": result.get("cpu_seconds"),
                      "train_s": p["training"]["train_seconds"]})
         write_tables(args, rows, train_stats, test_stats, command)  # after every step: partial results count
@@ -250,18 +284,21 @@ def write_tables(args, rows, train_stats, test_stats, command):
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average": os.getloadavg(), "command": command}
     recipe = rows[0]["recipe"] if rows else {}
+    # where the before/after figures come from: the Keras model, or (a bundle base, --fit head) the bundle's own
+    # int8 backbone's features under the base and the fitted classifier layer (what the adapted bundle computes)
+    model = "int8 features" if rows and rows[0].get("figures") == "bundle" else "Keras"
     lines = ["# Adapting to BCCD (\"your microscope\")", "",
              f"Base {args.label + ': ' if args.label else ''}`{args.base}`; machine {data['machine']}; {data['date']}; "
              f"load average {data['load_average'][0]:.1f} (shared machine: wall times are noisy).", "",
              f"Command: `{data['command']}`", "",
              "Recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) + " (chosen on BCCD train cells and "
-             "PBC val only: benchmarks/results/adapt_recipes.md).", "",
+             "PBC val only: benchmarks/history/adapt-keras-source/adapt_recipes.md).", "",
              f"BCCD train: {train_stats['frames']} single-label frames, white cell found in {train_stats['matched']} "
              f"(missed {train_stats['missed']}); BCCD test: {test_stats['frames']} frames, {test_stats['matched']} "
              "found (the test set).", "",
-             "| labelled cells | train / held out | replay | BCCD test before -> after (Keras, device crops) "
+             f"| labelled cells | train / held out | replay | BCCD test before -> after ({model}, device crops) "
              "| BCCD test end to end, int8 bundle (`edge run`) | same cells, int8 top class (no OOD rule) "
-             "| PBC val before -> after (Keras) "
+             f"| PBC val before -> after ({model}) "
              "| PBC val int8 bundle | chosen epoch | train s / wall s / CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         int8 = "-" if r["pbc_val_int8"] is None else f"{r['pbc_val_int8']:.4f} (n={r['pbc_val_int8_n']})"
@@ -293,9 +330,12 @@ def write_tables(args, rows, train_stats, test_stats, command):
               "bundle's top class on the crops that run saved (what the model answered before the unidentified rule). "
               "PBC val: "
               + (f"{args.eval_limit} images per class (seeded), " if args.eval_limit else "the whole split, ")
-              + "Keras model before and after; the int8 column is the exported bundle on PBC val as the export's "
-              "parity check draws it. Wall time covers loading, training, evaluation and (where exported) the int8 "
-              "export, not the end-to-end run; train s is the fitting alone; CPU s: processor seconds of all the "
+              + ("Keras model" if model == "Keras" else "the base bundle's int8 features through the base and the "
+                 "fitted classifier layer, view-averaged as the device runs them (`train adapt --fit head` from the "
+                 "bundle alone; the adapted bundle is the base's model file with that layer written in)")
+              + " before and after; the int8 column is the exported bundle on PBC val as the export's "
+              "parity check draws it (one view). Wall time covers loading, training, evaluation and (where exported) the "
+              "bundle's export, not the end-to-end run; train s is the fitting alone; CPU s: processor seconds of all the "
               "adaptation's threads (on an idle 2-core machine the wall time would be at least half of it).", ""]
     write_result(args.out, data, "\n".join(lines))
     print("\n".join(lines))

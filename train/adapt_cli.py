@@ -9,13 +9,14 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--base", required=True, help="Keras model to adapt (.keras with its .json sidecar), or a bundle "
-                                            "whose Keras source lies in or next to it.")
+@click.option("--base", required=True, help="Bundle to adapt (e.g. src/hemaedge/models/default: --fit head adapts a "
+                                            "TFLite bundle alone, no Keras source needed), or a Keras model (.keras "
+                                            "with its .json sidecar); --fit tail needs the Keras model.")
 @click.option("--data", "data", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="New microscope's cells: a {class}/*.png tree, or a run folder of `hemaedge edge run "
                    "--save-crops` reviewed in `hemaedge review` (repeat for several).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="New, empty output folder: model.keras, model.json, adapt.json, bundle/.")
+              help="New, empty output folder: adapt.json, bundle/ (and model.keras + model.json from a Keras base).")
 @click.option("--replay", type=click.Path(exists=True),
               help="The original training data (e.g. ../shared/data/bloodmnist128): a sample of its train "
                    "split is mixed in so the old microscope is not forgotten.")
@@ -70,7 +71,7 @@ def adapt(no_export, **opts):
     Example:
       hemaedge edge run --source frames/ --out runs/lab1 --save-crops all
       hemaedge review runs/lab1                  # correct / confirm cells
-      hemaedge train adapt --base runs/finetune-lite0/model.keras --data runs/lab1 \\
+      hemaedge train adapt --base src/hemaedge/models/default --data runs/lab1 \\
           --replay ../shared/data/bloodmnist128 --out runs/adapt-lab1
       hemaedge edge install runs/adapt-lab1/bundle
     """

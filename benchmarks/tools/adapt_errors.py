@@ -87,15 +87,12 @@ def dev_cells(tree: Path, classes: list[str]) -> list[tuple[str, int, Path]]:
             for p in sorted(c.iterdir())]
 
 
-def answers(model_path: Path, paths: list[Path], views) -> np.ndarray:
+def answers(model_path: Path, paths: list[Path], views, size: int) -> np.ndarray:
+    """A bundle's (device back end) or Keras model's probabilities on the crops, over the views."""
     from hemaedge.edge.preprocess import read_image_rgb, resize
-    from hemaedge.export.source import load_source
-    from hemaedge.train.adapt import Cells, predict
+    from hemaedge.train.adapt_bccd import model_answers
 
-    source = load_source(model_path)
-    size = source.contract.size
-    images = np.stack([resize(read_image_rgb(p), size) for p in paths])
-    return predict(source.model, Cells(images, np.zeros(len(paths), np.int64), []), source.contract, views=views)
+    return model_answers(model_path, np.stack([resize(read_image_rgb(p), size) for p in paths]), views)
 
 
 def contact_sheet(path: Path, cells: list[dict], run_dir: Path, classes: list[str]) -> None:
@@ -141,17 +138,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from hemaedge.benchmarks.tools.result_files import write_result
-    from hemaedge.export.source import read_sidecar
+    from hemaedge.edge.bundle import load_bundle
     from hemaedge.train.adapt import resolve_base, resolved_views
+    from hemaedge.train.adapt_bccd import base_classes
     from hemaedge.train.finetune import machine
 
     run_dir = args.work / "run-train"
     seeds = [int(s) for s in args.splits.split(",")]
     first = args.work / f"recipe-{args.recipe}"
     base = args.base
-    classes = list(read_sidecar(first / "model.keras").get("classes"))
+    classes = base_classes(base)
     views_name, views = resolved_views(base)
-    base_keras = resolve_base(base)[0]
+    # the adapted models: their bundles where `train adapt --fit head` adapted a bundle alone, else Keras files
+    bundle_base = (Path(base) / "manifest.json").is_file() and (first / "bundle" / "manifest.json").is_file()
+    base_model = Path(base) if bundle_base else resolve_base(base)[0]
+    size = load_bundle(base).contract.size if bundle_base else None
     quality = crop_quality(run_dir, args.bccd)
 
     per_cell: dict[str, dict] = {}
@@ -159,10 +160,15 @@ def main(argv=None) -> int:
     base_confusion = np.zeros_like(confusion)
     split_acc = {}
     for seed in seeds:
-        model = args.work / (f"recipe-{args.recipe}" if seed == 0 else f"recipe-{args.recipe}-split{seed}") / "model.keras"
+        model = args.work / (f"recipe-{args.recipe}" if seed == 0 else f"recipe-{args.recipe}-split{seed}") / \
+            ("bundle" if bundle_base else "model.keras")
         cells = dev_cells(args.work / f"dev-{args.cells}-seed{seed}" / "dev", classes)
         paths = [p for _, _, p in cells]
-        p_after, p_before = answers(model, paths, views), answers(base_keras, paths, views)
+        if size is None:
+            from hemaedge.export.source import read_sidecar
+
+            size = int(read_sidecar(model)["input"]["size"])
+        p_after, p_before = answers(model, paths, views, size), answers(base_model, paths, views, size)
         split_acc[seed] = round(float(np.mean([p_after[i].argmax() == y for i, (_, y, _) in enumerate(cells)])), 4)
         for i, (name, y, _) in enumerate(cells):
             a, b = int(p_after[i].argmax()), int(p_before[i].argmax())

@@ -1,21 +1,24 @@
-"""The adapted models' unidentified level, old rule against new, on BCCD TRAIN cells they did not see (issue #14).
+"""The adapted bundles' OOD levels under three rules, on BCCD TRAIN cells they did not see (issue #14).
 
-    python -m hemaedge.benchmarks.tools.adapt_ood_levels --work ~/hemaedge-runs/adapt/steps-flips-head-tiers \
-        --steps 25,50,100 --out benchmarks/results/adapt_ood_levels
+    python -m hemaedge.benchmarks.tools.adapt_ood_levels --work ~/hemaedge-runs/adapt/steps-packaged \
+        --steps 25,50,100,200 --out benchmarks/results/adapt_ood_levels
 
-Reads the adaptations `adapt_bccd` left in --work (it trains nothing). Each adapted Keras model answers
-the BCCD train cells its adaptation did not use (the same seeded subset `train adapt --limit` draws;
-never the test split), with the base's test-time views and the model's own temperature. Both rules read
-the levels each reference got (`ood.per_reference`): old (until 2026-12-02), both tiers from the
-reference with the larger review level (usually the few held-out cells); new
-(`train.adapt.levels_over_references`), each tier the larger over references. A right answer above the
-unidentified level is lost from the count; a wrong one below it is counted (flagged when above the
-review level, which the fix leaves as it was).
+Reads the adaptations `adapt_bccd` left in --work (it trains nothing). Each adapted bundle (OUT/bundle, run
+through the device's back end with its test-time views and temperature) answers the BCCD train cells its
+adaptation did not use (the same seeded subset `train adapt --limit` draws; never the test split; the
+all-cells step has none). The rules read the levels each reference got (`ood.per_reference`): "old" (until
+2026-12-02 13:30), both tiers from the reference with the larger review level (usually the few held-out
+cells); "tiers" (until 2026-12-02 18:00), each tier the larger over the references however few their right
+answers; "now" (`train.adapt.levels_over_references`), each tier the larger over the references with at
+least 1 / (1 - quantile) right answers (20 for review, 200 for unidentified), else PBC val. A right answer
+above the unidentified level is lost from the count; a wrong one below it is counted, flagged for review
+when above the review level, unflagged below it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,39 +27,47 @@ import numpy as np
 
 
 def old_levels(per: dict) -> dict:
-    """The rule before the fix: both tiers from the reference with the larger review level."""
+    """The rule until 13:30: both tiers from the reference with the larger review level."""
     return per[max(per, key=lambda k: per[k]["threshold"])]
 
 
+def tier_levels(per: dict) -> dict:
+    """The rule until 18:00: each tier the larger over the references, whatever their size."""
+    return {key: max(per[k][key] for k in per) for key in ("threshold", "unidentified_threshold")}
+
+
 def check_step(work: Path, step: str, seed: int) -> dict:
+    from hemaedge.edge.backends import load_backend
+    from hemaedge.edge.bundle import load_bundle
     from hemaedge.edge.confidence import ood_scores
-    from hemaedge.export.source import load_source
-    from hemaedge.train.adapt import bundle_views, levels_over_references, load_new_cells, predict
-    from hemaedge.train.evaluate import apply_temperature
+    from hemaedge.edge.preprocess import prepare_batch
+    from hemaedge.edge.tta import bundle_views, predict_views
+    from hemaedge.train.adapt import levels_over_references, load_new_cells
 
     d = work / f"adapt-{step}-seed{seed}"
     result = json.loads((d / "adapt.json").read_text())
-    side = json.loads((d / "model.json").read_text())
-    src = load_source(d / "model.keras")
-    data = result["provenance"]["data"][0]["path"]
-    cells = load_new_cells([data], list(src.classes), src.contract.size)
+    bundle = load_bundle(d / "bundle")
+    cells = load_new_cells([result["provenance"]["data"][0]["path"]], bundle.classes, bundle.contract.size)
     used = np.ones(len(cells), bool)
     if int(step) < len(cells):  # train adapt --limit: a seeded subset (train.adapt.adapt)
         used[:] = False
         used[np.sort(np.random.default_rng(seed).permutation(len(cells))[:int(step)])] = True
     unseen = cells.subset(np.flatnonzero(~used))
-    views = bundle_views({"inference": side.get("inference") or {}}, "auto")[1]  # as the adapted bundle runs
-    p = apply_temperature(predict(src.model, unseen, src.contract, views=views), side["output"]["temperature"])
+    views = bundle_views(bundle.manifest)[1]  # as the adapted bundle runs: its views, its temperature
+    p = predict_views(load_backend(bundle, threads=2).predict, prepare_batch(unseen.images, bundle.contract), views) \
+        if len(unseen) else np.zeros((0, len(bundle.classes)), np.float32)
     s, right = ood_scores(p), p.argmax(1) == unseen.labels
-    per = side["ood"]["per_reference"]
+    per = bundle.manifest["ood"]["per_reference"]
     row = {"step": step, "unseen": int(len(unseen)), "right": int(right.sum()), "views": list(views),
-           "held_out": per["held_out"]["n"]}
-    for name, lv in (("old", old_levels(per)), ("new", levels_over_references(per))):
+           "held_out": per["held_out"]["n"], "held_out_right": per["held_out"].get("n_right")}
+    for name, lv in (("old", old_levels(per)), ("tiers", tier_levels(per)), ("now", levels_over_references(per))):
         u, r = lv["unidentified_threshold"], lv["threshold"]
         row[name] = {"unidentified_level": u, "review_level": r,
                      "right_unidentified": int((s[right] > u).sum()),
                      "wrong_unidentified": int((s[~right] > u).sum()),
+                     "wrong_flagged": int(((s[~right] > r) & (s[~right] <= u)).sum()),
                      "wrong_counted_unflagged": int((s[~right] <= r).sum()),
+                     "right_flagged": int(((s[right] > r) & (s[right] <= u)).sum()),
                      "counted_right": int((s[right] <= u).sum())}
     return row
 
@@ -75,22 +86,28 @@ def main(argv=None) -> int:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "date": when, "machine": machine(),
                                                          "rows": rows}, indent=1) + "\n")
-    lines = ["# Adapted bundles: the unidentified level, old rule against new (issue #14)", "",
-             f"Adaptations in `{args.work}` (`train adapt` defaults on the packaged default's flips bundle, see "
-             f"adapt_bccd_default_v2_ep10_defaults.md); machine {machine()}; {when}.", "",
+    lines = ["# Adapted bundles: the OOD levels under three rules (issue #14)", "",
+             f"Adaptations in `{args.work}` (`train adapt` defaults from the packaged default bundle, see "
+             f"adapt_bccd_packaged_default.md); machine {machine()}; {when}; load average {os.getloadavg()[0]:.1f}.", "",
              f"Command: `{command}`", "",
-             "Cells: the BCCD **train** cells each adaptation did not use (device crops, the base's views, the "
-             "model's temperature; Keras, not the int8 bundle). Old: both tiers from the reference with the larger "
-             "review level; new: each tier the larger over references (held-out new cells, PBC val).", "",
-             "| labelled cells (held out) | unseen train cells (right) | unidentified level old -> new | right answers "
-             "made unidentified old -> new | wrong answers made unidentified old -> new | wrong answers counted "
-             "unflagged old -> new (review level) |", "|---|---|---|---|---|---|"]
+             "Cells: the BCCD **train** cells each adaptation did not use (device crops, the adapted int8 bundle with "
+             "its views and temperature). Rules: old, both tiers from the reference with the larger review level; "
+             "tiers, each tier the larger over the references; now, each tier the larger over the references with "
+             "enough right answers for its quantile (20 review, 200 unidentified), else PBC val. Each cell: "
+             "old / tiers / **now**.", "",
+             "| labelled cells (held out, right) | unseen train cells (right) | review level | unidentified level "
+             "| right answers unidentified | right answers flagged | wrong answers unidentified "
+             "| wrong answers flagged | wrong answers counted unflagged |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def three(r, key, fmt="{}"):
+        return " / ".join(fmt.format(r[k][key]) if k != "now" else "**" + fmt.format(r[k][key]) + "**"
+                          for k in ("old", "tiers", "now"))
+
     for r in rows:
-        o, n = r["old"], r["new"]
-        lines.append(f"| {r['step']} ({r['held_out']}) | {r['unseen']} ({r['right']}) | {o['unidentified_level']:.3f} -> "
-                     f"{n['unidentified_level']:.3f} | {o['right_unidentified']} -> **{n['right_unidentified']}** | "
-                     f"{o['wrong_unidentified']} -> {n['wrong_unidentified']} | {o['wrong_counted_unflagged']} -> "
-                     f"{n['wrong_counted_unflagged']} ({n['review_level']:.3f}) |")
+        lines.append(f"| {r['step']} ({r['held_out']}, {r['held_out_right']}) | {r['unseen']} ({r['right']}) | "
+                     f"{three(r, 'review_level', '{:.3f}')} | {three(r, 'unidentified_level', '{:.3f}')} | "
+                     f"{three(r, 'right_unidentified')} | {three(r, 'right_flagged')} | {three(r, 'wrong_unidentified')} | "
+                     f"{three(r, 'wrong_flagged')} | {three(r, 'wrong_counted_unflagged')} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -73,14 +73,12 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", action="append", required=True, help="name:key=value,... (see the module doc)")
     args = ap.parse_args(argv)
 
-    from hemaedge.export.source import read_sidecar
-    from hemaedge.train.adapt import resolve_base
-    from hemaedge.train.adapt_bccd import labelled_run
+    from hemaedge.train.adapt_bccd import base_classes, labelled_run
 
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = args.base if (Path(args.base) / "manifest.json").is_file() else None
     train_run, train_stats = labelled_run(args.bccd, "train", args.work, bundle)
-    classes = list(read_sidecar(resolve_base(args.base)[0]).get("classes") or [])
+    classes = base_classes(args.base)
     seeds = [int(x) for x in args.splits.split(",")] if args.splits else [args.seed]
     command = "python -m hemaedge.benchmarks.tools.adapt_recipes " + " ".join(
         argv if argv is not None else sys.argv[1:])
@@ -101,8 +99,10 @@ def one_recipe(args, name, opts, seed, adapt_tree, dev_tree, command, cache) -> 
 
     # split 0 keeps the single-split folder name, so earlier finished recipes are read back
     out = args.work / (f"recipe-{name}" if seed == 0 else f"recipe-{name}-split{seed}")
+    # --fit head from a bundle: the adapted bundle is the model (no Keras file), and costs one parity pass
+    from_bundle = (Path(args.base) / "manifest.json").is_file() and opts.get("fit", "head") == "head"
     cfg = AdaptConfig(base=args.base, data=[str(adapt_tree)], out=str(out), replay=args.replay,
-                      test=[str(dev_tree)], seed=seed, export=False, **opts)
+                      test=[str(dev_tree)], seed=seed, export=from_bundle, **opts)
     result = cached_result(out, cfg) or adapt(cfg, logf=print, command=command, before_cache=cache)
     p = result["provenance"]
     b, a = p["accuracy_before"], p["accuracy_after"]
@@ -140,6 +140,7 @@ def _chosen(r) -> str:
 
 
 def write_tables(args, rows, train_stats, counts, seeds, command):
+    from_bundle = (Path(args.base) / "manifest.json").is_file() and all(r["fit"] == "head" for r in rows)
     from hemaedge.benchmarks.tools.result_files import write_result
     from hemaedge.train.finetune import machine
 
@@ -183,8 +184,12 @@ def write_tables(args, rows, train_stats, counts, seeds, command):
               "before): blocks=2, lr=3e-4, epochs=8, augment=dihedral, replay_ratio=2, distill=0, bn=frozen. One dev cell is "
               f"about {100 / n_dev:.1f} pt; a single split's rows within ~4 pt are not told apart, so recipes are "
               "compared by their mean over splits, with the sd as the split-to-split spread (the splits share "
-              "cells, so the sd understates a new lab's spread). PBC val: the whole split (Keras model). Wall time: "
-              "loading, training and evaluation, no int8 export; noisy on this shared machine. A recipe whose "
+              "cells, so the sd understates a new lab's spread). PBC val: the whole split ("
+              + ("the base bundle's int8 features through the fitted classifier layer, the bundle's views: "
+                 "`--fit head` from the bundle alone" if from_bundle else "Keras model") + "). Wall time: "
+              "loading, training and evaluation" + (" and the adapted bundle's export (its parity check on PBC val)"
+                                                    if from_bundle else ", no int8 export")
+              + "; noisy on this shared machine. A recipe whose "
               "adaptation already finished in --work is read back, not run again (its settings must match); the "
               "load average above is the one at writing.", ""]
     write_result(args.out, data, "\n".join(lines))

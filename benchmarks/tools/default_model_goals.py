@@ -54,15 +54,17 @@ def _multi_domain(path: Path | None) -> str:
     e2e = row.get("end_to_end_after")
     head = (f"{_pct(e2e['accuracy'], 1)} end to end ({e2e['right']} of {e2e['frames']} test cells, int8 bundle); "
             if e2e else "")
-    return (f"{head}{_pct(row['bccd_test_after'], 1)} on the device's crops (Keras, n={row['bccd_test_n']}); "
+    model = "int8 features" if row.get("figures") == "bundle" else "Keras"  # --fit head from the bundle alone
+    return (f"{head}{_pct(row['bccd_test_after'], 1)} on the device's crops ({model}, n={row['bccd_test_n']}); "
             f"PBC val {_pct(row['pbc_val_before'])} -> {_pct(row['pbc_val_after'])} — `train adapt` of "
             f"{r.get('label') or r.get('base')} on all {row['cells']} labelled BCCD train cells + replay ({path.name})")
 
 
 def default_multi_domain() -> Path | None:
-    """The packaged default's adaptation table (the `train adapt` defaults) when there is one, else
-    older ones (the epoch-4 checkpoint's)."""
-    for name in ("adapt_bccd_default_v2_ep10_defaults.json", "adapt_bccd_default_v2_lite0_defaults.json",
+    """The packaged default's adaptation table (the `train adapt` defaults, from the bundle itself) when
+    there is one, else older ones."""
+    for name in ("adapt_bccd_packaged_default.json", "adapt_bccd_default_v2_ep10_defaults.json",
+                 "adapt_bccd_default_v2_lite0_defaults.json",
                  "adapt_bccd_default_v2.json",
                  "adapt_bccd_default_v2_epoch4.json"):
         if (RESULTS / name).is_file():
@@ -193,7 +195,7 @@ def shipped_setting() -> dict | None:
 @click.option("--label", default="candidate", help="Column title for the candidate.")
 @click.option("--multi-domain", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="adapt_bccd table (JSON) whose 'all' step is the multi-domain model "
-                   "[default: benchmarks/results/adapt_bccd_default_v2_ep10_defaults.json, else older ones]")
+                   "[default: benchmarks/results/adapt_bccd_packaged_default.json, else older ones]")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default="benchmarks/results")
 @click.option("--final", is_flag=True, help="The candidate is the model that was packaged as the default.")
 def main(candidate, label, multi_domain, out, final):

@@ -191,14 +191,10 @@ def steps(s: Settings) -> list[Step]:
     peer_python = s.get("HEMAEDGE_PEER_PYTHON", "HEMAEDGE_PEER_PYTHON")
     proxy_base = s.get("HEMAEDGE_ADAPT_PROXY_BASE", os.path.expanduser("~/hemaedge-runs/review/proxy-base-smallcnn64-lr5e-4"))
     proxy_work = s.get("HEMAEDGE_ADAPT_WORK", os.path.expanduser("~/hemaedge-runs/review/adapt-bccd-proxy"))
-    # The real adaptation measurement (issue #14): the packaged default's int8 bundle as made next to
-    # its Keras source (the same files as src/hemaedge/models/default, flips views and two OOD tiers;
-    # HEMAEDGE_ADAPT_BASE names another copy, e.g. a new default). The --fit tail table was measured
-    # on the one-view copy and stays so. The epoch-4 checkpoint's table of the previous session stays a step.
-    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", os.path.expanduser("~/hemaedge-runs/default-v2-lite0-ep10/bundle-int8-flips"))
-    adapt_base_1view = os.path.expanduser("~/hemaedge-runs/default-v2-lite0-ep10/bundle-int8")
-    adapt_e4_base = os.path.expanduser("~/hemaedge-runs/check-epoch4/snap/bundle-int8")
-    adapt_work = os.path.expanduser("~/hemaedge-runs/review")
+    # The adaptation measurements (issue #14) start from the packaged default bundle itself (DEFAULT_BUNDLE):
+    # `train adapt --fit head` needs no Keras source since 2026-12-02 18:00. The tables made from the lost Keras
+    # source (~/hemaedge-runs/default-v2-lite0-ep10/model.keras) are in benchmarks/history/adapt-keras-source/.
+    adapt_base = s.get("HEMAEDGE_ADAPT_BASE", DEFAULT_BUNDLE)
     adapt_work_default = s.get("HEMAEDGE_ADAPT_DEFAULT_WORK", os.path.expanduser("~/hemaedge-runs/adapt"))
 
     def tool(module: str) -> list[str]:  # a script of benchmarks/tools/
@@ -318,65 +314,52 @@ def steps(s: Settings) -> list[Step]:
              "BCCD test and PBC val before/after", "~5 min"),
         Step("adapt-recipes", [Need(f"{adapt_base}/manifest.json", f"no base bundle at {adapt_base}; kept {out}/adapt_recipes.*")],
              [py, "-m", "hemaedge.benchmarks.tools.adapt_recipes", "--base", adapt_base, "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-flips", "--out", f"{out}/adapt_recipes", "--cells", "100",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/recipes-packaged", "--out", f"{out}/adapt_recipes", "--cells", "100",
               "--splits", "0,1,2",
               *[a for r in ADAPT_RECIPES for a in ("--recipe", r)]],
              [f"{out}/adapt_recipes{x}" for x in (".md", ".json")],
              "adaptation recipes compared on BCCD train cells only (100 to adapt on, the rest to compare), PBC val change",
              "~5 min per recipe"),
-        Step("adapt-errors", [Need(f"{adapt_work_default}/recipes-flips/recipe-head*/model.keras",
-                                   f"no adapt-recipes adaptations in {adapt_work_default}/recipes-flips; kept {out}/adapt_errors.*")],
-             [py, "-m", "hemaedge.benchmarks.tools.adapt_errors", "--work", f"{adapt_work_default}/recipes-flips",
+        Step("adapt-errors", [Need(f"{adapt_work_default}/recipes-packaged/recipe-head*/bundle/manifest.json",
+                                   f"no adapt-recipes adaptations in {adapt_work_default}/recipes-packaged; kept {out}/adapt_errors.*")],
+             [py, "-m", "hemaedge.benchmarks.tools.adapt_errors", "--work", f"{adapt_work_default}/recipes-packaged",
               "--base", adapt_base, "--bccd", f"{data}/bccd", "--recipe", "head", "--splits", "0,1,2",
               "--out", f"{out}/adapt_errors"],
              [f"{out}/adapt_errors{x}" for x in (".md", ".json", ".jpg")],
              "what the adapted default (recipe head of adapt-recipes) still gets wrong on BCCD train development cells: "
              "confusion, crop against the annotated box, labels to check, contact sheet (run after adapt-recipes)",
              "~2 min"),
-        Step("adapt-bccd", [Need(f"{adapt_base_1view}/manifest.json",
-                                 f"no base bundle at {adapt_base_1view}; kept {out}/adapt_bccd_default_v2_ep10_tail.*")],
-             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base_1view, "--label",
-              ADAPT_BASE_LABEL_1VIEW + ", --fit tail (the train adapt default until 2026-12-02)",
-              "--bccd", f"{data}/bccd", "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-ep10-defaults",
-              "--out", f"{out}/adapt_bccd_default_v2_ep10_tail", "--steps", "100,200,25,50",
-              "--export-steps", "25,50,100,200", *ADAPT_RECIPE_TAIL],
-             [f"{out}/adapt_bccd_default_v2_ep10_tail{x}" for x in (".md", ".json")],
-             "train adapt --fit tail (head + 2 blocks by SGD, flips/rotations, 8 epochs) of the packaged default on "
-             "25 / 50 / 100 / 200 (= all 192) BCCD train cells: BCCD test (device crops, end to end), PBC val, time",
-             "~5 min per step"),
-        Step("adapt-bccd-defaults", [Need(f"{adapt_base}/manifest.json",
-                                          f"no base bundle at {adapt_base}; kept {out}/adapt_bccd_default_v2_ep10_defaults.*")],
-             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_base, "--label",
+        Step("adapt-bccd-defaults", [Need(f"{DEFAULT_BUNDLE}/manifest.json", f"no packaged default at {DEFAULT_BUNDLE}")],
+             [py, "-m", "hemaedge.train.adapt_bccd", "--base", DEFAULT_BUNDLE, "--label",
               ADAPT_BASE_LABEL + ", train adapt defaults", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-flips-head-tiers",
-              "--out", f"{out}/adapt_bccd_default_v2_ep10_defaults", "--steps", "100,200,25,50",
+              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work_default}/steps-packaged",
+              "--out", f"{out}/adapt_bccd_packaged_default", "--steps", "100,200,25,50",
               "--export-steps", "25,50,100,200", *ADAPT_RECIPE],
-             [f"{out}/adapt_bccd_default_v2_ep10_defaults{x}" for x in (".md", ".json")],
-             "the same with `train adapt`'s default recipe (--fit head: classifier layer on frozen features, replay x12, "
-             "distill 0.5; the multi-domain row of #13 is its 200 step), 25-200 cells",
+             [f"{out}/adapt_bccd_packaged_default{x}" for x in (".md", ".json")],
+             "`train adapt`'s default recipe (--fit head: classifier layer on the bundle's own int8 features, replay "
+             "x12, distill 0.5) from the packaged default bundle alone (no Keras source) on 25 / 50 / 100 / 200 (= all "
+             "192) BCCD train cells: BCCD test end to end, PBC val, time; the 200 step is the multi-domain model of #13",
              "~3 min per step"),
-        Step("adapt-ood-levels", [Need(f"{adapt_work_default}/steps-flips-head-tiers/adapt-100-seed0/model.keras",
-                                       f"no adapt-bccd-defaults adaptations in {adapt_work_default}/steps-flips-head-tiers; "
+        Step("adapt-ood-levels", [Need(f"{adapt_work_default}/steps-packaged/adapt-100-seed0/bundle/manifest.json",
+                                       f"no adapt-bccd-defaults adaptations in {adapt_work_default}/steps-packaged; "
                                        f"kept {out}/adapt_ood_levels.*")],
              [py, "-m", "hemaedge.benchmarks.tools.adapt_ood_levels", "--work",
-              f"{adapt_work_default}/steps-flips-head-tiers", "--steps", "25,50,100", "--out", f"{out}/adapt_ood_levels"],
+              f"{adapt_work_default}/steps-packaged", "--steps", "25,50,100", "--out", f"{out}/adapt_ood_levels"],
              [f"{out}/adapt_ood_levels{x}" for x in (".md", ".json")],
-             "the adapted bundles' unidentified level, old rule (both tiers from the few held-out cells) against new "
-             "(each tier the larger over references), on the BCCD train cells each adaptation did not use "
-             "(run after adapt-bccd-defaults)",
+             "the adapted bundles' OOD levels under the three rules of issue #14 (both tiers from the larger review "
+             "level; each tier the larger over references; only references with enough right answers) on the BCCD "
+             "train cells each adaptation did not use (run after adapt-bccd-defaults)",
              "~1 min"),
-        Step("adapt-bccd-epoch4", [Need(f"{adapt_e4_base}/manifest.json",
-                                        f"no base bundle at {adapt_e4_base}; kept {out}/adapt_bccd_default_v2_epoch4.*")],
-             [py, "-m", "hemaedge.train.adapt_bccd", "--base", adapt_e4_base, "--label",
-              "default-v2 epoch-4 checkpoint (Lite0, ImageNet weights)", "--bccd", f"{data}/bccd",
-              "--replay", f"{data}/bloodmnist128", "--work", f"{adapt_work}/adapt-bccd-e4",
-              "--out", f"{out}/adapt_bccd_default_v2_epoch4",
-              "--steps", "100,all", "--export-steps", "100,all", *ADAPT_RECIPE_E4],
-             [f"{out}/adapt_bccd_default_v2_epoch4{x}" for x in (".md", ".json")],
-             "train adapt of the default's epoch-4 checkpoint on 100 / all BCCD train cells (previous session): "
-             "BCCD test (device crops, and end to end with the int8 bundle), PBC val change, wall time",
-             "~5-8 min per step"),
         # the default-model issue (#13): other microscopes, calibration, normalisation, the new default's checks
+        Step("eos-neut-features", [Need(f"{adapt_work_default}/steps-packaged/run-train/corrections.csv",
+                                        f"no reviewed BCCD train run in {adapt_work_default}/steps-packaged "
+                                        f"(run adapt-bccd-defaults); kept {out}/eos_neut_features.*")],
+             tool("eos_neut_features") + ["--run", f"{adapt_work_default}/steps-packaged/run-train", "--bundle",
+                                          DEFAULT_BUNDLE, "--out", f"{out}/eos_neut_features"],
+             [f"{out}/eos_neut_features{x}" for x in (".md", ".json")],
+             "BCCD eosinophil vs neutrophil (the adapted model's main error) on BCCD train cells only, cross-validated: "
+             "the bundle's backbone features against colour and nucleus-shape numbers measured on the crop",
+             "~2 min"),
         Step("bccd-wbc", [], [py, "-m", "hemaedge.benchmarks.tools.bccd_wbc", "--data", f"{data}/bccd", "--bloodmnist128",
                               f"{data}/bloodmnist128", "--bundle", DEFAULT_BUNDLE, "--split", "val", "--normalize", "bundle",
                               "--name", "default_val", "--out", out],
@@ -505,23 +488,14 @@ def steps(s: Settings) -> list[Step]:
     ]
 
 
-# Issue #14: the recipes compared on BCCD train cells (adapt-recipes) and the one chosen (adapt-bccd).
-# Compared on BCCD train cells with the packaged default as base (adapt_recipes.md, docs/review.md)
-# (the base's flips views since 2026-12-02 08:10; the one-view table is in the git history of adapt_recipes.md):
-# the default, the default scored and chosen with one view, class-balanced new cells, the last block unfrozen
-ADAPT_RECIPES = ["head:fit=head", "head-1view:fit=head,views=off", "head-balance:fit=head,balance=true",
-                 "tail-1block:fit=tail,blocks=1",
-                 # 2026-12-02 (s6): more of the loss on the new cells; a larger held-out part to choose the step on
-                 "head-new0.7:fit=head,new_weight=0.7", "head-holdout0.3:fit=head,holdout=0.3"]
+# Issue #14: the recipes compared on BCCD train cells (adapt-recipes), from the packaged default bundle alone.
+# Only --fit head recipes run from a bundle; the six-recipe comparison made with the lost Keras source (--fit tail
+# included) is benchmarks/history/adapt-keras-source/adapt_recipes.md. The default recipe, over three splits:
+ADAPT_RECIPES = ["head:fit=head"]
 # The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
 ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
-ADAPT_RECIPE_TAIL = ["--fit", "tail"]
-ADAPT_RECIPE_E4 = ["--fit", "tail", "--blocks", "6", "--augment", "robust", "--epochs", "15"]
-ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, int8 bundle with its "
-                    "flips views and two OOD tiers, as packaged; Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
-ADAPT_BASE_LABEL_1VIEW = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, one-view int8 bundle; "
-                          "Keras source ~/hemaedge-runs/default-v2-lite0-ep10/model.keras)")
-
+ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, src/hemaedge/models/default as "
+                    "shipped: int8, flips views, two OOD tiers, no Keras source; --fit head adapts the bundle itself)")
 RBC_BUNDLE = "src/hemaedge/models/rbc"
 
 
