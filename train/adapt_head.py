@@ -18,7 +18,7 @@ import logging
 import numpy as np
 
 from hemaedge.edge.errors import UsageError
-from hemaedge.edge.preprocess import prepare_batch
+from hemaedge.edge.preprocess import prepare_batch, softmax
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,6 @@ def view_probabilities(feats: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.nd
     """The device's answer: probabilities averaged over the views (feats (V, N, F) or one view (N, F))."""
     feats = feats[None] if feats.ndim == 2 else feats
     return np.mean([probabilities(f, w, b) for f in feats], axis=0)
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def probabilities(feats: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
