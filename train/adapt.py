@@ -621,7 +621,8 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
 
     `--fit head` from a TFLite bundle (the packaged default) needs no Keras source: the features are
     the bundle's own int8 backbone's and the new head is written into a copy of its model file
-    (train/adapt_bundle.py). `before_cache` (a dict kept by the caller) remembers the base model's
+    (train/adapt_bundle.py). Either kind of base offers the same methods (train/adapt_keras.py), so
+    this function does not branch on it. `before_cache` (a dict kept by the caller) remembers the base model's
     accuracy on PBC val and the test sets between adaptations of the same base, which a series of
     runs need only once.
     """
@@ -634,27 +635,12 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty: choose a new --out folder (nothing is overwritten)")
-    bundle_base, why_not = None, ""
-    if cfg.fit == "head":
-        from hemaedge.train.adapt_bundle import open_head_base
+    from hemaedge.train.adapt_keras import open_base
 
-        bundle_base, why_not = open_head_base(cfg.base)
-    if bundle_base is not None:
-        model, base_path, base_origin = None, bundle_base.bundle.model_path, bundle_base.origin
-        base_sha, base_sidecar = bundle_base.sha256, bundle_base.sidecar()
-        classes, contract = list(bundle_base.classes), bundle_base.contract
-        logf(f"base: the bundle {cfg.base} itself (its int8 backbone's features; the new head is written into "
-             "a copy of its model file, no Keras source needed)")
-    else:
-        from hemaedge.export.source import load_source
-
-        base_path, base_origin = resolve_base(cfg.base, "its classifier cannot be refitted in place (" + why_not + ")"
-                                              if why_not and cfg.fit == "head" else "")
-        source = load_source(base_path)
-        if source.output_kind != "probabilities":
-            raise UsageError(f"{base_path}: the base model outputs logits; adapting expects a softmax classifier")
-        model, base_sha, base_sidecar = source.model, source.sha256, dict(source.sidecar)
-        classes, contract = list(source.classes), source.contract
+    base = open_base(cfg)  # a Keras source, or with --fit head a TFLite bundle alone
+    logf(base.describe())
+    model, base_sha, base_sidecar = base.model, base.sha256, base.sidecar()
+    classes, contract = list(base.classes), base.contract
     size = contract.size
 
     cells = load_new_cells(cfg.data, classes, size, cfg.run_cells)
@@ -685,13 +671,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     if cfg.fit == "head":
         from hemaedge.train import adapt_head
 
-        if bundle_base is not None:  # the bundle's own model gives the features; its FC weights the head
-            layer, extractor, w0, b0 = None, bundle_base, bundle_base.w0, bundle_base.b0
-            backbone_parameters = bundle_base.parameters() - w0.size - b0.size
-        else:
-            layer, extractor = adapt_head.classifier_layer(model)
-            w0, b0 = (np.asarray(a, np.float32) for a in layer.get_weights())
-            backbone_parameters = extractor.count_params()
+        layer, extractor, w0, b0, backbone_parameters = base.head_parts()
         head = {"layer": layer, "w0": w0, "b0": b0, "features": {}, "backbone_parameters": int(backbone_parameters)}
 
         def feats(name, cells_, cached=True):
@@ -745,8 +725,7 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     else:
         trainable, fit = fit_head_only(head, extractor, contract, new, replay, held, cfg, logf, n_replay)
         w, b = fit.pop("w"), fit.pop("b")
-        if head["layer"] is not None:
-            head["layer"].set_weights([w, b])
+        base.set_head(w, b)
 
         def after_probabilities(name, cells_):  # the backbone is unchanged: its features are still valid
             return adapt_head.view_probabilities(head["features"][name], w, b)
@@ -761,14 +740,8 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     logf("after: " + ", ".join(f"{k} {v['accuracy']}" for k, v in after.items()))
 
     out.mkdir(parents=True, exist_ok=True)
-    if model is not None:
-        from hemaedge.train.finetune import save_keras_atomic
-
-        for layer in model.layers:
-            layer.trainable = True
-        save_keras_atomic(model, out / "model.keras")
     provenance = {
-        "base": {"file": str(base_path), "sha256": base_sha, **base_origin},
+        "base": {"file": str(base.path), "sha256": base_sha, **base.origin},
         "data": cells.sources,
         "counts": {"new_cells": len(cells), "new_train": len(new), "held_out": len(held),
                    "replay": n_replay, "replay_pool": len(replay), "replay_data": cfg.replay,
@@ -791,53 +764,12 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     side.update(classes=classes, input=contract.to_dict(), adapted_from=provenance["base"],
                 metrics={"held_out_accuracy": after["held_out"]["accuracy"],
                          **({"pbc_val_accuracy": after["pbc_val"]["accuracy"]} if pbc_val is not None else {})})
-    if bundle_base is not None:
-        provenance["training"]["features"] = ("the base bundle's own model (LiteRT), input of its classifier layer; "
-                                              f"its answers matched softmax(f @ W0 + b0) to {bundle_base.max_mismatch:.1g}")
-        result = {"provenance": provenance}
-        if cfg.export:
-            from hemaedge.train.adapt_bundle import write_adapted_bundle
-
-            result["bundle"] = write_adapted_bundle(out / "bundle", bundle_base, w, b, side, provenance, pbc_src,
-                                                    cfg, logf)
-            provenance["bundle"] = {k: v for k, v in result["bundle"].items() if k != "path"}
-    else:
-        atomic_write_json(out / "model.json", side)
-        result = {"provenance": provenance, "model": str(out / "model.keras")}
-        if cfg.export:
-            result["bundle"] = export_bundle(out, classes, new, replay, pbc_src, cfg, provenance, logf,
-                                             side["inference"])
+    result = base.write(out, side, provenance, cfg, new, replay, pbc_src, logf)
     result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     # CPU seconds of all threads: on a shared machine the wall time says more about the others' load
     result["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
     provenance["wall_seconds"], provenance["cpu_seconds"] = result["wall_seconds"], result["cpu_seconds"]
     atomic_write_json(out / "adapt.json", result)
-    if model is not None:
-        import keras
-
-        keras.backend.clear_session()
+    base.close()
     return result
 
-
-def export_bundle(out: Path, classes, new: Cells, replay: Cells, pbc_src, cfg: AdaptConfig, provenance: dict, logf,
-                  side_inference: dict | None = None):
-    """The adapted model as an int8 bundle (the default's format), provenance in its manifest and the
-    test-time views its OOD levels were set for (`inference.views`: the base bundle's unless --views)."""
-    from hemaedge.export.pipeline import ParityData, export_one
-    from hemaedge.export.source import load_source
-
-    source = load_source(out / "model.keras")
-    rng = np.random.default_rng(cfg.seed + 7)
-    pool = np.concatenate([new.images, replay.images]) if len(replay) else new.images
-    calib = [pool[i] for i in np.sort(rng.permutation(len(pool))[:cfg.calib_count])]
-    # eval_limit is per class elsewhere; the export's parity reader takes a total
-    limit = cfg.eval_limit * len(classes) if cfg.eval_limit else None
-    parity = ParityData(pbc_src, classes, splits=("val",), limit=limit, seed=cfg.seed) if pbc_src else None
-    row = export_one(BUNDLE_FORMAT, source, out / "bundle", parity_data=parity, calib_images=calib,
-                     calib_info={"images": len(calib), "from": "new training cells + replay sample"},
-                     manifest_extra={"adaptation": provenance, "inference": side_inference}, log=logf)
-    provenance["bundle"] = {"format": BUNDLE_FORMAT, "status": row.get("status"),
-                            "pbc_val_accuracy_int8": row.get("val_accuracy"),
-                            "pbc_val_n_int8": int(len(parity.data("val")[1])) if parity else 0,
-                            "size_mb": row.get("size_mb")}
-    return {"path": str(out / "bundle"), **provenance["bundle"]}

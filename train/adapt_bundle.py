@@ -147,7 +147,11 @@ def patched_model(data: bytes, end: ClassifierEnd, w: np.ndarray, b: np.ndarray)
 
 class BundleHead:
     """A TFLite bundle as `--fit head` uses it: `predict(x)` gives the features of a prepared batch
-    (the `extractor` interface of train/adapt_head.py), w0 / b0 the base head."""
+    (the `extractor` interface of train/adapt_head.py), w0 / b0 the base head. It is also the base
+    `train adapt` adapts (the interface of train/adapt_keras.KerasBase): no Keras `model`; the new head
+    is written into a copy of its model file."""
+
+    model = None  # nothing to retrain or predict with in Keras: the features come from LiteRT
 
     def __init__(self, root, threads: int | None = None):
         from hemaedge.edge.backends import LiteRTBackend
@@ -168,6 +172,35 @@ class BundleHead:
         self.origin = {"bundle": str(self.root), "bundle_manifest_sha256": manifest_digest(self.root),
                        "inference": self.bundle.manifest.get("inference") or {}}
         self.max_mismatch = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.bundle.model_path
+
+    def describe(self) -> str:
+        return (f"base: the bundle {self.root} itself (its int8 backbone's features; the new head is written into "
+                "a copy of its model file, no Keras source needed)")
+
+    def head_parts(self):
+        """(classifier layer: none in Keras, feature extractor: this bundle, W0, B0, parameters outside the classifier)."""
+        return None, self, self.w0, self.b0, self.parameters() - self.w0.size - self.b0.size
+
+    def set_head(self, w: np.ndarray, b: np.ndarray) -> None:
+        self._new_head = (w, b)  # written into the model file by `write`
+
+    def write(self, out: Path, side: dict, provenance: dict, cfg, new, replay, pbc_src, logf) -> dict:
+        """With cfg.export, OUT/bundle: this model file with the fitted head patched in (write_adapted_bundle)."""
+        provenance["training"]["features"] = ("the base bundle's own model (LiteRT), input of its classifier layer; "
+                                              f"its answers matched softmax(f @ W0 + b0) to {self.max_mismatch:.1g}")
+        result = {"provenance": provenance}
+        if cfg.export:
+            w, b = self._new_head
+            result["bundle"] = write_adapted_bundle(out / "bundle", self, w, b, side, provenance, pbc_src, cfg, logf)
+            provenance["bundle"] = {k: v for k, v in result["bundle"].items() if k != "path"}
+        return result
+
+    def close(self) -> None:
+        pass
 
     @property
     def classes(self) -> list[str]:
