@@ -129,7 +129,7 @@ class SegmentParams:
     # confirms it as any other candidate.
     faint_rescue: bool = True
     faint_min_area_rbc: float = 0.015
-    faint_centre_share: float = 0.1
+    faint_centre_share: float = 0.2
     faint_min_solidity: float = 0.95
     faint_max_ring: float = 0.1
     # nucleus box -> whole-cell box: each side grows by this fraction of the box size
