@@ -581,13 +581,20 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         roi = (slice(y, y + bh), slice(x, x + bw))
         inside = labels[ly:ly + bh, lx:lx + bw] == k
         values = s[roi][inside]
-        score = mean_f32(values)
         area = values.size
+        rescuable = p.faint_rescue and labels is pale_labels
+        centred = None  # a stained centre: at least `faint_centre_share` of its pixels at `pale_z`
+        if area < lo:  # too small for a platelet unless rescued (most such specks: tested before the mean)
+            centred = rescuable and np.count_nonzero(values >= p.pale_z * spread) >= p.faint_centre_share * area
+            if not centred:
+                continue
+        score = mean_f32(values)
         # too faint, too little stain in all (a speck, a faint trace) or too small for a platelet
-        faint = (score < max(p.platelet_min_z * spread, p.platelet_min_score)
-                 or area * score < p.platelet_min_stain * d2 * spread or area < lo)
-        if faint and not (p.faint_rescue and labels is pale_labels
-                          and np.count_nonzero(values >= p.pale_z * spread) >= p.faint_centre_share * area):
+        faint = (area < lo or score < max(p.platelet_min_z * spread, p.platelet_min_score)
+                 or area * score < p.platelet_min_stain * d2 * spread)
+        if faint and centred is None:
+            centred = rescuable and np.count_nonzero(values >= p.pale_z * spread) >= p.faint_centre_share * area
+        if faint and not centred:
             continue  # no stained centre either
         if max(bw, bh) > p.pale_platelet_side_rbc * rbc_px and score < p.pale_platelet_z * spread:
             continue  # large and pale: a smear of stain
