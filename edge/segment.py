@@ -111,6 +111,27 @@ class SegmentParams:
     split_misshapen: bool = True
     platelet_min_solidity: float = 0.8
     split_ragged: bool = True
+    # Pale bodies (seventh pass, chosen on BCCD train + val 2026-12-03, docs/edge.md). A stain
+    # level of `pale_z` robust SDs marks a platelet's granular centre. A candidate whose mean
+    # stain is below it is pale and must be more clearly blue-violet, `pale_min_blue` instead of
+    # `platelet_min_blue` (the faint pink-grey specks on red cells pass 0.6: of the counted
+    # candidates with mean below 4 SDs and blue below 0.8, 5 matched no VOC box, 1 did).
+    pale_z: float = 4.0
+    pale_min_blue: float = 0.8
+    # Faint rescue: a body that fails the candidate tests above only for faintness (mean below
+    # `platelet_min_z`, too little stain in all, or an area down to `faint_min_area_rbc` d^2,
+    # below `min_platelet_rbc_area`) is still a candidate when at least `faint_centre_share`
+    # of its pixels reach `pale_z` (a stained centre in a pale body: a small or faint
+    # platelet, not a trace of stain), it is blue-violet at the pale level, compact
+    # (solidity >= `faint_min_solidity`, a disc) and clear of red cells (at most
+    # `faint_max_ring` of the ring around its box is red cell, not the 0.5 of other
+    # candidates: a faint speck on a red cell's edge is stain, not a platelet). The classifier
+    # confirms it as any other candidate.
+    faint_rescue: bool = True
+    faint_min_area_rbc: float = 0.015
+    faint_centre_share: float = 0.2
+    faint_min_solidity: float = 0.95
+    faint_max_ring: float = 0.1
     # nucleus box -> whole-cell box: each side grows by this fraction of the box size
     cell_margin: float = 0.12
     # split a component by watershed when it is this many times a single cell's area
@@ -191,6 +212,7 @@ class Detection:
     at_edge: bool = False  # the cell is cut by the frame edge (only part of it is visible)
     size_ambiguous: bool = False  # nucleated cell or platelet clump: the classifier decides the kind
     on_red_cell: bool = False  # a platelet candidate lying on a red cell: flagged, not counted
+    faint: bool = False  # a platelet candidate kept by the faint rescue (`SegmentParams.faint_rescue`)
 
     @property
     def size(self) -> int:
@@ -513,6 +535,8 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         mask[y0:y1, x0:x1] = 0
     d2 = rbc_px * rbc_px
     lo, hi = p.min_platelet_rbc_area * d2, p.max_platelet_rbc_area * d2
+    # pale-mask bodies down to the faint rescue's area are looked at (smaller ones: only rescued)
+    body_lo = min(lo, p.faint_min_area_rbc * d2) if p.faint_rescue else lo
     n, labels, stats, _ = components(mask)
     split = np.zeros(n, bool)  # bodies whose strongly stained cores are the candidates instead
     if core is not None and n > 1:
@@ -522,7 +546,7 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
             split[1:] |= (area >= lo) & _misshapen(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT],
                                                    rbc_px, p)
     # (label image, its stats, label, the label image's origin in the frame) of each candidate body
-    bodies = [(labels, stats, k, 0, 0) for k in _candidates(stats, lo, hi, rbc_px, p) if not split[k]]
+    bodies = [(labels, stats, k, 0, 0) for k in _candidates(stats, body_lo, hi, rbc_px, p) if not split[k]]
     pale_labels = labels
 
     def cores_of(k: int) -> list:
@@ -556,15 +580,29 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         x, y = lx + ox, ly + oy
         roi = (slice(y, y + bh), slice(x, x + bw))
         inside = labels[ly:ly + bh, lx:lx + bw] == k
-        score = mean_f32(s[roi][inside])
-        if score < max(p.platelet_min_z * spread, p.platelet_min_score):
-            continue
-        if np.count_nonzero(inside) * score < p.platelet_min_stain * d2 * spread:
-            continue  # too little stain in all for a platelet: a speck, or a faint trace
+        values = s[roi][inside]
+        area = values.size
+        rescuable = p.faint_rescue and labels is pale_labels
+        centred = None  # a stained centre: at least `faint_centre_share` of its pixels at `pale_z`
+        if area < lo:  # too small for a platelet unless rescued (most such specks: tested before the mean)
+            centred = rescuable and np.count_nonzero(values >= p.pale_z * spread) >= p.faint_centre_share * area
+            if not centred:
+                continue
+        score = mean_f32(values)
+        # too faint, too little stain in all (a speck, a faint trace) or too small for a platelet
+        faint = (area < lo or score < max(p.platelet_min_z * spread, p.platelet_min_score)
+                 or area * score < p.platelet_min_stain * d2 * spread)
+        if faint and centred is None:
+            centred = rescuable and np.count_nonzero(values >= p.pale_z * spread) >= p.faint_centre_share * area
+        if faint and not centred:
+            continue  # no stained centre either
         if max(bw, bh) > p.pale_platelet_side_rbc * rbc_px and score < p.pale_platelet_z * spread:
             continue  # large and pale: a smear of stain
-        if (mean_f32(_blue_minus_red(image[roi])[inside]) - background_blue) < p.platelet_min_blue * score:
+        blue = p.pale_min_blue if faint or score < p.pale_z * spread else p.platelet_min_blue
+        if (mean_f32(_blue_minus_red(image[roi])[inside]) - background_blue) < blue * score:
             continue  # pink-magenta: a speck of stain on a red cell, not a platelet
+        if faint and _solidity(inside) < p.faint_min_solidity:
+            continue  # a faint body must be a disc
         if p.platelet_min_solidity and _solidity(inside) < p.platelet_min_solidity:
             if p.split_ragged and core is not None and labels is pale_labels:
                 bodies += cores_of(k)  # not one disc: touching platelets? its cores are the candidates
@@ -578,10 +616,12 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
                min(w, int(round(cx + hx))), min(h, int(round(cy + hy))))
         if red is None:  # unstained: outside the pale mask and the nuclei (`core`; their boxes are cleared in `mask`)
             red = red_cell_level(image, mask if core is None else (mask | core))
-        out.append(Detection(box, "platelet", int(np.count_nonzero(inside)), score,
+        ring = _ring_share(*red, box, max(2, round(p.platelet_ring_rbc * rbc_px)))
+        if faint and ring > p.faint_max_ring:
+            continue  # a faint body at a red cell's edge: stain, not a platelet
+        out.append(Detection(box, "platelet", area, score,
                              at_edge=_touches_edge((x, y, x + bw, y + bh), image.shape, p.edge_px),
-                             on_red_cell=_ring_share(*red, box, max(2, round(p.platelet_ring_rbc * rbc_px)))
-                             > p.platelet_on_red_cell))
+                             on_red_cell=ring > p.platelet_on_red_cell, faint=faint))
     return out
 
 

@@ -115,6 +115,25 @@ def test_a_pbc_platelet_clump_is_still_a_platelet(pbc_raw_val, default_classifie
         assert not any(d.kind == "wbc" and not d.at_edge for d in res.detections), name
 
 
+def test_a_rescued_faint_platelet_is_confirmed_like_any_candidate(bccd, default_classifier):
+    """BCCD train VOC platelets only the faint rescue finds (`SegmentParams.faint_rescue`): the
+    default model confirms them in their platelet-sized crop and they are counted; a rescued
+    candidate counts only as platelet, and only when the classifier calls it one."""
+    from hemaedge.edge.segment import iou
+
+    plt = default_classifier.classes.index("platelet")
+    for fid, box in (("BloodImage_00273", (496, 402, 530, 438)), ("BloodImage_00179", (72, 14, 106, 48)),
+                     ("BloodImage_00198", (262, 396, 298, 430))):
+        res = default_classifier.process(read_image_rgb(bccd / "JPEGImages" / f"{fid}.jpg"))
+        faint = [(d, dec, p) for d, dec, p in zip(res.detections, res.decisions, res.probabilities) if d.faint]
+        assert faint, fid
+        for d, dec, p in faint:
+            assert d.kind == "platelet" and dec.label == "platelet", fid
+            sure = int(np.argmax(p)) == plt and p[plt] >= default_classifier.unidentified_below
+            assert dec.counted == (sure and not d.on_red_cell), fid
+        assert any(iou(d.box, box) >= 0.5 and dec.counted for d, dec, _ in faint), fid
+
+
 def test_a_bccd_platelet_is_confirmed_in_its_platelet_sized_crop(bccd, default_classifier):
     """BCCD val frames whose labelled platelets the classifier did not confirm in the white cells'
     3-diameter crop (a dot it called erythroblast); in the crop sized for a platelet it does."""

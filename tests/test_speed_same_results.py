@@ -283,12 +283,14 @@ def _platelet_inputs(frames):
 def assert_same_platelets(frames, what):
     n = 0
     for k, args in enumerate(_platelet_inputs(frames)):
-        # the platelet rules added after the speed work off (split / shape / stain in all: the reference has none)
-        old_rules = replace(args[4], split_misshapen=False, platelet_min_solidity=0.0, platelet_min_stain=0.0)
+        # the platelet rules added after the speed work off (split / shape / stain in all, the pale
+        # colour tier and the faint rescue: the reference has none)
+        old_rules = replace(args[4], split_misshapen=False, platelet_min_solidity=0.0, platelet_min_stain=0.0,
+                            faint_rescue=False, pale_min_blue=args[4].platelet_min_blue)
         got = seg.find_platelets(*args[:4], old_rules, core=args[5])
         want = find_platelets_reference(*args[:5], core=args[5])
-        # `on_red_cell` is a mark added after the speed work (the reference cannot set it)
-        same = lambda d: {key: v for key, v in vars(d).items() if key != "on_red_cell"}
+        # `on_red_cell` and `faint` are marks added after the speed work (the reference cannot set them)
+        same = lambda d: {key: v for key, v in vars(d).items() if key not in ("on_red_cell", "faint")}
         assert [same(d) for d in got] == [same(d) for d in want], (what, k)
         n += len(want)
     return n

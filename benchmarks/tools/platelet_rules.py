@@ -35,8 +35,17 @@ VARIANTS = [
     ("- stain in all", "a body holding little stain in all (area x mean stain < 0.13 d² SDs) is kept",
      {"platelet_min_stain": 0.0}),
     ("- large and pale at 3.5 SDs", "the large-and-pale level at its former 4 robust SDs", {"pale_platelet_z": 4.0}),
-    ("previous default (fifth pass, 2026-12-02)", "no stain-in-all rule, large-and-pale at 4 SDs",
-     {"platelet_min_stain": 0.0, "pale_platelet_z": 4.0}),
+    ("- faint rescue", "a faint or small body with a stained centre is dropped, as before the seventh pass",
+     {"faint_rescue": False}),
+    ("- pale colour tier", "a pale candidate (mean below 4 robust SDs) passes the common blue-violet level (0.6), "
+     "and so does a rescued one", {"pale_min_blue": 0.6}),
+    ("- rescue: clear of red cells", "a faint body may lie at a red cell's edge (ring share up to 0.5 as others)",
+     {"faint_max_ring": 0.5}),
+    ("- rescue: a disc", "a faint body needs only the common solidity (0.8)", {"faint_min_solidity": 0.8}),
+    ("previous default (sixth pass, 2026-12-02)", "no faint rescue, no pale colour tier",
+     {"faint_rescue": False, "pale_min_blue": 0.6}),
+    ("fifth pass (2026-12-02)", "no stain-in-all rule, large-and-pale at 4 SDs, no faint rescue, no pale colour tier",
+     {"platelet_min_stain": 0.0, "pale_platelet_z": 4.0, "faint_rescue": False, "pale_min_blue": 0.6}),
 ]
 SPLITS = {"train + val": ("train", "val"), "test": ("test",)}
 
