@@ -127,13 +127,17 @@ def read_image_rgb(path) -> np.ndarray:
     return to_rgb_uint8(img, "BGR" if img.ndim == 3 else "RGB")
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square resize: area averaging when shrinking, bicubic when enlarging."""
+def resize(image: np.ndarray, size: int, dst: np.ndarray | None = None) -> np.ndarray:
+    """Square resize: area averaging when shrinking, bicubic when enlarging. `dst`: a contiguous
+    (size, size, C) array of the image's type to write into (e.g. a slot of a batch)."""
     h, w = image.shape[:2]
     if (h, w) == (size, size):
-        return image
+        if dst is None:
+            return image
+        dst[...] = image
+        return dst
     interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_CUBIC
-    return cv2.resize(image, (size, size), interpolation=interp)
+    return cv2.resize(image, (size, size), dst=dst, interpolation=interp)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -364,7 +368,7 @@ def preprocess_batch(images: Sequence[np.ndarray], contract: InputContract) -> n
     for one, img in zip(batch, images):
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise FrameFormatError(f"expected uint8 RGB images (H, W, 3), got {img.dtype} {img.shape}")
-        one[...] = resize(img, size)
+        resize(img, size, dst=one)
     if not len(batch):
         return batch
     mode = contract.preprocess
