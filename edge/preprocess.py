@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from hemaedge.edge.errors import FrameFormatError  # noqa: F401  (re-exported)
+from hemaedge.edge.errors import FrameFormatError  # (also re-exported)
 
 PREPROCESS_MODES = ("rgb", "clahe", "otsu-mask", "masked-rgb")
 
@@ -127,13 +127,17 @@ def read_image_rgb(path) -> np.ndarray:
     return to_rgb_uint8(img, "BGR" if img.ndim == 3 else "RGB")
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square resize: area averaging when shrinking, bicubic when enlarging."""
+def resize(image: np.ndarray, size: int, dst: np.ndarray | None = None) -> np.ndarray:
+    """Square resize: area averaging when shrinking, bicubic when enlarging. `dst`: a contiguous
+    (size, size, C) array of the image's type to write into (e.g. a slot of a batch)."""
     h, w = image.shape[:2]
     if (h, w) == (size, size):
-        return image
+        if dst is None:
+            return image
+        dst[...] = image
+        return dst
     interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_CUBIC
-    return cv2.resize(image, (size, size), interpolation=interp)
+    return cv2.resize(image, (size, size), dst=dst, interpolation=interp)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -146,10 +150,23 @@ def clahe(image: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndarray:
 
 
 def clahe_lab(lab: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndarray:
-    """`clahe` on an image already in OpenCV 8-bit Lab, in place (returned for chaining)."""
+    """`clahe` on an image already in OpenCV 8-bit Lab, in place (returned for chaining); also on
+    a stack (N, H, W, 3) of such images, each equalised on its own (CLAHE is per image)."""
     op = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(int(tiles), int(tiles)))
-    lab[..., 0] = op.apply(lab[..., 0])
+    for one in (lab,) if lab.ndim == 3 else lab:
+        one[..., 0] = op.apply(one[..., 0])
     return lab
+
+
+def _stacked(images: np.ndarray) -> np.ndarray:
+    """A contiguous stack (N, H, W, C) as one (N x H, W, C) image: per-pixel OpenCV calls (colour
+    conversions) then run once for all N images, with the very pixels of N calls."""
+    return np.ascontiguousarray(images).reshape(-1, *images.shape[2:])
+
+
+def cvt_stack(images: np.ndarray, code: int) -> np.ndarray:
+    """`cv2.cvtColor` of every image of a stack (N, H, W, 3), in one call."""
+    return cv2.cvtColor(_stacked(images), code).reshape(images.shape)
 
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
@@ -302,9 +319,16 @@ def normalize_colour(image: np.ndarray, spec: dict, anchors: np.ndarray | None =
 def normalize_lab(image: np.ndarray, spec: dict, anchors: np.ndarray | None = None) -> np.ndarray:
     """`normalize_colour`, left in OpenCV 8-bit Lab (a new array): for a next step that works in
     Lab too (CLAHE), so the image is not converted back to RGB and to Lab again in between."""
-    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
-    src = colour_anchors(image, lab=lab) if anchors is None else np.asarray(anchors, dtype=np.float32)
-    cv2.LUT(lab, _colour_lut(spec, src), dst=lab)  # in place: a per-pixel table lookup
+    return normalize_lab_batch(image[None], spec, None if anchors is None else np.asarray(anchors)[None])[0]
+
+
+def normalize_lab_batch(images: np.ndarray, spec: dict, anchors: np.ndarray | None = None) -> np.ndarray:
+    """`normalize_lab` of each image of a stack (N, H, W, 3) of one size, each from its own
+    anchors (`anchors`: (N, 2, 3) given), with one Lab conversion for the stack."""
+    lab = cvt_stack(images, cv2.COLOR_RGB2LAB)
+    for k, (img, one) in enumerate(zip(images, lab)):
+        src = colour_anchors(img, lab=one) if anchors is None else np.asarray(anchors[k], dtype=np.float32)
+        cv2.LUT(one, _colour_lut(spec, src), dst=one)  # in place: a per-pixel table lookup
     return lab
 
 
@@ -331,20 +355,36 @@ def _colour_lut(spec: dict, src: np.ndarray) -> np.ndarray:
 
 def apply_preprocess(image: np.ndarray, contract: InputContract) -> np.ndarray:
     """uint8 RGB image of any size -> uint8 RGB image of the contract's size and mode."""
-    img = resize(image, contract.size)
+    return preprocess_batch([image], contract)[0]
+
+
+def preprocess_batch(images: Sequence[np.ndarray], contract: InputContract) -> np.ndarray:
+    """uint8 RGB images of any sizes -> (N, S, S, 3) uint8: each through the contract's resize,
+    colour normalisation and mode, as `apply_preprocess` does one image. The colour conversions
+    run once over the stack of resized images (a frame's crops), not once per image; the
+    normalisation anchors and CLAHE stay per image."""
+    size = contract.size
+    batch = np.empty((len(images), size, size, 3), np.uint8)
+    for one, img in zip(batch, images):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise FrameFormatError(f"expected uint8 RGB images (H, W, 3), got {img.dtype} {img.shape}")
+        resize(img, size, dst=one)
+    if not len(batch):
+        return batch
     mode = contract.preprocess
-    if contract.one_lab_pass and contract.normalize is not None and mode == "clahe":
-        lab = clahe_lab(normalize_lab(img, contract.normalize), contract.clahe_clip, contract.clahe_tiles)
-        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
     if contract.normalize is not None:
-        img = normalize_colour(img, contract.normalize)
+        lab = normalize_lab_batch(batch, contract.normalize)
+        if not (contract.one_lab_pass and mode == "clahe"):
+            batch = cvt_stack(lab, cv2.COLOR_LAB2RGB)
+        else:  # CLAHE straight on the normalised Lab: no uint8 RGB in between
+            return cvt_stack(clahe_lab(lab, contract.clahe_clip, contract.clahe_tiles), cv2.COLOR_LAB2RGB)
     if mode == "clahe":
-        img = clahe(img, contract.clahe_clip, contract.clahe_tiles)
-    elif mode == "otsu-mask":
-        img = otsu_mask(img)
-    elif mode == "masked-rgb":
-        img = masked_rgb(img)
-    return img
+        lab = clahe_lab(cvt_stack(batch, cv2.COLOR_RGB2LAB), contract.clahe_clip, contract.clahe_tiles)
+        batch = cvt_stack(lab, cv2.COLOR_LAB2RGB)
+    elif mode in ("otsu-mask", "masked-rgb"):
+        method = otsu_mask if mode == "otsu-mask" else masked_rgb
+        batch = np.stack([method(one) for one in batch])
+    return batch
 
 
 def scale_pixels(batch_uint8: np.ndarray, scaling: str) -> np.ndarray:
@@ -376,10 +416,10 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 def prepare_batch(images: Iterable[np.ndarray], contract: InputContract) -> np.ndarray:
     """uint8 RGB images of any size -> the exact tensor the model takes (N, S, S, 3)."""
-    pre = [apply_preprocess(img, contract) for img in images]
-    if not pre:
+    batch = preprocess_batch(list(images), contract)
+    if not len(batch):
         return np.zeros((0, contract.size, contract.size, 3), dtype=np.dtype(contract.dtype))
-    return batch_tensor(np.stack(pre), contract)
+    return batch_tensor(batch, contract)
 
 
 def batch_tensor(batch: np.ndarray, contract: InputContract) -> np.ndarray:
@@ -422,7 +462,7 @@ def output_probabilities(out: np.ndarray, output: dict) -> np.ndarray:
 __all__: Sequence[str] = [
     "InputContract", "FrameFormatError", "PREPROCESS_MODES", "SCALINGS", "NORMALIZE_METHODS", "to_rgb_uint8",
     "batch_tensor", "check_normalize", "colour_anchors", "reference_anchors", "normalize_colour",
-    "read_image_rgb", "resize", "clahe", "clahe_lab", "normalize_lab", "otsu_binary", "otsu_mask", "masked_rgb",
-    "apply_preprocess", "scale_pixels", "quantize", "dequantize", "prepare_batch", "softmax",
+    "read_image_rgb", "resize", "clahe", "clahe_lab", "cvt_stack", "normalize_lab", "normalize_lab_batch", "otsu_binary", "otsu_mask", "masked_rgb",
+    "apply_preprocess", "preprocess_batch", "scale_pixels", "quantize", "dequantize", "prepare_batch", "softmax",
     "output_probabilities",
 ]

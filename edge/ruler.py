@@ -50,7 +50,7 @@ def _red_cell_foreground(image: np.ndarray, params: SegmentParams | None = None,
     if work is None:
         work = work_copy(image, p)
     small, scale, stained = work.image, work.scale, work.mask
-    green = cv2.GaussianBlur(small[..., 1], (5, 5), 0)
+    green = work.blurred_green()
     if float(cv2.meanStdDev(green)[1][0, 0]) < 4.0:  # featureless (black, white, no slide): Otsu would split noise
         return None
     near_stain = cv2.dilate(stained, _ellipse(9)) > 0

@@ -273,6 +273,14 @@ class WorkCopy:
     mask: np.ndarray  # stain_mask(image)
     stain: np.ndarray  # its stain channel
     threshold: float = 0.0  # the stain level above which `mask` is set (Otsu's, floored at min_contrast)
+    _green: np.ndarray | None = field(default=None, repr=False)
+
+    def blurred_green(self) -> np.ndarray:
+        """The work copy's green channel blurred 5x5, made on first use: the ruler and the
+        platelets' red-cell level both start from it (one blur per frame, not one each)."""
+        if self._green is None:
+            self._green = cv2.GaussianBlur(self.image[..., 1], (5, 5), 0)
+        return self._green
 
 
 def work_scale(shape, params: SegmentParams | None = None) -> float:
@@ -494,7 +502,8 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
         # without a ruler: the diameter implied by the frame-fraction white-cell limit
         d_work = rbc_diameter * scale if rbc_diameter else float(np.sqrt(min_wbc / p.min_wbc_rbc_area))
         # their nuclei, not their whole boxes: a platelet lying at a white cell's rim keeps its shape
-        dets += find_platelets(image, s, [_shrink(d.box, p.cell_margin) for d in dets], d_work, p, core=work.mask)
+        dets += find_platelets(image, s, [_shrink(d.box, p.cell_margin) for d in dets], d_work, p, core=work.mask,
+                               work=work)
     if scale < 1.0:
         sx, sy = full_w / w, full_h / h
         for d in dets:
@@ -515,7 +524,8 @@ def segment(image: np.ndarray, params: SegmentParams | None = None,
 
 
 def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: float,
-                   params: SegmentParams | None = None, core: np.ndarray | None = None) -> list[Detection]:
+                   params: SegmentParams | None = None, core: np.ndarray | None = None,
+                   work: WorkCopy | None = None) -> list[Detection]:
     """Platelets of a (work-copy) RGB frame: small blue-violet bodies outside the nucleated cells.
 
     `s`: the frame's stain channel (`stain_channel`), `nucleated_boxes`: the nucleated cells'
@@ -525,7 +535,7 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
     rule holds under another microscope, stain or camera. `core`: the strongly stained mask
     (`stain_mask`); where the pale mask joins neighbouring platelets (a clump, a platelet on a
     pale smear) into a body too large for one, the strongly stained cores inside it are the
-    candidates instead.
+    candidates instead. `work`: the frame's work copy (this `image`), whose blurred green it shares.
     """
     p = params or SegmentParams()
     spread = robust_spread(s)  # robust SD of the stain channel
@@ -615,7 +625,8 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
         box = (max(0, int(round(cx - hx))), max(0, int(round(cy - hy))),
                min(w, int(round(cx + hx))), min(h, int(round(cy + hy))))
         if red is None:  # unstained: outside the pale mask and the nuclei (`core`; their boxes are cleared in `mask`)
-            red = red_cell_level(image, mask if core is None else (mask | core))
+            red = red_cell_level(image, mask if core is None else (mask | core),
+                                 None if work is None else work.blurred_green())
         ring = _ring_share(*red, box, max(2, round(p.platelet_ring_rbc * rbc_px)))
         if faint and ring > p.faint_max_ring:
             continue  # a faint body at a red cell's edge: stain, not a platelet
@@ -625,12 +636,13 @@ def find_platelets(image: np.ndarray, s: np.ndarray, nucleated_boxes, rbc_px: fl
     return out
 
 
-def red_cell_level(image: np.ndarray, stained: np.ndarray) -> tuple[np.ndarray, float]:
+def red_cell_level(image: np.ndarray, stained: np.ndarray, green: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """A (work-copy) RGB frame's blurred green channel and the level below which it is red cell:
     Otsu's threshold over the pixels `stained` (a 0/non-0 mask) leaves out (on a 1-in-4
     subsample: the same level at a fraction of the cost). Red cells absorb green, the background
-    does not."""
-    green = cv2.GaussianBlur(image[..., 1], (5, 5), 0)
+    does not. `green`: that blurred channel when the caller has it (`WorkCopy.blurred_green`)."""
+    if green is None:
+        green = cv2.GaussianBlur(image[..., 1], (5, 5), 0)
     unstained = green[::2, ::2][stained[::2, ::2] == 0]
     if unstained.size < 2:
         return green, -1.0  # nothing unstained: no red cell can be told from the background

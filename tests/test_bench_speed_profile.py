@@ -19,7 +19,8 @@ def test_profile_table_names_every_preprocessing_step_and_the_hot_functions(tmp_
     r = json.loads((tmp_path / "speed_profile.json").read_text())
     steps = r["per_cell"]["steps"]
     assert r["per_cell"]["crops"] > 0 and r["per_cell"]["normalize"]  # the default declares colour normalisation
-    for name in ("resize", "colour_anchors", "normalize_colour", "clahe", "apply_preprocess", "model_call"):
+    for name in ("resize", "colour_anchors", "normalize_colour", "clahe", "apply_preprocess", "prepare_batch_frame",
+                 "model_call"):
         assert steps[name]["p50_ms"] > 0, name
     # the parts cannot cost more than the whole they are part of (same crops, same rounds)
     assert steps["colour_anchors"]["p50_ms"] < steps["normalize_colour"]["p50_ms"] < steps["apply_preprocess"]["p50_ms"]

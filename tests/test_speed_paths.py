@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 from hemaedge.edge import pipeline, ruler, segment, tracking
-from hemaedge.edge.preprocess import read_image_rgb
+from hemaedge.edge import preprocess as pp
+from hemaedge.edge.preprocess import InputContract, read_image_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((REPO / "samples").rglob("*.jpg"))
+DEFAULT_CONTRACT = InputContract.from_dict(
+    __import__("json").loads((REPO / "src/hemaedge/models/default/manifest.json").read_text())["input"])
 
 
 # ----------------------------------------------------------------------------- the formulas replaced
@@ -80,6 +83,38 @@ def crops_for_reference(image, dets):
                     crop[b:e, a:c] = fill
         out.append(crop)
     return out
+
+
+def apply_preprocess_reference(image, contract):
+    """apply_preprocess before the batched path: crop by crop, each conversion on its own crop."""
+    img = pp.resize(image, contract.size)
+    spec, mode = contract.normalize, contract.preprocess
+    op = cv2.createCLAHE(clipLimit=float(contract.clahe_clip), tileGridSize=(contract.clahe_tiles,) * 2)
+    if spec is not None:
+        lab = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2LAB)
+        lab = cv2.LUT(lab, pp._colour_lut(spec, pp.colour_anchors(img, lab=lab)))
+        if contract.one_lab_pass and mode == "clahe":
+            lab[..., 0] = op.apply(lab[..., 0])
+            return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+        img = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    if mode == "clahe":
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = op.apply(lab[..., 0])
+        img = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    elif mode == "otsu-mask":
+        img = pp.otsu_mask(img)
+    elif mode == "masked-rgb":
+        img = pp.masked_rgb(img)
+    return img
+
+
+def preprocess_batch_reference(images, contract):
+    return np.stack([apply_preprocess_reference(img, contract) for img in images]) if len(images) \
+        else np.zeros((0, contract.size, contract.size, 3), np.uint8)
+
+
+def blurred_green_reference(work):
+    return cv2.GaussianBlur(work.image[..., 1], (5, 5), 0)
 
 
 def _random_images(rng, n):
@@ -179,6 +214,8 @@ def test_same_cells_labels_and_probabilities_on_the_samples(monkeypatch):
     monkeypatch.setattr(ruler, "disc_peaks", disc_peaks_reference)
     monkeypatch.setattr(segment, "components", components_reference)
     monkeypatch.setattr(segment, "upper_quartile_cut", upper_quartile_cut_reference)
+    monkeypatch.setattr(pp, "preprocess_batch", preprocess_batch_reference)
+    monkeypatch.setattr(segment.WorkCopy, "blurred_green", blurred_green_reference)
     assert results() == fast
     assert sum(len(r[1]) for r in fast) > 5  # the samples have cells, platelet crops painted included
 
@@ -199,6 +236,57 @@ def test_crops_are_painted_as_before_with_the_background_colour_only_where_neede
         assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
         painted += sum(not np.array_equal(a, segment.extract_crop(img, d.crop)) for a, d in zip(got, dets))
     assert painted > 0 and 0 < len(calls) < len(frames)  # some crops painted; frames without need skipped
+
+
+def _contracts():
+    d = DEFAULT_CONTRACT.to_dict()
+    yield "default", DEFAULT_CONTRACT
+    yield "one Lab pass", InputContract.from_dict({**d, "one_lab_pass": True})
+    yield "normalise only", InputContract.from_dict({**d, "preprocess": "rgb"})
+    plain = {k: v for k, v in d.items() if k != "normalize"}
+    for mode in ("clahe", "rgb", "otsu-mask", "masked-rgb"):
+        yield mode, InputContract.from_dict({**plain, "preprocess": mode})
+    yield "96 px, CLAHE 3.0 / 4 tiles", InputContract.from_dict({**d, "size": 96, "clahe_clip": 3.0, "clahe_tiles": 4})
+
+
+def test_preprocess_batch_gives_each_crop_the_pixels_of_its_own_preprocessing(bccd, pbc_raw_val):
+    """The batched path (one Lab conversion per stack of a frame's crops) against the crop-by-crop
+    formula, byte for byte: the crops edge run cuts from real BCCD frames and PBC fields (one
+    batch per frame, as the device prepares them), and stacks with degenerate crops (black,
+    white, all stained, one tone) among real ones."""
+    from hemaedge.edge.defaults import load_model
+
+    clf = pipeline.CellClassifier(load_model(None), backend=None)
+    files = SAMPLES + sorted((bccd / "JPEGImages").glob("*.jpg"))[:120:4] + sorted(pbc_raw_val.rglob("*.jpg"))[:300:20]
+    batches = [clf.find_cells(read_image_rgb(f))[3] for f in files]
+    assert sum(len(b) for b in batches) > 60 and max(len(b) for b in batches) >= 4
+    rng = np.random.default_rng(8)
+    odd = [np.zeros((40, 40, 3), np.uint8), np.full((150, 150, 3), 255, np.uint8),
+           np.dstack([np.full((90, 90), 60, np.uint8), np.full((90, 90), 20, np.uint8), np.full((90, 90), 200, np.uint8)]),
+           np.full((128, 128, 3), (230, 200, 210), np.uint8), *_random_images(rng, 6)]
+    batches += [[*odd, *batches[2]], odd[:1], []]
+    for name, contract in _contracts():
+        for k, crops in enumerate(batches):
+            got = pp.preprocess_batch(crops, contract)
+            assert got.dtype == np.uint8 and got.shape == (len(crops), contract.size, contract.size, 3)
+            assert np.array_equal(got, preprocess_batch_reference(crops, contract)), (name, k)
+        one = batches[2][0]
+        assert np.array_equal(pp.apply_preprocess(one, contract), apply_preprocess_reference(one, contract)), name
+    tensor = pp.prepare_batch(batches[2], DEFAULT_CONTRACT)
+    assert tensor.dtype == np.float32 and np.array_equal(tensor, preprocess_batch_reference(batches[2], DEFAULT_CONTRACT))
+    with pytest.raises(pp.FrameFormatError, match="uint8 RGB"):
+        pp.preprocess_batch([np.zeros((20, 20), np.uint8)], DEFAULT_CONTRACT)
+
+
+def test_one_blurred_green_per_frame_is_the_blur_each_stage_made(bccd):
+    """WorkCopy.blurred_green (made once, shared by the ruler and the platelets' red-cell level)
+    is the 5x5 blur of the work copy's green, and the red-cell level taken from it is the same."""
+    for f in SAMPLES + sorted((bccd / "JPEGImages").glob("*.jpg"))[:60:6]:
+        work = segment.work_copy(read_image_rgb(f))
+        green = work.blurred_green()
+        assert np.array_equal(green, blurred_green_reference(work)) and work.blurred_green() is green, f.name
+        shared, own = segment.red_cell_level(work.image, work.mask, green), segment.red_cell_level(work.image, work.mask)
+        assert np.array_equal(shared[0], own[0]) and shared[1] == own[1], f.name
 
 
 def test_sharpness_is_the_variance_of_the_laplacian():

@@ -130,19 +130,24 @@ def stage_markdown(r: dict) -> list[str]:
     if not st:
         return []
     before = np.median([x["total_ms"] for x in st["before"]])
+    before_best = min(x["total_ms"] for x in st["before"])
     lines = ["", f"## Single-thread CPU per frame (`counting_stages --threads 1`, {r['stage_frames']} frames, "
              f"{len(st['before'])} rounds)", "",
              "One thread per pipeline (OpenCV and the model): the work per frame, without worker threads that burn "
              "CPU waiting for a descheduled partner on a loaded machine; short runs, interleaved round by round. "
-             "Stages of the median round; `classify` = prepare_batch + model call.", "",
-             "| pipeline | CPU ms/frame (rounds) | median | vs before | stages (ms/frame) | cells/frame | fingerprint |",
-             "|---|---|---|---|---|---|---|"]
+             "Stages of the median round; `classify` = prepare_batch + model call. `best`: the cheapest round "
+             "(another job on the machine only adds CPU time to a round: cache and core sharing), a steadier "
+             "ratio than the medians' when the load moves.", "",
+             "| pipeline | CPU ms/frame (rounds) | median | vs before | best | best vs before | stages (ms/frame) "
+             "| cells/frame | fingerprint |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, runs in st.items():
         totals = [x["total_ms"] for x in runs]
         med = sorted(runs, key=lambda x: x["total_ms"])[len(runs) // 2]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in med["stages_ms"].items())
         lines.append(f"| {name} | {' / '.join(f'{t:.2f}' for t in totals)} | {np.median(totals):.2f} | "
-                     f"{np.median(totals) / before:.2f}x | {stages} | {med['cells_per_frame']} | "
+                     f"{np.median(totals) / before:.2f}x | {min(totals):.2f} | {min(totals) / before_best:.2f}x | "
+                     f"{stages} | {med['cells_per_frame']} | "
                      f"{med['fingerprint'][:12]} |")
     return lines
 

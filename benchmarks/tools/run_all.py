@@ -274,7 +274,7 @@ def steps(s: Settings) -> list[Step]:
         Step("counting_speed", [Need(f"{baseline}/edge/pipeline.py", "no HEMAEDGE_BASELINE_SRC checkout to compare "
                                                                      f"with; kept {out}/counting_speed.*")],
              [*tool("counting_speed"), "--baseline-src", baseline, "--source", f"{data}/bccd/JPEGImages",
-              "--frames", frames, "--repeats", "3", "--out", out]
+              "--frames", frames, "--repeats", "3", "--stage-rounds", "7", "--out", out]
              + (["--previous-src", s.get("HEMAEDGE_PREVIOUS_SRC")] if s.get("HEMAEDGE_PREVIOUS_SRC") else []),
              [f"{out}/counting_speed.md", f"{out}/counting_speed.json"],
              "whole `edge run` latency and peak RSS before the counting stages (HEMAEDGE_BASELINE_SRC: a checkout, "

@@ -9,8 +9,9 @@ whole counting run, on real BCCD frames with the packaged default bundle.
    far steadier than wall-clock on a shared machine) of each step of `prepare_batch` with the
    bundle's input contract, called as the device calls them: resize to the input side, the
    colour normalisation (`normalize_colour`: RGB->Lab, anchors, table, Lab->RGB, and the
-   anchors alone), CLAHE (`clahe`), the whole `apply_preprocess` and `prepare_batch`, and the
-   model call at batch 1 for scale.
+   anchors alone), CLAHE (`clahe`), the whole `apply_preprocess` and `prepare_batch` of the one
+   crop, `prepare_batch_frame` (the crop's whole frame in one batch, as the device calls it:
+   its time shared by that frame's crops), and the model call at batch 1 for scale.
 2. **Per function**: cProfile of `CountingSession.process` over the same frames as one slide
    (stage motion, focus gate, running ruler, tracker: a live feed) and as an image folder; the
    functions with the most own time, per frame (cProfile's overhead inflates small Python
@@ -51,14 +52,16 @@ def _crops(frames: int, source: Path):
     clf = CellClassifier(model, backend=None)
     images = [read_image_rgb(f) for f in sorted(source.glob("*.jpg"))[:frames]]
     if hasattr(clf, "find_cells"):
-        crops = [c for img in images for c in clf.find_cells(img)[3]]
+        per_frame = [clf.find_cells(img)[3] for img in images]
     else:  # an older checkout (--baseline-src): its segmentation and crops
         from hemaedge.edge.backends import load_backend
         from hemaedge.edge.segment import extract_crops
 
         clf = CellClassifier(model, load_backend(model, threads=1))
-        crops = [c for img in images for c in extract_crops(img, clf.process(img).detections)]
-    return model, images, crops
+        per_frame = [extract_crops(img, clf.process(img).detections) for img in images]
+    crops = [c for cs in per_frame for c in cs]
+    frame_of = [i for i, cs in enumerate(per_frame) for _ in cs]  # the frame of each crop
+    return model, images, crops, (per_frame, frame_of)
 
 
 def per_cell(frames: int, source: Path, repeat: int) -> dict:
@@ -67,7 +70,7 @@ def per_cell(frames: int, source: Path, repeat: int) -> dict:
     from hemaedge.edge.backends import load_backend
 
     cv2.setNumThreads(1)
-    model, _, crops = _crops(frames, source)
+    model, _, crops, (per_frame, frame_of) = _crops(frames, source)
     contract = model.contract
     backend = load_backend(model, threads=1)
     size, spec = contract.size, contract.normalize
@@ -83,6 +86,8 @@ def per_cell(frames: int, source: Path, repeat: int) -> dict:
         "batch_tensor": ("uint8 batch of 1 -> model input tensor", lambda k: pp.batch_tensor(resized[k][None], contract)),
         "apply_preprocess": ("the whole per-crop preprocessing", lambda k: pp.apply_preprocess(crops[k], contract)),
         "prepare_batch": ("`prepare_batch([crop])`: what a cell costs before the model", lambda k: pp.prepare_batch([crops[k]], contract)),
+        "prepare_batch_frame": ("`prepare_batch` of the crop's whole frame (one batch, as the device calls it), "
+                                "per crop of that frame", lambda k: pp.prepare_batch(per_frame[frame_of[k]], contract)),
         "model_call": ("model call, batch 1, 1 thread (for scale)", None),
     }
     if spec:
@@ -98,13 +103,14 @@ def per_cell(frames: int, source: Path, repeat: int) -> dict:
     tensors = [pp.prepare_batch([c], contract) for c in crops]
     steps["model_call"] = (steps["model_call"][0], lambda k: backend.predict(tensors[k]))
     best = {name: np.full(len(crops), np.inf) for name in steps}
+    shared = {"prepare_batch_frame": [len(per_frame[f]) for f in frame_of]}  # a call's crops share its time
     for _ in range(repeat):
         for name, (_, fn) in steps.items():
             t = best[name]
             for k in range(len(crops)):
                 t0 = time.thread_time()
                 fn(k)
-                t[k] = min(t[k], time.thread_time() - t0)
+                t[k] = min(t[k], (time.thread_time() - t0) / (shared[name][k] if name in shared else 1))
     return {"crops": len(crops), "crop_side_p50": float(np.median([c.shape[0] for c in crops])),
             "input_side": size, "normalize": bool(spec), "preprocess": contract.preprocess,
             "steps": {name: {"what": what, "p50_ms": round(float(np.median(best[name])) * 1e3, 4),
@@ -120,7 +126,7 @@ def per_function(frames: int, source: Path, top: int) -> dict:
     from hemaedge.edge.sources import Frame
 
     cv2.setNumThreads(1)
-    model, images, _ = _crops(frames, source)
+    model, images, _, _ = _crops(frames, source)
     backend = load_backend(model, threads=1)
     CellClassifier(model, backend).process(images[0])  # warm-up: the model's one-off set-up
     out = {}
