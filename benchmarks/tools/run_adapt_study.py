@@ -24,7 +24,10 @@ what the run itself has seen (no labels) and the bundle's own numbers:
                 hindsight (a device would keep every cell's answer at every scale until the run ends);
   crop scale online  what a streaming device could do instead: cells in run order, each answered at
                 the scale leading so far, the scale fixed after 20 / 50 cells or never;
-  crop scales 0.8-1 averaged  no choice: probabilities averaged over x0.8, x0.9, x1.
+  crop scales 0.8-1 averaged  no choice: probabilities averaged over x0.8, x0.9, x1;
+  colour anchors of the frame / the run's median  the colour normalisation's anchors (background and
+                red-cell colour, edge.preprocess.colour_anchors) from the whole frame, or the median of
+                the run's frames (whole sets only), instead of from each crop as the bundle does.
 The run's statistics are shrunk toward the training set's by `SHRINK` pseudo-cells (few cells: little
 change). Features: the bundle's int8 backbone through LiteRT (train/adapt_bundle.BundleHead), every
 test-time view of the bundle; probabilities: softmax((f @ W + b) / T), averaged over the views,
@@ -63,10 +66,14 @@ PRIOR_ROUNDS = 3   # prior-aware alignment: EM prior -> target statistics -> fea
 EPS = 1e-3
 # a normal adult blood differential (white cells, %), for PBC runs with a realistic class mix
 NORMAL_MIX = {"neutrophil": 60, "lymphocyte": 30, "monocyte": 6, "eosinophil": 3, "basophil": 1}
+# colour anchors (edge.preprocess.colour_anchors) estimated on the whole frame / as the median of the run's
+# frames, instead of on each crop as the bundle (and its training) does (the run's median: whole sets only)
+FRAME_COLOUR, RUN_COLOUR = "frame_colour", "run_colour"
+COLOUR_METHODS = {"colour anchors of the frame": FRAME_COLOUR, "colour anchors: the run's median": RUN_COLOUR}
 METHODS = ("none", "align", "align mean", "EM prior", "align + EM", "prior-aware align", "prior-aware align + EM",
            "align to normal mix", "crop scale by confidence", "crop scale by confidence + EM",
            "crop scale online, fixed after 20", "crop scale online, fixed after 50",
-           "crop scale online, never fixed", "crop scales 0.8-1 averaged")
+           "crop scale online, never fixed", "crop scales 0.8-1 averaged", *COLOUR_METHODS)
 SIZES = (10, 20, 50, None)
 # crop scales (x the device's crop side) a run may choose among by its own mean confidence
 SCALES = (0.7, 0.8, 0.9, 1.0, 1.1)
@@ -82,8 +89,27 @@ def _matched_crops(clf, img, gt_box=None) -> dict | None:
     d = _matched(clf, img, gt_box)
     if d is None:
         return None
+    from hemaedge.edge.preprocess import colour_anchors
+
     cx, cy, side = d.crop
-    return {s: extract_crop(img, (cx, cy, max(8, int(round(side * s))))) for s in SCALES}
+    return {"anchors": colour_anchors(img),
+            **{s: extract_crop(img, (cx, cy, max(8, int(round(side * s))))) for s in SCALES}}
+
+
+def _anchored(img: np.ndarray, contract, anchors) -> np.ndarray:
+    """edge.preprocess.apply_preprocess with the colour anchors given (the frame's or the run's)
+    instead of the crop's own."""
+    import cv2
+
+    from hemaedge.edge.preprocess import clahe, clahe_lab, normalize_colour, normalize_lab, resize
+
+    if contract.normalize is None or contract.preprocess != "clahe":
+        raise ValueError("the colour-anchor variants need a bundle with lab-anchors normalisation and CLAHE")
+    img = resize(img, contract.size)
+    if contract.one_lab_pass:
+        lab = clahe_lab(normalize_lab(img, contract.normalize, anchors), contract.clahe_clip, contract.clahe_tiles)
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    return clahe(normalize_colour(img, contract.normalize, anchors), contract.clahe_clip, contract.clahe_tiles)
 
 
 def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: int) -> dict:
@@ -91,15 +117,18 @@ def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: in
     from hemaedge.benchmarks.tools.bccd_wbc import _Model, frames
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.pipeline import CellClassifier
-    from hemaedge.edge.preprocess import read_image_rgb
-    from hemaedge.edge.tta import bundle_views
+    from hemaedge.edge.preprocess import batch_tensor, read_image_rgb
+    from hemaedge.edge.tta import bundle_views, dihedral_view
     from hemaedge.train.adapt_bundle import BundleHead
     from hemaedge.train.adapt_head import view_features
 
     head = BundleHead(bundle_path, threads=threads)
     b = head.bundle
     _, views = bundle_views(b.manifest)
-    clf = CellClassifier(_Model(list(b.classes), b.contract, b.manifest), load_backend(b, threads=threads))
+    backend = load_backend(b, threads=threads)
+
+    def device():  # one per set, as one run: the ruler keeps state from field to field
+        return CellClassifier(_Model(list(b.classes), b.contract, b.manifest), backend)
     cache.mkdir(parents=True, exist_ok=True)
     sets = {}
 
@@ -110,6 +139,14 @@ def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: in
         for s, cs in by_scale.items():
             f = view_features(head, cs, b.contract, views) if cs else np.zeros((len(views), 0, 0), np.float32)
             arrays["feats" if s == 1.0 else f"feats_{s:g}"] = f.astype(np.float32)
+        if crops and isinstance(crops[0], dict):  # whole frames: colour anchors of the frame / of the run
+            frame_anchors = [c["anchors"] for c in crops]
+            run_anchors = np.median(np.stack(frame_anchors), axis=0)
+            for key, anchors in ((FRAME_COLOUR, frame_anchors), (RUN_COLOUR, [run_anchors] * len(crops))):
+                x = batch_tensor(np.stack([_anchored(c[1.0], b.contract, a) for c, a in zip(crops, anchors)]),
+                                 b.contract)
+                arrays[f"feats_{key}"] = np.stack([head.predict(np.ascontiguousarray(dihedral_view(x, k, axes=(1, 2))))
+                                                   for k in views]).astype(np.float32)
         np.savez_compressed(cache / f"{name}.npz", labels=np.array(labels), found=np.array(found, bool), **arrays)
 
     bm = data / "bloodmnist128"
@@ -121,7 +158,7 @@ def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: in
                  [True] * len(files))
     if not (cache / "pbc_val.npz").exists():
         rows = list(csv.DictReader(open(data / "pbc_raw_val" / "labels.csv", encoding="utf-8")))
-        crops, labels, found = [], [], []
+        crops, labels, found, clf = [], [], [], device()
         for r in tqdm(rows, desc="PBC fields"):
             c = _matched_crops(clf, read_image_rgb(data / "pbc_raw_val" / r["file"]))
             found.append(c is not None)
@@ -133,7 +170,7 @@ def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: in
         name = f"bccd_{split}"
         if (cache / f"{name}.npz").exists():
             continue
-        crops, labels, found = [], [], []
+        crops, labels, found, clf = [], [], [], device()
         for r in tqdm(frames(data / "bccd", split), desc=name):
             img = read_image_rgb(data / "bccd" / "JPEGImages" / f"{r['frame']}.jpg")
             c = _matched_crops(clf, img, read_voc(data / "bccd" / "Annotations" / f"{r['frame']}.xml")["WBC"][0])
@@ -146,7 +183,8 @@ def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: in
         z = np.load(cache / f"{name}.npz")
         sets[name] = {"labels": [str(x) for x in z["labels"]], "found": z["found"], "feats": z["feats"],
                       "scales": {s: z["feats" if s == 1.0 else f"feats_{s:g}"] for s in SCALES
-                                 if ("feats" if s == 1.0 else f"feats_{s:g}") in z.files}}
+                                 if ("feats" if s == 1.0 else f"feats_{s:g}") in z.files},
+                      "colour": {k: z[f"feats_{k}"] for k in (FRAME_COLOUR, RUN_COLOUR) if f"feats_{k}" in z.files}}
     return {"sets": sets, "w": head.w0, "b": head.b0, "temperature": float(b.output.get("temperature") or 1.0),
             "classes": list(b.classes), "manifest": b.manifest}
 
@@ -198,7 +236,7 @@ def align(feats: np.ndarray, stats: dict, target_mean, target_var, std: bool = T
 def choose_scale(by_scale: dict, w, b, t: float) -> tuple[float, np.ndarray]:
     """The crop scale whose answers the model is surest of, on average over the run (no labels),
     and the run's posteriors at that scale."""
-    ps = {s: probs(f, w, b, t) for s, f in by_scale.items()}
+    ps = {s: probs(f, w, b, t) for s, f in by_scale.items() if isinstance(s, float)}
     best = max(ps, key=lambda s: float(ps[s].max(1).mean()))
     return best, ps[best]
 
@@ -207,7 +245,7 @@ def online_scale(by_scale: dict, w, b, t: float, fix_after: int) -> np.ndarray:
     """What a streaming device could do: cells in run order, each answered at the scale leading so far
     (mean top probability of the cells seen, itself included; ties: x1), the scale fixed once
     `fix_after` cells are seen."""
-    ps = {s: probs(f, w, b, t) for s, f in by_scale.items()}
+    ps = {s: probs(f, w, b, t) for s, f in by_scale.items() if isinstance(s, float)}
     sums = {s: 0.0 for s in ps}
     fixed, out = None, []
     for i in range(len(ps[1.0])):
@@ -234,6 +272,8 @@ def adapt(method: str, by_scale: dict, stats: dict, w, b, t: float) -> np.ndarra
     if method.startswith("crop scale online"):
         fix_after = int(method.rsplit(" ", 1)[1]) if "fixed after" in method else 10 ** 9
         return online_scale(by_scale, w, b, t, fix_after)
+    if method in COLOUR_METHODS:
+        return probs(by_scale[COLOUR_METHODS[method]], w, b, t)
     if method == "crop scales 0.8-1 averaged":
         return np.mean([probs(by_scale[s], w, b, t) for s in (0.8, 0.9, 1.0) if s in by_scale], axis=0)
     if method.startswith("crop scale by confidence"):
@@ -269,7 +309,7 @@ def score(method, s: dict, idx: np.ndarray, stats, w, b, t, classes) -> tuple[in
     found = s["found"][idx]
     pos = np.cumsum(s["found"]) - 1  # row of each found cell in feats
     rows = pos[idx[found]]
-    by_scale = {k: f[:, rows] for k, f in s["scales"].items()}
+    by_scale = {k: f[:, rows] for k, f in {**s["scales"], **s["colour"]}.items()}
     p = adapt(method, by_scale, stats, w, b, t)
     scale = choose_scale(by_scale, w, b, t)[0] if method.startswith("crop scale by") and len(rows) else 1.0
     labels = [s["labels"][i] for i in idx[found]]
@@ -317,8 +357,13 @@ def study(x: dict, draws: int, seed: int, bccd_splits) -> dict:
         s = x["sets"][key]
         res = {}
         for method in tqdm(METHODS, desc=title):
+            if method in COLOUR_METHODS and COLOUR_METHODS[method] not in s["colour"]:
+                continue  # pre-cropped images: no frame to take colours from
             rows = {}
             for size in SIZES:
+                if COLOUR_METHODS.get(method) == RUN_COLOUR and (size is not None or mix is not None):
+                    rows["all" if size is None else str(size)] = None  # anchors of the whole set only
+                    continue
                 n_draw = draws if size is not None or mix is not None else 1
                 rng = np.random.default_rng(seed)  # the same runs for every method
                 size_run = size if size is not None else 100
@@ -371,14 +416,16 @@ def to_markdown(r: dict) -> str:
                   "| method | 10 cells | 20 cells | 50 cells | all | wrong flagged (all) | right flagged (all) |",
                   "|---|---|---|---|---|---|---|"]
         for m, rows in s["methods"].items():
-            fl = rows["all"].get("flags") or {}
-            cells = [pct(rows[k]["accuracy"]) for k in ("10", "20", "50", "all")]
-            lines.append(f"| {m} | " + " | ".join(cells) +
-                         f" | {fl.get('wrong_flagged_n')}/{fl.get('wrong')} | {fl.get('right_flagged_n')}/{fl.get('right')} |")
+            fl = (rows["all"] or {}).get("flags")
+            cells = [pct(rows[k]["accuracy"]) if rows[k] else "–" for k in ("10", "20", "50", "all")]
+            lines.append(f"| {m} | " + " | ".join(cells) + (
+                f" | {fl['wrong_flagged_n']}/{fl['wrong']} | {fl['right_flagged_n']}/{fl['right']} |" if fl else " | – | – |"))
         lines += ["", "Per class, all (right / cells found):", "",
                   "| method | " + " | ".join(sorted(s["methods"]["none"]["all"]["per_class"])) + " |",
                   "|---|" + "---|" * len(s["methods"]["none"]["all"]["per_class"])]
         for m, rows in s["methods"].items():
+            if not rows["all"]:
+                continue
             pc = rows["all"]["per_class"]
             lines.append(f"| {m} | " + " | ".join(f"{pc[c][0]}/{pc[c][1]}" for c in sorted(pc)) + " |")
         lines.append("")
