@@ -452,6 +452,13 @@ def steps(s: Settings) -> list[Step]:
              "what drives the BCCD val errors: crop scale, centring, colour, blur, border, view averaging "
              "(BCCD val, PBC fields, BloodMNIST val) + contact sheet docs/img/zero_shot_errors_default.jpg",
              "~10 min"),
+        Step("run-adapt", [], tool("run_adapt_study") + ["--bundle", DEFAULT_BUNDLE, "--data", data, "--cache",
+                                                         os.path.expanduser("~/hemaedge-runs/run-adapt-features"),
+                                                         "--split", "val", "--split", "train", "--split", "test",
+                                                         "--draws", "100", "--name", "default", "--out", out],
+             [f"{out}/run_adapt_default{x}" for x in (".md", ".json")],
+             "label-free per-run adaptation (feature alignment, EM class prior, crop scale by confidence) on "
+             "BCCD val/train (choose) and test (reported once), PBC fields, BloodMNIST val", "~5 min"),
         Step("ood-rule", [], tool("ood_rule") + ["--bundle", DEFAULT_BUNDLE, "--name", "default", *eval_sets,
                                                  "--val-spread", "800", "--pbc-spread", "700", "--out", out],
              [f"{out}/ood_rule_default{x}" for x in (".md", ".json")],
