@@ -52,11 +52,17 @@ class Backend:
         self.num_classes = len(bundle_like.classes)
 
     fixed_batch: int | None = None  # the model's batch size when it cannot change
+    # The largest batch one model call takes; a larger one runs in chunks. A resized LiteRT
+    # interpreter keeps the arena of its largest batch: a frame of many cells with 4 views each
+    # (image folders) grew the whole run's peak RSS from ~120 to ~145 MB (200 BCCD frames).
+    max_batch: int | None = 16
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
         if n == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
+        if self.max_batch and n > self.max_batch:  # bounded memory: the same answers, chunk by chunk
+            return np.concatenate([self.predict(batch[i:i + self.max_batch]) for i in range(0, n, self.max_batch)])
         if self.batch_dynamic:
             try:
                 return self._check(self._run(batch))

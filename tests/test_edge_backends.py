@@ -155,3 +155,22 @@ def test_onnx_with_label_and_probability_outputs_gives_the_probabilities(tmp_pat
     probs = backend.predict(x)
     assert probs.shape == (2, len(CLASSES)) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_large_batch_runs_in_chunks_with_the_same_answers(bccd):
+    """A frame of many cells (4 views each on stills) must not grow the interpreter's arena past
+    `max_batch` images: the packaged default gives the very same probabilities chunk by chunk."""
+    from hemaedge.edge.defaults import packaged_default_bundle
+
+    frame = read_image_rgb(bccd / "JPEGImages" / "BloodImage_00007.jpg")
+    crops = [frame[y:y + 150, x:x + 150] for y in range(0, 330, 55) for x in range(0, 490, 70)]  # 42 crops
+    b = load_bundle(packaged_default_bundle())
+    batch = prepare_batch(crops, b.contract)
+    chunked = load_backend(b, threads=1)
+    whole = load_backend(b, threads=1)
+    whole.max_batch = None
+    assert chunked.max_batch == 16 and len(batch) > 2 * chunked.max_batch
+    probs = chunked.predict(batch)
+    assert chunked.batch_size <= chunked.max_batch  # the interpreter never took more than a chunk
+    np.testing.assert_array_equal(probs, whole.predict(batch))
+    assert whole.batch_size == len(batch)
