@@ -119,6 +119,8 @@ class LiteRTBackend(Backend):
         super().__init__(bundle_like)
         Interpreter, self.runtime = _litert_interpreter_class()
         kept = {"experimental_preserve_all_tensors": True} if keep_tensors else {}
+        if keep_tensors:
+            self.max_batch = None  # `tensor` reads the last model call: it must have seen the whole batch
         try:
             with warnings.catch_warnings():  # LiteRT warns that keeping tensors is for debugging
                 warnings.simplefilter("ignore", UserWarning)

@@ -174,3 +174,18 @@ def test_a_large_batch_runs_in_chunks_with_the_same_answers(bccd):
     assert chunked.batch_size <= chunked.max_batch  # the interpreter never took more than a chunk
     np.testing.assert_array_equal(probs, whole.predict(batch))
     assert whole.batch_size == len(batch)
+
+
+def test_kept_tensors_are_those_of_the_whole_batch(bccd):
+    """`train adapt` reads the classifier's input features of a batch after `predict`: with
+    `keep_tensors` a batch is never split, so the tensor holds every image of it."""
+    from hemaedge.edge.backends import LiteRTBackend
+    from hemaedge.edge.defaults import packaged_default_bundle
+
+    frame = read_image_rgb(bccd / "JPEGImages" / "BloodImage_00011.jpg")
+    crops = [frame[y:y + 120, x:x + 120] for y in range(0, 360, 60) for x in range(0, 480, 80)]  # 36 crops
+    b = load_bundle(packaged_default_bundle())
+    be = LiteRTBackend(b, b.model_path, threads=1, keep_tensors=True)
+    assert be.max_batch is None
+    be.predict(prepare_batch(crops, b.contract))
+    assert be.batch_size == len(crops)
