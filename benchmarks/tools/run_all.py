@@ -531,7 +531,9 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              [f"{out}/rbc_morphology.md", f"{out}/rbc_morphology.json"],
              f"red-cell morphology: training runs and the bundle {bundle} on the Chula test frames",
              "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
-        Step("rbcval", [need_chula, need_bundle],
+        Step("rbcval", [need_chula, need_bundle,
+                        Need(baseline.split()[0] if baseline else "", "no earlier red-cell bundle to compare "
+                             "(HEMAEDGE_RBC_BASELINE); kept the committed table")],
              [*tool("rbc_morphology"), "--chula", chula, "--crops", "TMP/rbc64", "--bundle", bundle,
               *[a for b in baseline.split() for a in ("--compare", b)], "--split", "val", "--scale", "auto",
               "--out", f"{out}/rbc_morphology_val", *[a for r in runs.split() for a in ("--runs", r)]],
