@@ -237,3 +237,24 @@ def test_focal_loss_options_are_checked():
         FinetuneConfig(data="d", out="o", loss="hinge").validate()
     with pytest.raises(FinetuneError, match="focal gamma"):
         FinetuneConfig(data="d", out="o", loss="focal", focal_gamma=float("nan")).validate()
+
+
+def _bar_angles(preset, n=64):
+    """Angle (degrees from horizontal) of a horizontal bar after `n` augmented copies."""
+    import cv2
+
+    img = np.full((64, 64, 3), 230, np.uint8)
+    img[28:36, 8:56] = 40  # a horizontal bar through the centre: flips keep it horizontal
+    x = np.repeat(img[None], n, axis=0)
+    out = BatchAugmenter(preset, seed=5)(x, epoch=0, batch=0)
+    angles = []
+    for o in out:
+        m = cv2.moments((o[..., 0] < 128).astype(np.uint8), binaryImage=True)
+        angles.append(abs(np.degrees(0.5 * np.arctan2(2 * m["mu11"], m["mu20"] - m["mu02"]))))
+    return np.asarray(angles)
+
+
+def test_isotropic_preset_turns_cells_any_way_light_only_a_little():
+    light, iso = _bar_angles("light"), _bar_angles("isotropic")
+    assert light.max() < 30  # ±25° rotation, flips
+    assert (iso > 45).mean() > 0.25  # any rotation: about half the copies end up closer to vertical

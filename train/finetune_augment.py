@@ -13,6 +13,7 @@ Presets (`--augment`):
   full   the recipe: rotation ±25° + scale ±15 %, h/v flips, shift-scale-rotate,
          brightness/contrast, hue/saturation/value, Gaussian noise, motion blur, cutout
   light  flips + rotation/scale only (cheaper on a CPU)
+  isotropic  light with any rotation (±180°): for cells without an orientation (red-cell morphology)
   robust full + the camera stage (pieces below, all on unless `--robust-pieces` names fewer)
          and a wider scale jitter (`--scale-jitter`, default ±25 %: the red-cell ruler's error)
   none   nothing
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 import albumentations as A
 
-AUGMENT_PRESETS = ("full", "light", "robust", "none")
+AUGMENT_PRESETS = ("full", "light", "isotropic", "robust", "none")
 ROBUST_PIECES = ("stain", "hsv", "gamma", "white-balance", "tint", "blur", "jpeg", "noise")
 DEFAULT_SCALE_JITTER = 0.25
 _BORDER = cv2.BORDER_REFLECT_101  # black corners would look like stain-free background
@@ -88,12 +89,13 @@ def recipe_transforms(preset: str = "full", scale_jitter: float | None = None) -
     if preset == "none":
         return []
     s = scale_jitter if scale_jitter is not None else (DEFAULT_SCALE_JITTER if preset == "robust" else 0.15)
+    turn = 180 if preset == "isotropic" else 25  # a red cell looks the same at any angle
     geometric = [
-        A.Affine(rotate=(-25, 25), scale=(1.0 - s, 1.0 + s), border_mode=_BORDER, p=0.7),
+        A.Affine(rotate=(-turn, turn), scale=(1.0 - s, 1.0 + s), border_mode=_BORDER, p=0.7),
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
     ]
-    if preset == "light":
+    if preset in ("light", "isotropic"):
         return geometric
     return geometric + [
         # shift-scale-rotate (albumentations 2 folds ShiftScaleRotate into Affine)

@@ -36,9 +36,10 @@ def _weights(value: str):
               help="Input preprocessing (part of the model's input contract; the device applies the same).")
 @click.option("--clahe-clip", type=POSITIVE_FLOAT, default=2.0)
 @click.option("--clahe-tiles", type=click.IntRange(1), default=8)
-@click.option("--augment", type=click.Choice(["robust", "full", "light", "none"]), default="robust",
+@click.option("--augment", type=click.Choice(["robust", "full", "light", "isotropic", "none"]), default="robust",
               help="robust = the recipe's list + the camera/stain pieces (--robust-pieces) and ±25% scale; "
-                   "full = the recipe's list; light = flips + rotation/scale (cheaper on a CPU).")
+                   "full = the recipe's list; light = flips + rotation/scale (cheaper on a CPU); "
+                   "isotropic = light with any rotation (cells without an orientation, e.g. red cells).")
 @click.option("--robust-pieces", default="all",
               help="Camera/stain pieces of --augment robust, comma-separated, for ablations: stain, hsv, gamma, "
                    "white-balance, tint, blur, jpeg, noise; 'all' = every one.")

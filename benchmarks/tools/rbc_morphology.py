@@ -6,6 +6,8 @@ device path (frame-level test split), next to the Chula paper's EfficientNet-B1.
 
 * Training runs (`hemaedge train finetune` folders with metrics.json): one row each, val and test
   of their Keras checkpoint; the imbalance handling is chosen on VAL macro-F1 only.
+* `--compare BUNDLE` (repeatable): other bundles measured the same way on the same frames, one summary
+  row each beside the bundle (e.g. the packaged bundle against a candidate, on val, to choose).
 * The bundle, through the device's code (`prepare_batch` + the LiteRT/ONNX back end, no
   TensorFlow), two ways on the test frames:
     - "labelled crops": the test split of CROPS (crops centred on the labelled points);
@@ -95,17 +97,27 @@ def _metrics_md(title, m, coverage=None) -> list[str]:
 def markdown(rep) -> str:
     lines = [f"# Red-cell morphology, Chula RBC-12 ({rep['date']})", "", f"Command: `{rep['command']}`  ",
              f"Machine (evaluation): {rep['machine']}  ", f"Bundle: {rep['bundle']}  ",
-             f"Crops: {rep['crops_readme']}", "",
-             "## Training runs: class-imbalance handling (chosen on val macro-F1)", "",
-             "| run | imbalance | mixup p | backbone | input | epochs (best) | train min | val acc | val macro-F1 | test acc | test macro-F1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Crops: {rep['crops_readme']}", ""]
+    if rep["runs"]:
+        lines += ["## Training runs (Keras checkpoints; chosen on val)", "",
+                  "| run | imbalance | mixup p | backbone | input | epochs (best) | train min | val acc | val macro-F1 | test acc | test macro-F1 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["runs"]:
         lines.append(f"| {r['run']} | {r['imbalance']} | {r.get('mixup_p')} | {r['backbone']} | {r['input']} | {r['epochs']} ({r['best_epoch']}) | "
                      f"{r['train_min']} | {r.get('val_accuracy', float('nan')):.4f} | {r.get('val_macro_f1', float('nan')):.4f} | "
                      f"{r.get('test_accuracy', float('nan')):.4f} | {r.get('test_macro_f1', float('nan')):.4f} |")
-    lines += ["", "Training machine/date per run: " + "; ".join(f"{r['run']}: {r['machine']}, {r['date']}" for r in rep["runs"]),
-              "", "Commands per run (training, then evaluation of a stopped run):", ""] + [
-        f"- {r['run']}: `{c}`" for r in rep["runs"] for c in r["commands"]]
+    if rep["runs"]:
+        lines += ["", "Training machine/date per run: " + "; ".join(f"{r['run']}: {r['machine']}, {r['date']}" for r in rep["runs"]),
+                  "", "Commands per run (training, then evaluation of a stopped run):", ""] + [
+            f"- {r['run']}: `{c}`" for r in rep["runs"] for c in r["commands"]]
+    if rep.get("compared"):
+        lines += ["", f"## Bundles compared on the device path ({rep.get('split', 'test')} frames, accuracy / macro-F1)", "",
+                  "| bundle | labelled crops | end to end | end to end, model alone |", "|---|---|---|---|"]
+        for c in [{"bundle": rep["bundle"], **{k: rep.get(k) for k in ("labelled_crops", "end_to_end", "end_to_end_model_alone")}},
+                  *rep["compared"]]:
+            cell = [f"{c[k]['accuracy']:.4f} / {c[k]['macro_f1']:.4f}" if c.get(k) else "-"
+                    for k in ("labelled_crops", "end_to_end", "end_to_end_model_alone")]
+            lines.append(f"| {c['bundle']} | " + " | ".join(cell) + " |")
     lines += ["", f"## The int8 bundle on the device path ({rep.get('split', 'test')} frames)", "",
               f"Paper for comparison: {PAPER['model']}: accuracy {PAPER['accuracy']}, macro-F1 {PAPER['macro_f1']} "
               "(their own split and 12 classes; ours is a frame-level split of the 500 public frames, so the "
@@ -124,22 +136,38 @@ def markdown(rep) -> str:
     return "\n".join(lines) + "\n"
 
 
+def device_metrics(b, backend, chula, split, scale, labelled) -> dict:
+    """Labelled crops, end to end and (with a size layer) end to end without it, of one bundle."""
+    from hemaedge.train.evaluate import compute_metrics
+
+    out = {"labelled_crops": compute_metrics(*labelled, b.classes, bootstrap=1000)}
+    y2, p2, cov = end_to_end(b, backend, chula, split, scale)
+    out["end_to_end"], out["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
+    layer = (b.manifest.get("red_cells") or {}).get("layer")
+    if layer:  # the same frames without it: what the size layer changes
+        out["size_layer"] = {k: layer.get(k) for k in ("features", "c", "points", "fitted_on", "fitted")}
+        y3, p3, _ = end_to_end(b, backend, chula, split, scale, layer=False)
+        out["end_to_end_model_alone"] = compute_metrics(y3, p3, b.classes, bootstrap=1000)
+    return out
+
+
 @click.command()
 @click.option("--chula", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--crops", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="The `hemaedge data rbc-crops` tree the runs trained on.")
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--runs", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--compare", "compare", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Other bundles measured on the same frames (one summary row each).")
 @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
               help="Frames the bundle is measured on (val: to choose a bundle; test: to report it, once).")
 @click.option("--scale", type=click.Choice(["auto", "field", "bundle"]), default="auto", show_default=True,
               help="The device's --rbc-scale for the end-to-end rows (docs/redcells.md).")
 @click.option("--threads", type=int, default=None)
 @click.option("--out", "prefix", type=click.Path(path_type=Path), default=RESULTS / "rbc_morphology", show_default=True)
-def main(chula, crops, bundle, runs, split, scale, threads, prefix):
+def main(chula, crops, bundle, runs, compare, split, scale, threads, prefix):
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.bundle import load_bundle
-    from hemaedge.train.evaluate import compute_metrics
 
     b = load_bundle(bundle)
     backend = load_backend(b, threads=threads)
@@ -147,18 +175,18 @@ def main(chula, crops, bundle, runs, split, scale, threads, prefix):
     rep = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": one_line(describe_machine()),
            "load_average": [round(v, 2) for v in os.getloadavg()],
            "command": f"python -m hemaedge.benchmarks.tools.rbc_morphology --chula CHULA --crops {crops.name} --bundle {bundle}"
-                      + "".join(f" --runs {r.name}" for r in runs) + f" --split {split} --scale {scale}",
+                      + "".join(f" --runs {r.name}" for r in runs) + "".join(f" --compare {c}" for c in compare)
+                      + f" --split {split} --scale {scale}",
            "split": split, "scale": scale,
            "bundle": b.describe(), "crops_readme": (crops / "README.md").read_text().splitlines()[2] if (crops / "README.md").is_file() else "",
            "paper": PAPER, "runs": [run_row(r) for r in runs if (r / "metrics.json").is_file()],
-           "labelled_crops": compute_metrics(y, p, b.classes, bootstrap=1000)}
-    y2, p2, cov = end_to_end(b, backend, chula, split, scale)
-    rep["end_to_end"], rep["coverage"] = compute_metrics(y2, p2, b.classes, bootstrap=1000), cov
-    layer = (b.manifest.get("red_cells") or {}).get("layer")
-    if layer:  # the same frames without it: what the size layer changes
-        rep["size_layer"] = {k: layer.get(k) for k in ("features", "c", "points", "fitted_on", "fitted")}
-        y3, p3, cov3 = end_to_end(b, backend, chula, split, scale, layer=False)
-        rep["end_to_end_model_alone"] = compute_metrics(y3, p3, b.classes, bootstrap=1000)
+           **device_metrics(b, backend, chula, split, scale, labelled=(y, p))}
+    rep["compared"] = []
+    for other in compare:
+        o = load_bundle(other)
+        ob = load_backend(o, threads=threads)
+        rep["compared"].append({"bundle": o.describe(), "path": str(other),
+                                **device_metrics(o, ob, chula, split, scale, labelled=labelled_crops(o, ob, crops, split))})
     write_result(prefix, rep, markdown(rep))
     click.echo(markdown(rep))
 

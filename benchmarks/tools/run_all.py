@@ -531,6 +531,15 @@ def _red_cell_steps(s: Settings, tool) -> list[Step]:
              [f"{out}/rbc_morphology.md", f"{out}/rbc_morphology.json"],
              f"red-cell morphology: training runs and the bundle {bundle} on the Chula test frames",
              "~4 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
+        Step("rbcval", [need_chula, need_bundle,
+                        Need(baseline.split()[0] if baseline else "", "no earlier red-cell bundle to compare "
+                             "(HEMAEDGE_RBC_BASELINE); kept the committed table")],
+             [*tool("rbc_morphology"), "--chula", chula, "--crops", "TMP/rbc64", "--bundle", bundle,
+              *[a for b in baseline.split() for a in ("--compare", b)], "--split", "val", "--scale", "auto",
+              "--out", f"{out}/rbc_morphology_val", *[a for r in runs.split() for a in ("--runs", r)]],
+             [f"{out}/rbc_morphology_val.md", f"{out}/rbc_morphology_val.json"],
+             f"red-cell morphology on the Chula val frames (the choice): {bundle} beside the earlier bundle(s) "
+             "of HEMAEDGE_RBC_BASELINE", "~2 min (the crops are remade, ~10 s)", run=_run_rbcmodel),
         Step("rbcsize", [need_chula, need_bundle],
              [*tool("rbc_size_features"), "--chula", chula, "--bundle", bundle, "--scale", "auto",
               "--out", f"{out}/rbc_size_features"],
