@@ -399,6 +399,21 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/imbalance_modes{x}" for x in (".md", ".json")],
              "double vs single vs no imbalance correction on the small-CNN proxy (commands in "
              "~/hemaedge-runs/model/imbalance/run.sh, run2.sh; docs/finetune.md)", "seconds (~1 h of training before it)"),
+        # a candidate for the next default (one Lab pass), not packaged: checked like default-v2, its goals
+        # table in its own folder; its int8 bundle is kept in benchmarks/candidates/default-v6-ep3/ (NOTE.md)
+        Step("default-v6", [Need(os.path.expanduser("~/hemaedge-runs/default-v6/state.json"),
+                                 f"no default-v6 training run; kept {out}/default-v6-ep3")],
+             ["env", f"HEMAEDGE_GOALS_OUT={out}/default-v6-ep3",
+              "HEMAEDGE_CHECK_SNAPSHOT=" + os.path.expanduser("~/hemaedge-runs/default-v6-ep3"),
+              "benchmarks/tools/default_v2_check.sh", os.path.expanduser("~/hemaedge-runs/default-v6"), "default-v6-ep3"],
+             [f"{out}/default-v6-ep3/{f}" for f in (
+                 "finetune_bloodmnist128.md", "finetune_bloodmnist128.json", "finetune_bloodmnist128_curves.png",
+                 "finetune_bloodmnist128_confusion.png", "bundle-int8-manifest.json", "calibration_default_v6_ep3.md",
+                 "calibration_default_v6_ep3.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
+                 "bccd_wbc_default_v6_ep3_val.md", "bccd_wbc_default_v6_ep3_val.json", "ood_rule_default_v6_ep3.md",
+                 "ood_rule_default_v6_ep3.json", "default_model_goals.md", "default_model_goals.json")],
+             "the default-v6 candidate (v5 + 4 epochs at 5e-5, one Lab pass; best val epoch 3) measured like "
+             "default-v2: int8 export, calibration, PBC fields, BCCD val, OOD rule, goals", "~3 min"),
         Step("default-v2", [Need(os.path.expanduser("~/hemaedge-runs/default-v2/state.json"),
                                  f"no default-v2 training run; kept {out}/default-v2-epoch*")],
              # the packaged default = the run's best checkpoint, checked with full-split parity
