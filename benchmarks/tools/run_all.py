@@ -407,7 +407,7 @@ def steps(s: Settings) -> list[Step]:
               "HEMAEDGE_CHECK_SNAPSHOT=" + os.path.expanduser("~/hemaedge-runs/default-v6-ep3"),
               "benchmarks/tools/default_v2_check.sh", os.path.expanduser("~/hemaedge-runs/default-v6"), "default-v6-ep3"],
              [f"{out}/default-v6-ep3/{f}" for f in (
-                 "finetune_bloodmnist128.md", "finetune_bloodmnist128.json", "finetune_bloodmnist128_curves.png",
+                 "NOTE.md", "finetune_bloodmnist128.md", "finetune_bloodmnist128.json", "finetune_bloodmnist128_curves.png",
                  "finetune_bloodmnist128_confusion.png", "bundle-int8-manifest.json", "calibration_default_v6_ep3.md",
                  "calibration_default_v6_ep3.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
                  "bccd_wbc_default_v6_ep3_val.md", "bccd_wbc_default_v6_ep3_val.json", "ood_rule_default_v6_ep3.md",
