@@ -353,16 +353,18 @@ def _colour_lut(spec: dict, src: np.ndarray) -> np.ndarray:
     return x.astype(np.uint8).reshape(256, 1, 3)
 
 
-def apply_preprocess(image: np.ndarray, contract: InputContract) -> np.ndarray:
+def apply_preprocess(image: np.ndarray, contract: InputContract, anchors: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB image of any size -> uint8 RGB image of the contract's size and mode."""
-    return preprocess_batch([image], contract)[0]
+    return preprocess_batch([image], contract, None if anchors is None else np.asarray(anchors)[None])[0]
 
 
-def preprocess_batch(images: Sequence[np.ndarray], contract: InputContract) -> np.ndarray:
+def preprocess_batch(images: Sequence[np.ndarray], contract: InputContract,
+                     anchors: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB images of any sizes -> (N, S, S, 3) uint8: each through the contract's resize,
     colour normalisation and mode, as `apply_preprocess` does one image. The colour conversions
     run once over the stack of resized images (a frame's crops), not once per image; the
-    normalisation anchors and CLAHE stay per image."""
+    normalisation anchors and CLAHE stay per image. `anchors` ((N, 2, 3), optional): each image's
+    normalisation anchors given (e.g. the whole frame's) instead of measured on the resized image."""
     size = contract.size
     batch = np.empty((len(images), size, size, 3), np.uint8)
     for one, img in zip(batch, images):
@@ -373,7 +375,7 @@ def preprocess_batch(images: Sequence[np.ndarray], contract: InputContract) -> n
         return batch
     mode = contract.preprocess
     if contract.normalize is not None:
-        lab = normalize_lab_batch(batch, contract.normalize)
+        lab = normalize_lab_batch(batch, contract.normalize, anchors)
         if not (contract.one_lab_pass and mode == "clahe"):
             batch = cvt_stack(lab, cv2.COLOR_LAB2RGB)
         else:  # CLAHE straight on the normalised Lab: no uint8 RGB in between

@@ -68,3 +68,19 @@ def test_contract_round_trip_and_validation():
         pp.InputContract(preprocess="sharpen")
     with pytest.raises(ValueError, match="unknown fields"):
         pp.InputContract.from_dict({**c.to_dict(), "gamma": 2})
+
+
+def test_given_colour_anchors_replace_the_measured_ones(pbc_raw_val):
+    """`preprocess_batch(..., anchors=)`: the crop's own measured anchors give the very pixels of the
+    default path; a frame's anchors give other pixels (the per-run study compares the two)."""
+    from hemaedge.edge.bundle import load_bundle
+    from hemaedge.edge.defaults import packaged_default_bundle
+
+    contract = load_bundle(packaged_default_bundle()).contract
+    field = pp.read_image_rgb(pbc_raw_val / "val_00000.jpg")
+    crops = [field[60:260, 60:260], field[100:300, 40:240]]
+    own = np.stack([pp.colour_anchors(pp.resize(c, contract.size)) for c in crops])
+    np.testing.assert_array_equal(pp.preprocess_batch(crops, contract, own), pp.preprocess_batch(crops, contract))
+    np.testing.assert_array_equal(pp.apply_preprocess(crops[0], contract, own[0]), pp.apply_preprocess(crops[0], contract))
+    frame = np.stack([pp.colour_anchors(field)] * 2)
+    assert not np.array_equal(pp.preprocess_batch(crops, contract, frame), pp.preprocess_batch(crops, contract))

@@ -96,28 +96,12 @@ def _matched_crops(clf, img, gt_box=None) -> dict | None:
             **{s: extract_crop(img, (cx, cy, max(8, int(round(side * s))))) for s in SCALES}}
 
 
-def _anchored(img: np.ndarray, contract, anchors) -> np.ndarray:
-    """edge.preprocess.apply_preprocess with the colour anchors given (the frame's or the run's)
-    instead of the crop's own."""
-    import cv2
-
-    from hemaedge.edge.preprocess import clahe, clahe_lab, normalize_colour, normalize_lab, resize
-
-    if contract.normalize is None or contract.preprocess != "clahe":
-        raise ValueError("the colour-anchor variants need a bundle with lab-anchors normalisation and CLAHE")
-    img = resize(img, contract.size)
-    if contract.one_lab_pass:
-        lab = clahe_lab(normalize_lab(img, contract.normalize, anchors), contract.clahe_clip, contract.clahe_tiles)
-        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
-    return clahe(normalize_colour(img, contract.normalize, anchors), contract.clahe_clip, contract.clahe_tiles)
-
-
 def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: int) -> dict:
     """Features (views, cells, F) of every set, cached in CACHE/<set>.npz (found: cell found at all)."""
     from hemaedge.benchmarks.tools.bccd_wbc import _Model, frames
     from hemaedge.edge.backends import load_backend
     from hemaedge.edge.pipeline import CellClassifier
-    from hemaedge.edge.preprocess import batch_tensor, read_image_rgb
+    from hemaedge.edge.preprocess import batch_tensor, preprocess_batch, read_image_rgb
     from hemaedge.edge.tta import bundle_views, dihedral_view
     from hemaedge.train.adapt_bundle import BundleHead
     from hemaedge.train.adapt_head import view_features
@@ -143,8 +127,7 @@ def extract(bundle_path: Path, data: Path, cache: Path, bccd_splits, threads: in
             frame_anchors = [c["anchors"] for c in crops]
             run_anchors = np.median(np.stack(frame_anchors), axis=0)
             for key, anchors in ((FRAME_COLOUR, frame_anchors), (RUN_COLOUR, [run_anchors] * len(crops))):
-                x = batch_tensor(np.stack([_anchored(c[1.0], b.contract, a) for c, a in zip(crops, anchors)]),
-                                 b.contract)
+                x = batch_tensor(preprocess_batch([c[1.0] for c in crops], b.contract, np.stack(anchors)), b.contract)
                 arrays[f"feats_{key}"] = np.stack([head.predict(np.ascontiguousarray(dihedral_view(x, k, axes=(1, 2))))
                                                    for k in views]).astype(np.float32)
         np.savez_compressed(cache / f"{name}.npz", labels=np.array(labels), found=np.array(found, bool), **arrays)
@@ -204,10 +187,10 @@ def training_stats(feats: np.ndarray, labels: list[str], classes: list[str]) -> 
 
 
 def probs(feats: np.ndarray, w, b, t: float) -> np.ndarray:
-    z = (feats @ w + b) / t
-    z -= z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(-1, keepdims=True)).mean(0)
+    """The classifier layer's posteriors (temperature t) of (views, cells, F) features, averaged over the views."""
+    from hemaedge.edge.preprocess import softmax
+
+    return softmax((feats @ w + b) / t).mean(0)
 
 
 def em_prior(p: np.ndarray, source_prior: np.ndarray, steps: int = EM_STEPS) -> tuple[np.ndarray, np.ndarray]:
