@@ -28,7 +28,8 @@ from store_helpers import make_bundle, run_cli
 
 ANSIBLE = Path(sys.executable).with_name("ansible-playbook")
 needs_ansible = pytest.mark.skipif(not ANSIBLE.exists(), reason="needs ansible-core (pip install 'hemaedge[dev]')")
-V1 = "default-v2-lite0-ep10-tflite-int8-mixed-1"  # the packaged default bundle, installed first everywhere
+# the packaged default bundle, installed first everywhere (version 1 of its name in each store)
+V1 = json.loads((Path(__file__).parents[1] / "src/hemaedge/models/default/manifest.json").read_text())["name"] + "-1"
 V2 = "tiny-onnx-2"
 TOO_FAST = 0.001  # ms per frame: a latency budget no device meets, so that device's health check fails
 

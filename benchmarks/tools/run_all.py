@@ -399,8 +399,9 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/imbalance_modes{x}" for x in (".md", ".json")],
              "double vs single vs no imbalance correction on the small-CNN proxy (commands in "
              "~/hemaedge-runs/model/imbalance/run.sh, run2.sh; docs/finetune.md)", "seconds (~1 h of training before it)"),
-        # a candidate for the next default (one Lab pass), not packaged: checked like default-v2, its goals
-        # table in its own folder; its int8 bundle is kept in benchmarks/candidates/default-v6-ep3/ (NOTE.md)
+        # the packaged default since 2026-12-03 (one Lab pass), checked like default-v2 from its training run; its goals
+        # table in its own folder (the goals of the packaged default: step default-goals); its int8 bundle, before
+        # ood_calibrate set the flips views and two OOD tiers, is src/hemaedge/models/default's model file
         Step("default-v6", [Need(os.path.expanduser("~/hemaedge-runs/default-v6/state.json"),
                                  f"no default-v6 training run; kept {out}/default-v6-ep3")],
              ["env", f"HEMAEDGE_GOALS_OUT={out}/default-v6-ep3",
@@ -412,12 +413,13 @@ def steps(s: Settings) -> list[Step]:
                  "calibration_default_v6_ep3.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
                  "bccd_wbc_default_v6_ep3_val.md", "bccd_wbc_default_v6_ep3_val.json", "ood_rule_default_v6_ep3.md",
                  "ood_rule_default_v6_ep3.json", "default_model_goals.md", "default_model_goals.json")],
-             "the default-v6 candidate (v5 + 4 epochs at 5e-5, one Lab pass; best val epoch 3) measured like "
+             "the packaged default default-v6-ep3 (v5 + 4 epochs at 5e-5, one Lab pass; best val epoch 3) measured like "
              "default-v2: int8 export, calibration, PBC fields, BCCD val, OOD rule, goals", "~3 min"),
         Step("default-v2", [Need(os.path.expanduser("~/hemaedge-runs/default-v2/state.json"),
                                  f"no default-v2 training run; kept {out}/default-v2-epoch*")],
              # the packaged default = the run's best checkpoint, checked with full-split parity
-             ["env", "HEMAEDGE_CHECK_PARITY_SAMPLE=all", "benchmarks/tools/default_v2_check.sh",
+             ["env", "HEMAEDGE_CHECK_PARITY_SAMPLE=all", f"HEMAEDGE_GOALS_OUT={out}/default-v2-final",
+              "benchmarks/tools/default_v2_check.sh",
               os.path.expanduser("~/hemaedge-runs/default-v2"), "default-v2-final"],
              # default-v2-epoch1/, -epoch4/: intermediate checkpoints, kept as history (benchmarks/history/, their NOTE.md)
              [f"{out}/default-v2-{e}/{f}" for e in ("final",)
@@ -426,9 +428,10 @@ def steps(s: Settings) -> list[Step]:
                         "bundle-int8-manifest.json", f"calibration_default_v2_{e}.md",
                         f"calibration_default_v2_{e}.json", "pbc_end_to_end.md", "pbc_end_to_end.json",
                         f"bccd_wbc_default_v2_{e}_val.md", f"bccd_wbc_default_v2_{e}_val.json",
-                        f"ood_rule_default_v2_{e}.md", f"ood_rule_default_v2_{e}.json")]
-             + [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
-             "the new default (the run's best checkpoint) end to end (snapshot, int8, PBC, BCCD val) and the goals table",
+                        f"ood_rule_default_v2_{e}.md", f"ood_rule_default_v2_{e}.json")],
+             # its goals table went to benchmarks/results/ when it was packaged; now default-goals writes that one
+             "the previous default (packaged 2026-12-02 to 12-03: the run's best checkpoint) end to end (snapshot, "
+             "int8, PBC, BCCD val); with the run, also a goals table naming it",
              "~30 min; hours of training before it"),
         _ensemble_step(out, "ensemble-lite0-lite1", ENSEMBLE_LITE0_LITE1,
                        "weighted ensemble of the default (Lite0 epoch 10) and Lite1 (epoch 6 of 8)", "~25 min"),
@@ -507,6 +510,14 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/robust_ablation{x}" for x in (".md", ".json")],
              "SMALL-SCALE PROXY ablation of the robustness pieces: BloodMNIST val and BCCD val per arm (resumable)",
              "~45 min on 2 lightly loaded cores (12 arms of 1-4 min + scoring; resumable, finished arms are skipped)"),
+        # last of the default's steps: it reads the tables the steps above regenerate for the packaged default
+        Step("default-goals", [Need(f"{out}/default-v6-ep3/finetune_bloodmnist128.json",
+                                    f"no checks of the packaged default in {out}/default-v6-ep3")],
+             tool("default_model_goals") + ["--candidate", f"{out}/default-v6-ep3", "--label", "default-v6-ep3",
+                                            "--final", "--out", out],
+             [f"{out}/default_model_goals{x}" for x in (".md", ".json")],
+             "the goals table of issue #13 for the packaged default (default-v6-ep3: its one-view checks, and the "
+             "shipped setting from the regenerated tables), from committed result files only", "seconds"),
     ]
 
 
@@ -516,7 +527,7 @@ def steps(s: Settings) -> list[Step]:
 ADAPT_RECIPES = ["head:fit=head"]
 # The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
 ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
-ADAPT_BASE_LABEL = ("packaged default default-v2-lite0-ep10-tflite-int8-mixed (epoch 10, src/hemaedge/models/default as "
+ADAPT_BASE_LABEL = ("packaged default default-v6-ep3-tflite-int8-mixed (src/hemaedge/models/default as "
                     "shipped: int8, flips views, two OOD tiers, no Keras source; --fit head adapts the bundle itself)")
 RBC_BUNDLE = "src/hemaedge/models/rbc"
 
