@@ -45,11 +45,19 @@ UNIDENTIFIED_BELOW = 0.4
 # A detection whose size leaves its kind open (a platelet clump or a small nucleus, see
 # segment.SegmentParams) becomes a platelet only when the classifier is at least this sure;
 # otherwise it stays nucleated (and, if called platelet, unidentified): losing a white cell
-# from the count silently is worse than flagging a clump for review. With the default bundle
-# 195 of the 196 labelled PBC platelet clumps of that size score >= 0.99 (one 0.92), while 8
-# BCCD train + val white cells (small lymphocytes, 1.25-1.73 d) scored 0.56-0.98 and were lost
-# as clumps at the former 0.5 (2026-12-02, whole-pipeline table of `segmentation_bccd --bundle`).
-PLATELET_KIND_ABOVE = 0.99
+# from the count silently is worse than flagging a clump for review. 0.5 until the whole pipeline
+# was measured on BCCD (8 train + val small lymphocytes of 1.25-1.73 d scored 0.56-0.98 and were
+# lost as clumps), then 0.99; 0.995 since the default-v6 bundle (2026-12-03), which scores one BCCD
+# val lymphocyte 0.993: at 0.995 it stays a white cell, while 195 of the 210 size-ambiguous
+# detections of PBC platelet fields stay clumps (197 at 0.99; PBC fields with the right nucleated
+# count 98.0 vs 98.1 %): `benchmarks/results/identify_levels.md`, chosen on BCCD train + val and PBC val.
+PLATELET_KIND_ABOVE = 0.995
+# A platelet candidate is counted only when the classifier's top class is platelet with at least
+# this probability: more likely platelet than everything else together. It was the unidentified
+# level (0.4) until 2026-12-03; with the default-v6 bundle, BCCD train + val platelets (every cell,
+# IoU >= 0.5) read 82.9 / 80.1 % recall / precision at 0.4 and 81.8 / 80.7 % at 0.5
+# (`benchmarks/results/identify_levels.md`, chosen there on train + val; test only reported).
+PLATELET_CONFIRM_ABOVE = 0.5
 # ... and only when its box is at most this many red-cell diameters across: labelled PBC platelet
 # clumps of that size band are 0.97-1.75 d (5th-95th percentile, median 1.16), BCCD white cells
 # 1.29-2.45 d (median 1.79): a larger detection is a white cell whatever the classifier says.
@@ -262,17 +270,19 @@ def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, thresh
 def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold: float = UNIDENTIFIED_BELOW,
            ood_score: float | None = None, review_below: float = REVIEW_BELOW,
            ood_threshold: float | None = None, ood_flag_threshold: float | None = None,
-           on_red_cell: bool = False, review_classes: frozenset = frozenset()) -> Decision:
+           on_red_cell: bool = False, review_classes: frozenset = frozenset(),
+           platelet_confirm: float = PLATELET_CONFIRM_ABOVE) -> Decision:
     """The label a detection of `kind` ("wbc" = nucleated, "platelet") is counted as.
 
     `ood_threshold` None = confidence-only rule; `ood_flag_threshold`: above it (and not above
     `ood_threshold`) the cell keeps its class and is flagged; `ood_score` None = computed from
     `prob_row`. `on_red_cell`: a platelet candidate lying on a red cell (`segment.Detection`)
-    is not counted, and flagged for review, even when the classifier confirms it.
+    is not counted, and flagged for review, even when the classifier confirms it;
+    `platelet_confirm`: the platelet probability a candidate needs to be counted.
     `review_classes` (`parse_review_classes`): a counted cell of one of these classes is
     always flagged (a lab's review policy, e.g. every erythroblast and immature granulocyte)."""
     d = _decide(kind, prob_row, classes, threshold, ood_score, review_below, ood_threshold, ood_flag_threshold,
-                on_red_cell)
+                on_red_cell, platelet_confirm)
     if d.counted and d.label in review_classes:
         policy = f"{d.label} calls are always reviewed (--review-classes)"
         return replace(d, flag=f"{d.flag}; {policy}" if d.flag else policy)
@@ -280,14 +290,14 @@ def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold
 
 
 def _decide(kind, prob_row, classes, threshold, ood_score, review_below, ood_threshold, ood_flag_threshold,
-            on_red_cell) -> Decision:
+            on_red_cell, platelet_confirm) -> Decision:
     if kind == PLATELET:
         if prob_row is None or PLATELET not in classes:
             p = float("nan")
             confirmed = True
         else:
             p = float(prob_row[classes.index(PLATELET)])
-            confirmed = classes[int(np.argmax(prob_row))] == PLATELET and p >= threshold
+            confirmed = classes[int(np.argmax(prob_row))] == PLATELET and p >= platelet_confirm
         if not confirmed:
             return Decision(PLATELET, p, "platelet candidate not confirmed by the classifier", False)
         if on_red_cell:

@@ -14,8 +14,8 @@ import numpy as np
 
 from hemaedge.edge.domain import DomainMonitor
 from hemaedge.edge.focus import blank_reason, grey_small
-from hemaedge.edge.identify import (REVIEW_BELOW, UNIDENTIFIED_BELOW, Decision, OodRule, decide, is_platelet_clump,
-                                    parse_review_classes)
+from hemaedge.edge.identify import (PLATELET_CONFIRM_ABOVE, PLATELET_KIND_ABOVE, REVIEW_BELOW, UNIDENTIFIED_BELOW,
+                                    Decision, OodRule, decide, is_platelet_clump, parse_review_classes)
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
@@ -75,7 +75,8 @@ class CellClassifier:
                  crop_mode: str | None = None, rbc_factor: float = DEFAULT_RBC_FACTOR,
                  same_slide: bool = False, review_threshold: float = REVIEW_BELOW,
                  unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None,
-                 ood_threshold=None, views=None, review_level: float | None = None, review_classes=None):
+                 ood_threshold=None, views=None, review_level: float | None = None, review_classes=None,
+                 platelet_confirm_above: float = PLATELET_CONFIRM_ABOVE, platelet_kind_above: float = PLATELET_KIND_ABOVE):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -105,6 +106,9 @@ class CellClassifier:
                                                    tracked=same_slide)
         self.review_threshold = review_threshold
         self.unidentified_below = unidentified_below
+        # the platelet levels of `identify` (a platelet candidate counted, a size-ambiguous detection a clump)
+        self.platelet_confirm_above = platelet_confirm_above
+        self.platelet_kind_above = platelet_kind_above
         self.mask_neighbours = mask_neighbours
         self.ruler = Ruler(same_slide)
         self.red_cells = red_cells  # rbc_morphology.RedCellClassifier: count/classify red cells too
@@ -152,13 +156,15 @@ class CellClassifier:
     def decide(self, kind: str, prob_row, on_red_cell: bool = False) -> Decision:
         return decide(kind, prob_row, self.classes, self.unidentified_below, review_below=self.review_threshold,
                       ood_threshold=self.ood_rule.threshold, ood_flag_threshold=self.ood_rule.flag_threshold,
-                      on_red_cell=on_red_cell, review_classes=self.review_classes)
+                      on_red_cell=on_red_cell, review_classes=self.review_classes,
+                      platelet_confirm=self.platelet_confirm_above)
 
     def identify_rule(self) -> dict:
         """The unidentified/review rule this run applies (summary.json -> `identify`)."""
         return {"unidentified_below": self.unidentified_below, "review_below": self.review_threshold,
                 "ood": self.ood_rule.to_dict(), "views": self.views_name,
-                "review_classes": sorted(self.review_classes)}
+                "review_classes": sorted(self.review_classes),
+                "platelet_confirm_above": self.platelet_confirm_above, "platelet_kind_above": self.platelet_kind_above}
 
     def work_image(self, image: np.ndarray) -> np.ndarray:
         """The frame's small colour copy (`segment.work_image`): the segmenter's work copy, and the
@@ -193,7 +199,7 @@ class CellClassifier:
         self.domain.add_cells(probs)
         for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
             side_rbc = d.size / reading.diameter if reading.diameter else None
-            if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc):
+            if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc, self.platelet_kind_above):
                 d.kind = "platelet"
         decisions = [self.decide(d.kind, probs[i], d.kind == "platelet" and d.on_red_cell) for i, d in enumerate(dets)]
         timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}

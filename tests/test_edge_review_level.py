@@ -53,6 +53,10 @@ def test_defaults_are_the_bundles_review_level_and_no_class_policy(runs):
     assert ood["flag_threshold"] == DEFAULT_MANIFEST["ood"]["threshold"] and ood["flag_source"] == "bundle"
     assert ood["review_level"] == pytest.approx(math.exp(-DEFAULT_MANIFEST["ood"]["threshold"]), abs=1e-6)
     assert summary["identify"]["review_classes"] == []
+    # the platelet levels a run applies are in its summary (identify.PLATELET_CONFIRM_ABOVE, _KIND_ABOVE)
+    from hemaedge.edge.identify import PLATELET_CONFIRM_ABOVE, PLATELET_KIND_ABOVE
+    assert (summary["identify"]["platelet_confirm_above"], summary["identify"]["platelet_kind_above"]) == \
+        (PLATELET_CONFIRM_ABOVE, PLATELET_KIND_ABOVE)
     # giving the bundle's own level explicitly changes nothing in what is counted or flagged
     same, same_summary = runs["bundle-level"]
     assert [(c["class"], c["review"], c["counted"], c["flag"]) for c in same] == \
@@ -97,7 +101,9 @@ def test_a_review_class_policy_flags_every_cell_of_those_classes_and_nothing_els
     (("--review-level", "0"), "above 0"),
     (("--review-level", "nan"), "probability"),
     (("--review-level", "high"), "not a number"),
-    (("--review-level", "0.3"), "below the unidentified level 0.559"),  # the bundle's OOD unidentified level
+    # the bundle's OOD unidentified level, as a top probability
+    (("--review-level", "0.3"),
+     f"below the unidentified level {math.exp(-DEFAULT_MANIFEST['ood']['unidentified_threshold']):.3f}"),
     (("--review-level", "0.3", "--ood-threshold", "off", "--unidentified-below", "0.5"),
      "below the unidentified level 0.5"),
     (("--review-classes", "blast"), "'blast' is not a class of this model"),

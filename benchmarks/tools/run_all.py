@@ -267,6 +267,12 @@ def steps(s: Settings) -> list[Step]:
              [f"{out}/platelet_rules{x}" for x in (".md", ".json")],
              "ablation of the platelet rules: whole-pipeline platelet recall/precision on BCCD train + val and test "
              "with each rule off in turn (packaged default)", "~1 min"),
+        Step("identify-levels", [], [*tool("identify_levels"), "--bundle", DEFAULT_BUNDLE, "--bccd", f"{data}/bccd",
+                                     "--pbc", f"{data}/pbc_raw_val", "--out", out, *first],
+             [f"{out}/identify_levels{x}" for x in (".md", ".json")],
+             "the platelet confirmation and clump levels of edge.identify replayed on the packaged default's own "
+             "outputs: BCCD platelets and white cells (train + val choose, test reported), PBC platelet fields",
+             "~3 min"),
         Step("live", [], [*tool("live_feed"), "--data", f"{data}/bccd", "--videos", "8", "--out", out],
              [f"{out}/live_feed.md", f"{out}/live_feed.json"],
              "live-feed counting: distinct white cells counted on 8 generated pans over BCCD mosaics vs the VOC truth",
