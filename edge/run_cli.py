@@ -261,9 +261,10 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
             logger.info("source: %s; writing to %s%s", src.describe(), folder.path,
                         {"append": " (appending)", "replace": " (replaced)"}.get(folder.mode, ""))
             try:
+                frames = swapped(iter(src)) if swap_red_blue else iter(src)
                 summary = run_loop(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
                                    observers=observers,
-                                   frames_iter=limit(swapped(iter(src)) if swap_red_blue else iter(src), max_frames, fps), model_info=model_info(mdl, backend),
+                                   frames_iter=limit(frames, max_frames, fps), model_info=model_info(mdl, backend),
                                    load_s=load_s, stop=stop, output={"folder": str(folder.path), "mode": folder.mode},
                                    summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every),
                                    counting=counting)
