@@ -6,6 +6,7 @@ travel between functions as uint8 RGB arrays of shape (H, W, 3) unless stated ot
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
@@ -142,6 +143,51 @@ def sixteen_bit_depth(img: np.ndarray) -> int:
     return next(b for b in SIXTEEN_BIT_DEPTHS if hi < 2 ** b)
 
 
+# A marker inside a JPEG's entropy-coded data: 0xFF followed by anything but a stuffed zero, a
+# restart marker (RST0-7) or another 0xFF (fill).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def truncation(data: bytes) -> str | None:
+    """Why a JPEG or PNG file was cut short (its end-of-image marker or IEND chunk never comes),
+    or None. Walks the file's structure: segments (an EXIF thumbnail's own end marker is skipped
+    with its segment) and scans, so data appended after the end (a phone's motion photo) is no
+    truncation. Decoders differ here: OpenCV 4 returns a truncated JPEG with a grey bottom and a
+    warning on stderr (cells in the lost part vanish from the count), OpenCV 5 refuses it."""
+    n = len(data)
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 2 <= n:
+            if data[i] != 0xFF:
+                return None  # not the structure we know: the decoder decides
+            m = data[i + 1]
+            if m == 0xFF:  # fill byte
+                i += 1
+                continue
+            if m == 0xD9:
+                return None  # end of image
+            if m == 0x01 or 0xD0 <= m <= 0xD7:  # markers without a length
+                i += 2
+                continue
+            if i + 4 > n:
+                break
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            if m == 0xDA:  # start of scan: entropy-coded data up to the next marker
+                nxt = _JPEG_MARKER.search(data, i)
+                if nxt is None:
+                    break
+                i = nxt.start()
+        return "truncated JPEG (no end-of-image marker: the file was cut short, e.g. an interrupted copy)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        i = 8
+        while i + 8 <= n:
+            if data[i + 4:i + 8] == b"IEND":
+                return None
+            i += 12 + int.from_bytes(data[i:i + 4], "big")
+        return "truncated PNG (no IEND chunk: the file was cut short, e.g. an interrupted copy)"
+    return None
+
+
 def unreadable_reason(data: np.ndarray) -> str:
     """Why bytes that OpenCV cannot decode are not an image."""
     if not data.size:
@@ -154,11 +200,15 @@ def unreadable_reason(data: np.ndarray) -> str:
 
 def read_image_rgb(path, notes: dict | None = None) -> np.ndarray:
     """Read an image file as uint8 RGB, upright as its EXIF orientation says; raises
-    FrameFormatError naming the file and why if unreadable. `notes`: see `to_rgb_uint8`."""
+    FrameFormatError naming the file and why if unreadable or cut short (`truncation`: whatever
+    the OpenCV version). `notes`: see `to_rgb_uint8`."""
     data = np.fromfile(str(path), dtype=np.uint8)
+    cut = truncation(data.tobytes())
+    if cut:
+        raise FrameFormatError(f"{path}: not a readable image: {cut}")
     img = cv2.imdecode(data, IMREAD_FLAGS) if data.size else None
     if img is None:
-        raise FrameFormatError(f"{path}: {unreadable_reason(data)}")
+        raise FrameFormatError(f"{path}: not a readable image: {unreadable_reason(data)}")
     return to_rgb_uint8(img, "BGR" if img.ndim == 3 else "RGB", notes)
 
 

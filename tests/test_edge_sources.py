@@ -402,9 +402,39 @@ def test_unreadable_files_are_skipped_with_the_reason(tmp_path):
     frames = list(src)
     assert [f.name for f in frames] == ["a_good.jpg"] and src.skipped == 3
     reasons = " | ".join(src.skip_reasons)
-    assert "b_empty.jpg: empty file (0 bytes)" in reasons
-    assert "c_notes.jpg: not an image file" in reasons
-    assert "d_truncated.jpg: corrupt or truncated image" in reasons
+    assert "b_empty.jpg: not a readable image: empty file (0 bytes)" in reasons
+    assert "c_notes.jpg: not a readable image: not an image file" in reasons
+    assert "d_truncated.jpg: not a readable image: truncated JPEG (no end-of-image marker" in reasons
+
+
+def test_a_cut_short_file_is_found_by_its_structure_whatever_the_decoder(tmp_path):
+    """OpenCV 4 (a Raspberry Pi's) decodes a truncated JPEG with a grey bottom and only a warning
+    (the cells in the lost part vanish from the count); OpenCV 5 refuses it without saying why. The
+    file's structure says it: cut JPEGs and PNGs are skipped as truncated, while a phone's photo
+    with an EXIF thumbnail (its own end marker) and a motion photo's video appended after the end
+    are read."""
+    from hemaedge.edge.preprocess import truncation
+
+    rgb = read_image_rgb(SAMPLES / "bccd" / "BloodImage_00007.jpg")
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    jpeg = cv2.imencode(".jpg", bgr)[1].tobytes()
+    thumb = b"Exif\x00\x00" + cv2.imencode(".jpg", cv2.resize(bgr, (160, 120)))[1].tobytes()
+    whole = {
+        "progressive": cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+        "restart markers": cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_RST_INTERVAL, 4])[1].tobytes(),
+        "thumbnail": jpeg[:2] + b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb + jpeg[2:],
+        "png": cv2.imencode(".png", bgr)[1].tobytes(),
+    }
+    for name, data in whole.items():
+        assert truncation(data) is None, name
+        assert truncation(data[: len(data) * 3 // 4]), name
+    (tmp_path / "a_motion.jpg").write_bytes(jpeg + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 100)
+    (tmp_path / "b_cut.png").write_bytes(whole["png"][: len(whole["png"]) // 2])
+    src = ImageSource(str(tmp_path))
+    frames = list(src)
+    assert [f.name for f in frames] == ["a_motion.jpg"] and np.array_equal(frames[0].image, cv2.imdecode(
+        np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
+    assert "b_cut.png: not a readable image: truncated PNG (no IEND chunk" in src.skip_reasons[0]
 
 
 def test_swap_red_blue_gives_back_the_frame_a_bgr_camera_meant(tmp_path):

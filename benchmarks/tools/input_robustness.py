@@ -456,7 +456,7 @@ def row_for(v: Variant, runs: list[dict], parts: list[dict], reference: dict) ->
     s = _merge(parts)
     skipped = sum((r["summary"] or {}).get("frames_skipped", 0) for r in runs)
     # why frames were skipped: the reason after the file name, counted
-    why = Counter(x.split(": ", 1)[1] if ": " in x else x
+    why = Counter(x.split(": ", 1)[1].removeprefix("not a readable image: ") if ": " in x else x
                   for r in runs for x in ((r["summary"] or {}).get("skip_reasons") or []))
     reasons = [f"{k} {n}" for k, n in why.items()]
     # ruler: this variant's diameter per still / (as-is diameter of that still x the variant's scale)
