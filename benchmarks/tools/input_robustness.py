@@ -486,6 +486,8 @@ def row_for(v: Variant, runs: list[dict], parts: list[dict], reference: dict) ->
         "domain_warning": domain,
         "input_warnings": sorted(set(warnings)),
         "top_classes": [[c, round(n / total_top, 3)] for c, n in top.most_common(3)] if total_top else [],
+        # per run (BCCD, PBC): the median frame's whole time in edge run, capture (decode) included
+        "total_ms_p50": [(((r["summary"] or {}).get("latency_ms") or {}).get("total") or {}).get("p50") for r in runs],
     }
 
 
@@ -504,12 +506,13 @@ def to_markdown(r: dict) -> str:
              "with one labelled white cell, and the PBC fields; a miss counts as wrong). Ruler: median of "
              "(red-cell diameter `edge run` used) / (the as-is diameter of that frame x the variant's scale): "
              "1.00 = the magnification read right. Domain warning: the run's summary.json raised it (BCCD run / PBC run; BCCD is another microscope than the training data, so its as-is run raises it too). Input "
-             "warnings: summary.json `input.warnings` (first words; the whole text in the JSON). Top classes: the "
+             "warnings: summary.json `input.warnings` (first words; the whole text in the JSON). ms / frame: the median "
+             "frame's whole time in `edge run`, decoding included (wall-clock on a shared machine: noisy). Top classes: the "
              "classes of the classified white cells (all nucleated detections but unidentified ones); the labels of "
              "these frames: " + ", ".join(f"{c} {100 * p:.0f}%" for c, p in r.get("label_classes", [])) + ".", "",
              "| variant | read / frames | skipped (reasons) | WBC recall | WBC precision | recall centre | exact | "
-             "platelets / frame (truth) | platelet recall | PBC found | class | ruler | domain warning BCCD / PBC | input warnings | top classes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "platelets / frame (truth) | platelet recall | PBC found | class | ruler | domain warning BCCD / PBC | input warnings | top classes | ms / frame BCCD / PBC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         skipped = f"{x['skipped']}" + (f" ({'; '.join(x['skip_reasons'])})" if x["skip_reasons"] else "")
         if x["crashes"]:
@@ -519,7 +522,7 @@ def to_markdown(r: dict) -> str:
                      f"{f(x['wbc_precision_iou'])} | {f(x['wbc_recall_centre'])} | {f(x['nucleated_count_exact'])} | "
                      f"{g(x['platelets_per_frame'])} ({g(x['platelets_true_per_frame'])}) | {f(x['platelet_recall_iou30'])} | "
                      f"{f(x['pbc_centre_found'])} | {f(x['class_agreement'])} | {g(x['ruler_ratio_median'])} | "
-                     f"{' / '.join('yes' if x['domain_warning'].get(k) else 'no' for k in ('bccd', 'pbc'))} | {'<br>'.join(sorted({w.split(':')[0].split(' (')[0] for w in x['input_warnings']})) or '–'} | {top} |")
+                     f"{' / '.join('yes' if x['domain_warning'].get(k) else 'no' for k in ('bccd', 'pbc'))} | {'<br>'.join(sorted({w.split(':')[0].split(' (')[0] for w in x['input_warnings']})) or '–'} | {top} | {' / '.join('–' if v is None else f'{v:.0f}' for v in x.get('total_ms_p50', []))} |")
     lines += ["", "Variants:", ""] + [f"- **{x['variant']}**: {x['about']}" for x in r["rows"]]
     return "\n".join(lines) + "\n"
 
