@@ -373,7 +373,7 @@ def score(frames: list[tuple[str, Still, Geometry]], out: Path) -> dict:
         by_name.setdefault(c["name"], []).append(c)
     read = {r["name"]: r for r in rows}
     s = {"frames": len(frames), "read": 0, "wbc_gt": 0, "wbc_pred": 0, "tp_iou": 0, "tp_centre": 0, "exact": 0,
-         "bccd_frames": 0, "plt_gt": 0, "plt_found": 0, "plt_tp": 0, "class_n": 0, "class_ok": 0,
+         "bccd_frames": 0, "plt_gt": 0, "plt_found": 0, "plt_tp": 0, "class_n": 0, "class_ok": 0, "pbc_class_n": 0, "pbc_class_ok": 0,
          "pbc_fields": 0, "pbc_found": 0, "rbc_px": [], "top": Counter()}
     for name, still, geo in frames:
         if name not in read:
@@ -418,10 +418,8 @@ def score(frames: list[tuple[str, Still, Geometry]], out: Path) -> dict:
                 s["pbc_found"] += 1
                 i = min(inside, key=lambda i: math.hypot((boxes[i][0] + boxes[i][2]) / 2 - cx,
                                                        (boxes[i][1] + boxes[i][3]) / 2 - cy))
-                s["class_n"] += 1
-                s["class_ok"] += _norm(wbc[i]["class"]) == _norm(still.label)
-            else:
-                s["class_n"] += 1
+                s["pbc_class_ok"] += _norm(wbc[i]["class"]) == _norm(still.label)
+            s["pbc_class_n"] += 1
     return s
 
 
@@ -481,6 +479,7 @@ def row_for(v: Variant, runs: list[dict], parts: list[dict], reference: dict) ->
         "platelet_recall_iou30": _ratio(s.get("plt_tp", 0), s.get("plt_gt", 0)),
         "pbc_fields": s.get("pbc_fields", 0), "pbc_centre_found": _ratio(s.get("pbc_found", 0), s.get("pbc_fields", 0)),
         "class_agreement": _ratio(s.get("class_ok", 0), s.get("class_n", 0)), "class_n": s.get("class_n", 0),
+        "pbc_class_agreement": _ratio(s.get("pbc_class_ok", 0), s.get("pbc_class_n", 0)),
         "ruler_ratio_median": round(float(np.median(ratios)), 3) if ratios else None,
         "ruler_frames_measured": len(ratios),
         "domain_warning": domain,
@@ -502,16 +501,18 @@ def to_markdown(r: dict) -> str:
              "one-to-one at IoU ≥ 0.5; centre = centre-in-box recall. Exact = BCCD frames whose number of nucleated "
              "detections equals the boxes'. Platelets: confirmed platelets per BCCD frame (truth: VOC boxes per "
              "frame) and recall at IoU ≥ 0.3. PBC found: the labelled centre cell inside a nucleated detection "
-             "(platelet fields left out). Class: the class of the matched white cell against its label (BCCD frames "
-             "with one labelled white cell, and the PBC fields; a miss counts as wrong). Ruler: median of "
+             "(platelet fields left out). Class BCCD / PBC: the class of the matched white cell against its label (BCCD "
+             "frames with one labelled white cell: another microscope than the training data / the PBC fields: the "
+             "training microscope; a miss counts as wrong). Ruler: median of "
              "(red-cell diameter `edge run` used) / (the as-is diameter of that frame x the variant's scale): "
-             "1.00 = the magnification read right. Domain warning: the run's summary.json raised it (BCCD run / PBC run; BCCD is another microscope than the training data, so its as-is run raises it too). Input "
+             "1.00 = the magnification read right. Domain warning: the run's summary.json raised it (BCCD run / PBC "
+             "run; BCCD is another microscope than the training data, so its as-is run raises it too). Input "
              "warnings: summary.json `input.warnings` (first words; the whole text in the JSON). ms / frame: the median "
              "frame's whole time in `edge run`, decoding included (wall-clock on a shared machine: noisy). Top classes: the "
              "classes of the classified white cells (all nucleated detections but unidentified ones); the labels of "
              "these frames: " + ", ".join(f"{c} {100 * p:.0f}%" for c, p in r.get("label_classes", [])) + ".", "",
              "| variant | read / frames | skipped (reasons) | WBC recall | WBC precision | recall centre | exact | "
-             "platelets / frame (truth) | platelet recall | PBC found | class | ruler | domain warning BCCD / PBC | input warnings | top classes | ms / frame BCCD / PBC |",
+             "platelets / frame (truth) | platelet recall | PBC found | class BCCD / PBC | ruler | domain warning BCCD / PBC | input warnings | top classes | ms / frame BCCD / PBC |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         skipped = f"{x['skipped']}" + (f" ({'; '.join(x['skip_reasons'])})" if x["skip_reasons"] else "")
@@ -521,7 +522,7 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| {x['variant']} | {x['read']} / {x['frames']} | {skipped} | {f(x['wbc_recall_iou'])} | "
                      f"{f(x['wbc_precision_iou'])} | {f(x['wbc_recall_centre'])} | {f(x['nucleated_count_exact'])} | "
                      f"{g(x['platelets_per_frame'])} ({g(x['platelets_true_per_frame'])}) | {f(x['platelet_recall_iou30'])} | "
-                     f"{f(x['pbc_centre_found'])} | {f(x['class_agreement'])} | {g(x['ruler_ratio_median'])} | "
+                     f"{f(x['pbc_centre_found'])} | {f(x['class_agreement'])} / {f(x['pbc_class_agreement'])} | {g(x['ruler_ratio_median'])} | "
                      f"{' / '.join('yes' if x['domain_warning'].get(k) else 'no' for k in ('bccd', 'pbc'))} | {'<br>'.join(sorted({w.split(':')[0].split(' (')[0] for w in x['input_warnings']})) or '–'} | {top} | {' / '.join('–' if v is None else f'{v:.0f}' for v in x.get('total_ms_p50', []))} |")
     lines += ["", "Variants:", ""] + [f"- **{x['variant']}**: {x['about']}" for x in r["rows"]]
     return "\n".join(lines) + "\n"
@@ -588,7 +589,7 @@ def main(data, pbc, bccd_frames, pbc_fields, bundle, only, threads, work, out):
             row = row_for(v, runs, parts, reference)
             report["rows"].append(row)
             tqdm.write(f"{v.name}: read {row['read']}/{row['frames']}, skipped {row['skipped']}, WBC recall "
-                       f"{row['wbc_recall_iou']}, PBC found {row['pbc_centre_found']}, class {row['class_agreement']}, "
+                       f"{row['wbc_recall_iou']}, PBC found {row['pbc_centre_found']}, class {row['class_agreement']} / {row['pbc_class_agreement']}, "
                        f"ruler {row['ruler_ratio_median']}, warnings {row['input_warnings']}"
                        + (f" CRASH {row['crashes']}" if row["crashes"] else ""))
     finally:
