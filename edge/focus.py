@@ -2,7 +2,8 @@
 
 * `is_grayscale(image)`: a frame without colour (the stain channel needs it): warned about.
 * `blank_reason(image)`: a frame with nothing to see (lamp off, no signal, a white or
-  featureless field, a frame too small to show a measurable cell) gives a reason string; such a frame is recorded as "no cells" with it.
+  featureless field, a frame too small to show a measurable cell) gives a reason string; such a
+  frame is recorded as "no cells" with it.
 * `sharpness(image)`: variance of the Laplacian on a small grey copy (a standard focus measure;
   it falls steeply when the image is defocused or blurred by motion).
 * `FocusGate`: on a live feed, a frame whose sharpness is far below the recent sharp frames'

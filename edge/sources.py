@@ -107,7 +107,8 @@ class FrameSource:
 
 
 def _unreadable_formats(files) -> str:
-    """'; it holds 3 .heic files (HEIC (phone photos)) ...: export them as ...' for a listing, or ''."""
+    """'; found 3 .heic files (HEIC (phone photos)), which cannot be read here: ...' for the files
+    of a folder or pattern that hold no readable image, or '' when none is of such a format."""
     found: dict[str, int] = {}
     for f in files:
         ext = Path(f).suffix.lower()
@@ -138,7 +139,8 @@ def list_images(spec: str) -> list[Path]:
         files = sorted(Path(f) for f in _glob.glob(spec, recursive=True)
                        if Path(f).suffix.lower() in IMAGE_EXTS and Path(f).is_file())
         if not files:
-            raise SourceError(f"{spec}: the pattern matches no image files" + _unreadable_formats(_glob.glob(spec, recursive=True)))
+            raise SourceError(f"{spec}: the pattern matches no image files"
+                              + _unreadable_formats(_glob.glob(spec, recursive=True)))
         return files
     raise SourceError(f"{spec}: no such file, folder or pattern")
 
