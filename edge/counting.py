@@ -25,7 +25,8 @@ import numpy as np
 
 from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.differential import Differential
-from hemaedge.edge.focus import FocusGate, grey_small, is_grayscale
+from hemaedge.edge.focus import FocusGate, grey_small
+from hemaedge.edge.input_checks import InputChecks
 from hemaedge.edge.identify import ERYTHROBLAST, PLATELET
 from hemaedge.edge.tracking import StageMotion, Tracker
 
@@ -49,7 +50,7 @@ class CountingSession:
         self.tracker = Tracker() if one_slide else None
         self._next_cell = 0
         self._stage_started = False
-        self.grayscale_frames = 0
+        self.input = InputChecks()  # what the frames say about the camera or the files
 
     # -------------------------------------------------------------- per frame
 
@@ -59,11 +60,7 @@ class CountingSession:
         from hemaedge.edge.pipeline import FrameResult
 
         image = frame.image
-        if is_grayscale(image):
-            if not self.grayscale_frames:
-                log.warning("%s is grayscale: cells are found by their stain colour, so grey frames show none "
-                            "(use a colour camera or colour images)", frame.name)
-            self.grayscale_frames += 1
+        self.input.add_frame(image, frame.name)  # grayscale, red/blue swapped (checks only: edge/input_checks.py)
         grey = small = None
         if self.one_slide:
             # once, for motion, focus and the blank check; from the segmenter's small colour copy
@@ -159,7 +156,7 @@ class CountingSession:
     def summary(self) -> dict:
         d = self.differential()
         out = d.summary()
-        out["grayscale_frames"] = self.grayscale_frames
+        out["grayscale_frames"] = self.input.grayscale_frames
         out["counting"] = ("one slide: stage motion + tracking, one count per track" if self.one_slide
                            else "independent fields: one count per detection")
         if self.one_slide:

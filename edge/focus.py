@@ -2,7 +2,8 @@
 
 * `is_grayscale(image)`: a frame without colour (the stain channel needs it): warned about.
 * `blank_reason(image)`: a frame with nothing to see (lamp off, no signal, a white or
-  featureless field) gives a reason string; such a frame is recorded as "no cells" with it.
+  featureless field, a frame too small to show a measurable cell) gives a reason string; such a
+  frame is recorded as "no cells" with it.
 * `sharpness(image)`: variance of the Laplacian on a small grey copy (a standard focus measure;
   it falls steeply when the image is defocused or blurred by motion).
 * `FocusGate`: on a live feed, a frame whose sharpness is far below the recent sharp frames'
@@ -12,13 +13,19 @@
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from statistics import median
 
 import cv2
 import numpy as np
 
+from hemaedge.edge.ruler import MAX_DIAMETER_FRACTION, MIN_DIAMETER_PX
+
 DARK_BELOW = 12.0  # mean grey level: lamp off, capture card without signal
+# The smallest frame that can show a measurable red cell: the ruler reads no diameter below
+# `MIN_DIAMETER_PX` nor above `MAX_DIAMETER_FRACTION` of the short side (a thumbnail, an icon).
+MIN_FRAME_SIDE = math.ceil(MIN_DIAMETER_PX / MAX_DIAMETER_FRACTION)
 FEATURELESS_STD = 3.0  # grey-level spread: a white, black or uniform field
 WORK_WIDTH = 320
 
@@ -43,6 +50,10 @@ _grey_small = grey_small  # the old private name
 def blank_reason(image: np.ndarray, grey: np.ndarray | None = None) -> str | None:
     """Why a frame shows nothing to count, or None when it may hold cells (`grey`: the frame's
     `grey_small` copy when the caller has it)."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_FRAME_SIDE:
+        return (f"frame is too small ({w}x{h} px; at least {MIN_FRAME_SIDE} px a side shows a red cell that can be "
+                "measured: a thumbnail? use the full-size image)")
     grey = grey_small(image) if grey is None else grey
     m, sd = cv2.meanStdDev(grey)  # one pass in OpenCV; numpy's mean + std take two
     mean, std = float(m[0, 0]), float(sd[0, 0])

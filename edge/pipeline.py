@@ -21,8 +21,8 @@ from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
 from hemaedge.edge.tta import bundle_views, predict_views
 from hemaedge.edge.segment import (DEFAULT_CELL_FRACTION, DEFAULT_RBC_FACTOR, Detection, SegmentParams,
-                                   extract_crop, order_statistic, segment, upper_quartile_cut, work_copy,
-                                   work_image)
+                                   extract_crop, order_statistic, picture_box, segment, shift_detection,
+                                   upper_quartile_cut, work_copy, work_image)
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,19 @@ class CellClassifier:
 
     def process(self, image: np.ndarray, grey: np.ndarray | None = None, small: np.ndarray | None = None) -> FrameResult:
         """`grey`, `small`: the frame's grey copy (`focus.grey_small` of `small`) and `work_image`
-        when the caller already made them."""
+        when the caller already made them. A frame with black bars (`segment.picture_box`) is
+        processed as the picture inside them; its detections are given in frame pixels."""
+        box = picture_box(image)
+        if box is None:
+            return self._process(image, grey, small)
+        x0, y0, x1, y1 = box
+        res = self._process(np.ascontiguousarray(image[y0:y1, x0:x1]), red_image=image)
+        for d in res.detections:
+            shift_detection(d, x0, y0)
+        return res
+
+    def _process(self, image: np.ndarray, grey: np.ndarray | None = None, small: np.ndarray | None = None,
+                 red_image: np.ndarray | None = None) -> FrameResult:
         t0 = time.perf_counter()
         blank, reading, dets, crops = self.find_cells(image, grey, small)
         if blank:
@@ -205,7 +217,7 @@ class CellClassifier:
         timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}
         red = None
         if self.red_cells is not None:  # red cells measured with this field's ruler
-            red = self.red_cells.process(image, reading.diameter)
+            red = self.red_cells.process(image if red_image is None else red_image, reading.diameter)
             timings.update(red.timings_ms)
         return FrameResult(dets, [x.label for x in decisions], np.array([x.confidence for x in decisions], np.float32),
                            probs, timings, decisions, "" if dets else "no cells found", reading, red)

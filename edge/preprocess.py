@@ -6,6 +6,7 @@ travel between functions as uint8 RGB arrays of shape (H, W, 3) unless stated ot
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
@@ -88,11 +89,14 @@ class InputContract:
 # ----------------------------------------------------------------------------- conversion
 
 
-def to_rgb_uint8(image: np.ndarray, color_order: str = "RGB") -> np.ndarray:
+def to_rgb_uint8(image: np.ndarray, color_order: str = "RGB", notes: dict | None = None) -> np.ndarray:
     """Convert grayscale, RGBA/BGRA, 16-bit or float images to uint8 RGB (H, W, 3).
 
     `color_order` names the order of the incoming channels (OpenCV decodes to BGR,
-    picamera2's "RGB888" also arrives as BGR).
+    picamera2's "RGB888" also arrives as BGR). 16-bit pixels keep their 8 most significant bits
+    of the bit depth they use (`sixteen_bit_depth`): a 12-bit camera's data in a 16-bit file is
+    not read near-black. `notes` (message -> frames): what the conversion had to assume, for the
+    run's input warnings (`edge.input_checks`).
     """
     if not isinstance(image, np.ndarray):
         raise FrameFormatError(f"expected a numpy array, got {type(image).__name__}")
@@ -102,7 +106,12 @@ def to_rgb_uint8(image: np.ndarray, color_order: str = "RGB") -> np.ndarray:
         raise FrameFormatError(f"expected 1, 3 or 4 channels, got {image.shape[2]}")
     img = image
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)  # keep the 8 most significant bits
+        bits = sixteen_bit_depth(img)
+        img = (img >> (bits - 8)).astype(np.uint8)  # keep the 8 most significant bits of the depth used
+        if notes is not None and bits < 16:
+            key = (f"16-bit frames hold {bits}-bit data (no value above {2 ** bits - 1}): read as {bits}-bit, so they "
+                   f"are not near-black; if they look too bright, save them as 8-bit images")
+            notes[key] = notes.get(key, 0) + 1
     elif img.dtype in (np.float32, np.float64):
         hi = float(np.nanmax(img)) if img.size else 0.0
         img = np.clip(img * (255.0 if hi <= 1.0 else 1.0), 0, 255).astype(np.uint8)
@@ -118,13 +127,89 @@ def to_rgb_uint8(image: np.ndarray, color_order: str = "RGB") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def read_image_rgb(path) -> np.ndarray:
-    """Read an image file as uint8 RGB; raises FrameFormatError naming the file if unreadable."""
+# What 16-bit frames can hold: a camera's 10-, 12- or 14-bit data, or the full 16 bits.
+SIXTEEN_BIT_DEPTHS = (10, 12, 14, 16)
+# Any depth and colour, alpha dropped (to_rgb_uint8 drops it too), and the EXIF orientation
+# honoured (IMREAD_UNCHANGED ignores it: a phone's portrait JPEG would be read on its side).
+IMREAD_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+# File signatures of the image formats OpenCV reads (to say why a file is unreadable).
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*", b"RIFF", b"\x00\x00\x00\x0cjP")
+
+
+def sixteen_bit_depth(img: np.ndarray) -> int:
+    """The bit depth a 16-bit frame uses: the smallest of `SIXTEEN_BIT_DEPTHS` that holds its
+    largest value (a smear's bright background is near the camera's maximum)."""
+    hi = int(img.max()) if img.size else 0
+    return next(b for b in SIXTEEN_BIT_DEPTHS if hi < 2 ** b)
+
+
+# A marker inside a JPEG's entropy-coded data: 0xFF followed by anything but a stuffed zero, a
+# restart marker (RST0-7) or another 0xFF (fill).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def truncation(data: bytes) -> str | None:
+    """Why a JPEG or PNG file was cut short (its end-of-image marker or IEND chunk never comes),
+    or None. Walks the file's structure: segments (an EXIF thumbnail's own end marker is skipped
+    with its segment) and scans, so data appended after the end (a phone's motion photo) is no
+    truncation. Decoders differ here: OpenCV 4 returns a truncated JPEG with a grey bottom and a
+    warning on stderr (cells in the lost part vanish from the count), OpenCV 5 refuses it."""
+    n = len(data)
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 2 <= n:
+            if data[i] != 0xFF:
+                return None  # not the structure we know: the decoder decides
+            m = data[i + 1]
+            if m == 0xFF:  # fill byte
+                i += 1
+                continue
+            if m == 0xD9:
+                return None  # end of image
+            if m == 0x01 or 0xD0 <= m <= 0xD7:  # markers without a length
+                i += 2
+                continue
+            if i + 4 > n:
+                break
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            if m == 0xDA:  # start of scan: entropy-coded data up to the next marker
+                nxt = _JPEG_MARKER.search(data, i)
+                if nxt is None:
+                    break
+                i = nxt.start()
+        return "truncated JPEG (no end-of-image marker: the file was cut short, e.g. an interrupted copy)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        i = 8
+        while i + 8 <= n:
+            if data[i + 4:i + 8] == b"IEND":
+                return None
+            i += 12 + int.from_bytes(data[i:i + 4], "big")
+        return "truncated PNG (no IEND chunk: the file was cut short, e.g. an interrupted copy)"
+    return None
+
+
+def unreadable_reason(data: np.ndarray) -> str:
+    """Why bytes that OpenCV cannot decode are not an image."""
+    if not data.size:
+        return "empty file (0 bytes)"
+    head = data[:12].tobytes()
+    if not any(head.startswith(sig) for sig in _SIGNATURES):
+        return "not an image file (no known image format signature; a text or other file named as an image?)"
+    return "corrupt or truncated image (the decoder could not read it)"
+
+
+def read_image_rgb(path, notes: dict | None = None) -> np.ndarray:
+    """Read an image file as uint8 RGB, upright as its EXIF orientation says; raises
+    FrameFormatError naming the file and why if unreadable or cut short (`truncation`: whatever
+    the OpenCV version). `notes`: see `to_rgb_uint8`."""
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    cut = truncation(data.tobytes())
+    if cut:
+        raise FrameFormatError(f"{path}: not a readable image: {cut}")
+    img = cv2.imdecode(data, IMREAD_FLAGS) if data.size else None
     if img is None:
-        raise FrameFormatError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
-    return to_rgb_uint8(img, "BGR" if img.ndim == 3 else "RGB")
+        raise FrameFormatError(f"{path}: not a readable image: {unreadable_reason(data)}")
+    return to_rgb_uint8(img, "BGR" if img.ndim == 3 else "RGB", notes)
 
 
 def resize(image: np.ndarray, size: int, dst: np.ndarray | None = None) -> np.ndarray:

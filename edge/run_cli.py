@@ -87,6 +87,9 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
 @click.option("--max-frames", type=click.IntRange(min=1),
               help="Stop after this many frames from the source (unreadable ones that were skipped count too).")
 @click.option("--loop", is_flag=True, help="Repeat an image folder or video forever (soak tests).")
+@click.option("--swap-red-blue", is_flag=True,
+              help="Swap the red and blue channels of every frame: for a camera, or files, that deliver BGR as RGB "
+                   "(the run warns 'red and blue look swapped' when the stain says so).")
 @click.option("--method", default="stain", show_default=True, type=click.Choice(METHODS),
               help="Segmentation: 'stain' (blue-minus-green nuclei, default) or 'otsu' (the papers' pipeline).")
 @click.option("--crop-mode", type=click.Choice(CROP_MODES), default="rbc", show_default=True,
@@ -163,7 +166,7 @@ def _contract(input_size, preprocess, scaling, dtype, quant):
                    "the store's active model).")
 @user_errors
 def run(source, bundle, model, classes, input_size, preprocess, scaling, input_dtype, input_quant, output_kind,
-        out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, method, crop_mode,
+        out, force, append, summary_every, summary_every_frames, threads, fps, max_frames, loop, swap_red_blue, method, crop_mode,
         rbc_factor, cell_fraction, crop_side, no_platelets, rbc_bundle, count_red_cells, rbc_normalize, rbc_scale, review_threshold,
         unidentified_below, ood_threshold, review_level, review_classes, views, same_slide, target_wbc, count_edge_cells, save_crops,
         fsync, annotate_dir, annotate_video, preview, camera_retries, camera_backoff, width, height, quiet,
@@ -186,7 +189,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
     from hemaedge.edge.runloop import StopRequest, SummaryEvery, run as run_loop
     from hemaedge.edge.segment import SegmentParams
     from hemaedge.edge.counting import CountingSession
-    from hemaedge.edge.sources import ImageSource, limit, open_source
+    from hemaedge.edge.sources import ImageSource, limit, open_source, swap_red_blue as swapped
     from hemaedge.edge.status_file import open_status_file
 
     if crop_side:
@@ -258,9 +261,10 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
             logger.info("source: %s; writing to %s%s", src.describe(), folder.path,
                         {"append": " (appending)", "replace": " (replaced)"}.get(folder.mode, ""))
             try:
+                frames = swapped(iter(src)) if swap_red_blue else iter(src)
                 summary = run_loop(src, classifier, recorder, annotator=annotator, preview=window, on_frame=on_frame,
                                    observers=observers,
-                                   frames_iter=limit(iter(src), max_frames, fps), model_info=model_info(mdl, backend),
+                                   frames_iter=limit(frames, max_frames, fps), model_info=model_info(mdl, backend),
                                    load_s=load_s, stop=stop, output={"folder": str(folder.path), "mode": folder.mode},
                                    summary_every=SummaryEvery(frames=summary_every_frames, seconds=summary_every),
                                    counting=counting)
@@ -272,6 +276,8 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
         stop.restore()
     out = folder.path
     click.echo(format_summary(summary))
+    for warning in (summary.get("input") or {}).get("warnings", []):
+        click.secho(f"\nWARNING: {warning}", fg="yellow", err=True)
     if (summary.get("domain") or {}).get("warning"):
         click.secho(f"\nWARNING: {summary['domain']['warning']}", fg="yellow", err=True)
     click.echo(f"\nlogs: {out}/frames.jsonl, frames.csv, cells.csv, run.log; summary: {out}/summary.json; "

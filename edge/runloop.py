@@ -376,6 +376,9 @@ class RunLoop:
             memory_mb={"peak": round(self.memory.peak_mb(), 1), "current": round(self.memory.current_mb(), 1)})
         summary = build_summary(self.recorder, self.info, progress, self.source, self.skips,
                                 [*self.observers, self.counting])
+        checks = getattr(self.counting, "input", None)  # grayscale, red/blue swap, bit depth (edge/input_checks.py)
+        if checks is not None:
+            summary["input"] = checks.report(getattr(self.source, "input_notes", None))
         domain = getattr(self.classifier, "domain", None)  # per-run domain check (edge/domain.py)
         if domain is not None:
             summary["domain"] = domain.report()

@@ -299,6 +299,45 @@ def work_image(image: np.ndarray, params: SegmentParams | None = None) -> np.nda
                       interpolation=cv2.INTER_AREA) if scale < 1.0 else image
 
 
+# Black bars (letterbox / pillarbox) around the picture: a 16:9 camera showing a 4:3 field, a
+# frame padded to a fixed size. Border rows / columns no brighter than `BAR_LEVEL` (JPEG noise
+# on black stays below it; a smear's background is far brighter), at least `MIN_BAR_PX` deep.
+BAR_LEVEL = 24
+MIN_BAR_PX = 4
+
+
+def picture_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The picture inside black bars at the frame's borders, (x0, y0, x1, y1), or None when the
+    frame has none (the usual case, decided from its four border lines alone). Bars would count
+    as dark "cells" for the ruler, hide where the picture (and the cells it cuts) ends, and
+    darken the run's colour check; `edge.pipeline` processes the picture only."""
+    if min(image[0].max(), image[-1].max(), image[:, 0].max(), image[:, -1].max()) > BAR_LEVEL:
+        return None
+    h, w = image.shape[:2]
+    rows = image[:, ::4].max(axis=(1, 2)) > BAR_LEVEL if image.ndim == 3 else image[:, ::4].max(axis=1) > BAR_LEVEL
+    cols = image[::4].max(axis=(0, 2)) > BAR_LEVEL if image.ndim == 3 else image[::4].max(axis=0) > BAR_LEVEL
+    if not rows.any() or not cols.any():
+        return None  # all dark: the blank check says so
+    y0, y1 = int(np.argmax(rows)), h - int(np.argmax(rows[::-1]))
+    x0, x1 = int(np.argmax(cols)), w - int(np.argmax(cols[::-1]))
+    deep = [v >= MIN_BAR_PX for v in (y0, h - y1, x0, w - x1)]
+    if not any(deep) or (y1 - y0) < h // 4 or (x1 - x0) < w // 4:
+        return None  # a dark line or corner, not bars; or hardly any picture
+    # only the sides with real bars are cut (a dark cell touching the other edges stays)
+    y0, y1 = (y0 if deep[0] else 0), (y1 if deep[1] else h)
+    x0, x1 = (x0 if deep[2] else 0), (x1 if deep[3] else w)
+    return x0, y0, x1, y1
+
+
+def shift_detection(d: "Detection", dx: int, dy: int) -> "Detection":
+    """The detection moved by (dx, dy) pixels (from the picture inside bars to the frame), in place."""
+    x0, y0, x1, y1 = d.box
+    d.box = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+    cx, cy, side = d.crop
+    d.crop = (cx + dx, cy + dy, side)
+    return d
+
+
 def work_copy(image: np.ndarray, params: SegmentParams | None = None, small: np.ndarray | None = None) -> WorkCopy:
     """The frame's work copy (short side <= `params.work_side`) with its stain mask. `small`: the
     frame's `work_image` when the caller already made it."""

@@ -40,6 +40,11 @@ LOGGED_SKIPS = 20
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm"}
+# Image formats of phones, cameras and slide scanners that OpenCV cannot read: named in the error.
+UNREADABLE_EXTS = {".heic": "HEIC (phone photos)", ".heif": "HEIF (phone photos)", ".avif": "AVIF",
+                   ".dng": "camera raw", ".cr2": "camera raw", ".cr3": "camera raw", ".nef": "camera raw",
+                   ".arw": "camera raw", ".raw": "camera raw", ".czi": "Zeiss slide scan", ".svs": "Aperio slide scan",
+                   ".ndpi": "Hamamatsu slide scan", ".vsi": "Olympus slide scan", ".nd2": "Nikon NIS", ".lif": "Leica LIF"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 
 # A stalled network stream: give up a read after this long (OpenCV's FFmpeg default is 30 s).
@@ -68,6 +73,9 @@ class FrameSource:
         self.skip_reasons: list[str] = []
         self.end_reason = "end of source"
         self.max_frames: int | None = None  # frames to take, skipped ones included (None: all)
+        # what converting the frames had to assume (message -> frames), e.g. 12-bit data in 16-bit
+        # files: the run's input warnings (`edge.input_checks`)
+        self.input_notes: dict[str, int] = {}
 
     def _skip(self, reason: str) -> None:
         self.skipped += 1
@@ -98,6 +106,20 @@ class FrameSource:
 # ----------------------------------------------------------------------------- images
 
 
+def _unreadable_formats(files) -> str:
+    """'; found 3 .heic files (HEIC (phone photos)), which cannot be read here: ...' for the files
+    of a folder or pattern that hold no readable image, or '' when none is of such a format."""
+    found: dict[str, int] = {}
+    for f in files:
+        ext = Path(f).suffix.lower()
+        if ext in UNREADABLE_EXTS:
+            found[ext] = found.get(ext, 0) + 1
+    if not found:
+        return ""
+    what = ", ".join(f"{n} {ext} file{'s' if n != 1 else ''} ({UNREADABLE_EXTS[ext]})" for ext, n in found.items())
+    return f"; found {what}, which cannot be read here: export them as JPEG, PNG or TIFF"
+
+
 def list_images(spec: str) -> list[Path]:
     """Image files named by a file, a folder (sorted; its sub-folders too) or a glob pattern."""
     p = Path(spec)
@@ -106,15 +128,19 @@ def list_images(spec: str) -> list[Path]:
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
         if not files:
             raise SourceError(f"{spec}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))}), "
-                            "not even in its sub-folders")
+                              "not even in its sub-folders" + _unreadable_formats(p.rglob("*")))
         return files
     if p.is_file():
+        if p.suffix.lower() in UNREADABLE_EXTS:
+            raise SourceError(f"{spec}: a {UNREADABLE_EXTS[p.suffix.lower()]} file, which cannot be read here: "
+                              "export it as JPEG, PNG or TIFF")
         return [p]
     if any(ch in spec for ch in "*?["):
         files = sorted(Path(f) for f in _glob.glob(spec, recursive=True)
                        if Path(f).suffix.lower() in IMAGE_EXTS and Path(f).is_file())
         if not files:
-            raise SourceError(f"{spec}: the pattern matches no image files")
+            raise SourceError(f"{spec}: the pattern matches no image files"
+                              + _unreadable_formats(_glob.glob(spec, recursive=True)))
         return files
     raise SourceError(f"{spec}: no such file, folder or pattern")
 
@@ -135,7 +161,7 @@ class ImageSource(FrameSource):
                     return
                 t = time.perf_counter()
                 try:
-                    img = read_image_rgb(f)
+                    img = read_image_rgb(f, self.input_notes)
                 except (FrameFormatError, OSError) as exc:
                     # corrupt, or gone / not readable since the folder was listed: skip, never abort
                     self._skip(str(exc) if isinstance(exc, FrameFormatError) else _os_reason(f, exc))
@@ -201,8 +227,8 @@ class RetryBackoff:
 # ----------------------------------------------------------------------------- OpenCV capture
 
 
-def _convert(raw: np.ndarray, color_order: str) -> np.ndarray:
-    return to_rgb_uint8(raw, color_order if raw.ndim == 3 else "RGB")
+def _convert(raw: np.ndarray, color_order: str, notes: dict | None = None) -> np.ndarray:
+    return to_rgb_uint8(raw, color_order if raw.ndim == 3 else "RGB", notes)
 
 
 class VideoSource(FrameSource):
@@ -234,7 +260,7 @@ class VideoSource(FrameSource):
                     if not ok or raw is None:
                         break
                     try:
-                        img = _convert(raw, "BGR")
+                        img = _convert(raw, "BGR", self.input_notes)
                     except FrameFormatError as exc:
                         self._skip(f"{self.path} frame {index}: {exc}")
                         index += 1
@@ -314,7 +340,7 @@ class CameraSource(FrameSource):
                     continue
                 budget.succeeded()
                 try:
-                    img = _convert(raw, "BGR")
+                    img = _convert(raw, "BGR", self.input_notes)
                 except FrameFormatError as exc:
                     self._skip(f"camera frame {index}: {exc}")
                     index += 1
@@ -388,7 +414,7 @@ class PiCameraSource(FrameSource):
                     continue
                 budget.succeeded()
                 try:
-                    img = to_rgb_uint8(raw, "BGR")
+                    img = to_rgb_uint8(raw, "BGR", self.input_notes)
                 except FrameFormatError as exc:
                     self._skip(f"picamera2 frame {index}: {exc}")
                     index += 1
@@ -466,6 +492,18 @@ def open_source(spec: str, loop: bool = False, retries: int = 5, backoff: float 
         src = ImageSource(s, loop=loop)
     src.max_frames = max_frames
     return src
+
+
+def swap_red_blue(frames):
+    """The frames with red and blue swapped (`edge run --swap-red-blue`: a camera, or the program
+    that saved the files, that delivers BGR as RGB; summary.json's input warnings say when)."""
+    try:
+        for frame in frames:
+            frame.image = np.ascontiguousarray(frame.image[..., ::-1])
+            yield frame
+    finally:
+        if hasattr(frames, "close"):
+            frames.close()  # release the camera or file now
 
 
 def limit(frames, max_frames: int | None = None, fps: float | None = None,

@@ -212,6 +212,21 @@ def test_black_or_white_frame_is_no_cells_with_the_reason(tmp_path, value):
     assert s["differential"]["fields_not_classified"] and s["segmentation"]["ruler"]["measured"] is False
 
 
+
+def test_a_thumbnail_is_no_cells_with_the_reason_not_a_white_cell(tmp_path):
+    """A 24x18 thumbnail of a BCCD frame was 'one white cell' (no ruler can read it, the crop fell
+    back to the blob's own box and the model classified it): too small to show a measurable
+    cell, it is recorded as no cells with the reason."""
+    frame = tmp_path / "thumb.png"
+    cv2.imwrite(str(frame), cv2.resize(cv2.imread(str(SAMPLES / "bccd" / "BloodImage_00007.jpg")), (24, 18),
+                                       interpolation=cv2.INTER_AREA))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["edge", "run", "-q", "--source", str(frame), "--out", str(out)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    row = next(csv.DictReader(open(out / "frames.csv")))
+    assert row["cells"] == "0" and row["status"].startswith("no cells: frame is too small (24x18 px")
+
 # ----------------------------------------------------------------------------- differential
 
 

@@ -319,3 +319,75 @@ def test_runs_where_tensorflow_is_not_importable(tmp_path):
     check = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
     assert check.returncode != 0 and "blocked" in check.stderr
     assert (tmp_path / "attempts.txt").read_text() == "tensorflow\n"
+
+
+# ----------------------------------------------------------------------------- inputs of other cameras (issues #12, #13)
+
+
+def _cells(out: Path) -> list[dict]:
+    with open(out / "cells.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bgr_frames_are_warned_about_and_swap_red_blue_reads_them_right(onnx_bundle, tmp_path):
+    """A camera that sends BGR: the nuclei turn orange and every white cell was lost without a
+    word (only the generic domain warning). Now the run says 'red and blue look swapped' and what
+    to do, and --swap-red-blue gives exactly the results of the right frames."""
+    right, swapped = tmp_path / "right", tmp_path / "swapped"
+    right.mkdir()
+    swapped.mkdir()
+    for p in sorted((SAMPLES / "pbc").glob("*.jpg")):
+        rgb = read_image_rgb(p)
+        cv2.imwrite(str(right / f"{p.stem}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(swapped / f"{p.stem}.png"), rgb)  # RGB bytes as if BGR
+    runs = {}
+    for name, src, extra in (("right", right, []), ("swapped", swapped, []), ("fixed", swapped, ["--swap-red-blue"])):
+        res = CliRunner().invoke(main, ["edge", "run", "-q", "--bundle", str(onnx_bundle), "--source", str(src),
+                                        "--out", str(tmp_path / f"run-{name}"), *extra], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        runs[name] = (res.output, json.loads((tmp_path / f"run-{name}" / "summary.json").read_text()))
+    out, s = runs["swapped"]
+    assert any(w.startswith("red and blue look swapped") and "--swap-red-blue" in w for w in s["input"]["warnings"])
+    assert "WARNING: red and blue look swapped" in out
+    for name in ("right", "fixed"):
+        assert runs[name][1]["input"]["warnings"] == [] and runs[name][1]["input"]["red_blue_swap_score"] > 0.3
+    assert _cells(tmp_path / "run-fixed") == _cells(tmp_path / "run-right")
+
+
+def test_grayscale_frames_are_an_input_warning_at_the_end_of_the_run(onnx_bundle, tmp_path):
+    src = tmp_path / "grey"
+    src.mkdir()
+    for p in sorted((SAMPLES / "pbc").glob("*.jpg"))[:2]:
+        cv2.imwrite(str(src / f"{p.stem}.jpg"), cv2.cvtColor(read_image_rgb(p), cv2.COLOR_RGB2GRAY))
+    res = run_cli("run", "-q", "--bundle", onnx_bundle, "--source", src, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["input"]["grayscale_frames"] == 2 and s["input"]["warnings"][0].startswith("2 of 2 frames are grayscale")
+    assert "WARNING: 2 of 2 frames are grayscale" in res.output and "use a colour camera" in res.output
+
+
+def test_letterboxed_frames_give_the_picture_s_cells_in_frame_pixels(onnx_bundle, tmp_path):
+    """Black bars around the picture (a 16:9 camera showing a 4:3 field) counted as dark cells
+    for the ruler (BCCD val: diameter read 13 % short, 27 % more platelets) and darkened the
+    colour check. Now the picture inside them is processed: the same cells, moved by the bars."""
+    plain, boxed = tmp_path / "plain", tmp_path / "boxed"
+    plain.mkdir()
+    boxed.mkdir()
+    dx, dy = 160, 24
+    for p in sorted((SAMPLES / "bccd").glob("*.jpg")):
+        bgr = cv2.imread(str(p))
+        cv2.imwrite(str(plain / f"{p.stem}.png"), bgr)
+        canvas = np.zeros((bgr.shape[0] + 2 * dy, bgr.shape[1] + 2 * dx, 3), np.uint8)
+        canvas[dy:dy + bgr.shape[0], dx:dx + bgr.shape[1]] = bgr
+        cv2.imwrite(str(boxed / f"{p.stem}.png"), canvas)
+    for name, src in (("plain", plain), ("boxed", boxed)):
+        res = run_cli("run", "-q", "--bundle", onnx_bundle, "--source", src, "--out", tmp_path / f"run-{name}")
+        assert res.exit_code == 0, res.output
+    a, b = _cells(tmp_path / "run-plain"), _cells(tmp_path / "run-boxed")
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert [int(y[k]) - int(x[k]) for k in ("x0", "y0", "x1", "y1")] == [dx, dy, dx, dy]
+        assert {k: v for k, v in x.items() if k not in ("x0", "y0", "x1", "y1")} == \
+            {k: v for k, v in y.items() if k not in ("x0", "y0", "x1", "y1")}
+    rows = lambda n: list(csv.DictReader(open(tmp_path / f"run-{n}" / "frames.csv")))
+    assert [r["rbc_px"] for r in rows("plain")] == [r["rbc_px"] for r in rows("boxed")]

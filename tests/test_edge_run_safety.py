@@ -275,10 +275,10 @@ def test_frames_that_vanish_or_become_unreadable_mid_run_are_skipped(tmp_path, m
     (tmp_path / "b.jpg").unlink()  # gone after the folder was listed
     real = sources.read_image_rgb
 
-    def no_permission(path):
+    def no_permission(path, *args, **kwargs):  # (the source passes its input notes on)
         if Path(path).name == "c.jpg":  # root ignores chmod, so the OS error is raised here
             raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(sources, "read_image_rgb", no_permission)
     assert [f.name for f in src] == ["a.jpg", "d.jpg"]

@@ -497,3 +497,21 @@ def test_a_pale_candidate_must_be_clearly_blue_violet(bccd):
         assert body in common and not any(iou(body, v) > 0.1 for v in voc), fid
         assert not any(iou(b, body) > 0.3 for b in strict), fid
         assert match(strict, voc, "iou") == match(common, voc, "iou"), fid
+
+
+def test_picture_box_finds_black_bars_and_never_an_ordinary_frame(bccd, pbc_raw_val):
+    """Letterbox / pillarbox bars (a 16:9 camera showing a 4:3 field): the picture inside them.
+    Ordinary frames (every 4th BCCD frame, every 20th PBC field) have none."""
+    from hemaedge.edge.segment import picture_box
+
+    files = sorted((bccd / "JPEGImages").glob("*.jpg"))[::4] + sorted(pbc_raw_val.glob("*.jpg"))[::20]
+    assert all(picture_box(read_image_rgb(f)) is None for f in files)
+    rgb = read_image_rgb(REPO / "samples" / "bccd" / "BloodImage_00007.jpg")
+    h, w = rgb.shape[:2]
+    canvas = np.zeros((h + 40, w + 300, 3), np.uint8)
+    canvas[20:20 + h, 150:150 + w] = rgb
+    assert picture_box(canvas) == (150, 20, 150 + w, 20 + h)
+    side = np.zeros((h, w + 200, 3), np.uint8)  # pillarbox only: rows are not cut
+    side[:, 100:100 + w] = rgb
+    assert picture_box(side) == (100, 0, 100 + w, h)
+    assert picture_box(np.zeros((h, w, 3), np.uint8)) is None  # all dark: the blank check's case

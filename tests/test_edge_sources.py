@@ -352,3 +352,109 @@ def test_picamera2_recovers_after_transient_failures(bccd_frames):
     assert waits == pytest.approx([0.1, 0.2, 0.1, 0.1, 0.2])
     assert src.end_reason == "picamera2 stopped delivering frames after 2 retries: Camera frontend has timed out!"
     assert cam.stopped
+
+
+# ----------------------------------------------------------------------------- inputs of other cameras (issues #12, #13)
+
+
+def _exif_orientation_jpeg(rgb: np.ndarray, orientation: int) -> bytes:
+    from hemaedge.benchmarks.tools.input_robustness import with_exif_orientation
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return with_exif_orientation(buf.tobytes(), orientation)
+
+
+def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
+    """A phone stores a portrait photo on its side with EXIF orientation 6: read as it is shown,
+    not on its side (IMREAD_UNCHANGED ignored the tag, so every box was in the wrong place)."""
+    rgb = read_image_rgb(SAMPLES / "bccd" / "BloodImage_00007.jpg")
+    stored = np.ascontiguousarray(np.rot90(rgb, k=1))  # turned anticlockwise; 6 = turn clockwise to show
+    data = _exif_orientation_jpeg(stored, 6)
+    (tmp_path / "phone.jpg").write_bytes(data)
+    frame = next(iter(ImageSource(str(tmp_path / "phone.jpg"))))
+    raw = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    assert raw.shape == stored.shape  # the stored pixels really are on their side
+    assert frame.image.shape == rgb.shape
+    assert np.array_equal(frame.image, np.rot90(raw, k=-1))
+
+
+def test_sixteen_bit_frames_of_12_bit_data_are_read_at_their_depth_and_noted(tmp_path):
+    """A 12-bit camera's frames in 16-bit files were read as their top 8 bits: near-black, every
+    cell lost without a word. Now read at the depth they use, with a note for the run's warnings."""
+    rgb = read_image_rgb(SAMPLES / "pbc" / "val_00000.jpg")
+    cv2.imwrite(str(tmp_path / "a_12bit.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 16)
+    cv2.imwrite(str(tmp_path / "b_16bit.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    src = ImageSource(str(tmp_path))
+    frames = list(src)
+    assert np.array_equal(frames[0].image, rgb)  # value x 16 >> 4
+    assert np.array_equal(frames[1].image, rgb)  # full 16 bits: still the 8 most significant
+    assert list(src.input_notes.values()) == [1]
+    assert "12-bit data" in next(iter(src.input_notes))
+
+
+def test_unreadable_files_are_skipped_with_the_reason(tmp_path):
+    raw = (SAMPLES / "bccd" / "BloodImage_00007.jpg").read_bytes()
+    (tmp_path / "a_good.jpg").write_bytes(raw)
+    (tmp_path / "b_empty.jpg").write_bytes(b"")
+    (tmp_path / "c_notes.jpg").write_text("not an image\n")
+    (tmp_path / "d_truncated.jpg").write_bytes(raw[: len(raw) * 6 // 10])
+    src = ImageSource(str(tmp_path))
+    frames = list(src)
+    assert [f.name for f in frames] == ["a_good.jpg"] and src.skipped == 3
+    reasons = " | ".join(src.skip_reasons)
+    assert "b_empty.jpg: not a readable image: empty file (0 bytes)" in reasons
+    assert "c_notes.jpg: not a readable image: not an image file" in reasons
+    assert "d_truncated.jpg: not a readable image: truncated JPEG (no end-of-image marker" in reasons
+
+
+def test_a_cut_short_file_is_found_by_its_structure_whatever_the_decoder(tmp_path):
+    """OpenCV 4 (a Raspberry Pi's) decodes a truncated JPEG with a grey bottom and only a warning
+    (the cells in the lost part vanish from the count); OpenCV 5 refuses it without saying why. The
+    file's structure says it: cut JPEGs and PNGs are skipped as truncated, while a phone's photo
+    with an EXIF thumbnail (its own end marker) and a motion photo's video appended after the end
+    are read."""
+    from hemaedge.edge.preprocess import truncation
+
+    rgb = read_image_rgb(SAMPLES / "bccd" / "BloodImage_00007.jpg")
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    jpeg = cv2.imencode(".jpg", bgr)[1].tobytes()
+    thumb = b"Exif\x00\x00" + cv2.imencode(".jpg", cv2.resize(bgr, (160, 120)))[1].tobytes()
+    whole = {
+        "progressive": cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+        "restart markers": cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_RST_INTERVAL, 4])[1].tobytes(),
+        "thumbnail": jpeg[:2] + b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb + jpeg[2:],
+        "png": cv2.imencode(".png", bgr)[1].tobytes(),
+    }
+    for name, data in whole.items():
+        assert truncation(data) is None, name
+        assert truncation(data[: len(data) * 3 // 4]), name
+    (tmp_path / "a_motion.jpg").write_bytes(jpeg + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 100)
+    (tmp_path / "b_cut.png").write_bytes(whole["png"][: len(whole["png"]) // 2])
+    src = ImageSource(str(tmp_path))
+    frames = list(src)
+    assert [f.name for f in frames] == ["a_motion.jpg"] and np.array_equal(frames[0].image, cv2.imdecode(
+        np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
+    assert "b_cut.png: not a readable image: truncated PNG (no IEND chunk" in src.skip_reasons[0]
+
+
+def test_swap_red_blue_gives_back_the_frame_a_bgr_camera_meant(tmp_path):
+    from hemaedge.edge.sources import swap_red_blue
+
+    rgb = read_image_rgb(SAMPLES / "pbc" / "val_00000.jpg")
+    cv2.imwrite(str(tmp_path / "bgr.png"), rgb)  # RGB bytes written as if BGR: red and blue swapped
+    src = ImageSource(str(tmp_path))
+    (frame,) = list(swap_red_blue(iter(src)))
+    assert np.array_equal(frame.image, rgb) and frame.image.flags["C_CONTIGUOUS"]
+
+
+def test_phone_and_raw_formats_are_named_in_the_error(tmp_path):
+    """A folder of iPhone photos (HEIC) or one camera-raw file: the error says which files it
+    found and what to do, not only that there are no images."""
+    (tmp_path / "phone").mkdir()
+    for i in range(2):
+        (tmp_path / "phone" / f"IMG_{i}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.raises(SourceError, match=r"found 2 \.heic files \(HEIC \(phone photos\)\).*export them as JPEG"):
+        list_images(str(tmp_path / "phone"))
+    (tmp_path / "field.dng").write_bytes(b"II*\x00")
+    with pytest.raises(SourceError, match=r"field\.dng: a camera raw file.*export it as JPEG"):
+        open_source(str(tmp_path / "field.dng"))

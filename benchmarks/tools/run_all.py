@@ -257,6 +257,12 @@ def steps(s: Settings) -> list[Step]:
                           "--run-dir", f"{os.environ.get('TMPDIR', '/tmp')}/hemaedge-soak", "--out", f"{out}/soak_default"],
              [f"{out}/soak_default{x}" for x in (".md", ".json", ".png")],
              "20,000-frame `edge run --loop` with the default bundle: memory flat, no latency drift", "~10 min"),
+        # issues #12, #13: the device pipeline on inputs of microscopes and cameras not in the data (docs/edge.md)
+        Step("input-robustness", [], tool("input_robustness") + ["--data", f"{data}/bccd", "--pbc", f"{data}/pbc_raw_val",
+                                                                 "--bundle", DEFAULT_BUNDLE, "--threads", "2", "--out", out],
+             [f"{out}/input_robustness{x}" for x in (".md", ".json")],
+             "`edge run` on 24 BCCD val frames + 16 PBC fields made into other labs' inputs (rescaled, camera frames, "
+             "formats, bit depths, BGR, white balance, exposure, rotation, EXIF, video, broken files)", "~2 min"),
         Step("platelet_sheet", [], [*tool("platelet_sheet"), "--data", f"{data}/bccd", "--bundle", DEFAULT_BUNDLE,
                                     "--out", out],
              [f"{out}/platelet_false_alarms{x}" for x in (".md", ".json", ".jpg")],
