@@ -83,7 +83,9 @@ def test_manifest_keeps_unknown_and_new_sections_verbatim():
     parsed = Manifest.from_dict(m)
     assert parsed.to_dict() == m and parsed.output.temperature == 1.7
     assert parsed.accuracy() == (DEFAULT["metrics"]["test"]["accuracy"], "test")
-    assert parsed.parity_split("test")["n"] == 3421 and parsed.validation_status == "passed"
+    # the export's parity check on the test split (500 images for default-v6-ep3, all 3,421 for default-v2)
+    assert parsed.parity_split("test") == DEFAULT["metrics"]["parity"]["splits"]["test"]
+    assert parsed.parity_split("test")["n"] >= 500 and parsed.validation_status == "passed"
 
 
 @pytest.mark.parametrize("edit", [lambda m: m["input"].update(clahe_tiles=0),

@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 
 import click
-import numpy as np
 from tqdm import tqdm
 
 from hemaedge.benchmarks.tools.result_files import write_result
