@@ -58,3 +58,19 @@ def test_one_lab_pass_reaches_the_input_contract_and_the_help():
     assert FinetuneConfig(data="d", out="o", preprocess="clahe", one_lab_pass=True).contract(ref).one_lab_pass
     assert not FinetuneConfig(data="d", out="o", preprocess="clahe").contract(ref).one_lab_pass
     assert "--one-lab-pass" in finetune("--help").output
+
+
+def test_the_recorded_command_runs_as_written(tmp_path, monkeypatch):
+    """metrics.json's command spells each boolean option as the CLI takes it (`--two-lab-passes`, not a
+    `--no-one-lab-pass` that click refuses), so a lost run can be remade from its table."""
+    import shlex
+
+    import hemaedge.train.finetune as ft
+
+    seen = []
+    monkeypatch.setattr(ft, "finetune", lambda cfg, resume=False, command=None: seen.append(command))
+    assert finetune("--data", tmp_path, "--out", tmp_path / "o", "--no-weighted-sampling").exit_code == 0
+    assert "--two-lab-passes" in seen[0] and "--no-one-lab-pass" not in seen[0] and "--no-weighted-sampling" in seen[0]
+    again = finetune(*shlex.split(seen[0])[3:])
+    assert again.exit_code == 0, again.output
+    assert seen[1] == seen[0]

@@ -17,6 +17,17 @@ def _weights(value: str):
     return None if value.lower() in ("none", "scratch", "random") else value
 
 
+def _flag(name: str, value: bool) -> str:
+    """The spelling of a boolean option as this command takes it (`--one-lab-pass / --two-lab-passes`, not
+    `--no-one-lab-pass`), so the recorded command runs as written."""
+    for p in click.get_current_context().command.params:
+        if p.name == name and isinstance(p, click.Option) and p.is_bool_flag:
+            names = p.opts if value else p.secondary_opts
+            if names:
+                return names[0]
+    return f"--{'' if value else 'no-'}{name.replace('_', '-')}"
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--data", required=True, help="Data set: MedMNIST .npz, ImageFolder tree (split or flat), or name.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (checkpoints, curves, metrics).")
@@ -98,7 +109,7 @@ def finetune(resume, publish_prefix, **opts):
     opts["robust_pieces"] = given
     command = "hemaedge train finetune " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in opts.items() if v is not None and not isinstance(v, bool)) + \
-        "".join(f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in opts.items() if isinstance(v, bool)) + \
+        "".join(f" {_flag(k, v)}" for k, v in opts.items() if isinstance(v, bool)) + \
         (" --resume" if resume else "") + (f" --publish {publish_prefix}" if publish_prefix else "")
     try:
         run(cfg, resume=resume, command=command)
