@@ -46,7 +46,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from hemaedge.edge.paths import cache_dir
-from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb, resize
+from hemaedge.edge.preprocess import FrameFormatError, read_image_rgb, resize, truncation
 from hemaedge.edge.errors import DataError
 from hemaedge.train.data.medmnist import (CLASS_NAMES_BLOODMNIST, MEDMNIST_CLASSES, MEDMNIST_MD5, download_medmnist,
                                           medmnist_id)
@@ -165,43 +165,31 @@ class Dataset:
 # ----------------------------------------------------------------------------- image files
 
 
-def _structural_problem(head: bytes, tail: bytes, size: int) -> str | None:
-    """Name truncation plainly. OpenCV 4 decodes a truncated JPEG with a grey bottom and only a
-    warning on stderr (OpenCV 5 refuses it without saying why), so look at the file's ends."""
-    if size == 0:
-        return "empty file"
-    if head[:2] == b"\xff\xd8":
-        # The end-of-image marker closes every complete JPEG (a few bytes of padding may follow).
-        if b"\xff\xd9" not in tail[-4096:]:
-            return "truncated JPEG (no end-of-image marker)"
-    elif head[:8] == b"\x89PNG\r\n\x1a\n":
-        if b"IEND" not in tail[-64:]:
-            return "truncated PNG (no IEND chunk)"
-    return None
+def _structural_problem(data: bytes) -> str | None:
+    """Name an empty or cut-short file plainly: the device's own check (`edge.preprocess.truncation`,
+    which walks the file's structure whatever the OpenCV version does with a cut JPEG)."""
+    return "empty file" if not data else truncation(data)
 
 
 def check_image_file(path) -> None:
-    """Raise DataError naming `path` when the file is empty or truncated (cheap: head and tail only)."""
+    """Raise DataError naming `path` when the file is empty or truncated."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(16)
-            f.seek(max(0, size - 4096))
-            tail = f.read()
+        data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    problem = _structural_problem(head, tail, size)
+    problem = _structural_problem(data)
     if problem:
         raise DataError(f"{path}: {problem}")
 
 
 def read_image(path) -> np.ndarray:
-    """A checked image file as uint8 RGB, decoded by the device's own `read_image_rgb`."""
-    check_image_file(path)
+    """A checked image file as uint8 RGB, decoded by the device's own `read_image_rgb` (which checks
+    the file's structure itself: a good file is read and walked once)."""
     try:
         return read_image_rgb(path)
-    except FrameFormatError as exc:
+    except (FrameFormatError, OSError) as exc:
+        check_image_file(path)  # unreadable, empty or cut short: named plainly ("PATH: truncated JPEG")
         raise DataError(str(exc)) from None
 
 
@@ -217,7 +205,7 @@ def probe_image(path) -> tuple[int, int, str]:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    problem = _structural_problem(data[:16], data[-4096:], len(data))
+    problem = _structural_problem(data)
     if problem:
         raise DataError(f"{path}: {problem}")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
