@@ -47,9 +47,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from hemaedge.benchmarks.tools.bccd_wbc import frames as bccd_wbc_frames
 from hemaedge.benchmarks.tools.result_files import write_result
 from hemaedge.benchmarks.tools.segmentation_bccd import frame_ids, machine, matches, read_voc
 from hemaedge.edge.preprocess import read_image_rgb
+from hemaedge.edge.segment import centre_in
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CLASS_ALIASES = {"ig": "immature_granulocyte"}
@@ -269,11 +271,8 @@ class Still:
 
 
 def bccd_stills(data: Path, n: int) -> list[Still]:
-    labels = {}
-    with open(data / "wbc_subtypes.csv") as fh:
-        for row in csv.DictReader(fh):
-            if row["n_labels"] == "1" and row["n_wbc_boxes"] == "1":
-                labels[row["frame"]] = row["categories"].strip()
+    # the val frames with one labelled white cell and one WBC box (bccd_wbc's reader)
+    labels = {row["frame"]: row["categories"].strip() for row in bccd_wbc_frames(data, "val")}
     out = []
     for fid in frame_ids(data, "val")[:n]:
         jpg = data / "JPEGImages" / f"{fid}.jpg"
@@ -413,7 +412,7 @@ def score(frames: list[tuple[str, Still, Geometry]], out: Path) -> dict:
                 continue
             s["pbc_fields"] += 1
             cx, cy = geo.point(*still_centre(still))
-            inside = [i for i, b in enumerate(boxes) if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]]
+            inside = [i for i, b in enumerate(boxes) if centre_in(b, (cx, cy))]
             if inside:
                 s["pbc_found"] += 1
                 i = min(inside, key=lambda i: math.hypot((boxes[i][0] + boxes[i][2]) / 2 - cx,
