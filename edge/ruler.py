@@ -12,12 +12,13 @@ on a wide or a square camera frame.
   can show (`plausible_diameter`).
 * `Ruler`: the value to use for each frame of one stream. An image folder is a set of
   independent fields (each field is measured on its own); a video, a camera or `--same-slide`
-  stills are one slide under one objective (a running median, steadier than one field). A
-  change of frame size starts the ruler over (a different camera or objective).
+  stills are one slide under one objective (a running median, steadier than one field). Each
+  frame size has its own history: a new size starts one (a different camera or objective), a
+  size seen before goes on with its own (folders that interleave two cameras).
 """
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from statistics import median as list_median  # np.median's value for a few dozen floats, without an array
 from dataclasses import dataclass
 
@@ -149,6 +150,25 @@ class Reading:
 OUTLIER_FACTOR = 1.4
 OUTLIERS_TO_RESET = 3
 MIN_FIELDS_FOR_MEDIAN = 5
+# Frames whose sides differ by at most this fraction come from one camera: a folder of one
+# analyser's exports differs by a few pixels (PBC fields are 360x363, 360x360 and 366x369, mixed).
+# Each camera keeps its own history, so a folder that interleaves two of them does not lose it.
+SAME_CAMERA_FRACTION = 0.05
+MAX_CAMERAS = 8
+
+
+@dataclass
+class _Camera:
+    """One frame size's history: recent readings, recent outliers, frames read."""
+
+    shape: tuple
+    values: deque
+    outliers: list
+    frames: int = 0
+
+
+def _same_camera(a, b) -> bool:
+    return all(abs(x - y) <= SAME_CAMERA_FRACTION * max(x, y) for x, y in zip(a, b))
 
 
 class Ruler:
@@ -159,62 +179,75 @@ class Ruler:
     than `OUTLIER_FACTOR` off their median) gets that median instead (source "stream median").
     `same_slide=True` (video, camera, `--same-slide`): running median of the last `window`
     estimates; after `stable_after` estimates it re-measures every `every`-th frame only (the
-    magnification does not change between frames). A new frame size resets it.
+    magnification does not change between frames). Each frame size (within
+    `SAME_CAMERA_FRACTION`) has its own history: a new size starts one, a size seen before
+    goes on with its own.
     """
 
     def __init__(self, same_slide: bool, window: int = 50, stable_after: int = 15, every: int = 10):
         self.same_slide = same_slide
         self.window, self.stable_after, self.every = window, stable_after, every
-        self.reset()
+        self.cameras: "OrderedDict[tuple, _Camera]" = OrderedDict()
+        self.cam: _Camera | None = None
         self.resets = 0
         self.unmeasured_frames = 0
         self.outlier_fields = 0
         self.measured = deque(maxlen=200)  # recent per-frame values, for the summary
 
-    def reset(self, shape=None) -> None:
-        self.values: deque = deque(maxlen=self.window)
-        self.outliers: list[float] = []
-        self.frames = 0
-        self.shape = shape
+    def _camera(self, shape) -> _Camera:
+        """The history of this frame size, started when the size is new (a reset)."""
+        if self.cam is not None and self.cam.shape == shape:
+            return self.cam
+        cam = self.cameras.get(shape) or next((c for c in self.cameras.values() if _same_camera(c.shape, shape)), None)
+        if cam is None:
+            if self.cameras:
+                self.resets += 1  # a different camera or objective
+            cam = _Camera(shape, deque(maxlen=self.window), [])
+            self.cameras[shape] = cam
+            while len(self.cameras) > MAX_CAMERAS:
+                self.cameras.popitem(last=False)
+        self.cameras.move_to_end(cam.shape)
+        return cam
 
     def _field(self, d: float | None) -> Reading:
-        """An independent field's reading, checked against the stream's recent fields."""
+        """An independent field's reading, checked against the recent fields of its camera."""
+        cam = self.cam
         if not d:
             return Reading(None, "not measured")
-        if len(self.values) >= MIN_FIELDS_FOR_MEDIAN:
-            median = float(list_median(self.values))
+        if len(cam.values) >= MIN_FIELDS_FOR_MEDIAN:
+            median = float(list_median(cam.values))
             if not median / OUTLIER_FACTOR <= d <= median * OUTLIER_FACTOR:
-                self.outliers.append(d)
-                run = self.outliers[-OUTLIERS_TO_RESET:]
+                cam.outliers.append(d)
+                run = cam.outliers[-OUTLIERS_TO_RESET:]
                 if len(run) < OUTLIERS_TO_RESET or max(run) > min(run) * OUTLIER_FACTOR:
                     self.outlier_fields += 1
                     return Reading(median, "stream median")
                 self.resets += 1  # the same new value field after field: a new magnification
-                self.reset(self.shape)
-                self.values.extend(run[:-1])
-        self.outliers = []
-        self.values.append(d)
+                cam.values.clear()
+                cam.values.extend(run[:-1])
+        cam.outliers = []
+        cam.values.append(d)
+        if len(cam.values) > MIN_FIELDS_FOR_MEDIAN:
+            # the field agrees with its camera's recent fields: their median is the steadier value (one
+            # field reads within 25% of it, the magnification of one camera does not change between fields)
+            return Reading(float(list_median(cam.values)), "stream median")
         return Reading(d, "this field")
 
     def read(self, image: np.ndarray, params: SegmentParams | None = None, work: WorkCopy | None = None) -> Reading:
-        shape = image.shape[:2]
-        if self.shape is not None and shape != self.shape:
-            self.resets += 1
-            self.reset(shape)
-        self.shape = shape
+        self.cam = cam = self._camera(tuple(image.shape[:2]))
         if not self.same_slide:
             d = red_cell_diameter(image, params, work)
             self._note(d)
             return self._field(d)
-        if len(self.values) < self.stable_after or self.frames % self.every == 0:
+        if len(cam.values) < self.stable_after or cam.frames % self.every == 0:
             d = red_cell_diameter(image, params, work)
             if d:
-                self.values.append(d)
+                cam.values.append(d)
             self._note(d)
-        self.frames += 1
-        if not self.values:
+        cam.frames += 1
+        if not cam.values:
             return Reading(None, "not measured")
-        return Reading(float(list_median(self.values)), "running median")
+        return Reading(float(list_median(cam.values)), "running median")
 
     def _note(self, d):
         if d:
@@ -225,8 +258,8 @@ class Ruler:
     @property
     def diameter(self) -> float | None:
         """The current stream value (same slide) or the median of recent fields' values."""
-        if self.same_slide and self.values:
-            return float(list_median(self.values))
+        if self.same_slide and self.cam is not None and self.cam.values:
+            return float(list_median(self.cam.values))
         return float(list_median(self.measured)) if self.measured else None
 
     def summary(self) -> dict:
@@ -235,5 +268,6 @@ class Ruler:
                 "red_cell_diameter_px": round(d, 1) if d else None,
                 "measured": d is not None,
                 "frames_not_measured": self.unmeasured_frames, "resets": self.resets,
+                "frame_sizes": len(self.cameras),
                 "fields_off_the_stream_median": self.outlier_fields,
                 "note": None if d else "red cells could not be measured: crops fell back to each cell's own box"}

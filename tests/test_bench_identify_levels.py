@@ -6,7 +6,7 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from hemaedge.benchmarks.tools.identify_levels import bccd_rates, kinds, main
+from hemaedge.benchmarks.tools.identify_levels import bccd_rates, choose_confirm, kinds, main
 from hemaedge.edge.identify import PLATELET_CONFIRM_ABOVE, PLATELET_KIND_ABOVE
 
 BLOOD = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte", "neutrophil",
@@ -41,4 +41,13 @@ def test_the_table_on_real_frames_marks_the_levels_in_use(bccd, pbc_raw_val, tmp
     assert f"| {PLATELET_CONFIRM_ABOVE} (in use) |" in md and f"| {PLATELET_KIND_ABOVE} (in use) |" in md
     # a higher confirmation level never counts more platelets
     counted = [row["choose"]["platelet"]["pred"] for row in data["confirm"]]
+    assert data["chosen"]["confirm"] in [row["level"] for row in data["confirm"]]
     assert counted == sorted(counted, reverse=True)
+
+
+def test_the_confirmation_level_is_the_one_with_the_best_worse_side():
+    row = lambda level, r, p: {"level": level, "choose": {"platelet": {"recall": r, "precision": p}}}  # noqa: E731
+    rows = [row(0.4, 0.83, 0.80), row(0.5, 0.82, 0.805), row(0.6, 0.81, 0.82), row(0.7, 0.78, 0.83)]
+    assert choose_confirm(rows) == 0.6  # min 0.81 beats 0.805 and 0.80, though its recall is lower
+    assert choose_confirm([row(0.4, 0.8, 0.8), row(0.5, 0.8, 0.9)]) == 0.4  # a tie: the lower level
+    assert choose_confirm([row(0.4, None, None), row(0.5, 0.5, 0.5)]) == 0.5  # nothing counted is the worst

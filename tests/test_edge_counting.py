@@ -47,18 +47,21 @@ def test_a_platelet_candidate_never_becomes_a_white_cell():
     assert decide("platelet", sure, BLOOD).counted and decide("platelet", sure, BLOOD).flag == ""
 
 
-def test_a_platelet_is_counted_only_when_more_likely_platelet_than_anything_else():
-    """`identify.PLATELET_CONFIRM_ABOVE` (0.5): a candidate whose top class is platelet at 0.45 stays an
-    unconfirmed candidate (flagged, not counted); the level is its own, not the unidentified one."""
+def test_a_platelet_is_counted_only_when_the_classifier_is_sure_enough():
+    """`identify.PLATELET_CONFIRM_ABOVE` (0.6, chosen by identify_levels' rule): a candidate whose top
+    class is platelet at 0.55 stays an unconfirmed candidate (flagged, not counted); the level is
+    its own, not the unidentified one."""
     from hemaedge.edge.identify import PLATELET_CONFIRM_ABOVE
 
-    assert PLATELET_CONFIRM_ABOVE == 0.5
-    weak = np.array([0, 0, 0.15, 0, 0.2, 0.2, 0, 0.45])  # top class platelet, below half
+    assert PLATELET_CONFIRM_ABOVE == 0.6
+    weak = np.array([0, 0, 0.1, 0, 0.2, 0.15, 0, 0.55])  # top class platelet, below the level
     d = decide("platelet", weak, BLOOD)
     assert d.label == "platelet" and not d.counted and "not confirmed" in d.flag
     assert decide("platelet", weak, BLOOD, threshold=0.3) == d  # --unidentified-below does not move it
-    assert decide("platelet", weak, BLOOD, platelet_confirm=0.4).counted
-    assert decide("platelet", np.array([0, 0, 0, 0, 0.2, 0.2, 0, 0.6]), BLOOD).counted
+    assert decide("platelet", weak, BLOOD, platelet_confirm=0.5).counted
+    assert decide("platelet", np.array([0, 0, 0, 0, 0.2, 0.15, 0, 0.65]), BLOOD).counted
+    # the top class must be platelet, whatever the level
+    assert not decide("platelet", np.array([0, 0, 0, 0, 0.5, 0, 0, 0.45]), BLOOD, platelet_confirm=0.4).counted
 
 
 def test_a_platelet_lying_on_a_red_cell_is_flagged_not_counted():
@@ -375,6 +378,31 @@ def test_a_field_whose_ruler_misreads_gets_the_stream_median_and_a_real_change_r
     assert [r.source for r in readings[:2]] == ["stream median"] * 2
     assert readings[2].source == "this field" and readings[2].diameter > 1.4 * np.median(normal)
     assert ruler.resets == 1
+
+
+def test_an_image_folder_that_interleaves_frame_sizes_keeps_each_cameras_history(pbc_raw_val):
+    """PBC fields come as 360x363, 360x360 and 366x369 px in one folder (97 size changes in
+    pbc_raw_val): sizes within `SAME_CAMERA_FRACTION` are one camera, and a size seen before goes on
+    with its own history instead of starting over; after `MIN_FIELDS_FOR_MEDIAN` fields that agree,
+    a field gets its camera's median (steadier than one field's reading), and a misreading right
+    after a size change is still caught."""
+    from hemaedge.edge.ruler import MIN_FIELDS_FOR_MEDIAN
+
+    fields = [read_image_rgb(pbc_raw_val / f"val_{i:05d}.jpg") for i in (0, 3, 4, 9, 10, 20, 30)]
+    other_camera = cv2.resize(fields[0], (640, 480), interpolation=cv2.INTER_CUBIC)  # a different frame size
+    ruler = Ruler(same_slide=False)
+    readings = [ruler.read(f) for f in fields]
+    assert [r.source for r in readings[:MIN_FIELDS_FOR_MEDIAN]] == ["this field"] * MIN_FIELDS_FOR_MEDIAN
+    assert readings[-1].source == "stream median"
+    assert readings[-1].diameter == pytest.approx(np.median([red_cell_diameter(f) for f in fields]))
+    ruler.read(other_camera)
+    assert ruler.resets == 1 and ruler.summary()["frame_sizes"] == 2
+    near = cv2.resize(fields[1], (366, 369), interpolation=cv2.INTER_AREA)  # 2 % larger: the same camera
+    assert ruler.read(near).source == "stream median" and ruler.resets == 1
+    odd = read_image_rgb(pbc_raw_val / "val_00754.jpg")  # reads ~30 px among ~65 px fields
+    back = ruler.read(odd)  # back on the first camera: its history is there to catch it
+    assert back.source == "stream median" and 50 <= back.diameter <= 90
+    assert ruler.resets == 1 and ruler.summary()["fields_off_the_stream_median"] == 1
 
 
 def _sample_cells():

@@ -11,6 +11,8 @@ decisions at several levels on the recorded outputs:
 * **confirmation** (`identify.PLATELET_CONFIRM_ABOVE`): a platelet candidate is counted when its
   top class is platelet with at least this probability. Platelet recall / precision against
   every BCCD VOC platelet box, one-to-one at IoU >= 0.5 (`segmentation_bccd`, *every cell*).
+  The level to use is the one whose smaller of recall and precision on train + val is largest
+  (`choose_confirm`: the goal is a floor on both), the lower level on a tie.
 * **clump** (`identify.PLATELET_KIND_ABOVE`): a size-ambiguous detection becomes a platelet
   (clump) at this probability, else it stays nucleated. BCCD white cells lost as clumps (recall
   of the VOC WBC boxes), the share of the size-ambiguous detections of PBC platelet fields kept
@@ -45,6 +47,14 @@ def record(clf, image) -> list[dict]:
     return [{"kind": "wbc" if d.size_ambiguous else d.kind, "ambiguous": d.size_ambiguous, "box": d.box,
              "side_rbc": d.size / d_rbc if d_rbc else None, "on_red_cell": d.on_red_cell, "at_edge": d.at_edge,
              "prob": res.probabilities[i]} for i, d in enumerate(res.detections)]
+
+
+def choose_confirm(rows: list[dict]) -> float:
+    """The confirmation level whose smaller of train + val recall and precision is largest."""
+    def worst(row):
+        a = row["choose"]["platelet"]
+        return min(a["recall"] or 0.0, a["precision"] or 0.0)
+    return max(rows, key=lambda row: (worst(row), -row["level"]))["level"]
 
 
 def kinds(dets: list[dict], classes: list[str], clump: float) -> list[str]:
@@ -91,6 +101,10 @@ def to_markdown(r: dict) -> str:
              f"Bundle: `{r['bundle']}` ({r['bundle_name']}; weights: {r['weights']}); test-time views "
              f"`{r['views']}`. Levels in use: confirmation {r['in_use']['confirm']}, clump {r['in_use']['clump']}. "
              "BCCD train + val and PBC val fields choose; BCCD test is only reported.", "",
+             f"Confirmation level chosen by the rule (the largest smaller-of-recall-and-precision on train + val): "
+             f"**{r['chosen']['confirm']}**" + ("" if r["chosen"]["confirm"] == r["in_use"]["confirm"] else
+                                                " (NOT the level in use: set `identify.PLATELET_CONFIRM_ABOVE` to it)")
+             + ".", "",
              "## Confirmation level: platelets counted on BCCD (every cell, IoU ≥ 0.5)", "",
              "| confirm above | train + val recall / precision | counted / TP | test recall / precision | counted / TP |",
              "|---|---|---|---|---|"]
@@ -160,6 +174,7 @@ def main(bundle, bccd, pbc, first, threads, out):
          "clump": [{"level": k, "choose": bccd_rates(choose, classes, PLATELET_CONFIRM_ABOVE, k),
                     "test": bccd_rates(splits["test"], classes, PLATELET_CONFIRM_ABOVE, k),
                     "pbc": pbc_rates(fields, classes, k)} for k in CLUMP_LEVELS]}
+    r["chosen"] = {"confirm": choose_confirm(r["confirm"])}
     md = to_markdown(r)
     write_result(out / "identify_levels", r, md)
     click.echo(md)
