@@ -123,6 +123,7 @@ def test_adapt_from_a_reviewed_run_uses_only_reviewed_cells(base_model, sample_r
     assert p["data"][0]["kind"] == "run" and p["data"][0]["corrections_sha256"]
     # the default recipe: the head fit, its own replay ratio and distillation share
     assert (p["training"]["fit"], p["training"]["replay_ratio"], p["training"]["distill"]) == ("head", 12.0, 0.5)
+    assert p["training"]["max_old_drop"] == 0.005
     assert "no --replay" in res.output and not (out / "bundle").exists()
 
 
@@ -453,3 +454,70 @@ def test_an_adapted_bundle_keeps_the_base_bundles_test_time_views(base_model, pb
     assert res.exit_code == 0, res.output
     assert (tmp_path / "tail" / "model.keras").is_file()
     assert json.loads((tmp_path / "tail" / "model.json").read_text())["inference"]["views"] == "flips"
+
+
+def test_a_fit_that_forgets_the_old_microscope_is_not_chosen():
+    """--max-old-drop: new cells whose labels contradict the old microscope's (class 1 where the
+    old images say 0) pull the classifier away from it; without the watch the fit that fits the
+    held-out new cells best is chosen and loses old images, with it no fit losing more than the
+    allowed share qualifies (the base always does)."""
+    from hemaedge.train.adapt_head import OldMicroscopeWatch, fit_head, probabilities
+
+    rng = np.random.default_rng(0)
+    f = 16
+    w0 = np.zeros((f, 2), np.float32)
+    w0[0, 0], w0[0, 1] = 1.0, -1.0  # feature 0 > 0: class 0
+    b0 = np.zeros(2, np.float32)
+    old_x = rng.normal(0, 1, (400, f)).astype(np.float32)
+    old_y = (old_x[:, 0] < 0).astype(np.int64)
+    new_x = rng.normal(0, 1, (60, f)).astype(np.float32)
+    new_x[:, 0] = np.abs(new_x[:, 0])  # the old rule says class 0 for every new cell ...
+    new_y = np.ones(60, np.int64)  # ... and the new microscope's labels say class 1
+    held_x, held_y = new_x[:20], new_y[:20]
+    targets = np.eye(2, dtype=np.float32)[new_y[20:]]
+
+    def run(old):
+        return fit_head(new_x[20:], targets, np.ones(40, np.float32), w0, b0, held_x, held_y, logf=lambda m: None,
+                        pulls=(0.001,), steps=100, old=old)
+
+    def old_accuracy(fit):
+        return float((probabilities(old_x, fit["w"], fit["b"]).argmax(1) == old_y).mean())
+
+    base_old = float((probabilities(old_x, w0, b0).argmax(1) == old_y).mean())
+    free = run(None)
+    assert free["held_out_accuracy"] > free["base_held_out_accuracy"] and old_accuracy(free) < base_old - 0.05
+    assert "old_microscope" not in free
+    watched = run((old_x, old_y, 0.01))
+    assert old_accuracy(watched) >= base_old - 0.01
+    assert watched["old_microscope"] == {"base_accuracy": round(base_old, 4),
+                                    "chosen_accuracy": round(old_accuracy(watched), 4), "max_drop": 0.01}
+    assert all("old_check_accuracy" in t for t in watched["trials"])
+    watch = OldMicroscopeWatch.start(0.9, 0.005)
+    assert watch.allows(0.895) and not watch.allows(0.894) and watch.allows(None)
+    assert OldMicroscopeWatch.start(None, 0.005).allows(0.0)  # nothing to watch: inactive
+
+
+def test_adapt_watches_the_old_microscope_on_replay_images_it_never_trains_on(base_model, bloodmnist128, new_microscope,
+                                                                             tmp_path):
+    out = tmp_path / "watched"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", bloodmnist128, "--out", out,
+                "--fit", "head", "--replay-min", "16", "--replay-ratio", "1", "--max-old-drop", "0",
+                "--old-check", "40", "--eval-limit", "5", "--seed", "2", "--no-export")
+    assert res.exit_code == 0, res.output
+    t = json.loads((out / "adapt.json").read_text())["provenance"]["training"]
+    assert t["max_old_drop"] == 0 and t["old_microscope"]["chosen_accuracy"] >= t["old_microscope"]["base_accuracy"]
+    assert "old microscope watched on 40" in res.output
+    res = adapt("--base", base_model, "--data", new_microscope, "--out", tmp_path / "bad", "--fit", "head",
+                "--replay", bloodmnist128, "--max-old-drop", "1.5")
+    assert res.exit_code == 2 and "Traceback" not in res.output and "--max-old-drop" in res.output
+    # the default: watched at 0.5 pt with --fit head; 1 = not watched
+    from hemaedge.train.adapt import AdaptConfig
+
+    assert AdaptConfig("b", ["d"], "o", fit="head").resolved().max_old_drop == 0.005
+    assert AdaptConfig("b", ["d"], "o", fit="tail").resolved().max_old_drop == 1.0
+    out = tmp_path / "unwatched"
+    res = adapt("--base", base_model, "--data", new_microscope, "--replay", bloodmnist128, "--out", out,
+                "--fit", "head", "--replay-min", "16", "--replay-ratio", "1", "--max-old-drop", "1",
+                "--eval-limit", "5", "--seed", "2", "--no-export")
+    assert res.exit_code == 0, res.output
+    assert "old_microscope" not in json.loads((out / "adapt.json").read_text())["provenance"]["training"]

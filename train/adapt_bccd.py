@@ -36,7 +36,7 @@ def single_label_frames(bccd: Path, split: str) -> dict[str, str]:
 
 
 RECIPE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "distill", "bn",
-          "balance", "views")
+          "balance", "views", "max_old_drop")
 RECIPE_KEYS = (*RECIPE, "export")
 
 
@@ -218,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--distill", type=float, help="Recipe: share of the replay targets from the base's answers")
     ap.add_argument("--bn", choices=("frozen", "new", "mixed"), help="Recipe: BatchNorm statistics")
     ap.add_argument("--balance", action="store_true", default=None, help="Recipe: class-balanced new cells")
+    ap.add_argument("--max-old-drop", type=float,
+                    help="Recipe: largest share of the base's accuracy on old-microscope check images a fit may lose")
     ap.add_argument("--views", choices=("auto", "off", "flips", "dihedral"),
                     help="Recipe: test-time views of the adapted bundle [train adapt's default: auto, the base's]")
     ap.add_argument("--label", default="", help="Name of the base in the table (which weights ran)")

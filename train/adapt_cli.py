@@ -62,6 +62,13 @@ from hemaedge.edge.cli_support import FiniteFloat, user_errors
 @click.option("--views", type=click.Choice(["auto", "off", "flips", "dihedral"]), default="auto",
               help="Test-time views the adapted bundle runs and its OOD levels are set for (edge/tta.py); auto: "
                    "the base bundle's inference.views (the packaged default: flips; a .keras base: off).")
+@click.option("--max-old-drop", type=FiniteFloat(0, 1), default=None, show_default=False,
+              help="Watch the old microscope: a fit that loses more than this share of the base's accuracy "
+                   "on --old-check images of --replay's train split (kept out of the replay sample) is not "
+                   "chosen, however well it does on the new cells (0.005 = 0.5 pt; 1: not watched) "
+                   "[default: 0.005 with --fit head, 1 with --fit tail].")
+@click.option("--old-check", type=click.IntRange(1), default=800, show_default=True,
+              help="With --max-old-drop: how many replay-data train images watch the old microscope.")
 @click.option("--no-export", is_flag=True, help="Skip the int8 bundle (model.keras only).")
 @user_errors
 def adapt(no_export, **opts):

@@ -14,6 +14,7 @@ is softmax(features @ W + b) exactly: dropout is off at inference).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,9 +87,39 @@ def _score(p: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return acc, loss
 
 
+@dataclass
+class OldMicroscopeWatch:
+    """`--max-old-drop`: a fit may lose at most `max_drop` (a share) of the base's accuracy on the old
+    microscope's check images; the base itself always qualifies. Inactive without check images."""
+
+    base: float | None = None
+    max_drop: float | None = None
+
+    @classmethod
+    def start(cls, base_accuracy: float | None, max_drop: float | None) -> "OldMicroscopeWatch":
+        return cls(base_accuracy, max_drop if base_accuracy is not None else None)
+
+    def allows(self, accuracy: float | None) -> bool:
+        return self.max_drop is None or accuracy is None or accuracy >= self.base - self.max_drop - 1e-9
+
+    def entry(self, accuracy: float | None) -> dict:
+        return {} if self.max_drop is None else {"old_check_accuracy": round(float(accuracy), 4)}
+
+    def note(self, accuracy: float | None) -> str:
+        if self.max_drop is None:
+            return ""
+        return f", old microscope {accuracy:.4f}" + ("" if self.allows(accuracy) else " (too much lost: not chosen)")
+
+    def summary(self, chosen_accuracy: float | None) -> dict:
+        if self.max_drop is None:
+            return {}
+        return {"old_microscope": {"base_accuracy": round(self.base, 4), "chosen_accuracy": round(float(chosen_accuracy), 4),
+                              "max_drop": self.max_drop}}
+
+
 def fit_head(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, w0: np.ndarray, b0: np.ndarray,
              x_held: np.ndarray, y_held: np.ndarray, logf=log.info, pulls=PULLS, steps: int = STEPS,
-             lr: float = HEAD_LR) -> dict:
+             lr: float = HEAD_LR, old: tuple | None = None) -> dict:
     """Weighted soft-target cross-entropy + pull * |W - W0|^2 / 2, full-batch Adam from (W0, b0).
 
     `x_held`: the held-out cells' features, (N, F) or per test-time view (V, N, F): the choice is made
@@ -96,10 +127,16 @@ def fit_head(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, w0: np.nda
 
     Returns the (W, b) with the best held-out accuracy (then loss) over every pull and checkpoint;
     checkpoint 0 (the base itself) competes too, so the fit never ends worse than the base on the
-    held-out cells."""
+    held-out cells. `old`: (features, labels, max drop) of the old microscope's check images
+    (`AdaptConfig.max_old_drop`): a checkpoint that loses more than that share of the base's
+    accuracy on them is not chosen."""
     weights = (weights / weights.sum()).astype(np.float32)[:, None]
     acc0, loss0 = _score(view_probabilities(x_held, w0, b0), y_held)
-    best = {"pull": None, "step": 0, "held_out_accuracy": acc0, "held_out_loss": loss0, "w": w0, "b": b0}
+    old_acc = (lambda w, b: _score(view_probabilities(old[0], w, b), old[1])[0]) if old is not None else \
+        (lambda w, b: None)
+    watch = OldMicroscopeWatch.start(old_acc(w0, b0), old[2] if old is not None else None)
+    best = {"pull": None, "step": 0, "held_out_accuracy": acc0, "held_out_loss": loss0, "w": w0, "b": b0,
+            "old_accuracy": watch.base}
     trials = []
     for pull in pulls:
         w, b = w0.copy(), b0.copy()
@@ -114,14 +151,15 @@ def fit_head(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, w0: np.nda
                 param -= lr * (m[i] / (1 - 0.9 ** step)) / (np.sqrt(v[i] / (1 - 0.999 ** step)) + 1e-8)
             if step % CHECK == 0:
                 acc, loss = _score(view_probabilities(x_held, w, b), y_held)
+                kept = old_acc(w, b)
                 trials.append({"pull": pull, "step": step, "held_out_accuracy": round(acc, 4),
-                               "held_out_loss": round(loss, 4)})
-                if (acc, -loss) > (best["held_out_accuracy"], -best["held_out_loss"]):
+                               "held_out_loss": round(loss, 4), **watch.entry(kept)})
+                if watch.allows(kept) and (acc, -loss) > (best["held_out_accuracy"], -best["held_out_loss"]):
                     best = {"pull": pull, "step": step, "held_out_accuracy": acc, "held_out_loss": loss,
-                            "w": w.copy(), "b": b.copy()}
+                            "w": w.copy(), "b": b.copy(), "old_accuracy": kept}
         logf(f"head fit, pull {pull}: held-out accuracy {trials[-1]['held_out_accuracy']:.4f} after {steps} steps")
     logf(f"head fit chosen: pull {best['pull']}, step {best['step']}, held-out accuracy "
-         f"{best['held_out_accuracy']:.4f} (base {acc0:.4f})")
+         f"{best['held_out_accuracy']:.4f} (base {acc0:.4f}){watch.note(best['old_accuracy'])}")
     return {"w": best["w"], "b": best["b"], "chosen_pull": best["pull"], "chosen_step": best["step"],
             "held_out_accuracy": round(best["held_out_accuracy"], 4), "base_held_out_accuracy": round(acc0, 4),
-            "trials": trials}
+            "trials": trials, **watch.summary(best["old_accuracy"])}

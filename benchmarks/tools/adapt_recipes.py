@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 _TUNABLE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "batch_size", "holdout",
-            "distill", "bn", "balance", "views")
+            "distill", "bn", "balance", "views", "max_old_drop")
 _INT = ("blocks", "epochs", "batch_size", "replay_pool")
 
 
@@ -177,8 +177,10 @@ def write_tables(args, rows, train_stats, counts, seeds, command):
                      f"{recall} | {r['pbc_before']:.4f} -> {r['pbc_after']:.4f} ({100 * (r['pbc_after'] - r['pbc_before']):+.2f} pt) | "
                      f"{r['held_out']:.3f} (n={r['held_out_n']}) | {_chosen(r)} | "
                      f"{r['train_s']:.0f} / {r['wall_s']:.0f} |")
-    lines += ["", "Defaults (`hemaedge train adapt`, since 2026-12-02): fit=head with replay_ratio=12 and distill=0.5 "
-              "(a recipe of only `fit=head` is that), new_weight=0.5, holdout=0.2, balance off; fit=head refits only the "
+    lines += ["", "Defaults (`hemaedge train adapt`, since 2026-12-02): fit=head with replay_ratio=12 and distill=0.5, "
+              "and since 2026-12-03 max_old_drop=0.005 (800 replay-data train images kept out of the replay sample "
+              "watch the old microscope: a step losing more than 0.5 pt of the base's accuracy on them is not chosen; "
+              "1 = not watched) (a recipe of only `fit=head` is that), new_weight=0.5, holdout=0.2, balance off; fit=head refits only the "
               "classifier layer, on the frozen features of the 8 flips/rotations of each cell, pulled toward the "
               "base's weights (pull and step chosen on the held-out cells; 'chosen' is that step). fit=tail (the default "
               "before): blocks=2, lr=3e-4, epochs=8, augment=dihedral, replay_ratio=2, distill=0, bn=frozen. One dev cell is "

@@ -536,9 +536,10 @@ def steps(s: Settings) -> list[Step]:
 # Issue #14: the recipes compared on BCCD train cells (adapt-recipes), from the packaged default bundle alone.
 # Only --fit head recipes run from a bundle; the six-recipe comparison made with the lost Keras source (--fit tail
 # included) is benchmarks/history/adapt-keras-source/adapt_recipes.md. The default recipe, over three splits:
-ADAPT_RECIPES = ["head:fit=head"]
-# The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5) and the previous default (fit tail)
-ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5"]
+ADAPT_RECIPES = ["head:fit=head", "head-unwatched:fit=head,max_old_drop=1"]
+# The adaptation tables: train adapt's default (fit head, replay x12, distill 0.5, old microscope watched at 0.5 pt)
+# and the previous default (fit tail)
+ADAPT_RECIPE = ["--fit", "head", "--replay-ratio", "12", "--distill", "0.5", "--max-old-drop", "0.005"]
 ADAPT_BASE_LABEL = ("packaged default default-v6-ep3-tflite-int8-mixed (src/hemaedge/models/default as "
                     "shipped: int8, flips views, two OOD tiers, no Keras source; --fit head adapts the bundle itself)")
 RBC_BUNDLE = "src/hemaedge/models/rbc"
