@@ -174,9 +174,11 @@ def _same_camera(a, b) -> bool:
 class Ruler:
     """Red-cell diameter per frame of one stream.
 
-    `same_slide=False` (image folders): every frame is its own field, measured on its own; a
-    field whose reading is an outlier against the recent fields of the same frame size (more
-    than `OUTLIER_FACTOR` off their median) gets that median instead (source "stream median").
+    `same_slide=False` (image folders): every frame is its own field, measured on its own and
+    checked against the recent fields of the same frame size: once there are
+    `MIN_FIELDS_FOR_MEDIAN`, the field gets their median (source "stream median"), whether it
+    agrees with them or is an outlier (more than `OUTLIER_FACTOR` off); `OUTLIERS_TO_RESET`
+    outliers in a row that agree with each other start that history over (a new magnification).
     `same_slide=True` (video, camera, `--same-slide`): running median of the last `window`
     estimates; after `stable_after` estimates it re-measures every `every`-th frame only (the
     magnification does not change between frames). Each frame size (within
