@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 _TUNABLE = ("fit", "blocks", "lr", "epochs", "augment", "new_weight", "replay_ratio", "replay_pool", "batch_size", "holdout",
-            "distill", "bn", "balance", "views", "max_old_drop")
-_INT = ("blocks", "epochs", "batch_size", "replay_pool")
+            "distill", "bn", "balance", "views", "max_old_drop", "old_check")
+_INT = ("blocks", "epochs", "batch_size", "replay_pool", "old_check")
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
