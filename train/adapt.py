@@ -691,11 +691,12 @@ def adapt(cfg: AdaptConfig, logf=log.info, command: str | None = None, before_ca
     replay_ds = open_reference(cfg.replay, classes) if cfg.replay else None
     n_replay = max(cfg.replay_min, int(round(cfg.replay_ratio * len(new)))) if replay_ds else 0
     watched = cfg.max_old_drop is not None and cfg.max_old_drop < 1
-    n_check = cfg.old_check if replay_ds and watched else 0
-    replay = replay_sample(replay_ds, classes, size, max(n_replay, cfg.replay_pool) + n_check, cfg.seed) \
+    n_pool = max(n_replay, cfg.replay_pool)
+    replay = replay_sample(replay_ds, classes, size, n_pool + (cfg.old_check if watched else 0), cfg.seed) \
         if replay_ds else Cells(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64), [])
     old_check = None
-    n_check = min(n_check, len(replay) - max(n_replay, cfg.replay_pool))  # the replay sample comes first
+    # the check takes only what the replay sample leaves (all of cfg.old_check when the data has it)
+    n_check = min(cfg.old_check, len(replay) - n_pool) if replay_ds and watched else 0
     if watched and n_check < 1:
         logf("note: the old microscope is not watched (--max-old-drop): it needs --replay data with train images "
              "beside the replay sample")
