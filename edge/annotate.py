@@ -26,7 +26,8 @@ def draw(image_rgb: np.ndarray, result, review_threshold: float) -> np.ndarray:
         colour = _REVIEW if review else _COLOURS.get(det.kind, (0, 200, 0))
         x0, y0, x1, y1 = det.box
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
-        cv2.putText(out, f"{label} {conf:.2f}", (x0 + 2, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+        text = label if conf != conf else f"{label} {conf:.2f}"  # NaN: not classified, or no platelet class
+        cv2.putText(out, text, (x0 + 2, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4 * thick, colour, thick, cv2.LINE_AA)
     return out
 

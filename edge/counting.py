@@ -11,7 +11,8 @@ Two ways, chosen from the source:
   focus, motion blur: `focus.FocusGate`) are not classified and are counted with the reason.
 
 In both, a cell cut by the frame edge in every view is not counted (only part of it was seen:
-a lab counts only whole cells), unless `count_edge_cells`. The result is a
+a lab counts only whole cells), unless `count_edge_cells`; `edge run` then does not classify
+such views either (`pipeline.CellClassifier.classify_cut_cells`). The result is a
 `differential.Differential`.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.differential import Differential
 from hemaedge.edge.focus import FocusGate, grey_small
 from hemaedge.edge.input_checks import InputChecks
-from hemaedge.edge.identify import ERYTHROBLAST, PLATELET
+from hemaedge.edge.identify import ERYTHROBLAST, PLATELET, not_classified
 from hemaedge.edge.tracking import StageMotion, Tracker
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class CountingSession:
         self.classes = classifier.classes
         self.one_slide = one_slide
         self.target_wbc = target_wbc
+        if count_edge_cells and not getattr(classifier, "classify_cut_cells", True):
+            raise ValueError("counting cells cut by the frame edge needs a classifier that classifies them "
+                             "(CellClassifier(classify_cut_cells=True))")
         self.count_edge_cells = count_edge_cells
         self.fields = Differential(self.classes, target_wbc)  # fields, and the cells of independent fields
         self.motion = StageMotion() if one_slide else None
@@ -111,13 +115,17 @@ class CountingSession:
     # -------------------------------------------------------------- the count
 
     def _track_kind(self, t) -> str:
-        """A nucleated-cell track is a platelet clump only when every one of its views was called
-        one (`identify.is_platelet_clump`, view by view): one view that was not keeps it a white
-        cell (unidentified if its mean class is platelet), as losing a white cell from the count
-        silently is worse than flagging a clump for review."""
-        return PLATELET if t.kind == "wbc" and t.views and t.clump_views == t.views else t.kind
+        """A nucleated-cell track is a platelet clump only when every one of its classified views
+        was called one (`identify.is_platelet_clump`, view by view; a view cut by the frame edge
+        may be left unclassified): one view that was not keeps it a white cell (unidentified if
+        its mean class is platelet), as losing a white cell from the count silently is worse than
+        flagging a clump for review."""
+        clump = t.kind == "wbc" and t.classified_views and t.clump_views == t.classified_views
+        return PLATELET if clump else t.kind
 
     def _track_decision(self, t):
+        if t.prob_sum is None:  # no view classified: cut by the frame edge in every one
+            return not_classified()
         kind = self._track_kind(t)
         # a platelet track lies on a red cell when most of its views do
         on_red_cell = kind == PLATELET and 2 * t.on_red_cell_views > t.views

@@ -21,6 +21,9 @@ classifier's class agree. All thresholds live here.
   confidence-only rule; the run summary says which.
 * A model without a "platelet" class cannot confirm platelets: candidates are then counted by
   the segmenter alone (confidence left empty).
+* A cell cut by the frame edge is not counted (a lab counts whole cells), so a run that does not
+  count such cells does not classify them either: it is recorded as **not classified**
+  (`not_classified`), confidence empty.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ from hemaedge.edge.errors import BundleError, UsageError
 PLATELET = "platelet"
 ERYTHROBLAST = "erythroblast"
 UNIDENTIFIED = "unidentified"
+# The label of a detection the run did not classify (cut by the frame edge, not counted).
+NOT_CLASSIFIED = "not classified"
+CUT_NOT_CLASSIFIED = "cut by the frame edge: not classified, not counted"
 # Below this top-class probability a cell is flagged for review (CLI: --review-threshold).
 REVIEW_BELOW = 0.6
 # Below this top-class probability a nucleated cell is unidentified (CLI: --unidentified-below).
@@ -266,6 +272,11 @@ def is_unidentified(prob_row: np.ndarray, ood_score: float | None = None, thresh
                     ood_threshold: float | None = None) -> bool:
     """The classifier is not sure enough (or the cell is unlike anything it was trained on)."""
     return bool(unidentified_reason(prob_row, threshold, ood_threshold, ood_score))
+
+
+def not_classified() -> Decision:
+    """The decision for a detection the run did not classify (`NOT_CLASSIFIED`)."""
+    return Decision(NOT_CLASSIFIED, float("nan"), CUT_NOT_CLASSIFIED, False)
 
 
 def decide(kind: str, prob_row: np.ndarray | None, classes: list[str], threshold: float = UNIDENTIFIED_BELOW,

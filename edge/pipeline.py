@@ -15,7 +15,8 @@ import numpy as np
 from hemaedge.edge.domain import DomainMonitor
 from hemaedge.edge.focus import blank_reason, grey_small
 from hemaedge.edge.identify import (PLATELET_CONFIRM_ABOVE, PLATELET_KIND_ABOVE, REVIEW_BELOW, UNIDENTIFIED_BELOW,
-                                    Decision, OodRule, decide, is_platelet_clump, parse_review_classes)
+                                    Decision, OodRule, decide, is_platelet_clump, not_classified,
+                                    parse_review_classes)
 from hemaedge.edge.preprocess import prepare_batch
 from hemaedge.edge.ruler import Reading, Ruler
 from hemaedge.edge.runloop import run  # noqa: F401 - the run loop's old home
@@ -68,6 +69,10 @@ class CellClassifier:
     independent stills and one view when `same_slide` (tracked cells are averaged over their
     frames instead), else "off", "flips" or "dihedral"; `edge.tta`) averages each cell's
     probabilities over flipped/rotated views of its prepared crop.
+    `classify_cut_cells=False` (what `edge run` does unless it counts edge cells) leaves the cells
+    cut by the frame edge unclassified (`identify.not_classified`: probabilities NaN): they are
+    not counted, so their model call is saved (on a live feed a track is decided from its
+    classified views, `counting`).
     """
 
     def __init__(self, model, backend, params: SegmentParams | None = None,
@@ -76,7 +81,8 @@ class CellClassifier:
                  same_slide: bool = False, review_threshold: float = REVIEW_BELOW,
                  unidentified_below: float = UNIDENTIFIED_BELOW, mask_neighbours: bool = True, red_cells=None,
                  ood_threshold=None, views=None, review_level: float | None = None, review_classes=None,
-                 platelet_confirm_above: float = PLATELET_CONFIRM_ABOVE, platelet_kind_above: float = PLATELET_KIND_ABOVE):
+                 platelet_confirm_above: float = PLATELET_CONFIRM_ABOVE, platelet_kind_above: float = PLATELET_KIND_ABOVE,
+                 classify_cut_cells: bool = True):
         self.model = model
         self.backend = backend
         self.classes = list(model.classes)
@@ -110,6 +116,7 @@ class CellClassifier:
         self.platelet_confirm_above = platelet_confirm_above
         self.platelet_kind_above = platelet_kind_above
         self.mask_neighbours = mask_neighbours
+        self.classify_cut_cells = classify_cut_cells
         self.ruler = Ruler(same_slide)
         self.red_cells = red_cells  # rbc_morphology.RedCellClassifier: count/classify red cells too
 
@@ -129,6 +136,10 @@ class CellClassifier:
                  else np.zeros((0, len(self.classes)), np.float32))
         t2 = time.perf_counter()
         return probs, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+    def classified(self, det: Detection) -> bool:
+        """Whether the classifier sees this detection (see `classify_cut_cells`)."""
+        return self.classify_cut_cells or not det.at_edge
 
     def crops_for(self, image: np.ndarray, dets: list[Detection]) -> list[np.ndarray]:
         """One crop per detection; platelet crops with the nucleated cells painted over."""
@@ -174,7 +185,8 @@ class CellClassifier:
     def find_cells(self, image: np.ndarray, grey: np.ndarray | None = None, small: np.ndarray | None = None):
         """The segmentation stage of `process` (its "segment" time): (why the frame shows no cells,
         or None; the ruler reading; the detections; their crops). `grey`, `small`: the frame's
-        grey copy and `work_image` when the caller already made them."""
+        grey copy and `work_image` when the caller already made them. The crops are those of the
+        detections the classifier sees (`classified`), in their order."""
         small = work_image(image, self.params) if small is None else small
         # grey from the small copy: a fifth of the cost of converting the whole frame
         blank = blank_reason(image, grey_small(small) if grey is None else grey)
@@ -184,7 +196,7 @@ class CellClassifier:
         reading = self.ruler.read(image, self.params, work)
         dets = segment(image, self.params, self.cell_fraction, self.crop_side_for(reading),
                        rbc_diameter=reading.diameter, work=work)
-        return None, reading, dets, self.crops_for(image, dets)
+        return None, reading, dets, self.crops_for(image, [d for d in dets if self.classified(d)])
 
     def process(self, image: np.ndarray, grey: np.ndarray | None = None, small: np.ndarray | None = None) -> FrameResult:
         """`grey`, `small`: the frame's grey copy (`focus.grey_small` of `small`) and `work_image`
@@ -206,14 +218,20 @@ class CellClassifier:
         if blank:
             return FrameResult.empty(len(self.classes), blank, {"segment": (time.perf_counter() - t0) * 1e3})
         t1 = time.perf_counter()
-        probs, pre_ms, inf_ms = self.classify_crops(crops)
+        seen, pre_ms, inf_ms = self.classify_crops(crops)
         self.domain.add_frame(image)
-        self.domain.add_cells(probs)
+        self.domain.add_cells(seen)
+        if len(crops) == len(dets):
+            probs = seen
+        else:  # the cells left unclassified (cut by the frame edge) get NaN rows
+            probs = np.full((len(dets), len(self.classes)), np.nan, np.float32)
+            probs[[i for i, d in enumerate(dets) if self.classified(d)]] = seen
         for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
             side_rbc = d.size / reading.diameter if reading.diameter else None
             if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc, self.platelet_kind_above):
                 d.kind = "platelet"
-        decisions = [self.decide(d.kind, probs[i], d.kind == "platelet" and d.on_red_cell) for i, d in enumerate(dets)]
+        decisions = [self.decide(d.kind, probs[i], d.kind == "platelet" and d.on_red_cell) if self.classified(d)
+                     else not_classified() for i, d in enumerate(dets)]
         timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}
         red = None
         if self.red_cells is not None:  # red cells measured with this field's ruler

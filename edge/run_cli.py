@@ -226,7 +226,7 @@ def run(source, bundle, model, classes, input_size, preprocess, scaling, input_d
                                     rbc_factor=rbc_factor, same_slide=one_slide, review_threshold=review_threshold,
                                     unidentified_below=unidentified_below, red_cells=red_cells,
                                     ood_threshold=ood_threshold, views=views, review_level=review_level,
-                                    review_classes=review_classes)
+                                    review_classes=review_classes, classify_cut_cells=count_edge_cells)
         counting = CountingSession(classifier, one_slide=one_slide, target_wbc=target_wbc,
                                    count_edge_cells=count_edge_cells)
         if append and out is not None:

@@ -11,9 +11,10 @@
   moves drift; same kind as the segmenter found it), keeps each track's summed class
   probabilities and number of views, and reopens a track when the stage comes back to a cell
   it has seen. A track is one physical cell: its class is decided once from the mean
-  probability of all its views (`counting`); a detection whose size leaves its kind open is
+  probability of all its classified views (`counting`; a view cut by the frame edge may be left
+  unclassified, `pipeline.CellClassifier.classify_cut_cells`); a detection whose size leaves its kind open is
   tracked as a nucleated cell in every view and the track is a platelet clump only when every
-  one of its views was called one.
+  one of its classified views was called one.
 
 Small and dependency-free on purpose: a smear moves rigidly (the cells do not move on the
 slide), so the motion model is the stage's translation, not per-object dynamics as in general
@@ -90,6 +91,7 @@ class Track:
     last_frame: int
     prob_sum: np.ndarray | None = None
     views: int = 0
+    classified_views: int = 0  # views the classifier saw (a view cut by the frame edge may not be)
     full_views: int = 0  # views in which the cell is not cut by the frame edge
     ambiguous_views: int = 0  # views whose size left the kind open (nucleated cell or platelet clump)
     clump_views: int = 0  # ... and that the view's classifier called a platelet clump
@@ -98,7 +100,7 @@ class Track:
 
     @property
     def mean_prob(self) -> np.ndarray | None:
-        return None if self.prob_sum is None or not self.views else self.prob_sum / self.views
+        return None if self.prob_sum is None else self.prob_sum / self.classified_views
 
 
 def segment_kind(det) -> str:
@@ -169,8 +171,9 @@ class Tracker:
             t.ambiguous_views += ambiguous
             t.clump_views += ambiguous and det.kind == "platelet"
             t.on_red_cell_views += bool(getattr(det, "on_red_cell", False))
-            if probs is not None and len(probs):
+            if probs is not None and len(probs) and not np.isnan(probs[i, 0]):  # NaN: a view not classified
                 t.prob_sum = probs[i].astype(np.float64) if t.prob_sum is None else t.prob_sum + probs[i]
+                t.classified_views += 1
             ids.append(t.id)
         return ids
 

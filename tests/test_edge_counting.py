@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -482,3 +483,105 @@ def test_a_platelet_track_lying_on_a_red_cell_in_most_views_is_not_counted(defau
         dec = session._track_decision(track)
         assert dec.counted == counted and (dec.flag == ON_RED_CELL) != counted
         assert session.differential().platelets == int(counted)
+
+
+# ----------------------------------------------------------------------------- cells cut by the frame edge
+
+
+def _cut_frame_results(default_classifier):
+    """samples/pbc/val_00010.jpg (two platelets cut by the frame edge) with and without their
+    classification."""
+    from hemaedge.edge.pipeline import CellClassifier
+
+    img = read_image_rgb(SAMPLES / "pbc" / "val_00010.jpg")
+    every = default_classifier.process(img)
+    skipping = CellClassifier(default_classifier.model, default_classifier.backend, classify_cut_cells=False)
+    return every, skipping.process(img)
+
+
+def test_cells_cut_by_the_frame_edge_are_not_classified_and_the_rest_unchanged(default_classifier):
+    from hemaedge.edge.identify import NOT_CLASSIFIED
+
+    every, some = _cut_frame_results(default_classifier)
+    cut = [d.at_edge for d in some.detections]
+    assert [d.box for d in every.detections] == [d.box for d in some.detections]
+    assert sum(cut) == 2 and not all(cut)
+    for i, is_cut in enumerate(cut):
+        if is_cut:
+            assert some.labels[i] == NOT_CLASSIFIED and np.isnan(some.probabilities[i]).all()
+            assert not some.decisions[i].counted and "not classified" in some.decisions[i].flag
+            assert every.labels[i] != NOT_CLASSIFIED and np.isfinite(every.probabilities[i]).all()
+        else:  # a smaller batch: the same answer for every whole cell
+            assert some.labels[i] == every.labels[i]
+            np.testing.assert_allclose(some.probabilities[i], every.probabilities[i], atol=1e-5)
+    assert len(some.probabilities) == len(some.detections)
+
+
+def test_a_run_records_cut_cells_as_not_classified_and_they_can_be_reviewed(tmp_path):
+    from starlette.testclient import TestClient
+
+    from hemaedge.edge.identify import NOT_CLASSIFIED
+    from hemaedge.review.app import create_app
+
+    src = tmp_path / "frames"
+    src.mkdir()
+    (src / "val_00010.jpg").write_bytes((SAMPLES / "pbc" / "val_00010.jpg").read_bytes())
+    rows = {}
+    for flag in ([], ["--count-edge-cells"]):
+        out = tmp_path / f"run{len(flag)}"
+        res = CliRunner().invoke(main, ["edge", "run", "-q", "--source", str(src), "--out", str(out),
+                                        "--save-crops", "all", *flag], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        rows[bool(flag)] = list(csv.DictReader(open(out / "cells.csv")))
+    cut = [r for r in rows[False] if r["at_edge"] == "1"]
+    assert len(cut) == 2
+    assert all(r["class"] == NOT_CLASSIFIED and r["confidence"] == "" and r["counted"] == "0" for r in cut)
+    counted = [r for r in rows[True] if r["at_edge"] == "1"]
+    assert all(r["class"] != NOT_CLASSIFIED and r["confidence"] != "" and r["counted"] in ("0", "1")
+               for r in counted)
+    page = TestClient(create_app(tmp_path / "run0"), base_url="http://127.0.0.1").get("/")  # empty confidences load
+    assert page.status_code == 200 and NOT_CLASSIFIED in page.text and "nan" not in page.text
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "run0")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    html = re.sub(r'data:image/[^"]+', "", (tmp_path / "run0" / "report.html").read_text())  # crops left out
+    assert NOT_CLASSIFIED in html and "nan" not in html  # the cut cells are listed, without a confidence
+
+
+def test_a_track_is_decided_from_its_classified_views_only(default_classifier, tmp_path):
+    """On a live feed a cell's views cut by the frame edge are not classified: the track's class
+    is the mean of its whole views, and a track cut in every view is written as not classified
+    and not counted (tracks.csv), never a crash."""
+    from dataclasses import replace
+
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.identify import NOT_CLASSIFIED
+
+    classes = default_classifier.classes
+    neutrophil = np.eye(len(classes), dtype=np.float32)[classes.index("neutrophil")][None]
+    unseen = np.full_like(neutrophil, np.nan)
+    cell = replace(_sample_cells()[0], kind="wbc", size_ambiguous=False)
+    session = CountingSession(default_classifier, one_slide=True)
+    for k, cut in enumerate((True, False, False)):
+        session.tracker.update(k, [replace(cell, at_edge=cut)], [cell.centre], unseen if cut else neutrophil)
+    far = replace(cell, box=tuple(v + 300 for v in cell.box), at_edge=True)
+    session.tracker.update(3, [far], [far.centre], unseen)
+    seen, never = session.tracker.all_tracks()
+    assert seen.views == 3 and seen.classified_views == 2
+    np.testing.assert_allclose(seen.mean_prob, neutrophil[0])
+    assert session._track_decision(seen).label == "neutrophil"
+    assert never.prob_sum is None and session._track_decision(never).label == NOT_CLASSIFIED
+    assert session.differential().white_cells_counted == 1
+    session.write_tracks(tmp_path)
+    rows = {r["track_id"]: r for r in csv.DictReader(open(tmp_path / "tracks.csv"))}
+    assert rows[str(seen.id)]["class"] == "neutrophil" and rows[str(seen.id)]["counted"] == "1"
+    assert rows[str(never.id)]["class"] == NOT_CLASSIFIED and rows[str(never.id)]["counted"] == "0"
+
+
+def test_counting_edge_cells_needs_a_classifier_that_classifies_them(default_classifier):
+    from hemaedge.edge.counting import CountingSession
+    from hemaedge.edge.pipeline import CellClassifier
+
+    skipping = CellClassifier(default_classifier.model, default_classifier.backend, classify_cut_cells=False)
+    with pytest.raises(ValueError, match="classifies them"):
+        CountingSession(skipping, one_slide=False, count_edge_cells=True)
+    CountingSession(default_classifier, one_slide=False, count_edge_cells=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import inspect
 import json
 import pickle
 import time
@@ -100,7 +101,10 @@ def main(source, frames, threads, mode, json_out, bundle):
     for one_slide in (modes if counting is not None else (False,)):
         spent.clear()
         if counting is not None:
-            clf = pipeline.CellClassifier(model, backend, seg.SegmentParams(), same_slide=one_slide)
+            # as `edge run` builds it: cells cut by the frame edge are not classified (where this version can)
+            cut = ({"classify_cut_cells": False}
+                   if "classify_cut_cells" in inspect.signature(pipeline.CellClassifier).parameters else {})
+            clf = pipeline.CellClassifier(model, backend, seg.SegmentParams(), same_slide=one_slide, **cut)
             session = counting.CountingSession(clf, one_slide=one_slide)
         else:
             clf = pipeline.CellClassifier(model, backend, seg.SegmentParams())

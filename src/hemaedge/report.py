@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hemaedge.edge.bundle import sha256_file
 from hemaedge.edge.errors import OutputError
-from hemaedge.review.rundata import CORRECTIONS, NOT_A_CELL, UNIDENTIFIED, RunReview
+from hemaedge.review.rundata import CORRECTIONS, NOT_A_CELL, UNIDENTIFIED, RunReview, confidence_text
 
 INPUT_FILES = ("cells.csv", CORRECTIONS, "summary.json", "counts.csv")
 GALLERY_MAX = 60
@@ -40,6 +40,11 @@ def unidentified_cells(run: RunReview) -> list:
             if c.current == UNIDENTIFIED or (c.flagged and not c.reviewed and c.current != NOT_A_CELL)]
 
 
+def _confidence(cell) -> float | None:
+    """None (JSON null) for a cell the run did not classify."""
+    return None if cell.confidence != cell.confidence else cell.confidence
+
+
 def report_data(run_dir, reviewer: str = "") -> dict:
     run = RunReview.open(run_dir)
     digest, digest_where = bundle_digest(run.summary)
@@ -57,9 +62,9 @@ def report_data(run_dir, reviewer: str = "") -> dict:
         "flag_rule": flag_rule(run.summary),
         "differential": run.differential(),
         "changes": [{"cell": c.key, "frame_name": c.name, "model_class": c.model_class, "class": c.current,
-                     "confidence": c.confidence} for c in run.cells if c.current != c.model_class],
+                     "confidence": _confidence(c)} for c in run.cells if c.current != c.model_class],
         "log": run.log,
-        "unidentified": [{"cell": c.key, "class": c.current, "confidence": c.confidence,
+        "unidentified": [{"cell": c.key, "class": c.current, "confidence": _confidence(c),
                           "crop": str(run.root / "crops" / c.crop) if c.crop else None} for c in unid],
         "inputs": inputs,
     }
@@ -90,6 +95,7 @@ def render_html(data: dict) -> str:
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "review" / "templates"),
                       autoescape=select_autoescape(["html"]))
+    env.filters["conf"] = confidence_text
     gallery = [dict(c, uri=_img_data_uri(c["crop"])) for c in data["unidentified"][:GALLERY_MAX]]
     return env.get_template("report.html").render(d=data, gallery=gallery, gallery_max=GALLERY_MAX)
 
@@ -128,7 +134,7 @@ def render_pdf(data: dict, path: Path) -> None:
               Spacer(1, 3 * mm), Paragraph("Reviewer's corrections", styles["Heading2"])]
     if data["changes"]:
         crow = [["cell", "frame", "model said", "reviewer's class"]]
-        crow += [[c["cell"], c["frame_name"], f"{c['model_class']} ({c['confidence']:.2f})", c["class"]]
+        crow += [[c["cell"], c["frame_name"], f"{c['model_class']} ({confidence_text(c['confidence'])})" if c["confidence"] is not None else c["model_class"], c["class"]]
                  for c in data["changes"]]
         story.append(Table(crow, style=grid, hAlign="LEFT", repeatRows=1))
     else:

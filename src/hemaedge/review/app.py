@@ -32,7 +32,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from hemaedge.review.rundata import NOT_A_CELL, RunReview, cell_key
+from hemaedge.review.rundata import NOT_A_CELL, RunReview, cell_key, confidence_text
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def create_app(run_dir, *, token: str | None = None, allowed_hosts=None, reviewe
     run = RunReview.open(run_dir)
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.filters["label"] = _label
+    env.filters["conf"] = confidence_text
     page = env.get_template("review.html")
     keys = key_map(run.choices)
     page_size = max(1, int(page_size))

@@ -50,6 +50,18 @@ class Cell:
                 "crop": self.crop, "context": self.context, "current": self.current, "reviewed": self.reviewed}
 
 
+def confidence_text(value) -> str:
+    """A cell's confidence as the review page and the report print it: "" when the run has none
+    (a cell not classified, NaN or None)."""
+    return "" if value is None or value != value else f"{value:.2f}"
+
+
+def _lowest_first(cell) -> tuple:
+    """Sort key: lowest confidence first, cells without one last (NaN does not sort)."""
+    c = cell.confidence
+    return (c != c, 0.0 if c != c else c)
+
+
 def cell_key(frame, cell) -> str:
     return f"{int(frame)}:{int(cell)}"
 
@@ -72,7 +84,7 @@ def read_cells(run_dir: Path) -> list[Cell]:
         for n, row in enumerate(csv.DictReader(fh), start=2):
             try:
                 frame, cid = int(row["frame"]), _cell_id(row)
-                conf = float(row["confidence"])
+                conf = float(row["confidence"] or "nan")  # empty: not classified (or no platelet class)
                 label = row["class"]
             except (KeyError, TypeError, ValueError):
                 raise DataError(f"{path}: line {n} is not a cell row (frame, cell, class, confidence)") from None
@@ -224,13 +236,13 @@ class RunReview:
         rest = [c for c in self.cells if not c.flagged and c.model_class != UNIDENTIFIED]
         out = []
         if unid:
-            out.append(("Unidentified", sorted(unid, key=lambda c: c.confidence)))
+            out.append(("Unidentified", sorted(unid, key=_lowest_first)))
         if flagged:
-            out.append(("Flagged for review", sorted(flagged, key=lambda c: c.confidence)))
+            out.append(("Flagged for review", sorted(flagged, key=_lowest_first)))
         for cls in self.classes:
             members = [c for c in rest if c.model_class == cls]
             if members:
-                out.append((cls, sorted(members, key=lambda c: c.confidence)))
+                out.append((cls, sorted(members, key=_lowest_first)))
         return out
 
     def gallery(self) -> list[tuple[str, Cell]]:
