@@ -382,9 +382,9 @@ def score(frames: list[tuple[str, Still, Geometry]], out: Path) -> dict:
             s["rbc_px"].append((float(read[name]["rbc_px"]), still, geo.scale))
         dets = by_name.get(name, [])
         wbc = [d for d in dets if d["kind"] == "wbc"]
-        boxes = [tuple(int(d[k]) for k in ("x0", "y0", "x1", "y1")) for d in wbc]
+        boxes = [_box(d) for d in wbc]
         for d in wbc:
-            if d["class"] not in ("unidentified", "platelet"):
+            if d["class"] not in ("unidentified", "platelet", "not classified"):
                 s["top"][d["class"]] += 1
         if still.kind == "bccd":
             s["bccd_frames"] += 1
@@ -396,17 +396,23 @@ def score(frames: list[tuple[str, Still, Geometry]], out: Path) -> dict:
             s["tp_centre"] += len(matches(boxes, gt, "centre"))
             s["exact"] += len(boxes) == len(gt)
             pgt = [b for b in (geo.box(b) for b in still.boxes.get("Platelets", [])) if b is not None]
-            plt = [tuple(int(d[k]) for k in ("x0", "y0", "x1", "y1")) for d in dets
-                   if d["kind"] == "platelet" and d["class"] == "platelet"]
+            # whole cells, as the run counts them: a detection cut by the frame edge is not
+            # classified, and the box it matches is neither found nor missed
+            plt = [_box(d) for d in dets if d["kind"] == "platelet" and d["class"] == "platelet" and d["at_edge"] != "1"]
+            cut = [_box(d) for d in dets if d["kind"] == "platelet" and d["at_edge"] == "1"]
+            pgt = [b for j, b in enumerate(pgt) if j not in set(matches(cut, pgt, "iou30").values())]
             s["plt_gt"] += len(pgt)
             s["plt_found"] += len(plt)
             s["plt_tp"] += len(matches(plt, pgt, "iou30"))
             if still.label and len(gt) == 1:
                 cent = matches(boxes, gt, "centre")
-                s["class_n"] += 1
-                if cent:
-                    i = next(iter(cent))
-                    s["class_ok"] += _norm(wbc[i]["class"]) == _norm(still.label)
+                if cent and wbc[next(iter(cent))]["at_edge"] == "1":
+                    pass  # cut by the frame edge: the run neither classifies nor counts it
+                else:
+                    s["class_n"] += 1
+                    if cent:
+                        i = next(iter(cent))
+                        s["class_ok"] += _norm(wbc[i]["class"]) == _norm(still.label)
         else:
             if _norm(still.label) == "platelet":
                 continue
@@ -420,6 +426,10 @@ def score(frames: list[tuple[str, Still, Geometry]], out: Path) -> dict:
                 s["pbc_class_ok"] += _norm(wbc[i]["class"]) == _norm(still.label)
             s["pbc_class_n"] += 1
     return s
+
+
+def _box(cell: dict) -> tuple[int, int, int, int]:
+    return tuple(int(cell[k]) for k in ("x0", "y0", "x1", "y1"))
 
 
 _SHAPES: dict[Path, tuple[int, int]] = {}
@@ -498,11 +508,13 @@ def to_markdown(r: dict) -> str:
              f"(spread over pbc_raw_val) per variant, each set one `edge run` (in-process, the CLI's code).", "",
              "WBC recall / precision: every nucleated detection against the VOC WBC boxes (moved with the pixels), "
              "one-to-one at IoU ≥ 0.5; centre = centre-in-box recall. Exact = BCCD frames whose number of nucleated "
-             "detections equals the boxes'. Platelets: confirmed platelets per BCCD frame (truth: VOC boxes per "
-             "frame) and recall at IoU ≥ 0.3. PBC found: the labelled centre cell inside a nucleated detection "
-             "(platelet fields left out). Class BCCD / PBC: the class of the matched white cell against its label (BCCD "
-             "frames with one labelled white cell: another microscope than the training data / the PBC fields: the "
-             "training microscope; a miss counts as wrong). Ruler: median of "
+             "detections equals the boxes'. Platelets: whole platelets classified platelet per BCCD frame (truth: VOC "
+             "boxes per frame, less those matching a detection cut by the frame edge, which the run neither "
+             "classifies nor counts) and recall at IoU ≥ 0.3. PBC found: the labelled centre cell inside a nucleated "
+             "detection (platelet fields left out). Class BCCD / PBC: the class of the matched white cell against its "
+             "label (BCCD frames with one labelled white cell, less those whose cell is cut by the frame edge: another "
+             "microscope than the training data / the PBC fields: the training microscope; a miss counts as wrong). "
+             "Ruler: median of "
              "(red-cell diameter `edge run` used) / (the as-is diameter of that frame x the variant's scale): "
              "1.00 = the magnification read right. Domain warning: the run's summary.json raised it (BCCD run / PBC "
              "run; BCCD is another microscope than the training data, so its as-is run raises it too). Input "
