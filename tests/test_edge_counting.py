@@ -522,6 +522,7 @@ def test_a_run_records_cut_cells_as_not_classified_and_they_can_be_reviewed(tmp_
 
     from hemaedge.edge.identify import NOT_CLASSIFIED
     from hemaedge.review.app import create_app
+    from hemaedge.review.rundata import RunReview
 
     src = tmp_path / "frames"
     src.mkdir()
@@ -541,10 +542,14 @@ def test_a_run_records_cut_cells_as_not_classified_and_they_can_be_reviewed(tmp_
                for r in counted)
     page = TestClient(create_app(tmp_path / "run0"), base_url="http://127.0.0.1").get("/")  # empty confidences load
     assert page.status_code == 200 and NOT_CLASSIFIED in page.text and "nan" not in page.text
+    # the cut cells come last, in their own group: nothing to decide, they do not hold up the flagged ones
+    groups = RunReview.open(tmp_path / "run0").groups()
+    assert groups[-1][0].startswith("Cut by the frame edge") and len(groups[-1][1]) == 2
+    assert all(c.model_class != NOT_CLASSIFIED for _, cells in groups[:-1] for c in cells)
     res = CliRunner().invoke(main, ["report", str(tmp_path / "run0")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     html = re.sub(r'data:image/[^"]+', "", (tmp_path / "run0" / "report.html").read_text())  # crops left out
-    assert NOT_CLASSIFIED in html and "nan" not in html  # the cut cells are listed, without a confidence
+    assert "nan" not in html and NOT_CLASSIFIED not in html  # not among the cells to look at
 
 
 def test_a_track_is_decided_from_its_classified_views_only(default_classifier, tmp_path):

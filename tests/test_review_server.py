@@ -49,7 +49,10 @@ def test_page_shows_every_cell_flagged_first(sample_run):
         assert sorted(re.findall(r'data-key="([^"]+)"', blocks[0])) == sorted(unid)
     flagged_block = blocks[1 if unid else 0]
     assert sorted(re.findall(r'data-key="([^"]+)"', flagged_block)) == \
-        sorted(x.key for x in run.cells if x.flagged and x.model_class != "unidentified")
+        sorted(x.key for x in run.cells if x.flagged and x.model_class not in ("unidentified", "not classified"))
+    cut = [x.key for x in run.cells if x.model_class == "not classified"]  # cut by the frame edge: last
+    assert cut and headers[-1].startswith("Cut by the frame edge")
+    assert sorted(re.findall(r'data-key="([^"]+)"', blocks[-1])) == sorted(cut)
 
 
 def test_correction_updates_counts_and_file_and_survives_restart(sample_run):
@@ -271,12 +274,13 @@ def test_cells_the_run_did_not_count_stay_out_of_the_differential(sample_run):
 
     with open(sample_run / "cells.csv", newline="", encoding="utf-8") as fh:
         rows = list(_csv.DictReader(fh))
-    for i, r in enumerate(rows):
+    classified = [r for r in rows if r["class"] != "not classified"]  # the cut ones: never counted
+    for i, r in enumerate(classified):
         r["counted"] = "0" if i < 2 else "1"
     with open(sample_run / "cells.csv", "w", newline="", encoding="utf-8") as fh:
         w = _csv.DictWriter(fh, list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     d = RunReview.open(sample_run).differential()
-    assert d["cells"] == len(rows) - 2 and d["not_counted"] == 2
-    assert sum(r["count"] for r in d["rows"]) == len(rows) - 2
+    assert d["cells"] == len(classified) - 2 and d["not_counted"] == len(rows) - len(classified) + 2
+    assert sum(r["count"] for r in d["rows"]) == len(classified) - 2

@@ -20,6 +20,7 @@ from hemaedge.edge.atomic import atomic_write_text
 from hemaedge.edge.crops import CONTEXT_DIR, CROPS_DIR, crop_name
 from hemaedge.edge.differential import clopper_pearson
 from hemaedge.edge.errors import DataError
+from hemaedge.edge.identify import NOT_CLASSIFIED
 
 CORRECTIONS = "corrections.csv"
 CORRECTION_FIELDS = ["time_utc", "frame", "cell", "name", "old_class", "new_class", "action", "reviewer"]
@@ -137,7 +138,7 @@ class RunReview:
         cells = read_cells(root)
         classes = list((summary.get("model") or {}).get("classes") or [])
         for c in cells:
-            if c.model_class not in classes:
+            if c.model_class not in classes and c.model_class != NOT_CLASSIFIED:  # never a class to set or count
                 classes.append(c.model_class)
         rr = cls(root, classes, cells, summary, by_key={c.key: c for c in cells})
         for row in read_corrections(root):
@@ -230,10 +231,14 @@ class RunReview:
                 "corrections": len(self.log)}
 
     def groups(self) -> list[tuple[str, list[Cell]]]:
-        """Gallery order: unidentified cells, then flagged ones, then each class (by confidence, lowest first)."""
-        unid = [c for c in self.cells if c.model_class == UNIDENTIFIED]
-        flagged = [c for c in self.cells if c.flagged and c.model_class != UNIDENTIFIED]
-        rest = [c for c in self.cells if not c.flagged and c.model_class != UNIDENTIFIED]
+        """Gallery order: unidentified cells, then flagged ones, then each class (by confidence, lowest
+        first), and last the cells the run did not classify (cut by the frame edge, never counted:
+        nothing for a reviewer to decide, so they do not hold up the flagged ones)."""
+        cut = [c for c in self.cells if c.model_class == NOT_CLASSIFIED]
+        cells = [c for c in self.cells if c.model_class != NOT_CLASSIFIED]
+        unid = [c for c in cells if c.model_class == UNIDENTIFIED]
+        flagged = [c for c in cells if c.flagged and c.model_class != UNIDENTIFIED]
+        rest = [c for c in cells if not c.flagged and c.model_class != UNIDENTIFIED]
         out = []
         if unid:
             out.append(("Unidentified", sorted(unid, key=_lowest_first)))
@@ -243,6 +248,8 @@ class RunReview:
             members = [c for c in rest if c.model_class == cls]
             if members:
                 out.append((cls, sorted(members, key=_lowest_first)))
+        if cut:
+            out.append(("Cut by the frame edge (not classified, not counted)", cut))
         return out
 
     def gallery(self) -> list[tuple[str, Cell]]:
