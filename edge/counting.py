@@ -100,7 +100,8 @@ class CountingSession:
             track_ids = [""] * len(res.detections)
         for det, dec, tid in zip(res.detections, res.decisions, track_ids):
             whole = self.count_edge_cells or not det.at_edge
-            flag = dec.flag if whole else "cut by the frame edge: not counted"
+            # a cell cut by the frame edge is not counted (cells.csv: counted 0, at_edge 1): nothing to review
+            flag = dec.flag if whole else ""
             if not self.one_slide:
                 if whole:
                     self.fields.add(dec.label, counted=dec.counted, flagged=bool(dec.flag), reason=dec.reason)

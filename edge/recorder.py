@@ -237,8 +237,7 @@ class Recorder:
 def format_summary(s: dict) -> str:
     """The summary as a plain-text table for the terminal."""
     lines = [f"frames {s['frames']} (without cells {s['frames_without_cells']}, skipped {s.get('frames_skipped', 0)}), "
-             f"detections {s['cells']} (of every kind, counted or not; {s['flagged_for_review']} flagged, "
-             f"confidence < {s['review_threshold']})"]
+             f"detections {s['cells']} (of every kind, counted or not; {s['flagged_for_review']} flagged for review)"]
     if s.get("end_reason"):
         lines.append(f"ended: {s['end_reason']}")
     lines.append("")

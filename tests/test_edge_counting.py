@@ -537,6 +537,7 @@ def test_a_run_records_cut_cells_as_not_classified_and_they_can_be_reviewed(tmp_
     cut = [r for r in rows[False] if r["at_edge"] == "1"]
     assert len(cut) == 2
     assert all(r["class"] == NOT_CLASSIFIED and r["confidence"] == "" and r["counted"] == "0" for r in cut)
+    assert all(r["review"] == "0" and r["flag"] == "" for r in cut)  # nothing to review: never counted
     counted = [r for r in rows[True] if r["at_edge"] == "1"]
     assert all(r["class"] != NOT_CLASSIFIED and r["confidence"] != "" and r["counted"] in ("0", "1")
                for r in counted)
