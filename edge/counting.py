@@ -106,7 +106,7 @@ class CountingSession:
                 if whole:
                     self.fields.add(dec.label, counted=dec.counted, flagged=bool(dec.flag), reason=dec.reason)
                 else:
-                    self.fields.not_counted_at_edge += 1
+                    self.fields.add_cut(det.kind)
             extras.append({"cell_id": self._next_cell, "track_id": tid, "flag": flag,
                            "counted": int(whole and dec.counted) if not self.one_slide else "",
                            "at_edge": int(det.at_edge)})
@@ -156,7 +156,7 @@ class CountingSession:
         diff.fields, diff.fields_not_classified = self.fields.fields, dict(self.fields.fields_not_classified)
         for t in self.tracker.all_tracks():
             if not self._countable(t):
-                diff.not_counted_at_edge += 1
+                diff.add_cut(self._track_kind(t))
                 continue
             dec = self._track_decision(t)
             diff.add(dec.label, counted=dec.counted, flagged=bool(dec.flag), reason=dec.reason)

@@ -110,7 +110,8 @@ class Differential:
         self.flagged_by_label: dict[str, int] = {}
         self.fields = 0
         self.fields_not_classified: dict[str, int] = {}
-        self.not_counted_at_edge = 0
+        # cells cut by the frame edge, recorded but not counted: by the kind the count gives them
+        self.cut_not_counted = {"nucleated": 0, "platelets": 0}
 
     def add(self, label: str, counted: bool = True, flagged: bool = False, reason: str = "") -> None:
         if flagged:
@@ -133,6 +134,10 @@ class Differential:
             self.counts[label] = self.counts.get(label, 0) + 1
             if label not in self.wbc_classes:
                 self.wbc_classes.append(label)
+
+    def add_cut(self, kind: str) -> None:
+        """A cell cut by the frame edge (of `kind`, "wbc" or "platelet"): recorded, not counted."""
+        self.cut_not_counted["platelets" if kind == PLATELET else "nucleated"] += 1
 
     def add_field(self, unusable_reason: str | None = None) -> None:
         """One field (frame) looked at; `unusable_reason` when it could not be classified."""
@@ -210,7 +215,8 @@ class Differential:
             "flagged_for_review": self.flagged,
             "fields": self.fields,
             "fields_not_classified": dict(self.fields_not_classified),
-            "nucleated_cut_by_frame_edge_not_counted": self.not_counted_at_edge,
+            "nucleated_cut_by_frame_edge_not_counted": self.cut_not_counted["nucleated"],
+            "platelets_cut_by_frame_edge_not_counted": self.cut_not_counted["platelets"],
             "target": {"white_cells": self.target_wbc, "counted": self.white_cells_counted,
                        "reached": self.target_reached,
                        "percent": round(100.0 * self.white_cells_counted / self.target_wbc, 1)} if self.target_wbc else None,
@@ -236,7 +242,8 @@ def format_differential(d: dict) -> str:
     why = d.get("unidentified_reasons") or {}
     why_txt = f" ({', '.join(f'{k} {v}' for k, v in why.items())})" if why else ""
     lines.append(f"  unidentified {d['unidentified']}{why_txt}; flagged for review {d['flagged_for_review']}; "
-                 f"cut by the frame edge, not counted {d['nucleated_cut_by_frame_edge_not_counted']}")
+                 f"cut by the frame edge, not counted: {d['nucleated_cut_by_frame_edge_not_counted']} nucleated, "
+                 f"{d.get('platelets_cut_by_frame_edge_not_counted', 0)} platelets")
     if d["fields_not_classified"]:
         lines.append("  fields not classified: " + ", ".join(f"{k} {v}" for k, v in d["fields_not_classified"].items()))
     t = d.get("target")

@@ -77,7 +77,10 @@ def check_outputs(out: Path, n_frames: int):
         counted = [c for c in cells if c["at_edge"] == "0"]
         assert (d["white_cells_classified"] + d["nrbc"]["count"] + d["unidentified"] + d["platelets"]["count"]
                 + d["platelets"]["candidates_not_confirmed"]) == len(counted)
-        assert d["nucleated_cut_by_frame_edge_not_counted"] == len(cells) - len(counted)
+        cut = [c for c in cells if c["at_edge"] == "1"]
+        assert d["nucleated_cut_by_frame_edge_not_counted"] == sum(c["kind"] == "wbc" for c in cut)
+        assert d["platelets_cut_by_frame_edge_not_counted"] == sum(c["kind"] == "platelet" for c in cut)
+        assert len(cut) == len(cells) - len(counted)
     if d["white_cells_classified"]:
         assert sum(r["percent"] for r in d["wbc_differential"]) == pytest.approx(100, abs=0.3)
     with open(out / "counts.csv") as fh:
