@@ -51,7 +51,7 @@ def measure(frames, wbc_model, rbc_models: dict, backends: dict, warmup: int = 3
             without_layer: frozenset = frozenset()) -> list[dict]:
     """`rbc_models`: name -> red-cell model; `backends`: (name, threads) -> (white-cell back end,
     red-cell back end). Every frame runs through every setting, white-only and with red cells, one
-    right after the other (same load). Names in `without_layer` run without the bundle's size layer."""
+    right after the other (same load), in the reverse order on every other frame. Names in `without_layer` run without the bundle's size layer."""
     from hemaedge.edge.pipeline import CellClassifier
     from hemaedge.edge.rbc_morphology import RedCellClassifier
 
@@ -64,8 +64,10 @@ def measure(frames, wbc_model, rbc_models: dict, backends: dict, warmup: int = 3
     for src, path, img in images[:warmup]:
         for plain, with_rbc in pipes.values():
             plain.process(img), with_rbc.process(img)
-    for src, path, img in images:
-        for (name, threads), (plain, with_rbc) in pipes.items():
+    settings = list(pipes.items())
+    for k, (src, path, img) in enumerate(images):
+        # every other frame in the reverse order: no setting always runs first on a frame (cold caches)
+        for (name, threads), (plain, with_rbc) in (settings if k % 2 == 0 else settings[::-1]):
             t0, c0 = time.perf_counter(), time.process_time()
             plain.process(img)
             t1, c1 = time.perf_counter(), time.process_time()
