@@ -137,9 +137,10 @@ def stage_markdown(r: dict) -> list[str]:
              "CPU waiting for a descheduled partner on a loaded machine; short runs, interleaved round by round. "
              "Stages of the median round; `classify` = prepare_batch + model call. `best`: the cheapest round "
              "(another job on the machine only adds CPU time to a round: cache and core sharing), a steadier "
-             "ratio than the medians' when the load moves.", "",
+             "ratio than the medians' when the load moves. Cells/frame: detections per frame, in brackets those the "
+             "model classified (since 2026-12-04 `edge run` leaves cells cut by the frame edge unclassified).", "",
              "| pipeline | CPU ms/frame (rounds) | median | vs before | best | best vs before | stages (ms/frame) "
-             "| cells/frame | fingerprint |",
+             "| cells/frame (classified) | fingerprint |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, runs in st.items():
         totals = [x["total_ms"] for x in runs]
@@ -147,7 +148,7 @@ def stage_markdown(r: dict) -> list[str]:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in med["stages_ms"].items())
         lines.append(f"| {name} | {' / '.join(f'{t:.2f}' for t in totals)} | {np.median(totals):.2f} | "
                      f"{np.median(totals) / before:.2f}x | {min(totals):.2f} | {min(totals) / before_best:.2f}x | "
-                     f"{stages} | {med['cells_per_frame']} | "
+                     f"{stages} | {med['cells_per_frame']} ({med.get('classified_per_frame', med['cells_per_frame'])}) | "
                      f"{med['fingerprint'][:12]} |")
     return lines
 
