@@ -221,16 +221,17 @@ class CellClassifier:
         seen, pre_ms, inf_ms = self.classify_crops(crops)
         self.domain.add_frame(image)
         self.domain.add_cells(seen)
-        if len(crops) == len(dets):
+        classified = [self.classified(d) for d in dets]  # the detections `crops` holds, in order
+        if all(classified):
             probs = seen
         else:  # the cells left unclassified (cut by the frame edge) get NaN rows
             probs = np.full((len(dets), len(self.classes)), np.nan, np.float32)
-            probs[[i for i, d in enumerate(dets) if self.classified(d)]] = seen
+            probs[np.flatnonzero(classified)] = seen
         for i, d in enumerate(dets):  # a platelet clump or a small nucleus: the classifier says which
             side_rbc = d.size / reading.diameter if reading.diameter else None
             if d.size_ambiguous and is_platelet_clump(probs[i], self.classes, side_rbc, self.platelet_kind_above):
                 d.kind = "platelet"
-        decisions = [self.decide(d.kind, probs[i], d.kind == "platelet" and d.on_red_cell) if self.classified(d)
+        decisions = [self.decide(d.kind, probs[i], d.kind == "platelet" and d.on_red_cell) if classified[i]
                      else not_classified() for i, d in enumerate(dets)]
         timings = {"segment": (t1 - t0) * 1e3, "preprocess": pre_ms, "inference": inf_ms}
         red = None

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from hemaedge.edge.bundle import sha256_file
 from hemaedge.edge.errors import OutputError
-from hemaedge.edge.identify import NOT_CLASSIFIED
 from hemaedge.review.rundata import CORRECTIONS, NOT_A_CELL, UNIDENTIFIED, RunReview, confidence_text
 
 INPUT_FILES = ("cells.csv", CORRECTIONS, "summary.json", "counts.csv")
@@ -36,10 +35,10 @@ def bundle_digest(summary: dict) -> tuple[str | None, str]:
 
 
 def unidentified_cells(run: RunReview) -> list:
-    """Cells still of class 'unidentified', or flagged by the model and never reviewed (not those
-    the run did not classify: cut by the frame edge, never counted)."""
-    return [c for c in run.cells if c.model_class != NOT_CLASSIFIED and
-            (c.current == UNIDENTIFIED or (c.flagged and not c.reviewed and c.current != NOT_A_CELL))]
+    """Cells still of class 'unidentified', or flagged by the model and never reviewed (a cell the
+    run did not classify, cut by the frame edge, is never flagged: not among them)."""
+    return [c for c in run.cells
+            if c.current == UNIDENTIFIED or (c.flagged and not c.reviewed and c.current != NOT_A_CELL)]
 
 
 def _confidence(cell) -> float | None:
