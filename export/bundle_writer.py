@@ -18,8 +18,9 @@ MODEL_FILES = {name: info.model_file for name, info in REGISTRY.items()}
 
 
 # Sections a training run's sidecar may carry into the manifest (train/finetune.confidence_sections):
-# `output.temperature` is merged into the manifest's `output`, the others are copied as they are.
-SIDECAR_SECTIONS = ("ood", "domain")
+# `output.temperature` is merged into the manifest's `output`, the others are copied as they are;
+# `extra_cells`: the other microscopes' cells a multi-domain model was trained on (provenance).
+SIDECAR_SECTIONS = ("ood", "domain", "extra_cells")
 
 
 def confidence_sections(sidecar: dict, output: dict) -> tuple[dict, dict]:

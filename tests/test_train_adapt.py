@@ -201,7 +201,7 @@ def test_adapt_distill_balance_and_batchnorm_options(base_model, pbc_small, new_
 
 
 def test_class_weights_even_out_classes_but_cap_a_rare_one():
-    from hemaedge.train.adapt import class_weights
+    from hemaedge.train.sampling import capped_balance_weights as class_weights
 
     labels = np.array([0] * 60 + [1] * 30 + [2] * 1)
     w = class_weights(labels, cap=4.0)

@@ -32,6 +32,7 @@ from hemaedge.edge.bundle import sha256_file
 from hemaedge.edge.errors import DataError, UsageError
 from hemaedge.edge.preprocess import apply_preprocess, batch_tensor, prepare_batch, read_image_rgb, resize
 from hemaedge.edge.tta import VIEW_SETS, bundle_views, predict_views
+from hemaedge.train import sampling
 from hemaedge.train.adapt_head import OldMicroscopeWatch
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ FIT_DEFAULTS = {"head": {"replay_ratio": 12.0, "distill": 0.5, "max_old_drop": 0
 # max_old_drop 0.005 for --fit head: on BCCD train cells (3 splits of 100 to adapt on, 92 to compare)
 # the development accuracy stayed 0.833 vs 0.830 and the PBC val change went from -0.41 +- 0.29 to
 # -0.25 +- 0.03 pt (benchmarks/results/adapt_recipes.md); --fit tail was not measured with it (1.0: not watched)
-# --balance: no class of the new cells weighs more than this many times its share by count
-BALANCE_CAP = 4.0
 
 
 @dataclass
@@ -436,15 +435,6 @@ def reestimate_batchnorm(model, images: np.ndarray, contract, max_images: int = 
     return {"batchnorm_layers": len(layers), "images": int(len(x))}
 
 
-def class_weights(labels: np.ndarray, cap: float = BALANCE_CAP) -> np.ndarray:
-    """Per-cell weights (mean 1) that give every class of `labels` the same total, a rare class
-    at most `cap` times its weight by count (one basophil must not carry a fifth of the loss)."""
-    ks, counts = np.unique(labels, return_counts=True)
-    per = {int(k): min(cap, len(labels) / (len(ks) * c)) for k, c in zip(ks, counts)}
-    w = np.asarray([per[int(k)] for k in labels], np.float32)
-    return w / w.mean()
-
-
 def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: AdaptConfig, logf,
                n_replay: int | None = None, replay_soft: np.ndarray | None = None, views=(0,),
                old_check: Cells | None = None) -> dict:
@@ -467,7 +457,7 @@ def train_tail(model, contract, new: Cells, replay: Cells, held: Cells, cfg: Ada
     total = len(new) + n_replay
     w_new = cfg.new_weight * total / max(1, len(new)) if n_replay else 1.0
     w_rep = (1.0 - cfg.new_weight) * total / max(1, n_replay)
-    w_new_cells = w_new * (class_weights(new.labels) if cfg.balance else np.ones(len(new), np.float32))
+    w_new_cells = w_new * (sampling.capped_balance_weights(new.labels) if cfg.balance else np.ones(len(new), np.float32))
     targets_rep = eye[replay.labels]
     if cfg.distill and replay_soft is not None and len(replay):
         targets_rep = (1.0 - cfg.distill) * targets_rep + cfg.distill * replay_soft.astype(np.float32)
@@ -534,7 +524,7 @@ def fit_head_only(head: dict, extractor, contract, new: Cells, replay: Cells, he
     t_rep = eye[rep.labels]
     if cfg.distill and len(rep):  # learning without forgetting, from the base's own answers
         t_rep = (1 - cfg.distill) * t_rep + cfg.distill * adapt_head.probabilities(f_rep, head["w0"], head["b0"])
-    w_new = (class_weights(y_new) if cfg.balance else np.ones(len(y_new), np.float32)) / max(1, len(y_new))
+    w_new = (sampling.capped_balance_weights(y_new) if cfg.balance else np.ones(len(y_new), np.float32)) / max(1, len(y_new))
     w_new = w_new * (cfg.new_weight if len(rep) else 1.0)
     w_rep = np.full(len(rep), (1 - cfg.new_weight) / max(1, len(rep)), np.float32)
     logf(f"head fit on {len(f_new)} views of {len(new)} new cells + {len(rep)} replay images")

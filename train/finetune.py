@@ -48,8 +48,10 @@ logger = logging.getLogger(__name__)
 # of a fixed set of recipe batches, mixed-up and untouched ones, in INFERENCE mode; compared with
 # the logged (training-mode) loss they show what batch statistics/dropout add.
 # train_eval_loss: plain cross-entropy of a fixed set of un-augmented training images.
+# extra_val_accuracy: on --extra-val (another microscope); score: what chooses the best epoch,
+# val_accuracy, or its mean with extra_val_accuracy (each microscope counts the same).
 HISTORY_FIELDS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
-                  "loss_mixed", "loss_clean", "train_eval_loss")
+                  "loss_mixed", "loss_clean", "train_eval_loss", "extra_val_accuracy", "score")
 NORMALIZE_CHOICES = ("none", *NORMALIZE_METHODS)
 LOSSES = ("cross-entropy", "focal")
 
@@ -90,6 +92,11 @@ class FinetuneConfig:
     limit: int | None = None          # at most this many images per class and split (quick runs)
     bootstrap: int = 1000
     init: str | None = None           # a fine-tuned .keras classifier whose weights start the run
+    # a second microscope (issue #13's multi-domain model): its labelled cells are mixed into every
+    # epoch, and its held-out cells share the choice of the best epoch with the data set's val split
+    extra_cells: tuple = ()           # class-folder trees or reviewed run folders of `edge run --save-crops`
+    extra_share: float = 0.15         # share of every epoch's draws taken from extra_cells
+    extra_val: tuple = ()             # held-out cells of those microscopes (same forms)
 
     def validate(self):
         if not 28 <= int(self.size) <= 224:
@@ -113,6 +120,14 @@ class FinetuneConfig:
         if self.init is not None and not (Path(self.init).is_file() and str(self.init).endswith(".keras")):
             raise FinetuneError(f"--init {self.init}: no such .keras model; give a classifier saved by "
                                 "`hemaedge train finetune` (its model.keras or best.keras)")
+        self.extra_cells, self.extra_val = tuple(map(str, self.extra_cells)), tuple(map(str, self.extra_val))
+        for option, paths in (("--extra-cells", self.extra_cells), ("--extra-val", self.extra_val)):
+            for path in paths:
+                if not Path(path).is_dir():
+                    raise FinetuneError(f"{option} {path}: no such folder; give a class-folder tree "
+                                        "({class}/*.png) or a run folder reviewed in `hemaedge review`")
+        if not (math.isfinite(float(self.extra_share)) and 0.0 < self.extra_share < 0.9):
+            raise FinetuneError(f"--extra-share {self.extra_share}: must be above 0 and below 0.9")
         if self.scale_jitter is not None and not 0.0 <= self.scale_jitter < 0.6:
             raise FinetuneError("--scale-jitter must be within 0..0.6")
         # NaN passes every comparison, so each check says what is allowed, not what is refused
@@ -164,6 +179,25 @@ def colour_reference(x_train_raw: np.ndarray, cfg: "FinetuneConfig") -> dict | N
     return reference_anchors(x_train_raw) if cfg.normalize != "none" else None
 
 
+def load_extra_cells(cfg: "FinetuneConfig", classes, contract: InputContract, log):
+    """--extra-cells (raw, to be augmented) and --extra-val (preprocessed) as (images, labels),
+    None when not given, and the sources of the training cells for the model's sidecar."""
+    from hemaedge.train.adapt import load_new_cells
+
+    extra = extra_val = None
+    sources = []
+    if cfg.extra_cells:
+        cells = load_new_cells(cfg.extra_cells, classes, contract.size)
+        extra, sources = (cells.images, cells.labels), cells.sources
+        log(f"extra cells: {len(cells)} from {len(cfg.extra_cells)} source(s), {cfg.extra_share:.0%} of every epoch "
+            f"({', '.join(f'{k} {v}' for s in sources for k, v in s['per_class'].items())})")
+    if cfg.extra_val:
+        cells = load_new_cells(cfg.extra_val, classes, contract.size)
+        extra_val = (np.stack([apply_preprocess(im, contract) for im in cells.images]).astype(np.float32), cells.labels)
+        log(f"extra val: {len(cells)} cells; the best epoch is chosen on the mean of both val accuracies")
+    return extra, extra_val, sources
+
+
 def open_data(path):
     from hemaedge.train.datasets import open_dataset
 
@@ -178,9 +212,10 @@ def _batch_rng(seed, epoch, batch, stream):
 
 
 def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_epoch: int,
-                         contract: InputContract | None = None):
+                         contract: InputContract | None = None, extra=None):
     """Training batches from RAW resized images `x`; `contract` (default: no normalisation)
-    is applied to every augmented image between the camera and the recipe stage."""
+    is applied to every augmented image between the camera and the recipe stage. `extra` =
+    (images, labels) of another microscope: `cfg.extra_share` of every epoch's draws."""
     import keras
 
     if contract is None:
@@ -195,6 +230,8 @@ def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_ep
             self.aug = BatchAugmenter(cfg.augment, cfg.seed, preprocess=lambda im: apply_preprocess(im, contract),
                                       pieces=cfg.robust_pieces, scale_jitter=cfg.scale_jitter)
             self.mixed = {}  # batch index -> whether it was mixed up (current epoch)
+            self.x = x if extra is None else np.concatenate([x, extra[0]])
+            self.y = y if extra is None else np.concatenate([y, extra[1]])
             self._set_order()
 
         def set_epoch(self, epoch):
@@ -209,14 +246,17 @@ def _make_train_sequence(x, y, n_classes, cfg: FinetuneConfig, class_w, start_ep
         def _set_order(self):
             rng = np.random.default_rng([cfg.seed, self.epoch, 0, 0])
             self.order = sampling.epoch_order(y, n_classes, rng, cfg.weighted_sampling)
+            if extra is not None:
+                more = sampling.extra_draws(extra[1], len(self.order), cfg.extra_share, rng, cfg.weighted_sampling)
+                self.order = rng.permutation(np.concatenate([self.order, len(y) + more]))
 
         def __len__(self):
             return math.ceil(len(self.order) / cfg.batch_size)
 
         def __getitem__(self, i):
             idx = self.order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb = self.aug(x[idx], self.epoch, i).astype(np.float32)
-            yb = sampling.one_hot(y[idx], n_classes)
+            xb = self.aug(self.x[idx], self.epoch, i).astype(np.float32)
+            yb = sampling.one_hot(self.y[idx], n_classes)
             xb, yb, lam = sampling.mixup(xb, yb, _batch_rng(cfg.seed, self.epoch, i, 1),
                                          cfg.mixup_p, cfg.mixup_alpha)
             self.mixed[i] = lam < 1.0
@@ -399,7 +439,8 @@ def _check_resume(out: Path, cfg: FinetuneConfig):
     # Only these may change on resume: more epochs, bootstrap count.
     fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "bootstrap", "out", "data")}
     # settings added after a run started were at their then-behaviour; json turns tuples into lists
-    then = {"normalize": "none", "augment": "full", "weighted_loss": True, "robust_pieces": list(ROBUST_PIECES),
+    then = {"extra_cells": [], "extra_share": 0.15, "extra_val": [],
+            "normalize": "none", "augment": "full", "weighted_loss": True, "robust_pieces": list(ROBUST_PIECES),
             "scale_jitter": None, "loss": "cross-entropy", "focal_gamma": 2.0, "init": None, "one_lab_pass": False}
     norm = lambda v: list(v) if isinstance(v, tuple) else v
     diff = [k for k, v in fixed.items() if norm(old.get(k, then.get(k))) != norm(v)]
@@ -443,6 +484,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
     log(f"data: {cfg.data} classes={n_classes} train={len(y_train)} val={len(y_val)} "
         f"({contract.preprocess}, normalize {cfg.normalize}, {contract.size}px) in {time.time() - t0:.0f}s")
     class_w = sampling.class_weights(y_train, n_classes)
+    extra, extra_val, extra_sources = load_extra_cells(cfg, classes, contract, log)
     # fixed un-augmented training images for the per-epoch plain loss (train_eval_loss)
     probe_idx = np.random.default_rng([cfg.seed, 99]).choice(len(y_train), min(512, len(y_train)), replace=False)
     x_probe = np.stack([apply_preprocess(img, contract) for img in x_train[probe_idx]]).astype(np.float32)
@@ -450,10 +492,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
 
     if state:
         model = keras.models.load_model(out / "last.keras")
-        start_epoch, best_acc = int(state["epoch"]), float(state["best_val_accuracy"])
+        start_epoch, best_acc = int(state["epoch"]), float(state.get("best_score", state["best_val_accuracy"]))
         weights_desc = state["weights"]
         rows = read_history(out)[:start_epoch]
-        log(f"resuming after epoch {start_epoch} (best val accuracy {best_acc:.4f})")
+        log(f"resuming after epoch {start_epoch} (best {'score' if cfg.extra_val else 'val accuracy'} {best_acc:.4f})")
     else:
         keras.utils.set_random_seed(cfg.seed)
         if cfg.init:
@@ -468,7 +510,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
     if start_epoch >= cfg.epochs:
         log(f"nothing to train: {start_epoch} epochs done (--epochs {cfg.epochs})")
     else:
-        train_seq = _make_train_sequence(x_train, y_train, n_classes, cfg, class_w, start_epoch, contract)
+        train_seq = _make_train_sequence(x_train, y_train, n_classes, cfg, class_w, start_epoch, contract, extra)
         probe_batches = make_probe_batches(x_train, y_train, n_classes, cfg, class_w, contract)
         y_val_1h = sampling.one_hot(y_val, n_classes)
         ctx = {"best": best_acc, "t": time.time()}
@@ -496,16 +538,23 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                 row.update(probe_losses(self.model, probe_batches, cfg))
                 p = predict_proba(self.model, x_probe)
                 row["train_eval_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(p)), y_probe], 1e-12, 1.0))))
+                row["score"] = row["val_accuracy"]
+                if extra_val is not None:
+                    row["extra_val_accuracy"] = float(np.mean(predict_proba(self.model, extra_val[0]).argmax(1)
+                                                              == extra_val[1]))
+                    row["score"] = (row["val_accuracy"] + row["extra_val_accuracy"]) / 2
                 rows.append(row)
-                if row["val_accuracy"] > ctx["best"]:
-                    ctx["best"] = row["val_accuracy"]
+                if row["score"] > ctx["best"]:
+                    ctx["best"] = row["score"]
                     save_keras_atomic(self.model, out / "best.keras")
                     write_json(out / "best.json", sidecar(classes, cfg, weights_desc,
                                                           {"val_accuracy": row["val_accuracy"]},
-                                                          epoch=epoch + 1, contract=contract))
+                                                          epoch=epoch + 1, contract=contract,
+                                                          **({"extra_cells": extra_sources} if extra_sources else {})))
                 save_keras_atomic(self.model, out / "last.keras")
                 write_history(out, rows)
-                write_json(out / "state.json", {"epoch": epoch + 1, "best_val_accuracy": ctx["best"],
+                write_json(out / "state.json", {"epoch": epoch + 1, "best_score": ctx["best"],
+                                                "best_val_accuracy": max(r["val_accuracy"] for r in rows),
                                                 "weights": weights_desc, "classes": classes,
                                                 "normalize": contract.normalize,
                                                 "config": dataclasses.asdict(cfg)})
@@ -513,6 +562,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                 log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} (mixed {row['loss_mixed']:.4f}, "
                     f"clean {row['loss_clean']:.4f}, plain on train {row['train_eval_loss']:.4f}) "
                     f"acc {row['accuracy']:.4f} val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
+                    + (f"extra_val_acc {row['extra_val_accuracy']:.4f} " if extra_val is not None else "") +
                     f"lr {row['lr']:.2e} ({row['seconds']:.0f}s)")
 
         model.fit(train_seq, validation_data=(x_val.astype(np.float32), y_val_1h),
@@ -587,6 +637,10 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
             temperature = fit_temperature(y, proba)
             side.update(confidence_sections(ds, contract, cfg.limit, y, apply_temperature(proba, temperature),
                                             temperature))
+            if side.get("extra_cells"):  # the second microscope is a colour reference of the domain check too
+                from hemaedge.train.adapt import adapted_colours
+
+                side["domain"]["colour"] = adapted_colours(side["extra_cells"], side["domain"]["colour"])
         if temperature is not None:
             m["ece_calibrated"] = expected_calibration_error(y, apply_temperature(proba, temperature))
             m["temperature"] = temperature
@@ -596,6 +650,13 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
                                   title=f"{cfg.backbone} {cfg.size}px, test")
         log(f"{split}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f} "
             f"ECE {m['ece']:.4f} -> {m.get('ece_calibrated', float('nan')):.4f} at T={temperature or float('nan'):.3f}")
+    if cfg.extra_val:
+        _, (x, y), _ = load_extra_cells(dataclasses.replace(cfg, extra_cells=()), classes, contract, lambda *_: None)
+        right = predict_proba(model, x).argmax(1) == y
+        result["extra_val"] = {"accuracy": float(right.mean()), "n": int(len(y)), "paths": list(cfg.extra_val),
+                               "per_class": {classes[k]: f"{int(right[y == k].sum())}/{int((y == k).sum())}"
+                                             for k in np.unique(y)}}
+        log(f"extra val: accuracy {right.mean():.4f} ({int(right.sum())} of {len(y)})")
     for k in ("output", "ood", "domain"):
         result[k] = side.get(k)
     write_json(out / "metrics.json", result)
@@ -657,6 +718,7 @@ def summary_markdown(r: dict) -> str:
              f"training time {r['train_seconds'] / 60:.1f} min on {r['machine']}",
              f"* model file: model.keras (float32, no optimizer state), {r['model_bytes'] / 1e6:.2f} MB, "
              f"{r.get('parameters', 0):,} parameters", ""]
+    lines[-1:-1] = _extra_lines(r)
     for c in r.get("commands", []):
         lines[-1:-1] = [f"* command: `{c}`"]
     lines += ["| split | n | accuracy | 95% CI (bootstrap) | macro F1 | kappa | ROC AUC |",
@@ -670,6 +732,20 @@ def summary_markdown(r: dict) -> str:
             lines.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {ci_s} | {m['macro_f1']:.4f} | "
                          f"{m['kappa']:.4f} | {auc if auc is None else f'{auc:.4f}'} |")
     return "\n".join(lines) + "\n"
+
+
+def _extra_lines(r: dict) -> list[str]:
+    """What a multi-domain run (--extra-cells / --extra-val) trained and chose on, for its tables."""
+    c, lines = r.get("config") or {}, []
+    if c.get("extra_cells"):
+        lines.append(f"* **multi-domain**: also trained on {', '.join(f'`{p}`' for p in c['extra_cells'])} "
+                     f"({c.get('extra_share', 0.15):.0%} of every epoch, class-balanced with a rare class capped)")
+    if r.get("extra_val"):
+        e = r["extra_val"]
+        lines.append(f"* best epoch chosen on the mean of val accuracy and the accuracy on "
+                     f"{', '.join(f'`{p}`' for p in e['paths'])} ({e['n']} cells; the chosen checkpoint "
+                     f"{e['accuracy'] * 100:.2f} %, per class {', '.join(f'{k} {v}' for k, v in e['per_class'].items())})")
+    return lines
 
 
 def _gpu_note(machine_desc: str) -> str:
@@ -707,7 +783,8 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
            "date": date, "commands": r.get("commands", [])}
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_json(prefix.with_suffix(".json"), {"rows": [row], "per_class_test": t.get("per_class"),
-                                             "history": r.get("history"), "config": r.get("config")})
+                                             "history": r.get("history"), "config": r.get("config"),
+                                             "extra_val": r.get("extra_val")})
     figures = []
     for src, suffix in (("curves.png", "_curves.png"), ("confusion_test.png", "_confusion.png")):
         if (run_dir / src).is_file():
@@ -731,11 +808,15 @@ def publish(run_dir, prefix, date: str | None = None) -> list[Path]:
           *([f"* calibration: expected calibration error on test {row['ece_test'] * 100:.2f} % raw, "
              f"{row['ece_test_calibrated'] * 100:.2f} % with the temperature T = {row['temperature']:.3f} "
              "fitted on val"] if row.get("ece_test_calibrated") is not None else []),
+          *_extra_lines(r),
           *[f"* command: `{c}`" for c in row["commands"]], ""]
-    md += ["| epoch | lr | train loss | train acc | val loss | val acc | seconds |", "|---|---|---|---|---|---|---|"]
+    extra = bool(r.get("extra_val"))
+    md += ["| epoch | lr | train loss | train acc | val loss | val acc |" + (" extra val acc | score |" if extra else "")
+           + " seconds |", "|---|---|---|---|---|---|" + ("---|---|" if extra else "") + "---|"]
     for h in r.get("history", []):
         md.append(f"| {h['epoch']} | {h['lr']:.2e} | {h['loss']:.4f} | {h['accuracy']:.4f} | {h['val_loss']:.4f} | "
-                  f"{h['val_accuracy']:.4f} | {h['seconds']:.0f} |")
+                  f"{h['val_accuracy']:.4f} |" + (f" {h['extra_val_accuracy']:.4f} | {h['score']:.4f} |" if extra else "")
+                  + f" {h['seconds']:.0f} |")
     md += ["", "Per-class test results:", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, pc in (t.get("per_class") or {}).items():
         md.append(f"| {name} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['f1']:.4f} | {pc['support']} |")

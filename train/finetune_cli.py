@@ -78,6 +78,14 @@ def _flag(name: str, value: bool) -> str:
 @click.option("--per-class", "limit", type=click.IntRange(1), default=None, metavar="N",
               help="Quick runs: only the first N images of every class in each split.")
 @click.option("--bootstrap", type=click.IntRange(0), default=1000, help="Bootstrap resamples for the accuracy interval.")
+@click.option("--extra-cells", multiple=True, type=click.Path(file_okay=False), metavar="PATH",
+              help="Labelled cells of another microscope mixed into every epoch (the multi-domain model): a "
+                   "{class}/*.png tree or a run folder reviewed in `hemaedge review`; repeat for several.")
+@click.option("--extra-share", type=FiniteFloat(0, 0.9, min_open=True, max_open=True), default=0.15,
+              help="Share of every epoch's draws taken from --extra-cells (class-balanced, a rare class capped).")
+@click.option("--extra-val", multiple=True, type=click.Path(file_okay=False), metavar="PATH",
+              help="Held-out labelled cells of that microscope (same forms; never its test split): the best "
+                   "epoch is chosen on the mean of --data's val accuracy and theirs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="Start from this fine-tuned classifier's weights (.keras with its .json sidecar, same "
@@ -94,6 +102,7 @@ def finetune(resume, publish_prefix, **opts):
       hemaedge train finetune --data ../shared/data/bloodmnist128 \\
           --out runs/finetune-lite0 --backbone efficientnet-lite0 --size 128 --epochs 5
     """
+    from hemaedge.edge.errors import DataError
     from hemaedge.train.backbones import WeightsError
     from hemaedge.train.finetune import FinetuneConfig, FinetuneError, finetune as run
     from hemaedge.train.lite_weights import UnsafeCheckpointError
@@ -108,12 +117,13 @@ def finetune(resume, publish_prefix, **opts):
     cfg = FinetuneConfig(robust_pieces=pieces, **opts)
     opts["robust_pieces"] = given
     command = "hemaedge train finetune " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in opts.items() if v is not None and not isinstance(v, bool)) + \
+        f"--{k.replace('_', '-')} {v}" for k, vs in opts.items() if vs is not None and not isinstance(vs, bool)
+        for v in (vs if isinstance(vs, tuple) else (vs,))) + \
         "".join(f" {_flag(k, v)}" for k, v in opts.items() if isinstance(v, bool)) + \
         (" --resume" if resume else "") + (f" --publish {publish_prefix}" if publish_prefix else "")
     try:
         run(cfg, resume=resume, command=command)
-    except (FinetuneError, WeightsError, UnsafeCheckpointError) as exc:
+    except (FinetuneError, WeightsError, UnsafeCheckpointError, DataError) as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {cfg.out}/model.keras (+ model.json), best.keras, metrics.json, curves.png, summary.md")
     if publish_prefix:

@@ -33,6 +33,27 @@ def epoch_order(labels, n_classes: int, rng: np.random.Generator, weighted: bool
     return rng.permutation(n)
 
 
+BALANCE_CAP = 4.0  # a rare class weighs at most this many times its count's share
+
+
+def capped_balance_weights(labels: np.ndarray, cap: float = BALANCE_CAP) -> np.ndarray:
+    """Per-cell weights (mean 1) that give every class of `labels` the same total, a rare class
+    at most `cap` times its weight by count (one basophil must not carry a fifth of the loss)."""
+    ks, counts = np.unique(labels, return_counts=True)
+    per = {int(k): min(cap, len(labels) / (len(ks) * c)) for k, c in zip(ks, counts)}
+    w = np.asarray([per[int(k)] for k in labels], np.float32)
+    return w / w.mean()
+
+
+def extra_draws(labels, n_base: int, share: float, rng: np.random.Generator, balanced: bool) -> np.ndarray:
+    """Indices into a second microscope's cells for one epoch of `n_base` draws from the data
+    set, so that they make `share` of the epoch. Balanced: every class drawn alike, a rare one
+    capped (`capped_balance_weights`): a few hundred cells from a lab are far from balanced."""
+    k = int(round(n_base * share / (1.0 - share)))
+    p = capped_balance_weights(np.asarray(labels)).astype(np.float64) if balanced else None
+    return rng.choice(len(labels), size=k, replace=True, p=None if p is None else p / p.sum())
+
+
 def one_hot(labels, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[np.asarray(labels).astype(int)]
 

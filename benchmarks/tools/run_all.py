@@ -144,6 +144,47 @@ class Settings:
         return int(self.get("HEMAEDGE_STEP_TIMEOUT", "10800"))
 
 
+
+# chosen on the validation checks only (int8 bundle, the mean of BloodMNIST val and BCCD val end to end, the score the
+# training chose its epochs by: md1 (97.43 + 90.6) / 2 = 94.0 %, md2 (97.37 + 91.8) / 2 = 94.6 %; PBC fields 96.90 vs
+# 97.02 %), before BCCD test was read; only it gets a BCCD test step
+CHOSEN_MULTI_DOMAIN = "md2"
+
+
+def multi_domain_steps(py: str, data: str, out: str) -> list[Step]:
+    """The multi-domain candidates of issue #13 (benchmarks/tools/multidomain_train.sh: BloodMNIST-128 + BCCD's
+    labelled train cells, epoch chosen on BloodMNIST val + BCCD val), each checked like the default; BCCD test is
+    a separate step, run once for the candidate chosen on the validation checks."""
+    steps = []
+    for stage, what in (("md1", "10 epochs from ImageNet"), ("md2", "md1 + 4 epochs at lr 5e-5")):
+        name, run = f"multidomain-{stage}", os.path.expanduser(f"~/hemaedge-runs/multidomain/{stage}")
+        snap, res, tag = os.path.expanduser(f"~/hemaedge-runs/{name}"), f"{out}/{name}", name.replace("-", "_")
+        steps.append(Step(
+            name, [Need(f"{run}/state.json", f"no multi-domain training run {run}; kept {res}")],
+            ["env", f"HEMAEDGE_GOALS_OUT={res}", f"HEMAEDGE_CHECK_SNAPSHOT={snap}",
+             "benchmarks/tools/default_v2_check.sh", run, name],
+            [f"{res}/{f}" for f in (
+                "finetune_bloodmnist128.md", "finetune_bloodmnist128.json", "finetune_bloodmnist128_curves.png",
+                "finetune_bloodmnist128_confusion.png", "bundle-int8-manifest.json", f"calibration_{tag}.md",
+                f"calibration_{tag}.json", "pbc_end_to_end.md", "pbc_end_to_end.json", f"bccd_wbc_{tag}_val.md",
+                f"bccd_wbc_{tag}_val.json", f"ood_rule_{tag}.md", f"ood_rule_{tag}.json", "default_model_goals.md",
+                "default_model_goals.json")],
+            f"the multi-domain candidate {stage} ({what}; BloodMNIST-128 + 192 BCCD train cells) measured like the "
+            "default: int8 export, calibration, PBC fields, BCCD val, OOD rule, goals", "~15 min"))
+        if stage != CHOSEN_MULTI_DOMAIN:
+            continue
+        steps.append(Step(
+            f"{name}-test", [Need(f"{snap}/bundle-int8/manifest.json",
+                                  f"no int8 bundle of the multi-domain candidate {stage} (run step {name})")],
+            ["bash", "-c", f"{py} -m hemaedge.benchmarks.tools.bccd_wbc --data {data}/bccd --bloodmnist128 "
+             f"{data}/bloodmnist128 --bundle {snap}/bundle-int8 --split test --normalize bundle --name {tag}_test "
+             f"--out {res} && {py} -m hemaedge.benchmarks.tools.default_model_goals --candidate {res} --label {name} "
+             f"--out {res}"],
+            [f"{res}/{f}" for f in (f"bccd_wbc_{tag}_test.md", f"bccd_wbc_{tag}_test.json", "default_model_goals.md")],
+            f"BCCD test white cells end to end with the multi-domain candidate {stage}: reported once, for the candidate "
+            "chosen on the validation checks, never for choosing; then its goals table with that row", "~2 min"))
+    return steps
+
 def _default_label() -> str:
     """Edge-run label of the packaged default bundle, by its format (tflite-int8-mixed -> default_int8_mixed)."""
     try:
@@ -427,6 +468,7 @@ def steps(s: Settings) -> list[Step]:
                  "ood_rule_default_v6_ep3.json", "default_model_goals.md", "default_model_goals.json")],
              "the packaged default default-v6-ep3 (v5 + 4 epochs at 5e-5, one Lab pass; best val epoch 3) measured like "
              "default-v2: int8 export, calibration, PBC fields, BCCD val, OOD rule, goals", "~3 min"),
+        *multi_domain_steps(py, data, out),
         Step("default-v2", [Need(os.path.expanduser("~/hemaedge-runs/default-v2/state.json"),
                                  f"no default-v2 training run; kept {out}/default-v2-epoch*")],
              # the packaged default = the run's best checkpoint, checked with full-split parity
