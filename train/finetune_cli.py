@@ -101,6 +101,11 @@ def finetune(resume, publish_prefix, **opts):
     Example (the project's default model):
       hemaedge train finetune --data ../shared/data/bloodmnist128 \\
           --out runs/finetune-lite0 --backbone efficientnet-lite0 --size 128 --epochs 5
+
+    \b
+    Trained on two microscopes (the multi-domain model; docs/finetune.md):
+      hemaedge train finetune --data ../shared/data/bloodmnist128 --out runs/two-scopes \\
+          --extra-cells runs/lab1 --extra-val runs/lab1-held-out --one-lab-pass
     """
     from hemaedge.edge.errors import DataError
     from hemaedge.train.backbones import WeightsError
