@@ -179,23 +179,16 @@ def colour_reference(x_train_raw: np.ndarray, cfg: "FinetuneConfig") -> dict | N
     return reference_anchors(x_train_raw) if cfg.normalize != "none" else None
 
 
-def load_extra_cells(cfg: "FinetuneConfig", classes, contract: InputContract, log):
-    """--extra-cells (raw, to be augmented) and --extra-val (preprocessed) as (images, labels),
-    None when not given, and the sources of the training cells for the model's sidecar."""
+def other_microscope_cells(paths, classes, contract: InputContract, prepared: bool):
+    """(images, labels, sources) of other microscopes' labelled cells (`train.adapt.load_new_cells`:
+    class-folder trees or reviewed run folders) at the contract's size: raw for training (they are
+    augmented first), or `prepared` with the contract's preprocessing for scoring."""
     from hemaedge.train.adapt import load_new_cells
 
-    extra = extra_val = None
-    sources = []
-    if cfg.extra_cells:
-        cells = load_new_cells(cfg.extra_cells, classes, contract.size)
-        extra, sources = (cells.images, cells.labels), cells.sources
-        log(f"extra cells: {len(cells)} from {len(cfg.extra_cells)} source(s), {cfg.extra_share:.0%} of every epoch "
-            f"({', '.join(f'{k} {v}' for s in sources for k, v in s['per_class'].items())})")
-    if cfg.extra_val:
-        cells = load_new_cells(cfg.extra_val, classes, contract.size)
-        extra_val = (np.stack([apply_preprocess(im, contract) for im in cells.images]).astype(np.float32), cells.labels)
-        log(f"extra val: {len(cells)} cells; the best epoch is chosen on the mean of both val accuracies")
-    return extra, extra_val, sources
+    cells = load_new_cells(paths, classes, contract.size)
+    images = np.stack([apply_preprocess(im, contract) for im in cells.images]).astype(np.float32) \
+        if prepared else cells.images
+    return images, cells.labels, cells.sources
 
 
 def open_data(path):
@@ -484,7 +477,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
     log(f"data: {cfg.data} classes={n_classes} train={len(y_train)} val={len(y_val)} "
         f"({contract.preprocess}, normalize {cfg.normalize}, {contract.size}px) in {time.time() - t0:.0f}s")
     class_w = sampling.class_weights(y_train, n_classes)
-    extra, extra_val, extra_sources = load_extra_cells(cfg, classes, contract, log)
+    extra = extra_val = None
+    extra_sources = []
+    if cfg.extra_cells:
+        images, labels, extra_sources = other_microscope_cells(cfg.extra_cells, classes, contract, prepared=False)
+        extra = (images, labels)
+        log(f"extra cells: {len(extra[1])} from {len(cfg.extra_cells)} source(s), {cfg.extra_share:.0%} of every "
+            f"epoch ({', '.join(f'{k} {v}' for src in extra_sources for k, v in src['per_class'].items())})")
+    if cfg.extra_val:
+        extra_val = other_microscope_cells(cfg.extra_val, classes, contract, prepared=True)[:2]
+        log(f"extra val: {len(extra_val[1])} cells; the best epoch is chosen on the mean of both val accuracies")
     # fixed un-augmented training images for the per-epoch plain loss (train_eval_loss)
     probe_idx = np.random.default_rng([cfg.seed, 99]).choice(len(y_train), min(512, len(y_train)), replace=False)
     x_probe = np.stack([apply_preprocess(img, contract) for img in x_train[probe_idx]]).astype(np.float32)
@@ -492,7 +494,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
 
     if state:
         model = keras.models.load_model(out / "last.keras")
-        start_epoch, best_acc = int(state["epoch"]), float(state.get("best_score", state["best_val_accuracy"]))
+        start_epoch, best_acc = int(state["epoch"]), float(state.get("best_score", state.get("best_val_accuracy")))  # older runs: val accuracy
         weights_desc = state["weights"]
         rows = read_history(out)[:start_epoch]
         log(f"resuming after epoch {start_epoch} (best {'score' if cfg.extra_val else 'val accuracy'} {best_acc:.4f})")
@@ -554,7 +556,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=None, command: str |
                 save_keras_atomic(self.model, out / "last.keras")
                 write_history(out, rows)
                 write_json(out / "state.json", {"epoch": epoch + 1, "best_score": ctx["best"],
-                                                "best_val_accuracy": max(r["val_accuracy"] for r in rows),
                                                 "weights": weights_desc, "classes": classes,
                                                 "normalize": contract.normalize,
                                                 "config": dataclasses.asdict(cfg)})
@@ -651,7 +652,7 @@ def evaluate_best(cfg: FinetuneConfig, ds, classes, contract, log=None, command=
         log(f"{split}: accuracy {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f} kappa {m['kappa']:.4f} "
             f"ECE {m['ece']:.4f} -> {m.get('ece_calibrated', float('nan')):.4f} at T={temperature or float('nan'):.3f}")
     if cfg.extra_val:
-        _, (x, y), _ = load_extra_cells(dataclasses.replace(cfg, extra_cells=()), classes, contract, lambda *_: None)
+        x, y, _ = other_microscope_cells(cfg.extra_val, classes, contract, prepared=True)
         right = predict_proba(model, x).argmax(1) == y
         result["extra_val"] = {"accuracy": float(right.mean()), "n": int(len(y)), "paths": list(cfg.extra_val),
                                "per_class": {classes[k]: f"{int(right[y == k].sum())}/{int((y == k).sum())}"

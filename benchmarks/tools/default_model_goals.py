@@ -38,7 +38,7 @@ def _bccd(path: Path, variant: str | None = None):
         return None
     v = r["variants"].get(variant) if variant else next(iter(r["variants"].values()))
     return v and {"accuracy": v["accuracy"], "wrong_flagged": v["wrong_flagged"], "right_flagged": v["right_flagged"],
-                  "frames": v["frames"], "split": r["split"]}
+                  "frames": v["frames"], "right": v.get("right"), "split": r["split"]}
 
 
 def _multi_domain(path: Path | None) -> str:
@@ -65,7 +65,7 @@ def _multi_domain_candidate(cand: dict) -> str:
     t = cand.get("bccd_test")
     if not t:
         return "BCCD test not read for this candidate (it is read once, for the candidate chosen on val)"
-    return (f"{_pct(t['accuracy'], 1)} end to end ({round(t['accuracy'] * t['frames'])} of {t['frames']} test cells, "
+    return (f"{_pct(t['accuracy'], 1)} end to end ({t['right']} of {t['frames']} test cells, "
             f"int8 bundle after the unidentified rule; bccd_wbc_*_test.md) — this candidate, trained from ImageNet on "
             f"BloodMNIST-128 + the BCCD train cells ({', '.join(Path(p).name for p in cand['extra_cells'])})")
 
